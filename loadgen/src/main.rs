@@ -1,0 +1,2 @@
+//! Placeholder until the loadgen lands.
+fn main() {}

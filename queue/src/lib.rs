@@ -1,0 +1,18 @@
+//! The contract shared by the gateway and the workers: how a call is named, where it is stored,
+//! how it travels and what policy applies to it. Gateway and worker link this one crate so that
+//! they cannot disagree on any of it.
+
+pub mod envelope;
+pub mod names;
+pub mod ops;
+pub mod policy;
+pub mod shard;
+pub mod subjects;
+pub mod time;
+pub mod topology;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use names::{FunctionName, NameError};
+pub use policy::{FunctionPolicy, Policies, PolicyError, RetryPolicy};
+pub use shard::ShardMap;
+pub use topology::{Topology, TopologyError};

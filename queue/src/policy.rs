@@ -1,0 +1,443 @@
+//! Per-function policies: where a function lives and how it may be called (concurrency, rate,
+//! timeout, retries). Defaults come from flags; an optional TOML file overrides them per function.
+//! The worker enforces them; the gateway reads the URL part for synchronous calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::names::FunctionName;
+
+/// Default URL template, as in OpenFaaS: the function's service in the `openfaas-fn` namespace.
+pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.openfaas-fn:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("policy file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("function {function}: {message}")]
+    Invalid { function: String, message: String },
+}
+
+/// How a failed call is retried. Used by the worker; lives here so policy files parse in one
+/// place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included; 1 disables retries.
+    pub attempts: u32,
+    /// Statuses that are retried; others settle the call at once.
+    pub statuses: Vec<u16>,
+    /// Whether a connection error or a timeout (reported as 502/504) is retried.
+    pub retry_unreachable: bool,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            statuses: vec![408, 429, 500, 502, 503, 504],
+            retry_unreachable: true,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything known about how to call one function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionPolicy {
+    /// Base URL of the function; `None` means the URL template applies.
+    pub url: Option<String>,
+    /// Calls in flight across every replica of the shard: the durable consumer's
+    /// `max_ack_pending`, so NATS enforces it however many replicas run.
+    pub concurrency: u32,
+    /// Calls in flight in one replica, so one replica cannot take the whole cluster budget
+    /// while others idle.
+    pub replica_concurrency: u32,
+    /// Calls started per second by one replica (a token bucket); `None` is unlimited.
+    pub rate_per_second: Option<u32>,
+    /// Deadline of one attempt; past it the attempt counts as a 504.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for FunctionPolicy {
+    fn default() -> Self {
+        Self {
+            url: None,
+            concurrency: 100,
+            replica_concurrency: 100,
+            rate_per_second: None,
+            timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// The policy table: defaults plus per-function overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    pub defaults: FunctionPolicy,
+    pub url_template: String,
+    functions: HashMap<FunctionName, FunctionPolicy>,
+}
+
+/// The TOML shape. Every field is optional and falls back to the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    #[serde(default)]
+    defaults: Override,
+    #[serde(default)]
+    functions: HashMap<String, Override>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Override {
+    url: Option<String>,
+    concurrency: Option<u32>,
+    replica_concurrency: Option<u32>,
+    rate: Option<u32>,
+    timeout: Option<String>,
+    retry: Option<RetryOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryOverride {
+    attempts: Option<u32>,
+    statuses: Option<Vec<u16>>,
+    retry_unreachable: Option<bool>,
+    min_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("'{s}': unit must be ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{s}' is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Override {
+    fn apply(self, base: &FunctionPolicy) -> Result<FunctionPolicy, String> {
+        let mut p = base.clone();
+        if let Some(url) = self.url {
+            p.url = Some(url);
+        }
+        if let Some(c) = self.concurrency {
+            p.concurrency = c;
+            // A lower cluster budget caps the replica one unless that is set too.
+            p.replica_concurrency = p.replica_concurrency.min(c);
+        }
+        if let Some(c) = self.replica_concurrency {
+            p.replica_concurrency = c;
+        }
+        if let Some(r) = self.rate {
+            p.rate_per_second = Some(r);
+        }
+        if let Some(t) = self.timeout {
+            p.timeout = parse_duration(&t)?;
+        }
+        if let Some(r) = self.retry {
+            if let Some(a) = r.attempts {
+                p.retry.attempts = a;
+            }
+            if let Some(s) = r.statuses {
+                p.retry.statuses = s;
+            }
+            if let Some(u) = r.retry_unreachable {
+                p.retry.retry_unreachable = u;
+            }
+            if let Some(d) = r.min_backoff {
+                p.retry.min_backoff = parse_duration(&d)?;
+            }
+            if let Some(d) = r.max_backoff {
+                p.retry.max_backoff = parse_duration(&d)?;
+            }
+        }
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+impl FunctionPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 || self.replica_concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if self.replica_concurrency > self.concurrency {
+            return Err(format!(
+                "replica_concurrency {} exceeds concurrency {}",
+                self.replica_concurrency, self.concurrency
+            ));
+        }
+        if self.rate_per_second == Some(0) {
+            return Err("rate must be at least 1 per second".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("timeout must be above zero".into());
+        }
+        if self.retry.attempts == 0 {
+            return Err("retry.attempts must be at least 1".into());
+        }
+        if self.retry.min_backoff > self.retry.max_backoff {
+            return Err("retry.min_backoff exceeds retry.max_backoff".into());
+        }
+        if let Some(url) = &self.url {
+            check_base_url(url)?;
+        }
+        Ok(())
+    }
+}
+
+/// A function base URL must be plain `http://host[:port][/path]`: the pooled client speaks
+/// HTTP/1.1 without TLS, as functions run next to the fleet.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("url '{url}': {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("url '{url}' must start with http://"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("url '{url}' has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("url '{url}' must not carry a query"));
+    }
+    Ok(())
+}
+
+impl Policies {
+    /// Policies with no file: the defaults apply to every function.
+    pub fn new(
+        defaults: FunctionPolicy,
+        url_template: impl Into<String>,
+    ) -> Result<Self, PolicyError> {
+        let p = Self {
+            defaults,
+            url_template: url_template.into(),
+            functions: HashMap::new(),
+        };
+        p.check_defaults()?;
+        Ok(p)
+    }
+
+    fn check_defaults(&self) -> Result<(), PolicyError> {
+        let invalid = |message| PolicyError::Invalid {
+            function: "defaults".into(),
+            message,
+        };
+        self.defaults.validate().map_err(invalid)?;
+        // A template without `{name}` sends every function to one address: allowed, as
+        // single-function set-ups and tests do that on purpose.
+        check_base_url(&expand(
+            &self.url_template,
+            &FunctionName::parse("probe").expect("valid"),
+        ))
+        .map_err(invalid)
+    }
+
+    /// Reads a TOML policy file over `defaults`.
+    pub fn from_file(
+        path: &str,
+        defaults: FunctionPolicy,
+        url_template: impl Into<String>,
+    ) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::from_toml(path, &text, defaults, url_template)
+    }
+
+    pub fn from_toml(
+        path: &str,
+        text: &str,
+        defaults: FunctionPolicy,
+        url_template: impl Into<String>,
+    ) -> Result<Self, PolicyError> {
+        let shape: FileShape = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let defaults = shape
+            .defaults
+            .apply(&defaults)
+            .map_err(|message| PolicyError::Invalid {
+                function: "defaults".into(),
+                message,
+            })?;
+        let mut p = Self::new(defaults, url_template)?;
+        for (name, o) in shape.functions {
+            let f = FunctionName::parse(&name).map_err(|e| PolicyError::Invalid {
+                function: name.clone(),
+                message: e.to_string(),
+            })?;
+            let policy = o
+                .apply(&p.defaults)
+                .map_err(|message| PolicyError::Invalid {
+                    function: name.clone(),
+                    message,
+                })?;
+            p.functions.insert(f, policy);
+        }
+        Ok(p)
+    }
+
+    pub fn get(&self, function: &FunctionName) -> &FunctionPolicy {
+        self.functions.get(function).unwrap_or(&self.defaults)
+    }
+
+    /// Functions named in the policy file.
+    pub fn configured(&self) -> impl Iterator<Item = (&FunctionName, &FunctionPolicy)> {
+        self.functions.iter()
+    }
+
+    /// The full URL of a call: the function's base URL (from its policy or the template), then the
+    /// call's path suffix, then `?query` when there is one.
+    pub fn url_for(&self, function: &FunctionName, path: &str, query: &str) -> String {
+        let base = match &self.get(function).url {
+            Some(u) => u.clone(),
+            None => expand(&self.url_template, function),
+        };
+        join_url(&base, path, query)
+    }
+}
+
+/// `{name}` is the full name as called (`fn` or `fn.ns`), `{base}` the name without namespace,
+/// `{namespace}` the namespace (empty when none).
+pub fn expand(template: &str, function: &FunctionName) -> String {
+    template
+        .replace("{name}", function.as_str())
+        .replace("{base}", function.base())
+        .replace("{namespace}", function.namespace().unwrap_or(""))
+}
+
+pub fn join_url(base: &str, path: &str, query: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + path.len() + query.len() + 2);
+    url.push_str(base);
+    if path.is_empty() {
+        url.push('/');
+    } else {
+        url.push_str(path);
+    }
+    if !query.is_empty() {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> FunctionName {
+        FunctionName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn urls_from_template_and_file() {
+        let text = r#"
+            [defaults]
+            timeout = "5s"
+            [functions.resize]
+            url = "http://10.0.0.1:9000/"
+            concurrency = 4
+            rate = 50
+            [functions.resize.retry]
+            attempts = 5
+            min_backoff = "100ms"
+        "#;
+        let p = Policies::from_toml(
+            "t.toml",
+            text,
+            FunctionPolicy::default(),
+            DEFAULT_URL_TEMPLATE,
+        )
+        .unwrap();
+        assert_eq!(
+            p.url_for(&f("echo"), "", ""),
+            "http://echo.openfaas-fn:8080/"
+        );
+        assert_eq!(
+            p.url_for(&f("echo"), "/a", "b=1"),
+            "http://echo.openfaas-fn:8080/a?b=1"
+        );
+        assert_eq!(p.url_for(&f("resize"), "/x", ""), "http://10.0.0.1:9000/x");
+        let r = p.get(&f("resize"));
+        assert_eq!(
+            (r.concurrency, r.replica_concurrency, r.rate_per_second),
+            (4, 4, Some(50))
+        );
+        assert_eq!(r.retry.attempts, 5);
+        assert_eq!(r.retry.min_backoff, Duration::from_millis(100));
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert_eq!(p.get(&f("other")).timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn template_placeholders() {
+        let n = f("fn.ns");
+        assert_eq!(
+            expand("http://{base}.{namespace}:8080", &n),
+            "http://fn.ns:8080"
+        );
+        assert_eq!(
+            expand("http://gw:8080/function/{name}", &n),
+            "http://gw:8080/function/fn.ns"
+        );
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        let d = FunctionPolicy::default;
+        let t = DEFAULT_URL_TEMPLATE;
+        let e = Policies::from_toml("p", "[functions.x]\nconcurrency = 0", d(), t).unwrap_err();
+        assert!(e.to_string().contains("function x: concurrency"), "{e}");
+        let e = Policies::from_toml("p", "[functions.x]\nspeed = 1", d(), t).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = Policies::from_toml("p", "[functions.\"a b\"]", d(), t).unwrap_err();
+        assert!(e.to_string().contains("a b"), "{e}");
+        let e = Policies::from_toml("p", "[functions.x]\nurl = \"https://x\"", d(), t).unwrap_err();
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e =
+            Policies::from_toml("p", "[functions.x]\ntimeout = \"3 days\"", d(), t).unwrap_err();
+        assert!(e.to_string().contains("unit"), "{e}");
+        assert!(Policies::new(d(), "ftp://{name}").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("x").is_err());
+    }
+}

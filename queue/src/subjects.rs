@@ -1,0 +1,84 @@
+//! Stream, subject and consumer names. Every name either side of NATS uses comes from here.
+//!
+//! Layout: shard `k` is the stream `FLOTILLA_CALLS_k` holding subjects `flotilla.call.k.<function>`
+//! (a namespaced function adds one token: `flotilla.call.k.fn.ns`). Dead letters go to the one
+//! stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`.
+
+use crate::names::FunctionName;
+use crate::shard::fingerprint;
+
+pub const CALL_SUBJECT_PREFIX: &str = "flotilla.call";
+pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
+pub const DEAD_SUBJECT_PREFIX: &str = "flotilla.dead";
+/// KV bucket holding the topology (shard count), written once by the first process to start.
+pub const TOPOLOGY_BUCKET: &str = "flotilla_topology";
+
+pub fn call_stream(shard: u32) -> String {
+    format!("FLOTILLA_CALLS_{shard}")
+}
+
+/// The wildcard subject a shard's stream captures.
+pub fn shard_wildcard(shard: u32) -> String {
+    format!("{CALL_SUBJECT_PREFIX}.{shard}.>")
+}
+
+pub fn call_subject(shard: u32, function: &FunctionName) -> String {
+    format!("{CALL_SUBJECT_PREFIX}.{shard}.{function}")
+}
+
+/// The function a call subject belongs to, or `None` when the subject is not a call subject of
+/// `shard` (or names an invalid function).
+pub fn function_of_subject(shard: u32, subject: &str) -> Option<FunctionName> {
+    let rest = subject
+        .strip_prefix(CALL_SUBJECT_PREFIX)?
+        .strip_prefix('.')?;
+    let (k, name) = rest.split_once('.')?;
+    if k.parse::<u32>().ok()? != shard {
+        return None;
+    }
+    FunctionName::parse(name).ok()
+}
+
+pub fn dead_subject(function: &str) -> String {
+    // Poison messages may name no valid function; they still need a subject.
+    match FunctionName::parse(function) {
+        Ok(f) => format!("{DEAD_SUBJECT_PREFIX}.{f}"),
+        Err(_) => format!("{DEAD_SUBJECT_PREFIX}._invalid"),
+    }
+}
+
+/// Durable consumer name of a function. Consumer names may not contain '.', so the namespace dot
+/// becomes '_' and a fingerprint of the full name keeps `a.b` and `a_b` apart.
+pub fn consumer_name(function: &FunctionName) -> String {
+    format!(
+        "fn-{}-{:08x}",
+        function.as_str().replace('.', "_"),
+        fingerprint(function.as_str())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> FunctionName {
+        FunctionName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn subjects_round_trip() {
+        for name in ["echo", "fn.ns"] {
+            let s = call_subject(3, &f(name));
+            assert_eq!(function_of_subject(3, &s), Some(f(name)));
+            assert_eq!(function_of_subject(2, &s), None);
+        }
+        assert_eq!(function_of_subject(0, "other.0.x"), None);
+    }
+
+    #[test]
+    fn consumer_names_are_distinct_and_legal() {
+        let (a, b) = (consumer_name(&f("a.b")), consumer_name(&f("a_b")));
+        assert_ne!(a, b);
+        assert!(!a.contains('.'));
+    }
+}

@@ -1,0 +1,184 @@
+//! Topology: how many shards there are, agreed once per NATS deployment, and the streams that
+//! back them. The shard count is written once into a KV bucket by the first gateway or worker to
+//! start; every later process adopts it, or refuses to start when it was told a different count.
+//! A gateway and a worker therefore cannot disagree on where a function's calls live.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, kv,
+    stream::{self, RetentionPolicy, StorageType},
+};
+use bytes::Bytes;
+
+use crate::subjects::{self, DEAD_STREAM, DEAD_SUBJECT_PREFIX, TOPOLOGY_BUCKET};
+
+const SHARDS_KEY: &str = "shards";
+
+/// Shard count used when nothing is stored yet and nothing was configured.
+pub const DEFAULT_SHARDS: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error(
+        "shard count mismatch: NATS holds {stored} shards (bucket {TOPOLOGY_BUCKET}), this process was \
+         configured with {configured}; use --shards {stored} or drain and delete the bucket"
+    )]
+    Mismatch { stored: u32, configured: u32 },
+    #[error("topology bucket {TOPOLOGY_BUCKET} holds an unreadable shard count {0:?}")]
+    Corrupt(String),
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+impl TopologyError {
+    /// True when waiting and retrying may help (NATS unreachable), false when an operator must act.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::JetStream(_))
+    }
+}
+
+fn js_err(e: impl std::fmt::Display) -> TopologyError {
+    TopologyError::JetStream(e.to_string())
+}
+
+/// What every stream of the fleet is created with.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Stream replicas in a NATS cluster (1 on a single server).
+    pub replicas: usize,
+    /// How long JetStream remembers an idempotency key, so a retried POST enqueues once.
+    pub duplicate_window: Duration,
+    /// How long dead letters are kept.
+    pub dead_letter_max_age: Duration,
+    pub storage: StorageType,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            dead_letter_max_age: Duration::from_secs(14 * 24 * 3600),
+            storage: StorageType::File,
+        }
+    }
+}
+
+/// The agreed topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub shards: u32,
+}
+
+impl Topology {
+    pub fn shard_map(&self) -> crate::ShardMap {
+        crate::ShardMap::new(self.shards)
+    }
+
+    /// Reads the stored shard count, writing `configured` (or the default) when none is stored.
+    /// An explicit `configured` count that differs from the stored one is an error.
+    pub async fn agree(
+        js: &jetstream::Context,
+        configured: Option<u32>,
+        settings: &StreamSettings,
+    ) -> Result<Self, TopologyError> {
+        let bucket = match js.get_key_value(TOPOLOGY_BUCKET).await {
+            Ok(b) => b,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: TOPOLOGY_BUCKET.into(),
+                    description: "Flotilla fleet topology, written once".into(),
+                    history: 1,
+                    num_replicas: settings.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(js_err)?,
+        };
+        let wanted = configured.unwrap_or(DEFAULT_SHARDS);
+        let stored = match bucket
+            .create(SHARDS_KEY, Bytes::from(wanted.to_string()))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(shards = wanted, "topology written");
+                wanted
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let raw = bucket
+                    .get(SHARDS_KEY)
+                    .await
+                    .map_err(js_err)?
+                    .ok_or_else(|| TopologyError::Corrupt("<deleted>".into()))?;
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                match text.parse::<u32>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => return Err(TopologyError::Corrupt(text)),
+                }
+            }
+            Err(e) => return Err(js_err(e)),
+        };
+        if let Some(configured) = configured
+            && configured != stored
+        {
+            return Err(TopologyError::Mismatch { stored, configured });
+        }
+        Ok(Self { shards: stored })
+    }
+
+    /// Creates the shard streams and the dead-letter stream when absent. Existing streams are
+    /// left as they are (an operator may have tuned them).
+    pub async fn ensure_streams(
+        &self,
+        js: &jetstream::Context,
+        settings: &StreamSettings,
+    ) -> Result<(), TopologyError> {
+        for shard in 0..self.shards {
+            js.get_or_create_stream(call_stream_config(shard, settings))
+                .await
+                .map_err(js_err)?;
+        }
+        js.get_or_create_stream(dead_stream_config(settings))
+            .await
+            .map_err(js_err)?;
+        Ok(())
+    }
+
+    /// True when every stream of the topology exists (the gateway's readiness).
+    pub async fn streams_present(&self, js: &jetstream::Context) -> bool {
+        for shard in 0..self.shards {
+            if js.get_stream(subjects::call_stream(shard)).await.is_err() {
+                return false;
+            }
+        }
+        js.get_stream(DEAD_STREAM).await.is_ok()
+    }
+}
+
+/// A shard's stream: a work queue (a message is gone once acknowledged), one subject per function.
+pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::call_stream(shard),
+        description: Some(format!("Flotilla asynchronous calls, shard {shard}")),
+        subjects: vec![subjects::shard_wildcard(shard)],
+        retention: RetentionPolicy::WorkQueue,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    }
+}
+
+pub fn dead_stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: DEAD_STREAM.into(),
+        description: Some("Flotilla dead letters: calls that exhausted their attempts".into()),
+        subjects: vec![format!("{DEAD_SUBJECT_PREFIX}.>")],
+        retention: RetentionPolicy::Limits,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        max_age: settings.dead_letter_max_age,
+        ..Default::default()
+    }
+}

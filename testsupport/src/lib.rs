@@ -1,0 +1,24 @@
+//! Real servers for Flotilla's tests: a `nats-server` with JetStream on a free port and a
+//! temporary store (alone or as a cluster of three), and a recording HTTP server that plays a
+//! scripted function or a callback sink. Everything binds 127.0.0.1 and stops in `Drop`.
+
+mod http_server;
+mod nats;
+
+pub use http_server::{Handler, Recorded, RecordingServer, Reply};
+pub use nats::{NatsCluster, NatsServer, nats_server_bin};
+
+use std::time::Duration;
+
+/// Waits until `cond` holds, checking every 10 ms, or panics with `what` after `timeout`.
+/// Tests use this instead of sleeping for a guessed time.
+pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut cond: F) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
