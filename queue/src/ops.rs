@@ -192,3 +192,32 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Where functions live: the URL template and the optional policy file. Both binaries take these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FunctionArgs {
+    /// Base URL of a function: `{name}` is the full name, `{base}` the name without namespace,
+    /// `{namespace}` the namespace. The call's path suffix and query are appended.
+    #[arg(long, env = "FLOTILLA_FUNCTION_URL_TEMPLATE", default_value = crate::policy::DEFAULT_URL_TEMPLATE)]
+    pub function_url_template: String,
+    /// TOML file of per-function policies (url, concurrency, rate, timeout, retry).
+    #[arg(long, env = "FLOTILLA_POLICIES")]
+    pub policies: Option<std::path::PathBuf>,
+}
+
+impl FunctionArgs {
+    /// The policy table over `defaults`.
+    pub fn load(
+        &self,
+        defaults: crate::FunctionPolicy,
+    ) -> Result<crate::Policies, crate::PolicyError> {
+        match &self.policies {
+            Some(path) => crate::Policies::from_file(
+                &path.display().to_string(),
+                defaults,
+                self.function_url_template.clone(),
+            ),
+            None => crate::Policies::new(defaults, self.function_url_template.clone()),
+        }
+    }
+}
