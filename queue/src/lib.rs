@@ -2,10 +2,12 @@
 //! how it travels and what policy applies to it. Gateway and worker link this one crate so that
 //! they cannot disagree on any of it.
 
+pub mod dead_letter;
 pub mod envelope;
 pub mod names;
 pub mod ops;
 pub mod policy;
+pub mod report;
 pub mod shard;
 pub mod subjects;
 pub mod time;
