@@ -1,1 +1,26 @@
-//! placeholder
+//! Flotilla's HTTP gateway: forwards synchronous calls to functions and enqueues asynchronous ones
+//! into the JetStream shard streams, answering 202 only once JetStream holds the call. The binary
+//! in `main.rs` is a thin shell around `run`.
+
+mod body;
+mod config;
+mod enqueue;
+mod error;
+mod forward;
+mod metrics;
+mod routes;
+mod server;
+mod state;
+mod system;
+
+pub use config::Config;
+pub use error::{CallError, GatewayError, Side};
+pub use server::run;
+
+/// Names of the gateway's Prometheus metrics, for dashboards and tests.
+pub mod metric_names {
+    pub use crate::metrics::{
+        DUPLICATES, ENQUEUE_SECONDS, ERRORS, FUNCTION_SECONDS, INVOCATIONS, NATS_CONNECTED,
+        TOPOLOGY_SHARDS,
+    };
+}

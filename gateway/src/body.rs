@@ -1,0 +1,60 @@
+//! The one response body type: a buffer the gateway wrote, or a function's response streamed
+//! through unbuffered. An enum instead of a boxed body keeps the hot path free of an allocation.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+
+#[derive(Debug)]
+pub enum Body {
+    /// A complete body; `None` once sent (or when empty).
+    Full(Option<Bytes>),
+    /// A function's response body, passed through as it arrives.
+    Upstream(Incoming),
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            Self::Full(None)
+        } else {
+            Self::Full(Some(bytes))
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(bytes) => bytes.is_none(),
+            Self::Upstream(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Upstream(incoming) => incoming.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The asynchronous hot path: `/async-function/<name>[/<path>]` becomes one JetStream message on
+//! the function's shard, and the client hears 202 only once JetStream acknowledged it. No JSON,
+//! one body buffer (a single-chunk body is not copied), one context shared by every request.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use flotilla_queue::envelope::{self, Envelope, is_dropped_header};
+use flotilla_queue::{FunctionName, subjects};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::CallError;
+use crate::routes::{X_CALL_ID, header_text, split_name};
+use crate::state::State;
+
+pub const PREFIX: &str = "/async-function/";
+pub const ALLOW: &str = "GET, POST, PUT, PATCH, DELETE";
+
+const X_CALLBACK_URL: &str = "x-callback-url";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest client-chosen call id or idempotency key.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// Request headers that travel as envelope control fields (or are set again by the worker), so
+/// they are not copied among the forwarded headers.
+const CONTROL_HEADERS: &[&str] = &["x-call-id", "x-callback-url", "x-start-time"];
+
+pub async fn enqueue(
+    state: &State,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Result<Response<Body>, CallError> {
+    let (parts, body) = req.into_parts();
+    if !matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::GET
+    ) {
+        return Err(CallError::MethodNotAllowed { allow: ALLOW });
+    }
+    let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
+    let function = FunctionName::parse(name)?;
+    let headers = &parts.headers;
+
+    let callback_url = match header_text(headers, X_CALLBACK_URL) {
+        None => None,
+        Some(Ok(url)) => {
+            check_callback_url(url)?;
+            Some(url.to_owned())
+        }
+        Some(Err(())) => return Err(CallError::BadCallbackUrl("is not valid text")),
+    };
+    let client_call_id = client_key(headers, X_CALL_ID, "X-Call-Id")?;
+    let idempotency_key = client_key(headers, IDEMPOTENCY_KEY, "Idempotency-Key")?;
+
+    let limit = state.body_limit();
+    if content_length(headers).is_some_and(|n| n > limit as u64) {
+        return Err(CallError::BodyTooLarge { limit });
+    }
+    let Some((_, shards)) = state.topology.get() else {
+        return Err(CallError::NotReady("shard topology not agreed yet"));
+    };
+    if !state.nats_connected() {
+        return Err(CallError::NatsDown);
+    }
+
+    let body = read_body(body, limit).await?;
+
+    // JetStream's de-duplication map is per stream: scope the key by function so two functions
+    // on one shard may use the same key.
+    let dedup_key = idempotency_key
+        .or(client_call_id)
+        .map(|key| format!("{function}:{key}"));
+    let call_id = match (client_call_id, idempotency_key) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(key)) => derived_call_id(&function, key),
+        (None, None) => envelope::new_call_id(),
+    };
+    let call_id_header = HeaderValue::from_str(&call_id).map_err(|_| CallError::BadHeader {
+        header: "X-Call-Id",
+        reason: "is not a valid header value",
+    })?;
+
+    let shard = shards.shard_of(function.as_str());
+    let subject = subjects::call_subject(shard, &function);
+    let forwarded = forwarded_headers(headers);
+    let env = Envelope {
+        call_id,
+        function,
+        method: parts.method.as_str().to_owned(),
+        path: path.to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        callback_url,
+        start_time: flotilla_queue::time::unix_nanos(),
+        attempt: 0,
+        headers: forwarded,
+        body,
+    };
+    let (nats_headers, payload) = env.to_nats(dedup_key.as_deref());
+
+    let publish = async {
+        state
+            .js
+            .publish_with_headers(subject, nats_headers, payload)
+            .await?
+            .await
+    };
+    let ack = match tokio::time::timeout(state.publish_timeout, publish).await {
+        Ok(Ok(ack)) => ack,
+        Ok(Err(e)) => return Err(publish_error(e.kind(), &e.to_string(), shard)),
+        Err(_) => return Err(CallError::Publish(timed_out(state.publish_timeout))),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    state.metrics.accepted(env.function.as_str(), seconds);
+    if ack.duplicate {
+        state.metrics.duplicate(env.function.as_str());
+        tracing::debug!(function = %env.function, call_id = %env.call_id, "duplicate call dropped by JetStream");
+    }
+
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp.headers_mut().insert(X_CALL_ID, call_id_header);
+    Ok(resp)
+}
+
+fn timed_out(after: Duration) -> String {
+    format!("no PubAck from JetStream within {after:?}")
+}
+
+fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {
+    match kind {
+        PublishErrorKind::MaxPayloadExceeded => CallError::MessageTooLarge,
+        PublishErrorKind::StreamNotFound => CallError::Publish(format!(
+            "no stream for shard {shard} ({})",
+            subjects::call_stream(shard)
+        )),
+        PublishErrorKind::TimedOut => CallError::Publish("no PubAck from JetStream in time".into()),
+        _ => CallError::Publish(text.to_owned()),
+    }
+}
+
+/// Reads the whole body, refusing it once it passes `limit`.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, CallError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(CallError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(CallError::BodyRead(e.to_string())),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A client-chosen call id or idempotency key: 1 to 128 visible ASCII characters, as it is
+/// echoed in a header and stored in a NATS header.
+fn client_key<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    shown: &'static str,
+) -> Result<Option<&'a str>, CallError> {
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
+        return Err(CallError::BadHeader {
+            header: shown,
+            reason: "must be 1 to 128 characters long",
+        });
+    }
+    if !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(CallError::BadHeader {
+            header: shown,
+            reason: "may only hold visible ASCII characters",
+        });
+    }
+    // Visible ASCII is valid UTF-8.
+    Ok(std::str::from_utf8(bytes).ok())
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+pub fn check_callback_url(raw: &str) -> Result<(), CallError> {
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|_| CallError::BadCallbackUrl("is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(_) => return Err(CallError::BadCallbackUrl("must use http:// or https://")),
+        None => {
+            return Err(CallError::BadCallbackUrl(
+                "must be an absolute http:// or https:// URL",
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(CallError::BadCallbackUrl("has no host"));
+    }
+    Ok(())
+}
+
+/// The request's headers that travel to the function: not hop-by-hop, not reserved for the
+/// envelope, not a control field. Values that are not UTF-8 are carried lossily.
+fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = name.as_str();
+        if is_dropped_header(name) || CONTROL_HEADERS.contains(&name) {
+            continue;
+        }
+        let value = match std::str::from_utf8(value.as_bytes()) {
+            Ok(v) => v.to_owned(),
+            Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        };
+        out.push((name.to_owned(), value));
+    }
+    out
+}
+
+/// The call id of a call that carries only an `Idempotency-Key`: the same (function, key) always
+/// gives the same id, so a retried POST is answered with the id of the call it repeats. FNV-1a
+/// 128 is spelled out here so the id survives a gateway upgrade within the de-duplication window.
+pub fn derived_call_id(function: &FunctionName, key: &str) -> String {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    let parts: [&[u8]; 5] = [
+        b"flotilla-idempotency",
+        b"\0",
+        function.as_str().as_bytes(),
+        b"\0",
+        key.as_bytes(),
+    ];
+    for part in parts {
+        for &b in part {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    uuid::Builder::from_u128(h)
+        .with_version(uuid::Version::Custom)
+        .with_variant(uuid::Variant::RFC4122)
+        .into_uuid()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_urls() {
+        for ok in [
+            "http://cb.example/x",
+            "https://cb.example:8443/a?b=1",
+            "http://127.0.0.1:9",
+        ] {
+            assert!(check_callback_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "cb.example/x",
+            "/relative",
+            "ftp://cb.example/x",
+            "http://",
+            "http:// space",
+            "not a url",
+        ] {
+            assert!(check_callback_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_scoped() {
+        let f = FunctionName::parse("echo").unwrap();
+        let g = FunctionName::parse("other").unwrap();
+        let a = derived_call_id(&f, "k1");
+        assert_eq!(a, derived_call_id(&f, "k1"));
+        assert_ne!(a, derived_call_id(&f, "k2"));
+        assert_ne!(a, derived_call_id(&g, "k1"));
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 8);
+        // Pinned: changing it breaks de-duplication across an upgrade.
+        assert_eq!(a, "246043c4-b847-85b6-97ce-cb1f7837c9c1");
+    }
+
+    #[test]
+    fn control_and_reserved_headers_stay_out() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-call-id", HeaderValue::from_static("c"));
+        h.insert("x-callback-url", HeaderValue::from_static("http://a/"));
+        h.insert("nats-msg-id", HeaderValue::from_static("forged"));
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.append("x-multi", HeaderValue::from_static("1"));
+        h.append("x-multi", HeaderValue::from_static("2"));
+        let got = forwarded_headers(&h);
+        assert_eq!(
+            got,
+            vec![
+                ("content-type".to_owned(), "text/plain".to_owned()),
+                ("x-multi".to_owned(), "1".to_owned()),
+                ("x-multi".to_owned(), "2".to_owned()),
+            ]
+        );
+    }
+}

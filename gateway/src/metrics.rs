@@ -1,0 +1,139 @@
+//! The gateway's Prometheus metrics: OpenFaaS's own names for invocations, plus enqueue latency,
+//! refusals by reason and the NATS connection. Handles for the asynchronous hot path are cached
+//! per function so an enqueue costs two atomic updates, not a registry lookup with label
+//! allocation.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use metrics::{Counter, Histogram};
+
+pub const INVOCATIONS: &str = "gateway_function_invocation_total";
+pub const FUNCTION_SECONDS: &str = "gateway_functions_seconds";
+pub const ENQUEUE_SECONDS: &str = "gateway_enqueue_seconds";
+pub const DUPLICATES: &str = "gateway_enqueue_duplicates_total";
+pub const ERRORS: &str = "gateway_http_errors_total";
+pub const NATS_CONNECTED: &str = "gateway_nats_connected";
+pub const TOPOLOGY_SHARDS: &str = "gateway_topology_shards";
+
+/// Cached functions beyond this many are counted through the registry instead: client-chosen
+/// names must not grow the cache without bound.
+const MAX_CACHED_FUNCTIONS: usize = 10_000;
+
+struct Accepted {
+    invocations: Counter,
+    seconds: Histogram,
+}
+
+impl Accepted {
+    fn new(function: &str) -> Self {
+        Self {
+            invocations: metrics::counter!(INVOCATIONS, "function_name" => function.to_owned(), "code" => "202"),
+            seconds: metrics::histogram!(FUNCTION_SECONDS, "function_name" => function.to_owned(), "code" => "202"),
+        }
+    }
+
+    fn record(&self, seconds: f64) {
+        self.invocations.increment(1);
+        self.seconds.record(seconds);
+    }
+}
+
+/// The gateway's metric handles. Create it after `ops::metrics_handle()` installed the recorder,
+/// or every handle is a no-op.
+pub struct Metrics {
+    accepted: RwLock<HashMap<String, Accepted>>,
+    enqueue_seconds: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        metrics::describe_counter!(
+            INVOCATIONS,
+            "Function calls by function and response code (202 for accepted asynchronous calls)"
+        );
+        metrics::describe_histogram!(
+            FUNCTION_SECONDS,
+            metrics::Unit::Seconds,
+            "Time to the function's response head (synchronous) or to the PubAck (asynchronous)"
+        );
+        metrics::describe_histogram!(
+            ENQUEUE_SECONDS,
+            metrics::Unit::Seconds,
+            "Time from request to JetStream PubAck for asynchronous calls"
+        );
+        metrics::describe_counter!(
+            DUPLICATES,
+            "Asynchronous calls JetStream dropped as duplicates of an earlier Idempotency-Key or X-Call-Id"
+        );
+        metrics::describe_counter!(
+            ERRORS,
+            "Requests refused or failed, by status code and reason"
+        );
+        metrics::describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
+        metrics::describe_gauge!(TOPOLOGY_SHARDS, "Agreed shard count (0 until agreed)");
+        Self {
+            accepted: RwLock::new(HashMap::new()),
+            enqueue_seconds: metrics::histogram!(ENQUEUE_SECONDS),
+        }
+    }
+
+    /// An asynchronous call was enqueued (`seconds` from request to PubAck).
+    pub fn accepted(&self, function: &str, seconds: f64) {
+        self.enqueue_seconds.record(seconds);
+        if let Ok(map) = self.accepted.read()
+            && let Some(m) = map.get(function)
+        {
+            m.record(seconds);
+            return;
+        }
+        let m = Accepted::new(function);
+        m.record(seconds);
+        if let Ok(mut map) = self.accepted.write()
+            && map.len() < MAX_CACHED_FUNCTIONS
+        {
+            map.entry(function.to_owned()).or_insert(m);
+        }
+    }
+
+    /// JetStream reported the publish as a duplicate.
+    pub fn duplicate(&self, function: &str) {
+        metrics::counter!(DUPLICATES, "function_name" => function.to_owned()).increment(1);
+    }
+
+    /// A synchronous call ended with `code` (the function's, or 502/504).
+    pub fn sync_call(&self, function: &str, code: u16, seconds: f64) {
+        let code = code_label(code);
+        metrics::counter!(INVOCATIONS, "function_name" => function.to_owned(), "code" => code.clone())
+            .increment(1);
+        metrics::histogram!(FUNCTION_SECONDS, "function_name" => function.to_owned(), "code" => code)
+            .record(seconds);
+    }
+
+    /// A request was refused or failed at the gateway.
+    pub fn error(&self, code: u16, reason: &'static str) {
+        metrics::counter!(ERRORS, "code" => code_label(code), "reason" => reason).increment(1);
+    }
+
+    pub fn nats_connected(&self, up: bool) {
+        metrics::gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+    }
+
+    pub fn shards(&self, shards: u32) {
+        metrics::gauge!(TOPOLOGY_SHARDS).set(f64::from(shards));
+    }
+}
+
+fn code_label(code: u16) -> metrics::SharedString {
+    match code {
+        200 => metrics::SharedString::const_str("200"),
+        202 => metrics::SharedString::const_str("202"),
+        _ => metrics::SharedString::from(code.to_string()),
+    }
+}

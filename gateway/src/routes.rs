@@ -1,0 +1,73 @@
+//! The router: one match on the path prefix sends a request to the asynchronous path, the
+//! synchronous path or the operator's routes, and turns every `CallError` into its response,
+//! its log line and its metric in one place.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::Side;
+use crate::state::State;
+use crate::{enqueue, forward, system};
+
+pub const X_CALL_ID: &str = "x-call-id";
+
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let path = req.uri().path();
+    let result = if path.starts_with(enqueue::PREFIX) {
+        enqueue::enqueue(&state, req, started).await
+    } else if path.starts_with(forward::PREFIX) {
+        forward::forward(&state, req, started).await
+    } else {
+        system::route(&state, req).await
+    };
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(error) => {
+            let status = error.status().as_u16();
+            match error.side() {
+                Side::Downstream => tracing::debug!(status, %error, "request refused"),
+                Side::Upstream => tracing::warn!(status, %error, "request failed upstream"),
+                Side::Internal => tracing::error!(status, %error, "request failed in the gateway"),
+            }
+            state.metrics.error(status, error.reason());
+            error.into_response(&state.retry_after)
+        }
+    })
+}
+
+/// Splits `<name>[/<path>]` into the name and the path suffix (empty or starting with '/').
+pub fn split_name(rest: &str) -> (&str, &str) {
+    match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    }
+}
+
+/// A header's value as text: `None` when absent, `Err` when it is not UTF-8.
+pub fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+    headers
+        .get(name)
+        .map(|v| std::str::from_utf8(v.as_bytes()).map_err(|_| ()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_suffixes() {
+        assert_eq!(split_name("echo"), ("echo", ""));
+        assert_eq!(split_name("echo/"), ("echo", "/"));
+        assert_eq!(split_name("echo.ns/a/b"), ("echo.ns", "/a/b"));
+        assert_eq!(split_name(""), ("", ""));
+    }
+}

@@ -1,0 +1,216 @@
+//! `run`: connects NATS, agrees the topology in the background, serves HTTP/1.1 until the
+//! shutdown future resolves, then drains. One shutdown shape: a cancellation token tells every
+//! task to stop, a task tracker says when they have, and the grace period bounds the wait.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::ContextBuilder;
+use flotilla_queue::ops::{self, PoolSettings};
+use flotilla_queue::{Topology, TopologyError};
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::routes;
+use crate::state::{State, StateParts};
+use crate::system::basic_token;
+
+/// How often idle histogram data is folded in, so memory stays flat between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish within `--shutdown-grace`, and returns. Returns early with
+/// `GatewayError::Config` when the configuration is invalid or the shard count disagrees with
+/// the one stored in NATS.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    config.validate().map_err(GatewayError::Config)?;
+    let policies = config.policies().map_err(GatewayError::Config)?;
+    let auth = config
+        .basic_auth()
+        .map_err(GatewayError::Config)?
+        .map(|(user, password)| basic_token(&user, &password));
+    let retry_after = HeaderValue::from(config.retry_after_seconds);
+    // Before any metric handle is made, or the handles are no-ops.
+    let prometheus = ops::metrics_handle();
+
+    let client = config.nats.connect("flotilla-gateway").await?;
+    let js = ContextBuilder::new()
+        .timeout(config.publish_timeout)
+        .max_ack_inflight(config.max_publish_inflight)
+        // Beyond the cap a publish waits for a slot (the enqueue's own timeout bounds the
+        // wait) rather than failing a burst of clients.
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    let state = Arc::new(State::new(StateParts {
+        client: client.clone(),
+        js,
+        policies,
+        http: ops::pooled_client(PoolSettings::default()),
+        max_body_bytes: config.max_body_bytes,
+        sync_timeout: config.sync_timeout,
+        publish_timeout: config.publish_timeout,
+        retry_after,
+        auth,
+        prometheus,
+    }));
+
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<TopologyError>(1);
+    tracker.spawn(agree_topology(
+        state.clone(),
+        config.clone(),
+        token.clone(),
+        fatal_tx,
+    ));
+    tracker.spawn(metrics_upkeep(state.clone(), token.clone()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            Some(error) = fatal_rx.recv() => {
+                tracing::error!(%error, "topology disagrees with this gateway's configuration");
+                break Err(GatewayError::Config(error.to_string()));
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tracker.spawn(serve_connection(
+                        stream,
+                        builder.clone(),
+                        state.clone(),
+                        token.clone(),
+                    ));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    };
+
+    drop(listener);
+    token.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace = ?config.shutdown_grace,
+            remaining = tracker.len(),
+            "shutdown grace period over; abandoning unfinished requests"
+        );
+    } else {
+        tracing::info!("gateway stopped");
+    }
+    outcome
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    builder: http1::Builder,
+    state: Arc<State>,
+    token: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |req| routes::handle(state.clone(), req));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = token.cancelled() => {
+            // Finish the request in flight, then close instead of keeping the connection alive.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        // Clients that vanish or stall past the header-read timeout end up here.
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Agrees the shard count and makes sure the streams exist, retrying while NATS is unreachable.
+/// A mismatch or a corrupt topology is reported through `fatal` and ends `run`.
+async fn agree_topology(
+    state: Arc<State>,
+    config: Config,
+    token: CancellationToken,
+    fatal: mpsc::Sender<TopologyError>,
+) {
+    let settings = config.nats.stream_settings();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if state.nats_connected() {
+            let attempt = async {
+                let topology = Topology::agree(&state.js, config.nats.shards, &settings).await?;
+                topology.ensure_streams(&state.js, &settings).await?;
+                Ok::<_, TopologyError>(topology)
+            };
+            let result = tokio::select! {
+                r = attempt => r,
+                () = token.cancelled() => return,
+            };
+            match result {
+                Ok(topology) => {
+                    tracing::info!(
+                        shards = topology.shards,
+                        "topology agreed; accepting asynchronous calls"
+                    );
+                    state.metrics.shards(topology.shards);
+                    let _ = state.topology.set((topology, topology.shard_map()));
+                    return;
+                }
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(%error, "topology not agreed yet; retrying");
+                }
+                Err(error) => {
+                    let _ = fatal.send(error).await;
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = token.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn metrics_upkeep(state: Arc<State>, token: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                state.prometheus.run_upkeep();
+                state.metrics.nats_connected(state.nats_connected());
+            }
+            () = token.cancelled() => return,
+        }
+    }
+}

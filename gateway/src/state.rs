@@ -1,0 +1,130 @@
+//! What every request handler shares: the NATS client and its one JetStream context, the agreed
+//! topology (absent until agreed), the function policies, the pooled HTTP client and the metric
+//! handles. Built once in `run`, held in an `Arc`.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use flotilla_queue::{Policies, ShardMap, Topology};
+use http::HeaderValue;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::metrics::Metrics;
+
+/// Room left in a NATS message for the envelope's headers when capping the body limit: control
+/// fields plus typical request headers. A request whose headers need more is still refused
+/// cleanly (413) by the publish's own size check.
+pub const ENVELOPE_HEADER_ROOM: usize = 16 * 1024;
+
+/// How long a readiness answer is reused: probes from several kubelets and load balancers must
+/// not each cost a round of JetStream API calls.
+const READY_CACHE: Duration = Duration::from_secs(2);
+
+pub struct State {
+    pub client: async_nats::Client,
+    /// The one JetStream context: its ack semaphore bounds publishes in flight process-wide.
+    pub js: jetstream::Context,
+    /// Set once by the topology task; until then asynchronous calls answer 503.
+    pub topology: OnceLock<(Topology, ShardMap)>,
+    pub policies: Policies,
+    pub http: Client<HttpConnector, Incoming>,
+    pub max_body_bytes: usize,
+    pub sync_timeout: Duration,
+    /// Bounds the whole enqueue: waiting for an ack slot, sending, and the PubAck.
+    pub publish_timeout: Duration,
+    pub retry_after: HeaderValue,
+    /// The exact `Authorization` value `/system/*` requires, when credentials are configured.
+    pub auth: Option<String>,
+    pub metrics: Metrics,
+    pub prometheus: PrometheusHandle,
+    ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("topology", &self.topology.get().map(|t| t.0))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parts of `State` that `run` fills in from the configuration.
+pub struct StateParts {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub policies: Policies,
+    pub http: Client<HttpConnector, Incoming>,
+    pub max_body_bytes: usize,
+    pub sync_timeout: Duration,
+    pub publish_timeout: Duration,
+    pub retry_after: HeaderValue,
+    pub auth: Option<String>,
+    pub prometheus: PrometheusHandle,
+}
+
+impl State {
+    pub fn new(p: StateParts) -> Self {
+        Self {
+            client: p.client,
+            js: p.js,
+            topology: OnceLock::new(),
+            policies: p.policies,
+            http: p.http,
+            max_body_bytes: p.max_body_bytes,
+            sync_timeout: p.sync_timeout,
+            publish_timeout: p.publish_timeout,
+            retry_after: p.retry_after,
+            auth: p.auth,
+            metrics: Metrics::new(),
+            prometheus: p.prometheus,
+            ready: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The body limit in force: the flag, capped so that body and envelope fit one NATS message.
+    pub fn body_limit(&self) -> usize {
+        let fits = self
+            .client
+            .max_payload()
+            .saturating_sub(ENVELOPE_HEADER_ROOM)
+            .max(1);
+        self.max_body_bytes.min(fits)
+    }
+
+    /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
+    /// check is cached briefly; concurrent probes share one check.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let connected = self.nats_connected();
+        self.metrics.nats_connected(connected);
+        if !connected {
+            return Err("NATS is not connected".into());
+        }
+        let Some((topology, _)) = self.topology.get() else {
+            return Err("topology not agreed yet".into());
+        };
+        let mut cached = self.ready.lock().await;
+        if let Some((at, answer)) = cached.as_ref()
+            && at.elapsed() < READY_CACHE
+        {
+            return answer.clone();
+        }
+        let answer = if topology.streams_present(&self.js).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "streams of the {}-shard topology are not all present",
+                topology.shards
+            ))
+        };
+        *cached = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}

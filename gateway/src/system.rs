@@ -1,0 +1,170 @@
+//! The operator's routes: `/healthz`, `/readyz`, `/metrics` and `/system/*` (basic auth when
+//! configured). None of them is on the hot path; they may allocate and speak JSON.
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::{CallError, text_response};
+use crate::state::State;
+
+const GET_ONLY: &str = "GET, HEAD";
+
+pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Body>, CallError> {
+    let path = req.uri().path();
+    let is_system = path == "/system" || path.starts_with("/system/");
+    if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/system/info") && !is_system {
+        return Err(CallError::NotFound);
+    }
+    if is_system && let Some(expected) = &state.auth {
+        let given = req.headers().get(header::AUTHORIZATION);
+        if !given.is_some_and(|g| authorized(g, expected)) {
+            return Err(CallError::Unauthorized);
+        }
+    }
+    if path != "/system/info" && is_system {
+        return Err(CallError::NotFound);
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(CallError::MethodNotAllowed { allow: GET_ONLY });
+    }
+    Ok(match path {
+        "/healthz" => text_response(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match state.readiness().await {
+            Ok(()) => text_response(StatusCode::OK, "ready\n".into()),
+            Err(reason) => {
+                let mut resp = text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{reason}\n").into(),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, state.retry_after.clone());
+                resp
+            }
+        },
+        "/metrics" => {
+            state.metrics.nats_connected(state.nats_connected());
+            let mut resp = Response::new(Body::full(state.prometheus.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        _ => info(state),
+    })
+}
+
+/// OpenFaaS's `/system/info` shape, plus the shard count and stream names.
+fn info(state: &State) -> Response<Body> {
+    let topology = state.topology.get().map(|(t, _)| *t);
+    let streams: Vec<String> = topology
+        .map(|t| {
+            (0..t.shards)
+                .map(flotilla_queue::subjects::call_stream)
+                .chain(std::iter::once(
+                    flotilla_queue::subjects::DEAD_STREAM.to_owned(),
+                ))
+                .collect()
+        })
+        .unwrap_or_default();
+    let release = env!("CARGO_PKG_VERSION");
+    let sha = option_env!("FLOTILLA_GIT_SHA").unwrap_or("unknown");
+    let doc = serde_json::json!({
+        "provider": {
+            "provider": "flotilla",
+            "orchestration": "nats-jetstream",
+            "version": { "release": release, "sha": sha },
+        },
+        "version": { "release": release, "sha": sha },
+        "arch": std::env::consts::ARCH,
+        "shards": topology.map(|t| t.shards),
+        "streams": streams,
+        "nats": { "connected": state.nats_connected() },
+    });
+    let mut resp = Response::new(Body::full(doc.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `Authorization: Basic <base64(user:password)>`, compared in constant time.
+fn authorized(given: &HeaderValue, expected: &str) -> bool {
+    let given = given.as_bytes();
+    let Some(token) = given
+        .get(..6)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
+        .map(|_| given[6..].trim_ascii())
+    else {
+        return false;
+    };
+    constant_time_eq(token, expected.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The base64 of `user:password` that a client's `Authorization: Basic` must carry.
+pub fn basic_token(user: &str, password: &str) -> String {
+    base64(format!("{user}:{password}").as_bytes())
+}
+
+/// Standard base64 with padding (RFC 4648 §4); the gateway only ever encodes.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+        assert_eq!(basic_token("admin", "secret"), "YWRtaW46c2VjcmV0");
+    }
+
+    #[test]
+    fn basic_auth_checks() {
+        let t = basic_token("admin", "secret");
+        let ok = |v: &str| authorized(&HeaderValue::from_str(v).unwrap(), &t);
+        assert!(ok("Basic YWRtaW46c2VjcmV0"));
+        assert!(ok("basic YWRtaW46c2VjcmV0"));
+        assert!(!ok("Basic YWRtaW46c2VjcmV1"));
+        assert!(!ok("Bearer YWRtaW46c2VjcmV0"));
+        assert!(!ok("Basic"));
+    }
+}
