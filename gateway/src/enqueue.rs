@@ -110,7 +110,12 @@ pub async fn enqueue(
     };
     let ack = match tokio::time::timeout(state.publish_timeout, publish).await {
         Ok(Ok(ack)) => ack,
-        Ok(Err(e)) => return Err(publish_error(e.kind(), &e.to_string(), shard)),
+        Ok(Err(e)) => {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                state.stream_missing();
+            }
+            return Err(publish_error(e.kind(), &e.to_string(), shard));
+        }
         Err(_) => return Err(CallError::Publish(timed_out(state.publish_timeout))),
     };
     let seconds = started.elapsed().as_secs_f64();

@@ -164,7 +164,7 @@ async fn agree_topology(
 ) {
     let settings = config.nats.stream_settings();
     let mut backoff = Duration::from_millis(100);
-    loop {
+    let topology = loop {
         if state.nats_connected() {
             let attempt = async {
                 let topology = Topology::agree(&state.js, config.nats.shards, &settings).await?;
@@ -183,7 +183,7 @@ async fn agree_topology(
                     );
                     state.metrics.shards(topology.shards);
                     let _ = state.topology.set((topology, topology.shard_map()));
-                    return;
+                    break topology;
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "topology not agreed yet; retrying");
@@ -199,6 +199,25 @@ async fn agree_topology(
             () = token.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    };
+    // Streams can vanish after the agreement (deleted by an operator, or lost when a NATS with
+    // memory storage restarts); re-create them when a publish finds none, at most once a second.
+    loop {
+        tokio::select! {
+            () = state.streams_missing.notified() => {}
+            () = token.cancelled() => return,
+        }
+        tokio::select! {
+            result = topology.ensure_streams(&state.js, &settings) => match result {
+                Ok(()) => tracing::warn!("shard streams were missing; re-created"),
+                Err(error) => tracing::warn!(%error, "shard streams missing and not re-created yet"),
+            },
+            () = token.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = token.cancelled() => return,
+        }
     }
 }
 

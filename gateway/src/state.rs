@@ -40,6 +40,9 @@ pub struct State {
     pub auth: Option<String>,
     pub metrics: Metrics,
     pub prometheus: PrometheusHandle,
+    /// Signalled when a publish found no stream (deleted, or lost with a memory-backed NATS
+    /// restart); the topology task then re-creates the streams.
+    pub streams_missing: tokio::sync::Notify,
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
@@ -81,6 +84,7 @@ impl State {
             auth: p.auth,
             metrics: Metrics::new(),
             prometheus: p.prometheus,
+            streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),
         }
     }
@@ -97,6 +101,14 @@ impl State {
             .saturating_sub(ENVELOPE_HEADER_ROOM)
             .max(1);
         self.max_body_bytes.min(fits)
+    }
+
+    /// A publish found no stream: forget the cached readiness and have the streams re-created.
+    pub fn stream_missing(&self) {
+        if let Ok(mut cached) = self.ready.try_lock() {
+            *cached = None;
+        }
+        self.streams_missing.notify_one();
     }
 
     /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
