@@ -1,1 +1,256 @@
-//! placeholder
+//! Flotilla's worker shard: pulls asynchronous calls from the JetStream shard streams through one
+//! durable consumer per function, calls the functions over pooled HTTP, delivers callbacks and
+//! reports, and settles each message only when its outcome and callback are settled.
+//!
+//! Entry point: [`run`], with the admin listener and the shutdown future injected so tests can
+//! bind port 0 and stop a worker on demand.
+
+mod admin;
+mod call;
+mod callback;
+mod config;
+mod dead;
+mod discovery;
+mod error;
+pub mod metrics;
+mod pull;
+mod report;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use flotilla_queue::ops::{self, PoolSettings};
+use flotilla_queue::{Policies, ShardMap, Topology};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use call::{Attempt, CallError, Outcome};
+pub use config::Config;
+pub use error::WorkerError;
+
+use crate::callback::{CallbackQueue, CallbackSettings};
+use crate::metrics::WorkerMetrics;
+use crate::report::ReportQueue;
+
+/// What every task of a running worker shares.
+pub(crate) struct Shared {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub policies: Policies,
+    pub shard_map: ShardMap,
+    pub http: call::FunctionClient,
+    pub callbacks: CallbackQueue,
+    pub reports: ReportQueue,
+    pub ack_wait: Duration,
+    /// A third of `ack_wait`: two progress acks may be lost before NATS redelivers.
+    pub progress_every: Duration,
+    pub consumer_idle: Duration,
+    pub discovery_interval: Duration,
+    /// Fires on shutdown: stop pulling.
+    pub stop: CancellationToken,
+    /// Fires when the grace period is over: hand back what is still running.
+    pub hard: CancellationToken,
+    /// Supervisors, pull loops and calls; the drain waits on it.
+    pub tracker: TaskTracker,
+    pub metrics: WorkerMetrics,
+    pub ready: Arc<Readiness>,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    client: OnceLock<async_nats::Client>,
+    shards_wanted: AtomicUsize,
+    pub shards_ready: AtomicUsize,
+    started: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("shutting down\n");
+        }
+        let Some(client) = self.client.get() else {
+            return Err("connecting to NATS\n");
+        };
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err("NATS disconnected\n");
+        }
+        if !self.started.load(Ordering::SeqCst)
+            || self.shards_ready.load(Ordering::SeqCst) < self.shards_wanted.load(Ordering::SeqCst)
+        {
+            return Err("consumers starting\n");
+        }
+        Ok(())
+    }
+}
+
+/// Runs a worker until `shutdown` resolves, then drains: stops pulling at once, hands back
+/// messages not started, lets in-flight calls and their callbacks finish within `--grace`, hands
+/// back the rest, and returns. Configuration problems (including a shard count that disagrees
+/// with NATS) return [`WorkerError::Config`].
+pub async fn run(
+    config: Config,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    config.validate()?;
+    let policies = config.policies()?;
+    let prometheus = ops::metrics_handle();
+    let metrics = WorkerMetrics::new();
+    let ready = Arc::new(Readiness::default());
+
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        ready.clone(),
+        prometheus,
+        admin_stop.clone(),
+    ));
+    // Every return path below stops the admin server.
+    let _admin_guard = admin_stop.clone().drop_guard();
+
+    let stop = CancellationToken::new();
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        signal.cancel();
+    });
+
+    let client =
+        config.nats.connect("flotilla-worker").await.map_err(|e| {
+            WorkerError::Config(format!("--nats-url {}: {e}", config.nats.nats_url))
+        })?;
+    let _ = ready.client.set(client.clone());
+    let js = jetstream::new(client.clone());
+    let settings = config.nats.stream_settings();
+    let Some(topology) = until_agreed(&stop, "agreeing on the topology", || {
+        Topology::agree(&js, config.nats.shards, &settings)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    if until_agreed(&stop, "creating the streams", || {
+        topology.ensure_streams(&js, &settings)
+    })
+    .await?
+    .is_none()
+    {
+        return Ok(());
+    }
+    let shards = config.served_shards(topology.shards)?;
+    ready.shards_wanted.store(shards.len(), Ordering::SeqCst);
+    tracing::info!(shards = ?shards, total = topology.shards, "worker starting");
+
+    // Callback and report tasks outlive the calls, which wait for their callbacks.
+    let aux = TaskTracker::new();
+    let aux_closed = CancellationToken::new();
+    let hard = CancellationToken::new();
+    let callbacks = callback::start(
+        config.callback_queue,
+        CallbackSettings {
+            concurrency: config.callback_concurrency,
+            attempts: config.callback_attempts,
+            timeout: config.callback_timeout,
+        },
+        metrics.clone(),
+        &aux,
+        aux_closed.clone(),
+        hard.clone(),
+    );
+    let reports = report::start(
+        config.report_queue,
+        client.clone(),
+        metrics.reports_dropped.clone(),
+        &aux,
+        aux_closed.clone(),
+    );
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        js,
+        policies,
+        shard_map: topology.shard_map(),
+        http: ops::pooled_client(PoolSettings::default()),
+        callbacks,
+        reports,
+        ack_wait: config.ack_wait,
+        progress_every: config.ack_wait / 3,
+        consumer_idle: config.consumer_idle,
+        discovery_interval: config.discovery_interval,
+        stop: stop.clone(),
+        hard: hard.clone(),
+        tracker: TaskTracker::new(),
+        metrics,
+        ready: ready.clone(),
+    });
+    for &shard in &shards {
+        shared
+            .tracker
+            .spawn(discovery::supervise(shared.clone(), shard));
+    }
+    ready.started.store(true, Ordering::SeqCst);
+
+    stop.cancelled().await;
+    ready.stopping.store(true, Ordering::SeqCst);
+    tracing::info!(grace = ?config.grace, "draining: pulling stopped, finishing calls in flight");
+    shared.tracker.close();
+    if tokio::time::timeout(config.grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; handing back the calls still running");
+        hard.cancel();
+        shared.tracker.wait().await;
+    }
+    aux_closed.cancel();
+    aux.close();
+    aux.wait().await;
+    drop(shared);
+    // Acks and naks are buffered publishes: make sure they reached NATS.
+    if let Err(error) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        tracing::warn!(%error, "final flush to NATS timed out");
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("worker drained");
+    Ok(())
+}
+
+/// Retries `step` while NATS is unreachable, until it succeeds (`Some`), the worker is told to
+/// stop (`None`), or NATS refuses for a reason waiting cannot fix (a configuration error).
+async fn until_agreed<T, F, Fut>(
+    stop: &CancellationToken,
+    what: &str,
+    mut step: F,
+) -> Result<Option<T>, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, flotilla_queue::TopologyError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let result = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            r = step() => r,
+        };
+        match result {
+            Ok(t) => return Ok(Some(t)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?delay, "{what}: NATS not ready");
+            }
+            Err(e) => return Err(WorkerError::Config(e.to_string())),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,97 @@
+//! The admin server: `/healthz`, `/readyz` and `/metrics` on the injected listener. It is the
+//! only HTTP the worker serves; calls never come in this way.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Readiness;
+
+/// A client that has not sent its request headers within this time is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `stop` fires, then drops every open connection.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ready: Arc<Readiness>,
+    metrics: PrometheusHandle,
+    stop: CancellationToken,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (ready, metrics) = (ready.clone(), metrics.clone());
+        conns.spawn(async move {
+            let svc = service_fn(move |req| {
+                let (ready, metrics) = (ready.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(route(&req, &ready, &metrics)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+fn route(
+    req: &Request<Incoming>,
+    ready: &Readiness,
+    metrics: &PrometheusHandle,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match ready.check() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    r
+}

@@ -1,0 +1,244 @@
+//! The worker's configuration: one typed struct of flags, each with an `env` twin, checked once by
+//! `validate()` before anything starts, so a bad setting is one clear line and exit 64.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use flotilla_queue::ops::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
+use flotilla_queue::{FunctionPolicy, Policies, RetryPolicy};
+
+use crate::WorkerError;
+
+/// Flags of `flotilla-worker`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "flotilla-worker",
+    version,
+    about = "Flotilla worker shard: pulls asynchronous calls from JetStream and runs them"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub functions: FunctionArgs,
+
+    /// Shards this worker serves (repeat the flag or give a comma list). None: every shard, which
+    /// suits small fleets; large fleets run replicas per shard to spread the load.
+    #[arg(long = "shard", env = "FLOTILLA_WORKER_SHARDS", value_delimiter = ',')]
+    pub shards: Vec<u32>,
+
+    /// Address of the admin server (/healthz, /readyz, /metrics). Not the call path: the worker
+    /// serves no calls over HTTP, it only makes them.
+    #[arg(long, env = "FLOTILLA_WORKER_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// Default calls in flight per function across every replica (the consumer's
+    /// `max_ack_pending`, enforced by NATS). The policy file overrides it per function.
+    #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = 100)]
+    pub concurrency: u32,
+
+    /// Default calls in flight per function in this replica, so one replica cannot take the
+    /// whole cluster budget while others idle. Unset: equal to `--concurrency`.
+    #[arg(long, env = "FLOTILLA_REPLICA_CONCURRENCY")]
+    pub replica_concurrency: Option<u32>,
+
+    /// Default calls started per second per function by this replica. Unset: unlimited.
+    #[arg(long, env = "FLOTILLA_RATE")]
+    pub rate: Option<u32>,
+
+    /// Default deadline of one function call; past it the call counts as a 504.
+    #[arg(long, env = "FLOTILLA_TIMEOUT", default_value = "60s", value_parser = duration_arg)]
+    pub timeout: Duration,
+
+    /// Default attempts per call, the first included. Reported to callbacks as `X-Retry-Max`
+    /// (attempts - 1).
+    #[arg(long, env = "FLOTILLA_RETRY_ATTEMPTS", default_value_t = 3)]
+    pub retry_attempts: u32,
+
+    /// Default statuses that a retry policy retries (comma list).
+    #[arg(
+        long,
+        env = "FLOTILLA_RETRY_STATUSES",
+        value_delimiter = ',',
+        default_value = "408,429,500,502,503,504"
+    )]
+    pub retry_statuses: Vec<u16>,
+
+    /// Default shortest wait before a retry.
+    #[arg(long, env = "FLOTILLA_RETRY_MIN_BACKOFF", default_value = "500ms", value_parser = duration_arg)]
+    pub retry_min_backoff: Duration,
+
+    /// Default longest wait before a retry.
+    #[arg(long, env = "FLOTILLA_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration_arg)]
+    pub retry_max_backoff: Duration,
+
+    /// How long NATS waits for an ack before it redelivers a call. Short, so a crashed worker's
+    /// calls come back quickly; long calls stay alive with progress acks every third of it.
+    #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s", value_parser = duration_arg)]
+    pub ack_wait: Duration,
+
+    /// Callbacks waiting for a delivery task. When full, calls wait to hand over their callback,
+    /// which holds their concurrency slot and so slows pulling (backpressure, never a drop).
+    #[arg(long, env = "FLOTILLA_CALLBACK_QUEUE", default_value_t = 1024)]
+    pub callback_queue: usize,
+
+    /// Callback deliveries in flight at once: the worker's load on callback receivers.
+    #[arg(long, env = "FLOTILLA_CALLBACK_CONCURRENCY", default_value_t = 64)]
+    pub callback_concurrency: usize,
+
+    /// Delivery attempts per callback on connection errors and 5xx answers, before the worker
+    /// gives up (logged at warn, counted in `worker_callback_failures_total`).
+    #[arg(long, env = "FLOTILLA_CALLBACK_ATTEMPTS", default_value_t = 3)]
+    pub callback_attempts: u32,
+
+    /// Deadline of one callback delivery attempt.
+    #[arg(long, env = "FLOTILLA_CALLBACK_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub callback_timeout: Duration,
+
+    /// Completion reports waiting to be published. When full, reports are dropped and counted
+    /// (`worker_reports_dropped_total`): they are statistics, never needed for delivery.
+    #[arg(long, env = "FLOTILLA_REPORT_QUEUE", default_value_t = 4096)]
+    pub report_queue: usize,
+
+    /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
+    /// rest is handed back to NATS for another replica.
+    #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
+    pub grace: Duration,
+
+    /// How often each shard's stream is asked which functions have calls waiting. A new
+    /// function's first call waits at most about this long for its consumer.
+    #[arg(long, env = "FLOTILLA_DISCOVERY_INTERVAL", default_value = "250ms", value_parser = duration_arg)]
+    pub discovery_interval: Duration,
+
+    /// A function with nothing waiting and nothing in flight for this long stops being pulled,
+    /// and NATS removes its consumer after the same time (`inactive_threshold`), so consumers of
+    /// functions nobody calls any more do not pile up. Functions named in the policy file are
+    /// pulled for as long as the worker runs.
+    #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m", value_parser = duration_arg)]
+    pub consumer_idle: Duration,
+}
+
+impl Config {
+    /// Checks every setting that can be checked without NATS.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        let bad = |m: String| Err(WorkerError::Config(m));
+        if self.ack_wait < Duration::from_millis(300) {
+            return bad(format!(
+                "--ack-wait {:?} is below 300ms: progress acks every third of it would flood NATS",
+                self.ack_wait
+            ));
+        }
+        if self.callback_queue == 0 || self.callback_concurrency == 0 {
+            return bad("--callback-queue and --callback-concurrency must be at least 1".into());
+        }
+        if self.callback_attempts == 0 {
+            return bad("--callback-attempts must be at least 1".into());
+        }
+        if self.callback_timeout.is_zero() {
+            return bad("--callback-timeout must be above zero".into());
+        }
+        if self.report_queue == 0 {
+            return bad("--report-queue must be at least 1".into());
+        }
+        if self.discovery_interval < Duration::from_millis(10) {
+            return bad("--discovery-interval must be at least 10ms".into());
+        }
+        if self.consumer_idle < Duration::from_secs(1) {
+            return bad("--consumer-idle must be at least 1s".into());
+        }
+        if let Some(s) = self.nats.shards
+            && let Some(k) = self.shards.iter().find(|&&k| k >= s)
+        {
+            return bad(format!("--shard {k} does not exist with --shards {s}"));
+        }
+        self.policies().map(|_| ())
+    }
+
+    /// The default policy from the flags.
+    pub fn default_policy(&self) -> FunctionPolicy {
+        FunctionPolicy {
+            url: None,
+            concurrency: self.concurrency,
+            replica_concurrency: self.replica_concurrency.unwrap_or(self.concurrency),
+            rate_per_second: self.rate,
+            timeout: self.timeout,
+            retry: RetryPolicy {
+                attempts: self.retry_attempts,
+                statuses: self.retry_statuses.clone(),
+                retry_unreachable: true,
+                min_backoff: self.retry_min_backoff,
+                max_backoff: self.retry_max_backoff,
+            },
+        }
+    }
+
+    /// The policy table: flag defaults, overridden by the policy file when one is given.
+    pub fn policies(&self) -> Result<Policies, WorkerError> {
+        self.functions
+            .load(self.default_policy())
+            .map_err(|e| WorkerError::Config(e.to_string()))
+    }
+
+    /// The shards to serve, given the agreed shard count; an absent list means all of them.
+    pub fn served_shards(&self, count: u32) -> Result<Vec<u32>, WorkerError> {
+        if let Some(k) = self.shards.iter().find(|&&k| k >= count) {
+            return Err(WorkerError::Config(format!(
+                "--shard {k} does not exist: NATS holds {count} shards"
+            )));
+        }
+        let mut shards = if self.shards.is_empty() {
+            (0..count).collect()
+        } else {
+            self.shards.clone()
+        };
+        shards.sort_unstable();
+        shards.dedup();
+        Ok(shards)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["flotilla-worker"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]);
+        c.validate().unwrap();
+        assert_eq!(c.ack_wait, Duration::from_secs(30));
+        assert_eq!(c.grace, Duration::from_secs(30));
+        assert_eq!(c.served_shards(4).unwrap(), vec![0, 1, 2, 3]);
+        let p = c.default_policy();
+        assert_eq!((p.concurrency, p.replica_concurrency), (100, 100));
+    }
+
+    #[test]
+    fn shards_as_list_or_repeated() {
+        let c = parse(&["--shard", "2,0", "--shard", "2"]);
+        assert_eq!(c.served_shards(4).unwrap(), vec![0, 2]);
+        assert!(c.served_shards(2).unwrap_err().is_config());
+        let c = parse(&["--shards", "2", "--shard", "3"]);
+        assert!(c.validate().unwrap_err().is_config());
+    }
+
+    #[test]
+    fn refuses_bad_policies() {
+        let c = parse(&["--concurrency", "4", "--replica-concurrency", "8"]);
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("replica_concurrency"), "{e}");
+        let c = parse(&["--ack-wait", "10ms"]);
+        assert!(c.validate().is_err());
+        let c = parse(&["--function-url-template", "ftp://{name}"]);
+        assert!(c.validate().is_err());
+        assert!(Config::try_parse_from(["flotilla-worker", "--timeout", "soon"]).is_err());
+    }
+}

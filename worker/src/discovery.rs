@@ -1,0 +1,179 @@
+//! Function discovery, one supervisor per served shard: which functions need a pull loop, found
+//! without a restart from the policy file, the stream's existing consumers, and the subjects that
+//! hold messages (polled every `--discovery-interval`). It restarts failed loops and lets idle
+//! ones go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::stream::Stream as JsStream;
+use flotilla_queue::{FunctionName, subjects};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::error::PullError;
+use crate::pull::{self, Ended, FunctionRt};
+use crate::{Shared, dead};
+
+/// Wait before restarting a pull loop that failed with a retryable error.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// Wait before retrying a consumer that NATS refused (an operator must act first).
+const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Discovers and supervises the pull loops of one shard until the worker stops.
+pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
+    let map = shared.shard_map;
+    let pinned: Vec<FunctionName> = shared
+        .policies
+        .configured()
+        .map(|(f, _)| f.clone())
+        .filter(|f| map.shard_of(f.as_str()) == shard)
+        .collect();
+    let stream_name = subjects::call_stream(shard);
+    let wildcard = subjects::shard_wildcard(shard);
+    let mut stream: Option<JsStream> = None;
+    let mut running: HashMap<FunctionName, JoinHandle<Result<Ended, PullError>>> = HashMap::new();
+    let mut not_before: HashMap<FunctionName, Instant> = HashMap::new();
+    let mut consumers_listed = false;
+    let mut first_pass = true;
+    let mut healthy = true;
+    let mut tick = tokio::time::interval(shared.discovery_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        reap(&shared, &mut running, &mut not_before, shard).await;
+
+        let mut wanted: Vec<FunctionName> = pinned.clone();
+        let found = async {
+            if stream.is_none() {
+                stream = Some(
+                    shared
+                        .js
+                        .get_stream(stream_name.as_str())
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let Some(s) = stream.as_ref() else {
+                return Err("no stream".to_owned());
+            };
+            if !consumers_listed {
+                // Consumers that exist already may hold calls delivered to a replica that died.
+                let mut list = s.consumers();
+                while let Some(info) = list.try_next().await.map_err(|e| e.to_string())? {
+                    if let Some(f) =
+                        subjects::function_of_subject(shard, &info.config.filter_subject)
+                    {
+                        wanted.push(f);
+                    }
+                }
+                consumers_listed = true;
+            }
+            let mut subjects_info = s
+                .info_with_subjects(wildcard.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut poison = Vec::new();
+            while let Some(entry) = subjects_info.next().await {
+                let (subject, count) = entry.map_err(|e| e.to_string())?;
+                if count == 0 {
+                    continue;
+                }
+                match subjects::function_of_subject(shard, &subject) {
+                    Some(f) => wanted.push(f),
+                    None => poison.push(subject),
+                }
+            }
+            Ok::<_, String>(poison)
+        }
+        .await;
+        match found {
+            Ok(poison) => {
+                if !healthy {
+                    tracing::info!(shard, "discovery works again");
+                    healthy = true;
+                }
+                for subject in poison {
+                    if let Some(s) = &stream {
+                        dead::poison_subject(&shared, s, shard, &subject).await;
+                    }
+                }
+            }
+            Err(error) => {
+                stream = None;
+                if healthy {
+                    tracing::warn!(shard, %error, "discovery failed; retrying");
+                    healthy = false;
+                }
+            }
+        }
+
+        let now = Instant::now();
+        for f in wanted {
+            if running.contains_key(&f) || not_before.get(&f).is_some_and(|t| *t > now) {
+                continue;
+            }
+            let pinned_fn = pinned.contains(&f);
+            let policy = shared.policies.get(&f).clone();
+            let rt = Arc::new(FunctionRt::new(f.clone(), shard, policy, pinned_fn));
+            let handle = shared.tracker.spawn(pull::run(shared.clone(), rt));
+            running.insert(f, handle);
+            shared.metrics.consumers.increment(1.0);
+        }
+        if first_pass && healthy {
+            first_pass = false;
+            shared.ready.shards_ready.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    // The pull loops see the same stop signal; wait for them so the pending gauges settle.
+    for (_, handle) in running.drain() {
+        let _ = handle.await;
+        shared.metrics.consumers.decrement(1.0);
+    }
+}
+
+/// Collects finished pull loops, logging why they ended and when they may start again.
+async fn reap(
+    shared: &Shared,
+    running: &mut HashMap<FunctionName, JoinHandle<Result<Ended, PullError>>>,
+    not_before: &mut HashMap<FunctionName, Instant>,
+    shard: u32,
+) {
+    let done: Vec<FunctionName> = running
+        .iter()
+        .filter(|(_, h)| h.is_finished())
+        .map(|(f, _)| f.clone())
+        .collect();
+    for f in done {
+        let Some(handle) = running.remove(&f) else {
+            continue;
+        };
+        shared.metrics.consumers.decrement(1.0);
+        match handle.await {
+            Ok(Ok(Ended::Idle)) => {
+                tracing::debug!(function = %f, shard, "function idle; released its consumer");
+            }
+            Ok(Ok(Ended::Stopped)) => {}
+            Ok(Err(error)) if error.is_retryable() => {
+                tracing::warn!(function = %f, shard, %error, "pull loop failed; restarting");
+                not_before.insert(f, Instant::now() + RESTART_AFTER);
+            }
+            Ok(Err(error)) => {
+                tracing::error!(function = %f, shard, %error, "NATS refused the function's consumer");
+                not_before.insert(f, Instant::now() + REFUSED_RETRY_AFTER);
+            }
+            Err(error) => {
+                tracing::error!(function = %f, shard, %error, "pull loop panicked; restarting");
+                not_before.insert(f, Instant::now() + RESTART_AFTER);
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! One function's pull loop: its durable consumer, and a loop that asks NATS for exactly as many
+//! messages as the function has free slots, so no message waits in a local buffer while its
+//! `ack_wait` clock runs. Each function has its own loop, consumer and slots, so a slow or
+//! saturated function never holds back another (no head-of-line blocking).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_nats::{HeaderMap, StatusCode};
+use flotilla_queue::{FunctionName, FunctionPolicy, subjects};
+use futures_util::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::Shared;
+use crate::call;
+use crate::error::PullError;
+use crate::metrics::FunctionMetrics;
+
+/// How long a pull request waits at the server for messages before it expires and is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// When the server's expiry notice is this late, the request is assumed lost (a reconnect).
+const PULL_LOST_AFTER: Duration = Duration::from_secs(7);
+/// How often the consumer's pending count is read (for `worker_pending` and idle detection).
+const INFO_EVERY: Duration = Duration::from_secs(5);
+
+/// What a pull loop knows about its function; shared with its calls.
+#[derive(Debug)]
+pub(crate) struct FunctionRt {
+    pub name: FunctionName,
+    pub shard: u32,
+    pub policy: FunctionPolicy,
+    /// The per-replica concurrency limit.
+    pub slots: Arc<Semaphore>,
+    pub metrics: FunctionMetrics,
+    /// The per-replica start rate, when the policy sets one.
+    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// Named in the policy file: pulled for as long as the worker runs, never idled out.
+    pub pinned: bool,
+}
+
+impl FunctionRt {
+    pub fn new(name: FunctionName, shard: u32, policy: FunctionPolicy, pinned: bool) -> Self {
+        let limiter = policy
+            .rate_per_second
+            .and_then(NonZeroU32::new)
+            .map(|r| RateLimiter::direct(Quota::per_second(r)));
+        Self {
+            metrics: FunctionMetrics::new(&name),
+            slots: Arc::new(Semaphore::new(policy.replica_concurrency as usize)),
+            name,
+            shard,
+            policy,
+            limiter,
+            pinned,
+        }
+    }
+}
+
+/// How a pull loop ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The worker is shutting down.
+    Stopped,
+    /// Nothing to do for `consumer_idle`: the loop let go, NATS will remove the consumer.
+    Idle,
+}
+
+/// The durable consumer of a function.
+pub(crate) fn consumer_config(
+    function: &FunctionName,
+    shard: u32,
+    policy: &FunctionPolicy,
+    ack_wait: Duration,
+    inactive: Duration,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::consumer_name(function)),
+        description: Some(format!("Flotilla calls of {function}")),
+        filter_subject: subjects::call_subject(shard, function),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        // The worker settles every call itself (ack, term to the dead letters, or nak); NATS
+        // must never drop one silently after some number of deliveries.
+        max_deliver: -1,
+        // The cluster-wide concurrency: NATS enforces it across every replica.
+        max_ack_pending: i64::from(policy.concurrency),
+        // A function nobody pulls any more loses its consumer; its calls, if any arrive later,
+        // recreate it through discovery.
+        inactive_threshold: inactive,
+        ..Default::default()
+    }
+}
+
+/// Creates (or updates) the function's consumer and pulls until stopped, idle, or broken.
+pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended, PullError> {
+    let stream = subjects::call_stream(f.shard);
+    let config = consumer_config(
+        &f.name,
+        f.shard,
+        &f.policy,
+        shared.ack_wait,
+        shared.consumer_idle,
+    );
+    let consumer_name = subjects::consumer_name(&f.name);
+    let consumer: consumer::PullConsumer = shared
+        .js
+        .create_consumer_on_stream(config, stream.as_str())
+        .await
+        .map_err(|e| PullError::Create {
+            consumer: consumer_name.clone(),
+            retryable: !matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_)),
+            message: e.to_string(),
+        })?;
+    let inbox = shared.client.new_inbox();
+    let mut sub = shared
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+    let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer_name}");
+    tracing::debug!(function = %f.name, shard = f.shard, "pulling");
+
+    let limit = f.policy.replica_concurrency as usize;
+    // Ask for messages in batches of at least a quarter of the slots (fewer requests under load),
+    // or for any free slot when nothing is requested at all (low latency when idle).
+    let threshold = (limit / 4).max(1);
+    // Slots reserved for messages requested from NATS and not yet arrived.
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut outstanding = 0usize;
+    let mut lost_at = Instant::now();
+    // Rate tokens taken for starts not yet requested.
+    let mut rate_credit = 0usize;
+    let mut last_activity = Instant::now();
+    let mut info_tick = tokio::time::interval(INFO_EVERY);
+    info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let ended = loop {
+        // Reserve every free slot.
+        let free = f.slots.available_permits();
+        if free > 0
+            && let Ok(p) = f.slots.clone().try_acquire_many_owned(free as u32)
+        {
+            merge(&mut held, p);
+        }
+        let held_n = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let unrequested = held_n.saturating_sub(outstanding);
+        let mut want = unrequested;
+        if let Some(limiter) = &f.limiter {
+            while rate_credit < want && limiter.check().is_ok() {
+                rate_credit += 1;
+            }
+            want = want.min(rate_credit);
+        }
+        if want > 0 && (outstanding == 0 || want >= threshold) {
+            let body = format!(
+                "{{\"batch\":{want},\"expires\":{}}}",
+                PULL_EXPIRES.as_nanos()
+            );
+            shared
+                .client
+                .publish_with_reply(next_subject.clone(), inbox.clone(), body.into())
+                .await
+                .map_err(|e| PullError::Request(e.to_string()))?;
+            outstanding += want;
+            if f.limiter.is_some() {
+                rate_credit -= want;
+            }
+            lost_at = Instant::now() + PULL_LOST_AFTER;
+        }
+        let rate_blocked = f.limiter.is_some() && rate_credit < unrequested.saturating_sub(want);
+
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break Ended::Stopped,
+            m = sub.next() => {
+                let Some(m) = m else { return Err(PullError::Closed) };
+                match m.status {
+                    None | Some(StatusCode::OK) => {
+                        outstanding = outstanding.saturating_sub(1);
+                        last_activity = Instant::now();
+                        let msg = jetstream::Message { message: m, context: shared.js.clone() };
+                        let slot = match held.as_mut().and_then(|p| p.split(1)) {
+                            Some(slot) => slot,
+                            // More arrived than was asked for (a lost expiry notice was
+                            // followed by a late one): wait for a slot rather than exceed
+                            // the limit or burn a delivery.
+                            None => tokio::select! {
+                                slot = f.slots.clone().acquire_owned() => match slot {
+                                    Ok(slot) => slot,
+                                    Err(_) => return Err(PullError::Closed),
+                                },
+                                _ = shared.stop.cancelled() => {
+                                    call::hand_back(&shared, &msg).await;
+                                    break Ended::Stopped;
+                                }
+                            },
+                        };
+                        shared.tracker.spawn(call::handle(shared.clone(), f.clone(), msg, slot));
+                    }
+                    Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
+                        if m.description.as_deref() == Some("Consumer Deleted") {
+                            return Err(PullError::ConsumerDeleted);
+                        }
+                        match pending_messages(m.headers.as_ref()) {
+                            Some(n) => outstanding = outstanding.saturating_sub(n),
+                            None => outstanding = 0,
+                        }
+                    }
+                    Some(StatusCode::IDLE_HEARTBEAT) => {}
+                    Some(status) => {
+                        tracing::debug!(function = %f.name, %status, description = ?m.description, "pull status");
+                        outstanding = 0;
+                        if status == StatusCode::NO_RESPONDERS {
+                            // JetStream is not answering: do not spin.
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                                _ = shared.stop.cancelled() => break Ended::Stopped,
+                            }
+                        }
+                    }
+                }
+            }
+            slot = f.slots.clone().acquire_owned() => {
+                // A call released its slot.
+                if let Ok(slot) = slot {
+                    merge(&mut held, slot);
+                }
+            }
+            _ = until_ready(f.limiter.as_ref()), if rate_blocked => rate_credit += 1,
+            _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
+                outstanding = 0;
+            }
+            _ = info_tick.tick() => {
+                let info = tokio::select! {
+                    info = consumer.get_info() => info,
+                    _ = shared.stop.cancelled() => break Ended::Stopped,
+                };
+                match info {
+                    Ok(info) => {
+                        f.metrics.pending.set(info.num_pending as f64);
+                        let busy = info.num_pending > 0
+                            || info.num_ack_pending > 0
+                            || f.slots.available_permits() + held_n < limit;
+                        if busy {
+                            last_activity = Instant::now();
+                        } else if !f.pinned && last_activity.elapsed() >= shared.consumer_idle {
+                            break Ended::Idle;
+                        }
+                    }
+                    Err(error) => tracing::debug!(function = %f.name, %error, "consumer info"),
+                }
+            }
+        }
+    };
+
+    // Stop pulling: unsubscribe, and hand back whatever still arrives for earlier requests.
+    let _ = sub.drain().await;
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(m) = sub.next().await {
+            if m.status.is_none() || m.status == Some(StatusCode::OK) {
+                let msg = jetstream::Message {
+                    message: m,
+                    context: shared.js.clone(),
+                };
+                call::hand_back(&shared, &msg).await;
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(function = %f.name, "pull inbox did not drain in time");
+    }
+    f.metrics.pending.set(0.0);
+    Ok(ended)
+}
+
+fn merge(held: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
+    match held {
+        Some(h) => h.merge(p),
+        None => *held = Some(p),
+    }
+}
+
+async fn until_ready(limiter: Option<&DefaultDirectRateLimiter>) {
+    match limiter {
+        Some(l) => l.until_ready().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The unfulfilled part of an expired or terminated pull request.
+fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
+    headers?.get("Nats-Pending-Messages")?.as_str().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_enforces_the_cluster_limit_and_never_gives_up() {
+        let f = FunctionName::parse("echo.ns").unwrap();
+        let p = FunctionPolicy {
+            concurrency: 7,
+            ..FunctionPolicy::default()
+        };
+        let c = consumer_config(&f, 2, &p, Duration::from_secs(3), Duration::from_secs(60));
+        assert_eq!(c.max_ack_pending, 7);
+        assert_eq!(c.max_deliver, -1);
+        assert_eq!(c.filter_subject, "flotilla.call.2.echo.ns");
+        assert_eq!(
+            c.durable_name.as_deref(),
+            Some(subjects::consumer_name(&f).as_str())
+        );
+        assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
+    }
+
+    #[test]
+    fn reads_pending_from_status_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("Nats-Pending-Messages", "12");
+        assert_eq!(pending_messages(Some(&h)), Some(12));
+        assert_eq!(pending_messages(None), None);
+    }
+}
