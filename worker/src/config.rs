@@ -27,7 +27,7 @@ pub struct Config {
     /// Shards this worker serves (repeat the flag or give a comma list). None: every shard, which
     /// suits small fleets; large fleets run replicas per shard to spread the load.
     #[arg(long = "shard", env = "FLOTILLA_WORKER_SHARDS", value_delimiter = ',')]
-    pub shards: Vec<u32>,
+    pub shard: Vec<u32>,
 
     /// Address of the admin server (/healthz, /readyz, /metrics). Not the call path: the worker
     /// serves no calls over HTTP, it only makes them.
@@ -149,7 +149,7 @@ impl Config {
             return bad("--consumer-idle must be at least 1s".into());
         }
         if let Some(s) = self.nats.shards
-            && let Some(k) = self.shards.iter().find(|&&k| k >= s)
+            && let Some(k) = self.shard.iter().find(|&&k| k >= s)
         {
             return bad(format!("--shard {k} does not exist with --shards {s}"));
         }
@@ -183,15 +183,15 @@ impl Config {
 
     /// The shards to serve, given the agreed shard count; an absent list means all of them.
     pub fn served_shards(&self, count: u32) -> Result<Vec<u32>, WorkerError> {
-        if let Some(k) = self.shards.iter().find(|&&k| k >= count) {
+        if let Some(k) = self.shard.iter().find(|&&k| k >= count) {
             return Err(WorkerError::Config(format!(
                 "--shard {k} does not exist: NATS holds {count} shards"
             )));
         }
-        let mut shards = if self.shards.is_empty() {
+        let mut shards = if self.shard.is_empty() {
             (0..count).collect()
         } else {
-            self.shards.clone()
+            self.shard.clone()
         };
         shards.sort_unstable();
         shards.dedup();

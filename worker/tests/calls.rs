@@ -1,0 +1,426 @@
+//! The worker in-process against a real nats-server: what functions and callbacks receive, many
+//! functions across shards, poison messages, long calls, backpressure, admin endpoints.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::{Nats, Worker, envelope, get};
+use flotilla_queue::dead_letter as dl;
+use flotilla_queue::envelope::{H_CALL_ID, H_FUNCTION, H_VERSION};
+use flotilla_queue::{ShardMap, subjects};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply};
+use futures_util::StreamExt;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_and_callback_receive_everything() {
+    let nats = Nats::start(2).await;
+    let function = RecordingServer::start(Arc::new(|r: &Recorded| {
+        Reply::status(201)
+            .header("content-type", "application/x-thing")
+            .header("x-from-function", "yes")
+            .body(format!("done:{}", String::from_utf8_lossy(&r.body)))
+    }))
+    .await;
+    let sink = RecordingServer::answering(200).await;
+    let template = format!("{}/fn/{{name}}", function.url());
+    let worker = Worker::start_ready(&nats.url(), &["--function-url-template", &template]).await;
+
+    let cb = format!("{}/cb?token=1", sink.url());
+    let mut env = envelope("echo.ns", "call-1", Some(&cb), "hello");
+    env.method = "PUT".into();
+    env.path = "/a/b".into();
+    env.query = "x=1&y=2".into();
+    env.headers.push(("X-Custom".into(), "one".into()));
+    env.headers.push(("X-Custom".into(), "two".into()));
+    let published = Instant::now();
+    // A function nobody has called before: discovery must find it quickly.
+    nats.publish(&env).await;
+    sink.wait_for(1, T).await;
+    assert!(
+        published.elapsed() < Duration::from_secs(2),
+        "first call of a new function took {:?}",
+        published.elapsed()
+    );
+
+    let f = &function.requests()[0];
+    assert_eq!(f.method, "PUT");
+    assert_eq!(f.path, "/fn/echo.ns/a/b");
+    assert_eq!(f.query.as_deref(), Some("x=1&y=2"));
+    assert_eq!(&f.body[..], b"hello");
+    assert_eq!(f.header("content-type"), "text/plain");
+    let custom: Vec<_> = f.headers.get_all("x-custom").iter().collect();
+    assert_eq!(custom, ["one", "two"]);
+    assert_eq!(f.header("x-call-id"), "call-1");
+    assert_eq!(f.header("x-start-time"), env.start_time.to_string());
+
+    let c = &sink.requests()[0];
+    assert_eq!(c.method, "POST");
+    assert_eq!(c.path, "/cb");
+    assert_eq!(c.query.as_deref(), Some("token=1"));
+    assert_eq!(&c.body[..], b"done:hello");
+    assert_eq!(c.header("content-type"), "application/x-thing");
+    assert_eq!(c.header("x-call-id"), "call-1");
+    assert_eq!(c.header("x-function-name"), "echo.ns");
+    assert_eq!(c.header("x-function-status"), "201");
+    assert_eq!(c.header("x-start-time"), env.start_time.to_string());
+    assert_eq!(c.header("x-retry"), "0");
+    assert_eq!(c.header("x-retry-max"), "2");
+    let secs: f64 = c.header("x-duration-seconds").parse().unwrap();
+    assert!((0.0..5.0).contains(&secs), "{secs}");
+
+    nats.wait_settled(T).await;
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_is_502_and_timeout_is_504() {
+    let nats = Nats::start(1).await;
+    let slow = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200).delay(Duration::from_secs(5))
+    }))
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policies.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[functions.gone]\nurl = \"{closed_url}\"\n\
+             [functions.sleepy]\nurl = \"{}\"\ntimeout = \"300ms\"\n\
+             [functions.sleepy.retry]\nattempts = 4\n",
+            slow.url()
+        ),
+    )
+    .unwrap();
+    let sink = RecordingServer::answering(204).await;
+    let worker = Worker::start_ready(&nats.url(), &["--policies", policy.to_str().unwrap()]).await;
+    let cb = format!("{}/cb", sink.url());
+    nats.publish(&envelope("gone", "c-gone", Some(&cb), "x"))
+        .await;
+    nats.publish(&envelope("sleepy", "c-sleepy", Some(&cb), "x"))
+        .await;
+    sink.wait_for(2, T).await;
+
+    let by_id: HashMap<String, Recorded> = sink
+        .requests()
+        .into_iter()
+        .map(|r| (r.header("x-call-id").to_owned(), r))
+        .collect();
+    let gone = &by_id["c-gone"];
+    assert_eq!(gone.header("x-function-status"), "502");
+    assert_eq!(gone.header("content-type"), "text/plain");
+    assert!(
+        String::from_utf8_lossy(&gone.body).contains("unreachable"),
+        "{:?}",
+        gone.body
+    );
+    assert_eq!(gone.header("x-retry-max"), "2");
+    let sleepy = &by_id["c-sleepy"];
+    assert_eq!(sleepy.header("x-function-status"), "504");
+    assert!(String::from_utf8_lossy(&sleepy.body).contains("did not answer"));
+    assert_eq!(sleepy.header("x-retry-max"), "3");
+    let secs: f64 = sleepy.header("x-duration-seconds").parse().unwrap();
+    assert!((0.3..2.0).contains(&secs), "{secs}");
+
+    nats.wait_settled(T).await;
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_functions_across_shards_complete_exactly_once() {
+    let nats = Nats::start(4).await;
+    let function = RecordingServer::echo().await;
+    let sink = RecordingServer::answering(200).await;
+    let template = format!("{}/{{name}}", function.url());
+    let worker = Worker::start(&nats.url(), &["--function-url-template", &template]).await;
+    let cb = format!("{}/cb", sink.url());
+    let map = ShardMap::new(4);
+    let names: Vec<String> = (0..20).map(|i| format!("fn-{i}")).collect();
+    let shards: std::collections::HashSet<u32> = names.iter().map(|n| map.shard_of(n)).collect();
+    assert!(
+        shards.len() >= 3,
+        "the functions should spread over the shards"
+    );
+    for i in 0..1000 {
+        let name = &names[i % names.len()];
+        let env = envelope(name, &format!("call-{i}"), Some(&cb), &format!("body-{i}"));
+        nats.publish(&env).await;
+    }
+    sink.wait_for(1000, Duration::from_secs(60)).await;
+    nats.wait_settled(T).await;
+
+    let calls = sink.requests();
+    assert_eq!(calls.len(), 1000, "each call exactly once");
+    let mut seen = HashMap::new();
+    for c in &calls {
+        let id = c.header("x-call-id").to_owned();
+        let i: usize = id.strip_prefix("call-").unwrap().parse().unwrap();
+        assert_eq!(c.header("x-function-name"), names[i % names.len()]);
+        assert_eq!(c.header("x-function-status"), "200");
+        assert_eq!(c.body, Bytes::from(format!("body-{i}")));
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 1000);
+    assert_eq!(function.count(), 1000);
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_work_goes_on() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::echo().await;
+    let sink = RecordingServer::answering(200).await;
+    let worker =
+        Worker::start_ready(&nats.url(), &["--function-url-template", &function.url()]).await;
+    let subject = subjects::call_subject(0, &flotilla_queue::FunctionName::parse("echo").unwrap());
+
+    // No headers at all.
+    nats.js
+        .publish(subject.clone(), Bytes::from_static(b"raw"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A function header that is no valid name.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(H_VERSION, "1");
+    h.insert(H_CALL_ID, "bad-name");
+    h.insert(H_FUNCTION, "a b");
+    nats.js
+        .publish_with_headers(subject.clone(), h, Bytes::from_static(b"x"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // A subject that names no valid function.
+    nats.js
+        .publish("flotilla.call.0.a.b.c", Bytes::from_static(b"y"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // And a good call behind them.
+    let cb = format!("{}/cb", sink.url());
+    nats.publish(&envelope("echo", "good", Some(&cb), "ok"))
+        .await;
+    sink.wait_for(1, T).await;
+    nats.wait_settled(T).await;
+
+    let mut dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
+    let deadline = Instant::now() + T;
+    while dead.info().await.unwrap().state.messages < 3 {
+        assert!(Instant::now() < deadline, "dead letters missing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let consumer: jetstream::consumer::PullConsumer = dead
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        let h = m.headers.clone().unwrap();
+        assert_eq!(h.get(dl::H_KIND).unwrap().as_str(), dl::KIND_POISON);
+        assert!(h.get(dl::H_SEQUENCE).is_some());
+        assert!(h.get(dl::H_TIME).is_some());
+        reasons.push((
+            m.subject.to_string(),
+            h.get(dl::H_REASON).unwrap().to_string(),
+            m.payload.clone(),
+        ));
+    }
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|(s, r, p)| s == "flotilla.dead._invalid"
+            && r.contains(H_FUNCTION)
+            && &p[..] == b"x"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(s, r, p)| s == "flotilla.dead.echo"
+            && r.contains("no headers")
+            && &p[..] == b"raw"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(_, r, p)| r.contains("no valid function") && &p[..] == b"y"),
+        "{reasons:?}"
+    );
+    assert_eq!(function.count(), 1);
+    let (_, metrics) = get(worker.admin, "/metrics").await;
+    assert!(metrics.contains("worker_dead_letters_total"), "{metrics}");
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_three_times_ack_wait_runs_once() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200)
+            .body("slow")
+            .delay(Duration::from_millis(3200))
+    }))
+    .await;
+    let sink = RecordingServer::answering(200).await;
+    let worker = Worker::start_ready(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &function.url(),
+            "--ack-wait",
+            "1s",
+        ],
+    )
+    .await;
+    let cb = format!("{}/cb", sink.url());
+    nats.publish(&envelope("slow", "long-1", Some(&cb), "x"))
+        .await;
+    sink.wait_for(1, T).await;
+    nats.wait_settled(T).await;
+    // A redelivery would have started a second call while the first ran.
+    assert_eq!(function.count(), 1);
+    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.requests()[0].header("x-function-status"), "200");
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_callback_sink_applies_backpressure_and_gets_everything() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::echo().await;
+    let sink = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200).delay(Duration::from_millis(40))
+    }))
+    .await;
+    let worker = Worker::start_ready(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &function.url(),
+            "--callback-queue",
+            "1",
+            "--callback-concurrency",
+            "1",
+            "--concurrency",
+            "2",
+        ],
+    )
+    .await;
+    let cb = format!("{}/cb", sink.url());
+    for i in 0..40 {
+        nats.publish(&envelope("bp", &format!("bp-{i}"), Some(&cb), "x"))
+            .await;
+    }
+    // Calls may run ahead of callbacks by at most: the queue (1), the delivery in flight (1) and
+    // the calls holding a slot while they wait to hand over (2).
+    let ahead = AtomicUsize::new(0);
+    flotilla_testsupport::wait_until(Duration::from_secs(30), "40 callbacks", || {
+        let a = function.count().saturating_sub(sink.count());
+        ahead.fetch_max(a, Ordering::SeqCst);
+        sink.requests().len() >= 40
+    })
+    .await;
+    assert!(
+        ahead.load(Ordering::SeqCst) <= 5,
+        "calls ran {ahead:?} ahead"
+    );
+    assert_eq!(sink.max_in_flight(), 1);
+    nats.wait_settled(T).await;
+    let ids: std::collections::HashSet<String> = sink
+        .requests()
+        .iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 40);
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_metrics() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::echo().await;
+    let worker =
+        Worker::start_ready(&nats.url(), &["--function-url-template", &function.url()]).await;
+    assert_eq!(get(worker.admin, "/healthz").await.0, 200);
+    assert_eq!(get(worker.admin, "/readyz").await.0, 200);
+    assert_eq!(get(worker.admin, "/nope").await.0, 404);
+    nats.publish(&envelope("metered", "m-1", None, "x")).await;
+    nats.wait_settled(T).await;
+    let (status, body) = get(worker.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "worker_calls_total{function_name=\"metered\",code=\"200\"}",
+        "worker_call_duration_seconds_bucket{function_name=\"metered\"",
+        "worker_in_flight{function_name=\"metered\"}",
+        "worker_pending{function_name=\"metered\"}",
+        "worker_callback_queue_depth",
+    ] {
+        assert!(body.contains(needle), "{needle} missing from\n{body}");
+    }
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_count_mismatch_is_a_configuration_error() {
+    let nats = Nats::start(4).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = <flotilla_worker::Config as clap::Parser>::try_parse_from([
+        "flotilla-worker",
+        "--nats-url",
+        &nats.url(),
+        "--shards",
+        "2",
+    ])
+    .unwrap();
+    let result = tokio::time::timeout(
+        T,
+        flotilla_worker::run(config, listener, std::future::pending()),
+    )
+    .await
+    .unwrap();
+    let error = result.unwrap_err();
+    assert!(error.is_config(), "{error}");
+    assert!(error.to_string().contains("mismatch"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_published_per_call() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::echo().await;
+    let mut reports = nats.client.subscribe("flotilla.report.>").await.unwrap();
+    nats.client.flush().await.unwrap();
+    let worker =
+        Worker::start_ready(&nats.url(), &["--function-url-template", &function.url()]).await;
+    nats.publish(&envelope("reported", "r-1", None, "x")).await;
+    let msg = tokio::time::timeout(T, reports.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.subject.as_str(), "flotilla.report.reported");
+    let r: flotilla_queue::report::Report = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(
+        (r.call_id.as_str(), r.function.as_str(), r.status, r.attempt),
+        ("r-1", "reported", 200, 1)
+    );
+    worker.stop(T).await.unwrap();
+}

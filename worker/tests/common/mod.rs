@@ -1,0 +1,185 @@
+//! Helpers shared by the worker's integration tests: a NATS server with the fleet's topology,
+//! envelopes published straight to JetStream, and a worker run in-process with `run()`.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use clap::Parser;
+use flotilla_queue::topology::StreamSettings;
+use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
+use flotilla_testsupport::NatsServer;
+use flotilla_worker::{Config, WorkerError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A NATS server whose topology is agreed and whose streams exist.
+pub struct Nats {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub topology: Topology,
+}
+
+impl Nats {
+    pub async fn start(shards: u32) -> Self {
+        let server = NatsServer::start();
+        let client = server.client().await;
+        let js = jetstream::new(client.clone());
+        let settings = StreamSettings::default();
+        let topology = Topology::agree(&js, Some(shards), &settings).await.unwrap();
+        topology.ensure_streams(&js, &settings).await.unwrap();
+        Self {
+            server,
+            client,
+            js,
+            topology,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Publishes `env` to its function's shard and waits for the PubAck.
+    pub async fn publish(&self, env: &Envelope) {
+        let shard = self.topology.shard_map().shard_of(env.function.as_str());
+        let (headers, body) = env.to_nats(None);
+        self.js
+            .publish_with_headers(subjects::call_subject(shard, &env.function), headers, body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Messages still stored in every shard stream (a work queue: acked messages are gone).
+    pub async fn stored(&self) -> u64 {
+        let mut total = 0;
+        for shard in 0..self.topology.shards {
+            let mut s = self
+                .js
+                .get_stream(subjects::call_stream(shard))
+                .await
+                .unwrap();
+            total += s.info().await.unwrap().state.messages;
+        }
+        total
+    }
+
+    /// Waits until every shard stream is empty: every call was acked (or terminated).
+    pub async fn wait_settled(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.stored().await;
+            if left == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{left} calls still unsettled after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A call to `function` with a fixed set of request fields.
+pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &str) -> Envelope {
+    Envelope {
+        call_id: call_id.into(),
+        function: FunctionName::parse(function).unwrap(),
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        callback_url: callback.map(str::to_owned),
+        start_time: time::unix_nanos(),
+        attempt: 0,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        body: Bytes::from(body.to_owned()),
+    }
+}
+
+/// A worker running in this process.
+pub struct Worker {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), WorkerError>>,
+    pub admin: std::net::SocketAddr,
+}
+
+impl Worker {
+    /// Starts a worker against `nats_url` with `args` added to the defaults tests want.
+    pub async fn start(nats_url: &str, args: &[&str]) -> Self {
+        let mut all = vec![
+            "flotilla-worker",
+            "--nats-url",
+            nats_url,
+            "--discovery-interval",
+            "100ms",
+        ];
+        all.extend_from_slice(args);
+        let config = Config::try_parse_from(all).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(flotilla_worker::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task,
+            admin,
+        }
+    }
+
+    /// Starts and waits until `/readyz` answers 200.
+    pub async fn start_ready(nats_url: &str, args: &[&str]) -> Self {
+        let w = Self::start(nats_url, args).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while get(w.admin, "/readyz").await.0 != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "worker not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        w
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self, within: Duration) -> Result<(), WorkerError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .expect("worker did not drain in time")
+            .expect("worker task panicked")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A GET on the admin server: status and body.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
