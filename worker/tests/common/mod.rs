@@ -1,7 +1,8 @@
 //! Helpers shared by the worker's integration tests: a NATS server with the fleet's topology,
 //! envelopes published straight to JetStream, and a worker run in-process with `run()`.
 
-#![allow(dead_code)]
+// Each test binary uses a part of these helpers; a failed unwrap is the test failure we want.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::Duration;
 
