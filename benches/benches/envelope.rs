@@ -1,1 +1,234 @@
-fn main() {}
+//! Why the envelope is NATS headers plus the raw body: this bench encodes and decodes the same
+//! call both ways (and a JSON envelope with a byte-array body, the naive serde shape) at 256 B,
+//! 4 KiB and 64 KiB bodies. Numbers and the decision are in `docs/benchmarks.md`.
+//!
+//! To be fair to JSON, the NATS side includes the header block's wire framing
+//! (`NATS/1.0\r\nName: value\r\n...\r\n`) that async-nats writes on publish and parses on
+//! receive; the JSON side is complete once `serde_json` is done.
+
+use std::hint::black_box;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{BufMut, Bytes, BytesMut};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flotilla_queue::{Envelope, FunctionName};
+use serde::{Deserialize, Serialize};
+
+const SIZES: [(usize, &str); 3] = [(256, "256B"), (4096, "4KiB"), (65536, "64KiB")];
+
+/// The JSON alternative: the same fields in one document, body base64-encoded.
+#[derive(Serialize, Deserialize)]
+struct JsonEnvelope {
+    call_id: String,
+    function: String,
+    method: String,
+    path: String,
+    query: String,
+    callback_url: Option<String>,
+    start_time: u64,
+    attempt: u32,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// The naive serde shape: the body as an array of numbers.
+#[derive(Serialize, Deserialize)]
+struct JsonBytesEnvelope {
+    call_id: String,
+    function: String,
+    method: String,
+    path: String,
+    query: String,
+    callback_url: Option<String>,
+    start_time: u64,
+    attempt: u32,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn sample(size: usize) -> Envelope {
+    Envelope {
+        call_id: "0b6e9c1e-3f7a-4f51-9a43-2f3d0c9c1a77".into(),
+        function: FunctionName::parse("resize-image.media").expect("valid"),
+        method: "POST".into(),
+        path: "/v1/thumbnail".into(),
+        query: "w=128&h=128".into(),
+        callback_url: Some("http://callbacks.internal:8080/done".into()),
+        start_time: 1_795_000_000_123_456_789,
+        attempt: 0,
+        headers: vec![
+            ("Content-Type".into(), "application/octet-stream".into()),
+            ("User-Agent".into(), "curl/8.5.0".into()),
+            ("Accept".into(), "*/*".into()),
+            ("X-Request-Id".into(), "req-5521".into()),
+        ],
+        body: Bytes::from(vec![b'x'; size]),
+    }
+}
+
+/// The header block as async-nats frames it on the wire.
+fn frame_headers(h: &async_nats::HeaderMap) -> Bytes {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(b"NATS/1.0\r\n");
+    for (name, values) in h.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            out.put_slice(name.as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(v.as_str().as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The header block parsed back, as async-nats does on receive.
+fn parse_headers(block: &[u8]) -> async_nats::HeaderMap {
+    let text = std::str::from_utf8(block).expect("utf-8 headers");
+    let mut h = async_nats::HeaderMap::new();
+    for line in text.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            h.append(name, value.trim());
+        }
+    }
+    h
+}
+
+fn nats_encode(e: &Envelope) -> (Bytes, Bytes) {
+    let (h, body) = e.to_nats(Some(&e.call_id));
+    (frame_headers(&h), body)
+}
+
+fn nats_decode(block: &[u8], body: Bytes) -> Envelope {
+    let h = parse_headers(block);
+    Envelope::from_nats(Some(&h), body).expect("valid envelope")
+}
+
+fn to_json(e: &Envelope) -> JsonEnvelope {
+    JsonEnvelope {
+        call_id: e.call_id.clone(),
+        function: e.function.as_str().to_owned(),
+        method: e.method.clone(),
+        path: e.path.clone(),
+        query: e.query.clone(),
+        callback_url: e.callback_url.clone(),
+        start_time: e.start_time as u64,
+        attempt: e.attempt,
+        headers: e.headers.clone(),
+        body: B64.encode(&e.body),
+    }
+}
+
+fn json_encode(e: &Envelope) -> Vec<u8> {
+    serde_json::to_vec(&to_json(e)).expect("serialize")
+}
+
+fn json_decode(raw: &[u8]) -> Envelope {
+    let j: JsonEnvelope = serde_json::from_slice(raw).expect("deserialize");
+    Envelope {
+        call_id: j.call_id,
+        function: FunctionName::parse(&j.function).expect("valid"),
+        method: j.method,
+        path: j.path,
+        query: j.query,
+        callback_url: j.callback_url,
+        start_time: u128::from(j.start_time),
+        attempt: j.attempt,
+        headers: j.headers,
+        body: Bytes::from(B64.decode(j.body).expect("base64")),
+    }
+}
+
+fn json_bytes_encode(e: &Envelope) -> Vec<u8> {
+    let j = to_json(e);
+    serde_json::to_vec(&JsonBytesEnvelope {
+        call_id: j.call_id,
+        function: j.function,
+        method: j.method,
+        path: j.path,
+        query: j.query,
+        callback_url: j.callback_url,
+        start_time: j.start_time,
+        attempt: j.attempt,
+        headers: j.headers,
+        body: e.body.to_vec(),
+    })
+    .expect("serialize")
+}
+
+fn json_bytes_decode(raw: &[u8]) -> Envelope {
+    let j: JsonBytesEnvelope = serde_json::from_slice(raw).expect("deserialize");
+    Envelope {
+        call_id: j.call_id,
+        function: FunctionName::parse(&j.function).expect("valid"),
+        method: j.method,
+        path: j.path,
+        query: j.query,
+        callback_url: j.callback_url,
+        start_time: u128::from(j.start_time),
+        attempt: j.attempt,
+        headers: j.headers,
+        body: Bytes::from(j.body),
+    }
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope_encode");
+    for (size, label) in SIZES {
+        let e = sample(size);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::new("nats_headers", label), &e, |b, e| {
+            b.iter(|| nats_encode(black_box(e)))
+        });
+        g.bench_with_input(BenchmarkId::new("json_base64", label), &e, |b, e| {
+            b.iter(|| json_encode(black_box(e)))
+        });
+        g.bench_with_input(BenchmarkId::new("json_byte_array", label), &e, |b, e| {
+            b.iter(|| json_bytes_encode(black_box(e)))
+        });
+    }
+    g.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("envelope_decode");
+    for (size, label) in SIZES {
+        let e = sample(size);
+        let (block, body) = nats_encode(&e);
+        assert_eq!(nats_decode(&block, body.clone()).body, e.body);
+        let json = json_encode(&e);
+        assert_eq!(json_decode(&json).body, e.body);
+        let json_bytes = json_bytes_encode(&e);
+        assert_eq!(json_bytes_decode(&json_bytes).body, e.body);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("nats_headers", label), |b| {
+            b.iter(|| nats_decode(black_box(&block), body.clone()))
+        });
+        g.bench_function(BenchmarkId::new("json_base64", label), |b| {
+            b.iter(|| json_decode(black_box(&json)))
+        });
+        g.bench_function(BenchmarkId::new("json_byte_array", label), |b| {
+            b.iter(|| json_bytes_decode(black_box(&json_bytes)))
+        });
+    }
+    g.finish();
+}
+
+/// Bytes each encoding puts on the wire per call, printed once so the docs can quote them.
+fn wire_sizes(_: &mut Criterion) {
+    for (size, label) in SIZES {
+        let e = sample(size);
+        let (block, body) = nats_encode(&e);
+        println!(
+            "wire size {label}: nats_headers {} B, json_base64 {} B, json_byte_array {} B",
+            block.len() + body.len(),
+            json_encode(&e).len(),
+            json_bytes_encode(&e).len()
+        );
+    }
+}
+
+criterion_group!(benches, wire_sizes, encode, decode);
+criterion_main!(benches);

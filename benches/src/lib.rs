@@ -1,1 +1,1 @@
-//! Criterion benches live under `benches/`; this crate has no library code.
+//! Criterion benches live under `benches/`; this crate has no library code of its own.

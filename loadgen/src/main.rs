@@ -1,2 +1,52 @@
-//! Placeholder until the loadgen lands.
-fn main() {}
+//! The `flotilla-loadgen` binary: parses flags, starts logging and hands over to the library.
+//! Exit status: 0 when every accepted call completed, 1 when calls were lost or the run failed,
+//! 64 for bad flags.
+
+use clap::Parser;
+use flotilla_loadgen::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flotilla-loadgen: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcome: anyhow::Result<bool> = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Ceiling(args)) => {
+                if let Err(e) = args.validate() {
+                    flotilla_queue::ops::exit_config(e);
+                }
+                flotilla_loadgen::ceiling::run_command(&args).await?;
+                Ok(true)
+            }
+            None => {
+                if let Err(e) = cli.run.validate() {
+                    flotilla_queue::ops::exit_config(e);
+                }
+                let report = flotilla_loadgen::run::run(&cli.run).await?;
+                Ok(report.audit.ok)
+            }
+        }
+    });
+    match outcome {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("flotilla-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

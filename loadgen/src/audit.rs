@@ -1,0 +1,164 @@
+//! The audit: every call the gateway accepted must reach its callback exactly once. Matches the
+//! accepted call ids against the callbacks, counts the lost, the duplicated and the unexpected,
+//! and derives end-to-end latency and the completion timeline from the first callback of each.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::net::Clock;
+use crate::sink::Callback;
+use crate::stats::{Accepted, latency_histogram};
+
+/// How many ids of each kind the report lists.
+pub const LISTED: usize = 10;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Audit {
+    /// Calls answered 202 with a call id.
+    pub accepted: u64,
+    /// Accepted calls with at least one callback.
+    pub completed: u64,
+    /// Accepted calls with no callback after the drain wait.
+    pub lost: u64,
+    /// Callbacks beyond the first for the same call id.
+    pub duplicates: u64,
+    /// Callbacks whose call id was never accepted (e.g. a 202 that arrived after the sender's
+    /// timeout, or another client using the same callback URL).
+    pub unexpected: u64,
+    /// The first lost call ids.
+    pub lost_ids: Vec<String>,
+    /// The first duplicated call ids.
+    pub duplicate_ids: Vec<String>,
+    /// How long the audit waited for stragglers after sending stopped, in seconds.
+    pub drain_wait_s: f64,
+    /// True when nothing was lost.
+    pub ok: bool,
+}
+
+/// Everything derived from matching accepted calls with callbacks.
+#[derive(Debug)]
+pub struct Matched {
+    pub audit: Audit,
+    /// Accepted → callback arrival, microseconds.
+    pub end_to_end_us: Histogram<u64>,
+    /// Arrival of each completed call's first callback, ns since the clock origin.
+    pub completions_ns: Vec<u64>,
+    /// First callbacks by `X-Function-Status`.
+    pub function_status: BTreeMap<String, u64>,
+}
+
+/// Matches `accepted` with `callbacks`. End-to-end latency is the callback's arrival minus the
+/// gateway's `X-Start-Time` (its acceptance) when the callback carries one, else minus the
+/// moment the 202 reached the loadgen.
+pub fn reconcile(clock: &Clock, accepted: &[Accepted], callbacks: &[Callback]) -> Matched {
+    // Call id → (index into accepted, callbacks seen).
+    let mut seen: HashMap<&str, (usize, u32)> = accepted
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.call_id.as_str(), (i, 0)))
+        .collect();
+    let mut end_to_end_us = latency_histogram();
+    let mut completions_ns = Vec::with_capacity(callbacks.len());
+    let mut function_status = BTreeMap::new();
+    let mut duplicates = 0u64;
+    let mut unexpected = 0u64;
+    let mut duplicate_ids = Vec::new();
+    for cb in callbacks {
+        let Some((idx, count)) = seen.get_mut(cb.call_id.as_str()) else {
+            unexpected += 1;
+            continue;
+        };
+        *count += 1;
+        if *count > 1 {
+            duplicates += 1;
+            if *count == 2 && duplicate_ids.len() < LISTED {
+                duplicate_ids.push(cb.call_id.clone());
+            }
+            continue;
+        }
+        completions_ns.push(cb.arrived_ns);
+        *function_status.entry(cb.status.to_string()).or_insert(0u64) += 1;
+        let latency_ns = match cb.start_unix_ns {
+            Some(start) => clock.unix_ns_of(cb.arrived_ns).saturating_sub(start),
+            None => u128::from(cb.arrived_ns.saturating_sub(accepted[*idx].at_ns)),
+        };
+        end_to_end_us.saturating_record(u64::try_from(latency_ns / 1000).unwrap_or(u64::MAX));
+    }
+    let mut lost_ids = Vec::new();
+    let mut lost = 0u64;
+    for a in accepted {
+        if seen.get(a.call_id.as_str()).is_some_and(|&(_, n)| n == 0) {
+            lost += 1;
+            if lost_ids.len() < LISTED {
+                lost_ids.push(a.call_id.clone());
+            }
+        }
+    }
+    // Two 202s with the same id would be one call; count distinct ids as accepted.
+    let accepted_n = seen.len() as u64;
+    completions_ns.sort_unstable();
+    Matched {
+        audit: Audit {
+            accepted: accepted_n,
+            completed: accepted_n - lost,
+            lost,
+            duplicates,
+            unexpected,
+            lost_ids,
+            duplicate_ids,
+            drain_wait_s: 0.0,
+            ok: lost == 0,
+        },
+        end_to_end_us,
+        completions_ns,
+        function_status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acc(id: &str, at: u64) -> Accepted {
+        Accepted {
+            call_id: id.into(),
+            at_ns: at,
+        }
+    }
+
+    fn cb(id: &str, at: u64) -> Callback {
+        Callback {
+            call_id: id.into(),
+            arrived_ns: at,
+            status: 200,
+            start_unix_ns: None,
+        }
+    }
+
+    #[test]
+    fn counts_lost_duplicates_and_strangers() {
+        let clock = Clock::new();
+        let accepted = [acc("a", 10), acc("b", 20), acc("c", 30)];
+        let callbacks = [
+            cb("a", 1_000_010),
+            cb("a", 50),
+            cb("c", 2_000_030),
+            cb("zz", 5),
+        ];
+        let m = reconcile(&clock, &accepted, &callbacks);
+        assert_eq!(m.audit.accepted, 3);
+        assert_eq!(m.audit.completed, 2);
+        assert_eq!(m.audit.lost, 1);
+        assert_eq!(m.audit.lost_ids, vec!["b".to_owned()]);
+        assert_eq!(m.audit.duplicates, 1);
+        assert_eq!(m.audit.duplicate_ids, vec!["a".to_owned()]);
+        assert_eq!(m.audit.unexpected, 1);
+        assert!(!m.audit.ok);
+        assert_eq!(m.end_to_end_us.len(), 2);
+        // 1 ms and 2 ms from the 202.
+        assert_eq!(m.end_to_end_us.max() / 100, 20);
+        assert_eq!(m.function_status.get("200"), Some(&2));
+    }
+}

@@ -1,0 +1,398 @@
+//! The yardstick: what this machine allows with the fleet's own libraries and none of its
+//! features, measured in the same run as the fleet so results print as ratios, never bare times.
+//!
+//! - **HTTP into JetStream**: a bare hyper server that publishes each body and answers 202 after
+//!   the PubAck, driven by a closed-loop pooled hyper client. The gateway's async path minus
+//!   validation, envelope and metrics.
+//! - **Pull, POST, ack**: a pre-filled stream, one pull consumer's `messages()` stream, each
+//!   message POSTed to a bare HTTP server and then acked. The worker's path minus policies,
+//!   retries, envelope and callbacks.
+//! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
+//!   both.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Uri;
+use http_body_util::{BodyExt, Full};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CeilingArgs;
+use crate::net::{self, HttpClient};
+
+const STREAM_IN: &str = "LOADGEN_CEILING_IN";
+const SUBJECT_IN: &str = "loadgen.ceiling.in";
+const STREAM_OUT: &str = "LOADGEN_CEILING_OUT";
+const SUBJECT_OUT: &str = "loadgen.ceiling.out";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CeilingError {
+    #[error("cannot bind a local port: {0}")]
+    Bind(#[from] std::io::Error),
+    #[error("NATS at {url}: {message}")]
+    Nats { url: String, message: String },
+    #[error("cannot start nats-server: {0}")]
+    NatsServer(String),
+    #[error("{what}: no request succeeded (first error: {first_error})")]
+    NothingSucceeded {
+        what: &'static str,
+        first_error: String,
+    },
+}
+
+fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
+    CeilingError::Nats {
+        url: url.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// The three rates, in calls per second, and how they were measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// HTTP POST → JetStream publish → PubAck → 202.
+    pub http_to_jetstream_per_s: f64,
+    /// JetStream pull → HTTP POST → ack.
+    pub pull_post_ack_per_s: f64,
+    /// Pooled hyper POSTs to a bare server.
+    pub http_post_per_s: f64,
+    /// Length of each HTTP-driven measurement.
+    pub duration_s: f64,
+    pub concurrency: usize,
+    pub body_size: usize,
+    /// `file` or `memory`: the streams' storage, as the fleet's.
+    pub storage: &'static str,
+}
+
+/// Runs the three measurements against the NATS at `nats_url`. Leaves no stream behind.
+pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    let body = Bytes::from(vec![b'c'; args.body_size]);
+    let client = net::client();
+    let storage = if args.memory_streams {
+        stream::StorageType::Memory
+    } else {
+        stream::StorageType::File
+    };
+
+    // The bare function the POSTs land on.
+    let bare = TcpListener::bind("127.0.0.1:0").await?;
+    let bare_uri: Uri = format!("http://{}/", bare.local_addr()?)
+        .parse()
+        .expect("a socket address makes a valid URI");
+    net::serve(
+        bare,
+        stop.clone(),
+        |req: hyper::Request<hyper::body::Incoming>| async move {
+            let _ = req.into_body().collect().await;
+            net::respond(200, Bytes::new())
+        },
+    );
+
+    // (c) pooled POSTs.
+    let http_post = hammer(&client, &bare_uri, &body, args.concurrency, args.duration)
+        .await
+        .rate("pooled HTTP POSTs")?;
+
+    // (a) HTTP into JetStream.
+    let nats = async_nats::connect(nats_url)
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
+    let js = jetstream::new(nats.clone());
+    let _ = js.delete_stream(STREAM_IN).await;
+    js.create_stream(stream::Config {
+        name: STREAM_IN.into(),
+        subjects: vec![SUBJECT_IN.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_err(nats_url, e))?;
+    let front = TcpListener::bind("127.0.0.1:0").await?;
+    let front_uri: Uri = format!("http://{}/", front.local_addr()?)
+        .parse()
+        .expect("a socket address makes a valid URI");
+    let publisher = js.clone();
+    net::serve(
+        front,
+        stop.clone(),
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let js = publisher.clone();
+            async move {
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return net::respond(400, Bytes::new()),
+                };
+                match js.publish(SUBJECT_IN, body).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => net::respond(202, Bytes::new()),
+                        Err(_) => net::respond(503, Bytes::new()),
+                    },
+                    Err(_) => net::respond(503, Bytes::new()),
+                }
+            }
+        },
+    );
+    let http_to_js = hammer(&client, &front_uri, &body, args.concurrency, args.duration)
+        .await
+        .rate("HTTP into JetStream")?;
+    let _ = js.delete_stream(STREAM_IN).await;
+
+    // (b) pull, POST, ack over a backlog sized to last about `duration` at the HTTP rate.
+    let backlog = ((http_post * args.duration.as_secs_f64()) as u64).clamp(2_000, 400_000);
+    let pull_post_ack = pull_post_ack(
+        nats_url, &js, storage, &client, &bare_uri, &body, backlog, args,
+    )
+    .await?;
+    let _ = js.delete_stream(STREAM_OUT).await;
+
+    Ok(Ceiling {
+        http_to_jetstream_per_s: http_to_js,
+        pull_post_ack_per_s: pull_post_ack,
+        http_post_per_s: http_post,
+        duration_s: args.duration.as_secs_f64(),
+        concurrency: args.concurrency,
+        body_size: args.body_size,
+        storage: if args.memory_streams {
+            "memory"
+        } else {
+            "file"
+        },
+    })
+}
+
+/// What a closed loop achieved.
+struct Hammered {
+    ok: u64,
+    elapsed: Duration,
+    first_error: Option<String>,
+}
+
+impl Hammered {
+    fn rate(self, what: &'static str) -> Result<f64, CeilingError> {
+        if self.ok == 0 {
+            return Err(CeilingError::NothingSucceeded {
+                what,
+                first_error: self.first_error.unwrap_or_else(|| "none".into()),
+            });
+        }
+        Ok(self.ok as f64 / self.elapsed.as_secs_f64())
+    }
+}
+
+/// `concurrency` loops POSTing `body` to `uri` for `duration`; counts 2xx answers.
+async fn hammer(
+    client: &HttpClient,
+    uri: &Uri,
+    body: &Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> Hammered {
+    let ok = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    let deadline = start + duration;
+    for _ in 0..concurrency {
+        let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+        let (ok, first_error) = (ok.clone(), first_error.clone());
+        tracker.spawn(async move {
+            while Instant::now() < deadline {
+                let req = hyper::Request::post(uri.clone())
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(body.clone()))
+                    .expect("static request parts are valid");
+                let res = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await;
+                let err = match res {
+                    Ok(Ok(resp)) if resp.status().is_success() => {
+                        let _ = resp.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(Ok(resp)) => format!("status {}", resp.status()),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timeout".to_owned(),
+                };
+                if let Ok(mut f) = first_error.lock() {
+                    f.get_or_insert(err);
+                }
+                // A failing target must not turn the loop into a busy spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    let first_error = first_error.lock().ok().and_then(|f| f.clone());
+    Hammered {
+        ok: ok.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        first_error,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull_post_ack(
+    nats_url: &str,
+    js: &jetstream::Context,
+    storage: stream::StorageType,
+    client: &HttpClient,
+    uri: &Uri,
+    body: &Bytes,
+    backlog: u64,
+    args: &CeilingArgs,
+) -> Result<f64, CeilingError> {
+    let _ = js.delete_stream(STREAM_OUT).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: STREAM_OUT.into(),
+            subjects: vec![SUBJECT_OUT.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
+    // Fill from a connection of its own, a window of acks at a time.
+    let filler = jetstream::new(
+        async_nats::connect(nats_url)
+            .await
+            .map_err(|e| nats_err(nats_url, e))?,
+    );
+    let mut window = Vec::with_capacity(1024);
+    for i in 0..backlog {
+        window.push(
+            filler
+                .publish(SUBJECT_OUT, body.clone())
+                .await
+                .map_err(|e| nats_err(nats_url, e))?,
+        );
+        if window.len() == 1024 || i + 1 == backlog {
+            for ack in window.drain(..) {
+                ack.await.map_err(|e| nats_err(nats_url, e))?;
+            }
+        }
+    }
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: args.concurrency as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
+    let done = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(Semaphore::new(args.concurrency));
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    // Generous: the backlog is sized for `duration`; a slow machine still ends.
+    let deadline = tokio::time::Instant::now() + args.duration * 5 + Duration::from_secs(5);
+    let mut taken = 0u64;
+    while taken < backlog {
+        let next = tokio::time::timeout_at(deadline, messages.next()).await;
+        let Ok(Some(Ok(msg))) = next else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        taken += 1;
+        let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
+        tracker.spawn(async move {
+            let req = hyper::Request::post(uri)
+                .header("content-type", "application/octet-stream")
+                .body(Full::new(msg.payload.clone()))
+                .expect("static request parts are valid");
+            if let Ok(Ok(resp)) =
+                tokio::time::timeout(Duration::from_secs(10), client.request(req)).await
+            {
+                let _ = resp.into_body().collect().await;
+                if msg.ack().await.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    let elapsed = start.elapsed();
+    let done = done.load(Ordering::Relaxed);
+    if done == 0 {
+        return Err(CeilingError::NothingSucceeded {
+            what: "JetStream pull, POST, ack",
+            first_error: "no message was processed".into(),
+        });
+    }
+    Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// Starts a temporary nats-server; it stops when the returned value is dropped.
+pub async fn start_nats() -> Result<flotilla_testsupport::NatsServer, CeilingError> {
+    tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
+        .await
+        .map_err(|e| {
+            let msg = if e.is_panic() {
+                let p = e.into_panic();
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "nats-server failed to start".into())
+            } else {
+                e.to_string()
+            };
+            CeilingError::NatsServer(msg)
+        })
+}
+
+/// A plain-text rendering of the ceiling, for people.
+pub fn render(c: &Ceiling) -> String {
+    format!(
+        "ceiling ({} B bodies, {} in flight, {} storage, {:.1} s each):\n  \
+         HTTP → JetStream (PubAck)   {:>10}/s\n  \
+         JetStream pull → POST → ack {:>10}/s\n  \
+         pooled HTTP POSTs           {:>10}/s\n",
+        c.body_size,
+        c.concurrency,
+        c.storage,
+        c.duration_s,
+        crate::report::thousands(c.http_to_jetstream_per_s),
+        crate::report::thousands(c.pull_post_ack_per_s),
+        crate::report::thousands(c.http_post_per_s),
+    )
+}
+
+/// `flotilla-loadgen ceiling`: measure and print.
+pub async fn run_command(args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
+    let (_server, url) = match &args.nats_url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let s = start_nats().await?;
+            let u = s.url();
+            (Some(s), u)
+        }
+    };
+    let c = measure(&url, args).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&c).expect("plain data serializes")
+        );
+    } else {
+        print!("{}", render(&c));
+    }
+    Ok(c)
+}

@@ -1,0 +1,393 @@
+//! Every flag of `flotilla-loadgen`, with the reason it exists, and the checks that turn a bad
+//! combination into one clear line before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use flotilla_queue::ops::duration_arg;
+
+use crate::dist::LatencyDist;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-loadgen",
+    version,
+    about = "Load and measure a Flotilla fleet (an existing one, or a local one it starts), \
+             against this machine's raw ceiling",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure the raw pipeline this machine allows, with the fleet's libraries and no features.
+    Ceiling(CeilingArgs),
+}
+
+/// Flags of the ceiling measurement, alone or inside a run.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingArgs {
+    /// NATS to measure against. Unset: a temporary nats-server is started on a free port.
+    #[arg(long, env = "LOADGEN_CEILING_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// How long each of the three HTTP-driven measurements runs.
+    #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
+          value_parser = duration_arg)]
+    pub duration: Duration,
+    /// Requests (or messages) in flight in each measurement: enough to saturate two cores.
+    #[arg(
+        long = "ceiling-concurrency",
+        env = "LOADGEN_CEILING_CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub concurrency: usize,
+    /// Body bytes per request or message. A run uses its own `--body-size` instead.
+    #[arg(
+        long = "ceiling-body-size",
+        env = "LOADGEN_CEILING_BODY_SIZE",
+        default_value_t = 256
+    )]
+    pub body_size: usize,
+    /// Keep the measurement streams in memory (compare with a fleet started with memory streams).
+    #[arg(
+        long = "ceiling-memory-streams",
+        env = "LOADGEN_CEILING_MEMORY_STREAMS"
+    )]
+    pub memory_streams: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long, env = "LOADGEN_JSON")]
+    pub json: bool,
+}
+
+impl CeilingArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.duration < Duration::from_millis(100) || self.duration > Duration::from_secs(600) {
+            return Err("--ceiling-duration must be between 100ms and 10m".into());
+        }
+        if !(1..=10_000).contains(&self.concurrency) {
+            return Err("--ceiling-concurrency must be between 1 and 10000".into());
+        }
+        if self.body_size > 8 << 20 {
+            return Err("--ceiling-body-size must be at most 8 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Flags of a load run.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    // --- target ---
+    /// Load an existing fleet through this gateway base URL (`http://host:8080`). Needs
+    /// `--callback-listen` on an address the workers can reach.
+    #[arg(long, env = "LOADGEN_GATEWAY", conflicts_with = "local")]
+    pub gateway: Option<String>,
+    /// Start everything on this machine: nats-server (temporary store), a gateway, shards ×
+    /// replicas workers, a function server and a callback sink. The default when no
+    /// `--gateway` is given.
+    #[arg(long, env = "LOADGEN_LOCAL")]
+    pub local: bool,
+    /// Where the callback sink listens. Default 127.0.0.1 on a free port, which only a local
+    /// fleet can reach.
+    #[arg(long, env = "LOADGEN_CALLBACK_LISTEN")]
+    pub callback_listen: Option<SocketAddr>,
+    /// The callback URL given to the fleet when the listen address is not what workers dial
+    /// (NAT, 0.0.0.0, a Kubernetes service). Default `http://<callback-listen>/callback`.
+    #[arg(long, env = "LOADGEN_CALLBACK_URL")]
+    pub callback_url: Option<String>,
+
+    // --- local fleet ---
+    /// Shard streams of the local fleet.
+    #[arg(long, env = "LOADGEN_SHARDS", default_value_t = 2)]
+    pub shards: u32,
+    /// Worker replicas per shard in the local fleet.
+    #[arg(long, env = "LOADGEN_REPLICAS", default_value_t = 1)]
+    pub replicas: u32,
+    /// Calls in flight per function across a shard's replicas (the workers' `--concurrency`).
+    #[arg(long, env = "LOADGEN_WORKER_CONCURRENCY", default_value_t = 100)]
+    pub worker_concurrency: u32,
+    /// Keep the local fleet's streams (and the ceiling's) in memory instead of on disk.
+    #[arg(long, env = "LOADGEN_MEMORY_STREAMS")]
+    pub memory_streams: bool,
+    /// Built-in function latency: `0`, `5ms` or `fixed:5ms`, `uniform:1ms..20ms`, `exp:10ms`
+    /// (exponential with that mean).
+    #[arg(long, env = "LOADGEN_FUNCTION_LATENCY", default_value = "fixed:0ms")]
+    pub function_latency: LatencyDist,
+    /// Share of built-in function calls answered 500, in 0..=1. Failed calls are retried by the
+    /// workers' policy and then reported to the callback with status 500: they still complete.
+    #[arg(long, env = "LOADGEN_FAILURE_RATE", default_value_t = 0.0)]
+    pub failure_rate: f64,
+    /// Bytes in each built-in function response (what each callback carries).
+    #[arg(long, env = "LOADGEN_RESPONSE_SIZE", default_value_t = 64)]
+    pub response_size: usize,
+    /// Enqueue every call before starting the workers, then time the drain: the workers'
+    /// throughput alone, comparable with the pull/POST/ack ceiling. Local fleet only; needs
+    /// `--count` or a bounded `--duration`.
+    #[arg(long, env = "LOADGEN_BACKLOG")]
+    pub backlog: bool,
+
+    // --- load model ---
+    /// Open loop at this many calls per second; several comma-separated rates make a stepped
+    /// load, each step lasting `--step`. Latency counts from the intended send time.
+    #[arg(
+        long,
+        env = "LOADGEN_RATE",
+        value_delimiter = ',',
+        conflicts_with = "concurrency"
+    )]
+    pub rate: Vec<f64>,
+    /// Length of each step of a stepped `--rate`. Default: `--duration` split evenly.
+    #[arg(long, env = "LOADGEN_STEP", value_parser = duration_arg)]
+    pub step: Option<Duration>,
+    /// Closed loop: this many requests in flight, each sent when the previous one answered.
+    /// The default model (64) when no `--rate` is given.
+    #[arg(long, env = "LOADGEN_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// How long to send.
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "10s", value_parser = duration_arg)]
+    pub duration: Duration,
+    /// Stop after this many calls were sent (whichever of this and `--duration` comes first).
+    #[arg(long, env = "LOADGEN_COUNT")]
+    pub count: Option<u64>,
+    /// Distinct functions called (`lg-0` … `lg-N-1`).
+    #[arg(long, env = "LOADGEN_FUNCTIONS", default_value_t = 8)]
+    pub functions: usize,
+    /// Zipf exponent of the function choice: 0 is uniform, 1 makes `lg-0` about N/H(N) times
+    /// hotter than average; higher is more skewed.
+    #[arg(long, env = "LOADGEN_SKEW", default_value_t = 0.8)]
+    pub skew: f64,
+    /// Request body bytes.
+    #[arg(long, env = "LOADGEN_BODY_SIZE", default_value_t = 256)]
+    pub body_size: usize,
+    /// Open loop: sends waiting for an answer at most; beyond it the sender waits (and the
+    /// wait counts in latency, since latency starts at the intended send time).
+    #[arg(long, env = "LOADGEN_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// Deadline of one enqueue request; past it the request counts as a `timeout` error.
+    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    pub timeout: Duration,
+    /// After sending stops, how long to wait for callbacks still on their way before the audit
+    /// calls the rest lost.
+    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration_arg)]
+    pub drain_timeout: Duration,
+    /// Seed of the function choice and the built-in function's sampling (repeatable runs).
+    #[arg(long, env = "LOADGEN_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    // --- ceiling ---
+    /// Skip the ceiling measurement: no ratios in the report.
+    #[arg(long, env = "LOADGEN_NO_CEILING")]
+    pub no_ceiling: bool,
+    #[command(flatten)]
+    pub ceiling: CeilingRunArgs,
+
+    // --- output ---
+    /// Print the report as JSON on stdout (the table then goes to stderr).
+    #[arg(long, env = "LOADGEN_JSON")]
+    pub json: bool,
+    /// Write an SVG of throughput over time and the latency distributions to this file.
+    #[arg(long, env = "LOADGEN_PLOT")]
+    pub plot: Option<std::path::PathBuf>,
+    /// No progress line.
+    #[arg(long, short, env = "LOADGEN_QUIET")]
+    pub quiet: bool,
+}
+
+/// The ceiling's knobs inside a run (its body size is the run's).
+#[derive(Debug, Clone, Args)]
+pub struct CeilingRunArgs {
+    /// How long each ceiling measurement runs.
+    #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
+          value_parser = duration_arg)]
+    pub ceiling_duration: Duration,
+    /// Requests or messages in flight in each ceiling measurement.
+    #[arg(
+        long = "ceiling-concurrency",
+        env = "LOADGEN_CEILING_CONCURRENCY",
+        default_value_t = 64
+    )]
+    pub ceiling_concurrency: usize,
+}
+
+/// How load is offered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoadModel {
+    /// Calls sent at planned instants, whatever the system answers.
+    Open {
+        steps: Vec<crate::schedule::RateStep>,
+    },
+    /// A fixed number of requests in flight.
+    Closed { concurrency: usize },
+}
+
+impl RunArgs {
+    /// True when this run starts its own fleet.
+    pub fn is_local(&self) -> bool {
+        self.gateway.is_none()
+    }
+
+    pub fn load_model(&self) -> LoadModel {
+        if self.rate.is_empty() {
+            return LoadModel::Closed {
+                concurrency: self.concurrency.unwrap_or(64),
+            };
+        }
+        let step = self
+            .step
+            .unwrap_or_else(|| self.duration.div_f64(self.rate.len() as f64));
+        let n = self.rate.len();
+        let steps = self
+            .rate
+            .iter()
+            .enumerate()
+            .map(|(i, &rate)| crate::schedule::RateStep {
+                rate,
+                // The last step lasts until the run ends (by duration or count).
+                duration: if i + 1 == n { None } else { Some(step) },
+            })
+            .collect();
+        LoadModel::Open { steps }
+    }
+
+    /// The ceiling flags of this run.
+    pub fn ceiling_args(&self) -> CeilingArgs {
+        CeilingArgs {
+            nats_url: None,
+            duration: self.ceiling.ceiling_duration,
+            concurrency: self.ceiling.ceiling_concurrency,
+            body_size: self.body_size,
+            memory_streams: self.memory_streams,
+            json: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(g) = &self.gateway {
+            let uri: http::Uri = g.parse().map_err(|e| format!("--gateway {g:?}: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(format!("--gateway {g:?} must be http://host[:port]"));
+            }
+            if self.callback_listen.is_none() {
+                return Err(
+                    "--gateway needs --callback-listen ADDR, an address the workers can reach \
+                     (the audit counts callbacks)"
+                        .into(),
+                );
+            }
+            if self.backlog {
+                return Err("--backlog needs --local: it starts the workers itself".into());
+            }
+        }
+        if let Some(u) = &self.callback_url {
+            let uri: http::Uri = u
+                .parse()
+                .map_err(|e| format!("--callback-url {u:?}: {e}"))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(format!(
+                    "--callback-url {u:?} must be http://host[:port]/path"
+                ));
+            }
+        }
+        if !(1..=64).contains(&self.shards) {
+            return Err("--shards must be between 1 and 64".into());
+        }
+        if !(1..=16).contains(&self.replicas) {
+            return Err("--replicas must be between 1 and 16".into());
+        }
+        if self.worker_concurrency == 0 {
+            return Err("--worker-concurrency must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.failure_rate) {
+            return Err("--failure-rate must be between 0 and 1".into());
+        }
+        if self.response_size > 8 << 20 || self.body_size > 8 << 20 {
+            return Err("--body-size and --response-size must be at most 8 MiB".into());
+        }
+        for &r in &self.rate {
+            if !(r.is_finite() && r > 0.0 && r <= 1e7) {
+                return Err(format!(
+                    "--rate {r}: must be above 0 and at most 10,000,000"
+                ));
+            }
+        }
+        if self.step.is_some_and(|s| s.is_zero()) {
+            return Err("--step must be above zero".into());
+        }
+        if let Some(c) = self.concurrency
+            && !(1..=100_000).contains(&c)
+        {
+            return Err("--concurrency must be between 1 and 100000".into());
+        }
+        if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
+            return Err("--duration must be above zero and at most 24h".into());
+        }
+        if self.count == Some(0) {
+            return Err("--count must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.functions) {
+            return Err("--functions must be between 1 and 10000".into());
+        }
+        if !(self.skew.is_finite() && (0.0..=10.0).contains(&self.skew)) {
+            return Err("--skew must be between 0 and 10".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("--max-in-flight must be at least 1".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("--timeout must be above zero".into());
+        }
+        self.ceiling_args().validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_a_valid_local_closed_loop() {
+        let cli = Cli::try_parse_from(["flotilla-loadgen"]).unwrap();
+        cli.run.validate().unwrap();
+        assert!(cli.run.is_local());
+        assert_eq!(cli.run.load_model(), LoadModel::Closed { concurrency: 64 });
+    }
+
+    #[test]
+    fn stepped_rates_split_the_duration() {
+        let cli =
+            Cli::try_parse_from(["flotilla-loadgen", "--rate", "100,200", "--duration", "10s"])
+                .unwrap();
+        let LoadModel::Open { steps } = cli.run.load_model() else {
+            panic!("open loop expected");
+        };
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].duration, Some(Duration::from_secs(5)));
+        assert_eq!(steps[1].duration, None);
+    }
+
+    #[test]
+    fn remote_runs_need_a_callback_address() {
+        let cli = Cli::try_parse_from(["flotilla-loadgen", "--gateway", "http://gw:8080"]).unwrap();
+        assert!(
+            cli.run
+                .validate()
+                .unwrap_err()
+                .contains("--callback-listen")
+        );
+        assert!(
+            Cli::try_parse_from(["flotilla-loadgen", "--rate", "5", "--concurrency", "2"]).is_err()
+        );
+    }
+}

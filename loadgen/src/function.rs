@@ -1,0 +1,93 @@
+//! The built-in function server of `--local`: one port, routed by path (`/<function>/...`), with a
+//! configurable latency distribution, failure rate and response size. It stands in for real
+//! functions so a run measures the fleet, not someone's business logic.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dist::LatencyDist;
+use crate::net;
+
+/// How the built-in function behaves.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub latency: LatencyDist,
+    /// Share of calls answered 500.
+    pub failure_rate: f64,
+    /// Bytes in every response body.
+    pub response_size: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct FunctionStats {
+    /// Calls answered (retries included).
+    pub calls: AtomicU64,
+    /// Calls answered 500 on purpose.
+    pub failures: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct FunctionServer {
+    pub addr: SocketAddr,
+    pub stats: Arc<FunctionStats>,
+    task: JoinHandle<()>,
+}
+
+impl FunctionServer {
+    pub fn start(
+        listener: TcpListener,
+        spec: FunctionSpec,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(FunctionStats::default());
+        let body = Bytes::from(vec![b'r'; spec.response_size]);
+        // One generator for the whole server: a mutex held for a few nanoseconds per call keeps
+        // the run repeatable from its seed.
+        let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(spec.seed)));
+        let st = stats.clone();
+        let task = net::serve(
+            listener,
+            stop,
+            move |req: hyper::Request<hyper::body::Incoming>| {
+                let (st, rng, body) = (st.clone(), rng.clone(), body.clone());
+                let (latency, failure_rate) = (spec.latency, spec.failure_rate);
+                async move {
+                    let _ = req.into_body().collect().await;
+                    let (delay, fail) = match rng.lock() {
+                        Ok(mut r) => (latency.sample(&mut r), r.f64() < failure_rate),
+                        Err(_) => (Duration::ZERO, false),
+                    };
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    st.calls.fetch_add(1, Ordering::Relaxed);
+                    if fail {
+                        st.failures.fetch_add(1, Ordering::Relaxed);
+                        return net::respond(500, Bytes::from_static(b"injected failure\n"));
+                    }
+                    net::respond(200, body)
+                }
+            },
+        );
+        Ok(Self { addr, stats, task })
+    }
+
+    /// The URL template that routes `{name}` to this server.
+    pub fn url_template(&self) -> String {
+        format!("http://{}/{{name}}", self.addr)
+    }
+
+    pub async fn stopped(self) {
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,18 @@
+//! `flotilla-loadgen` as a library: the load models, the local fleet, the ceiling, the audit and
+//! the report, so that tests (and other tools) drive a run without going through the binary.
+
+pub mod audit;
+pub mod ceiling;
+pub mod config;
+pub mod dist;
+pub mod driver;
+pub mod function;
+pub mod local;
+pub mod net;
+pub mod plot;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod sink;
+pub mod stats;

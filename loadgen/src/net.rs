@@ -1,0 +1,121 @@
+//! The bare HTTP plumbing every part of the loadgen shares: a hyper/1 server loop over an injected
+//! listener that stops on a token, a pooled client, and a shared clock. The ceiling uses the very
+//! same pieces, so the fleet and its yardstick pay the same HTTP costs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The pooled client all loadgen requests go through.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pooled HTTP/1.1 client with as many idle connections as the load keeps in flight.
+pub fn client() -> HttpClient {
+    flotilla_queue::ops::pooled_client(flotilla_queue::ops::PoolSettings {
+        max_idle_per_host: 100_000,
+        ..Default::default()
+    })
+}
+
+/// Serves `handler` on `listener` until `stop` fires; connections still open then are dropped.
+pub fn serve<F, Fut>(listener: TcpListener, stop: CancellationToken, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (handler, stop) = (handler.clone(), stop.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    })
+}
+
+/// A response with a status and a body.
+pub fn respond(status: u16, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    r
+}
+
+/// One time origin for the whole run: monotonic offsets for measuring, plus the wall clock at
+/// the origin to compare with the `X-Start-Time` stamps the fleet writes.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+    origin_unix_ns: u128,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            origin_unix_ns: flotilla_queue::time::unix_nanos(),
+        }
+    }
+
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
+    /// Nanoseconds since the origin.
+    pub fn now_ns(&self) -> u64 {
+        self.ns_at(Instant::now())
+    }
+
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The Unix time, in nanoseconds, of an offset from the origin.
+    pub fn unix_ns_of(&self, offset_ns: u64) -> u128 {
+        self.origin_unix_ns + u128::from(offset_ns)
+    }
+}

@@ -1,0 +1,419 @@
+//! The report of a run: one serializable structure (what `--json` prints), a Markdown table a
+//! person can paste into a ticket, and the throughput series the plot draws.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::audit::Audit;
+use crate::ceiling::Ceiling;
+
+/// Bumped when a field changes meaning or disappears; new fields do not bump it.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub loadgen_version: &'static str,
+    /// Unix seconds at which the run started.
+    pub started_at_unix_s: u64,
+    pub target: TargetInfo,
+    pub load: LoadInfo,
+    pub enqueue: Enqueue,
+    pub completion: Completion,
+    /// Failed enqueue requests by kind: `status_<code>`, `connect`, `timeout`, `http`,
+    /// `202_without_call_id`.
+    pub errors: BTreeMap<String, u64>,
+    /// Completed calls by the function's status as the callback reported it
+    /// (`X-Function-Status`).
+    pub function_status: BTreeMap<String, u64>,
+    pub audit: Audit,
+    pub ceiling: Option<Ceiling>,
+    pub ratios: Option<Ratios>,
+    pub series: Series,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    /// `local` or `gateway`.
+    pub kind: &'static str,
+    pub gateway: String,
+    pub callback_url: String,
+    /// Local fleet only.
+    pub shards: Option<u32>,
+    pub replicas: Option<u32>,
+    pub worker_concurrency: Option<u32>,
+    pub function_latency: Option<String>,
+    pub failure_rate: Option<f64>,
+    pub response_size: Option<usize>,
+    pub memory_streams: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadInfo {
+    /// `open` or `closed`.
+    pub model: &'static str,
+    /// Open loop: the rate of each step, calls per second.
+    pub rates: Vec<f64>,
+    /// Open loop: length of each step but the last, seconds.
+    pub step_s: Option<f64>,
+    /// Closed loop: requests in flight.
+    pub concurrency: Option<usize>,
+    pub duration_s: f64,
+    pub count: Option<u64>,
+    pub functions: usize,
+    pub skew: f64,
+    pub body_size: usize,
+    /// True when every call was enqueued before the workers started.
+    pub backlog: bool,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// From a histogram in microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Enqueue {
+    /// Requests sent.
+    pub sent: u64,
+    /// 202 answers.
+    pub accepted: u64,
+    /// Every other outcome (see `errors`).
+    pub errors: u64,
+    /// Seconds from the first send to the last answer.
+    pub window_s: f64,
+    /// Accepted calls per second over `window_s`.
+    pub rate_per_s: f64,
+    /// Intended send time (open loop) or send time (closed loop) to 202.
+    pub latency_ms: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    /// Accepted calls whose callback arrived.
+    pub completed: u64,
+    /// Seconds from the start of sending (with `backlog`: from the workers' start) to the last
+    /// first callback.
+    pub window_s: f64,
+    /// Completed calls per second over `window_s`.
+    pub rate_per_s: f64,
+    /// Acceptance by the gateway (`X-Start-Time`) to callback arrival.
+    pub latency_ms: Percentiles,
+}
+
+/// Flotilla's rates divided by the ceiling's.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ratios {
+    /// Enqueue rate / HTTP → JetStream ceiling (the gateway's goal is ≥ 0.8).
+    pub enqueue_vs_http_to_jetstream: f64,
+    /// Completion rate / pull → POST → ack ceiling (the workers' goal is ≥ 0.8; meaningful when
+    /// the workers, not the enqueue rate, limit completions: use `--backlog`).
+    pub completion_vs_pull_post_ack: f64,
+    /// Enqueue rate / pooled HTTP POSTs.
+    pub enqueue_vs_http_post: f64,
+}
+
+impl Ratios {
+    pub fn of(enqueue: f64, completion: f64, c: &Ceiling) -> Self {
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        Self {
+            enqueue_vs_http_to_jetstream: div(enqueue, c.http_to_jetstream_per_s),
+            completion_vs_pull_post_ack: div(completion, c.pull_post_ack_per_s),
+            enqueue_vs_http_post: div(enqueue, c.http_post_per_s),
+        }
+    }
+}
+
+/// Throughput over time, in calls per second per bucket, from the start of sending.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Series {
+    pub bucket_s: f64,
+    /// 202s per second in each bucket.
+    pub enqueue_per_s: Vec<f64>,
+    /// First callbacks per second in each bucket.
+    pub completion_per_s: Vec<f64>,
+}
+
+impl Series {
+    /// Buckets `enqueue_ns` and `completion_ns` (offsets from the clock origin) from `start_ns`.
+    pub fn build(start_ns: u64, enqueue_ns: &[u64], completion_ns: &[u64]) -> Self {
+        let last = enqueue_ns
+            .iter()
+            .chain(completion_ns)
+            .copied()
+            .max()
+            .unwrap_or(start_ns)
+            .saturating_sub(start_ns);
+        let span_s = last as f64 / 1e9;
+        // About 150 buckets, on a round length.
+        let bucket_s = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]
+            .into_iter()
+            .find(|b| span_s / b <= 150.0)
+            .unwrap_or(60.0);
+        let n = (span_s / bucket_s).floor() as usize + 1;
+        let fill = |ns: &[u64]| {
+            let mut v = vec![0.0; n];
+            for &t in ns {
+                let i = (t.saturating_sub(start_ns) as f64 / 1e9 / bucket_s) as usize;
+                if let Some(b) = v.get_mut(i) {
+                    *b += 1.0 / bucket_s;
+                }
+            }
+            v
+        };
+        Self {
+            bucket_s,
+            enqueue_per_s: fill(enqueue_ns),
+            completion_per_s: fill(completion_ns),
+        }
+    }
+}
+
+/// `12345.6` → `12,346`.
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3 + 1);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+impl Report {
+    /// The Markdown summary.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let t = &self.target;
+        let target = match t.kind {
+            "local" => format!(
+                "local fleet: {} shard(s) × {} replica(s), function concurrency {}, function \
+                 latency {}, failure rate {}, {} B responses, {} streams",
+                t.shards.unwrap_or(0),
+                t.replicas.unwrap_or(0),
+                t.worker_concurrency.unwrap_or(0),
+                t.function_latency.as_deref().unwrap_or("?"),
+                t.failure_rate.unwrap_or(0.0),
+                t.response_size.unwrap_or(0),
+                if t.memory_streams == Some(true) {
+                    "memory"
+                } else {
+                    "file"
+                },
+            ),
+            _ => format!("gateway {} (callbacks to {})", t.gateway, t.callback_url),
+        };
+        let l = &self.load;
+        let model = match l.model {
+            "open" if l.rates.len() > 1 => format!(
+                "open loop, stepped {} calls/s",
+                l.rates
+                    .iter()
+                    .map(|r| thousands(*r))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+            "open" => format!("open loop, {} calls/s", thousands(l.rates[0])),
+            _ => format!("closed loop, {} in flight", l.concurrency.unwrap_or(0)),
+        };
+        let _ = writeln!(o, "### flotilla-loadgen {}", self.loadgen_version);
+        let _ = writeln!(o);
+        let _ = writeln!(o, "- target: {target}");
+        let _ = writeln!(
+            o,
+            "- load: {model}, {} function(s) (skew {}), {} B bodies, {:.1} s{}{}",
+            l.functions,
+            l.skew,
+            l.body_size,
+            l.duration_s,
+            l.count
+                .map(|c| format!(", at most {c} calls"))
+                .unwrap_or_default(),
+            if l.backlog {
+                ", backlog first (workers start after enqueue)"
+            } else {
+                ""
+            },
+        );
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "| stage | calls | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | vs ceiling |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        let row =
+            |o: &mut String, name: &str, calls: u64, rate: f64, p: &Percentiles, vs: String| {
+                let _ = writeln!(
+                    o,
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {vs} |",
+                    thousands(calls as f64),
+                    thousands(rate),
+                    ms(p.p50),
+                    ms(p.p90),
+                    ms(p.p99),
+                    ms(p.p999),
+                    ms(p.max)
+                );
+            };
+        let (vs_in, vs_out) = match (&self.ratios, &self.ceiling) {
+            (Some(r), Some(c)) => (
+                format!(
+                    "{:.2} of HTTP→JetStream {}/s",
+                    r.enqueue_vs_http_to_jetstream,
+                    thousands(c.http_to_jetstream_per_s)
+                ),
+                format!(
+                    "{:.2} of pull→POST→ack {}/s",
+                    r.completion_vs_pull_post_ack,
+                    thousands(c.pull_post_ack_per_s)
+                ),
+            ),
+            _ => ("no ceiling".into(), "no ceiling".into()),
+        };
+        row(
+            &mut o,
+            "enqueue (202)",
+            self.enqueue.accepted,
+            self.enqueue.rate_per_s,
+            &self.enqueue.latency_ms,
+            vs_in,
+        );
+        row(
+            &mut o,
+            "end to end (callback)",
+            self.completion.completed,
+            self.completion.rate_per_s,
+            &self.completion.latency_ms,
+            vs_out,
+        );
+        let _ = writeln!(o);
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(
+                o,
+                "- ceiling (same run, {} B, {} in flight, {} storage): HTTP→JetStream {}/s · \
+                 pull→POST→ack {}/s · pooled HTTP POSTs {}/s",
+                c.body_size,
+                c.concurrency,
+                c.storage,
+                thousands(c.http_to_jetstream_per_s),
+                thousands(c.pull_post_ack_per_s),
+                thousands(c.http_post_per_s)
+            );
+        }
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(k, v)| format!("{k} {}", thousands(*v as f64)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            o,
+            "- enqueue errors: {errors} (of {} sent)",
+            thousands(self.enqueue.sent as f64)
+        );
+        let statuses = self
+            .function_status
+            .iter()
+            .map(|(k, v)| format!("{k} × {}", thousands(*v as f64)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            o,
+            "- function status in callbacks: {}",
+            if statuses.is_empty() {
+                "none".into()
+            } else {
+                statuses
+            }
+        );
+        let a = &self.audit;
+        let _ = writeln!(
+            o,
+            "- audit: accepted {} · completed {} · lost {} · duplicates {} · unexpected {} \
+             (waited {:.1} s for stragglers) → {}",
+            thousands(a.accepted as f64),
+            thousands(a.completed as f64),
+            thousands(a.lost as f64),
+            thousands(a.duplicates as f64),
+            thousands(a.unexpected as f64),
+            a.drain_wait_s,
+            if a.ok { "OK" } else { "CALLS LOST" }
+        );
+        if !a.lost_ids.is_empty() {
+            let _ = writeln!(o, "  - first lost: {}", a.lost_ids.join(", "));
+        }
+        if !a.duplicate_ids.is_empty() {
+            let _ = writeln!(o, "  - first duplicated: {}", a.duplicate_ids.join(", "));
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(thousands(-4200.0), "-4,200");
+    }
+
+    #[test]
+    fn series_buckets_counts_into_rates() {
+        let s = Series::build(1_000, &[1_000, 50_000_000, 150_000_000], &[1_100_000_000]);
+        assert_eq!(s.bucket_s, 0.1);
+        assert_eq!(s.enqueue_per_s.len(), 11);
+        assert!((s.enqueue_per_s[0] - 20.0).abs() < 1e-9);
+        assert!((s.enqueue_per_s[1] - 10.0).abs() < 1e-9);
+        assert!((s.completion_per_s[10] - 10.0).abs() < 1e-9);
+    }
+}
