@@ -1,0 +1,162 @@
+//! The `flotilla-worker` binary under signals: SIGKILL mid-load loses nothing once a replacement
+//! starts, and SIGTERM drains in-flight calls and their callbacks, then exits 0.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Nats, Worker, envelope};
+use flotilla_queue::{FunctionName, subjects};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply};
+use tokio::process::{Child, Command};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The worker binary, configured through flags and env twins.
+fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("NATS_URL", nats_url)
+        .env("FLOTILLA_FUNCTION_URL_TEMPLATE", template)
+        .env("FLOTILLA_DISCOVERY_INTERVAL", "100ms")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn flotilla-worker")
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("running child");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+}
+
+fn call_ids(sink: &RecordingServer) -> HashSet<String> {
+    sink.requests()
+        .iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_load_loses_nothing() {
+    let nats = Nats::start(2).await;
+    let function = RecordingServer::start(Arc::new(|r: &Recorded| {
+        Reply::status(200)
+            .body(r.body.clone())
+            .delay(Duration::from_millis(20))
+    }))
+    .await;
+    let sink = RecordingServer::answering(200).await;
+    let template = format!("{}/{{name}}", function.url());
+    let cb = format!("{}/cb", sink.url());
+    let total = 300;
+    for i in 0..total {
+        let env = envelope(
+            &format!("k-{}", i % 3),
+            &format!("kill-{i}"),
+            Some(&cb),
+            "x",
+        );
+        nats.publish(&env).await;
+    }
+    let mut first = spawn_worker(&nats.url(), &template, &["--ack-wait", "1s"]);
+    sink.wait_for(60, T).await;
+    first.kill().await.expect("SIGKILL");
+    let after_kill = call_ids(&sink).len();
+    assert!(
+        after_kill < total,
+        "the kill came too late to test anything"
+    );
+
+    let mut second = spawn_worker(&nats.url(), &template, &["--ack-wait", "1s"]);
+    flotilla_testsupport::wait_until(T, "every call id at the callback sink", || {
+        call_ids(&sink).len() == total
+    })
+    .await;
+    nats.wait_settled(T).await;
+    sigterm(&second);
+    let status = tokio::time::timeout(T, second.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_calls_and_exits_zero() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200)
+            .body("finished")
+            .delay(Duration::from_millis(1500))
+    }))
+    .await;
+    let sink = RecordingServer::answering(200).await;
+    let cb = format!("{}/cb", sink.url());
+    // Five run at once in this replica; five more wait in the stream.
+    for i in 0..10 {
+        nats.publish(&envelope("drain", &format!("t-{i}"), Some(&cb), "x"))
+            .await;
+    }
+    let mut child = spawn_worker(
+        &nats.url(),
+        &function.url(),
+        &["--replica-concurrency", "5", "--grace", "20s"],
+    );
+    flotilla_testsupport::wait_until(T, "five calls in flight", || function.in_flight() == 5).await;
+    sigterm(&child);
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // The five in flight finished and their callbacks arrived before the exit.
+    assert_eq!(function.count(), 5);
+    assert_eq!(sink.count(), 5);
+    assert!(
+        sink.requests()
+            .iter()
+            .all(|r| r.header("x-function-status") == "200" && &r.body[..] == b"finished")
+    );
+    // The other five were never taken (or were handed back): nothing waits for ack_wait.
+    assert_eq!(nats.stored().await, 5);
+    let f = FunctionName::parse("drain").unwrap();
+    let stream = nats.js.get_stream(subjects::call_stream(0)).await.unwrap();
+    let info = stream
+        .consumer_info(subjects::consumer_name(&f))
+        .await
+        .unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+
+    // A replacement takes them at once.
+    let worker = Worker::start(&nats.url(), &["--function-url-template", &function.url()]).await;
+    sink.wait_for(10, T).await;
+    assert_eq!(call_ids(&sink).len(), 10);
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_exits_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
+        .args(["--concurrency", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("concurrency"), "{err}");
+}
