@@ -176,6 +176,10 @@ pub struct RunArgs {
     /// calls the rest lost.
     #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration_arg)]
     pub drain_timeout: Duration,
+    /// Skip the warm-up (one call per function, its callback awaited, before measuring). With
+    /// it, the first calls of the run pay for consumer creation and new connections.
+    #[arg(long, env = "LOADGEN_NO_WARMUP")]
+    pub no_warmup: bool,
     /// Seed of the function choice and the built-in function's sampling (repeatable runs).
     #[arg(long, env = "LOADGEN_SEED", default_value_t = 1)]
     pub seed: u64,

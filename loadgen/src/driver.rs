@@ -24,6 +24,8 @@ pub enum DriverError {
     BadUrl(String, String),
     #[error("callback URL {0:?} is not a valid header value")]
     BadCallback(String),
+    #[error("warm-up call to {function} failed: {reason}")]
+    WarmUp { function: String, reason: String },
 }
 
 /// Name of the k-th function a run calls.
@@ -114,9 +116,8 @@ async fn open_loop(
     let slots = Arc::new(Semaphore::new(load.max_in_flight));
     let mut rng = fastrand::Rng::with_seed(load.seed);
     let limit = load.count.unwrap_or(u64::MAX);
-    let mut sent = 0u64;
-    for offset in OpenLoop::new(steps, load.duration) {
-        if sent >= limit {
+    for (sent, offset) in OpenLoop::new(steps, load.duration).enumerate() {
+        if sent as u64 >= limit {
             break;
         }
         let intended = start + offset;
@@ -134,7 +135,6 @@ async fn open_loop(
             send_one(&t, k, intended).await;
             drop(permit);
         });
-        sent += 1;
     }
     tracker.close();
     tracker.wait().await;
@@ -166,6 +166,51 @@ async fn closed_loop(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// One call to each function, so that the fleet creates its consumers and connections before
+/// anything is measured. Returns the accepted call ids; any failure is an error, as the run
+/// itself would fail the same way.
+pub async fn warm_up(
+    gateway: &str,
+    callback_url: &str,
+    functions: usize,
+    client: &HttpClient,
+    timeout: Duration,
+) -> Result<Vec<String>, DriverError> {
+    let base = gateway.trim_end_matches('/');
+    let calls = (0..functions).map(|k| {
+        let function = function_name(k);
+        let uri = format!("{base}/async-function/{function}");
+        let client = client.clone();
+        async move {
+            let fail = |reason: String| DriverError::WarmUp {
+                function: function.clone(),
+                reason,
+            };
+            let req = hyper::Request::post(uri)
+                .header("x-callback-url", callback_url)
+                .body(Full::new(Bytes::from_static(b"warm-up")))
+                .map_err(|e| fail(e.to_string()))?;
+            let resp = tokio::time::timeout(timeout, client.request(req))
+                .await
+                .map_err(|_| fail("timeout".into()))?
+                .map_err(|e| fail(e.to_string()))?;
+            let status = resp.status();
+            let id = resp
+                .headers()
+                .get("x-call-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let _ = resp.into_body().collect().await;
+            match (status.as_u16(), id) {
+                (202, Some(id)) => Ok(id),
+                (202, None) => Err(fail("202 without X-Call-Id".into())),
+                (s, _) => Err(fail(format!("status {s}"))),
+            }
+        }
+    });
+    futures_util::future::try_join_all(calls).await
 }
 
 /// One enqueue request; latency runs from `intended` to the end of the answer.

@@ -216,7 +216,7 @@ pub fn svg(input: &PlotInput<'_>) -> String {
     let mut x_ticks = Vec::new();
     let mut t = 0.0;
     while span > 0.0 && t <= span + 1e-9 {
-        x_ticks.push((t / span, format!("{}", trim(t))));
+        x_ticks.push((t / span, trim(t)));
         t += x_step;
     }
     let y_max = frame(

@@ -52,6 +52,12 @@ pub fn start(
         };
         let start = Instant::now();
         let mut history: std::collections::VecDeque<Sample> = std::collections::VecDeque::new();
+        // The first line already has a rate: the counters as they were when the phase began.
+        history.push_back(Sample {
+            at: Instant::now(),
+            accepted: rec.accepted.load(std::sync::atomic::Ordering::Relaxed),
+            completed: sink.count(),
+        });
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -66,7 +72,7 @@ pub fn start(
             };
             history.push_back(now);
             while history.len() > 2
-                && now.at.duration_since(history[0].at) > Duration::from_millis(1100)
+                && now.at.duration_since(history[1].at) >= Duration::from_millis(1000)
             {
                 history.pop_front();
             }

@@ -154,6 +154,10 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         timeout: args.timeout,
         seed: args.seed,
     };
+    if !args.no_warmup && !args.backlog {
+        warm_up(args, &gateway_url, &callback_url, &sink.state).await?;
+    }
+
     let rec = Arc::new(Recorder::new(clock));
     let shown = progress::start(rec.clone(), sink.state.clone(), "load ", quiet);
     let sent = driver::drive(
@@ -167,12 +171,10 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     shown.finish().await;
     let sent = sent?;
 
-    let mut completion_start_ns = sent.start_ns;
     if args.backlog
         && let Some(f) = fleet.as_mut()
     {
         note(quiet, "backlog enqueued; starting the workers…");
-        completion_start_ns = clock.now_ns();
         f.start_workers().await?;
     }
 
@@ -192,6 +194,17 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     sink.stopped().await;
     drop(nats);
 
+    // A backlog drain is timed from its first completion, so worker start-up (consumer discovery)
+    // does not count against the workers' throughput.
+    let completion_start_ns = if args.backlog {
+        matched
+            .completions_ns
+            .first()
+            .copied()
+            .unwrap_or(sent.start_ns)
+    } else {
+        sent.start_ns
+    };
     let report = build_report(
         args,
         started_at_unix_s,
@@ -244,6 +257,44 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         note(quiet, &format!("plot written to {}", path.display()));
     }
     Ok(report.report)
+}
+
+/// Sends the warm-up calls and waits (bounded) for their callbacks, then forgets them.
+async fn warm_up(
+    args: &RunArgs,
+    gateway_url: &str,
+    callback_url: &str,
+    sink: &SinkState,
+) -> Result<(), RunError> {
+    note(
+        args.quiet,
+        &format!("warming up ({} functions)…", args.functions),
+    );
+    let ids = driver::warm_up(
+        gateway_url,
+        callback_url,
+        args.functions,
+        &net::client(),
+        args.timeout,
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while sink.count() < ids.len() as u64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if sink.count() < ids.len() as u64 {
+        note(
+            args.quiet,
+            &format!(
+                "warning: {} of {} warm-up callbacks arrived within 15 s; is the callback URL \
+                 {callback_url} reachable from the workers?",
+                sink.count(),
+                ids.len()
+            ),
+        );
+    }
+    sink.reset();
+    Ok(())
 }
 
 /// Waits until every accepted call has its callback, or `timeout`; returns the final matching.

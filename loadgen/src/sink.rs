@@ -39,6 +39,14 @@ impl SinkState {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Forgets every callback so far (the warm-up's).
+    pub fn reset(&self) {
+        if let Ok(mut v) = self.callbacks.lock() {
+            v.clear();
+            self.count.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Every callback so far.
     pub fn take(&self) -> Vec<Callback> {
         self.callbacks.lock().map(|c| c.clone()).unwrap_or_default()

@@ -1,0 +1,141 @@
+//! The acceptance check of the loadgen itself: a short `--local` run through the real binary
+//! (nats-server, gateway, workers, function server, sink, ceiling) must audit clean and print
+//! every documented JSON field.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, key| {
+        v.get(key)
+            .unwrap_or_else(|| panic!("JSON report lacks {path} (at {key})"))
+    })
+}
+
+#[test]
+fn short_local_run_audits_clean_and_reports_json() {
+    let plot =
+        std::env::temp_dir().join(format!("flotilla-loadgen-test-{}.svg", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .args([
+            "--local",
+            "--rate",
+            "150",
+            "--duration",
+            "2s",
+            "--functions",
+            "4",
+            "--shards",
+            "2",
+            "--ceiling-duration",
+            "300ms",
+            "--ceiling-concurrency",
+            "8",
+            "--drain-timeout",
+            "20s",
+            "--json",
+            "--quiet",
+            "--plot",
+        ])
+        .arg(&plot)
+        .output()
+        .expect("run flotilla-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+
+    // The audit: everything accepted completed, once.
+    let accepted = field(&report, "audit.accepted").as_u64().unwrap();
+    assert_eq!(accepted, 300, "150/s for 2 s, all accepted\n{stderr}");
+    assert_eq!(field(&report, "audit.completed").as_u64(), Some(accepted));
+    assert_eq!(field(&report, "audit.lost").as_u64(), Some(0));
+    assert_eq!(field(&report, "audit.duplicates").as_u64(), Some(0));
+    assert_eq!(field(&report, "audit.ok").as_bool(), Some(true));
+    assert!(
+        field(&report, "audit.lost_ids")
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The documented fields are there, with sane values.
+    assert_eq!(field(&report, "schema").as_u64(), Some(1));
+    assert_eq!(field(&report, "target.kind").as_str(), Some("local"));
+    assert_eq!(field(&report, "target.shards").as_u64(), Some(2));
+    assert_eq!(field(&report, "load.model").as_str(), Some("open"));
+    assert_eq!(field(&report, "load.rates").as_array().unwrap().len(), 1);
+    assert_eq!(field(&report, "enqueue.sent").as_u64(), Some(300));
+    assert_eq!(field(&report, "enqueue.errors").as_u64(), Some(0));
+    let rate = field(&report, "enqueue.rate_per_s").as_f64().unwrap();
+    assert!((120.0..=180.0).contains(&rate), "enqueue rate {rate}");
+    for stage in ["enqueue", "completion"] {
+        let p = field(&report, &format!("{stage}.latency_ms"));
+        let (p50, p99, max) = (
+            field(p, "p50").as_f64().unwrap(),
+            field(p, "p99").as_f64().unwrap(),
+            field(p, "max").as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{stage}: {p}");
+        assert_eq!(field(p, "count").as_u64(), Some(300));
+        for k in ["mean", "p90", "p999"] {
+            assert!(field(p, k).is_number(), "{stage}.latency_ms.{k}");
+        }
+    }
+    assert_eq!(field(&report, "completion.completed").as_u64(), Some(300));
+    assert!(field(&report, "completion.rate_per_s").as_f64().unwrap() > 0.0);
+    assert_eq!(field(&report, "function_status.200").as_u64(), Some(300));
+    assert!(field(&report, "errors").as_object().unwrap().is_empty());
+    for k in [
+        "http_to_jetstream_per_s",
+        "pull_post_ack_per_s",
+        "http_post_per_s",
+    ] {
+        assert!(
+            field(&report, &format!("ceiling.{k}")).as_f64().unwrap() > 0.0,
+            "{k}"
+        );
+    }
+    for k in [
+        "enqueue_vs_http_to_jetstream",
+        "completion_vs_pull_post_ack",
+        "enqueue_vs_http_post",
+    ] {
+        assert!(
+            field(&report, &format!("ratios.{k}")).as_f64().unwrap() > 0.0,
+            "{k}"
+        );
+    }
+    let series = field(&report, "series");
+    assert!(field(series, "bucket_s").as_f64().unwrap() > 0.0);
+    let enq: f64 = field(series, "enqueue_per_s")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum::<f64>()
+        * field(series, "bucket_s").as_f64().unwrap();
+    assert!((enq - 300.0).abs() < 1.0, "series holds every 202: {enq}");
+
+    // The table went to stderr, the plot to its file.
+    assert!(stderr.contains("| enqueue (202) |"), "{stderr}");
+    assert!(stderr.contains("lost 0"), "{stderr}");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
+    let _ = std::fs::remove_file(&plot);
+}
+
+#[test]
+fn bad_flags_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .args(["--gateway", "http://127.0.0.1:9", "--duration", "1s"])
+        .output()
+        .expect("run flotilla-loadgen");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--callback-listen"));
+}
