@@ -1,0 +1,194 @@
+//! Worker throughput next to its ceiling, measured side by side in one run: a bare
+//! "JetStream pull → HTTP POST → ack" loop over a pre-filled stream, then the worker draining the
+//! same backlog (envelopes, policies, progress acks, reports; optionally callbacks).
+//!
+//! `cargo run --release -p flotilla-worker --example throughput -- [calls] [concurrency] [callbacks]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use clap::Parser;
+use flotilla_queue::topology::StreamSettings;
+use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// A function (or callback sink) that answers 200 at once and counts.
+async fn bare_server() -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let c = c.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        c.fetch_add(1, Ordering::Relaxed);
+                        Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (url, count)
+}
+
+async fn fill(js: &jetstream::Context, subject: &str, env: &Envelope, n: u64) {
+    let mut window = Vec::with_capacity(1024);
+    for i in 0..n {
+        let mut e = env.clone();
+        e.call_id = format!("c-{i}");
+        let (h, b) = e.to_nats(None);
+        window.push(
+            js.publish_with_headers(subject.to_owned(), h, b)
+                .await
+                .unwrap(),
+        );
+        if window.len() == 1024 {
+            for a in window.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in window.drain(..) {
+        a.await.unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let calls: u64 = args.next().map_or(100_000, |a| a.parse().unwrap());
+    let concurrency: usize = args.next().map_or(100, |a| a.parse().unwrap());
+    let callbacks = args.next().is_some_and(|a| a == "callbacks");
+
+    let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
+        .await
+        .unwrap();
+    let client = nats.client().await;
+    let js = jetstream::new(client.clone());
+    let settings = StreamSettings::default();
+    let topology = Topology::agree(&js, Some(1), &settings).await.unwrap();
+    topology.ensure_streams(&js, &settings).await.unwrap();
+    let (fn_url, fn_count) = bare_server().await;
+    let (sink_url, sink_count) = bare_server().await;
+    let function = FunctionName::parse("bench").unwrap();
+    let env = Envelope {
+        call_id: String::new(),
+        function: function.clone(),
+        method: "POST".into(),
+        path: String::new(),
+        query: String::new(),
+        callback_url: callbacks.then(|| format!("{sink_url}/cb")),
+        start_time: time::unix_nanos(),
+        attempt: 0,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: Bytes::from_static(br#"{"hello":"world","n":12345}"#),
+    };
+
+    // Ceiling: the same messages on a stream of their own, pulled, POSTed and acked bare.
+    let ceiling_stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "CEILING".into(),
+            subjects: vec!["ceiling".into()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fill(&js, "ceiling", &env, calls).await;
+    let consumer = ceiling_stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: concurrency as i64,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let http = flotilla_queue::ops::pooled_client::<Full<Bytes>>(Default::default());
+    let uri: hyper::Uri = fn_url.parse().unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    for _ in 0..calls {
+        let msg = messages.next().await.unwrap().unwrap();
+        let permit = slots.clone().acquire_owned().await.unwrap();
+        let (http, uri) = (http.clone(), uri.clone());
+        tracker.spawn(async move {
+            let req = hyper::Request::post(uri)
+                .body(Full::new(msg.payload.clone()))
+                .unwrap();
+            let resp = http.request(req).await.unwrap();
+            let _ = resp.into_body().collect().await;
+            msg.ack().await.unwrap();
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    let ceiling = calls as f64 / start.elapsed().as_secs_f64();
+    drop(messages);
+    fn_count.store(0, Ordering::SeqCst);
+
+    // The worker over the same backlog.
+    let subject = subjects::call_subject(0, &function);
+    fill(&js, &subject, &env, calls).await;
+    let config = flotilla_worker::Config::try_parse_from([
+        "flotilla-worker",
+        "--nats-url",
+        &nats.url(),
+        "--function-url-template",
+        &fn_url,
+        "--concurrency",
+        &concurrency.to_string(),
+        "--log",
+        "warn",
+    ])
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(flotilla_worker::run(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    // Timed from the first call, so the worker's start-up (topology, discovery) is left out.
+    while fn_count.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let start = Instant::now();
+    let target = if callbacks { &sink_count } else { &fn_count };
+    while target.load(Ordering::Relaxed) < calls {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = start.elapsed();
+    let worker_rate = calls as f64 / elapsed.as_secs_f64();
+    let _ = stop_tx.send(());
+    worker.await.unwrap().unwrap();
+
+    println!(
+        "calls {calls}, concurrency {concurrency}, callbacks {callbacks}\n\
+         ceiling (pull → POST → ack): {ceiling:>9.0}/s\n\
+         worker:                      {worker_rate:>9.0}/s  (ratio {:.2})",
+        worker_rate / ceiling
+    );
+}
