@@ -102,6 +102,12 @@ pub struct RunArgs {
     #[arg(long, env = "LOADGEN_CALLBACK_URL")]
     pub callback_url: Option<String>,
 
+    /// With `--gateway`: also serve the built-in function here (with the `--function-*`
+    /// settings), for a fleet whose workers are pointed at it
+    /// (`--function-url-template http://ADDR/{name}`).
+    #[arg(long, env = "LOADGEN_FUNCTION_LISTEN", requires = "gateway")]
+    pub function_listen: Option<SocketAddr>,
+
     // --- local fleet ---
     /// Shard streams of the local fleet.
     #[arg(long, env = "LOADGEN_SHARDS", default_value_t = 2)]
@@ -172,10 +178,13 @@ pub struct RunArgs {
     /// Deadline of one enqueue request; past it the request counts as a `timeout` error.
     #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub timeout: Duration,
-    /// After sending stops, how long to wait for callbacks still on their way before the audit
-    /// calls the rest lost.
-    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration_arg)]
+    /// After sending stops, how long the audit waits with no new callback before it calls the
+    /// missing ones lost. Idle time, so a long backlog drain is not cut short.
+    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub drain_timeout: Duration,
+    /// Longest wait for stragglers in all, progress or not.
+    #[arg(long, env = "LOADGEN_DRAIN_MAX", default_value = "5m", value_parser = duration_arg)]
+    pub drain_max: Duration,
     /// Skip the warm-up (one call per function, its callback awaited, before measuring). With
     /// it, the first calls of the run pay for consumer creation and new connections.
     #[arg(long, env = "LOADGEN_NO_WARMUP")]

@@ -100,22 +100,24 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     let mut fleet = None;
     let mut function_server = None;
     let gateway_url = match (&args.gateway, &nats) {
-        (Some(g), _) => g.trim_end_matches('/').to_owned(),
+        (Some(g), _) => {
+            if let Some(addr) = args.function_listen {
+                let fs_listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err("the function server"))?;
+                function_server = Some(
+                    FunctionServer::start(fs_listener, function_spec(args), stop.clone())
+                        .map_err(bind_err("the function server"))?,
+                );
+            }
+            g.trim_end_matches('/').to_owned()
+        }
         (None, Some(server)) => {
             let fs_listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(bind_err("the function server"))?;
-            let fs = FunctionServer::start(
-                fs_listener,
-                FunctionSpec {
-                    latency: args.function_latency,
-                    failure_rate: args.failure_rate,
-                    response_size: args.response_size,
-                    seed: args.seed,
-                },
-                stop.clone(),
-            )
-            .map_err(bind_err("the function server"))?;
+            let fs = FunctionServer::start(fs_listener, function_spec(args), stop.clone())
+                .map_err(bind_err("the function server"))?;
             note(
                 quiet,
                 &format!(
@@ -180,7 +182,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
 
     let shown = progress::start(rec.clone(), sink.state.clone(), "drain", quiet);
     let drain_started = std::time::Instant::now();
-    let matched = wait_for_stragglers(&rec, &sink.state, args.drain_timeout).await;
+    let matched = wait_for_stragglers(&rec, &sink.state, args.drain_timeout, args.drain_max).await;
     shown.finish().await;
     let drain_wait_s = drain_started.elapsed().as_secs_f64();
 
@@ -259,6 +261,15 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     Ok(report.report)
 }
 
+fn function_spec(args: &RunArgs) -> FunctionSpec {
+    FunctionSpec {
+        latency: args.function_latency,
+        failure_rate: args.failure_rate,
+        response_size: args.response_size,
+        seed: args.seed,
+    }
+}
+
 /// Sends the warm-up calls and waits (bounded) for their callbacks, then forgets them.
 async fn warm_up(
     args: &RunArgs,
@@ -297,14 +308,27 @@ async fn warm_up(
     Ok(())
 }
 
-/// Waits until every accepted call has its callback, or `timeout`; returns the final matching.
-async fn wait_for_stragglers(rec: &Recorder, sink: &SinkState, timeout: Duration) -> Matched {
-    let deadline = tokio::time::Instant::now() + timeout;
+/// Waits until every accepted call has its callback, or no callback came for `idle`, or `max`
+/// passed; returns the final matching.
+async fn wait_for_stragglers(
+    rec: &Recorder,
+    sink: &SinkState,
+    idle: Duration,
+    max: Duration,
+) -> Matched {
+    let start = tokio::time::Instant::now();
+    let mut last_progress = start;
+    let mut last_count = sink.count();
     let mut last_checked = u64::MAX;
     loop {
         let accepted = rec.accepted.load(Ordering::Relaxed);
         let got = sink.count();
-        let out_of_time = tokio::time::Instant::now() >= deadline;
+        let now = tokio::time::Instant::now();
+        if got != last_count {
+            last_count = got;
+            last_progress = now;
+        }
+        let out_of_time = now >= last_progress + idle || now >= start + max;
         // Matching copies every record: only when the counts say it may be complete (duplicates
         // can make them lie) and something changed since the last look.
         if (got >= accepted && got != last_checked) || out_of_time {
