@@ -43,8 +43,9 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_PUBLISH_TIMEOUT", default_value = "5s", value_parser = duration_arg)]
     pub publish_timeout: Duration,
 
-    /// Publishes awaiting their PubAck at once. Beyond it new publishes wait (bounded by
-    /// `--publish-timeout`) instead of failing, so a burst of clients queues rather than errors.
+    /// Asynchronous calls awaiting their PubAck at once. Beyond it JetStream is not keeping up
+    /// and further calls are answered 503 with `Retry-After` at once (load shedding) rather than
+    /// queued inside the gateway.
     #[arg(long, env = "FLOTILLA_MAX_PUBLISH_INFLIGHT", default_value_t = 16_384)]
     pub max_publish_inflight: usize,
 

@@ -2,7 +2,7 @@
 //! the function's shard, and the client hears 202 only once JetStream acknowledged it. No JSON,
 //! one body buffer (a single-chunk body is not copied), one context shared by every request.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
@@ -101,6 +101,8 @@ pub async fn enqueue(
     };
     let (nats_headers, payload) = env.to_nats(dedup_key.as_deref());
 
+    // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
+    // ack window fails at once (MaxAckPending) instead of waiting.
     let publish = async {
         state
             .js
@@ -108,15 +110,14 @@ pub async fn enqueue(
             .await?
             .await
     };
-    let ack = match tokio::time::timeout(state.publish_timeout, publish).await {
-        Ok(Ok(ack)) => ack,
-        Ok(Err(e)) => {
+    let ack = match publish.await {
+        Ok(ack) => ack,
+        Err(e) => {
             if e.kind() == PublishErrorKind::StreamNotFound {
                 state.stream_missing();
             }
             return Err(publish_error(e.kind(), &e.to_string(), shard));
         }
-        Err(_) => return Err(CallError::Publish(timed_out(state.publish_timeout))),
     };
     let seconds = started.elapsed().as_secs_f64();
     state.metrics.accepted(env.function.as_str(), seconds);
@@ -131,10 +132,6 @@ pub async fn enqueue(
     Ok(resp)
 }
 
-fn timed_out(after: Duration) -> String {
-    format!("no PubAck from JetStream within {after:?}")
-}
-
 fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {
     match kind {
         PublishErrorKind::MaxPayloadExceeded => CallError::MessageTooLarge,
@@ -143,6 +140,9 @@ fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {
             subjects::call_stream(shard)
         )),
         PublishErrorKind::TimedOut => CallError::Publish("no PubAck from JetStream in time".into()),
+        PublishErrorKind::MaxAckPending => {
+            CallError::Publish("too many calls awaiting JetStream's PubAck".into())
+        }
         _ => CallError::Publish(text.to_owned()),
     }
 }

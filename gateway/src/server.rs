@@ -49,10 +49,12 @@ pub async fn run(
     let client = config.nats.connect("flotilla-gateway").await?;
     let js = ContextBuilder::new()
         .timeout(config.publish_timeout)
+        // A call abandoned by its client still holds an ack slot until this passes.
+        .ack_timeout(config.publish_timeout)
         .max_ack_inflight(config.max_publish_inflight)
-        // Beyond the cap a publish waits for a slot (the enqueue's own timeout bounds the
-        // wait) rather than failing a burst of clients.
-        .backpressure_on_inflight(true)
+        // Beyond the cap JetStream is not keeping up: shed load with 503 + Retry-After at once
+        // instead of queueing without bound inside the gateway.
+        .backpressure_on_inflight(false)
         .build(client.clone());
     let state = Arc::new(State::new(StateParts {
         client: client.clone(),
@@ -61,7 +63,6 @@ pub async fn run(
         http: ops::pooled_client(PoolSettings::default()),
         max_body_bytes: config.max_body_bytes,
         sync_timeout: config.sync_timeout,
-        publish_timeout: config.publish_timeout,
         retry_after,
         auth,
         prometheus,

@@ -33,8 +33,6 @@ pub struct State {
     pub http: Client<HttpConnector, Incoming>,
     pub max_body_bytes: usize,
     pub sync_timeout: Duration,
-    /// Bounds the whole enqueue: waiting for an ack slot, sending, and the PubAck.
-    pub publish_timeout: Duration,
     pub retry_after: HeaderValue,
     /// The exact `Authorization` value `/system/*` requires, when credentials are configured.
     pub auth: Option<String>,
@@ -63,7 +61,6 @@ pub struct StateParts {
     pub http: Client<HttpConnector, Incoming>,
     pub max_body_bytes: usize,
     pub sync_timeout: Duration,
-    pub publish_timeout: Duration,
     pub retry_after: HeaderValue,
     pub auth: Option<String>,
     pub prometheus: PrometheusHandle,
@@ -79,7 +76,6 @@ impl State {
             http: p.http,
             max_body_bytes: p.max_body_bytes,
             sync_timeout: p.sync_timeout,
-            publish_timeout: p.publish_timeout,
             retry_after: p.retry_after,
             auth: p.auth,
             metrics: Metrics::new(),
