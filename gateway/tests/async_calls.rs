@@ -341,3 +341,38 @@ async fn a_deleted_stream_is_503_then_recreated() {
     assert_eq!(get(gw.addr, "/readyz").await.0, StatusCode::OK);
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_body_limit_is_capped_by_what_fits_one_nats_message() {
+    let nats = NatsServer::start();
+    // Asked for 10 MiB, but nats-server's max_payload is 1 MiB: the cap leaves 16 KiB for headers.
+    let gw = Gateway::ready(
+        &nats.url(),
+        &["--shards", "1", "--max-body-bytes", "10485760"],
+    )
+    .await;
+    let cap = 1024 * 1024 - 16 * 1024;
+    let over: &'static [u8] = Box::leak(vec![b'z'; cap + 1].into_boxed_slice());
+    let r = call(gw.addr, "POST", "/async-function/big", &[], over).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.text().contains(&cap.to_string()), "{}", r.text());
+
+    // A body under the cap whose headers push the message past max_payload is refused by the
+    // publish's own size check, also with 413.
+    let body: &'static [u8] = Box::leak(vec![b'z'; cap].into_boxed_slice());
+    let big = "h".repeat(8 * 1024);
+    let headers: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("x-big-{i}"), big.clone()))
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let r = call(gw.addr, "POST", "/async-function/big", &headers, body).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.text());
+    assert!(r.text().contains("max_payload"), "{}", r.text());
+
+    let client = nats.client().await;
+    assert_eq!(stream_len(&client, &subjects::call_stream(0)).await, 0);
+    gw.stop().await.unwrap();
+}
