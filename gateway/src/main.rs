@@ -1,13 +1,25 @@
 //! The `flotilla-gateway` binary: parse and check the configuration, start logging, bind the
-//! listener and hand everything to `flotilla_gateway::run`. Bad configuration exits 64.
+//! listener and hand everything to `flotilla_gateway::run`. Bad configuration (an unparsable
+//! flag included) is one line on stderr and exit 64; SIGTERM or SIGINT drains and exits 0.
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use flotilla_gateway::{Config, run};
 use flotilla_queue::ops::{exit_config, shutdown_signal};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+async fn main() {
+    let config = match Config::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            exit_config(line.trim_start_matches("error: "))
+        }
+    };
     if let Err(message) = config.validate() {
         exit_config(message);
     }
@@ -17,8 +29,11 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => exit_config(format!("--listen {}: {e}", config.listen)),
     };
     match run(config, listener, shutdown_signal()).await {
-        Ok(()) => Ok(()),
+        Ok(()) => std::process::exit(0),
         Err(e) if e.is_config() => exit_config(e),
-        Err(e) => Err(e.into()),
+        Err(error) => {
+            tracing::error!(%error, "gateway failed");
+            std::process::exit(1);
+        }
     }
 }
