@@ -22,3 +22,19 @@ pub async fn wait_until<F: FnMut() -> bool>(timeout: Duration, what: &str, mut c
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Like `wait_until`, for a condition that has to await (an HTTP probe, a stream lookup).
+pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
