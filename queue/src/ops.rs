@@ -2,7 +2,6 @@
 //! set-up, the shutdown signal, the pooled HTTP client, the metrics recorder and the exit code for
 //! bad configuration. One copy, so both binaries behave alike.
 
-use std::future::Future;
 use std::time::Duration;
 
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -113,21 +112,19 @@ impl LogArgs {
 }
 
 /// Resolves on SIGTERM or SIGINT: the one shutdown trigger of both binaries.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    async {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-            }
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
