@@ -24,6 +24,35 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+/// CPU seconds (user + system) used so far by this process and its children that still run
+/// (the nats-server): a yardstick that holds on a busy machine, where wall-clock rates swing.
+fn cpu_seconds() -> f64 {
+    fn ticks(stat: &str) -> Option<(u32, f64)> {
+        // Fields after the parenthesised command: state ppid ... utime(14) stime(15).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ppid = f.get(1)?.parse().ok()?;
+        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((ppid, t))
+    }
+    let me = std::process::id();
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((ppid, t)) = ticks(&stat)
+            && (pid == me || ppid == me)
+        {
+            total += t;
+        }
+    }
+    total / 100.0
+}
+
 /// A function (or callback sink) that answers 200 at once and counts.
 async fn bare_server() -> (String, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -79,7 +108,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let calls: u64 = args.next().map_or(100_000, |a| a.parse().unwrap());
     let concurrency: usize = args.next().map_or(100, |a| a.parse().unwrap());
-    let callbacks = args.next().is_some_and(|a| a == "callbacks");
+    let mode = args.next().unwrap_or_default();
+    let callbacks = mode == "callbacks";
+    // `worker-only` skips the ceiling, for profiling the worker alone.
+    let worker_only = mode == "worker-only";
 
     let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
         .await
@@ -115,7 +147,9 @@ async fn main() {
         })
         .await
         .unwrap();
-    fill(&js, "ceiling", &env, calls).await;
+    if !worker_only {
+        fill(&js, "ceiling", &env, calls).await;
+    }
     let consumer = ceiling_stream
         .create_consumer(pull::Config {
             durable_name: Some("ceiling".into()),
@@ -130,8 +164,9 @@ async fn main() {
     let mut messages = consumer.messages().await.unwrap();
     let slots = Arc::new(Semaphore::new(concurrency));
     let tracker = TaskTracker::new();
+    let cpu_start = cpu_seconds();
     let start = Instant::now();
-    for _ in 0..calls {
+    for _ in 0..if worker_only { 0 } else { calls } {
         let msg = messages.next().await.unwrap().unwrap();
         let permit = slots.clone().acquire_owned().await.unwrap();
         let (http, uri) = (http.clone(), uri.clone());
@@ -148,6 +183,7 @@ async fn main() {
     tracker.close();
     tracker.wait().await;
     let ceiling = calls as f64 / start.elapsed().as_secs_f64();
+    let ceiling_cpu = (cpu_seconds() - cpu_start) / calls as f64;
     drop(messages);
     fn_count.store(0, Ordering::SeqCst);
 
@@ -176,19 +212,26 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     let target = if callbacks { &sink_count } else { &fn_count };
     while target.load(Ordering::Relaxed) < calls {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();
     let worker_rate = calls as f64 / elapsed.as_secs_f64();
+    let worker_cpu = (cpu_seconds() - cpu_start) / calls as f64;
     let _ = stop_tx.send(());
     worker.await.unwrap().unwrap();
 
     println!(
         "calls {calls}, concurrency {concurrency}, callbacks {callbacks}\n\
-         ceiling (pull → POST → ack): {ceiling:>9.0}/s\n\
-         worker:                      {worker_rate:>9.0}/s  (ratio {:.2})",
-        worker_rate / ceiling
+         ceiling (pull → POST → ack): {ceiling:>9.0}/s  {:>6.1} µs CPU per call\n\
+         worker:                      {worker_rate:>9.0}/s  {:>6.1} µs CPU per call\n\
+         ratio: throughput {:.2}, CPU per call {:.2} (CPU counts the worker, the function \
+         server and nats-server)",
+        ceiling_cpu * 1e6,
+        worker_cpu * 1e6,
+        worker_rate / ceiling,
+        ceiling_cpu / worker_cpu
     );
 }

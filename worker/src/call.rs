@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::Envelope;
+use flotilla_queue::policy::join_url;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -294,9 +295,7 @@ pub(crate) async fn handle(
         earlier: env.attempt,
         delivered,
     };
-    let url = shared
-        .policies
-        .url_for(&env.function, &env.path, &env.query);
+    let url = join_url(&func.base_url, &env.path, &env.query);
     let work = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
     let Some(outcome) = keep_alive(&msg, every, &shared.hard, work).await else {
         hand_back(&shared, &msg).await;

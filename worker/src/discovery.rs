@@ -122,8 +122,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
                 continue;
             }
             let pinned_fn = pinned.contains(&f);
-            let policy = shared.policies.get(&f).clone();
-            let rt = Arc::new(FunctionRt::new(f.clone(), shard, policy, pinned_fn));
+            let rt = Arc::new(FunctionRt::new(
+                f.clone(),
+                shard,
+                &shared.policies,
+                pinned_fn,
+            ));
             let handle = shared.tracker.spawn(pull::run(shared.clone(), rt));
             running.insert(f, handle);
             shared.metrics.consumers.increment(1.0);

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
-use flotilla_queue::{FunctionName, FunctionPolicy, subjects};
+use flotilla_queue::policy::expand;
+use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
 use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,10 +41,18 @@ pub(crate) struct FunctionRt {
     pub limiter: Option<DefaultDirectRateLimiter>,
     /// Named in the policy file: pulled for as long as the worker runs, never idled out.
     pub pinned: bool,
+    /// The function's base URL (its policy's, or the template's), expanded once; each call
+    /// appends its path and query exactly as `Policies::url_for` does.
+    pub base_url: String,
 }
 
 impl FunctionRt {
-    pub fn new(name: FunctionName, shard: u32, policy: FunctionPolicy, pinned: bool) -> Self {
+    pub fn new(name: FunctionName, shard: u32, policies: &Policies, pinned: bool) -> Self {
+        let policy = policies.get(&name).clone();
+        let base_url = policy
+            .url
+            .clone()
+            .unwrap_or_else(|| expand(&policies.url_template, &name));
         let limiter = policy
             .rate_per_second
             .and_then(NonZeroU32::new)
@@ -56,6 +65,7 @@ impl FunctionRt {
             policy,
             limiter,
             pinned,
+            base_url,
         }
     }
 }
@@ -172,6 +182,15 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             lost_at = Instant::now() + PULL_LOST_AFTER;
         }
         let rate_blocked = f.limiter.is_some() && rate_credit < unrequested.saturating_sub(want);
+        // Under load, wake up once enough slots are free for a batch rather than on every
+        // finished call; when nothing is requested, wake up for the first free slot.
+        let wake_at = if outstanding == 0 {
+            1
+        } else {
+            threshold
+                .saturating_sub(held_n.saturating_sub(outstanding))
+                .max(1) as u32
+        };
 
         tokio::select! {
             biased;
@@ -224,8 +243,8 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                     }
                 }
             }
-            slot = f.slots.clone().acquire_owned() => {
-                // A call released its slot.
+            slot = f.slots.clone().acquire_many_owned(wake_at) => {
+                // Calls released their slots.
                 if let Ok(slot) = slot {
                     merge(&mut held, slot);
                 }

@@ -44,6 +44,28 @@ impl ReportQueue {
     }
 }
 
+/// Reports taken from the queue at once.
+const REPORT_BURST: usize = 256;
+
+async fn publish(client: &async_nats::Client, p: Pending) {
+    let report = Report {
+        call_id: p.call_id,
+        function: p.function.as_str().to_owned(),
+        status: p.status,
+        duration_seconds: p.duration_seconds,
+        attempt: p.attempt,
+    };
+    let Ok(json) = serde_json::to_vec(&report) else {
+        return;
+    };
+    if let Err(error) = client
+        .publish(report_subject(&p.function), json.into())
+        .await
+    {
+        tracing::debug!(%error, "report not published");
+    }
+}
+
 /// Starts the publishing task on `tracker`; it publishes what is queued until `closed` fires,
 /// then what is left, and flushes.
 pub(crate) fn start(
@@ -55,28 +77,25 @@ pub(crate) fn start(
 ) -> ReportQueue {
     let (tx, mut rx) = mpsc::channel::<Pending>(capacity);
     tracker.spawn(async move {
+        // Taken in bursts so the publishes leave in few writes.
+        let mut burst = Vec::with_capacity(REPORT_BURST);
         loop {
-            let next = tokio::select! {
+            let n = tokio::select! {
                 biased;
-                p = rx.recv() => p,
-                _ = closed.cancelled() => rx.try_recv().ok(),
+                n = rx.recv_many(&mut burst, REPORT_BURST) => n,
+                _ = closed.cancelled() => {
+                    while burst.len() < REPORT_BURST {
+                        let Ok(p) = rx.try_recv() else { break };
+                        burst.push(p);
+                    }
+                    burst.len()
+                }
             };
-            let Some(p) = next else { break };
-            let report = Report {
-                call_id: p.call_id,
-                function: p.function.as_str().to_owned(),
-                status: p.status,
-                duration_seconds: p.duration_seconds,
-                attempt: p.attempt,
-            };
-            let Ok(json) = serde_json::to_vec(&report) else {
-                continue;
-            };
-            if let Err(error) = client
-                .publish(report_subject(&p.function), json.into())
-                .await
-            {
-                tracing::debug!(%error, "report not published");
+            if n == 0 {
+                break;
+            }
+            for p in burst.drain(..) {
+                publish(&client, p).await;
             }
         }
         let _ = client.flush().await;
