@@ -148,7 +148,7 @@ fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {
 }
 
 /// Reads the whole body, refusing it once it passes `limit`.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, CallError> {
+pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, CallError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {

@@ -82,6 +82,15 @@ pub enum CallError {
     Timeout { function: String, after: Duration },
     #[error("function URL is invalid: {0}")]
     BadFunctionUrl(String),
+    /// An operator route's parameters or JSON body are not acceptable.
+    #[error("{0}")]
+    BadRequest(String),
+    /// JetStream did not answer a dead-letter request (timeout, stream missing, API error).
+    #[error("dead letters unavailable: {0}")]
+    DeadLetters(String),
+    /// The gateway failed on its own (a response it could not encode).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl CallError {
@@ -92,15 +101,16 @@ impl CallError {
             Self::BadName(_)
             | Self::BadCallbackUrl(_)
             | Self::BadHeader { .. }
-            | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            | Self::BodyRead(_)
+            | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) => {
+            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) | Self::DeadLetters(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Unreachable { .. } | Self::UpstreamBroken { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadFunctionUrl(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadFunctionUrl(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -109,10 +119,11 @@ impl CallError {
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
+            | Self::DeadLetters(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
             | Self::Timeout { .. } => Side::Upstream,
-            Self::BadFunctionUrl(_) => Side::Internal,
+            Self::BadFunctionUrl(_) | Self::Internal(_) => Side::Internal,
             _ => Side::Downstream,
         }
     }
@@ -125,6 +136,7 @@ impl CallError {
             Self::NotReady(_)
                 | Self::NatsDown
                 | Self::Publish(_)
+                | Self::DeadLetters(_)
                 | Self::Unreachable { .. }
                 | Self::UpstreamBroken { .. }
                 | Self::Timeout { .. }
@@ -150,6 +162,9 @@ impl CallError {
             Self::UpstreamBroken { .. } => "function_broken",
             Self::Timeout { .. } => "function_timeout",
             Self::BadFunctionUrl(_) => "bad_function_url",
+            Self::BadRequest(_) => "bad_request",
+            Self::DeadLetters(_) => "dead_letters_unavailable",
+            Self::Internal(_) => "internal",
         }
     }
 
@@ -170,7 +185,7 @@ impl CallError {
                     HeaderValue::from_static("Basic realm=\"flotilla\""),
                 );
             }
-            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) => {
+            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) | Self::DeadLetters(_) => {
                 h.insert(header::RETRY_AFTER, retry_after.clone());
             }
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => {

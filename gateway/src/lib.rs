@@ -4,6 +4,7 @@
 
 mod body;
 mod config;
+mod dead_letters;
 mod enqueue;
 mod error;
 mod forward;
@@ -20,7 +21,7 @@ pub use server::run;
 /// Names of the gateway's Prometheus metrics, for dashboards and tests.
 pub mod metric_names {
     pub use crate::metrics::{
-        DUPLICATES, ENQUEUE_SECONDS, ERRORS, FUNCTION_SECONDS, INVOCATIONS, NATS_CONNECTED,
-        TOPOLOGY_SHARDS,
+        DEAD_LETTER_REPLAYS, DUPLICATES, ENQUEUE_SECONDS, ERRORS, FUNCTION_SECONDS, INVOCATIONS,
+        NATS_CONNECTED, TOPOLOGY_SHARDS,
     };
 }

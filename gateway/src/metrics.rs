@@ -15,6 +15,7 @@ pub const DUPLICATES: &str = "gateway_enqueue_duplicates_total";
 pub const ERRORS: &str = "gateway_http_errors_total";
 pub const NATS_CONNECTED: &str = "gateway_nats_connected";
 pub const TOPOLOGY_SHARDS: &str = "gateway_topology_shards";
+pub const DEAD_LETTER_REPLAYS: &str = "gateway_dead_letter_replays_total";
 
 /// Cached functions beyond this many are counted through the registry instead: client-chosen
 /// names must not grow the cache without bound.
@@ -78,6 +79,10 @@ impl Metrics {
         );
         metrics::describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
         metrics::describe_gauge!(TOPOLOGY_SHARDS, "Agreed shard count (0 until agreed)");
+        metrics::describe_counter!(
+            DEAD_LETTER_REPLAYS,
+            "Dead letters handled by replay requests, by function and outcome (replayed, duplicate, skipped, failed)"
+        );
         Self {
             accepted: RwLock::new(HashMap::new()),
             enqueue_seconds: metrics::histogram!(ENQUEUE_SECONDS),
@@ -119,6 +124,13 @@ impl Metrics {
     /// A request was refused or failed at the gateway.
     pub fn error(&self, code: u16, reason: &'static str) {
         metrics::counter!(ERRORS, "code" => code_label(code), "reason" => reason).increment(1);
+    }
+
+    /// A dead letter's replay ended with `outcome`: `replayed`, `duplicate` (JetStream already
+    /// held this replay), `skipped` or `failed`.
+    pub fn replay(&self, function: &str, outcome: &'static str) {
+        metrics::counter!(DEAD_LETTER_REPLAYS, "function_name" => function.to_owned(), "outcome" => outcome)
+            .increment(1);
     }
 
     pub fn nats_connected(&self, up: bool) {

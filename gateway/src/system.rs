@@ -1,10 +1,12 @@
 //! The operator's routes: `/healthz`, `/readyz`, `/metrics` and `/system/*` (basic auth when
-//! configured). None of them is on the hot path; they may allocate and speak JSON.
+//! configured; the dead-letter routes live in `dead_letters.rs`). None of them is on the hot
+//! path; they may allocate and speak JSON.
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::dead_letters;
 use crate::error::{CallError, text_response};
 use crate::state::State;
 
@@ -23,7 +25,7 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
         }
     }
     if path != "/system/info" && is_system {
-        return Err(CallError::NotFound);
+        return dead_letters::route(state, req).await;
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(CallError::MethodNotAllowed { allow: GET_ONLY });
