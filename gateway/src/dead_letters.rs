@@ -573,7 +573,8 @@ async fn replay_one(
         // A concurrent replay of the same letter deleted it first.
         Err(e)
             if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref j)
-                if j.error_code() == ErrorCode::NO_MESSAGE_FOUND) => {}
+                if matches!(j.error_code(), ErrorCode::SEQUENCE_NOT_FOUND | ErrorCode::NO_MESSAGE_FOUND)) =>
+            {}
         Err(e) => return (function, Err(LetterError::Delete(e.to_string()))),
     }
     (function, Ok(duplicate))
