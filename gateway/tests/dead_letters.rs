@@ -3,6 +3,9 @@
 //! function's, all) back onto their shard with the attempt count reset; poison stays put, a
 //! repeated replay enqueues once, and the routes sit behind the `/system` auth.
 
+// Helpers may unwrap like the tests: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 #[path = "support/harness.rs"]
 mod harness;
 
