@@ -424,3 +424,72 @@ async fn reports_are_published_per_call() {
     );
     worker.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_period_calls_are_handed_back() {
+    let nats = Nats::start(1).await;
+    // The first three requests hang far beyond the grace period; later ones answer at once.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let function = RecordingServer::start(Arc::new(move |_: &Recorded| {
+        if counter.fetch_add(1, Ordering::SeqCst) < 3 {
+            Reply::status(200).delay(Duration::from_secs(60))
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let sink = RecordingServer::answering(200).await;
+    let args = [
+        "--function-url-template",
+        &function.url(),
+        "--grace",
+        "300ms",
+    ];
+    let worker = Worker::start_ready(&nats.url(), &args).await;
+    let cb = format!("{}/cb", sink.url());
+    for i in 0..3 {
+        nats.publish(&envelope("stuck", &format!("s-{i}"), Some(&cb), "x"))
+            .await;
+    }
+    flotilla_testsupport::wait_until(T, "three calls in flight", || function.in_flight() == 3)
+        .await;
+    let stopping = Instant::now();
+    worker.stop(T).await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(sink.count(), 0, "no callback for an abandoned call");
+    assert_eq!(nats.stored().await, 3);
+
+    // Handed back with a nak, so a replacement runs them long before ack_wait (30 s) would.
+    let replacement = Worker::start(&nats.url(), &args).await;
+    sink.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(function.count(), 6);
+    nats.wait_settled(T).await;
+    replacement.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_spaces_out_call_starts() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::echo().await;
+    let worker = Worker::start_ready(
+        &nats.url(),
+        &["--function-url-template", &function.url(), "--rate", "20"],
+    )
+    .await;
+    for i in 0..30 {
+        nats.publish(&envelope("limited", &format!("l-{i}"), None, "x"))
+            .await;
+    }
+    function.wait_for(30, T).await;
+    let at: Vec<Instant> = function.requests().iter().map(|r| r.at).collect();
+    let span = *at.iter().max().unwrap() - *at.iter().min().unwrap();
+    // A burst of up to 20, then 20 per second: the last ten need about half a second.
+    assert!(span >= Duration::from_millis(350), "{span:?}");
+    nats.wait_settled(T).await;
+    worker.stop(T).await.unwrap();
+}
