@@ -29,7 +29,7 @@ pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
 static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 
-/// Which attempt of a call this is. Issue-level retry policies read it to decide whether another
+/// Which attempt of a call this is. A retry policy reads it to decide whether another
 /// attempt is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
