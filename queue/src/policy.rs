@@ -338,20 +338,28 @@ pub fn expand(template: &str, function: &FunctionName) -> String {
         .replace("{namespace}", function.namespace().unwrap_or(""))
 }
 
+/// Appends a call's path suffix and query to a function's base URL. An empty suffix leaves a base
+/// that has a path of its own as it is (`http://gw/function/echo`), and gives a bare host the
+/// root path (`http://echo:8080/`).
 pub fn join_url(base: &str, path: &str, query: &str) -> String {
     let base = base.trim_end_matches('/');
     let mut url = String::with_capacity(base.len() + path.len() + query.len() + 2);
     url.push_str(base);
-    if path.is_empty() {
-        url.push('/');
-    } else {
+    if !path.is_empty() {
         url.push_str(path);
+    } else if !has_path(base) {
+        url.push('/');
     }
     if !query.is_empty() {
         url.push('?');
         url.push_str(query);
     }
     url
+}
+
+fn has_path(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    after_scheme.contains('/')
 }
 
 #[cfg(test)]
@@ -391,6 +399,17 @@ mod tests {
             "http://echo.openfaas-fn:8080/a?b=1"
         );
         assert_eq!(p.url_for(&f("resize"), "/x", ""), "http://10.0.0.1:9000/x");
+        assert_eq!(p.url_for(&f("resize"), "", "q"), "http://10.0.0.1:9000/?q");
+        let gw =
+            Policies::new(FunctionPolicy::default(), "http://gw:8080/function/{name}").unwrap();
+        assert_eq!(
+            gw.url_for(&f("echo"), "", ""),
+            "http://gw:8080/function/echo"
+        );
+        assert_eq!(
+            gw.url_for(&f("echo"), "/a", "b"),
+            "http://gw:8080/function/echo/a?b"
+        );
         let r = p.get(&f("resize"));
         assert_eq!(
             (r.concurrency, r.replica_concurrency, r.rate_per_second),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{Nats, Worker, envelope, get};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::{H_CALL_ID, H_FUNCTION, H_VERSION};
-use flotilla_queue::{ShardMap, subjects};
+use flotilla_queue::subjects;
 use flotilla_testsupport::{Recorded, RecordingServer, Reply};
 use futures_util::StreamExt;
 
@@ -133,45 +133,6 @@ async fn unreachable_is_502_and_timeout_is_504() {
     assert!((0.3..2.0).contains(&secs), "{secs}");
 
     nats.wait_settled(T).await;
-    worker.stop(T).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_functions_across_shards_complete_exactly_once() {
-    let nats = Nats::start(4).await;
-    let function = RecordingServer::echo().await;
-    let sink = RecordingServer::answering(200).await;
-    let template = format!("{}/{{name}}", function.url());
-    let worker = Worker::start(&nats.url(), &["--function-url-template", &template]).await;
-    let cb = format!("{}/cb", sink.url());
-    let map = ShardMap::new(4);
-    let names: Vec<String> = (0..20).map(|i| format!("fn-{i}")).collect();
-    let shards: std::collections::HashSet<u32> = names.iter().map(|n| map.shard_of(n)).collect();
-    assert!(
-        shards.len() >= 3,
-        "the functions should spread over the shards"
-    );
-    for i in 0..1000 {
-        let name = &names[i % names.len()];
-        let env = envelope(name, &format!("call-{i}"), Some(&cb), &format!("body-{i}"));
-        nats.publish(&env).await;
-    }
-    sink.wait_for(1000, Duration::from_secs(60)).await;
-    nats.wait_settled(T).await;
-
-    let calls = sink.requests();
-    assert_eq!(calls.len(), 1000, "each call exactly once");
-    let mut seen = HashMap::new();
-    for c in &calls {
-        let id = c.header("x-call-id").to_owned();
-        let i: usize = id.strip_prefix("call-").unwrap().parse().unwrap();
-        assert_eq!(c.header("x-function-name"), names[i % names.len()]);
-        assert_eq!(c.header("x-function-status"), "200");
-        assert_eq!(c.body, Bytes::from(format!("body-{i}")));
-        *seen.entry(id).or_insert(0) += 1;
-    }
-    assert_eq!(seen.len(), 1000);
-    assert_eq!(function.count(), 1000);
     worker.stop(T).await.unwrap();
 }
 
@@ -378,29 +339,6 @@ async fn admin_endpoints_and_metrics() {
         assert!(body.contains(needle), "{needle} missing from\n{body}");
     }
     worker.stop(T).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shard_count_mismatch_is_a_configuration_error() {
-    let nats = Nats::start(4).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = <flotilla_worker::Config as clap::Parser>::try_parse_from([
-        "flotilla-worker",
-        "--nats-url",
-        &nats.url(),
-        "--shards",
-        "2",
-    ])
-    .unwrap();
-    let result = tokio::time::timeout(
-        T,
-        flotilla_worker::run(config, listener, std::future::pending()),
-    )
-    .await
-    .unwrap();
-    let error = result.unwrap_err();
-    assert!(error.is_config(), "{error}");
-    assert!(error.to_string().contains("mismatch"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
