@@ -173,7 +173,9 @@ pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Conf
 pub fn dead_stream_config(settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: DEAD_STREAM.into(),
-        description: Some("Flotilla dead letters: calls that failed every attempt or could not be decoded".into()),
+        description: Some(
+            "Flotilla dead letters: calls that failed every attempt or could not be decoded".into(),
+        ),
         subjects: vec![format!("{DEAD_SUBJECT_PREFIX}.>")],
         retention: RetentionPolicy::Limits,
         storage: settings.storage,
