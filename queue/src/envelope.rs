@@ -22,6 +22,9 @@ pub const H_START_TIME: &str = "Flotilla-Start-Time";
 /// Attempts already made before this message was published (0 for a fresh call); a replay or a
 /// retry re-published elsewhere carries its count here.
 pub const H_ATTEMPT: &str = "Flotilla-Attempt";
+/// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects;
+/// like every `Flotilla-*` header it never reaches a function.
+pub const H_RETRY_AT: &str = "Flotilla-Retry-At";
 /// JetStream's de-duplication id.
 pub const H_NATS_MSG_ID: &str = "Nats-Msg-Id";
 

@@ -2,12 +2,17 @@
 //!
 //! Layout: shard `k` is the stream `FLOTILLA_CALLS_k` holding subjects `flotilla.call.k.<function>`
 //! (a namespaced function adds one token: `flotilla.call.k.fn.ns`). Dead letters go to the one
-//! stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`.
+//! stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`. Retries waiting for their due time are
+//! kept in the same shard stream under `flotilla.retry.k.<function>`, a prefix no function
+//! consumer's filter matches, and are read by the shard's one retry consumer.
 
 use crate::names::FunctionName;
 use crate::shard::fingerprint;
 
 pub const CALL_SUBJECT_PREFIX: &str = "flotilla.call";
+pub const RETRY_SUBJECT_PREFIX: &str = "flotilla.retry";
+/// Durable consumer of a shard's waiting retries, shared by every replica of the shard.
+pub const RETRY_CONSUMER: &str = "flotilla-retries";
 pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
 pub const DEAD_SUBJECT_PREFIX: &str = "flotilla.dead";
 /// KV bucket holding the topology (shard count), written once by the first process to start.
@@ -22,6 +27,22 @@ pub fn shard_wildcard(shard: u32) -> String {
     format!("{CALL_SUBJECT_PREFIX}.{shard}.>")
 }
 
+/// The wildcard subject of a shard's waiting retries (also captured by the shard's stream).
+pub fn retry_wildcard(shard: u32) -> String {
+    format!("{RETRY_SUBJECT_PREFIX}.{shard}.>")
+}
+
+/// Where a failed call waits for its next attempt.
+pub fn retry_subject(shard: u32, function: &FunctionName) -> String {
+    format!("{RETRY_SUBJECT_PREFIX}.{shard}.{function}")
+}
+
+/// The function a retry subject belongs to, or `None` when the subject is not a retry subject of
+/// `shard` (or names an invalid function).
+pub fn function_of_retry_subject(shard: u32, subject: &str) -> Option<FunctionName> {
+    of_subject(RETRY_SUBJECT_PREFIX, shard, subject)
+}
+
 pub fn call_subject(shard: u32, function: &FunctionName) -> String {
     format!("{CALL_SUBJECT_PREFIX}.{shard}.{function}")
 }
@@ -29,9 +50,11 @@ pub fn call_subject(shard: u32, function: &FunctionName) -> String {
 /// The function a call subject belongs to, or `None` when the subject is not a call subject of
 /// `shard` (or names an invalid function).
 pub fn function_of_subject(shard: u32, subject: &str) -> Option<FunctionName> {
-    let rest = subject
-        .strip_prefix(CALL_SUBJECT_PREFIX)?
-        .strip_prefix('.')?;
+    of_subject(CALL_SUBJECT_PREFIX, shard, subject)
+}
+
+fn of_subject(prefix: &str, shard: u32, subject: &str) -> Option<FunctionName> {
+    let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
     let (k, name) = rest.split_once('.')?;
     if k.parse::<u32>().ok()? != shard {
         return None;
@@ -73,6 +96,13 @@ mod tests {
             assert_eq!(function_of_subject(2, &s), None);
         }
         assert_eq!(function_of_subject(0, "other.0.x"), None);
+        let r = retry_subject(3, &f("fn.ns"));
+        assert_eq!(function_of_retry_subject(3, &r), Some(f("fn.ns")));
+        assert_eq!(function_of_subject(3, &r), None);
+        assert_eq!(
+            function_of_retry_subject(3, &call_subject(3, &f("x"))),
+            None
+        );
     }
 
     #[test]

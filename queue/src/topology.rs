@@ -128,16 +128,25 @@ impl Topology {
     }
 
     /// Creates the shard streams and the dead-letter stream when absent. Existing streams are
-    /// left as they are (an operator may have tuned them).
+    /// left as they are (an operator may have tuned them), except that a shard stream created
+    /// before retries were kept in it gains the retry subject.
     pub async fn ensure_streams(
         &self,
         js: &jetstream::Context,
         settings: &StreamSettings,
     ) -> Result<(), TopologyError> {
         for shard in 0..self.shards {
-            js.get_or_create_stream(call_stream_config(shard, settings))
+            let stream = js
+                .get_or_create_stream(call_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
+            let retry = subjects::retry_wildcard(shard);
+            let mut config = stream.cached_info().config.clone();
+            if !config.subjects.contains(&retry) {
+                config.subjects.push(retry);
+                js.update_stream(config).await.map_err(js_err)?;
+                tracing::info!(shard, "shard stream now holds waiting retries");
+            }
         }
         js.get_or_create_stream(dead_stream_config(settings))
             .await
@@ -156,12 +165,17 @@ impl Topology {
     }
 }
 
-/// A shard's stream: a work queue (a message is gone once acknowledged), one subject per function.
+/// A shard's stream: a work queue (a message is gone once acknowledged), one subject per function
+/// for calls and one per function for retries waiting for their due time. The two prefixes never
+/// overlap, as a work queue requires of its consumers' filters.
 pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::call_stream(shard),
         description: Some(format!("Flotilla asynchronous calls, shard {shard}")),
-        subjects: vec![subjects::shard_wildcard(shard)],
+        subjects: vec![
+            subjects::shard_wildcard(shard),
+            subjects::retry_wildcard(shard),
+        ],
         retention: RetentionPolicy::WorkQueue,
         storage: settings.storage,
         num_replicas: settings.replicas,

@@ -29,6 +29,14 @@ async fn shard_count_is_agreed_once() {
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
+    // A shard stream made before retries lived in it gains the retry subject.
+    let mut old = flotilla_queue::topology::call_stream_config(0, &s);
+    old.subjects.truncate(1);
+    js.update_stream(old).await.unwrap();
+    t.ensure_streams(&js, &s).await.unwrap();
+    let mut stream = js.get_stream("FLOTILLA_CALLS_0").await.unwrap();
+    let subjects = stream.info().await.unwrap().config.subjects.clone();
+    assert_eq!(subjects, ["flotilla.call.0.>", "flotilla.retry.0.>"]);
     // A topology that claims more shards than exist is not ready.
     assert!(!Topology { shards: 4 }.streams_present(&js).await);
 }
