@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use flotilla_queue::Envelope;
 use flotilla_queue::policy::join_url;
+use flotilla_queue::{Envelope, subjects};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,6 +22,7 @@ use crate::Shared;
 use crate::callback::{CallbackJob, Delivery};
 use crate::dead;
 use crate::pull::FunctionRt;
+use crate::retry::{self, Next};
 
 /// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
 pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
@@ -31,25 +32,35 @@ static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 
 /// Which attempt of a call this is. A retry policy reads it to decide whether another
 /// attempt is allowed.
+///
+/// Attempts are counted from the envelope (`Flotilla-Attempt`, set when a failed attempt is
+/// stored as a retry), never from JetStream's delivery count: a redelivery after a worker crash
+/// or a hand-back repeats the interrupted attempt instead of starting a new one. So a crash never
+/// uses up the retry budget, and `X-Retry` never exceeds `X-Retry-Max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
-    /// Attempts made before this message was published (`Flotilla-Attempt`: a replay or a
-    /// re-published retry carries its count).
+    /// Attempts made before this message was published (`Flotilla-Attempt`: a re-published retry
+    /// carries its count; a fresh or replayed call 0).
     pub earlier: u32,
     /// JetStream deliveries of this message, this one included (1 on the first).
     pub delivered: u32,
 }
 
 impl Attempt {
-    /// The attempt number, starting at 1.
+    /// The attempt number under the retry policy, starting at 1.
     pub fn number(&self) -> u32 {
-        self.earlier.saturating_add(self.delivered.max(1))
+        self.earlier.saturating_add(1)
     }
 
-    /// Attempts made before this one. A redelivery after a worker crash counts: the function
-    /// may have run then.
+    /// Attempts made before this one (`X-Retry`).
     pub fn retries(&self) -> u32 {
-        self.number() - 1
+        self.earlier
+    }
+
+    /// True when JetStream delivered this message before: an interrupted run of this same
+    /// attempt may have reached the function.
+    pub fn is_redelivery(&self) -> bool {
+        self.delivered > 1
     }
 }
 
@@ -96,7 +107,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed(error: CallError, duration: Duration, attempt: Attempt) -> Self {
+    pub(crate) fn failed(error: CallError, duration: Duration, attempt: Attempt) -> Self {
         let body = Bytes::from(error.to_string());
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -114,10 +125,10 @@ impl Outcome {
         self.error.is_none() && self.status.is_success()
     }
 
-    /// The function's `Retry-After`, when it sent one in seconds (HTTP dates are ignored).
+    /// The function's `Retry-After`, in seconds or as an HTTP date (a past date is zero).
     pub fn retry_after(&self) -> Option<Duration> {
         let v = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
-        v.trim().parse::<u64>().ok().map(Duration::from_secs)
+        retry::parse_retry_after(v, std::time::SystemTime::now())
     }
 
     pub fn content_type(&self) -> Option<&HeaderValue> {
@@ -257,7 +268,9 @@ pub(crate) async fn hand_back(shared: &Shared, msg: &jetstream::Message) {
 }
 
 /// The task of one call. `slot` is the function's per-replica concurrency slot; it is released
-/// as soon as the callback is handed over, while the message stays unacked until delivery.
+/// as soon as the function has answered and the callback (if any) is handed over, while the
+/// message stays unacked until the outcome is settled: stored as a retry, dead-lettered, or
+/// delivered to the callback.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     func: Arc<FunctionRt>,
@@ -305,11 +318,74 @@ pub(crate) async fn handle(
     func.metrics.call_done(code);
     func.metrics.duration.record(outcome.duration.as_secs_f64());
     if let Some(error) = &outcome.error {
-        tracing::debug!(call_id = %env.call_id, function = %env.function, %error, "call failed");
+        tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
     }
     shared.reports.send(&env, &outcome);
 
+    let policy = &func.policy.retry;
+    match retry::next(policy, &outcome, retry::jitter()) {
+        Next::Settle => {}
+        Next::Retry(delay) => {
+            // The function is done with this attempt; storing the retry needs no slot.
+            drop(slot);
+            let stream = subjects::call_stream(func.shard);
+            let stored = retry::schedule(
+                &shared,
+                func.shard,
+                &env,
+                attempt.number(),
+                delay,
+                &stream,
+                sequence,
+            );
+            match keep_alive(&msg, every, &shared.hard, stored).await {
+                Some(Ok(())) => {
+                    func.metrics.retries_scheduled.increment(1);
+                    tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
+                    if let Err(error) = msg.ack().await {
+                        // The message returns after ack_wait and stores the same retry again,
+                        // which JetStream drops as a duplicate (same Nats-Msg-Id).
+                        tracing::debug!(%error, "ack after scheduling a retry failed");
+                    }
+                }
+                Some(Err(error)) => {
+                    // Degraded: NATS took no retry, so the message itself waits (holding its
+                    // place in max_ack_pending) and this attempt runs again.
+                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot store the retry; handing the call back with its delay");
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                None => hand_back(&shared, &msg).await,
+            }
+            return;
+        }
+        Next::DeadLetter => {
+            let written = dead::exhausted(
+                &shared,
+                &msg,
+                func.shard,
+                sequence,
+                &outcome,
+                policy.attempts,
+            );
+            match keep_alive(&msg, every, &shared.hard, written).await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot write the dead letter; handing the call back");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await;
+                    return;
+                }
+                None => {
+                    hand_back(&shared, &msg).await;
+                    return;
+                }
+            }
+        }
+    }
+
     if let Some(url) = env.callback_url {
+        let retry_max = policy.attempts.saturating_sub(1);
         let (done, delivered) = oneshot::channel();
         let job = CallbackJob {
             url,
@@ -320,8 +396,9 @@ pub(crate) async fn handle(
             body: outcome.body,
             duration: outcome.duration,
             start_time: env.start_time,
-            retry: attempt.retries(),
-            retry_max: func.policy.retry.attempts.saturating_sub(1),
+            // A call replayed or re-published under a lowered budget may have made more.
+            retry: attempt.retries().min(retry_max),
+            retry_max,
             done,
         };
         // A full queue blocks here while this call still holds its slot: pulling slows down.
@@ -351,17 +428,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attempts_count_deliveries_and_earlier_attempts() {
+    fn attempts_count_from_the_envelope_not_redeliveries() {
         let a = Attempt {
             earlier: 0,
             delivered: 1,
         };
-        assert_eq!((a.number(), a.retries()), (1, 0));
+        assert_eq!((a.number(), a.retries(), a.is_redelivery()), (1, 0, false));
+        // Redelivered twice after crashes: still the third attempt.
         let a = Attempt {
             earlier: 2,
             delivered: 3,
         };
-        assert_eq!((a.number(), a.retries()), (5, 4));
+        assert_eq!((a.number(), a.retries(), a.is_redelivery()), (3, 2, true));
     }
 
     #[test]
@@ -396,5 +474,14 @@ mod tests {
         assert_eq!(o.retry_after(), None);
         o.headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(o.retry_after(), Some(Duration::from_secs(2)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let date = httpdate::fmt_http_date(later);
+        o.headers
+            .insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        let d = o.retry_after().unwrap();
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 }

@@ -74,6 +74,13 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration_arg)]
     pub retry_max_backoff: Duration,
 
+    /// Retries that may wait at once in each shard: the `max_ack_pending` of the shard's retry
+    /// consumer, which holds every waiting retry as an unacknowledged message (not the function's
+    /// consumer, so waiting retries never take a function's concurrency). Beyond it, further
+    /// retries wait undelivered in the stream and run late, never lost.
+    #[arg(long, env = "FLOTILLA_RETRY_MAX_WAITING", default_value_t = 100_000)]
+    pub retry_max_waiting: u32,
+
     /// How long NATS waits for an ack before it redelivers a call. Short, so a crashed worker's
     /// calls come back quickly; long calls stay alive with progress acks every third of it.
     #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s", value_parser = duration_arg)]
@@ -138,6 +145,15 @@ impl Config {
         }
         if self.callback_timeout.is_zero() {
             return bad("--callback-timeout must be above zero".into());
+        }
+        if self.retry_max_waiting == 0 {
+            return bad("--retry-max-waiting must be at least 1".into());
+        }
+        if self.retry_statuses.iter().any(|s| !(100..=599).contains(s)) {
+            return bad(format!(
+                "--retry-statuses {:?}: every status must be between 100 and 599",
+                self.retry_statuses
+            ));
         }
         if self.report_queue == 0 {
             return bad("--report-queue must be at least 1".into());
@@ -219,6 +235,8 @@ mod tests {
         assert_eq!(c.served_shards(4).unwrap(), vec![0, 1, 2, 3]);
         let p = c.default_policy();
         assert_eq!((p.concurrency, p.replica_concurrency), (100, 100));
+        assert_eq!(p.retry, flotilla_queue::RetryPolicy::default());
+        assert_eq!(c.retry_max_waiting, 100_000);
     }
 
     #[test]
@@ -240,5 +258,11 @@ mod tests {
         let c = parse(&["--function-url-template", "ftp://{name}"]);
         assert!(c.validate().is_err());
         assert!(Config::try_parse_from(["flotilla-worker", "--timeout", "soon"]).is_err());
+        let c = parse(&["--retry-min-backoff", "2s", "--retry-max-backoff", "1s"]);
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("min_backoff"), "{e}");
+        assert!(parse(&["--retry-attempts", "0"]).validate().is_err());
+        assert!(parse(&["--retry-statuses", "503,999"]).validate().is_err());
+        assert!(parse(&["--retry-max-waiting", "0"]).validate().is_err());
     }
 }

@@ -1,6 +1,7 @@
-//! Poison messages: a message that is not a valid envelope is copied, with the reason, to the
-//! dead-letter stream and only then removed, so it can neither crash a worker nor come back
-//! forever, and nothing vanishes unseen.
+//! Dead letters: a message that is not a valid envelope (poison), or a call that failed every
+//! attempt its retry policy allowed (exhausted), is copied with the reason to the dead-letter
+//! stream and only then settled, so nothing can crash a worker, come back forever, or vanish
+//! unseen. One writer serves both kinds.
 
 use std::time::Duration;
 
@@ -10,28 +11,38 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::H_FUNCTION;
-use flotilla_queue::{subjects, time};
+use flotilla_queue::{FunctionName, subjects, time};
 
 use crate::Shared;
+use crate::call::{CallError, Outcome};
 use crate::metrics;
 
 /// What a dead letter is made of.
-struct Letter<'a> {
-    subject: &'a str,
-    headers: Option<&'a HeaderMap>,
-    payload: Bytes,
-    shard: u32,
-    sequence: u64,
-    reason: &'a str,
+pub(crate) struct Letter<'a> {
+    pub subject: &'a str,
+    pub headers: Option<&'a HeaderMap>,
+    pub payload: Bytes,
+    pub shard: u32,
+    pub sequence: u64,
+    pub kind: &'static str,
+    pub reason: &'a str,
+    /// Attempts made (exhausted calls only).
+    pub attempts: Option<u32>,
+    /// The last status: the function's, or 502/504 (exhausted calls only).
+    pub last_status: Option<u16>,
 }
 
 /// Writes the dead letter and waits for JetStream's PubAck.
-async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> {
+pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> {
     let function = l
         .headers
         .and_then(|h| h.get(H_FUNCTION))
         .map(|v| v.as_str().to_owned())
-        .or_else(|| subjects::function_of_subject(l.shard, l.subject).map(|f| f.to_string()))
+        .or_else(|| {
+            subjects::function_of_subject(l.shard, l.subject)
+                .or_else(|| subjects::function_of_retry_subject(l.shard, l.subject))
+                .map(|f| f.to_string())
+        })
         .unwrap_or_default();
     let stream = subjects::call_stream(l.shard);
     let mut headers = HeaderMap::new();
@@ -47,23 +58,58 @@ async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> {
             }
         }
     }
-    headers.insert(dl::H_KIND, dl::KIND_POISON);
-    headers.insert(dl::H_REASON, l.reason);
+    headers.insert(dl::H_KIND, l.kind);
+    headers.insert(dl::H_REASON, header_text(l.reason).as_str());
     headers.insert(dl::H_STREAM, stream.as_str());
     headers.insert(dl::H_SEQUENCE, l.sequence.to_string().as_str());
     headers.insert(dl::H_SUBJECT, l.subject);
     headers.insert(dl::H_TIME, time::unix_nanos().to_string().as_str());
+    if let Some(n) = l.attempts {
+        headers.insert(dl::H_ATTEMPTS, n.to_string().as_str());
+    }
+    if let Some(s) = l.last_status {
+        headers.insert(dl::H_LAST_STATUS, s.to_string().as_str());
+    }
     headers.insert("Nats-Msg-Id", dl::dedup_id(&stream, l.sequence).as_str());
+    let dead_subject = subjects::dead_subject(&function);
     shared
         .js
-        .publish_with_headers(subjects::dead_subject(&function), headers, l.payload)
+        .publish_with_headers(dead_subject, headers, l.payload)
         .await
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    metrics::dead_letter(dl::KIND_POISON);
-    tracing::warn!(subject = %l.subject, sequence = l.sequence, reason = %l.reason, "poison message moved to the dead letters");
+    // Labelled like the dead-letter subject: `_invalid` when the message named no valid function.
+    let label =
+        FunctionName::parse(&function).map_or_else(|_| "_invalid".to_owned(), |f| f.to_string());
+    metrics::dead_letter(l.kind, label);
+    tracing::warn!(
+        kind = l.kind,
+        function = %function,
+        subject = %l.subject,
+        sequence = l.sequence,
+        attempts = l.attempts,
+        last_status = l.last_status,
+        reason = %l.reason,
+        "moved to the dead letters"
+    );
     Ok(())
+}
+
+/// Longest reason kept: a reason quotes the function's answer, which may be large.
+const MAX_REASON: usize = 512;
+
+/// `text` fit for a header value: one line, control characters replaced, at most
+/// [`MAX_REASON`] bytes (cut on a character boundary).
+fn header_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON));
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > MAX_REASON {
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out.trim_end().to_owned()
 }
 
 /// Dead-letters a pulled message as poison, then terminates it. When NATS does not take the
@@ -81,7 +127,10 @@ pub(crate) async fn poison(
         payload: msg.payload.clone(),
         shard,
         sequence,
+        kind: dl::KIND_POISON,
         reason,
+        attempts: None,
+        last_status: None,
     };
     match write(shared, letter).await {
         Ok(()) => {
@@ -94,6 +143,53 @@ pub(crate) async fn poison(
             let _ = msg
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                 .await;
+        }
+    }
+}
+
+/// Dead-letters a call whose last allowed attempt failed (or whose request could not be formed)
+/// and waits for the PubAck. The caller then delivers the callback and acks the message.
+pub(crate) async fn exhausted(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    shard: u32,
+    sequence: u64,
+    outcome: &Outcome,
+    allowed: u32,
+) -> Result<(), String> {
+    let reason = exhausted_reason(outcome, allowed);
+    let letter = Letter {
+        subject: msg.subject.as_str(),
+        headers: msg.headers.as_ref(),
+        payload: msg.payload.clone(),
+        shard,
+        sequence,
+        kind: dl::KIND_EXHAUSTED,
+        reason: &reason,
+        attempts: Some(outcome.attempt.number()),
+        last_status: Some(outcome.status.as_u16()),
+    };
+    write(shared, letter).await
+}
+
+/// "function answered 500 (attempt 3 of 3): <start of its body>", or the transport error.
+fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
+    let n = outcome.attempt.number();
+    match &outcome.error {
+        Some(e @ CallError::InvalidRequest(_)) => format!("{e} (not retried)"),
+        Some(e) => format!("{e} (attempt {n} of {allowed})"),
+        None => {
+            let mut r = format!(
+                "function answered {} (attempt {n} of {allowed})",
+                outcome.status.as_u16()
+            );
+            if !outcome.body.is_empty() {
+                r.push_str(": ");
+                r.push_str(&String::from_utf8_lossy(
+                    &outcome.body[..outcome.body.len().min(MAX_REASON)],
+                ));
+            }
+            r
         }
     }
 }
@@ -112,7 +208,10 @@ pub(crate) async fn poison_subject(shared: &Shared, stream: &JsStream, shard: u3
             payload: m.payload.clone(),
             shard,
             sequence: m.sequence,
+            kind: dl::KIND_POISON,
             reason: "subject names no valid function",
+            attempts: None,
+            last_status: None,
         };
         if let Err(error) = write(shared, letter).await {
             tracing::warn!(%subject, %error, "cannot write dead letter; will try again");
@@ -122,5 +221,21 @@ pub(crate) async fn poison_subject(shared: &Shared, stream: &JsStream, shard: u3
             tracing::warn!(%subject, %error, "cannot delete a dead-lettered message; will try again");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_one_bounded_header_line() {
+        assert_eq!(
+            header_text("function answered 500: boom\r\nX: y"),
+            "function answered 500: boom  X: y"
+        );
+        let long = "é".repeat(1000);
+        let cut = header_text(&long);
+        assert!(cut.len() <= MAX_REASON && cut.chars().all(|c| c == 'é'));
     }
 }

@@ -1,6 +1,7 @@
 //! Flotilla's worker shard: pulls asynchronous calls from the JetStream shard streams through one
 //! durable consumer per function, calls the functions over pooled HTTP, delivers callbacks and
-//! reports, and settles each message only when its outcome and callback are settled.
+//! reports, and settles each message only when its outcome and callback are settled. Failed calls
+//! wait for their retry in JetStream (one retry consumer per shard), never in a function's slot.
 //!
 //! Entry point: [`run`], with the admin listener and the shutdown future injected so tests can
 //! bind port 0 and stop a worker on demand.
@@ -15,6 +16,7 @@ mod error;
 pub mod metrics;
 mod pull;
 mod report;
+mod retry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub(crate) struct Shared {
     pub progress_every: Duration,
     pub consumer_idle: Duration,
     pub discovery_interval: Duration,
+    /// `max_ack_pending` of each shard's retry consumer: retries that may wait at once.
+    pub retry_max_waiting: u32,
     /// Fires on shutdown: stop pulling.
     pub stop: CancellationToken,
     /// Fires when the grace period is over: hand back what is still running.
@@ -184,6 +188,7 @@ pub async fn run(
         progress_every: config.ack_wait / 3,
         consumer_idle: config.consumer_idle,
         discovery_interval: config.discovery_interval,
+        retry_max_waiting: config.retry_max_waiting,
         stop: stop.clone(),
         hard: hard.clone(),
         tracker: TaskTracker::new(),
@@ -194,6 +199,9 @@ pub async fn run(
         shared
             .tracker
             .spawn(discovery::supervise(shared.clone(), shard));
+        shared
+            .tracker
+            .spawn(retry::supervise(shared.clone(), shard));
     }
     ready.started.store(true, Ordering::SeqCst);
 

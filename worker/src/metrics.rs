@@ -18,6 +18,9 @@ pub const CALLBACK_FAILURES: &str = "worker_callback_failures_total";
 pub const REPORTS_DROPPED: &str = "worker_reports_dropped_total";
 pub const DEAD_LETTERS: &str = "worker_dead_letters_total";
 pub const HANDED_BACK: &str = "worker_handed_back_total";
+pub const RETRIES_SCHEDULED: &str = "worker_retries_scheduled_total";
+pub const RETRIES_WAITING: &str = "worker_retries_waiting";
+pub const RETRIES_DUE: &str = "worker_retries_due_total";
 
 /// Handles of one function's series.
 #[derive(Debug)]
@@ -26,6 +29,8 @@ pub(crate) struct FunctionMetrics {
     pub in_flight: Gauge,
     pub pending: Gauge,
     pub duration: Histogram,
+    /// Failed attempts stored to be tried again.
+    pub retries_scheduled: Counter,
     /// `worker_calls_total` by status code; a function answers with few distinct codes, so a
     /// short list beats a map. Never held across an await.
     calls: Mutex<Vec<(u16, Counter)>>,
@@ -38,6 +43,7 @@ impl FunctionMetrics {
             in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
             pending: gauge!(PENDING, "function_name" => name.clone()),
             duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
+            retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
             calls: Mutex::new(Vec::new()),
             name,
         }
@@ -83,6 +89,6 @@ impl WorkerMetrics {
 }
 
 /// Counts a dead letter; rare, so the label lookup is fine here.
-pub(crate) fn dead_letter(kind: &'static str) {
-    counter!(DEAD_LETTERS, "kind" => kind).increment(1);
+pub(crate) fn dead_letter(kind: &'static str, function: String) {
+    counter!(DEAD_LETTERS, "kind" => kind, "function_name" => function).increment(1);
 }

@@ -1,0 +1,491 @@
+//! Retries: what the retry policy says after a failed attempt, and where a retry waits. A failed
+//! call is re-published to its shard's retry subject with its due time and the original message is
+//! acked, so the wait holds no function slot and no place in the function's `max_ack_pending`; one
+//! durable consumer per shard holds the waiting retries (a `Nak` with the remaining delay counts
+//! against its own, large, `max_ack_pending`) and moves each back to its function's call subject
+//! when it is due. Everything waits in JetStream, so a worker crash loses nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::consumer::{self, PullConsumer};
+use async_nats::jetstream::{self, AckKind};
+use flotilla_queue::envelope::{H_NATS_MSG_ID, H_RETRY_AT};
+use flotilla_queue::{Envelope, RetryPolicy, subjects, time};
+use futures_util::StreamExt;
+use http::StatusCode;
+use tokio::sync::Semaphore;
+use tokio::time::MissedTickBehavior;
+
+use crate::Shared;
+use crate::call::{CallError, Outcome};
+use crate::dead;
+use crate::metrics::{RETRIES_DUE, RETRIES_WAITING};
+
+/// The longest `Retry-After` honoured. A function asking for more is waited on this long: a
+/// header saying "come back tomorrow" is more likely a bug than a plan, and a call waiting a
+/// day serves nobody.
+pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(10 * 60);
+/// A retry delivered this close to its due time is treated as due: NATS' redelivery timer is not
+/// exact, and a second short `Nak` would only add a round trip.
+const DUE_SLACK: Duration = Duration::from_millis(5);
+/// Due retries moved back to their call subjects at once per shard (each waits for a PubAck).
+const MOVE_CONCURRENCY: usize = 64;
+/// Retry messages requested per pull.
+const PULL_BATCH: usize = 512;
+/// How often the retry consumer is asked how many retries wait (`worker_retries_waiting`).
+const INFO_EVERY: Duration = Duration::from_secs(2);
+/// Wait before restarting a retry loop that failed (NATS unavailable, consumer deleted).
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// Wait before a due retry whose move failed is tried again.
+const MOVE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What the retry policy says after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// The outcome is final: a success, or an answer the policy does not retry (a 404 is the
+    /// function's answer, not a failure of delivery).
+    Settle,
+    /// Try again after this delay.
+    Retry(Duration),
+    /// A failure that no further attempt may fix: the attempts are used up, or the request
+    /// could not even be formed. The call goes to the dead letters.
+    DeadLetter,
+}
+
+/// Decides what follows an attempt. `jitter` is a number in [0, 1).
+pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next {
+    if outcome.is_success() {
+        return Next::Settle;
+    }
+    let retryable = match &outcome.error {
+        Some(CallError::InvalidRequest(_)) => return Next::DeadLetter,
+        // Unreachable (502) or past its timeout (504).
+        Some(_) => policy.retry_unreachable,
+        None => policy.statuses.contains(&outcome.status.as_u16()),
+    };
+    if !retryable {
+        return Next::Settle;
+    }
+    let number = outcome.attempt.number();
+    if number >= policy.attempts {
+        return Next::DeadLetter;
+    }
+    let mut delay = backoff(policy, number, jitter);
+    if matches!(
+        outcome.status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) && let Some(after) = outcome.retry_after()
+    {
+        delay = delay.max(after.min(RETRY_AFTER_CAP));
+    }
+    Next::Retry(delay)
+}
+
+/// Exponential backoff with full jitter above a floor: the wait before retry `n` (1 for the first
+/// retry) is uniform between `min_backoff` and `min(max_backoff, min_backoff * 2^n)`. The floor
+/// keeps a function some rest however the dice fall; the jitter spreads the retries of calls that
+/// failed together (a function that fell over under load is not hit again all at once).
+pub(crate) fn backoff(policy: &RetryPolicy, n: u32, jitter: f64) -> Duration {
+    let (min, max) = (
+        policy.min_backoff,
+        policy.max_backoff.max(policy.min_backoff),
+    );
+    let ceiling = min.saturating_mul(1u32 << n.clamp(1, 30)).min(max).max(min);
+    min + (ceiling - min).mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// A number in [0, 1) for jitter; not for anything secret.
+pub(crate) fn jitter() -> f64 {
+    fastrand::f64()
+}
+
+/// Parses a `Retry-After` value: delay-seconds, or an HTTP date (a date in the past is zero).
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// `Nats-Msg-Id` of a message derived from stream message `sequence` of `stream` (a retry
+/// scheduled from a failed call, or a due retry moved back). Stream sequences are never reused,
+/// so unlike the call id (which a replay reuses) this never drops a message that is not a repeat,
+/// while a worker that crashes between the publish and the ack publishes once.
+pub(crate) fn dedup_id(kind: &str, stream: &str, sequence: u64) -> String {
+    format!("{kind}-{stream}-{sequence}")
+}
+
+/// The durable consumer of a shard's waiting retries, shared by its replicas.
+pub(crate) fn consumer_config(
+    shard: u32,
+    ack_wait: Duration,
+    max_waiting: u32,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(subjects::RETRY_CONSUMER.to_owned()),
+        description: Some(format!("Flotilla retries waiting in shard {shard}")),
+        // `flotilla.retry.<k>.>` never overlaps `flotilla.call.<k>.<function>`, as the work-queue
+        // stream requires.
+        filter_subject: subjects::retry_wildcard(shard),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        // Every retry waiting for its due time is pending here: this is how many may wait at
+        // once before later ones wait, undelivered, in the stream (and so become due late).
+        max_ack_pending: i64::from(max_waiting),
+        ..Default::default()
+    }
+}
+
+/// Why a retry loop stopped; its supervisor restarts it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RetryLoopError {
+    #[error("opening the retry consumer: {0}")]
+    Consumer(String),
+    #[error("pulling retries: {0}")]
+    Pull(String),
+}
+
+/// Runs the retry loop of `shard` until the worker stops, restarting it after failures.
+pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
+    let waiting = metrics::gauge!(RETRIES_WAITING, "shard" => shard.to_string());
+    loop {
+        match run(&shared, shard, &waiting).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(shard, %error, "retry loop failed; restarting"),
+        }
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tokio::time::sleep(RESTART_AFTER) => {}
+        }
+    }
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    shard: u32,
+    waiting: &metrics::Gauge,
+) -> Result<(), RetryLoopError> {
+    let stream_name = subjects::call_stream(shard);
+    let config = consumer_config(shard, shared.ack_wait, shared.retry_max_waiting);
+    let consumer: PullConsumer = shared
+        .js
+        .create_consumer_on_stream(config, stream_name.as_str())
+        .await
+        .map_err(|e| RetryLoopError::Consumer(e.to_string()))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| RetryLoopError::Pull(e.to_string()))?;
+    let moves = Arc::new(Semaphore::new(MOVE_CONCURRENCY));
+    let due_total = metrics::counter!(RETRIES_DUE, "shard" => shard.to_string());
+    let mut info_tick = tokio::time::interval(INFO_EVERY);
+    info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tracing::debug!(shard, "retry loop pulling");
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return Ok(()),
+            m = messages.next() => {
+                let msg = match m {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                        tracing::debug!(shard, error = %e, "retry pull heartbeat missed");
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(RetryLoopError::Pull(e.to_string())),
+                    None => return Err(RetryLoopError::Pull("stream ended".into())),
+                };
+                let sequence = msg.info().map_or(0, |i| i.stream_sequence);
+                match classify(&msg, shard, time::unix_nanos()) {
+                    Waiting::NotYet(remaining) => {
+                        // Fire and forget: a lost nak only brings the retry back after ack_wait.
+                        let _ = msg.ack_with(AckKind::Nak(Some(remaining))).await;
+                    }
+                    Waiting::Due(env) => {
+                        due_total.increment(1);
+                        let Ok(permit) = moves.clone().acquire_owned().await else {
+                            return Ok(());
+                        };
+                        let shared2 = shared.clone();
+                        let stream_name = stream_name.clone();
+                        shared.tracker.spawn(async move {
+                            move_due(&shared2, msg, *env, shard, &stream_name, sequence).await;
+                            drop(permit);
+                        });
+                    }
+                    Waiting::Poison(reason) => {
+                        let shared2 = shared.clone();
+                        shared.tracker.spawn(async move {
+                            dead::poison(&shared2, &msg, shard, sequence, &reason).await;
+                        });
+                    }
+                }
+            }
+            _ = info_tick.tick() => {
+                match consumer.get_info().await {
+                    Ok(info) => {
+                        waiting.set((info.num_pending + info.num_ack_pending as u64) as f64);
+                    }
+                    Err(error) => tracing::debug!(shard, %error, "retry consumer info"),
+                }
+            }
+        }
+    }
+}
+
+/// What a pulled retry message is.
+#[derive(Debug)]
+enum Waiting {
+    /// Due in this long.
+    NotYet(Duration),
+    /// Due: move it back to its call subject.
+    Due(Box<Envelope>),
+    /// Not a retry this worker can move; dead-letter it with this reason.
+    Poison(String),
+}
+
+fn classify(msg: &jetstream::Message, shard: u32, now: u128) -> Waiting {
+    let Some(function) = subjects::function_of_retry_subject(shard, &msg.subject) else {
+        return Waiting::Poison(format!(
+            "retry subject {} names no valid function",
+            msg.subject
+        ));
+    };
+    let due = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(H_RETRY_AT))
+        .map(|v| v.as_str().parse::<u128>());
+    let due = match due {
+        None => return Waiting::Poison(format!("retry has no {H_RETRY_AT} header")),
+        Some(Err(_)) => return Waiting::Poison(format!("retry header {H_RETRY_AT} is malformed")),
+        Some(Ok(due)) => due,
+    };
+    let env = match Envelope::from_nats(msg.headers.as_ref(), msg.payload.clone()) {
+        Ok(env) if env.function == function => env,
+        Ok(env) => {
+            return Waiting::Poison(format!(
+                "envelope names function {} but the retry waits for {function}",
+                env.function
+            ));
+        }
+        Err(e) => return Waiting::Poison(e.to_string()),
+    };
+    let remaining =
+        Duration::from_nanos(u64::try_from(due.saturating_sub(now)).unwrap_or(u64::MAX));
+    if remaining > DUE_SLACK {
+        Waiting::NotYet(remaining)
+    } else {
+        Waiting::Due(Box::new(env))
+    }
+}
+
+/// Publishes a due retry to its function's call subject, waits for the PubAck, then acks it.
+async fn move_due(
+    shared: &Shared,
+    msg: jetstream::Message,
+    env: Envelope,
+    shard: u32,
+    stream: &str,
+    sequence: u64,
+) {
+    let id = dedup_id("due", stream, sequence);
+    let (headers, body) = env.to_nats(Some(&id));
+    let subject = subjects::call_subject(shard, &env.function);
+    let published = async {
+        shared
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match published {
+        Ok(_) => {
+            tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");
+            if let Err(error) = msg.ack().await {
+                // The retry comes back after ack_wait and is moved again; the second publish is
+                // dropped by JetStream as a duplicate of the first.
+                tracing::debug!(%error, "ack of a moved retry failed");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot queue a due retry; trying again");
+            let _ = msg.ack_with(AckKind::Nak(Some(MOVE_RETRY_AFTER))).await;
+        }
+    }
+}
+
+/// Stores a failed attempt as a waiting retry: the same envelope with `Flotilla-Attempt` set to
+/// the attempts made and `Flotilla-Retry-At` to the due time, under the function's retry subject,
+/// de-duplicated on the failed message's stream sequence. Returns once JetStream holds it.
+pub(crate) async fn schedule(
+    shared: &Shared,
+    shard: u32,
+    env: &Envelope,
+    attempts_made: u32,
+    delay: Duration,
+    stream: &str,
+    sequence: u64,
+) -> Result<(), String> {
+    let mut env = env.clone();
+    env.attempt = attempts_made;
+    let id = dedup_id("retry", stream, sequence);
+    let (mut headers, body) = env.to_nats(Some(&id));
+    let due = time::unix_nanos() + delay.as_nanos();
+    headers.insert(H_RETRY_AT, due.to_string().as_str());
+    debug_assert!(headers.get(H_NATS_MSG_ID).is_some());
+    shared
+        .js
+        .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::Attempt;
+    use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            statuses: vec![408, 429, 500, 502, 503, 504],
+            retry_unreachable: true,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+
+    fn answered(status: u16, earlier: u32) -> Outcome {
+        Outcome {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            error: None,
+            duration: Duration::ZERO,
+            attempt: Attempt {
+                earlier,
+                delivered: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let p = policy();
+        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(100));
+        let top = backoff(&p, 1, 0.999);
+        assert!(top > Duration::from_millis(199) && top < Duration::from_millis(200));
+        assert_eq!(backoff(&p, 2, 1.0), Duration::from_millis(400));
+        assert_eq!(backoff(&p, 30, 1.0), Duration::from_secs(1));
+        for n in 1..40 {
+            let d = backoff(&p, n, jitter());
+            assert!(d >= p.min_backoff && d <= p.max_backoff, "{n}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_and_attempts_decide() {
+        let p = policy();
+        assert_eq!(next(&p, &answered(200, 0), 0.0), Next::Settle);
+        assert_eq!(next(&p, &answered(404, 0), 0.0), Next::Settle);
+        assert_eq!(
+            next(&p, &answered(503, 0), 0.0),
+            Next::Retry(Duration::from_millis(100))
+        );
+        assert!(matches!(next(&p, &answered(500, 1), 0.0), Next::Retry(_)));
+        assert_eq!(next(&p, &answered(500, 2), 0.0), Next::DeadLetter);
+        // A replayed or re-published call past a lowered budget ends at once.
+        assert_eq!(next(&p, &answered(500, 7), 0.0), Next::DeadLetter);
+        let one = RetryPolicy {
+            attempts: 1,
+            ..policy()
+        };
+        assert_eq!(next(&one, &answered(500, 0), 0.0), Next::DeadLetter);
+    }
+
+    #[test]
+    fn transport_failures_follow_retry_unreachable() {
+        let attempt = Attempt {
+            earlier: 0,
+            delivered: 1,
+        };
+        let timeout = Outcome::failed(
+            CallError::Timeout(Duration::from_secs(1)),
+            Duration::ZERO,
+            attempt,
+        );
+        assert_eq!(timeout.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(matches!(next(&policy(), &timeout, 0.0), Next::Retry(_)));
+        let no = RetryPolicy {
+            retry_unreachable: false,
+            ..policy()
+        };
+        assert_eq!(next(&no, &timeout, 0.0), Next::Settle);
+        let invalid = Outcome::failed(
+            CallError::InvalidRequest("x".into()),
+            Duration::ZERO,
+            attempt,
+        );
+        assert_eq!(next(&policy(), &invalid, 0.0), Next::DeadLetter);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_on_429_and_503_and_capped() {
+        let p = policy();
+        let mut o = answered(429, 0);
+        o.headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
+        assert_eq!(next(&p, &o, 0.0), Next::Retry(Duration::from_secs(2)));
+        o.headers
+            .insert(RETRY_AFTER, HeaderValue::from_static("86400"));
+        assert_eq!(next(&p, &o, 0.0), Next::Retry(RETRY_AFTER_CAP));
+        // Shorter than the backoff: the backoff wins.
+        o.headers.insert(RETRY_AFTER, HeaderValue::from_static("0"));
+        assert_eq!(next(&p, &o, 0.0), Next::Retry(Duration::from_millis(100)));
+        // Only 429 and 503 carry a meaningful Retry-After.
+        let mut o = answered(500, 0);
+        o.headers
+            .insert(RETRY_AFTER, HeaderValue::from_static("30"));
+        assert_eq!(next(&p, &o, 0.0), Next::Retry(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn retry_after_as_seconds_or_date() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn retry_consumer_cannot_overlap_function_consumers() {
+        let c = consumer_config(2, Duration::from_secs(30), 100_000);
+        assert_eq!(c.filter_subject, "flotilla.retry.2.>");
+        assert!(!c.filter_subject.starts_with(subjects::CALL_SUBJECT_PREFIX));
+        assert_eq!(c.max_ack_pending, 100_000);
+        assert_eq!(c.max_deliver, -1);
+    }
+}
