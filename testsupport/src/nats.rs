@@ -115,6 +115,15 @@ impl NatsServer {
         self.port
     }
 
+    /// The process id while it runs (to read its memory and CPU from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -199,7 +208,40 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// A client once the cluster is whole: JetStream answers and a stream with three replicas
+    /// can be placed (so every node has joined the meta group, not just a quorum).
     pub async fn client(&self) -> async_nats::Client {
-        connect_ready(&self.urls()).await
+        let client = connect_ready(&self.urls()).await;
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = js
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "TESTSUPPORT_PROBE".into(),
+                    subjects: vec!["testsupport.probe".into()],
+                    num_replicas: 3,
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    ..Default::default()
+                })
+                .await;
+            if probe.is_ok() {
+                let _ = js.delete_stream("TESTSUPPORT_PROBE").await;
+                return client;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster at {} did not place three replicas in 30 s",
+                self.urls()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node a server name (`n0`, `n1`, `n2`, as NATS reports leaders) belongs to.
+    pub fn index_of(&self, server_name: &str) -> Option<usize> {
+        server_name
+            .strip_prefix('n')
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < self.nodes.len())
     }
 }

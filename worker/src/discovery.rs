@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::stream::Stream as JsStream;
 use flotilla_queue::{FunctionName, subjects};
 use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -22,6 +23,16 @@ use crate::{Shared, dead};
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// Wait before retrying a consumer that NATS refused (an operator must act first).
 const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often a replica announces that it serves a shard.
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
+/// A replica not heard from for this long (three missed heartbeats and a half) no longer counts.
+const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
+
+/// The core NATS subject on which the replicas of `shard` announce themselves. Core NATS, not
+/// JetStream: presence is soft state that must cost nothing to store and vanish with its owner.
+pub(crate) fn presence_subject(shard: u32) -> String {
+    format!("flotilla.presence.{shard}")
+}
 
 /// Discovers and supervises the pull loops of one shard until the worker stops.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
@@ -42,6 +53,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
     let mut healthy = true;
     let mut tick = tokio::time::interval(shared.discovery_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (replicas_tx, replicas) = watch::channel(1u32);
+    let presence_task = shared
+        .tracker
+        .spawn(presence(shared.clone(), shard, replicas_tx));
 
     loop {
         tokio::select! {
@@ -127,6 +142,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
                 shard,
                 &shared.policies,
                 pinned_fn,
+                replicas.clone(),
             ));
             let handle = shared.tracker.spawn(pull::run(shared.clone(), rt));
             running.insert(f, handle);
@@ -142,6 +158,86 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         let _ = handle.await;
         shared.metrics.consumers.decrement(1.0);
     }
+    let _ = presence_task.await;
+}
+
+/// The shard's presence heartbeat: announces this replica every `PRESENCE_EVERY` and counts the
+/// replicas heard from within `PRESENCE_EXPIRY`, itself included, into `count`. A replica says
+/// `hello` when it starts (the others answer at once, so it knows them within a round trip) and
+/// `bye` when it stops pulling (the others take over its share at once). One that dies silently
+/// drops out after `PRESENCE_EXPIRY`. No other coordination between replicas exists.
+async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
+    let subject = presence_subject(shard);
+    // Unique per connection, hence per replica and shard.
+    let me = shared.client.new_inbox();
+    let announce = |kind: &str| {
+        let (client, subject, body) = (
+            shared.client.clone(),
+            subject.clone(),
+            format!("{kind} {me}"),
+        );
+        async move {
+            if let Err(error) = client.publish(subject, body.into()).await {
+                tracing::debug!(%error, "presence heartbeat not sent");
+            }
+        }
+    };
+    let mut sub = match shared.client.subscribe(subject.clone()).await {
+        Ok(sub) => sub,
+        Err(error) => {
+            tracing::warn!(shard, %error, "no presence heartbeat: rates are not split among replicas");
+            return;
+        }
+    };
+    announce("hello").await;
+    let mut others: HashMap<String, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(PRESENCE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => break,
+            m = sub.next() => {
+                let Some(m) = m else { break };
+                let Some((kind, who)) = std::str::from_utf8(&m.payload)
+                    .ok()
+                    .and_then(|t| t.split_once(' '))
+                else {
+                    continue;
+                };
+                if who == me {
+                    continue;
+                }
+                match kind {
+                    "bye" => {
+                        others.remove(who);
+                    }
+                    "hello" => {
+                        others.insert(who.to_owned(), Instant::now());
+                        announce("beat").await;
+                    }
+                    _ => {
+                        others.insert(who.to_owned(), Instant::now());
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                announce("beat").await;
+                others.retain(|_, seen| seen.elapsed() < PRESENCE_EXPIRY);
+            }
+        }
+        let n = u32::try_from(others.len() + 1).unwrap_or(u32::MAX);
+        count.send_if_modified(|c| {
+            let changed = *c != n;
+            if changed {
+                tracing::debug!(shard, replicas = n, "replicas of the shard");
+                *c = n;
+            }
+            changed
+        });
+    }
+    announce("bye").await;
+    let _ = sub.unsubscribe().await;
 }
 
 /// Collects finished pull loops, logging why they ended and when they may start again.

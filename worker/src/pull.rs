@@ -1,7 +1,9 @@
 //! One function's pull loop: its durable consumer, and a loop that asks NATS for exactly as many
 //! messages as the function has free slots, so no message waits in a local buffer while its
 //! `ack_wait` clock runs. Each function has its own loop, consumer and slots, so a slow or
-//! saturated function never holds back another (no head-of-line blocking).
+//! saturated function never holds back another (no head-of-line blocking). A rate-limited
+//! function asks only for messages it may start now, so its backlog waits in the stream without
+//! burning delivery attempts.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
 use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
@@ -25,7 +27,8 @@ use crate::metrics::FunctionMetrics;
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// When the server's expiry notice is this late, the request is assumed lost (a reconnect).
 const PULL_LOST_AFTER: Duration = Duration::from_secs(7);
-/// How often the consumer's pending count is read (for `worker_pending` and idle detection).
+/// How often the consumer's pending count is read (for `worker_pending` and idle detection), at
+/// most: a shorter `--consumer-idle` reads it at half that interval.
 const INFO_EVERY: Duration = Duration::from_secs(5);
 
 /// What a pull loop knows about its function; shared with its calls.
@@ -37,8 +40,9 @@ pub(crate) struct FunctionRt {
     /// The per-replica concurrency limit.
     pub slots: Arc<Semaphore>,
     pub metrics: FunctionMetrics,
-    /// The per-replica start rate, when the policy sets one.
-    pub limiter: Option<DefaultDirectRateLimiter>,
+    /// How many replicas serve the shard now (from their heartbeats), to split the function's
+    /// cluster-wide rate among them.
+    pub replicas: watch::Receiver<u32>,
     /// Named in the policy file: pulled for as long as the worker runs, never idled out.
     pub pinned: bool,
     /// The function's base URL (its policy's, or the template's), expanded once; each call
@@ -47,25 +51,56 @@ pub(crate) struct FunctionRt {
 }
 
 impl FunctionRt {
-    pub fn new(name: FunctionName, shard: u32, policies: &Policies, pinned: bool) -> Self {
+    pub fn new(
+        name: FunctionName,
+        shard: u32,
+        policies: &Policies,
+        pinned: bool,
+        replicas: watch::Receiver<u32>,
+    ) -> Self {
         let policy = policies.get(&name).clone();
         let base_url = policy
             .url
             .clone()
             .unwrap_or_else(|| expand(&policies.url_template, &name));
-        let limiter = policy
-            .rate_per_second
-            .and_then(NonZeroU32::new)
-            .map(|r| RateLimiter::direct(Quota::per_second(r)));
         Self {
             metrics: FunctionMetrics::new(&name),
             slots: Arc::new(Semaphore::new(policy.replica_concurrency as usize)),
             name,
             shard,
             policy,
-            limiter,
+            replicas,
             pinned,
             base_url,
+        }
+    }
+}
+
+/// This replica's share of a function's cluster-wide rate: `rate / replicas` starts per second.
+/// The burst is a tenth of a second's worth (at least one start), and it also caps the starts
+/// requested from NATS and not yet arrived, so the starts in any window stay close to the rate
+/// instead of a second's worth at once after a quiet spell.
+#[derive(Debug)]
+pub(crate) struct RateShare {
+    limiter: DefaultDirectRateLimiter,
+    /// Starts this replica may have paid for and not yet begun (tokens plus requested messages).
+    pub burst: usize,
+    pub replicas: u32,
+}
+
+impl RateShare {
+    pub fn new(rate: NonZeroU32, replicas: u32) -> Self {
+        let replicas = replicas.max(1);
+        let per_second = f64::from(rate.get()) / f64::from(replicas);
+        let burst = (per_second / 10.0).floor().clamp(1.0, f64::from(u32::MAX)) as u32;
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+            .unwrap_or(Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst);
+        Self {
+            limiter: RateLimiter::direct(quota),
+            burst: burst.get() as usize,
+            replicas,
         }
     }
 }
@@ -135,9 +170,10 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
 
     let limit = f.policy.replica_concurrency as usize;
-    // Ask for messages in batches of at least a quarter of the slots (fewer requests under load),
-    // or for any free slot when nothing is requested at all (low latency when idle).
-    let threshold = (limit / 4).max(1);
+    let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
+    let mut replicas = f.replicas.clone();
+    let mut watch_replicas = rate.is_some();
+    let mut share = rate.map(|r| RateShare::new(r, *replicas.borrow_and_update()));
     // Slots reserved for messages requested from NATS and not yet arrived.
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut outstanding = 0usize;
@@ -145,10 +181,14 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     // Rate tokens taken for starts not yet requested.
     let mut rate_credit = 0usize;
     let mut last_activity = Instant::now();
-    let mut info_tick = tokio::time::interval(INFO_EVERY);
+    let mut info_tick = tokio::time::interval(INFO_EVERY.min(shared.consumer_idle / 2));
     info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let ended = loop {
+        // Ask for messages in batches of at least a quarter of the slots (fewer requests under
+        // load), or for any free slot when nothing is requested at all (low latency when idle).
+        // A rate-limited function batches a quarter of its burst, so its starts stay spread out.
+        let threshold = (share.as_ref().map_or(limit, |s| s.burst.min(limit)) / 4).max(1);
         // Reserve every free slot.
         let free = f.slots.available_permits();
         if free > 0
@@ -159,11 +199,15 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         let held_n = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
         let unrequested = held_n.saturating_sub(outstanding);
         let mut want = unrequested;
-        if let Some(limiter) = &f.limiter {
-            while rate_credit < want && limiter.check().is_ok() {
+        let mut rate_blocked = false;
+        if let Some(share) = &share {
+            // Starts paid for and waiting at the server count against the burst too.
+            let allowed = want.min(share.burst.saturating_sub(outstanding));
+            while rate_credit < allowed && share.limiter.check().is_ok() {
                 rate_credit += 1;
             }
-            want = want.min(rate_credit);
+            want = allowed.min(rate_credit);
+            rate_blocked = want < allowed;
         }
         if want > 0 && (outstanding == 0 || want >= threshold) {
             let body = format!(
@@ -176,12 +220,11 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 .await
                 .map_err(|e| PullError::Request(e.to_string()))?;
             outstanding += want;
-            if f.limiter.is_some() {
+            if share.is_some() {
                 rate_credit -= want;
             }
             lost_at = Instant::now() + PULL_LOST_AFTER;
         }
-        let rate_blocked = f.limiter.is_some() && rate_credit < unrequested.saturating_sub(want);
         // Under load, wake up once enough slots are free for a batch rather than on every
         // finished call; when nothing is requested, wake up for the first free slot.
         let wake_at = if outstanding == 0 {
@@ -249,7 +292,18 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                     merge(&mut held, slot);
                 }
             }
-            _ = until_ready(f.limiter.as_ref()), if rate_blocked => rate_credit += 1,
+            _ = until_ready(share.as_ref()), if rate_blocked => rate_credit += 1,
+            changed = replicas.changed(), if watch_replicas => match (changed, rate) {
+                (Ok(()), Some(rate)) => {
+                    let n = *replicas.borrow_and_update();
+                    if share.as_ref().is_some_and(|s| s.replicas != n) {
+                        tracing::debug!(function = %f.name, replicas = n, "rate shared anew");
+                        share = Some(RateShare::new(rate, n));
+                    }
+                }
+                // The shard's heartbeat ended (shutdown): keep the last share.
+                _ => watch_replicas = false,
+            },
             _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
                 outstanding = 0;
             }
@@ -304,9 +358,9 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
     }
 }
 
-async fn until_ready(limiter: Option<&DefaultDirectRateLimiter>) {
-    match limiter {
-        Some(l) => l.until_ready().await,
+async fn until_ready(share: Option<&RateShare>) {
+    match share {
+        Some(s) => s.limiter.until_ready().await,
         None => std::future::pending().await,
     }
 }
@@ -336,6 +390,21 @@ mod tests {
             Some(subjects::consumer_name(&f).as_str())
         );
         assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
+    }
+
+    #[test]
+    fn a_rate_is_split_among_replicas_with_a_small_burst() {
+        let rate = NonZeroU32::new(50).unwrap();
+        let alone = RateShare::new(rate, 1);
+        assert_eq!((alone.burst, alone.replicas), (5, 1));
+        let shared = RateShare::new(rate, 3);
+        assert_eq!(shared.burst, 1);
+        // The burst goes at once, then one start per 60 ms (50/s split three ways).
+        assert!(shared.limiter.check().is_ok());
+        assert!(shared.limiter.check().is_err());
+        let fast = RateShare::new(NonZeroU32::MAX, 1);
+        assert!(fast.burst > 1000);
+        assert_eq!(RateShare::new(rate, 0).replicas, 1);
     }
 
     #[test]
