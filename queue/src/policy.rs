@@ -62,7 +62,8 @@ pub struct FunctionPolicy {
     /// Calls in flight in one replica, so one replica cannot take the whole cluster budget
     /// while others idle.
     pub replica_concurrency: u32,
-    /// Calls started per second by one replica (a token bucket); `None` is unlimited.
+    /// Calls started per second across every replica of the shard: each live replica runs a
+    /// token bucket of an equal share. `None` is unlimited.
     pub rate_per_second: Option<u32>,
     /// Deadline of one attempt; past it the attempt counts as a 504.
     pub timeout: Duration,

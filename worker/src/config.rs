@@ -44,7 +44,9 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_REPLICA_CONCURRENCY")]
     pub replica_concurrency: Option<u32>,
 
-    /// Default calls started per second per function by this replica. Unset: unlimited.
+    /// Default calls started per second per function across every replica of its shard (each
+    /// live replica takes an equal share, counted by heartbeat), so a platform team's limit holds
+    /// however many replicas run. Unset: unlimited.
     #[arg(long, env = "FLOTILLA_RATE")]
     pub rate: Option<u32>,
 
