@@ -236,20 +236,7 @@ fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(200)
         .saturating_mul(1 << attempt.saturating_sub(1).min(5))
         .min(Duration::from_secs(5));
-    base + base.mul_f64(jitter() * 0.5)
-}
-
-/// A number in [0, 1) that differs between calls; good enough to spread retries, not for
-/// anything secret.
-pub(crate) fn jitter() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut x = u64::from(nanos) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    (x % 1_000_000) as f64 / 1_000_000.0
+    base + base.mul_f64(crate::retry::jitter() * 0.5)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
-use flotilla_queue::envelope::{H_NATS_MSG_ID, H_RETRY_AT};
+use flotilla_queue::envelope::H_RETRY_AT;
 use flotilla_queue::{Envelope, RetryPolicy, subjects, time};
 use futures_util::StreamExt;
 use http::StatusCode;
@@ -344,7 +344,6 @@ pub(crate) async fn schedule(
     let (mut headers, body) = env.to_nats(Some(&id));
     let due = time::unix_nanos() + delay.as_nanos();
     headers.insert(H_RETRY_AT, due.to_string().as_str());
-    debug_assert!(headers.get(H_NATS_MSG_ID).is_some());
     shared
         .js
         .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)

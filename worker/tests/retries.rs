@@ -445,7 +445,18 @@ async fn sigkill_while_100_retries_wait_loses_none() {
             .all(|r| r.header("x-function-status") == "200" && r.header("x-retry") == "1")
     );
     assert_eq!(function.count(), 2 * total as usize);
-    second.kill().await.expect("stop the replacement");
+    // The retry loop stops pulling with the rest on SIGTERM.
+    let pid = second.id().expect("running child").to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(T, second.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
