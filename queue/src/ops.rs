@@ -72,9 +72,18 @@ impl NatsArgs {
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .connect(self.nats_url.as_str())
+            .connect(server_list(&self.nats_url))
             .await
     }
+}
+
+/// The servers of a comma-separated `--nats-url`. async-nats parses one URL per string, so a
+/// cluster's list must be split before it connects (else it fails with a server-parse error).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -216,5 +225,17 @@ impl FunctionArgs {
             ),
             None => crate::Policies::new(defaults, self.function_url_template.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_url_list_is_split() {
+        assert_eq!(
+            super::server_list("nats://a:1, nats://b:2,,nats://c:3"),
+            ["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
+        assert_eq!(super::server_list("nats://a:1"), ["nats://a:1"]);
     }
 }
