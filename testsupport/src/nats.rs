@@ -144,7 +144,8 @@ impl Drop for NatsServer {
 pub async fn connect_ready(urls: &str) -> async_nats::Client {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(client) = async_nats::connect(urls).await {
+        let servers: Vec<&str> = urls.split(',').collect();
+        if let Ok(client) = async_nats::connect(servers).await {
             let js = async_nats::jetstream::new(client.clone());
             if js.query_account().await.is_ok() {
                 return client;

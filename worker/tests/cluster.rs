@@ -1,0 +1,181 @@
+//! The fleet on the distributed engine it is meant to scale on: gateway and worker against a
+//! 3-node NATS cluster with the shard streams at three replicas, and one node killed under load.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use common::Worker;
+use flotilla_queue::subjects;
+use flotilla_testsupport::{NatsCluster, RecordingServer, wait_until, wait_until_async};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Mutex, oneshot};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The gateway in this process; stops when dropped.
+struct Gateway {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Gateway {
+    async fn start(args: &[&str]) -> Self {
+        let mut all = vec!["flotilla-gateway"];
+        all.extend_from_slice(args);
+        let config = flotilla_gateway::Config::try_parse_from(all).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(flotilla_gateway::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        wait_until_async(Duration::from_secs(30), "gateway ready", || async {
+            common::get(addr, "/readyz").await.0 == 200
+        })
+        .await;
+        Self { addr, _stop: tx }
+    }
+}
+
+/// POSTs one asynchronous call; `Some(call id)` when the gateway accepted it (202).
+async fn post(client: &HttpClient, gw: SocketAddr, callback: &str) -> Option<String> {
+    let req = http::Request::post(format!("http://{gw}/async-function/echo"))
+        .header("X-Callback-Url", callback)
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let id = resp
+        .headers()
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let _ = resp.into_body().collect().await;
+    if status == 202 { id } else { None }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_nats_node_under_load_loses_no_accepted_call() {
+    let mut cluster = tokio::task::spawn_blocking(NatsCluster::start)
+        .await
+        .unwrap();
+    let client = cluster.client().await;
+    let urls = cluster.urls();
+    let function = RecordingServer::echo().await;
+    let sink = RecordingServer::answering(200).await;
+    let fleet = [
+        "--nats-url",
+        &urls,
+        "--shards",
+        "1",
+        "--stream-replicas",
+        "3",
+    ];
+    let gw = Gateway::start(&[&fleet[..], &["--log", "warn"]].concat()).await;
+    let worker = Worker::start_ready(
+        &urls,
+        &[
+            &fleet[2..],
+            &[
+                "--function-url-template",
+                &function.url(),
+                // Bounds the wait for a call whose delivery was lost with the node.
+                "--ack-wait",
+                "3s",
+                "--log",
+                "warn",
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+
+    // Four clients post without pause, each at most one call per 10 ms.
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let callback = format!("{}/cb", sink.url());
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posting = Arc::new(AtomicBool::new(true));
+    let mut posters = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (http, callback) = (http.clone(), callback.clone());
+        let (accepted, refused, posting) = (accepted.clone(), refused.clone(), posting.clone());
+        posters.spawn(async move {
+            let mut pace = tokio::time::interval(Duration::from_millis(10));
+            while posting.load(Ordering::SeqCst) {
+                pace.tick().await;
+                match post(&http, gw.addr, &callback).await {
+                    Some(id) => accepted.lock().await.push(id),
+                    None => {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+    }
+
+    // Under load, stop the node that leads the shard stream.
+    wait_until(Duration::from_secs(30), "calls flowing", || {
+        sink.count() >= 200
+    })
+    .await;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(subjects::call_stream(0)).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let cluster_info = info.cluster.clone().unwrap();
+    assert_eq!(
+        cluster_info.replicas.len(),
+        2,
+        "the stream has three replicas"
+    );
+    let leader = cluster_info.leader.unwrap();
+    let node = cluster.index_of(&leader).unwrap();
+    let before = accepted.lock().await.len();
+    let killed_at = Instant::now();
+    cluster.nodes[node].kill();
+    // Keep posting until the gateway accepts calls again, and a little longer.
+    wait_until_async(Duration::from_secs(30), "calls accepted again", || async {
+        accepted.lock().await.len() >= before + 200
+    })
+    .await;
+    let recovered = killed_at.elapsed();
+    posting.store(false, Ordering::SeqCst);
+    while posters.join_next().await.is_some() {}
+
+    let accepted: HashSet<String> = accepted.lock().await.iter().cloned().collect();
+    wait_until(
+        Duration::from_secs(60),
+        "a callback for every accepted call",
+        || {
+            let called_back: HashSet<String> = sink
+                .requests()
+                .iter()
+                .map(|r| r.header("x-call-id").to_owned())
+                .collect();
+            accepted.is_subset(&called_back)
+        },
+    )
+    .await;
+    eprintln!(
+        "node {leader} (stream leader) stopped after {before} accepted calls; {} accepted in all, \
+         {} refused (503 or no answer) while the cluster recovered, accepting 200 more took \
+         {recovered:?}; {} callbacks, {} function calls",
+        accepted.len(),
+        refused.load(Ordering::SeqCst),
+        sink.count(),
+        function.count(),
+    );
+    worker.stop(Duration::from_secs(30)).await.unwrap();
+}
