@@ -5,7 +5,9 @@
 //! function asks only for messages it may start now, so its backlog waits in the stream without
 //! burning delivery attempts.
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use async_nats::{HeaderMap, StatusCode};
 use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
 use futures_util::StreamExt;
+use futures_util::future::OptionFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -25,11 +28,17 @@ use crate::metrics::FunctionMetrics;
 
 /// How long a pull request waits at the server for messages before it expires and is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// When the server's expiry notice is this late, the request is assumed lost (a reconnect).
-const PULL_LOST_AFTER: Duration = Duration::from_secs(7);
+/// While a pull request waits, the server sends a heartbeat this often...
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// ...so when nothing at all arrived for this long, the request is lost (this replica reconnected
+/// to another node, or the consumer's leader died with it) and is sent again.
+const PULL_LOST_AFTER: Duration = Duration::from_millis(2500);
 /// How often the consumer's pending count is read (for `worker_pending` and idle detection), at
 /// most: a shorter `--consumer-idle` reads it at half that interval.
 const INFO_EVERY: Duration = Duration::from_secs(5);
+
+/// A consumer-info request in progress.
+type InfoCall = Pin<Box<dyn Future<Output = Result<consumer::Info, String>> + Send>>;
 
 /// What a pull loop knows about its function; shared with its calls.
 #[derive(Debug)]
@@ -183,6 +192,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     let mut last_activity = Instant::now();
     let mut info_tick = tokio::time::interval(INFO_EVERY.min(shared.consumer_idle / 2));
     info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut info_call: Option<InfoCall> = None;
 
     let ended = loop {
         // Ask for messages in batches of at least a quarter of the slots (fewer requests under
@@ -211,8 +221,9 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         }
         if want > 0 && (outstanding == 0 || want >= threshold) {
             let body = format!(
-                "{{\"batch\":{want},\"expires\":{}}}",
-                PULL_EXPIRES.as_nanos()
+                "{{\"batch\":{want},\"expires\":{},\"idle_heartbeat\":{}}}",
+                PULL_EXPIRES.as_nanos(),
+                PULL_HEARTBEAT.as_nanos()
             );
             shared
                 .client
@@ -240,6 +251,9 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             _ = shared.stop.cancelled() => break Ended::Stopped,
             m = sub.next() => {
                 let Some(m) = m else { return Err(PullError::Closed) };
+                // Anything on the inbox (a message, a status, a heartbeat) shows the requests
+                // are alive.
+                lost_at = Instant::now() + PULL_LOST_AFTER;
                 match m.status {
                     None | Some(StatusCode::OK) => {
                         outstanding = outstanding.saturating_sub(1);
@@ -307,14 +321,18 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
                 outstanding = 0;
             }
-            _ = info_tick.tick() => {
-                let info = tokio::select! {
-                    info = consumer.get_info() => info,
-                    _ = shared.stop.cancelled() => break Ended::Stopped,
-                };
+            // The consumer is read beside the loop, not in it: during a NATS disruption the
+            // request may take seconds, and messages must not wait behind it.
+            _ = info_tick.tick(), if info_call.is_none() => {
+                let consumer = consumer.clone();
+                info_call = Some(Box::pin(async move { consumer.get_info().await.map_err(|e| e.to_string()) }));
+            }
+            Some(info) = OptionFuture::from(info_call.as_mut()), if info_call.is_some() => {
+                info_call = None;
                 match info {
                     Ok(info) => {
                         f.metrics.pending.set(info.num_pending as f64);
+                        let held_n = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
                         let busy = info.num_pending > 0
                             || info.num_ack_pending > 0
                             || f.slots.available_permits() + held_n < limit;

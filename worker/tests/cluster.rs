@@ -168,8 +168,15 @@ async fn stopping_a_nats_node_under_load_loses_no_accepted_call() {
         },
     )
     .await;
+    let mut arrivals: Vec<Instant> = sink.requests().iter().map(|r| r.at).collect();
+    arrivals.sort_unstable();
+    let longest_gap = arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
     eprintln!(
-        "node {leader} (stream leader) stopped after {before} accepted calls; {} accepted in all, \
+        "longest pause between callbacks {longest_gap:?}; node {leader} (stream leader) stopped after {before} accepted calls; {} accepted in all, \
          {} refused (503 or no answer) while the cluster recovered, accepting 200 more took \
          {recovered:?}; {} callbacks, {} function calls",
         accepted.len(),
