@@ -381,6 +381,8 @@ pub async fn run_command(args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
         Some(u) => (None, u.clone()),
         None => {
             let s = start_nats().await?;
+            // Returns once JetStream answers.
+            drop(s.client().await);
             let u = s.url();
             (Some(s), u)
         }
