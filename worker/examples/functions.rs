@@ -153,8 +153,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let all_ran = t0.elapsed();
-    // Let every pull loop renew its request and read its consumer at least once.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Let every pull loop go quiet (10 s without work) and renew its request at the quiet pace.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let rss_after = pids.map(rss_mib);
     let live = consumers(&js).await;
     let cpu_after = idle_cpu(pids, Duration::from_secs(10)).await;

@@ -19,23 +19,63 @@ use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::Shared;
 use crate::call;
 use crate::error::PullError;
 use crate::metrics::FunctionMetrics;
 
-/// How long a pull request waits at the server for messages before it expires and is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// While a pull request waits, the server sends a heartbeat this often...
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
-/// ...so when nothing at all arrived for this long, the request is lost (this replica reconnected
-/// to another node, or the consumer's leader died with it) and is sent again.
-const PULL_LOST_AFTER: Duration = Duration::from_millis(2500);
-/// How often the consumer's pending count is read (for `worker_pending` and idle detection), at
-/// most: a shorter `--consumer-idle` reads it at half that interval.
-const INFO_EVERY: Duration = Duration::from_secs(5);
+/// How a pull loop paces its requests to NATS. A busy function renews its pull request often and
+/// notices a lost one quickly; a quiet one (nothing delivered or waiting for `QUIET_AFTER`) asks
+/// rarely, so thousands of idle functions cost NATS and the worker little.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// How long a pull request waits at the server for messages before it expires and is renewed.
+    expires: Duration,
+    /// While a pull request waits, the server sends a heartbeat this often...
+    heartbeat: Duration,
+    /// ...so when nothing at all arrived for this long, the request is lost (this replica
+    /// reconnected to another node, or the consumer's leader died with it) and is sent again.
+    lost_after: Duration,
+    /// How often the consumer is read (for `worker_pending` and idle detection).
+    info_every: Duration,
+}
+
+const BUSY: Pace = Pace {
+    expires: Duration::from_secs(5),
+    heartbeat: Duration::from_secs(1),
+    lost_after: Duration::from_millis(2500),
+    info_every: Duration::from_secs(5),
+};
+const QUIET: Pace = Pace {
+    expires: Duration::from_secs(30),
+    heartbeat: Duration::from_secs(5),
+    lost_after: Duration::from_millis(11_000),
+    info_every: Duration::from_secs(30),
+};
+/// A function with nothing delivered and nothing waiting for this long is quiet.
+const QUIET_AFTER: Duration = Duration::from_secs(10);
+
+impl Pace {
+    fn of(last_activity: Instant, consumer_idle: Duration) -> Self {
+        let mut pace = if last_activity.elapsed() < QUIET_AFTER {
+            BUSY
+        } else {
+            QUIET
+        };
+        // Idle detection must be able to act within `--consumer-idle`, and a released consumer
+        // must not be kept alive by its last request for much longer than that.
+        pace.info_every = pace.info_every.min(consumer_idle / 2);
+        if pace.expires > consumer_idle.max(BUSY.expires) {
+            pace = Pace {
+                info_every: pace.info_every,
+                ..BUSY
+            };
+        }
+        pace
+    }
+}
 
 /// A consumer-info request in progress.
 type InfoCall = Pin<Box<dyn Future<Output = Result<consumer::Info, String>> + Send>>;
@@ -187,11 +227,11 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     let mut held: Option<OwnedSemaphorePermit> = None;
     let mut outstanding = 0usize;
     let mut lost_at = Instant::now();
+    let mut lost_after = BUSY.lost_after;
     // Rate tokens taken for starts not yet requested.
     let mut rate_credit = 0usize;
     let mut last_activity = Instant::now();
-    let mut info_tick = tokio::time::interval(INFO_EVERY.min(shared.consumer_idle / 2));
-    info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_info = Instant::now();
     let mut info_call: Option<InfoCall> = None;
 
     let ended = loop {
@@ -220,11 +260,13 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             rate_blocked = want < allowed;
         }
         if want > 0 && (outstanding == 0 || want >= threshold) {
+            let pace = Pace::of(last_activity, shared.consumer_idle);
             let body = format!(
                 "{{\"batch\":{want},\"expires\":{},\"idle_heartbeat\":{}}}",
-                PULL_EXPIRES.as_nanos(),
-                PULL_HEARTBEAT.as_nanos()
+                pace.expires.as_nanos(),
+                pace.heartbeat.as_nanos()
             );
+            lost_after = pace.lost_after;
             shared
                 .client
                 .publish_with_reply(next_subject.clone(), inbox.clone(), body.into())
@@ -234,7 +276,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             if share.is_some() {
                 rate_credit -= want;
             }
-            lost_at = Instant::now() + PULL_LOST_AFTER;
+            lost_at = Instant::now() + lost_after;
         }
         // Under load, wake up once enough slots are free for a batch rather than on every
         // finished call; when nothing is requested, wake up for the first free slot.
@@ -253,7 +295,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 let Some(m) = m else { return Err(PullError::Closed) };
                 // Anything on the inbox (a message, a status, a heartbeat) shows the requests
                 // are alive.
-                lost_at = Instant::now() + PULL_LOST_AFTER;
+                lost_at = Instant::now() + lost_after;
                 match m.status {
                     None | Some(StatusCode::OK) => {
                         outstanding = outstanding.saturating_sub(1);
@@ -323,12 +365,13 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             }
             // The consumer is read beside the loop, not in it: during a NATS disruption the
             // request may take seconds, and messages must not wait behind it.
-            _ = info_tick.tick(), if info_call.is_none() => {
+            _ = tokio::time::sleep_until(next_info), if info_call.is_none() => {
                 let consumer = consumer.clone();
                 info_call = Some(Box::pin(async move { consumer.get_info().await.map_err(|e| e.to_string()) }));
             }
             Some(info) = OptionFuture::from(info_call.as_mut()), if info_call.is_some() => {
                 info_call = None;
+                next_info = Instant::now() + Pace::of(last_activity, shared.consumer_idle).info_every;
                 match info {
                     Ok(info) => {
                         f.metrics.pending.set(info.num_pending as f64);
@@ -423,6 +466,26 @@ mod tests {
         let fast = RateShare::new(NonZeroU32::MAX, 1);
         assert!(fast.burst > 1000);
         assert_eq!(RateShare::new(rate, 0).replicas, 1);
+    }
+
+    #[test]
+    fn quiet_functions_ask_rarely_but_within_the_idle_time() {
+        let now = Instant::now();
+        let five_minutes = Duration::from_secs(300);
+        assert_eq!(Pace::of(now, five_minutes).expires, BUSY.expires);
+        let long_ago = now - Duration::from_secs(60);
+        let quiet = Pace::of(long_ago, five_minutes);
+        assert_eq!(
+            (quiet.expires, quiet.info_every),
+            (QUIET.expires, QUIET.info_every)
+        );
+        let short_idle = Pace::of(long_ago, Duration::from_secs(2));
+        assert_eq!(short_idle.expires, BUSY.expires);
+        assert_eq!(short_idle.info_every, Duration::from_secs(1));
+        for p in [BUSY, QUIET] {
+            // The server refuses a heartbeat above half the expiry; two may be lost.
+            assert!(p.heartbeat * 2 <= p.expires && p.lost_after > p.heartbeat * 2);
+        }
     }
 
     #[test]
