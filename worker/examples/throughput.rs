@@ -1,8 +1,12 @@
 //! Worker throughput next to its ceiling, measured side by side in one run: a bare
 //! "JetStream pull → HTTP POST → ack" loop over a pre-filled stream, then the worker draining the
-//! same backlog (envelopes, policies, progress acks, reports; optionally callbacks).
+//! same backlog (envelopes, policies, progress acks, reports; optionally callbacks). With
+//! callbacks the worker makes two HTTP requests per call, so the ceiling does too: "pull → POST →
+//! POST → ack", the second POST to the same kind of bare sink the callbacks go to.
 //!
-//! `cargo run --release -p flotilla-worker --example throughput -- [calls] [concurrency] [callbacks]`
+//! `cargo run --release -p flotilla-worker --example throughput -- [calls] [concurrency] [callbacks] [worker-only|ceiling-only]`
+//!
+//! `worker-only` and `ceiling-only` run one side alone (for profilers such as callgrind).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -103,15 +107,86 @@ async fn fill(js: &jetstream::Context, subject: &str, env: &Envelope, n: u64) {
     }
 }
 
+/// The bare loop: one `messages()` stream, a semaphore, a task per message that POSTs the payload
+/// to `first`, then (when given) to `second`, then acks. Returns calls per second and CPU
+/// seconds per call.
+async fn ceiling(
+    js: &jetstream::Context,
+    env: &Envelope,
+    calls: u64,
+    concurrency: usize,
+    first: &str,
+    second: Option<&str>,
+) -> (f64, f64) {
+    let name = if second.is_some() {
+        "CEILING2"
+    } else {
+        "CEILING"
+    };
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![name.to_lowercase()],
+            retention: jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fill(js, &name.to_lowercase(), env, calls).await;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: concurrency as i64,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let http = flotilla_queue::ops::pooled_client::<Full<Bytes>>(Default::default());
+    let first: hyper::Uri = first.parse().unwrap();
+    let second: Option<hyper::Uri> = second.map(|s| s.parse().unwrap());
+    let mut messages = consumer.messages().await.unwrap();
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let tracker = TaskTracker::new();
+    let cpu_start = cpu_seconds();
+    let start = Instant::now();
+    for _ in 0..calls {
+        let msg = messages.next().await.unwrap().unwrap();
+        let permit = slots.clone().acquire_owned().await.unwrap();
+        let (http, first, second) = (http.clone(), first.clone(), second.clone());
+        tracker.spawn(async move {
+            let req = hyper::Request::post(first)
+                .body(Full::new(msg.payload.clone()))
+                .unwrap();
+            let resp = http.request(req).await.unwrap();
+            let (_, body) = resp.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            if let Some(second) = second {
+                let req = hyper::Request::post(second).body(Full::new(body)).unwrap();
+                let resp = http.request(req).await.unwrap();
+                let _ = resp.into_body().collect().await;
+            }
+            msg.ack().await.unwrap();
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    let rate = calls as f64 / start.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds() - cpu_start) / calls as f64;
+    js.delete_stream(name).await.unwrap();
+    (rate, cpu)
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
     let calls: u64 = args.next().map_or(100_000, |a| a.parse().unwrap());
     let concurrency: usize = args.next().map_or(100, |a| a.parse().unwrap());
-    let mode = args.next().unwrap_or_default();
-    let callbacks = mode == "callbacks";
-    // `worker-only` skips the ceiling, for profiling the worker alone.
-    let worker_only = mode == "worker-only";
+    let modes: Vec<String> = args.collect();
+    let callbacks = modes.iter().any(|m| m == "callbacks");
+    let worker_only = modes.iter().any(|m| m == "worker-only");
+    let ceiling_only = modes.iter().any(|m| m == "ceiling-only");
 
     let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
         .await
@@ -137,101 +212,86 @@ async fn main() {
         body: Bytes::from_static(br#"{"hello":"world","n":12345}"#),
     };
 
-    // Ceiling: the same messages on a stream of their own, pulled, POSTed and acked bare.
-    let ceiling_stream = js
-        .create_stream(jetstream::stream::Config {
-            name: "CEILING".into(),
-            subjects: vec!["ceiling".into()],
-            retention: jetstream::stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // Ceilings: the same messages on a stream of their own, pulled, POSTed and acked bare; with
+    // callbacks also "pull → POST → POST → ack".
+    let mut ceilings = Vec::new();
     if !worker_only {
-        fill(&js, "ceiling", &env, calls).await;
+        ceilings.push((
+            "ceiling (pull → POST → ack)",
+            ceiling(&js, &env, calls, concurrency, &fn_url, None).await,
+        ));
+        if callbacks {
+            let second = format!("{sink_url}/cb");
+            ceilings.push((
+                "ceiling (pull → POST → POST → ack)",
+                ceiling(&js, &env, calls, concurrency, &fn_url, Some(&second)).await,
+            ));
+        }
     }
-    let consumer = ceiling_stream
-        .create_consumer(pull::Config {
-            durable_name: Some("ceiling".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: concurrency as i64,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let http = flotilla_queue::ops::pooled_client::<Full<Bytes>>(Default::default());
-    let uri: hyper::Uri = fn_url.parse().unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let tracker = TaskTracker::new();
-    let cpu_start = cpu_seconds();
-    let start = Instant::now();
-    for _ in 0..if worker_only { 0 } else { calls } {
-        let msg = messages.next().await.unwrap().unwrap();
-        let permit = slots.clone().acquire_owned().await.unwrap();
-        let (http, uri) = (http.clone(), uri.clone());
-        tracker.spawn(async move {
-            let req = hyper::Request::post(uri)
-                .body(Full::new(msg.payload.clone()))
-                .unwrap();
-            let resp = http.request(req).await.unwrap();
-            let _ = resp.into_body().collect().await;
-            msg.ack().await.unwrap();
-            drop(permit);
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
-    let ceiling = calls as f64 / start.elapsed().as_secs_f64();
-    let ceiling_cpu = (cpu_seconds() - cpu_start) / calls as f64;
-    drop(messages);
     fn_count.store(0, Ordering::SeqCst);
+    sink_count.store(0, Ordering::SeqCst);
 
-    // The worker over the same backlog.
-    let subject = subjects::call_subject(0, &function);
-    fill(&js, &subject, &env, calls).await;
-    let config = flotilla_worker::Config::try_parse_from([
-        "flotilla-worker",
-        "--nats-url",
-        &nats.url(),
-        "--function-url-template",
-        &fn_url,
-        "--concurrency",
-        &concurrency.to_string(),
-        "--log",
-        "warn",
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(flotilla_worker::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
-    // Timed from the first call, so the worker's start-up (topology, discovery) is left out.
-    while fn_count.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut worker = None;
+    if !ceiling_only {
+        // The worker over the same backlog.
+        let subject = subjects::call_subject(0, &function);
+        fill(&js, &subject, &env, calls).await;
+        let config = flotilla_worker::Config::try_parse_from([
+            "flotilla-worker",
+            "--nats-url",
+            &nats.url(),
+            "--function-url-template",
+            &fn_url,
+            "--concurrency",
+            &concurrency.to_string(),
+            "--log",
+            "warn",
+        ])
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(flotilla_worker::run(config, listener, async move {
+            let _ = stop_rx.await;
+        }));
+        // Timed from the first call, so the worker's start-up (topology, discovery) is left out.
+        while fn_count.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let start = Instant::now();
+        let cpu_start = cpu_seconds();
+        let target = if callbacks { &sink_count } else { &fn_count };
+        while target.load(Ordering::Relaxed) < calls {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = start.elapsed();
+        worker = Some((
+            calls as f64 / elapsed.as_secs_f64(),
+            (cpu_seconds() - cpu_start) / calls as f64,
+        ));
+        let _ = stop_tx.send(());
+        task.await.unwrap().unwrap();
     }
-    let start = Instant::now();
-    let cpu_start = cpu_seconds();
-    let target = if callbacks { &sink_count } else { &fn_count };
-    while target.load(Ordering::Relaxed) < calls {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = start.elapsed();
-    let worker_rate = calls as f64 / elapsed.as_secs_f64();
-    let worker_cpu = (cpu_seconds() - cpu_start) / calls as f64;
-    let _ = stop_tx.send(());
-    worker.await.unwrap().unwrap();
 
-    println!(
-        "calls {calls}, concurrency {concurrency}, callbacks {callbacks}\n\
-         ceiling (pull → POST → ack): {ceiling:>9.0}/s  {:>6.1} µs CPU per call\n\
-         worker:                      {worker_rate:>9.0}/s  {:>6.1} µs CPU per call\n\
-         ratio: throughput {:.2}, CPU per call {:.2} (CPU counts the worker, the function \
-         server and nats-server)",
-        ceiling_cpu * 1e6,
-        worker_cpu * 1e6,
-        worker_rate / ceiling,
-        ceiling_cpu / worker_cpu
-    );
+    println!("calls {calls}, concurrency {concurrency}, callbacks {callbacks}");
+    for (name, (rate, cpu)) in &ceilings {
+        println!(
+            "{name:<36} {rate:>9.0}/s  {:>6.1} µs CPU per call",
+            cpu * 1e6
+        );
+    }
+    if let Some((rate, cpu)) = worker {
+        println!(
+            "{:<36} {rate:>9.0}/s  {:>6.1} µs CPU per call",
+            "worker",
+            cpu * 1e6
+        );
+        for (name, (c_rate, c_cpu)) in &ceilings {
+            println!(
+                "ratio to {name}: throughput {:.2}, CPU per call {:.2}",
+                rate / c_rate,
+                c_cpu / cpu
+            );
+        }
+    }
+    println!("(CPU counts this process and nats-server: worker, function server and sink)");
 }
