@@ -1,5 +1,7 @@
 //! The fleet on the distributed engine it is meant to scale on: gateway and worker against a
 //! 3-node NATS cluster with the shard streams at three replicas, and one node killed under load.
+// A failed unwrap in a helper is the test failure we want, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Per-function isolation and limits, and replicas of one shard, against a real nats-server: a
 //! slow backlog does not slow a fast function, cluster-wide concurrency and rate limits hold across
 //! replicas, replicas share a backlog and come and go freely, idle consumers are released.
+// A failed unwrap in a helper is the test failure we want, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
