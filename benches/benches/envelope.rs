@@ -5,6 +5,10 @@
 //! To be fair to JSON, the NATS side includes the header block's wire framing
 //! (`NATS/1.0\r\nName: value\r\n...\r\n`) that async-nats writes on publish and parses on
 //! receive; the JSON side is complete once `serde_json` is done.
+//!
+//! `nats_headers_v1` is the envelope's first wire form, one `Flotilla-*` header per control
+//! field, kept here (and still decoded by `Envelope::from_nats`) to show what packing the
+//! control fields into one `Flotilla-Call` header saved.
 
 use std::hint::black_box;
 
@@ -12,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use flotilla_queue::envelope::v1;
 use flotilla_queue::{Envelope, FunctionName};
 use serde::{Deserialize, Serialize};
 
@@ -101,9 +106,30 @@ fn nats_encode(e: &Envelope) -> (Bytes, Bytes) {
     (frame_headers(&h), body)
 }
 
-fn nats_decode(block: &[u8], body: Bytes) -> Envelope {
+/// `function` comes from the message's subject, as the worker's consumer knows it.
+fn nats_decode(function: &FunctionName, block: &[u8], body: Bytes) -> Envelope {
     let h = parse_headers(block);
-    Envelope::from_nats(Some(&h), body).expect("valid envelope")
+    Envelope::from_nats(function.clone(), Some(&h), body).expect("valid envelope")
+}
+
+/// Version 1: one header per control field, as `to_nats` wrote them before.
+fn nats_encode_v1(e: &Envelope) -> (Bytes, Bytes) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(v1::H_VERSION, v1::VERSION);
+    h.insert(v1::H_CALL_ID, e.call_id.as_str());
+    h.insert(v1::H_FUNCTION, e.function.as_str());
+    h.insert(v1::H_METHOD, e.method.as_str());
+    h.insert(v1::H_PATH, e.path.as_str());
+    h.insert(v1::H_QUERY, e.query.as_str());
+    if let Some(cb) = &e.callback_url {
+        h.insert(v1::H_CALLBACK_URL, cb.as_str());
+    }
+    h.insert(v1::H_START_TIME, e.start_time.to_string().as_str());
+    h.insert("Nats-Msg-Id", e.call_id.as_str());
+    for (k, v) in &e.headers {
+        h.append(k.as_str(), v.as_str());
+    }
+    (frame_headers(&h), e.body.clone())
 }
 
 fn to_json(e: &Envelope) -> JsonEnvelope {
@@ -182,6 +208,9 @@ fn encode(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("nats_headers", label), &e, |b, e| {
             b.iter(|| nats_encode(black_box(e)))
         });
+        g.bench_with_input(BenchmarkId::new("nats_headers_v1", label), &e, |b, e| {
+            b.iter(|| nats_encode_v1(black_box(e)))
+        });
         g.bench_with_input(BenchmarkId::new("json_base64", label), &e, |b, e| {
             b.iter(|| json_encode(black_box(e)))
         });
@@ -197,14 +226,22 @@ fn decode(c: &mut Criterion) {
     for (size, label) in SIZES {
         let e = sample(size);
         let (block, body) = nats_encode(&e);
-        assert_eq!(nats_decode(&block, body.clone()).body, e.body);
+        assert_eq!(nats_decode(&e.function, &block, body.clone()), e);
+        let (block_v1, _) = nats_encode_v1(&e);
+        assert_eq!(
+            nats_decode(&e.function, &block_v1, body.clone()).call_id,
+            e.call_id
+        );
         let json = json_encode(&e);
         assert_eq!(json_decode(&json).body, e.body);
         let json_bytes = json_bytes_encode(&e);
         assert_eq!(json_bytes_decode(&json_bytes).body, e.body);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(BenchmarkId::new("nats_headers", label), |b| {
-            b.iter(|| nats_decode(black_box(&block), body.clone()))
+            b.iter(|| nats_decode(&e.function, black_box(&block), body.clone()))
+        });
+        g.bench_function(BenchmarkId::new("nats_headers_v1", label), |b| {
+            b.iter(|| nats_decode(&e.function, black_box(&block_v1), body.clone()))
         });
         g.bench_function(BenchmarkId::new("json_base64", label), |b| {
             b.iter(|| json_decode(black_box(&json)))
@@ -222,8 +259,9 @@ fn wire_sizes(_: &mut Criterion) {
         let e = sample(size);
         let (block, body) = nats_encode(&e);
         println!(
-            "wire size {label}: nats_headers {} B, json_base64 {} B, json_byte_array {} B",
+            "wire size {label}: nats_headers {} B, nats_headers_v1 {} B, json_base64 {} B, json_byte_array {} B",
             block.len() + body.len(),
+            nats_encode_v1(&e).0.len() + body.len(),
             json_encode(&e).len(),
             json_bytes_encode(&e).len()
         );

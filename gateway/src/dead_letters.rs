@@ -229,10 +229,15 @@ impl Letter {
 
     fn item(&self) -> Item {
         let text = |name: &str| self.header(name).map(str::to_owned);
+        // A poison letter may have no readable control fields; it is listed without them.
+        let call = envelope::Control::of(&self.headers).ok();
+        let call = call.as_ref();
+        let owned = |v: Option<&str>| v.map(str::to_owned);
+        let nonempty = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_owned);
         Item {
             sequence: self.sequence,
             function: function_of_dead_subject(&self.subject).to_owned(),
-            call_id: text(envelope::H_CALL_ID),
+            call_id: owned(call.map(|c| c.call_id)),
             kind: text(dl::H_KIND),
             reason: text(dl::H_REASON),
             attempts: self.parsed(dl::H_ATTEMPTS),
@@ -241,10 +246,10 @@ impl Letter {
             origin_stream: text(dl::H_STREAM),
             origin_sequence: self.parsed(dl::H_SEQUENCE),
             origin_subject: text(dl::H_SUBJECT),
-            method: text(envelope::H_METHOD),
-            path: text(envelope::H_PATH),
-            query: text(envelope::H_QUERY),
-            callback_url: text(envelope::H_CALLBACK_URL),
+            method: owned(call.map(|c| c.method)),
+            path: nonempty(call.map(|c| c.path)),
+            query: nonempty(call.map(|c| c.query)),
+            callback_url: owned(call.and_then(|c| c.callback_url)),
             body_bytes: self.parsed(NATS_MSG_SIZE),
         }
     }
@@ -435,6 +440,8 @@ enum LetterError {
     NotFound,
     #[error("not replayable: {0}")]
     Poison(#[from] flotilla_queue::EnvelopeError),
+    #[error("not replayable: its subject names no valid function")]
+    NoFunction,
     #[error("dead letter could not be read: {0}")]
     Read(String),
     #[error("enqueue failed: {0}")]
@@ -446,7 +453,7 @@ enum LetterError {
 impl LetterError {
     /// Skipped letters need no retry; failed ones may succeed when asked again.
     fn is_skip(&self) -> bool {
-        matches!(self, Self::NotFound | Self::Poison(_))
+        matches!(self, Self::NotFound | Self::Poison(_) | Self::NoFunction)
     }
 }
 
@@ -535,12 +542,17 @@ async fn replay_one(
         Err(e) => return ("unknown".into(), Err(LetterError::Read(e.to_string()))),
     };
     let msg_id = replay_msg_id(sequence, &letter.headers);
-    let mut call = match Envelope::from_nats(Some(&letter.headers), letter.payload) {
+    // The dead-letter subject names the function (`_invalid` when the message named none).
+    let named = function_of_dead_subject(letter.subject.as_str());
+    let decoded = FunctionName::parse(named)
+        .map_err(|_| LetterError::NoFunction)
+        .and_then(|function| {
+            Envelope::from_nats(function, Some(&letter.headers), letter.payload)
+                .map_err(LetterError::from)
+        });
+    let mut call = match decoded {
         Ok(call) => call,
-        Err(e) => {
-            let function = function_of_dead_subject(letter.subject.as_str()).to_owned();
-            return (function, Err(e.into()));
-        }
+        Err(e) => return (named.to_owned(), Err(e)),
     };
     // A fresh retry budget; everything else (call id, callback URL, start time, headers, body)
     // is the original call's. `to_nats` writes no `Flotilla-Dead-*` header.

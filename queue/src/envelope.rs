@@ -1,34 +1,61 @@
-//! The envelope: how an asynchronous call travels through JetStream. Control fields are NATS
-//! headers named `Flotilla-*`; the request's own headers travel as NATS headers under their own
-//! names; the body is the raw NATS payload. No JSON, no copy of the body: `benches/` measured this
-//! against a JSON envelope (see `docs/benchmarks.md`).
+//! The envelope: how an asynchronous call travels through JetStream. The call's control fields
+//! travel packed in one NATS header, `Flotilla-Call`; the request's own headers travel as NATS
+//! headers under their own names; the body is the raw NATS payload; the function is the subject's
+//! last token (`flotilla.call.<shard>.<function>`), so it is not repeated. No JSON, no copy of the
+//! body. `benches/` measured this against a JSON envelope and against one header per control
+//! field (see `docs/benchmarks.md`): nats-server and async-nats parse and allocate per header,
+//! so fewer headers is what makes the envelope cheap.
+//!
+//! `Flotilla-Call` (version 2) is
+//! `2 <start> <attempt> <call-id> <path> <query> <callback> <method>`, one space between fields:
+//! `<start>` (Unix nanoseconds) and `<attempt>` (attempts already made) in decimal; `<call-id>`,
+//! `<path>`, `<query>` and `<callback>` each as `<byte length>:<bytes>`, so any value (spaces
+//! included) is unambiguous; `<callback>` is `-` when there is none; `<method>` last, letters
+//! only, so the value never ends in whitespace (NATS trims it). Values never hold CR or LF (they
+//! cannot reach an `http` header or URI). `Flotilla-Retry-At` stays a header of its own: only
+//! waiting retries carry it, and the retry consumer reads it before decoding.
+//!
+//! Version 1 (one `Flotilla-*` header per field, `Flotilla-Version: 1`) is still read, so calls
+//! and dead letters stored before an upgrade run and replay; it is never written.
 //!
 //! Invariant: request headers named `Nats-*` or `Flotilla-*`, and hop-by-hop headers, never enter
 //! the envelope; the first would steer JetStream, the second would forge control fields.
 
-use async_nats::HeaderMap;
+use std::fmt::Write as _;
+
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
 use crate::names::FunctionName;
 
-pub const H_VERSION: &str = "Flotilla-Version";
-pub const H_CALL_ID: &str = "Flotilla-Call-Id";
-pub const H_FUNCTION: &str = "Flotilla-Function";
-pub const H_METHOD: &str = "Flotilla-Method";
-pub const H_PATH: &str = "Flotilla-Path";
-pub const H_QUERY: &str = "Flotilla-Query";
-pub const H_CALLBACK_URL: &str = "Flotilla-Callback-Url";
-pub const H_START_TIME: &str = "Flotilla-Start-Time";
-/// Attempts already made before this message was published (0 for a fresh call); a replay or a
-/// retry re-published elsewhere carries its count here.
-pub const H_ATTEMPT: &str = "Flotilla-Attempt";
+/// The packed control fields (format in the module docs).
+pub const H_CALL: &str = "Flotilla-Call";
 /// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects;
 /// like every `Flotilla-*` header it never reaches a function.
 pub const H_RETRY_AT: &str = "Flotilla-Retry-At";
 /// JetStream's de-duplication id.
 pub const H_NATS_MSG_ID: &str = "Nats-Msg-Id";
 
-pub const VERSION: &str = "1";
+/// The version `to_nats` writes, first field of `Flotilla-Call`.
+pub const VERSION: &str = "2";
+
+const CALL: HeaderName = HeaderName::from_static(H_CALL);
+const NATS_MSG_ID: HeaderName = HeaderName::from_static(H_NATS_MSG_ID);
+
+/// Header names of version 1, read (never written) so that messages stored before an upgrade
+/// still decode.
+pub mod v1 {
+    pub const H_VERSION: &str = "Flotilla-Version";
+    pub const H_CALL_ID: &str = "Flotilla-Call-Id";
+    pub const H_FUNCTION: &str = "Flotilla-Function";
+    pub const H_METHOD: &str = "Flotilla-Method";
+    pub const H_PATH: &str = "Flotilla-Path";
+    pub const H_QUERY: &str = "Flotilla-Query";
+    pub const H_CALLBACK_URL: &str = "Flotilla-Callback-Url";
+    pub const H_START_TIME: &str = "Flotilla-Start-Time";
+    pub const H_ATTEMPT: &str = "Flotilla-Attempt";
+    pub const VERSION: &str = "1";
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the transport recomputes.
 pub const HOP_BY_HOP: &[&str] = &[
@@ -60,6 +87,7 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub call_id: String,
+    /// From the subject the message was published to; not stored in the headers.
     pub function: FunctionName,
     pub method: String,
     /// Path suffix after `/async-function/<name>`, starting with '/' or empty.
@@ -69,8 +97,11 @@ pub struct Envelope {
     pub callback_url: Option<String>,
     /// Unix nanoseconds at which the gateway accepted the call (`X-Start-Time`).
     pub start_time: u128,
+    /// Attempts already made before this message was published (0 for a fresh call); a retry
+    /// waiting in the retry subject carries its count here.
     pub attempt: u32,
-    /// The request's forwardable headers, in order, repeated names kept.
+    /// The request's forwardable headers, repeated names kept in order (NATS keeps the order of
+    /// one name's values, not the order between names).
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
 }
@@ -82,36 +113,50 @@ pub enum EnvelopeError {
     NoHeaders,
     #[error("header {0} is missing")]
     Missing(&'static str),
+    /// A version 1 header that does not parse.
     #[error("header {0} is malformed")]
     Malformed(&'static str),
+    /// `Flotilla-Call` does not parse; the text names the field.
+    #[error("header Flotilla-Call is malformed: {0}")]
+    Control(&'static str),
     #[error("envelope version {0} is not understood by this worker")]
     Version(String),
 }
 
+/// The control fields of a stored call, borrowed from its headers: what listing dead letters
+/// needs without decoding the whole envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control<'a> {
+    pub call_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub callback_url: Option<&'a str>,
+    pub start_time: u128,
+    pub attempt: u32,
+    /// `Flotilla-Function` of a version 1 message; version 2 leaves the function to the subject.
+    v1_function: Option<&'a str>,
+}
+
+impl Control<'_> {
+    /// The control fields of the message with `headers`, version 2 or 1.
+    pub fn of(headers: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
+        match headers.get(H_CALL) {
+            Some(packed) => parse_packed(packed.as_str()),
+            None => parse_v1(headers),
+        }
+    }
+}
+
 impl Envelope {
     /// NATS headers and payload for this call. `dedup_key`, when present, becomes `Nats-Msg-Id`
-    /// so JetStream drops a second publish within its window.
+    /// so JetStream drops a second publish within its window. The subject must be the function's
+    /// (`subjects::call_subject` or `subjects::retry_subject`): it is where the function travels.
     pub fn to_nats(&self, dedup_key: Option<&str>) -> (HeaderMap, Bytes) {
         let mut h = HeaderMap::new();
-        h.insert(H_VERSION, VERSION);
-        h.insert(H_CALL_ID, self.call_id.as_str());
-        h.insert(H_FUNCTION, self.function.as_str());
-        h.insert(H_METHOD, self.method.as_str());
-        if !self.path.is_empty() {
-            h.insert(H_PATH, self.path.as_str());
-        }
-        if !self.query.is_empty() {
-            h.insert(H_QUERY, self.query.as_str());
-        }
-        if let Some(cb) = &self.callback_url {
-            h.insert(H_CALLBACK_URL, cb.as_str());
-        }
-        h.insert(H_START_TIME, self.start_time.to_string().as_str());
-        if self.attempt > 0 {
-            h.insert(H_ATTEMPT, self.attempt.to_string().as_str());
-        }
+        h.insert(CALL, self.packed_control());
         if let Some(key) = dedup_key {
-            h.insert(H_NATS_MSG_ID, key);
+            h.insert(NATS_MSG_ID, key);
         }
         for (k, v) in &self.headers {
             h.append(k.as_str(), v.as_str());
@@ -119,36 +164,41 @@ impl Envelope {
         (h, self.body.clone())
     }
 
-    /// Reads a message back. Fails, with a reason fit for a dead letter, on anything malformed.
-    pub fn from_nats(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Self, EnvelopeError> {
+    /// The value of `Flotilla-Call`.
+    fn packed_control(&self) -> String {
+        let cb_len = self.callback_url.as_ref().map_or(0, String::len);
+        let mut s = String::with_capacity(
+            64 + self.call_id.len() + self.path.len() + self.query.len() + cb_len,
+        );
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{VERSION} {} {} ", self.start_time, self.attempt);
+        push_sized(&mut s, &self.call_id);
+        s.push(' ');
+        push_sized(&mut s, &self.path);
+        s.push(' ');
+        push_sized(&mut s, &self.query);
+        s.push(' ');
+        match &self.callback_url {
+            Some(url) => push_sized(&mut s, url),
+            None => s.push('-'),
+        }
+        s.push(' ');
+        s.push_str(&self.method);
+        s
+    }
+
+    /// Reads a message back; `function` is the one its subject names. Fails, with a reason fit
+    /// for a dead letter, on anything malformed.
+    pub fn from_nats(
+        function: FunctionName,
+        headers: Option<&HeaderMap>,
+        payload: Bytes,
+    ) -> Result<Self, EnvelopeError> {
         let h = headers.ok_or(EnvelopeError::NoHeaders)?;
-        let get = |name: &'static str| h.get(name).map(|v| v.as_str());
-        let need = |name: &'static str| get(name).ok_or(EnvelopeError::Missing(name));
-        let version = need(H_VERSION)?;
-        if version != VERSION {
-            return Err(EnvelopeError::Version(version.to_owned()));
+        let c = Control::of(h)?;
+        if c.v1_function.is_some_and(|f| f != function.as_str()) {
+            return Err(EnvelopeError::Malformed(v1::H_FUNCTION));
         }
-        let call_id = need(H_CALL_ID)?;
-        if call_id.is_empty() {
-            return Err(EnvelopeError::Malformed(H_CALL_ID));
-        }
-        let function = FunctionName::parse(need(H_FUNCTION)?)
-            .map_err(|_| EnvelopeError::Malformed(H_FUNCTION))?;
-        let method = need(H_METHOD)?;
-        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(EnvelopeError::Malformed(H_METHOD));
-        }
-        let path = get(H_PATH).unwrap_or("");
-        if !(path.is_empty() || path.starts_with('/')) {
-            return Err(EnvelopeError::Malformed(H_PATH));
-        }
-        let start_time = need(H_START_TIME)?
-            .parse()
-            .map_err(|_| EnvelopeError::Malformed(H_START_TIME))?;
-        let attempt = match get(H_ATTEMPT) {
-            None => 0,
-            Some(a) => a.parse().map_err(|_| EnvelopeError::Malformed(H_ATTEMPT))?,
-        };
         let mut headers = Vec::new();
         for (name, values) in h.iter() {
             let name: &str = name.as_ref();
@@ -160,33 +210,186 @@ impl Envelope {
             }
         }
         Ok(Self {
-            call_id: call_id.to_owned(),
+            call_id: c.call_id.to_owned(),
             function,
-            method: method.to_owned(),
-            path: path.to_owned(),
-            query: get(H_QUERY).unwrap_or("").to_owned(),
-            callback_url: get(H_CALLBACK_URL).map(str::to_owned),
-            start_time,
-            attempt,
+            method: c.method.to_owned(),
+            path: c.path.to_owned(),
+            query: c.query.to_owned(),
+            callback_url: c.callback_url.map(str::to_owned),
+            start_time: c.start_time,
+            attempt: c.attempt,
             headers,
             body: payload,
         })
     }
 }
 
-/// A fresh call id (UUID v4, as OpenFaaS issues).
+fn push_sized(s: &mut String, value: &str) {
+    let _ = write!(s, "{}:", value.len());
+    s.push_str(value);
+}
+
+/// Reads `Flotilla-Call`, strictly: every field present and well formed, nothing left over.
+fn parse_packed(packed: &str) -> Result<Control<'_>, EnvelopeError> {
+    let mut p = Packed(packed);
+    let version = p.token();
+    if version != VERSION {
+        return Err(EnvelopeError::Version(version.to_owned()));
+    }
+    let start_time = decimal(p.token()).ok_or(EnvelopeError::Control("start time"))?;
+    let attempt = decimal(p.token()).ok_or(EnvelopeError::Control("attempt"))?;
+    let call_id = p.sized().ok_or(EnvelopeError::Control("call id"))?;
+    if call_id.is_empty() {
+        return Err(EnvelopeError::Control("call id"));
+    }
+    let path = p.sized().ok_or(EnvelopeError::Control("path"))?;
+    check_path(path).ok_or(EnvelopeError::Control("path"))?;
+    let query = p.sized().ok_or(EnvelopeError::Control("query"))?;
+    let callback_url = if p.0.starts_with("- ") {
+        p.0 = &p.0[2..];
+        None
+    } else {
+        Some(p.sized().ok_or(EnvelopeError::Control("callback URL"))?)
+    };
+    // The rest is the method: nothing may follow it.
+    let method = p.0;
+    check_method(method).ok_or(EnvelopeError::Control("method"))?;
+    Ok(Control {
+        call_id,
+        method,
+        path,
+        query,
+        callback_url,
+        start_time,
+        attempt,
+        v1_function: None,
+    })
+}
+
+/// A cursor over `Flotilla-Call`.
+struct Packed<'a>(&'a str);
+
+impl<'a> Packed<'a> {
+    /// Up to the next space (consumed), or the rest.
+    fn token(&mut self) -> &'a str {
+        match self.0.split_once(' ') {
+            Some((t, rest)) => {
+                self.0 = rest;
+                t
+            }
+            None => std::mem::take(&mut self.0),
+        }
+    }
+
+    /// `<length>:<bytes>` followed by a space (consumed).
+    fn sized(&mut self) -> Option<&'a str> {
+        let (len, rest) = self.0.split_once(':')?;
+        let len: usize = decimal(len)?;
+        let value = rest.get(..len)?;
+        self.0 = rest[len..].strip_prefix(' ')?;
+        Some(value)
+    }
+}
+
+/// Digits only (no sign, no space), fitting `T`.
+fn decimal<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn check_path(path: &str) -> Option<()> {
+    (path.is_empty() || path.starts_with('/')).then_some(())
+}
+
+fn check_method(method: &str) -> Option<()> {
+    (!method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic())).then_some(())
+}
+
+/// Reads the one-header-per-field layout of version 1.
+fn parse_v1(h: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
+    let get = |name: &'static str| h.get(name).map(|v| v.as_str());
+    let need = |name: &'static str| get(name).ok_or(EnvelopeError::Missing(name));
+    let Some(version) = get(v1::H_VERSION) else {
+        return Err(EnvelopeError::Missing(H_CALL));
+    };
+    if version != v1::VERSION {
+        return Err(EnvelopeError::Version(version.to_owned()));
+    }
+    let call_id = need(v1::H_CALL_ID)?;
+    if call_id.is_empty() {
+        return Err(EnvelopeError::Malformed(v1::H_CALL_ID));
+    }
+    let v1_function = need(v1::H_FUNCTION)?;
+    let method = need(v1::H_METHOD)?;
+    check_method(method).ok_or(EnvelopeError::Malformed(v1::H_METHOD))?;
+    let path = get(v1::H_PATH).unwrap_or("");
+    check_path(path).ok_or(EnvelopeError::Malformed(v1::H_PATH))?;
+    let start_time = need(v1::H_START_TIME)?
+        .parse()
+        .map_err(|_| EnvelopeError::Malformed(v1::H_START_TIME))?;
+    let attempt = match get(v1::H_ATTEMPT) {
+        None => 0,
+        Some(a) => a
+            .parse()
+            .map_err(|_| EnvelopeError::Malformed(v1::H_ATTEMPT))?,
+    };
+    Ok(Control {
+        call_id,
+        method,
+        path,
+        query: get(v1::H_QUERY).unwrap_or(""),
+        callback_url: get(v1::H_CALLBACK_URL),
+        start_time,
+        attempt,
+        v1_function: Some(v1_function),
+    })
+}
+
+thread_local! {
+    /// Operating-system randomness fetched 64 ids at a time: a `getrandom` call per id was a
+    /// measurable share of an enqueue. The bytes are as good as `Uuid::new_v4`'s.
+    static RANDOM: std::cell::RefCell<([u8; RANDOM_BYTES], usize)> =
+        const { std::cell::RefCell::new(([0; RANDOM_BYTES], RANDOM_BYTES)) };
+}
+const RANDOM_BYTES: usize = 16 * 64;
+
+/// A fresh call id (UUID v4, as OpenFaaS issues), from operating-system randomness.
 pub fn new_call_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let bytes = RANDOM.with_borrow_mut(|(buf, used)| {
+        if *used == RANDOM_BYTES {
+            if getrandom::fill(buf).is_err() {
+                // No OS randomness is fatal elsewhere too; uuid reports it the same way.
+                return None;
+            }
+            *used = 0;
+        }
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&buf[*used..*used + 16]);
+        *used += 16;
+        Some(b)
+    });
+    let uuid = match bytes {
+        Some(b) => uuid::Builder::from_random_bytes(b).into_uuid(),
+        None => uuid::Uuid::new_v4(),
+    };
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn echo() -> FunctionName {
+        FunctionName::parse("echo.ns").unwrap()
+    }
+
     fn sample() -> Envelope {
         Envelope {
             call_id: "c-1".into(),
-            function: FunctionName::parse("echo.ns").unwrap(),
+            function: echo(),
             method: "POST".into(),
             path: "/a/b".into(),
             query: "x=1&y=2".into(),
@@ -202,39 +405,206 @@ mod tests {
         }
     }
 
+    /// `e` with its headers sorted: a NATS header map keeps the order of one name's values, not
+    /// the order between names.
+    fn sorted(mut e: Envelope) -> Envelope {
+        e.headers.sort();
+        e
+    }
+
+    fn decode(h: &HeaderMap) -> Result<Envelope, EnvelopeError> {
+        Envelope::from_nats(echo(), Some(h), Bytes::new())
+    }
+
+    /// Headers holding only `Flotilla-Call: <packed>`.
+    fn packed(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(H_CALL, value);
+        h
+    }
+
     #[test]
     fn round_trips() {
         let e = sample();
         let (h, body) = e.to_nats(Some("key"));
         assert_eq!(h.get(H_NATS_MSG_ID).unwrap().as_str(), "key");
-        let back = Envelope::from_nats(Some(&h), body).unwrap();
-        assert_eq!(back, e);
+        let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
+        assert_eq!(sorted(back), sorted(e));
+    }
+
+    #[test]
+    fn round_trips_empty_and_awkward_values() {
+        let mut e = sample();
+        e.path = String::new();
+        e.query = String::new();
+        e.callback_url = None;
+        e.attempt = 0;
+        e.headers.clear();
+        let (h, body) = e.to_nats(None);
+        assert_eq!(
+            sorted(Envelope::from_nats(echo(), Some(&h), body).unwrap()),
+            sorted(e)
+        );
+
+        // Separators, length-like text and multi-byte characters inside values.
+        let mut e = sample();
+        e.call_id = "id with spaces 3:x -".into();
+        e.path = "/p q/1:2".into();
+        e.query = "a= b&é=ü".into();
+        e.callback_url = Some(String::new());
+        e.method = "PATCH".into();
+        e.start_time = u128::MAX;
+        e.attempt = u32::MAX;
+        let (h, body) = e.to_nats(None);
+        assert_eq!(
+            sorted(Envelope::from_nats(echo(), Some(&h), body).unwrap()),
+            sorted(e)
+        );
+    }
+
+    #[test]
+    fn wire_form_is_one_control_header() {
+        let (h, _) = sample().to_nats(Some("k"));
+        assert_eq!(
+            h.get(H_CALL).unwrap().as_str(),
+            "2 1700000000123456789 2 3:c-1 4:/a/b 7:x=1&y=2 21:http://127.0.0.1:9/cb POST"
+        );
+        let names: Vec<String> = h.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let mut e = sample();
+        e.callback_url = None;
+        let (h, _) = e.to_nats(None);
+        assert_eq!(
+            h.get(H_CALL).unwrap().as_str(),
+            "2 1700000000123456789 2 3:c-1 4:/a/b 7:x=1&y=2 - POST"
+        );
     }
 
     #[test]
     fn refuses_poison() {
         assert_eq!(
-            Envelope::from_nats(None, Bytes::new()),
+            Envelope::from_nats(echo(), None, Bytes::new()),
             Err(EnvelopeError::NoHeaders)
         );
-        let (mut h, _) = sample().to_nats(None);
-        h.insert(H_FUNCTION, "a b");
         assert_eq!(
-            Envelope::from_nats(Some(&h), Bytes::new()),
-            Err(EnvelopeError::Malformed(H_FUNCTION))
+            decode(&HeaderMap::new()),
+            Err(EnvelopeError::Missing(H_CALL))
         );
-        let (mut h, _) = sample().to_nats(None);
-        h.insert(H_VERSION, "9");
-        assert!(matches!(
-            Envelope::from_nats(Some(&h), Bytes::new()),
-            Err(EnvelopeError::Version(_))
-        ));
+        assert_eq!(
+            decode(&packed("9 1 0 1:c 0: 0: - POST")),
+            Err(EnvelopeError::Version("9".into()))
+        );
+        let bad = [
+            ("2", "start time"),
+            ("2 x 0 1:c 0: 0: - POST", "start time"),
+            ("2 +1 0 1:c 0: 0: - POST", "start time"),
+            ("2 1 -1 1:c 0: 0: - POST", "attempt"),
+            ("2 1 4294967296 1:c 0: 0: - POST", "attempt"),
+            ("2 1 0 0: 0: 0: - POST", "call id"),
+            ("2 1 0 c 0: 0: - POST", "call id"),
+            ("2 1 0 99:c 0: 0: - POST", "call id"),
+            ("2 1 0 1:cc 0: 0: - POST", "call id"),
+            ("2 1 0 99999999999999999999999:c 0: 0: - POST", "call id"),
+            ("2 1 0 1:c 1:a 0: - POST", "path"),
+            ("2 1 0 1:c 0: 0:  - POST", "callback URL"),
+            ("2 1 0 1:c 0: 0: -", "callback URL"),
+            ("2 1 0 1:c 0: 1:é - POST", "query"),
+            ("2 1 0 1:c 0: 0: - ", "method"),
+            ("2 1 0 1:c 0: 0: - POST ", "method"),
+            ("2 1 0 1:c 0: 0: - POST x", "method"),
+            ("2 1 0 1:c 0: 0: - P0ST", "method"),
+            ("2 1 0 1:c 0: 0: 30:x - POST", "callback URL"),
+        ];
+        for (value, field) in bad {
+            assert_eq!(
+                decode(&packed(value)),
+                Err(EnvelopeError::Control(field)),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            decode(&packed("2 1 0 1:c 0: 0: - POST")).unwrap().call_id,
+            "c"
+        );
+        // A reason fit for a dead letter names the header and the field.
+        assert_eq!(
+            EnvelopeError::Control("path").to_string(),
+            "header Flotilla-Call is malformed: path"
+        );
+    }
+
+    fn v1_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(H_VERSION, VERSION);
+        h.insert(v1::H_VERSION, "1");
+        h.insert(v1::H_CALL_ID, "c-1");
+        h.insert(v1::H_FUNCTION, "echo.ns");
+        h.insert(v1::H_METHOD, "POST");
+        h.insert(v1::H_PATH, "/a/b");
+        h.insert(v1::H_QUERY, "x=1&y=2");
+        h.insert(v1::H_CALLBACK_URL, "http://127.0.0.1:9/cb");
+        h.insert(v1::H_START_TIME, "1700000000123456789");
+        h.insert(v1::H_ATTEMPT, "2");
+        h.append("Content-Type", "text/plain");
+        h.append("X-Multi", "1");
+        h.append("X-Multi", "2");
+        h
+    }
+
+    #[test]
+    fn reads_version_1() {
+        let h = v1_headers();
+        let e = Envelope::from_nats(echo(), Some(&h), Bytes::from_static(b"hello")).unwrap();
+        assert_eq!(sorted(e.clone()), sorted(sample()));
+        // Written back as version 2.
+        let (h2, _) = e.to_nats(None);
+        assert!(h2.get(v1::H_VERSION).is_none() && h2.get(H_CALL).is_some());
+
+        let other = FunctionName::parse("other").unwrap();
         assert_eq!(
-            Envelope::from_nats(Some(&h), Bytes::new()),
-            Err(EnvelopeError::Missing(H_CALL_ID))
+            Envelope::from_nats(other, Some(&h), Bytes::new()),
+            Err(EnvelopeError::Malformed(v1::H_FUNCTION))
         );
+        let mut h = v1_headers();
+        h.insert(v1::H_METHOD, "P T");
+        assert_eq!(decode(&h), Err(EnvelopeError::Malformed(v1::H_METHOD)));
+        let mut h = v1_headers();
+        h.insert(v1::H_VERSION, "7");
+        assert_eq!(decode(&h), Err(EnvelopeError::Version("7".into())));
+        let mut h = HeaderMap::new();
+        h.insert(v1::H_VERSION, "1");
+        assert_eq!(decode(&h), Err(EnvelopeError::Missing(v1::H_CALL_ID)));
+    }
+
+    #[test]
+    fn control_fields_read_without_decoding_the_rest() {
+        let (mut h, _) = sample().to_nats(None);
+        h.insert("Flotilla-Dead-Reason", "boom");
+        let c = Control::of(&h).unwrap();
+        assert_eq!(
+            (c.call_id, c.method, c.path, c.query, c.callback_url),
+            (
+                "c-1",
+                "POST",
+                "/a/b",
+                "x=1&y=2",
+                Some("http://127.0.0.1:9/cb")
+            )
+        );
+        assert_eq!((c.start_time, c.attempt), (1_700_000_000_123_456_789, 2));
+        assert_eq!(Control::of(&v1_headers()).unwrap().call_id, "c-1");
+    }
+
+    #[test]
+    fn call_ids_are_distinct_uuid_v4() {
+        // More than one batch of buffered randomness.
+        let ids: std::collections::HashSet<String> = (0..200).map(|_| new_call_id()).collect();
+        assert_eq!(ids.len(), 200);
+        for id in &ids {
+            let u = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(u.get_version_num(), 4, "{id}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, &u.hyphenated().to_string());
+        }
     }
 
     #[test]
@@ -243,6 +613,7 @@ mod tests {
             "Nats-Msg-Id",
             "nats-expected-stream",
             "FLOTILLA-Call-Id",
+            "flotilla-call",
             "Connection",
             "te",
         ] {

@@ -3,6 +3,7 @@
 //! and its callback are settled, keeping the message alive with progress acks meanwhile.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,14 +34,14 @@ static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 /// Which attempt of a call this is. A retry policy reads it to decide whether another
 /// attempt is allowed.
 ///
-/// Attempts are counted from the envelope (`Flotilla-Attempt`, set when a failed attempt is
+/// Attempts are counted from the envelope (its attempt field, set when a failed attempt is
 /// stored as a retry), never from JetStream's delivery count: a redelivery after a worker crash
 /// or a hand-back repeats the interrupted attempt instead of starting a new one. So a crash never
 /// uses up the retry budget, and `X-Retry` never exceeds `X-Retry-Max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
-    /// Attempts made before this message was published (`Flotilla-Attempt`: a re-published retry
-    /// carries its count; a fresh or replayed call 0).
+    /// Attempts made before this message was published (the envelope's attempt: a re-published
+    /// retry carries its count; a fresh or replayed call 0).
     pub earlier: u32,
     /// JetStream deliveries of this message, this one included (1 on the first).
     pub delivered: u32,
@@ -235,8 +236,9 @@ pub(crate) async fn keep_alive<F: Future>(
             out = &mut work => return Some(out),
             _ = abandon.cancelled() => return None,
             _ = tokio::time::sleep_until(next) => {
-                // Fire and forget: a lost progress ack costs at worst a redelivery.
-                let _ = msg.ack_with(AckKind::Progress).await;
+                // Fire and forget: a lost progress ack costs at worst a redelivery. Boxed: it is
+                // rare, and its state would otherwise enlarge every call's task.
+                let _ = Box::pin(msg.ack_with(AckKind::Progress)).await;
                 next = Instant::now() + every;
             }
         }
@@ -259,12 +261,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Hands a message back to NATS for another replica (or this one, later).
-pub(crate) async fn hand_back(shared: &Shared, msg: &jetstream::Message) {
-    shared.metrics.handed_back.increment(1);
-    if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
-        tracing::debug!(%error, "nak failed; the message returns after ack_wait");
-    }
+/// Hands a message back to NATS for another replica (or this one, later). Boxed: it is rare, and
+/// its state would otherwise enlarge every call's task, which is allocated at the size of its
+/// largest state.
+pub(crate) fn hand_back<'a>(
+    shared: &'a Shared,
+    msg: &'a jetstream::Message,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        shared.metrics.handed_back.increment(1);
+        if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(%error, "nak failed; the message returns after ack_wait");
+        }
+    })
 }
 
 /// The task of one call. `slot` is the function's per-replica concurrency slot; it is released
@@ -287,16 +296,10 @@ pub(crate) async fn handle(
         }
         Err(_) => (1, 0),
     };
-    let env = match Envelope::from_nats(msg.headers.as_ref(), msg.payload.clone()) {
-        Ok(env) if env.function == func.name => env,
-        Ok(env) => {
-            let reason = format!(
-                "envelope names function {} but was published for {}",
-                env.function, func.name
-            );
-            dead::poison(&shared, &msg, func.shard, sequence, &reason).await;
-            return;
-        }
+    // The consumer filters on the function's subject, which is where the envelope's function is.
+    let decoded = Envelope::from_nats(func.name.clone(), msg.headers.as_ref(), msg.payload.clone());
+    let env = match decoded {
+        Ok(env) => env,
         Err(e) => {
             dead::poison(&shared, &msg, func.shard, sequence, &e.to_string()).await;
             return;
@@ -329,7 +332,9 @@ pub(crate) async fn handle(
             // The function is done with this attempt; storing the retry needs no slot.
             drop(slot);
             let stream = subjects::call_stream(func.shard);
-            let stored = retry::schedule(
+            // Boxed, like the other rare branches: a call's task is allocated at the size of
+            // its largest state, and every call pays for it.
+            let stored = Box::pin(retry::schedule(
                 &shared,
                 func.shard,
                 &env,
@@ -337,7 +342,7 @@ pub(crate) async fn handle(
                 delay,
                 &stream,
                 sequence,
-            );
+            ));
             match keep_alive(&msg, every, &shared.hard, stored).await {
                 Some(Ok(())) => {
                     func.metrics.retries_scheduled.increment(1);
@@ -359,14 +364,14 @@ pub(crate) async fn handle(
             return;
         }
         Next::DeadLetter => {
-            let written = dead::exhausted(
+            let written = Box::pin(dead::exhausted(
                 &shared,
                 &msg,
                 func.shard,
                 sequence,
                 &outcome,
                 policy.attempts,
-            );
+            ));
             match keep_alive(&msg, every, &shared.hard, written).await {
                 Some(Ok(())) => {}
                 Some(Err(error)) => {
@@ -483,5 +488,21 @@ mod tests {
             d > Duration::from_secs(27) && d <= Duration::from_secs(30),
             "{d:?}"
         );
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn probe() {
+        fn sz<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn sz5<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        eprintln!("handle future: {} bytes", sz(super::handle));
+        eprintln!("invoke future: {} bytes", sz5(super::invoke));
+        eprintln!("poison future: {} bytes", sz5(crate::dead::poison));
+        eprintln!("msg {} env {} outcome {}", std::mem::size_of::<async_nats::jetstream::Message>(), std::mem::size_of::<flotilla_queue::Envelope>(), std::mem::size_of::<super::Outcome>());
     }
 }

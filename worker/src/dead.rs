@@ -10,7 +10,6 @@ use async_nats::jetstream::stream::Stream as JsStream;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
-use flotilla_queue::envelope::H_FUNCTION;
 use flotilla_queue::{FunctionName, subjects, time};
 
 use crate::Shared;
@@ -34,15 +33,9 @@ pub(crate) struct Letter<'a> {
 
 /// Writes the dead letter and waits for JetStream's PubAck.
 pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> {
-    let function = l
-        .headers
-        .and_then(|h| h.get(H_FUNCTION))
-        .map(|v| v.as_str().to_owned())
-        .or_else(|| {
-            subjects::function_of_subject(l.shard, l.subject)
-                .or_else(|| subjects::function_of_retry_subject(l.shard, l.subject))
-                .map(|f| f.to_string())
-        })
+    let function = subjects::function_of_subject(l.shard, l.subject)
+        .or_else(|| subjects::function_of_retry_subject(l.shard, l.subject))
+        .map(|f| f.to_string())
         .unwrap_or_default();
     let stream = subjects::call_stream(l.shard);
     let mut headers = HeaderMap::new();

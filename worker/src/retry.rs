@@ -269,14 +269,8 @@ fn classify(msg: &jetstream::Message, shard: u32, now: u128) -> Waiting {
         Some(Err(_)) => return Waiting::Poison(format!("retry header {H_RETRY_AT} is malformed")),
         Some(Ok(due)) => due,
     };
-    let env = match Envelope::from_nats(msg.headers.as_ref(), msg.payload.clone()) {
-        Ok(env) if env.function == function => env,
-        Ok(env) => {
-            return Waiting::Poison(format!(
-                "envelope names function {} but the retry waits for {function}",
-                env.function
-            ));
-        }
+    let env = match Envelope::from_nats(function, msg.headers.as_ref(), msg.payload.clone()) {
+        Ok(env) => env,
         Err(e) => return Waiting::Poison(e.to_string()),
     };
     let remaining =
@@ -326,7 +320,7 @@ async fn move_due(
     }
 }
 
-/// Stores a failed attempt as a waiting retry: the same envelope with `Flotilla-Attempt` set to
+/// Stores a failed attempt as a waiting retry: the same envelope with its attempt field set to
 /// the attempts made and `Flotilla-Retry-At` to the due time, under the function's retry subject,
 /// de-duplicated on the failed message's stream sequence. Returns once JetStream holds it.
 pub(crate) async fn schedule(

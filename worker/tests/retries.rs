@@ -18,7 +18,7 @@ use bytes::Bytes;
 use clap::Parser;
 use common::{Nats, Worker, envelope, get};
 use flotilla_queue::dead_letter as dl;
-use flotilla_queue::envelope::{H_CALL_ID, H_RETRY_AT};
+use flotilla_queue::envelope::{Control, H_RETRY_AT};
 use flotilla_queue::{FunctionName, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
 use futures_util::StreamExt;
@@ -224,7 +224,7 @@ async fn always_500_ends_in_the_dead_letters_and_replay_runs_it_again() {
     assert_eq!(h(headers, dl::H_KIND), dl::KIND_EXHAUSTED);
     assert_eq!(h(headers, dl::H_ATTEMPTS), "3");
     assert_eq!(h(headers, dl::H_LAST_STATUS), "500");
-    assert_eq!(h(headers, H_CALL_ID), "a-1");
+    assert_eq!(Control::of(headers).unwrap().call_id, "a-1");
     let reason = h(headers, dl::H_REASON);
     assert!(
         reason.contains("function answered 500")

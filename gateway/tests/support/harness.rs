@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use clap::Parser;
 use flotilla_gateway::{Config, GatewayError};
-use flotilla_queue::Envelope;
+use flotilla_queue::{Envelope, FunctionName, subjects};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -215,7 +215,17 @@ pub async fn envelopes(client: &async_nats::Client, stream: &str) -> Vec<Envelop
     use futures_util::StreamExt;
     while let Some(msg) = batch.next().await {
         let msg = msg.expect("message");
-        out.push(Envelope::from_nats(msg.headers.as_ref(), msg.payload.clone()).expect("envelope"));
+        // `flotilla.call.<shard>.<function>`; the function may hold one '.'.
+        let function = msg
+            .subject
+            .strip_prefix(subjects::CALL_SUBJECT_PREFIX)
+            .and_then(|rest| rest[1..].split_once('.'))
+            .and_then(|(_, f)| FunctionName::parse(f).ok())
+            .expect("a call subject names its function");
+        out.push(
+            Envelope::from_nats(function, msg.headers.as_ref(), msg.payload.clone())
+                .expect("envelope"),
+        );
         if out.len() as u64 == count {
             break;
         }
