@@ -490,19 +490,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn probe() {
-        fn sz<A, B, C, D, F: std::future::Future>(_: fn(A, B, C, D) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        fn sz5<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        eprintln!("handle future: {} bytes", sz(super::handle));
-        eprintln!("invoke future: {} bytes", sz5(super::invoke));
-        eprintln!("poison future: {} bytes", sz5(crate::dead::poison));
-        eprintln!("msg {} env {} outcome {}", std::mem::size_of::<async_nats::jetstream::Message>(), std::mem::size_of::<flotilla_queue::Envelope>(), std::mem::size_of::<super::Outcome>());
-    }
-}
