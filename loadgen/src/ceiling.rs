@@ -6,7 +6,10 @@
 //!   validation, envelope and metrics.
 //! - **Pull, POST, ack**: a pre-filled stream, one pull consumer's `messages()` stream, each
 //!   message POSTed to a bare HTTP server and then acked. The worker's path minus policies,
-//!   retries, envelope and callbacks.
+//!   retries, envelope and callbacks: the yardstick of calls without a callback URL.
+//! - **Pull, POST, POST, ack**: the same, with the first answer's body POSTed to a second bare
+//!   server before the ack. A worker delivering callbacks makes two HTTP requests per call and
+//!   acks after the second, so this is the yardstick of calls with a callback URL.
 //! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
 //!   both.
 
@@ -55,13 +58,16 @@ fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
     }
 }
 
-/// The three rates, in calls per second, and how they were measured.
+/// The four rates, in calls per second, and how they were measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ceiling {
     /// HTTP POST → JetStream publish → PubAck → 202.
     pub http_to_jetstream_per_s: f64,
     /// JetStream pull → HTTP POST → ack.
     pub pull_post_ack_per_s: f64,
+    /// JetStream pull → HTTP POST → second HTTP POST of the answer → ack: a call and its
+    /// callback.
+    pub pull_post_post_ack_per_s: f64,
     /// Pooled hyper POSTs to a bare server.
     pub http_post_per_s: f64,
     /// Length of each HTTP-driven measurement.
@@ -72,7 +78,7 @@ pub struct Ceiling {
     pub storage: &'static str,
 }
 
-/// Runs the three measurements against the NATS at `nats_url`. Leaves no stream behind.
+/// Runs the four measurements against the NATS at `nats_url`. Leaves no stream behind.
 pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
@@ -91,6 +97,20 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
         .expect("a socket address makes a valid URI");
     net::serve(
         bare,
+        stop.clone(),
+        |req: hyper::Request<hyper::body::Incoming>| async move {
+            let _ = req.into_body().collect().await;
+            net::respond(200, Bytes::new())
+        },
+    );
+
+    // The bare callback receiver of the two-POST measurement: a port of its own, as the sink.
+    let second = TcpListener::bind("127.0.0.1:0").await?;
+    let second_uri: Uri = format!("http://{}/callback", second.local_addr()?)
+        .parse()
+        .expect("a socket address makes a valid URI");
+    net::serve(
+        second,
         stop.clone(),
         |req: hyper::Request<hyper::body::Incoming>| async move {
             let _ = req.into_body().collect().await;
@@ -150,8 +170,22 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
 
     // (b) pull, POST, ack over a backlog sized to last about `duration` at the HTTP rate.
     let backlog = ((http_post * args.duration.as_secs_f64()) as u64).clamp(2_000, 400_000);
-    let pull_post_ack = pull_post_ack(
-        nats_url, &js, storage, &client, &bare_uri, &body, backlog, args,
+    let pull_post_ack = pull_then_post(
+        nats_url, &js, storage, &client, &bare_uri, None, &body, backlog, args,
+    )
+    .await?;
+    let _ = js.delete_stream(STREAM_OUT).await;
+    // (d) the same with a second POST, over a backlog sized for half the rate.
+    let pull_post_post_ack = pull_then_post(
+        nats_url,
+        &js,
+        storage,
+        &client,
+        &bare_uri,
+        Some(&second_uri),
+        &body,
+        (backlog / 2).max(2_000),
+        args,
     )
     .await?;
     let _ = js.delete_stream(STREAM_OUT).await;
@@ -159,6 +193,7 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     Ok(Ceiling {
         http_to_jetstream_per_s: http_to_js,
         pull_post_ack_per_s: pull_post_ack,
+        pull_post_post_ack_per_s: pull_post_post_ack,
         http_post_per_s: http_post,
         duration_s: args.duration.as_secs_f64(),
         concurrency: args.concurrency,
@@ -241,13 +276,16 @@ async fn hammer(
     }
 }
 
+/// Pulls `backlog` messages, POSTs each to `uri` and, when `second` is given, POSTs that answer's
+/// body to `second`, then acks. Calls per second.
 #[allow(clippy::too_many_arguments)]
-async fn pull_post_ack(
+async fn pull_then_post(
     nats_url: &str,
     js: &jetstream::Context,
     storage: stream::StorageType,
     client: &HttpClient,
     uri: &Uri,
+    second: Option<&Uri>,
     body: &Bytes,
     backlog: u64,
     args: &CeilingArgs,
@@ -311,18 +349,30 @@ async fn pull_post_ack(
         };
         taken += 1;
         let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
+        let second = second.cloned();
         tracker.spawn(async move {
-            let req = hyper::Request::post(uri)
-                .header("content-type", "application/octet-stream")
-                .body(Full::new(msg.payload.clone()))
-                .expect("static request parts are valid");
-            if let Ok(Ok(resp)) =
-                tokio::time::timeout(Duration::from_secs(10), client.request(req)).await
-            {
-                let _ = resp.into_body().collect().await;
-                if msg.ack().await.is_ok() {
-                    done.fetch_add(1, Ordering::Relaxed);
+            let post = |uri: Uri, body: Bytes| {
+                let req = hyper::Request::post(uri)
+                    .header("content-type", "application/octet-stream")
+                    .body(Full::new(body))
+                    .expect("static request parts are valid");
+                let client = client.clone();
+                async move {
+                    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    resp.into_body().collect().await.ok().map(|b| b.to_bytes())
                 }
+            };
+            let mut answered = post(uri, msg.payload.clone()).await;
+            if let Some(second) = second
+                && let Some(answer) = answered.take()
+            {
+                answered = post(second, answer).await;
+            }
+            if answered.is_some() && msg.ack().await.is_ok() {
+                done.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
         });
@@ -333,7 +383,11 @@ async fn pull_post_ack(
     let done = done.load(Ordering::Relaxed);
     if done == 0 {
         return Err(CeilingError::NothingSucceeded {
-            what: "JetStream pull, POST, ack",
+            what: if second.is_some() {
+                "JetStream pull, POST, POST, ack"
+            } else {
+                "JetStream pull, POST, ack"
+            },
             first_error: "no message was processed".into(),
         });
     }
@@ -364,6 +418,7 @@ pub fn render(c: &Ceiling) -> String {
         "ceiling ({} B bodies, {} in flight, {} storage, {:.1} s each):\n  \
          HTTP → JetStream (PubAck)   {:>10}/s\n  \
          JetStream pull → POST → ack {:>10}/s\n  \
+         pull → POST → POST → ack    {:>10}/s\n  \
          pooled HTTP POSTs           {:>10}/s\n",
         c.body_size,
         c.concurrency,
@@ -371,6 +426,7 @@ pub fn render(c: &Ceiling) -> String {
         c.duration_s,
         crate::report::thousands(c.http_to_jetstream_per_s),
         crate::report::thousands(c.pull_post_ack_per_s),
+        crate::report::thousands(c.pull_post_post_ack_per_s),
         crate::report::thousands(c.http_post_per_s),
     )
 }

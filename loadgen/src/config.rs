@@ -97,6 +97,12 @@ pub struct RunArgs {
     /// fleet can reach.
     #[arg(long, env = "LOADGEN_CALLBACK_LISTEN")]
     pub callback_listen: Option<SocketAddr>,
+    /// Enqueue calls without `X-Callback-Url`: the workers then make one HTTP request per call,
+    /// not two, and a call counts as completed when it reaches the built-in function (by its
+    /// `X-Call-Id`). Compares with the "pull → POST → ack" ceiling. Needs the built-in function:
+    /// `--local`, or `--gateway` with `--function-listen`.
+    #[arg(long, env = "LOADGEN_NO_CALLBACKS")]
+    pub no_callbacks: bool,
     /// The callback URL given to the fleet when the listen address is not what workers dial
     /// (NAT, 0.0.0.0, a Kubernetes service). Default `http://<callback-listen>/callback`.
     #[arg(long, env = "LOADGEN_CALLBACK_URL")]
@@ -286,7 +292,7 @@ impl RunArgs {
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
                 return Err(format!("--gateway {g:?} must be http://host[:port]"));
             }
-            if self.callback_listen.is_none() {
+            if self.callback_listen.is_none() && !self.no_callbacks {
                 return Err(
                     "--gateway needs --callback-listen ADDR, an address the workers can reach \
                      (the audit counts callbacks)"
@@ -295,6 +301,13 @@ impl RunArgs {
             }
             if self.backlog {
                 return Err("--backlog needs --local: it starts the workers itself".into());
+            }
+            if self.no_callbacks && self.function_listen.is_none() {
+                return Err(
+                    "--no-callbacks with --gateway needs --function-listen: completions are then \
+                     counted where the built-in function receives the calls"
+                        .into(),
+                );
             }
         }
         if let Some(u) = &self.callback_url {

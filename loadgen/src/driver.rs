@@ -56,18 +56,19 @@ pub struct Sent {
 
 struct Target {
     uris: Vec<Uri>,
-    callback: HeaderValue,
+    /// `None`: calls without `X-Callback-Url`.
+    callback: Option<HeaderValue>,
     body: Bytes,
     timeout: Duration,
     client: HttpClient,
     rec: Arc<Recorder>,
 }
 
-/// Sends the load to `gateway` (base URL), asking for callbacks at `callback_url`, and returns
-/// once every request has an answer or has timed out.
+/// Sends the load to `gateway` (base URL), asking for callbacks at `callback_url` (none when
+/// `None`), and returns once every request has an answer or has timed out.
 pub async fn drive(
     gateway: &str,
-    callback_url: &str,
+    callback_url: Option<&str>,
     load: &Load,
     client: HttpClient,
     rec: Arc<Recorder>,
@@ -80,8 +81,9 @@ pub async fn drive(
                 .map_err(|e| DriverError::BadUrl(gateway.to_owned(), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let callback = HeaderValue::from_str(callback_url)
-        .map_err(|_| DriverError::BadCallback(callback_url.to_owned()))?;
+    let callback = callback_url
+        .map(|u| HeaderValue::from_str(u).map_err(|_| DriverError::BadCallback(u.to_owned())))
+        .transpose()?;
     let target = Arc::new(Target {
         uris,
         callback,
@@ -173,7 +175,7 @@ async fn closed_loop(
 /// itself would fail the same way.
 pub async fn warm_up(
     gateway: &str,
-    callback_url: &str,
+    callback_url: Option<&str>,
     functions: usize,
     client: &HttpClient,
     timeout: Duration,
@@ -188,8 +190,11 @@ pub async fn warm_up(
                 function: function.clone(),
                 reason,
             };
-            let req = hyper::Request::post(uri)
-                .header("x-callback-url", callback_url)
+            let mut req = hyper::Request::post(uri);
+            if let Some(cb) = callback_url {
+                req = req.header("x-callback-url", cb);
+            }
+            let req = req
                 .body(Full::new(Bytes::from_static(b"warm-up")))
                 .map_err(|e| fail(e.to_string()))?;
             let resp = tokio::time::timeout(timeout, client.request(req))
@@ -216,8 +221,11 @@ pub async fn warm_up(
 /// One enqueue request; latency runs from `intended` to the end of the answer.
 async fn send_one(t: &Target, function: usize, intended: Instant) {
     t.rec.sent.fetch_add(1, Ordering::Relaxed);
-    let req = hyper::Request::post(t.uris[function].clone())
-        .header("x-callback-url", t.callback.clone())
+    let mut req = hyper::Request::post(t.uris[function].clone());
+    if let Some(cb) = &t.callback {
+        req = req.header("x-callback-url", cb.clone());
+    }
+    let req = req
         .header("content-type", "application/octet-stream")
         .body(Full::new(t.body.clone()));
     let Ok(req) = req else {

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::dist::LatencyDist;
-use crate::net;
+use crate::net::{self, Clock};
+use crate::sink::{Callback, SinkState, header};
 
 /// How the built-in function behaves.
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct FunctionSpec {
     /// Bytes in every response body.
     pub response_size: usize,
     pub seed: u64,
+    /// Record every call's `X-Call-Id` as it arrives (`--no-callbacks`: the function's arrivals
+    /// are what the audit counts, as the sink's callbacks are otherwise).
+    pub record_arrivals: bool,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +43,8 @@ pub struct FunctionStats {
 pub struct FunctionServer {
     pub addr: SocketAddr,
     pub stats: Arc<FunctionStats>,
+    /// Calls as they arrived, when `record_arrivals`.
+    pub arrivals: Arc<SinkState>,
     task: JoinHandle<()>,
 }
 
@@ -46,10 +52,13 @@ impl FunctionServer {
     pub fn start(
         listener: TcpListener,
         spec: FunctionSpec,
+        clock: Clock,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let stats = Arc::new(FunctionStats::default());
+        let arrivals = Arc::new(SinkState::default());
+        let arr = arrivals.clone();
         let body = Bytes::from(vec![b'r'; spec.response_size]);
         // One generator for the whole server: a mutex held for a few nanoseconds per call keeps
         // the run repeatable from its seed.
@@ -59,10 +68,12 @@ impl FunctionServer {
             listener,
             stop,
             move |req: hyper::Request<hyper::body::Incoming>| {
-                let (st, rng, body) = (st.clone(), rng.clone(), body.clone());
-                let (latency, failure_rate) = (spec.latency, spec.failure_rate);
+                let (st, rng, body, arr) = (st.clone(), rng.clone(), body.clone(), arr.clone());
+                let (latency, failure_rate, record) =
+                    (spec.latency, spec.failure_rate, spec.record_arrivals);
                 async move {
-                    let _ = req.into_body().collect().await;
+                    let (parts, req_body) = req.into_parts();
+                    let _ = req_body.collect().await;
                     let (delay, fail) = match rng.lock() {
                         Ok(mut r) => (latency.sample(&mut r), r.f64() < failure_rate),
                         Err(_) => (Duration::ZERO, false),
@@ -71,6 +82,15 @@ impl FunctionServer {
                         tokio::time::sleep(delay).await;
                     }
                     st.calls.fetch_add(1, Ordering::Relaxed);
+                    if record && let Some(call_id) = header(&parts.headers, "x-call-id") {
+                        arr.record(Callback {
+                            call_id: call_id.to_owned(),
+                            arrived_ns: clock.now_ns(),
+                            status: if fail { 500 } else { 200 },
+                            start_unix_ns: header(&parts.headers, "x-start-time")
+                                .and_then(|s| s.parse().ok()),
+                        });
+                    }
                     if fail {
                         st.failures.fetch_add(1, Ordering::Relaxed);
                         return net::respond(500, Bytes::from_static(b"injected failure\n"));
@@ -79,7 +99,12 @@ impl FunctionServer {
                 }
             },
         );
-        Ok(Self { addr, stats, task })
+        Ok(Self {
+            addr,
+            stats,
+            arrivals,
+            task,
+        })
     }
 
     /// The URL template that routes `{name}` to this server.

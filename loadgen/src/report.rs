@@ -68,6 +68,9 @@ pub struct LoadInfo {
     pub body_size: usize,
     /// True when every call was enqueued before the workers started.
     pub backlog: bool,
+    /// True when calls asked for a callback (then a completion is a callback at the sink);
+    /// false with `--no-callbacks` (then it is the call reaching the built-in function).
+    pub callbacks: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -135,19 +138,30 @@ pub struct Completion {
 pub struct Ratios {
     /// Enqueue rate / HTTP → JetStream ceiling (the gateway's goal is ≥ 0.8).
     pub enqueue_vs_http_to_jetstream: f64,
-    /// Completion rate / pull → POST → ack ceiling (the workers' goal is ≥ 0.8; meaningful when
-    /// the workers, not the enqueue rate, limit completions: use `--backlog`).
+    /// Completion rate / pull → POST → ack ceiling (the workers' goal is ≥ 0.8 for calls
+    /// without callbacks; meaningful when the workers, not the enqueue rate, limit completions:
+    /// use `--backlog`).
     pub completion_vs_pull_post_ack: f64,
+    /// Completion rate / pull → POST → POST → ack ceiling: the like-for-like yardstick of calls
+    /// with callbacks (two HTTP requests each).
+    pub completion_vs_pull_post_post_ack: f64,
+    /// The ratio that compares like with like: `completion_vs_pull_post_post_ack` when the calls
+    /// had callbacks, `completion_vs_pull_post_ack` when not.
+    pub completion_vs_matching_ceiling: f64,
     /// Enqueue rate / pooled HTTP POSTs.
     pub enqueue_vs_http_post: f64,
 }
 
 impl Ratios {
-    pub fn of(enqueue: f64, completion: f64, c: &Ceiling) -> Self {
+    pub fn of(enqueue: f64, completion: f64, c: &Ceiling, callbacks: bool) -> Self {
         let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let one = div(completion, c.pull_post_ack_per_s);
+        let two = div(completion, c.pull_post_post_ack_per_s);
         Self {
             enqueue_vs_http_to_jetstream: div(enqueue, c.http_to_jetstream_per_s),
-            completion_vs_pull_post_ack: div(completion, c.pull_post_ack_per_s),
+            completion_vs_pull_post_ack: one,
+            completion_vs_pull_post_post_ack: two,
+            completion_vs_matching_ceiling: if callbacks { two } else { one },
             enqueue_vs_http_post: div(enqueue, c.http_post_per_s),
         }
     }
@@ -277,6 +291,12 @@ impl Report {
                 ""
             },
         );
+        if !l.callbacks {
+            let _ = writeln!(
+                o,
+                "- no callbacks: a call completes when it reaches the built-in function"
+            );
+        }
         let _ = writeln!(o);
         let _ = writeln!(
             o,
@@ -304,11 +324,21 @@ impl Report {
                     r.enqueue_vs_http_to_jetstream,
                     thousands(c.http_to_jetstream_per_s)
                 ),
-                format!(
-                    "{:.2} of pull→POST→ack {}/s",
-                    r.completion_vs_pull_post_ack,
-                    thousands(c.pull_post_ack_per_s)
-                ),
+                if self.load.callbacks {
+                    format!(
+                        "{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
+                        r.completion_vs_pull_post_post_ack,
+                        thousands(c.pull_post_post_ack_per_s),
+                        r.completion_vs_pull_post_ack,
+                        thousands(c.pull_post_ack_per_s)
+                    )
+                } else {
+                    format!(
+                        "{:.2} of pull→POST→ack {}/s",
+                        r.completion_vs_pull_post_ack,
+                        thousands(c.pull_post_ack_per_s)
+                    )
+                },
             ),
             _ => ("no ceiling".into(), "no ceiling".into()),
         };
@@ -322,7 +352,11 @@ impl Report {
         );
         row(
             &mut o,
-            "end to end (callback)",
+            if self.load.callbacks {
+                "end to end (callback)"
+            } else {
+                "end to end (function)"
+            },
             self.completion.completed,
             self.completion.rate_per_s,
             &self.completion.latency_ms,

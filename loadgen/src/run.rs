@@ -106,7 +106,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
                     .await
                     .map_err(bind_err("the function server"))?;
                 function_server = Some(
-                    FunctionServer::start(fs_listener, function_spec(args), stop.clone())
+                    FunctionServer::start(fs_listener, function_spec(args), clock, stop.clone())
                         .map_err(bind_err("the function server"))?,
                 );
             }
@@ -116,7 +116,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
             let fs_listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(bind_err("the function server"))?;
-            let fs = FunctionServer::start(fs_listener, function_spec(args), stop.clone())
+            let fs = FunctionServer::start(fs_listener, function_spec(args), clock, stop.clone())
                 .map_err(bind_err("the function server"))?;
             note(
                 quiet,
@@ -156,15 +156,22 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         timeout: args.timeout,
         seed: args.seed,
     };
+    // Where completions are counted: callbacks at the sink, or, without callbacks, calls as they
+    // reach the built-in function.
+    let completions: Arc<SinkState> = match (&function_server, args.no_callbacks) {
+        (Some(fs), true) => fs.arrivals.clone(),
+        _ => sink.state.clone(),
+    };
+    let asked_callback = (!args.no_callbacks).then_some(callback_url.as_str());
     if !args.no_warmup && !args.backlog {
-        warm_up(args, &gateway_url, &callback_url, &sink.state).await?;
+        warm_up(args, &gateway_url, asked_callback, &completions).await?;
     }
 
     let rec = Arc::new(Recorder::new(clock));
-    let shown = progress::start(rec.clone(), sink.state.clone(), "load ", quiet);
+    let shown = progress::start(rec.clone(), completions.clone(), "load ", quiet);
     let sent = driver::drive(
         &gateway_url,
-        &callback_url,
+        asked_callback,
         &load,
         net::client(),
         rec.clone(),
@@ -180,9 +187,9 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         f.start_workers().await?;
     }
 
-    let shown = progress::start(rec.clone(), sink.state.clone(), "drain", quiet);
+    let shown = progress::start(rec.clone(), completions.clone(), "drain", quiet);
     let drain_started = std::time::Instant::now();
-    let matched = wait_for_stragglers(&rec, &sink.state, args.drain_timeout, args.drain_max).await;
+    let matched = wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
     shown.finish().await;
     let drain_wait_s = drain_started.elapsed().as_secs_f64();
 
@@ -267,6 +274,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
         failure_rate: args.failure_rate,
         response_size: args.response_size,
         seed: args.seed,
+        record_arrivals: args.no_callbacks,
     }
 }
 
@@ -274,7 +282,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
 async fn warm_up(
     args: &RunArgs,
     gateway_url: &str,
-    callback_url: &str,
+    callback_url: Option<&str>,
     sink: &SinkState,
 ) -> Result<(), RunError> {
     note(
@@ -297,10 +305,13 @@ async fn warm_up(
         note(
             args.quiet,
             &format!(
-                "warning: {} of {} warm-up callbacks arrived within 15 s; is the callback URL \
-                 {callback_url} reachable from the workers?",
+                "warning: {} of {} warm-up calls completed within 15 s; {}",
                 sink.count(),
-                ids.len()
+                ids.len(),
+                match callback_url {
+                    Some(u) => format!("is the callback URL {u} reachable from the workers?"),
+                    None => "do the workers reach the built-in function?".to_owned(),
+                }
             ),
         );
     }
@@ -385,7 +396,7 @@ fn build_report(
     let series = Series::build(sent.start_ns, &accepted_ns, &matched.completions_ns);
     let ratios = ceiling
         .as_ref()
-        .map(|c| Ratios::of(enqueue_rate, completion_rate, c));
+        .map(|c| Ratios::of(enqueue_rate, completion_rate, c, !args.no_callbacks));
     let (model, rates, step_s, concurrency) = match args.load_model() {
         LoadModel::Open { steps } => (
             "open",
@@ -427,6 +438,7 @@ fn build_report(
             skew: args.skew,
             body_size: args.body_size,
             backlog: args.backlog,
+            callbacks: !args.no_callbacks,
         },
         enqueue: Enqueue {
             sent: rec.sent.load(Ordering::Relaxed),

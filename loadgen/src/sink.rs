@@ -15,13 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, Clock};
 
-/// One callback as it arrived.
+/// One callback as it arrived (or, with `--no-callbacks`, one call as it reached the built-in
+/// function).
 #[derive(Debug, Clone)]
 pub struct Callback {
     pub call_id: String,
     /// Nanoseconds since the run's clock origin.
     pub arrived_ns: u64,
-    /// `X-Function-Status`; 0 when absent or unreadable.
+    /// `X-Function-Status` (the status the built-in function answered, with `--no-callbacks`); 0
+    /// when absent or unreadable.
     pub status: u16,
     /// `X-Start-Time`: Unix nanoseconds at which the gateway accepted the call.
     pub start_unix_ns: Option<u128>,
@@ -37,6 +39,14 @@ impl SinkState {
     /// Callbacks received so far (duplicates included).
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Records one arrival.
+    pub fn record(&self, cb: Callback) {
+        if let Ok(mut v) = self.callbacks.lock() {
+            v.push(cb);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Forgets every callback so far (the warm-up's).
@@ -61,7 +71,7 @@ pub struct CallbackSink {
     task: JoinHandle<()>,
 }
 
-fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -96,10 +106,7 @@ impl CallbackSink {
                         start_unix_ns: header(&parts.headers, "x-start-time")
                             .and_then(|s| s.parse().ok()),
                     };
-                    if let Ok(mut v) = st.callbacks.lock() {
-                        v.push(cb);
-                    }
-                    st.count.fetch_add(1, Ordering::Relaxed);
+                    st.record(cb);
                     net::respond(200, Bytes::new())
                 }
             },

@@ -60,7 +60,7 @@ async fn open_loop_keeps_its_schedule_and_counts_stalls() {
     l.max_in_flight = 1;
     let sent = drive(
         &server.url(),
-        "http://127.0.0.1:9/cb",
+        Some("http://127.0.0.1:9/cb"),
         &l,
         client(),
         rec.clone(),
@@ -119,7 +119,7 @@ async fn closed_loop_respects_count_and_concurrency() {
     l.count = Some(60);
     drive(
         &server.url(),
-        "http://127.0.0.1:9/cb",
+        Some("http://127.0.0.1:9/cb"),
         &l,
         client(),
         rec.clone(),
@@ -142,7 +142,7 @@ async fn errors_are_classified() {
     l.count = Some(10);
     drive(
         &server.url(),
-        "http://127.0.0.1:9/cb",
+        Some("http://127.0.0.1:9/cb"),
         &l,
         client(),
         rec.clone(),
@@ -161,7 +161,7 @@ async fn errors_are_classified() {
     l.count = Some(3);
     drive(
         &format!("http://127.0.0.1:{port}"),
-        "http://127.0.0.1:9/cb",
+        Some("http://127.0.0.1:9/cb"),
         &l,
         client(),
         rec.clone(),

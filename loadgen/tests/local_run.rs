@@ -94,6 +94,7 @@ fn short_local_run_audits_clean_and_reports_json() {
     for k in [
         "http_to_jetstream_per_s",
         "pull_post_ack_per_s",
+        "pull_post_post_ack_per_s",
         "http_post_per_s",
     ] {
         assert!(
@@ -104,6 +105,8 @@ fn short_local_run_audits_clean_and_reports_json() {
     for k in [
         "enqueue_vs_http_to_jetstream",
         "completion_vs_pull_post_ack",
+        "completion_vs_pull_post_post_ack",
+        "completion_vs_matching_ceiling",
         "enqueue_vs_http_post",
     ] {
         assert!(
@@ -138,4 +141,34 @@ fn bad_flags_exit_64() {
         .expect("run flotilla-loadgen");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--callback-listen"));
+}
+
+#[test]
+fn without_callbacks_the_function_arrivals_are_audited() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .args([
+            "--local",
+            "--no-callbacks",
+            "--backlog",
+            "--count",
+            "200",
+            "--functions",
+            "2",
+            "--no-ceiling",
+            "--drain-timeout",
+            "20s",
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .expect("run flotilla-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(field(&report, "load.callbacks").as_bool(), Some(false));
+    assert_eq!(field(&report, "audit.accepted").as_u64(), Some(200));
+    assert_eq!(field(&report, "audit.completed").as_u64(), Some(200));
+    assert_eq!(field(&report, "audit.duplicates").as_u64(), Some(0));
+    assert_eq!(field(&report, "function_status.200").as_u64(), Some(200));
+    assert!(stderr.contains("end to end (function)"), "{stderr}");
 }
