@@ -2,13 +2,14 @@
 //! the function's shard, and the client hears 202 only once JetStream acknowledged it. No JSON,
 //! one body buffer (a single-chunk body is not copied), one context shared by every request.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
-use flotilla_queue::envelope::{self, Envelope, is_dropped_header};
+use flotilla_queue::envelope::{self, Control, is_dropped_header};
 use flotilla_queue::{FunctionName, subjects};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
@@ -20,8 +21,8 @@ use crate::state::State;
 pub const PREFIX: &str = "/async-function/";
 pub const ALLOW: &str = "GET, POST, PUT, PATCH, DELETE";
 
-const X_CALLBACK_URL: &str = "x-callback-url";
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
+static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Longest client-chosen call id or idempotency key.
 pub const MAX_KEY_LEN: usize = 128;
 
@@ -42,19 +43,24 @@ pub async fn enqueue(
         return Err(CallError::MethodNotAllowed { allow: ALLOW });
     }
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
-    let function = FunctionName::parse(name)?;
+    // A function seen before has a valid name and its subject and metrics ready.
+    let hot = state.hot.get(name);
+    let parsed = match hot {
+        Some(_) => None,
+        None => Some(FunctionName::parse(name)?),
+    };
     let headers = &parts.headers;
 
-    let callback_url = match header_text(headers, X_CALLBACK_URL) {
+    let callback_url = match header_text(headers, &X_CALLBACK_URL) {
         None => None,
         Some(Ok(url)) => {
             check_callback_url(url)?;
-            Some(url.to_owned())
+            Some(url)
         }
         Some(Err(())) => return Err(CallError::BadCallbackUrl("is not valid text")),
     };
-    let client_call_id = client_key(headers, X_CALL_ID, "X-Call-Id")?;
-    let idempotency_key = client_key(headers, IDEMPOTENCY_KEY, "Idempotency-Key")?;
+    let client_call_id = client_key(headers, &X_CALL_ID, "X-Call-Id")?;
+    let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, "Idempotency-Key")?;
 
     let limit = state.body_limit();
     if content_length(headers).is_some_and(|n| n > limit as u64) {
@@ -66,6 +72,11 @@ pub async fn enqueue(
     if !state.nats_connected() {
         return Err(CallError::NatsDown);
     }
+    let hot = match (hot, &parsed) {
+        (Some(hot), _) => hot,
+        (None, Some(function)) => state.hot.make(function, shards),
+        (None, None) => unreachable!("a name not in the cache was parsed"),
+    };
 
     let body = read_body(body, limit).await?;
 
@@ -73,40 +84,41 @@ pub async fn enqueue(
     // on one shard may use the same key.
     let dedup_key = idempotency_key
         .or(client_call_id)
-        .map(|key| format!("{function}:{key}"));
-    let call_id = match (client_call_id, idempotency_key) {
-        (Some(id), _) => id.to_owned(),
-        (None, Some(key)) => derived_call_id(&function, key),
-        (None, None) => envelope::new_call_id(),
-    };
-    let call_id_header = HeaderValue::from_str(&call_id).map_err(|_| CallError::BadHeader {
-        header: "X-Call-Id",
-        reason: "is not a valid header value",
-    })?;
+        .map(|key| format!("{name}:{key}"));
+    let (call_id, call_id_header): (Cow<'_, str>, HeaderValue) =
+        match (client_call_id, idempotency_key) {
+            // Checked as visible ASCII: the request's own value is echoed as it is.
+            (Some(id), _) => (id.into(), headers[&X_CALL_ID].clone()),
+            (None, key) => {
+                let id = match key {
+                    Some(key) => derived_call_id(name, key),
+                    None => envelope::new_call_id(),
+                };
+                let value = HeaderValue::from_str(&id).map_err(|_| CallError::BadHeader {
+                    header: "X-Call-Id",
+                    reason: "is not a valid header value",
+                })?;
+                (id.into(), value)
+            }
+        };
 
-    let shard = shards.shard_of(function.as_str());
-    let subject = subjects::call_subject(shard, &function);
-    let forwarded = forwarded_headers(headers);
-    let env = Envelope {
-        call_id,
-        function,
-        method: parts.method.as_str().to_owned(),
-        path: path.to_owned(),
-        query: parts.uri.query().unwrap_or("").to_owned(),
+    let control = Control {
+        call_id: &call_id,
+        method: parts.method.as_str(),
+        path,
+        query: parts.uri.query().unwrap_or(""),
         callback_url,
         start_time: flotilla_queue::time::unix_nanos(),
         attempt: 0,
-        headers: forwarded,
-        body,
     };
-    let (nats_headers, payload) = env.to_nats(dedup_key.as_deref());
+    let nats_headers = control.to_nats_headers(dedup_key.as_deref(), forwarded_headers(headers));
 
     // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
     // ack window fails at once (MaxAckPending) instead of waiting.
     let publish = async {
         state
             .js
-            .publish_with_headers(subject, nats_headers, payload)
+            .publish_with_headers(hot.subject.clone(), nats_headers, body)
             .await?
             .await
     };
@@ -116,19 +128,19 @@ pub async fn enqueue(
             if e.kind() == PublishErrorKind::StreamNotFound {
                 state.stream_missing();
             }
-            return Err(publish_error(e.kind(), &e.to_string(), shard));
+            return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    state.metrics.accepted(env.function.as_str(), seconds);
+    state.metrics.accepted(&hot.accepted, seconds);
     if ack.duplicate {
-        state.metrics.duplicate(env.function.as_str());
-        tracing::debug!(function = %env.function, call_id = %env.call_id, "duplicate call dropped by JetStream");
+        state.metrics.duplicate(name);
+        tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
     }
 
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::ACCEPTED;
-    resp.headers_mut().insert(X_CALL_ID, call_id_header);
+    resp.headers_mut().insert(&X_CALL_ID, call_id_header);
     Ok(resp)
 }
 
@@ -171,7 +183,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// echoed in a header and stored in a NATS header.
 fn client_key<'a>(
     headers: &'a HeaderMap,
-    name: &'static str,
+    name: &HeaderName,
     shown: &'static str,
 ) -> Result<Option<&'a str>, CallError> {
     let Some(v) = headers.get(name) else {
@@ -216,33 +228,27 @@ pub fn check_callback_url(raw: &str) -> Result<(), CallError> {
 
 /// The request's headers that travel to the function: not hop-by-hop, not reserved for the
 /// envelope, not a control field. Values that are not UTF-8 are carried lossily.
-fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    let mut out = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
+fn forwarded_headers(headers: &HeaderMap) -> impl Iterator<Item = (&str, Cow<'_, str>)> {
+    headers.iter().filter_map(|(name, value)| {
         let name = name.as_str();
         if is_dropped_header(name) || CONTROL_HEADERS.contains(&name) {
-            continue;
+            return None;
         }
-        let value = match std::str::from_utf8(value.as_bytes()) {
-            Ok(v) => v.to_owned(),
-            Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        };
-        out.push((name.to_owned(), value));
-    }
-    out
+        Some((name, String::from_utf8_lossy(value.as_bytes())))
+    })
 }
 
 /// The call id of a call that carries only an `Idempotency-Key`: the same (function, key) always
 /// gives the same id, so a retried POST is answered with the id of the call it repeats. FNV-1a
 /// 128 is spelled out here so the id survives a gateway upgrade within the de-duplication window.
-pub fn derived_call_id(function: &FunctionName, key: &str) -> String {
+pub fn derived_call_id(function: &str, key: &str) -> String {
     const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
     const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
     let mut h = OFFSET;
     let parts: [&[u8]; 5] = [
         b"flotilla-idempotency",
         b"\0",
-        function.as_str().as_bytes(),
+        function.as_bytes(),
         b"\0",
         key.as_bytes(),
     ];
@@ -287,12 +293,10 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_and_scoped() {
-        let f = FunctionName::parse("echo").unwrap();
-        let g = FunctionName::parse("other").unwrap();
-        let a = derived_call_id(&f, "k1");
-        assert_eq!(a, derived_call_id(&f, "k1"));
-        assert_ne!(a, derived_call_id(&f, "k2"));
-        assert_ne!(a, derived_call_id(&g, "k1"));
+        let a = derived_call_id("echo", "k1");
+        assert_eq!(a, derived_call_id("echo", "k1"));
+        assert_ne!(a, derived_call_id("echo", "k2"));
+        assert_ne!(a, derived_call_id("other", "k1"));
         let u = uuid::Uuid::parse_str(&a).unwrap();
         assert_eq!(u.get_version_num(), 8);
         // Pinned: changing it breaks de-duplication across an upgrade.
@@ -309,7 +313,9 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("keep-alive"));
         h.append("x-multi", HeaderValue::from_static("1"));
         h.append("x-multi", HeaderValue::from_static("2"));
-        let got = forwarded_headers(&h);
+        let got: Vec<(String, String)> = forwarded_headers(&h)
+            .map(|(k, v)| (k.to_owned(), v.into_owned()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -33,13 +33,13 @@ pub async fn forward(
         .parse()
         .map_err(|e| CallError::BadFunctionUrl(format!("{url}: {e}")))?;
 
-    let call_id = match parts.headers.get(X_CALL_ID) {
+    let call_id = match parts.headers.get(&X_CALL_ID) {
         Some(v) if !v.is_empty() => v.clone(),
         _ => HeaderValue::try_from(envelope::new_call_id())
             .map_err(|e| CallError::BadFunctionUrl(e.to_string()))?,
     };
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_CALL_ID, call_id.clone());
+    parts.headers.insert(&X_CALL_ID, call_id.clone());
     let start = flotilla_queue::time::unix_nanos().to_string();
     if let Ok(v) = HeaderValue::try_from(start) {
         parts.headers.insert(X_START_TIME, v);
@@ -61,7 +61,7 @@ pub async fn forward(
                 .metrics
                 .sync_call(function.as_str(), rp.status.as_u16(), seconds);
             strip_hop_by_hop(&mut rp.headers);
-            rp.headers.insert(X_CALL_ID, call_id);
+            rp.headers.insert(&X_CALL_ID, call_id);
             if let Ok(v) = HeaderValue::try_from(format!("{seconds:.6}")) {
                 rp.headers.insert(X_DURATION_SECONDS, v);
             }
@@ -94,7 +94,7 @@ pub async fn forward(
         .metrics
         .error(failure.status().as_u16(), failure.reason());
     let mut resp = failure.into_response(&state.retry_after);
-    resp.headers_mut().insert(X_CALL_ID, call_id);
+    resp.headers_mut().insert(&X_CALL_ID, call_id);
     Ok(resp)
 }
 

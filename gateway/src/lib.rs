@@ -8,6 +8,7 @@ mod dead_letters;
 mod enqueue;
 mod error;
 mod forward;
+mod hot;
 mod metrics;
 mod routes;
 mod server;

@@ -1,10 +1,7 @@
 //! The gateway's Prometheus metrics: OpenFaaS's own names for invocations, plus enqueue latency,
-//! refusals by reason and the NATS connection. Handles for the asynchronous hot path are cached
-//! per function so an enqueue costs two atomic updates, not a registry lookup with label
-//! allocation.
-
-use std::collections::HashMap;
-use std::sync::RwLock;
+//! refusals by reason and the NATS connection. Handles for the asynchronous hot path are made
+//! once per function (`hot::HotFunctions` holds them) so an enqueue costs a few atomic updates,
+//! not a registry lookup with label allocation.
 
 use metrics::{Counter, Histogram};
 
@@ -17,17 +14,14 @@ pub const NATS_CONNECTED: &str = "gateway_nats_connected";
 pub const TOPOLOGY_SHARDS: &str = "gateway_topology_shards";
 pub const DEAD_LETTER_REPLAYS: &str = "gateway_dead_letter_replays_total";
 
-/// Cached functions beyond this many are counted through the registry instead: client-chosen
-/// names must not grow the cache without bound.
-const MAX_CACHED_FUNCTIONS: usize = 10_000;
-
-struct Accepted {
+/// One function's handles for accepted asynchronous calls.
+pub struct Accepted {
     invocations: Counter,
     seconds: Histogram,
 }
 
 impl Accepted {
-    fn new(function: &str) -> Self {
+    pub fn new(function: &str) -> Self {
         Self {
             invocations: metrics::counter!(INVOCATIONS, "function_name" => function.to_owned(), "code" => "202"),
             seconds: metrics::histogram!(FUNCTION_SECONDS, "function_name" => function.to_owned(), "code" => "202"),
@@ -43,7 +37,6 @@ impl Accepted {
 /// The gateway's metric handles. Create it after `ops::metrics_handle()` installed the recorder,
 /// or every handle is a no-op.
 pub struct Metrics {
-    accepted: RwLock<HashMap<String, Accepted>>,
     enqueue_seconds: Histogram,
 }
 
@@ -84,27 +77,15 @@ impl Metrics {
             "Dead letters handled by replay requests, by function and outcome (replayed, duplicate, skipped, failed)"
         );
         Self {
-            accepted: RwLock::new(HashMap::new()),
             enqueue_seconds: metrics::histogram!(ENQUEUE_SECONDS),
         }
     }
 
-    /// An asynchronous call was enqueued (`seconds` from request to PubAck).
-    pub fn accepted(&self, function: &str, seconds: f64) {
+    /// An asynchronous call was enqueued (`seconds` from request to PubAck); `function` holds
+    /// the function's handles.
+    pub fn accepted(&self, function: &Accepted, seconds: f64) {
         self.enqueue_seconds.record(seconds);
-        if let Ok(map) = self.accepted.read()
-            && let Some(m) = map.get(function)
-        {
-            m.record(seconds);
-            return;
-        }
-        let m = Accepted::new(function);
-        m.record(seconds);
-        if let Ok(mut map) = self.accepted.write()
-            && map.len() < MAX_CACHED_FUNCTIONS
-        {
-            map.entry(function.to_owned()).or_insert(m);
-        }
+        function.record(seconds);
     }
 
     /// JetStream reported the publish as a duplicate.

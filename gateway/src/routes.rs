@@ -6,7 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response};
+use http::header::AsHeaderName;
+use http::{HeaderMap, HeaderName, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
@@ -14,7 +15,7 @@ use crate::error::Side;
 use crate::state::State;
 use crate::{enqueue, forward, system};
 
-pub const X_CALL_ID: &str = "x-call-id";
+pub static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 
 pub async fn handle(
     state: Arc<State>,
@@ -53,7 +54,7 @@ pub fn split_name(rest: &str) -> (&str, &str) {
 }
 
 /// A header's value as text: `None` when absent, `Err` when it is not UTF-8.
-pub fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<Result<&'a str, ()>> {
+pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<Result<&str, ()>> {
     headers
         .get(name)
         .map(|v| std::str::from_utf8(v.as_bytes()).map_err(|_| ()))

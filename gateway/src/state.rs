@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::hot::HotFunctions;
 use crate::metrics::Metrics;
 
 /// Room left in a NATS message for the envelope's headers when capping the body limit: control
@@ -37,6 +38,8 @@ pub struct State {
     /// The exact `Authorization` value `/system/*` requires, when credentials are configured.
     pub auth: Option<String>,
     pub metrics: Metrics,
+    /// Per-function subject and metric handles of the asynchronous path, made on first use.
+    pub hot: HotFunctions,
     pub prometheus: PrometheusHandle,
     /// Signalled when a publish found no stream (deleted, or lost with a memory-backed NATS
     /// restart); the topology task then re-creates the streams.
@@ -79,6 +82,7 @@ impl State {
             retry_after: p.retry_after,
             auth: p.auth,
             metrics: Metrics::new(),
+            hot: HotFunctions::default(),
             prometheus: p.prometheus,
             streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),

@@ -21,8 +21,6 @@
 //! Invariant: request headers named `Nats-*` or `Flotilla-*`, and hop-by-hop headers, never enter
 //! the envelope; the first would steer JetStream, the second would forge control fields.
 
-use std::fmt::Write as _;
-
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
@@ -123,68 +121,102 @@ pub enum EnvelopeError {
     Version(String),
 }
 
-/// The control fields of a stored call, borrowed from its headers: what listing dead letters
-/// needs without decoding the whole envelope.
+/// The control fields of a call, borrowed: what `Flotilla-Call` holds. The gateway encodes a
+/// call straight from its request with it, and listing dead letters reads it without decoding
+/// the whole envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control<'a> {
     pub call_id: &'a str,
     pub method: &'a str,
+    /// Path suffix after `/async-function/<name>`, starting with '/' or empty.
     pub path: &'a str,
+    /// Raw query string without '?', or empty.
     pub query: &'a str,
     pub callback_url: Option<&'a str>,
+    /// Unix nanoseconds at which the gateway accepted the call.
     pub start_time: u128,
+    /// Attempts already made.
     pub attempt: u32,
-    /// `Flotilla-Function` of a version 1 message; version 2 leaves the function to the subject.
-    v1_function: Option<&'a str>,
 }
 
 impl Control<'_> {
     /// The control fields of the message with `headers`, version 2 or 1.
     pub fn of(headers: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
-        match headers.get(H_CALL) {
-            Some(packed) => parse_packed(packed.as_str()),
-            None => parse_v1(headers),
-        }
+        parse(headers).map(|(c, _)| c)
     }
-}
 
-impl Envelope {
-    /// NATS headers and payload for this call. `dedup_key`, when present, becomes `Nats-Msg-Id`
-    /// so JetStream drops a second publish within its window. The subject must be the function's
+    /// The NATS headers of a call with these control fields: `Flotilla-Call`, `Nats-Msg-Id` from
+    /// `dedup_key` when present (JetStream then drops a second publish within its window), and
+    /// the request's forwardable `headers`. The subject must be the function's
     /// (`subjects::call_subject` or `subjects::retry_subject`): it is where the function travels.
-    pub fn to_nats(&self, dedup_key: Option<&str>) -> (HeaderMap, Bytes) {
+    pub fn to_nats_headers<K, V>(
+        &self,
+        dedup_key: Option<&str>,
+        headers: impl IntoIterator<Item = (K, V)>,
+    ) -> HeaderMap
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         let mut h = HeaderMap::new();
-        h.insert(CALL, self.packed_control());
+        h.insert(CALL, self.packed());
         if let Some(key) = dedup_key {
             h.insert(NATS_MSG_ID, key);
         }
-        for (k, v) in &self.headers {
-            h.append(k.as_str(), v.as_str());
+        for (k, v) in headers {
+            h.append(k.as_ref(), v.as_ref());
         }
-        (h, self.body.clone())
+        h
     }
 
-    /// The value of `Flotilla-Call`.
-    fn packed_control(&self) -> String {
-        let cb_len = self.callback_url.as_ref().map_or(0, String::len);
+    /// The value of `Flotilla-Call`. Numbers are written by hand: `write!` cost more than the
+    /// rest of the encoding.
+    pub fn packed(&self) -> String {
+        let cb_len = self.callback_url.map_or(1, str::len);
         let mut s = String::with_capacity(
-            64 + self.call_id.len() + self.path.len() + self.query.len() + cb_len,
+            80 + self.call_id.len() + self.path.len() + self.query.len() + cb_len,
         );
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{VERSION} {} {} ", self.start_time, self.attempt);
-        push_sized(&mut s, &self.call_id);
+        s.push_str(VERSION);
         s.push(' ');
-        push_sized(&mut s, &self.path);
+        push_decimal(&mut s, self.start_time);
         s.push(' ');
-        push_sized(&mut s, &self.query);
+        push_decimal(&mut s, u128::from(self.attempt));
         s.push(' ');
-        match &self.callback_url {
+        push_sized(&mut s, self.call_id);
+        s.push(' ');
+        push_sized(&mut s, self.path);
+        s.push(' ');
+        push_sized(&mut s, self.query);
+        s.push(' ');
+        match self.callback_url {
             Some(url) => push_sized(&mut s, url),
             None => s.push('-'),
         }
         s.push(' ');
-        s.push_str(&self.method);
+        s.push_str(self.method);
         s
+    }
+}
+
+impl Envelope {
+    /// The control fields, borrowed.
+    pub fn control(&self) -> Control<'_> {
+        Control {
+            call_id: &self.call_id,
+            method: &self.method,
+            path: &self.path,
+            query: &self.query,
+            callback_url: self.callback_url.as_deref(),
+            start_time: self.start_time,
+            attempt: self.attempt,
+        }
+    }
+
+    /// NATS headers and payload for this call; see [`Control::to_nats_headers`].
+    pub fn to_nats(&self, dedup_key: Option<&str>) -> (HeaderMap, Bytes) {
+        let headers = self.headers.iter().map(|(k, v)| (k, v));
+        let h = self.control().to_nats_headers(dedup_key, headers);
+        (h, self.body.clone())
     }
 
     /// Reads a message back; `function` is the one its subject names. Fails, with a reason fit
@@ -195,8 +227,8 @@ impl Envelope {
         payload: Bytes,
     ) -> Result<Self, EnvelopeError> {
         let h = headers.ok_or(EnvelopeError::NoHeaders)?;
-        let c = Control::of(h)?;
-        if c.v1_function.is_some_and(|f| f != function.as_str()) {
+        let (c, v1_function) = parse(h)?;
+        if v1_function.is_some_and(|f| f != function.as_str()) {
             return Err(EnvelopeError::Malformed(v1::H_FUNCTION));
         }
         let mut headers = Vec::new();
@@ -225,8 +257,41 @@ impl Envelope {
 }
 
 fn push_sized(s: &mut String, value: &str) {
-    let _ = write!(s, "{}:", value.len());
+    push_decimal(s, value.len() as u128);
+    s.push(':');
     s.push_str(value);
+}
+
+fn push_decimal(s: &mut String, n: u128) {
+    // u128 division is a library call per digit; every real value fits a u64.
+    let Ok(mut n) = u64::try_from(n) else {
+        s.push_str(&n.to_string());
+        return;
+    };
+    // u64::MAX has 20 digits.
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
+    }
+}
+
+/// The control fields, version 2 or 1, and a version 1 message's `Flotilla-Function`.
+type Parsed<'a> = (Control<'a>, Option<&'a str>);
+
+fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, EnvelopeError> {
+    match headers.get(H_CALL) {
+        Some(packed) => parse_packed(packed.as_str()).map(|c| (c, None)),
+        None => parse_v1(headers),
+    }
 }
 
 /// Reads `Flotilla-Call`, strictly: every field present and well formed, nothing left over.
@@ -262,7 +327,6 @@ fn parse_packed(packed: &str) -> Result<Control<'_>, EnvelopeError> {
         callback_url,
         start_time,
         attempt,
-        v1_function: None,
     })
 }
 
@@ -308,7 +372,7 @@ fn check_method(method: &str) -> Option<()> {
 }
 
 /// Reads the one-header-per-field layout of version 1.
-fn parse_v1(h: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
+fn parse_v1(h: &HeaderMap) -> Result<Parsed<'_>, EnvelopeError> {
     let get = |name: &'static str| h.get(name).map(|v| v.as_str());
     let need = |name: &'static str| get(name).ok_or(EnvelopeError::Missing(name));
     let Some(version) = get(v1::H_VERSION) else {
@@ -335,7 +399,7 @@ fn parse_v1(h: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
             .parse()
             .map_err(|_| EnvelopeError::Malformed(v1::H_ATTEMPT))?,
     };
-    Ok(Control {
+    let control = Control {
         call_id,
         method,
         path,
@@ -343,8 +407,8 @@ fn parse_v1(h: &HeaderMap) -> Result<Control<'_>, EnvelopeError> {
         callback_url: get(v1::H_CALLBACK_URL),
         start_time,
         attempt,
-        v1_function: Some(v1_function),
-    })
+    };
+    Ok((control, Some(v1_function)))
 }
 
 thread_local! {
@@ -592,6 +656,23 @@ mod tests {
         );
         assert_eq!((c.start_time, c.attempt), (1_700_000_000_123_456_789, 2));
         assert_eq!(Control::of(&v1_headers()).unwrap().call_id, "c-1");
+    }
+
+    #[test]
+    fn decimals_match_display() {
+        for n in [
+            0,
+            7,
+            10,
+            99,
+            1_700_000_000_123_456_789,
+            u128::from(u64::MAX),
+            u128::MAX,
+        ] {
+            let mut s = String::new();
+            push_decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]
