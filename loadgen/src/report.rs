@@ -367,12 +367,13 @@ impl Report {
             let _ = writeln!(
                 o,
                 "- ceiling (same run, {} B, {} in flight, {} storage): HTTP→JetStream {}/s · \
-                 pull→POST→ack {}/s · pooled HTTP POSTs {}/s",
+                 pull→POST→ack {}/s · pull→POST→POST→ack {}/s · pooled HTTP POSTs {}/s",
                 c.body_size,
                 c.concurrency,
                 c.storage,
                 thousands(c.http_to_jetstream_per_s),
                 thousands(c.pull_post_ack_per_s),
+                thousands(c.pull_post_post_ack_per_s),
                 thousands(c.http_post_per_s)
             );
         }
