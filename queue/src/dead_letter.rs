@@ -7,7 +7,7 @@
 
 /// Why the message was dead-lettered, as text fit for an operator.
 pub const H_REASON: &str = "Flotilla-Dead-Reason";
-/// What kind of failure: [`KIND_POISON`] or [`KIND_EXHAUSTED`].
+/// What kind of failure: [`KIND_POISON`], [`KIND_EXHAUSTED`] or [`KIND_REDELIVERED`].
 pub const H_KIND: &str = "Flotilla-Dead-Kind";
 /// The stream and stream sequence the message came from.
 pub const H_STREAM: &str = "Flotilla-Dead-Stream";
@@ -26,6 +26,10 @@ pub const H_LAST_STATUS: &str = "Flotilla-Dead-Last-Status";
 pub const KIND_POISON: &str = "poison";
 /// The call failed on every attempt its retry policy allowed.
 pub const KIND_EXHAUSTED: &str = "exhausted";
+/// The call was delivered more often than the worker's `--max-deliveries` without ever being
+/// settled: each run crashed the worker, or hung it until it was killed, or lost its ack. Attempts
+/// are counted from the envelope, so without this cap such a call would come back forever.
+pub const KIND_REDELIVERED: &str = "redelivered";
 
 /// `Nats-Msg-Id` of a dead letter: the origin stream and sequence, so a worker that crashes after
 /// writing a dead letter but before settling the original writes it only once when the message

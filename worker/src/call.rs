@@ -76,11 +76,15 @@ pub enum CallError {
     /// The envelope's method or URL cannot form a request; trying again cannot help.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// JetStream delivered the message this many times and no run settled it (`--max-deliveries`):
+    /// the function was not called again.
+    #[error("delivered {0} times without settling: the worker crashed or lost the ack each time")]
+    Redelivered(u32),
 }
 
 impl CallError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::InvalidRequest(_))
+        !matches!(self, Self::InvalidRequest(_) | Self::Redelivered(_))
     }
 
     /// The status the outcome reports: 504 for a timeout, 502 otherwise.
@@ -311,19 +315,27 @@ pub(crate) async fn handle(
         earlier: env.attempt,
         delivered,
     };
-    let url = join_url(&func.base_url, &env.path, &env.query);
-    let work = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
-    let Some(outcome) = keep_alive(&msg, every, &shared.hard, work).await else {
-        hand_back(&shared, &msg).await;
-        return;
+    let outcome = if delivered > shared.max_deliveries {
+        // A crash loop: every earlier delivery ended without a settlement (the worker died, hung
+        // until killed, or lost the ack). The function is not called again; the retry policy
+        // sends this outcome to the dead letters and the callback gets it as the last failure.
+        Outcome::failed(CallError::Redelivered(delivered), Duration::ZERO, attempt)
+    } else {
+        let url = join_url(&func.base_url, &env.path, &env.query);
+        let work = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
+        let Some(outcome) = keep_alive(&msg, every, &shared.hard, work).await else {
+            hand_back(&shared, &msg).await;
+            return;
+        };
+        func.metrics.call_done(outcome.status.as_u16());
+        func.metrics.duration.record(outcome.duration.as_secs_f64());
+        if let Some(error) = &outcome.error {
+            tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
+        }
+        shared.reports.send(&env, &outcome);
+        outcome
     };
     let code = outcome.status.as_u16();
-    func.metrics.call_done(code);
-    func.metrics.duration.record(outcome.duration.as_secs_f64());
-    if let Some(error) = &outcome.error {
-        tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
-    }
-    shared.reports.send(&env, &outcome);
 
     let policy = &func.policy.retry;
     match retry::next(policy, &outcome, retry::jitter()) {

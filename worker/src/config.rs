@@ -88,6 +88,15 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s", value_parser = duration_arg)]
     pub ack_wait: Duration,
 
+    /// Deliveries of one message after which the worker dead-letters it (kind `redelivered`)
+    /// instead of calling the function again. Attempts are counted from the envelope, not from
+    /// JetStream's delivery count, so a call that crashes the worker (or hangs it until it is
+    /// killed) every time it runs would otherwise come back forever. 20 is far above what a
+    /// healthy fleet produces from hand-backs at shutdown and `ack_wait` expiries (each costs one
+    /// delivery), so only a call that never settles reaches it.
+    #[arg(long, env = "FLOTILLA_MAX_DELIVERIES", default_value_t = 20)]
+    pub max_deliveries: u32,
+
     /// Callbacks waiting for a delivery task. When full, calls wait to hand over their callback,
     /// which holds their concurrency slot and so slows pulling (backpressure, never a drop).
     #[arg(long, env = "FLOTILLA_CALLBACK_QUEUE", default_value_t = 1024)]
@@ -147,6 +156,12 @@ impl Config {
         }
         if self.callback_timeout.is_zero() {
             return bad("--callback-timeout must be above zero".into());
+        }
+        if self.max_deliveries < 2 {
+            return bad(format!(
+                "--max-deliveries {} is below 2: a call handed back once at shutdown would be dead-lettered",
+                self.max_deliveries
+            ));
         }
         if self.retry_max_waiting == 0 {
             return bad("--retry-max-waiting must be at least 1".into());
@@ -239,6 +254,7 @@ mod tests {
         assert_eq!((p.concurrency, p.replica_concurrency), (100, 100));
         assert_eq!(p.retry, flotilla_queue::RetryPolicy::default());
         assert_eq!(c.retry_max_waiting, 100_000);
+        assert_eq!(c.max_deliveries, 20);
     }
 
     #[test]
@@ -266,5 +282,6 @@ mod tests {
         assert!(parse(&["--retry-attempts", "0"]).validate().is_err());
         assert!(parse(&["--retry-statuses", "503,999"]).validate().is_err());
         assert!(parse(&["--retry-max-waiting", "0"]).validate().is_err());
+        assert!(parse(&["--max-deliveries", "1"]).validate().is_err());
     }
 }

@@ -1,7 +1,8 @@
-//! Dead letters: a message that is not a valid envelope (poison), or a call that failed every
-//! attempt its retry policy allowed (exhausted), is copied with the reason to the dead-letter
-//! stream and only then settled, so nothing can crash a worker, come back forever, or vanish
-//! unseen. One writer serves both kinds.
+//! Dead letters: a message that is not a valid envelope (poison), a call that failed every
+//! attempt its retry policy allowed (exhausted), or one delivered more than `--max-deliveries`
+//! times without ever being settled (redelivered: a crash loop), is copied with the reason to the
+//! dead-letter stream and only then settled, so nothing can crash a worker, come back forever, or
+//! vanish unseen. One writer serves every kind.
 
 use std::time::Duration;
 
@@ -140,8 +141,8 @@ pub(crate) async fn poison(
     }
 }
 
-/// Dead-letters a call whose last allowed attempt failed (or whose request could not be formed)
-/// and waits for the PubAck. The caller then delivers the callback and acks the message.
+/// Dead-letters a call whose last allowed attempt failed (or whose request could not be formed, or
+/// which was redelivered past `--max-deliveries`) and waits for the PubAck. The caller then delivers the callback and acks the message.
 pub(crate) async fn exhausted(
     shared: &Shared,
     msg: &jetstream::Message,
@@ -151,16 +152,22 @@ pub(crate) async fn exhausted(
     allowed: u32,
 ) -> Result<(), String> {
     let reason = exhausted_reason(outcome, allowed);
+    let redelivered = matches!(outcome.error, Some(CallError::Redelivered(_)));
     let letter = Letter {
         subject: msg.subject.as_str(),
         headers: msg.headers.as_ref(),
         payload: msg.payload.clone(),
         shard,
         sequence,
-        kind: dl::KIND_EXHAUSTED,
+        kind: if redelivered {
+            dl::KIND_REDELIVERED
+        } else {
+            dl::KIND_EXHAUSTED
+        },
         reason: &reason,
         attempts: Some(outcome.attempt.number()),
-        last_status: Some(outcome.status.as_u16()),
+        // A crash loop has no status: no run of it ever ended.
+        last_status: (!redelivered).then(|| outcome.status.as_u16()),
     };
     write(shared, letter).await
 }
@@ -170,6 +177,7 @@ fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
     let n = outcome.attempt.number();
     match &outcome.error {
         Some(e @ CallError::InvalidRequest(_)) => format!("{e} (not retried)"),
+        Some(e @ CallError::Redelivered(_)) => e.to_string(),
         Some(e) => format!("{e} (attempt {n} of {allowed})"),
         None => {
             let mut r = format!(

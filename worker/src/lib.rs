@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub progress_every: Duration,
     pub consumer_idle: Duration,
     pub discovery_interval: Duration,
+    /// Deliveries after which a message that never settled is dead-lettered (a crash loop).
+    pub max_deliveries: u32,
     /// `max_ack_pending` of each shard's retry consumer: retries that may wait at once.
     pub retry_max_waiting: u32,
     /// Fires on shutdown: stop pulling.
@@ -189,6 +191,7 @@ pub async fn run(
         consumer_idle: config.consumer_idle,
         discovery_interval: config.discovery_interval,
         retry_max_waiting: config.retry_max_waiting,
+        max_deliveries: config.max_deliveries,
         stop: stop.clone(),
         hard: hard.clone(),
         tracker: TaskTracker::new(),

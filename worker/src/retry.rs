@@ -59,7 +59,7 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
         return Next::Settle;
     }
     let retryable = match &outcome.error {
-        Some(CallError::InvalidRequest(_)) => return Next::DeadLetter,
+        Some(CallError::InvalidRequest(_) | CallError::Redelivered(_)) => return Next::DeadLetter,
         // Unreachable (502) or past its timeout (504).
         Some(_) => policy.retry_unreachable,
         None => policy.statuses.contains(&outcome.status.as_u16()),
@@ -436,6 +436,9 @@ mod tests {
             attempt,
         );
         assert_eq!(next(&policy(), &invalid, 0.0), Next::DeadLetter);
+        // A crash loop is never retried, whatever the policy says about unreachable functions.
+        let looped = Outcome::failed(CallError::Redelivered(21), Duration::ZERO, attempt);
+        assert_eq!(next(&no, &looped, 0.0), Next::DeadLetter);
     }
 
     #[test]

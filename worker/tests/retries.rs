@@ -579,3 +579,71 @@ async fn waiting_retries_of_flaky_never_slow_ok_nor_hold_a_slot() {
     .await;
     worker.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_redelivered_past_max_deliveries_is_dead_lettered_without_calling_the_function() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::answering(200).await;
+    let sink = RecordingServer::answering(200).await;
+    let cb = format!("{}/cb", sink.url());
+    nats.publish(&envelope("looping", "loop-1", Some(&cb), "payload"))
+        .await;
+
+    // Two deliveries that never settle, as two workers crashing on the call would leave it: pull
+    // it through the function's own durable consumer and hand it back unsettled each time.
+    let name = FunctionName::parse("looping").unwrap();
+    let consumer: jetstream::consumer::PullConsumer = nats
+        .js
+        .create_consumer_on_stream(
+            jetstream::consumer::pull::Config {
+                durable_name: Some(subjects::consumer_name(&name)),
+                filter_subject: subjects::call_subject(0, &name),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_deliver: -1,
+                ..Default::default()
+            },
+            subjects::call_stream(0).as_str(),
+        )
+        .await
+        .unwrap();
+    for delivery in 1..=2 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(T)
+            .messages()
+            .await
+            .unwrap();
+        let m = batch.next().await.unwrap().unwrap();
+        assert_eq!(m.info().unwrap().delivered, delivery);
+        m.ack_with(jetstream::AckKind::Nak(None)).await.unwrap();
+    }
+
+    let extra = ["--max-deliveries", "2"];
+    let worker = Worker::start_ready(&nats.url(), &args(&function.url(), &extra)).await;
+    sink.wait_for(1, T).await;
+    nats.wait_settled(T).await;
+
+    assert_eq!(function.count(), 0, "a crash loop is not run again");
+    let c = &sink.requests()[0];
+    assert_eq!(c.header("x-call-id"), "loop-1");
+    assert_eq!(c.header("x-function-status"), "502");
+    assert!(
+        String::from_utf8_lossy(&c.body).contains("delivered 3 times without settling"),
+        "{:?}",
+        c.body
+    );
+    let letters = dead_letters(&nats, 1).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (subject, headers, payload) = &letters[0];
+    assert_eq!(subject, "flotilla.dead.looping");
+    assert_eq!(&payload[..], b"payload");
+    assert_eq!(h(headers, dl::H_KIND), dl::KIND_REDELIVERED);
+    assert_eq!(
+        h(headers, dl::H_REASON),
+        "delivered 3 times without settling: the worker crashed or lost the ack each time"
+    );
+    assert_eq!(h(headers, dl::H_LAST_STATUS), "");
+    assert_eq!(Control::of(headers).unwrap().call_id, "loop-1");
+    worker.stop(T).await.unwrap();
+}
