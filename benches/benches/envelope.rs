@@ -226,7 +226,12 @@ fn decode(c: &mut Criterion) {
     for (size, label) in SIZES {
         let e = sample(size);
         let (block, body) = nats_encode(&e);
-        assert_eq!(nats_decode(&e.function, &block, body.clone()), e);
+        let mut back = nats_decode(&e.function, &block, body.clone());
+        // NATS keeps the order of one header's values, not the order between names.
+        back.headers.sort();
+        let mut want = e.clone();
+        want.headers.sort();
+        assert_eq!(back, want);
         let (block_v1, _) = nats_encode_v1(&e);
         assert_eq!(
             nats_decode(&e.function, &block_v1, body.clone()).call_id,

@@ -279,8 +279,9 @@ fn push_decimal(s: &mut String, n: u128) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        s.push(char::from(d));
+    // ASCII digits are UTF-8.
+    if let Ok(text) = std::str::from_utf8(&digits[i..]) {
+        s.push_str(text);
     }
 }
 
