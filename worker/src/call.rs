@@ -15,7 +15,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -403,7 +403,6 @@ pub(crate) async fn handle(
 
     if let Some(url) = env.callback_url {
         let retry_max = policy.attempts.saturating_sub(1);
-        let (done, delivered) = oneshot::channel();
         let job = CallbackJob {
             url,
             call_id: env.call_id,
@@ -416,18 +415,14 @@ pub(crate) async fn handle(
             // A call replayed or re-published under a lowered budget may have made more.
             retry: attempt.retries().min(retry_max),
             retry_max,
-            done,
         };
-        // A full queue blocks here while this call still holds its slot: pulling slows down.
-        let handed = keep_alive(&msg, every, &shared.hard, shared.callbacks.send(job)).await;
-        drop(slot);
-        if !matches!(handed, Some(true)) {
-            hand_back(&shared, &msg).await;
-            return;
-        }
-        match keep_alive(&msg, every, &shared.hard, delivered).await {
-            Some(Ok(Delivery::Delivered | Delivery::GaveUp)) => {}
-            Some(Ok(Delivery::Abandoned) | Err(_)) | None => {
+        // A full callback queue blocks in here while this call still holds its slot: pulling
+        // slows down. Boxed: delivery's state would otherwise enlarge every call's task, callback
+        // or not.
+        let delivery = Box::pin(shared.callbacks.deliver(job, slot));
+        match keep_alive(&msg, every, &shared.hard, delivery).await {
+            Some(Some(Delivery::Delivered | Delivery::GaveUp)) => {}
+            Some(None) | None => {
                 hand_back(&shared, &msg).await;
                 return;
             }

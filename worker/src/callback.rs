@@ -1,8 +1,13 @@
-//! Callback delivery: a bounded queue drained by a fixed number of tasks, each POST with its own
-//! timeout and a few retries. A full queue makes calls wait (backpressure on pulling); nothing is
-//! dropped. Each job tells its call how delivery ended, so the call acks its message only then.
+//! Callback delivery, in the call's own task: a callback first takes a place in a bounded queue
+//! (`--callback-queue`), then a delivery permit (`--callback-concurrency`), and is POSTed with its
+//! own timeout and a few retries. A full queue makes calls wait while they still hold their
+//! function slot (backpressure on pulling); nothing is dropped. The call acks its message only
+//! once delivery has ended, and a shutdown drains callbacks with the calls.
+//!
+//! Two semaphores rather than a channel and delivery tasks: the same bounds and the same
+//! backpressure, without handing each job to another task and its result back (measured in
+//! `docs/benchmarks.md`, worker hot path).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
@@ -44,10 +47,10 @@ pub(crate) struct CallbackJob {
     pub start_time: u128,
     pub retry: u32,
     pub retry_max: u32,
-    pub done: oneshot::Sender<Delivery>,
 }
 
-/// How delivery ended.
+/// How delivery ended. Either way the call is settled: a shutdown that cannot wait for delivery
+/// drops it instead, and the call is handed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Delivery {
     /// The receiver answered (a 4xx included: it refused, and asking again will not change that).
@@ -55,85 +58,67 @@ pub(crate) enum Delivery {
     /// Every attempt failed; logged at warn and counted. The call is settled anyway: running the
     /// function again would not make an unreachable receiver reachable.
     GaveUp,
-    /// The shutdown grace period ended first; the call is handed back.
-    Abandoned,
 }
 
 /// How callbacks are delivered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallbackSettings {
+    /// Callbacks that may wait for a delivery permit (`--callback-queue`).
+    pub capacity: usize,
     pub concurrency: usize,
     pub attempts: u32,
     pub timeout: Duration,
 }
 
-/// The sending side, held by calls.
-#[derive(Debug, Clone)]
-pub(crate) struct CallbackQueue {
-    tx: mpsc::Sender<CallbackJob>,
-    depth: metrics::Gauge,
-}
-
-impl CallbackQueue {
-    /// Queues a job, waiting while the queue is full. False when the delivery tasks are gone.
-    pub async fn send(&self, job: CallbackJob) -> bool {
-        let ok = self.tx.send(job).await.is_ok();
-        self.depth
-            .set((self.tx.max_capacity() - self.tx.capacity()) as f64);
-        ok
-    }
-}
-
-/// Starts the delivery tasks on `tracker`. They stop once `closed` fires and the queue is
-/// empty, or at once when `abandon` fires (their jobs then report `Abandoned`).
-pub(crate) fn start(
-    capacity: usize,
+/// The callback budget of a worker, shared by its calls.
+#[derive(Debug)]
+pub(crate) struct Callbacks {
+    client: CallbackClient,
     settings: CallbackSettings,
+    /// Places in the queue: held from the moment a call hands its callback over (and lets go of
+    /// its function slot) until delivery starts.
+    queue: Semaphore,
+    /// Deliveries in flight: the worker's load on callback receivers.
+    sending: Semaphore,
     metrics: WorkerMetrics,
-    tracker: &TaskTracker,
-    closed: CancellationToken,
-    abandon: CancellationToken,
-) -> CallbackQueue {
-    let (tx, rx) = mpsc::channel(capacity);
-    let rx = Arc::new(Mutex::new(rx));
-    let client = callback_client(settings.concurrency);
-    let queue = CallbackQueue {
-        tx,
-        depth: metrics.callback_queue_depth.clone(),
-    };
-    for _ in 0..settings.concurrency {
-        let (rx, client, metrics) = (rx.clone(), client.clone(), metrics.clone());
-        let (closed, abandon) = (closed.clone(), abandon.clone());
-        tracker.spawn(async move {
-            loop {
-                let job = {
-                    let mut rx = rx.lock().await;
-                    tokio::select! {
-                        biased;
-                        job = rx.recv() => {
-                            metrics.callback_queue_depth.set(rx.len() as f64);
-                            job
-                        }
-                        // Calls wait for their callbacks, so once every call has ended the
-                        // queue is empty and nothing more can arrive.
-                        _ = closed.cancelled() => rx.try_recv().ok(),
-                    }
-                };
-                let Some(job) = job else { break };
-                let result = tokio::select! {
-                    r = deliver(&client, settings, &job) => r,
-                    _ = abandon.cancelled() => Delivery::Abandoned,
-                };
-                match result {
-                    Delivery::Delivered => metrics.callbacks_delivered.increment(1),
-                    Delivery::GaveUp => metrics.callback_failures.increment(1),
-                    Delivery::Abandoned => {}
-                }
-                let _ = job.done.send(result);
-            }
-        });
+}
+
+impl Callbacks {
+    pub fn new(settings: CallbackSettings, metrics: WorkerMetrics) -> Self {
+        Self {
+            client: callback_client(settings.concurrency),
+            queue: Semaphore::new(settings.capacity),
+            sending: Semaphore::new(settings.concurrency),
+            settings,
+            metrics,
+        }
     }
-    queue
+
+    /// Delivers `job`. Waits for a place in the queue while still holding `slot`, the call's
+    /// function slot, so a full queue slows pulling; releases the slot once queued, then waits
+    /// for a delivery permit. `None` (the semaphores were closed, which the worker never does)
+    /// leaves the call to be handed back. Dropping the future (shutdown past the grace period)
+    /// gives up its place and permit; the caller hands the call back.
+    pub async fn deliver(&self, job: CallbackJob, slot: OwnedSemaphorePermit) -> Option<Delivery> {
+        let queued = self.queue.acquire().await.ok()?;
+        drop(slot);
+        self.set_depth();
+        let sending = self.sending.acquire().await.ok()?;
+        drop(queued);
+        self.set_depth();
+        let result = deliver(&self.client, self.settings, &job).await;
+        drop(sending);
+        match result {
+            Delivery::Delivered => self.metrics.callbacks_delivered.increment(1),
+            Delivery::GaveUp => self.metrics.callback_failures.increment(1),
+        }
+        Some(result)
+    }
+
+    fn set_depth(&self) {
+        let waiting = self.settings.capacity - self.queue.available_permits();
+        self.metrics.callback_queue_depth.set(waiting as f64);
+    }
 }
 
 fn callback_client(concurrency: usize) -> CallbackClient {

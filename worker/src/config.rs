@@ -97,7 +97,7 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_MAX_DELIVERIES", default_value_t = 20)]
     pub max_deliveries: u32,
 
-    /// Callbacks waiting for a delivery task. When full, calls wait to hand over their callback,
+    /// Callbacks waiting for a delivery permit. When full, calls wait to queue their callback,
     /// which holds their concurrency slot and so slows pulling (backpressure, never a drop).
     #[arg(long, env = "FLOTILLA_CALLBACK_QUEUE", default_value_t = 1024)]
     pub callback_queue: usize,

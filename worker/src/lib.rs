@@ -35,7 +35,7 @@ pub use call::{Attempt, CallError, Outcome};
 pub use config::Config;
 pub use error::WorkerError;
 
-use crate::callback::{CallbackQueue, CallbackSettings};
+use crate::callback::{CallbackSettings, Callbacks};
 use crate::metrics::WorkerMetrics;
 use crate::report::ReportQueue;
 
@@ -46,7 +46,7 @@ pub(crate) struct Shared {
     pub policies: Policies,
     pub shard_map: ShardMap,
     pub http: call::FunctionClient,
-    pub callbacks: CallbackQueue,
+    pub callbacks: Callbacks,
     pub reports: ReportQueue,
     pub ack_wait: Duration,
     /// A third of `ack_wait`: two progress acks may be lost before NATS redelivers.
@@ -155,21 +155,18 @@ pub async fn run(
     ready.shards_wanted.store(shards.len(), Ordering::SeqCst);
     tracing::info!(shards = ?shards, total = topology.shards, "worker starting");
 
-    // Callback and report tasks outlive the calls, which wait for their callbacks.
+    // Report tasks outlive the calls; callbacks are delivered by the calls themselves.
     let aux = TaskTracker::new();
     let aux_closed = CancellationToken::new();
     let hard = CancellationToken::new();
-    let callbacks = callback::start(
-        config.callback_queue,
+    let callbacks = Callbacks::new(
         CallbackSettings {
+            capacity: config.callback_queue,
             concurrency: config.callback_concurrency,
             attempts: config.callback_attempts,
             timeout: config.callback_timeout,
         },
         metrics.clone(),
-        &aux,
-        aux_closed.clone(),
-        hard.clone(),
     );
     let reports = report::start(
         config.report_queue,
