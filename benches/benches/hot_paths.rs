@@ -56,7 +56,7 @@ const REQUEST_HEADERS: &[&str] = &[
     "X-Request-Id",
     "Authorization",
     "Nats-Msg-Id",
-    "Flotilla-Call-Id",
+    "Flotilla-Call",
     "Traceparent",
     "X-Forwarded-For",
 ];
