@@ -6,66 +6,34 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
-use common::Worker;
+use common::{Gateway, Worker};
 use flotilla_queue::subjects;
 use flotilla_testsupport::{NatsCluster, RecordingServer, wait_until, wait_until_async};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
-use tokio::sync::{Mutex, oneshot};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// The gateway in this process; stops when dropped.
-struct Gateway {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Gateway {
-    async fn start(args: &[&str]) -> Self {
-        let mut all = vec!["flotilla-gateway"];
-        all.extend_from_slice(args);
-        let config = flotilla_gateway::Config::try_parse_from(all).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(flotilla_gateway::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        wait_until_async(Duration::from_secs(30), "gateway ready", || async {
-            common::get(addr, "/readyz").await.0 == 200
-        })
-        .await;
-        Self { addr, _stop: tx }
-    }
-}
+use tokio::sync::Mutex;
 
 /// POSTs one asynchronous call; `Some(call id)` when the gateway accepted it (202).
-async fn post(client: &HttpClient, gw: SocketAddr, callback: &str) -> Option<String> {
-    let req = http::Request::post(format!("http://{gw}/async-function/echo"))
-        .header("X-Callback-Url", callback)
-        .body(Full::new(Bytes::from_static(b"payload")))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    let id = resp
-        .headers()
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let _ = resp.into_body().collect().await;
-    if status == 202 { id } else { None }
+async fn post(gw: &Gateway, callback: &str) -> Option<String> {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        gw.post(
+            "/async-function/echo",
+            &[("X-Callback-Url", callback)],
+            Bytes::from_static(b"payload"),
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if answer.status == 202 {
+        answer.call_id
+    } else {
+        None
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +53,7 @@ async fn stopping_a_nats_node_under_load_loses_no_accepted_call() {
         "--stream-replicas",
         "3",
     ];
-    let gw = Gateway::start(&[&fleet[..], &["--log", "warn"]].concat()).await;
+    let gw = Arc::new(Gateway::start(&fleet).await);
     let worker = Worker::start_ready(
         &urls,
         &[
@@ -105,20 +73,19 @@ async fn stopping_a_nats_node_under_load_loses_no_accepted_call() {
     .await;
 
     // Four clients post without pause, each at most one call per 10 ms.
-    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let callback = format!("{}/cb", sink.url());
     let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let posting = Arc::new(AtomicBool::new(true));
     let mut posters = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (http, callback) = (http.clone(), callback.clone());
+        let (gw, callback) = (gw.clone(), callback.clone());
         let (accepted, refused, posting) = (accepted.clone(), refused.clone(), posting.clone());
         posters.spawn(async move {
             let mut pace = tokio::time::interval(Duration::from_millis(10));
             while posting.load(Ordering::SeqCst) {
                 pace.tick().await;
-                match post(&http, gw.addr, &callback).await {
+                match post(&gw, &callback).await {
                     Some(id) => accepted.lock().await.push(id),
                     None => {
                         refused.fetch_add(1, Ordering::SeqCst);

@@ -6,80 +6,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use common::{Nats, Worker};
+use common::{Gateway, Nats, Worker};
 use flotilla_queue::subjects;
 use flotilla_testsupport::{Recorded, RecordingServer, Reply};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
-use tokio::sync::oneshot;
-
-/// The gateway in this process; stops when dropped.
-struct Gateway {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Gateway {
-    async fn start(nats_url: &str, shards: &str) -> Self {
-        let config = flotilla_gateway::Config::try_parse_from([
-            "flotilla-gateway",
-            "--nats-url",
-            nats_url,
-            "--shards",
-            shards,
-            "--log",
-            "warn",
-        ])
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(flotilla_gateway::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        flotilla_testsupport::wait_until_async(
-            Duration::from_secs(15),
-            "gateway ready",
-            || async { common::get(addr, "/readyz").await.0 == 200 },
-        )
-        .await;
-        Self { addr, _stop: tx }
-    }
-}
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// POSTs an async call; returns the status and the `X-Call-Id` answered.
 async fn post_async(
-    client: &HttpClient,
-    gw: SocketAddr,
+    gw: &Gateway,
     function: &str,
     headers: &[(&str, &str)],
     body: String,
 ) -> (u16, String) {
-    let mut req = http::Request::post(format!("http://{gw}/async-function/{function}"));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .request(req.body(Full::new(Bytes::from(body))).unwrap())
+    let a = gw
+        .post(&format!("/async-function/{function}"), headers, body)
         .await
         .unwrap();
-    let id = resp
-        .headers()
-        .get("x-call-id")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    (status, id)
+    (a.status, a.call_id.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +42,8 @@ async fn a_thousand_calls_across_twenty_functions_and_four_shards_complete_exact
     .await;
     let sink = RecordingServer::answering(200).await;
     let template = format!("{}/{{name}}", function.url());
-    let gw = Gateway::start(&nats.url(), "4").await;
+    let url = nats.url();
+    let gw = Arc::new(Gateway::start(&["--nats-url", &url, "--shards", "4"]).await);
     let _worker = Worker::start_ready(
         &nats.url(),
         &[
@@ -121,18 +68,16 @@ async fn a_thousand_calls_across_twenty_functions_and_four_shards_complete_exact
         "test functions must cover every shard"
     );
 
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let callback = format!("{}/done", sink.url());
     let mut expected: HashMap<String, (String, String)> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..CALLS {
-        let (client, callback) = (client.clone(), callback.clone());
+        let (gw, callback) = (gw.clone(), callback.clone());
         let name = format!("fn-{}", i % FUNCTIONS);
         tasks.spawn(async move {
             let body = format!("call-{i}");
             let (status, id) = post_async(
-                &client,
-                gw.addr,
+                &gw,
                 &name,
                 &[
                     ("X-Callback-Url", &callback),
@@ -182,7 +127,8 @@ async fn an_idempotency_key_posted_twice_runs_once() {
     let function = RecordingServer::echo().await;
     let sink = RecordingServer::answering(200).await;
     let template = format!("{}/{{name}}", function.url());
-    let gw = Gateway::start(&nats.url(), "2").await;
+    let url = nats.url();
+    let gw = Gateway::start(&["--nats-url", &url, "--shards", "2"]).await;
     let _worker = Worker::start_ready(
         &nats.url(),
         &[
@@ -195,20 +141,18 @@ async fn an_idempotency_key_posted_twice_runs_once() {
         ],
     )
     .await;
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let cb = sink.url();
     let headers = [
         ("X-Callback-Url", cb.as_str()),
         ("Idempotency-Key", "order-1234"),
     ];
-    let (s1, id1) = post_async(&client, gw.addr, "charge", &headers, "once".into()).await;
-    let (s2, id2) = post_async(&client, gw.addr, "charge", &headers, "once".into()).await;
+    let (s1, id1) = post_async(&gw, "charge", &headers, "once".into()).await;
+    let (s2, id2) = post_async(&gw, "charge", &headers, "once".into()).await;
     assert_eq!((s1, s2), (202, 202));
     assert_eq!(id1, id2, "a retried POST gets the same call id");
     // A later call to the same function: once it has been called back, the first is settled too.
     let (s3, id3) = post_async(
-        &client,
-        gw.addr,
+        &gw,
         "charge",
         &[("X-Callback-Url", cb.as_str())],
         "later".into(),
@@ -238,7 +182,8 @@ async fn an_idempotency_key_posted_twice_runs_once() {
 #[tokio::test]
 async fn a_worker_with_another_shard_count_refuses_to_start() {
     let nats = Nats::start(4).await;
-    let _gw = Gateway::start(&nats.url(), "4").await;
+    let url = nats.url();
+    let _gw = Gateway::start(&["--nats-url", &url, "--shards", "4"]).await;
     let config = flotilla_worker::Config::try_parse_from([
         "flotilla-worker",
         "--nats-url",

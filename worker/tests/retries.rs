@@ -8,25 +8,19 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use clap::Parser;
-use common::{Nats, Worker, envelope, get};
+use common::{Gateway, Nats, Worker, envelope, get};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::{Control, H_RETRY_AT};
 use flotilla_queue::{FunctionName, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -149,48 +143,6 @@ async fn two_503s_then_success_is_called_three_times_with_one_callback() {
     worker.stop(T).await.unwrap();
 }
 
-/// The gateway in this process, for the replay API; stops when dropped.
-struct Gateway {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Gateway {
-    async fn start(nats_url: &str) -> Self {
-        let config = flotilla_gateway::Config::try_parse_from([
-            "flotilla-gateway",
-            "--nats-url",
-            nats_url,
-            "--log",
-            "warn",
-        ])
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(flotilla_gateway::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        wait_until_async(Duration::from_secs(15), "gateway ready", || async {
-            get(addr, "/readyz").await.0 == 200
-        })
-        .await;
-        Self { addr, _stop: tx }
-    }
-
-    async fn post(&self, path: &str, body: &str) -> (u16, String) {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let req = http::Request::post(format!("http://{}{path}", self.addr))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_owned())))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_500_ends_in_the_dead_letters_and_replay_runs_it_again() {
     let nats = Nats::start(1).await;
@@ -244,10 +196,17 @@ async fn always_500_ends_in_the_dead_letters_and_replay_runs_it_again() {
     );
 
     // Replay through the gateway: the call runs again with a fresh budget.
-    let gateway = Gateway::start(&nats.url()).await;
-    let (status, body) = gateway
-        .post("/system/dead-letters/replay", r#"{"function":"always"}"#)
-        .await;
+    let url = nats.url();
+    let gateway = Gateway::start(&["--nats-url", &url]).await;
+    let answer = gateway
+        .post(
+            "/system/dead-letters/replay",
+            &[("content-type", "application/json")],
+            r#"{"function":"always"}"#,
+        )
+        .await
+        .unwrap();
+    let (status, body) = (answer.status, String::from_utf8_lossy(&answer.body));
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"replayed\":1"), "{body}");
     sink.wait_for(2, T).await;

@@ -1,5 +1,5 @@
 //! Helpers shared by the worker's integration tests: a NATS server with the fleet's topology,
-//! envelopes published straight to JetStream, and a worker run in-process with `run()`.
+//! envelopes published straight to JetStream, and a worker and a gateway run in-process.
 
 // Each test binary uses a part of these helpers; a failed unwrap is the test failure we want.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -183,4 +183,83 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     (status, body)
+}
+
+/// A gateway in this process, for the tests that go through HTTP; stops when dropped.
+pub struct Gateway {
+    pub addr: std::net::SocketAddr,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >,
+    _stop: oneshot::Sender<()>,
+}
+
+/// What the gateway answered: status, `X-Call-Id`, body.
+pub struct Answer {
+    pub status: u16,
+    pub call_id: Option<String>,
+    pub body: Bytes,
+}
+
+impl Gateway {
+    /// Starts a gateway with `args` (after the binary name) and waits until `/readyz` is 200.
+    pub async fn start(args: &[&str]) -> Self {
+        let mut all = vec!["flotilla-gateway", "--log", "warn"];
+        all.extend_from_slice(args);
+        let config = flotilla_gateway::Config::try_parse_from(all).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(flotilla_gateway::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        flotilla_testsupport::wait_until_async(
+            Duration::from_secs(30),
+            "gateway ready",
+            || async { get(addr, "/readyz").await.0 == 200 },
+        )
+        .await;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        Self {
+            addr,
+            client,
+            _stop: tx,
+        }
+    }
+
+    /// POSTs `body` to `path` with `headers`, through a pooled client.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, hyper_util::client::legacy::Error> {
+        use http_body_util::BodyExt;
+        let mut req = http::Request::post(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(http_body_util::Full::new(body.into())).unwrap();
+        let resp = self.client.request(req).await?;
+        let status = resp.status().as_u16();
+        let call_id = resp
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok(Answer {
+            status,
+            call_id,
+            body,
+        })
+    }
 }
