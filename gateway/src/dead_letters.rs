@@ -84,7 +84,8 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
 /// `?function=<name>&after=<seq>&limit=<n>`, all optional.
 #[derive(Debug, PartialEq)]
 struct ListQuery {
-    function: Option<FunctionName>,
+    /// The dead-letter subject token: a function name, or `subjects::UNNAMED_DEAD_TOKEN`.
+    function: Option<String>,
     after: u64,
     limit: usize,
 }
@@ -118,7 +119,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, CallError> {
             return Err(bad(format!("query parameter {key} is given twice")));
         }
         match slot {
-            0 => q.function = Some(FunctionName::parse(&value)?),
+            0 => q.function = Some(dead_filter(&value)?),
             1 => {
                 q.after = value
                     .parse()
@@ -142,7 +143,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, CallError> {
 struct Item {
     /// Sequence in `FLOTILLA_DEAD`: the letter's identity for replay and the paging cursor.
     sequence: u64,
-    /// The function of the dead-letter subject (`_invalid` when the message named none).
+    /// The function of the dead-letter subject (`~invalid` when the message named none).
     function: String,
     call_id: Option<String>,
     /// `poison` or `exhausted`.
@@ -178,7 +179,7 @@ async fn list(state: &State, query: Option<&str>) -> Result<Response<Body>, Call
         return Err(CallError::NatsDown);
     }
     let stream = dead_stream(state).await?;
-    let filter = filter_subject(q.function.as_ref());
+    let filter = filter_subject(q.function.as_deref());
     let total = match &q.function {
         None => stream.cached_info().state.messages,
         Some(_) => count_subject(&stream, &filter).await?,
@@ -358,7 +359,7 @@ enum Selection {
     Sequences(Vec<u64>),
     /// Letters of one function (or of all, `None`) above `after`, at most `limit`.
     Filter {
-        function: Option<FunctionName>,
+        function: Option<String>,
         after: u64,
         limit: usize,
     },
@@ -390,7 +391,7 @@ fn parse_selector(body: &[u8]) -> Result<Selection, CallError> {
         let unique = sequences.into_iter().filter(|s| seen.insert(*s)).collect();
         return Ok(Selection::Sequences(unique));
     }
-    let function = s.function.as_deref().map(FunctionName::parse).transpose()?;
+    let function = s.function.as_deref().map(dead_filter).transpose()?;
     let limit = match s.limit {
         None => MAX_REPLAY,
         Some(n) if (1..=MAX_REPLAY).contains(&n) => n,
@@ -474,7 +475,7 @@ async fn replay(state: &State, req: Request<Incoming>) -> Result<Response<Body>,
             after,
             limit,
         } => {
-            let scan = scan(stream, &filter_subject(function.as_ref()), after, limit).await?;
+            let scan = scan(stream, &filter_subject(function.as_deref()), after, limit).await?;
             let next = scan.next();
             (scan.letters.iter().map(|l| l.sequence).collect(), next)
         }
@@ -542,7 +543,7 @@ async fn replay_one(
         Err(e) => return ("unknown".into(), Err(LetterError::Read(e.to_string()))),
     };
     let msg_id = replay_msg_id(sequence, &letter.headers);
-    // The dead-letter subject names the function (`_invalid` when the message named none).
+    // The dead-letter subject names the function (`~invalid` when the message named none).
     let named = function_of_dead_subject(letter.subject.as_str());
     let decoded = FunctionName::parse(named)
         .map_err(|_| LetterError::NoFunction)
@@ -619,9 +620,17 @@ async fn dead_stream(state: &State) -> Result<JsStream, CallError> {
         })
 }
 
-fn filter_subject(function: Option<&FunctionName>) -> String {
-    match function {
-        Some(f) => subjects::dead_subject(f.as_str()),
+/// A `function` filter: a valid function name, or `~invalid` for poison that named none.
+fn dead_filter(value: &str) -> Result<String, CallError> {
+    if value == subjects::UNNAMED_DEAD_TOKEN {
+        return Ok(value.to_owned());
+    }
+    Ok(FunctionName::parse(value)?.to_string())
+}
+
+fn filter_subject(token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("{}.{t}", subjects::DEAD_SUBJECT_PREFIX),
         None => format!("{}.>", subjects::DEAD_SUBJECT_PREFIX),
     }
 }
@@ -824,8 +833,8 @@ mod tests {
     fn dead_subjects_name_their_function() {
         assert_eq!(function_of_dead_subject("flotilla.dead.fn.ns"), "fn.ns");
         assert_eq!(
-            function_of_dead_subject("flotilla.dead._invalid"),
-            "_invalid"
+            function_of_dead_subject("flotilla.dead.~invalid"),
+            "~invalid"
         );
         assert_eq!(filter_subject(None), "flotilla.dead.>");
     }

@@ -315,7 +315,7 @@ async fn lists_every_letter_with_its_fields_oldest_first() {
         .iter()
         .find(|l| l["sequence"] == f.poison.sequence)
         .unwrap();
-    assert_eq!(poison["function"], "_invalid");
+    assert_eq!(poison["function"], "~invalid");
     assert_eq!(poison["kind"], "poison");
     assert_eq!(poison["reason"], "subject names no valid function");
     assert_eq!(poison["call_id"], Value::Null);
@@ -348,7 +348,7 @@ async fn filters_by_function_and_pages_cover_everything_once() {
     let page = f.list("?function=beta", &[]).await;
     assert_eq!(page["total"], 0);
     assert!(sequences(&page).is_empty());
-    let page = f.list("?function=_invalid", &[]).await;
+    let page = f.list("?function=~invalid", &[]).await;
     assert_eq!(sequences(&page), BTreeSet::from([f.poison.sequence]));
 
     // Pages of 2 over everything, then over one function.

@@ -62,12 +62,21 @@ fn of_subject(prefix: &str, shard: u32, subject: &str) -> Option<FunctionName> {
     FunctionName::parse(name).ok()
 }
 
+/// The dead-letter subject token of poison that names no valid function. `~` cannot occur in a
+/// function name, so no real function's letters are ever filed with them.
+pub const UNNAMED_DEAD_TOKEN: &str = "~invalid";
+
+/// The dead-letter subject token of `function`: the name itself, or [`UNNAMED_DEAD_TOKEN`].
+pub fn dead_token(function: &str) -> &str {
+    match FunctionName::parse(function) {
+        Ok(_) => function,
+        Err(_) => UNNAMED_DEAD_TOKEN,
+    }
+}
+
 pub fn dead_subject(function: &str) -> String {
     // Poison messages may name no valid function; they still need a subject.
-    match FunctionName::parse(function) {
-        Ok(f) => format!("{DEAD_SUBJECT_PREFIX}.{f}"),
-        Err(_) => format!("{DEAD_SUBJECT_PREFIX}._invalid"),
-    }
+    format!("{DEAD_SUBJECT_PREFIX}.{}", dead_token(function))
 }
 
 /// Durable consumer name of a function. Consumer names may not contain '.', so the namespace dot
@@ -103,6 +112,14 @@ mod tests {
             function_of_retry_subject(3, &call_subject(3, &f("x"))),
             None
         );
+    }
+
+    #[test]
+    fn unnamed_poison_never_shares_a_function_subject() {
+        assert_eq!(dead_subject("fn.ns"), "flotilla.dead.fn.ns");
+        assert_eq!(dead_subject("_invalid"), "flotilla.dead._invalid");
+        assert_eq!(dead_subject("a b"), "flotilla.dead.~invalid");
+        assert!(FunctionName::parse(UNNAMED_DEAD_TOKEN).is_err());
     }
 
     #[test]

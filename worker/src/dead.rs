@@ -11,7 +11,7 @@ use async_nats::jetstream::stream::Stream as JsStream;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
-use flotilla_queue::{FunctionName, subjects, time};
+use flotilla_queue::{subjects, time};
 
 use crate::Shared;
 use crate::call::{CallError, Outcome};
@@ -73,9 +73,8 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> 
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    // Labelled like the dead-letter subject: `_invalid` when the message named no valid function.
-    let label =
-        FunctionName::parse(&function).map_or_else(|_| "_invalid".to_owned(), |f| f.to_string());
+    // Labelled like the dead-letter subject: `~invalid` when the message named no valid function.
+    let label = subjects::dead_token(&function).to_owned();
     metrics::dead_letter(l.kind, label);
     tracing::warn!(
         kind = l.kind,
