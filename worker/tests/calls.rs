@@ -14,7 +14,7 @@ use common::{Nats, Worker, envelope, get};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::H_CALL;
 use flotilla_queue::subjects;
-use flotilla_testsupport::{Recorded, RecordingServer, Reply};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until_async};
 use futures_util::StreamExt;
 
 const T: Duration = Duration::from_secs(20);
@@ -175,12 +175,11 @@ async fn poison_messages_are_dead_lettered_and_work_goes_on() {
     sink.wait_for(1, T).await;
     nats.wait_settled(T).await;
 
-    let mut dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
-    let deadline = Instant::now() + T;
-    while dead.info().await.unwrap().state.messages < 3 {
-        assert!(Instant::now() < deadline, "dead letters missing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async(T, "three dead letters", || async {
+        common::dead_letter_count(&nats.js).await >= 3
+    })
+    .await;
+    let dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = dead
         .create_consumer(jetstream::consumer::pull::Config::default())
         .await

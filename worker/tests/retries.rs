@@ -73,12 +73,11 @@ async fn retries_waiting(nats: &Nats, shard: u32) -> u64 {
 
 /// Every dead letter, as (subject, headers, payload), once at least `n` are stored.
 async fn dead_letters(nats: &Nats, n: u64) -> Vec<(String, async_nats::HeaderMap, Bytes)> {
-    let mut dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
-    let deadline = Instant::now() + T;
-    while dead.info().await.unwrap().state.messages < n {
-        assert!(Instant::now() < deadline, "fewer than {n} dead letters");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async(T, &format!("{n} dead letters"), || async {
+        common::dead_letter_count(&nats.js).await >= n
+    })
+    .await;
+    let dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = dead
         .create_consumer(jetstream::consumer::pull::Config::default())
         .await

@@ -95,20 +95,13 @@ impl Drop for Gateway {
     }
 }
 
-/// Polls `cond` every 20 ms until it holds; panics after `STEP`.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+/// Waits until `cond` holds; panics after `STEP`.
+pub async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    flotilla_testsupport::wait_until_async(STEP, what, cond).await;
 }
 
 /// A response, read whole.

@@ -87,6 +87,16 @@ impl Nats {
     }
 }
 
+/// Letters stored in the dead-letter stream now.
+pub async fn dead_letter_count(js: &jetstream::Context) -> u64 {
+    js.get_stream(subjects::DEAD_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .messages
+}
+
 /// A call to `function` with a fixed set of request fields.
 pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &str) -> Envelope {
     Envelope {
@@ -138,11 +148,10 @@ impl Worker {
     /// Starts and waits until `/readyz` answers 200.
     pub async fn start_ready(nats_url: &str, args: &[&str]) -> Self {
         let w = Self::start(nats_url, args).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while get(w.admin, "/readyz").await.0 != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "worker not ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        flotilla_testsupport::wait_until_async(Duration::from_secs(15), "worker ready", || async {
+            get(w.admin, "/readyz").await.0 == 200
+        })
+        .await;
         w
     }
 
