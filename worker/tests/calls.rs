@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use bytes::Bytes;
 use common::{Nats, Worker, envelope, get};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::H_CALL;
 use flotilla_queue::subjects;
-use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until_async};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply};
 use futures_util::StreamExt;
 
 const T: Duration = Duration::from_secs(20);
@@ -175,34 +174,12 @@ async fn poison_messages_are_dead_lettered_and_work_goes_on() {
     sink.wait_for(1, T).await;
     nats.wait_settled(T).await;
 
-    wait_until_async(T, "three dead letters", || async {
-        common::dead_letter_count(&nats.js).await >= 3
-    })
-    .await;
-    let dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
-    let consumer: jetstream::consumer::PullConsumer = dead
-        .create_consumer(jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
     let mut reasons = Vec::new();
-    while let Some(m) = batch.next().await {
-        let m = m.unwrap();
-        let h = m.headers.clone().unwrap();
+    for (subject, h, payload) in common::dead_letters(&nats, 3).await {
         assert_eq!(h.get(dl::H_KIND).unwrap().as_str(), dl::KIND_POISON);
         assert!(h.get(dl::H_SEQUENCE).is_some());
         assert!(h.get(dl::H_TIME).is_some());
-        reasons.push((
-            m.subject.to_string(),
-            h.get(dl::H_REASON).unwrap().to_string(),
-            m.payload.clone(),
-        ));
+        reasons.push((subject, h.get(dl::H_REASON).unwrap().to_string(), payload));
     }
     reasons.sort();
     assert_eq!(reasons.len(), 3, "{reasons:?}");

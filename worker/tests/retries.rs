@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use common::{Gateway, Nats, Worker, envelope, get};
+use common::{Gateway, Nats, Worker, dead_letters, envelope, get};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::{Control, H_RETRY_AT};
 use flotilla_queue::{FunctionName, subjects};
@@ -69,36 +69,6 @@ async fn retries_waiting(nats: &Nats, shard: u32) -> u64 {
         total += entry.unwrap().1 as u64;
     }
     total
-}
-
-/// Every dead letter, as (subject, headers, payload), once at least `n` are stored.
-async fn dead_letters(nats: &Nats, n: u64) -> Vec<(String, async_nats::HeaderMap, Bytes)> {
-    wait_until_async(T, &format!("{n} dead letters"), || async {
-        common::dead_letter_count(&nats.js).await >= n
-    })
-    .await;
-    let dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
-    let consumer: jetstream::consumer::PullConsumer = dead
-        .create_consumer(jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1000)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(m) = batch.next().await {
-        let m = m.unwrap();
-        out.push((
-            m.subject.to_string(),
-            m.headers.clone().unwrap(),
-            m.payload.clone(),
-        ));
-    }
-    out
 }
 
 fn h<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> &'a str {

@@ -6,6 +6,11 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
+/// How long a helper waits for a condition before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
+
 use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Parser;
@@ -95,6 +100,36 @@ pub async fn dead_letter_count(js: &jetstream::Context) -> u64 {
         .cached_info()
         .state
         .messages
+}
+
+/// Every dead letter, as (subject, headers, payload), once at least `n` are stored.
+pub async fn dead_letters(nats: &Nats, n: u64) -> Vec<(String, async_nats::HeaderMap, Bytes)> {
+    flotilla_testsupport::wait_until_async(WAIT, &format!("{n} dead letters"), || async {
+        dead_letter_count(&nats.js).await >= n
+    })
+    .await;
+    let dead = nats.js.get_stream(subjects::DEAD_STREAM).await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = dead
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        out.push((
+            m.subject.to_string(),
+            m.headers.clone().unwrap(),
+            m.payload.clone(),
+        ));
+    }
+    out
 }
 
 /// A call to `function` with a fixed set of request fields.
