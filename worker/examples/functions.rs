@@ -7,9 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+use support::counting_server;
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -17,10 +18,6 @@ use bytes::Bytes;
 use clap::Parser;
 use flotilla_queue::topology::StreamSettings;
 use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
-use http_body_util::{BodyExt, Empty};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 const SHARDS: u32 = 4;
 
@@ -51,34 +48,6 @@ async fn idle_cpu(pids: [u32; 2], window: Duration) -> [f64; 2] {
     [0, 1].map(|i| (after[i] - before[i]) / window.as_secs_f64())
 }
 
-/// A function that answers 200 at once and counts.
-async fn function() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let c = c.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        c.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (url, count)
-}
-
 async fn consumers(js: &jetstream::Context) -> usize {
     let mut total = 0;
     for shard in 0..SHARDS {
@@ -102,7 +71,7 @@ async fn main() {
     let topology = Topology::agree(&js, Some(SHARDS), &settings).await.unwrap();
     topology.ensure_streams(&js, &settings).await.unwrap();
     let map = topology.shard_map();
-    let (fn_url, count) = function().await;
+    let (fn_url, count) = counting_server(Duration::ZERO).await;
     let pids = [std::process::id(), nats.pid().unwrap()];
 
     let config = flotilla_worker::Config::try_parse_from([

@@ -7,9 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod support;
+use support::{counting_server, fill};
+
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -17,65 +18,9 @@ use bytes::Bytes;
 use clap::Parser;
 use flotilla_queue::topology::StreamSettings;
 use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
-use http_body_util::{BodyExt, Empty};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 
 const LATENCY: Duration = Duration::from_millis(20);
 const REPLICA_CONCURRENCY: u64 = 10;
-
-/// A function that answers 200 after `LATENCY` and counts its calls.
-async fn function() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let c = c.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        tokio::time::sleep(LATENCY).await;
-                        c.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (url, count)
-}
-
-async fn fill(js: &jetstream::Context, env: &Envelope, n: u64) {
-    let subject = subjects::call_subject(0, &env.function);
-    let mut window = Vec::with_capacity(1024);
-    for i in 0..n {
-        let mut e = env.clone();
-        e.call_id = format!("c-{i}");
-        let (h, b) = e.to_nats(None);
-        window.push(
-            js.publish_with_headers(subject.clone(), h, b)
-                .await
-                .unwrap(),
-        );
-        if window.len() == 1024 {
-            for a in window.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in window.drain(..) {
-        a.await.unwrap();
-    }
-}
 
 /// A worker replica of shard 0 in this process; `stop` drains it.
 struct Replica {
@@ -129,7 +74,7 @@ async fn main() {
     let settings = StreamSettings::default();
     let topology = Topology::agree(&js, Some(1), &settings).await.unwrap();
     topology.ensure_streams(&js, &settings).await.unwrap();
-    let (fn_url, count) = function().await;
+    let (fn_url, count) = counting_server(LATENCY).await;
     let env = Envelope {
         call_id: String::new(),
         function: FunctionName::parse("latency").unwrap(),
@@ -150,7 +95,7 @@ async fn main() {
         // the tail (replicas running dry one after another) are left out.
         let calls = (ceiling * seconds as f64) as u64;
         count.store(0, Ordering::SeqCst);
-        fill(&js, &env, calls).await;
+        fill(&js, &subjects::call_subject(0, &env.function), &env, calls).await;
         let mut started = Vec::new();
         for _ in 0..replicas {
             started.push(Replica::start(&nats.url(), &fn_url).await);

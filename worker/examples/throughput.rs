@@ -10,9 +10,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod support;
+use support::{counting_server, fill};
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -21,10 +23,7 @@ use clap::Parser;
 use flotilla_queue::topology::StreamSettings;
 use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -55,56 +54,6 @@ fn cpu_seconds() -> f64 {
         }
     }
     total / 100.0
-}
-
-/// A function (or callback sink) that answers 200 at once and counts.
-async fn bare_server() -> (String, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let c = c.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let c = c.clone();
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        c.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
-                    }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (url, count)
-}
-
-async fn fill(js: &jetstream::Context, subject: &str, env: &Envelope, n: u64) {
-    let mut window = Vec::with_capacity(1024);
-    for i in 0..n {
-        let mut e = env.clone();
-        e.call_id = format!("c-{i}");
-        let (h, b) = e.to_nats(None);
-        window.push(
-            js.publish_with_headers(subject.to_owned(), h, b)
-                .await
-                .unwrap(),
-        );
-        if window.len() == 1024 {
-            for a in window.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in window.drain(..) {
-        a.await.unwrap();
-    }
 }
 
 /// The bare loop: one `messages()` stream, a semaphore, a task per message that POSTs the payload
@@ -196,8 +145,8 @@ async fn main() {
     let settings = StreamSettings::default();
     let topology = Topology::agree(&js, Some(1), &settings).await.unwrap();
     topology.ensure_streams(&js, &settings).await.unwrap();
-    let (fn_url, fn_count) = bare_server().await;
-    let (sink_url, sink_count) = bare_server().await;
+    let (fn_url, fn_count) = counting_server(Duration::ZERO).await;
+    let (sink_url, sink_count) = counting_server(Duration::ZERO).await;
     let function = FunctionName::parse("bench").unwrap();
     let env = Envelope {
         call_id: String::new(),
