@@ -8,37 +8,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Nats, Worker, envelope};
+use common::{Nats, Worker, envelope, sigterm, spawn_worker};
 use flotilla_queue::{FunctionName, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const T: Duration = Duration::from_secs(30);
-
-/// The worker binary, configured through flags and env twins.
-fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("NATS_URL", nats_url)
-        .env("FLOTILLA_FUNCTION_URL_TEMPLATE", template)
-        .env("FLOTILLA_DISCOVERY_INTERVAL", "100ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn flotilla-worker")
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("running child");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-}
 
 fn call_ids(sink: &RecordingServer) -> HashSet<String> {
     sink.requests()

@@ -8,19 +8,17 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use common::{Gateway, Nats, Worker, dead_letters, envelope, get};
+use common::{Gateway, Nats, Worker, dead_letters, envelope, get, sigterm, spawn_worker};
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::envelope::{Control, H_RETRY_AT};
 use flotilla_queue::{FunctionName, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
 use futures_util::StreamExt;
-use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -312,22 +310,6 @@ async fn malformed_retries_are_dead_lettered_and_the_loop_goes_on() {
     worker.stop(T).await.unwrap();
 }
 
-/// The worker binary, configured through flags and env twins.
-fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("NATS_URL", nats_url)
-        .env("FLOTILLA_FUNCTION_URL_TEMPLATE", template)
-        .env("FLOTILLA_DISCOVERY_INTERVAL", "100ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn flotilla-worker")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_100_retries_wait_loses_none() {
     let nats = Nats::start(1).await;
@@ -374,12 +356,7 @@ async fn sigkill_while_100_retries_wait_loses_none() {
     );
     assert_eq!(function.count(), 2 * total as usize);
     // The retry loop stops pulling with the rest on SIGTERM.
-    let pid = second.id().expect("running child").to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    sigterm(&second);
     let status = tokio::time::timeout(T, second.wait())
         .await
         .expect("exit in time")

@@ -307,3 +307,29 @@ impl Gateway {
         })
     }
 }
+
+/// The worker binary, configured through flags and env twins.
+pub fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("NATS_URL", nats_url)
+        .env("FLOTILLA_FUNCTION_URL_TEMPLATE", template)
+        .env("FLOTILLA_DISCOVERY_INTERVAL", "100ms")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn flotilla-worker")
+}
+
+/// Sends SIGTERM to a spawned worker.
+pub fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("running child");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+}
