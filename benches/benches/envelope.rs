@@ -10,6 +10,7 @@
 //! field, kept here (and still decoded by `Envelope::from_nats`) to show what packing the
 //! control fields into one `Flotilla-Call` header saved.
 
+use flotilla_benches::sample_call;
 use std::hint::black_box;
 
 use base64::Engine as _;
@@ -50,26 +51,6 @@ struct JsonBytesEnvelope {
     attempt: u32,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
-}
-
-fn sample(size: usize) -> Envelope {
-    Envelope {
-        call_id: "0b6e9c1e-3f7a-4f51-9a43-2f3d0c9c1a77".into(),
-        function: FunctionName::parse("resize-image.media").expect("valid"),
-        method: "POST".into(),
-        path: "/v1/thumbnail".into(),
-        query: "w=128&h=128".into(),
-        callback_url: Some("http://callbacks.internal:8080/done".into()),
-        start_time: 1_795_000_000_123_456_789,
-        attempt: 0,
-        headers: vec![
-            ("Content-Type".into(), "application/octet-stream".into()),
-            ("User-Agent".into(), "curl/8.5.0".into()),
-            ("Accept".into(), "*/*".into()),
-            ("X-Request-Id".into(), "req-5521".into()),
-        ],
-        body: Bytes::from(vec![b'x'; size]),
-    }
 }
 
 /// The header block as async-nats frames it on the wire.
@@ -203,7 +184,7 @@ fn json_bytes_decode(raw: &[u8]) -> Envelope {
 fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_encode");
     for (size, label) in SIZES {
-        let e = sample(size);
+        let e = sample_call(size);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("nats_headers", label), &e, |b, e| {
             b.iter(|| nats_encode(black_box(e)))
@@ -224,7 +205,7 @@ fn encode(c: &mut Criterion) {
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope_decode");
     for (size, label) in SIZES {
-        let e = sample(size);
+        let e = sample_call(size);
         let (block, body) = nats_encode(&e);
         let mut back = nats_decode(&e.function, &block, body.clone());
         // NATS keeps the order of one header's values, not the order between names.
@@ -261,7 +242,7 @@ fn decode(c: &mut Criterion) {
 /// Bytes each encoding puts on the wire per call, printed once so the docs can quote them.
 fn wire_sizes(_: &mut Criterion) {
     for (size, label) in SIZES {
-        let e = sample(size);
+        let e = sample_call(size);
         let (block, body) = nats_encode(&e);
         println!(
             "wire size {label}: nats_headers {} B, nats_headers_v1 {} B, json_base64 {} B, json_byte_array {} B",

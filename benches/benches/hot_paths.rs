@@ -2,6 +2,7 @@
 //! dropped, and building the worker's HTTP request to the function from an envelope. Each runs
 //! once or more per call, so each must stay far below the microseconds a call costs end to end.
 
+use flotilla_benches::sample_call;
 use std::hint::black_box;
 
 use bytes::Bytes;
@@ -75,26 +76,6 @@ fn header_filter(c: &mut Criterion) {
     g.finish();
 }
 
-fn envelope(body: usize) -> Envelope {
-    Envelope {
-        call_id: "0b6e9c1e-3f7a-4f51-9a43-2f3d0c9c1a77".into(),
-        function: FunctionName::parse("resize-image.media").expect("valid"),
-        method: "POST".into(),
-        path: "/v1/thumbnail".into(),
-        query: "w=128&h=128".into(),
-        callback_url: Some("http://callbacks.internal:8080/done".into()),
-        start_time: 1_795_000_000_123_456_789,
-        attempt: 0,
-        headers: vec![
-            ("Content-Type".into(), "application/octet-stream".into()),
-            ("User-Agent".into(), "curl/8.5.0".into()),
-            ("Accept".into(), "*/*".into()),
-            ("X-Request-Id".into(), "req-5521".into()),
-        ],
-        body: Bytes::from(vec![b'x'; body]),
-    }
-}
-
 /// What the worker does before handing a call to the pooled client.
 fn build_request(policies: &Policies, e: &Envelope) -> hyper::Request<Full<Bytes>> {
     let url = policies.url_for(&e.function, &e.path, &e.query);
@@ -111,7 +92,7 @@ fn build_request(policies: &Policies, e: &Envelope) -> hyper::Request<Full<Bytes
 fn request_building(c: &mut Criterion) {
     let policies =
         Policies::new(FunctionPolicy::default(), DEFAULT_URL_TEMPLATE).expect("valid policies");
-    let e = envelope(4096);
+    let e = sample_call(4096);
     let mut g = c.benchmark_group("request_building");
     g.throughput(Throughput::Elements(1));
     g.bench_function("url_for", |b| {
