@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::counting_server;
+use support::{counting_server, nats_with_topology};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Parser;
-use flotilla_queue::topology::StreamSettings;
-use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
+use flotilla_queue::{Envelope, FunctionName, subjects, time};
 
 const SHARDS: u32 = 4;
 
@@ -62,14 +61,7 @@ async fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .map_or(2000, |a| a.parse().expect("function count"));
-    let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
-        .await
-        .unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let settings = StreamSettings::default();
-    let topology = Topology::agree(&js, Some(SHARDS), &settings).await.unwrap();
-    topology.ensure_streams(&js, &settings).await.unwrap();
+    let (nats, js, topology) = nats_with_topology(SHARDS).await;
     let map = topology.shard_map();
     let (fn_url, count) = counting_server(Duration::ZERO).await;
     let pids = [std::process::id(), nats.pid().unwrap()];

@@ -8,16 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::{counting_server, fill};
+use support::{counting_server, fill, nats_with_topology};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Parser;
-use flotilla_queue::topology::StreamSettings;
-use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
+use flotilla_queue::{Envelope, FunctionName, subjects, time};
 
 const LATENCY: Duration = Duration::from_millis(20);
 const REPLICA_CONCURRENCY: u64 = 10;
@@ -66,14 +64,7 @@ async fn main() {
     let seconds: u64 = std::env::args()
         .nth(1)
         .map_or(6, |a| a.parse().expect("seconds per run"));
-    let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
-        .await
-        .unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let settings = StreamSettings::default();
-    let topology = Topology::agree(&js, Some(1), &settings).await.unwrap();
-    topology.ensure_streams(&js, &settings).await.unwrap();
+    let (nats, js, _) = nats_with_topology(1).await;
     let (fn_url, count) = counting_server(LATENCY).await;
     let env = Envelope {
         call_id: String::new(),

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::{counting_server, fill};
+use support::{counting_server, fill, nats_with_topology};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use clap::Parser;
-use flotilla_queue::topology::StreamSettings;
-use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
+use flotilla_queue::{Envelope, FunctionName, subjects, time};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -137,14 +136,7 @@ async fn main() {
     let worker_only = modes.iter().any(|m| m == "worker-only");
     let ceiling_only = modes.iter().any(|m| m == "ceiling-only");
 
-    let nats = tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
-        .await
-        .unwrap();
-    let client = nats.client().await;
-    let js = jetstream::new(client.clone());
-    let settings = StreamSettings::default();
-    let topology = Topology::agree(&js, Some(1), &settings).await.unwrap();
-    topology.ensure_streams(&js, &settings).await.unwrap();
+    let (nats, js, _) = nats_with_topology(1).await;
     let (fn_url, fn_count) = counting_server(Duration::ZERO).await;
     let (sink_url, sink_count) = counting_server(Duration::ZERO).await;
     let function = FunctionName::parse("bench").unwrap();

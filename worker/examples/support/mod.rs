@@ -1,5 +1,5 @@
-//! What the worker's examples share: a function server that answers 200 and counts, and a
-//! backlog filler that keeps a window of PubAcks in flight.
+//! What the worker's examples share: a nats-server with the fleet's topology, a function server
+//! that answers 200 and counts, and a backlog filler that keeps a window of PubAcks in flight.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -9,11 +9,25 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use flotilla_queue::Envelope;
+use flotilla_queue::topology::StreamSettings;
+use flotilla_queue::{Envelope, Topology};
+use flotilla_testsupport::NatsServer;
 use http_body_util::{BodyExt, Empty};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+
+/// A nats-server on a free port with `shards` agreed and the streams created.
+pub async fn nats_with_topology(shards: u32) -> (NatsServer, jetstream::Context, Topology) {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap();
+    let js = jetstream::new(nats.client().await);
+    let settings = StreamSettings::default();
+    let topology = Topology::agree(&js, Some(shards), &settings).await.unwrap();
+    topology.ensure_streams(&js, &settings).await.unwrap();
+    (nats, js, topology)
+}
 
 /// A function (or callback sink) that answers 200 after `latency` and counts its calls.
 pub async fn counting_server(latency: Duration) -> (String, Arc<AtomicU64>) {
