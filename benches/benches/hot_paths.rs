@@ -8,6 +8,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use flotilla_queue::envelope::is_dropped_header;
+use flotilla_queue::headers::{X_CALL_ID, X_START_TIME};
 use flotilla_queue::policy::DEFAULT_URL_TEMPLATE;
 use flotilla_queue::subjects::call_subject;
 use flotilla_queue::{Envelope, FunctionName, FunctionPolicy, Policies, ShardMap};
@@ -83,8 +84,8 @@ fn build_request(policies: &Policies, e: &Envelope) -> hyper::Request<Full<Bytes
     for (k, v) in &e.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    req.header("X-Call-Id", e.call_id.as_str())
-        .header("X-Start-Time", e.start_time.to_string())
+    req.header(X_CALL_ID, e.call_id.as_str())
+        .header(X_START_TIME, e.start_time.to_string())
         .body(Full::new(e.body.clone()))
         .expect("valid request")
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
+use flotilla_queue::headers::{self, IDEMPOTENCY_KEY, X_CALL_ID, X_CALLBACK_URL, spelled};
 use flotilla_queue::{FunctionName, subjects};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -15,20 +16,18 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::CallError;
-use crate::routes::{X_CALL_ID, header_text, split_name};
+use crate::routes::{header_text, split_name};
 use crate::state::State;
 
 pub const PREFIX: &str = "/async-function/";
 pub const ALLOW: &str = "GET, POST, PUT, PATCH, DELETE";
 
-static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Longest client-chosen call id or idempotency key.
 pub const MAX_KEY_LEN: usize = 128;
 
 /// Request headers that travel as envelope control fields (or are set again by the worker), so
 /// they are not copied among the forwarded headers.
-const CONTROL_HEADERS: &[&str] = &["x-call-id", "x-callback-url", "x-start-time"];
+static CONTROL_HEADERS: [HeaderName; 3] = [X_CALL_ID, X_CALLBACK_URL, headers::X_START_TIME];
 
 pub async fn enqueue(
     state: &State,
@@ -59,8 +58,8 @@ pub async fn enqueue(
         }
         Some(Err(())) => return Err(CallError::BadCallbackUrl("is not valid text")),
     };
-    let client_call_id = client_key(headers, &X_CALL_ID, "X-Call-Id")?;
-    let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, "Idempotency-Key")?;
+    let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
+    let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
 
     let limit = state.body_limit();
     if content_length(headers).is_some_and(|n| n > limit as u64) {
@@ -95,7 +94,7 @@ pub async fn enqueue(
                     None => envelope::new_call_id(),
                 };
                 let value = HeaderValue::from_str(&id).map_err(|_| CallError::BadHeader {
-                    header: "X-Call-Id",
+                    header: spelled::X_CALL_ID,
                     reason: "is not a valid header value",
                 })?;
                 (id.into(), value)
@@ -230,11 +229,10 @@ pub fn check_callback_url(raw: &str) -> Result<(), CallError> {
 /// envelope, not a control field. Values that are not UTF-8 are carried lossily.
 fn forwarded_headers(headers: &HeaderMap) -> impl Iterator<Item = (&str, Cow<'_, str>)> {
     headers.iter().filter_map(|(name, value)| {
-        let name = name.as_str();
-        if is_dropped_header(name) || CONTROL_HEADERS.contains(&name) {
+        if CONTROL_HEADERS.contains(name) || is_dropped_header(name.as_str()) {
             return None;
         }
-        Some((name, String::from_utf8_lossy(value.as_bytes())))
+        Some((name.as_str(), String::from_utf8_lossy(value.as_bytes())))
     })
 }
 

@@ -6,17 +6,16 @@ use std::time::Instant;
 
 use flotilla_queue::FunctionName;
 use flotilla_queue::envelope::{self, HOP_BY_HOP};
+use flotilla_queue::headers::{X_CALL_ID, X_DURATION_SECONDS, X_START_TIME};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::CallError;
-use crate::routes::{X_CALL_ID, split_name};
+use crate::routes::split_name;
 use crate::state::State;
 
 pub const PREFIX: &str = "/function/";
-const X_START_TIME: &str = "x-start-time";
-const X_DURATION_SECONDS: &str = "x-duration-seconds";
 
 pub async fn forward(
     state: &State,

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::AsHeaderName;
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::Side;
 use crate::state::State;
 use crate::{enqueue, forward, system};
-
-pub static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 
 pub async fn handle(
     state: Arc<State>,

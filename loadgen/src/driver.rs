@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flotilla_queue::headers::{X_CALL_ID, X_CALLBACK_URL};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -192,7 +193,7 @@ pub async fn warm_up(
             };
             let mut req = hyper::Request::post(uri);
             if let Some(cb) = callback_url {
-                req = req.header("x-callback-url", cb);
+                req = req.header(X_CALLBACK_URL, cb);
             }
             let req = req
                 .body(Full::new(Bytes::from_static(b"warm-up")))
@@ -204,7 +205,7 @@ pub async fn warm_up(
             let status = resp.status();
             let id = resp
                 .headers()
-                .get("x-call-id")
+                .get(X_CALL_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let _ = resp.into_body().collect().await;
@@ -223,7 +224,7 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
     t.rec.sent.fetch_add(1, Ordering::Relaxed);
     let mut req = hyper::Request::post(t.uris[function].clone());
     if let Some(cb) = &t.callback {
-        req = req.header("x-callback-url", cb.clone());
+        req = req.header(X_CALLBACK_URL, cb.clone());
     }
     let req = req
         .header("content-type", "application/octet-stream")
@@ -237,7 +238,7 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
         let status = resp.status().as_u16();
         let call_id = resp
             .headers()
-            .get("x-call-id")
+            .get(X_CALL_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         // Read the body to the end so the connection returns to the pool.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_queue::headers::{X_CALL_ID, X_START_TIME};
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -82,12 +83,12 @@ impl FunctionServer {
                         tokio::time::sleep(delay).await;
                     }
                     st.calls.fetch_add(1, Ordering::Relaxed);
-                    if record && let Some(call_id) = header(&parts.headers, "x-call-id") {
+                    if record && let Some(call_id) = header(&parts.headers, &X_CALL_ID) {
                         arr.record(Callback {
                             call_id: call_id.to_owned(),
                             arrived_ns: clock.now_ns(),
                             status: if fail { 500 } else { 200 },
-                            start_unix_ns: header(&parts.headers, "x-start-time")
+                            start_unix_ns: header(&parts.headers, &X_START_TIME)
                                 .and_then(|s| s.parse().ok()),
                         });
                     }

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use flotilla_queue::headers::{X_CALL_ID, X_FUNCTION_STATUS, X_START_TIME};
+use http::HeaderName;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -71,7 +73,7 @@ pub struct CallbackSink {
     task: JoinHandle<()>,
 }
 
-pub(crate) fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(h: &'a http::HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -94,16 +96,16 @@ impl CallbackSink {
                     // Drain the body so the connection can be reused; its content is not needed.
                     let _ = body.collect().await;
                     let arrived_ns = clock.now_ns();
-                    let Some(call_id) = header(&parts.headers, "x-call-id") else {
+                    let Some(call_id) = header(&parts.headers, &X_CALL_ID) else {
                         return net::respond(400, Bytes::from_static(b"X-Call-Id missing\n"));
                     };
                     let cb = Callback {
                         call_id: call_id.to_owned(),
                         arrived_ns,
-                        status: header(&parts.headers, "x-function-status")
+                        status: header(&parts.headers, &X_FUNCTION_STATUS)
                             .and_then(|s| s.parse().ok())
                             .unwrap_or(0),
-                        start_unix_ns: header(&parts.headers, "x-start-time")
+                        start_unix_ns: header(&parts.headers, &X_START_TIME)
                             .and_then(|s| s.parse().ok()),
                     };
                     st.record(cb);

@@ -2,25 +2,16 @@
 //! writes dead letters and the gateway that lists and replays them read the same names.
 //!
 //! A dead letter keeps the original message's headers and payload (minus `Nats-*` headers, which
-//! would steer JetStream) and adds the headers below. Every name starts with `Flotilla-`, so
+//! would steer JetStream) and adds the `Flotilla-Dead-*` headers (`headers::DEAD_*`, re-exported
+//! below under the names their writer and readers use). Every name starts with `Flotilla-`, so
 //! `Envelope::from_nats` never forwards them to a function when a dead letter is replayed.
 
-/// Why the message was dead-lettered, as text fit for an operator.
-pub const H_REASON: &str = "Flotilla-Dead-Reason";
-/// What kind of failure: [`KIND_POISON`], [`KIND_EXHAUSTED`] or [`KIND_REDELIVERED`].
-pub const H_KIND: &str = "Flotilla-Dead-Kind";
-/// The stream and stream sequence the message came from.
-pub const H_STREAM: &str = "Flotilla-Dead-Stream";
-pub const H_SEQUENCE: &str = "Flotilla-Dead-Sequence";
-/// The subject the message was published to (it names the function even when the envelope does
-/// not parse).
-pub const H_SUBJECT: &str = "Flotilla-Dead-Subject";
-/// Unix nanoseconds at which the message was dead-lettered.
-pub const H_TIME: &str = "Flotilla-Dead-Time";
-/// Attempts made (deliveries plus the envelope's earlier attempts).
-pub const H_ATTEMPTS: &str = "Flotilla-Dead-Attempts";
-/// The last HTTP status, when the function answered or was reported unreachable (502/504).
-pub const H_LAST_STATUS: &str = "Flotilla-Dead-Last-Status";
+/// The dead-letter header names, declared with every other in `headers`.
+pub use crate::headers::{
+    DEAD_ATTEMPTS as H_ATTEMPTS, DEAD_KIND as H_KIND, DEAD_LAST_STATUS as H_LAST_STATUS,
+    DEAD_REASON as H_REASON, DEAD_SEQUENCE as H_SEQUENCE, DEAD_STREAM as H_STREAM,
+    DEAD_SUBJECT as H_SUBJECT, DEAD_TIME as H_TIME,
+};
 
 /// The message could not be decoded into an envelope; running it again cannot help.
 pub const KIND_POISON: &str = "poison";

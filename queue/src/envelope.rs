@@ -24,36 +24,16 @@
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
+use crate::headers;
 use crate::names::FunctionName;
 
-/// The packed control fields (format in the module docs).
-pub const H_CALL: &str = "Flotilla-Call";
-/// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects;
-/// like every `Flotilla-*` header it never reaches a function.
-pub const H_RETRY_AT: &str = "Flotilla-Retry-At";
-/// JetStream's de-duplication id.
-pub const H_NATS_MSG_ID: &str = "Nats-Msg-Id";
+/// The envelope's header names, declared with every other in `headers`.
+pub use crate::headers::{FLOTILLA_CALL as H_CALL, FLOTILLA_RETRY_AT as H_RETRY_AT, v1};
 
 /// The version `to_nats` writes, first field of `Flotilla-Call`.
 pub const VERSION: &str = "2";
 
 const CALL: HeaderName = HeaderName::from_static(H_CALL);
-const NATS_MSG_ID: HeaderName = HeaderName::from_static(H_NATS_MSG_ID);
-
-/// Header names of version 1, read (never written) so that messages stored before an upgrade
-/// still decode.
-pub mod v1 {
-    pub const H_VERSION: &str = "Flotilla-Version";
-    pub const H_CALL_ID: &str = "Flotilla-Call-Id";
-    pub const H_FUNCTION: &str = "Flotilla-Function";
-    pub const H_METHOD: &str = "Flotilla-Method";
-    pub const H_PATH: &str = "Flotilla-Path";
-    pub const H_QUERY: &str = "Flotilla-Query";
-    pub const H_CALLBACK_URL: &str = "Flotilla-Callback-Url";
-    pub const H_START_TIME: &str = "Flotilla-Start-Time";
-    pub const H_ATTEMPT: &str = "Flotilla-Attempt";
-    pub const VERSION: &str = "1";
-}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus those the transport recomputes.
 pub const HOP_BY_HOP: &[&str] = &[
@@ -73,8 +53,8 @@ pub const HOP_BY_HOP: &[&str] = &[
 /// True for a request header that is not forwarded: hop-by-hop, or reserved for the envelope.
 pub fn is_dropped_header(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || starts_with_ignore_case(name, "nats-")
-        || starts_with_ignore_case(name, "flotilla-")
+        || starts_with_ignore_case(name, headers::NATS_PREFIX)
+        || starts_with_ignore_case(name, headers::FLOTILLA_PREFIX)
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -161,7 +141,7 @@ impl Control<'_> {
         let mut h = HeaderMap::new();
         h.insert(CALL, self.packed());
         if let Some(key) = dedup_key {
-            h.insert(NATS_MSG_ID, key);
+            h.insert(headers::NATS_MESSAGE_ID, key);
         }
         for (k, v) in headers {
             h.append(k.as_ref(), v.as_ref());
@@ -492,7 +472,7 @@ mod tests {
     fn round_trips() {
         let e = sample();
         let (h, body) = e.to_nats(Some("key"));
-        assert_eq!(h.get(H_NATS_MSG_ID).unwrap().as_str(), "key");
+        assert_eq!(h.get(headers::NATS_MESSAGE_ID).unwrap().as_str(), "key");
         let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
         assert_eq!(sorted(back), sorted(e));
     }

@@ -4,6 +4,7 @@
 
 pub mod dead_letter;
 pub mod envelope;
+pub mod headers;
 pub mod names;
 pub mod ops;
 pub mod policy;

@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_queue::FunctionName;
+use flotilla_queue::headers::{
+    X_CALL_ID, X_DURATION_SECONDS, X_FUNCTION_NAME, X_FUNCTION_STATUS, X_RETRY, X_RETRY_MAX,
+    X_START_TIME,
+};
 use http::header::CONTENT_TYPE;
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -22,14 +26,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
-
-static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
-static X_FUNCTION_NAME: HeaderName = HeaderName::from_static("x-function-name");
-static X_FUNCTION_STATUS: HeaderName = HeaderName::from_static("x-function-status");
-static X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
-static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
-static X_RETRY: HeaderName = HeaderName::from_static("x-retry");
-static X_RETRY_MAX: HeaderName = HeaderName::from_static("x-retry-max");
 
 /// Callback receivers are often `https://`; rustls on ring with the webpki roots.
 type CallbackClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -197,21 +193,18 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
         h.insert(CONTENT_TYPE, ct.clone());
     }
     if let Ok(v) = HeaderValue::from_str(&job.call_id) {
-        h.insert(X_CALL_ID.clone(), v);
+        h.insert(X_CALL_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(job.function.as_str()) {
-        h.insert(X_FUNCTION_NAME.clone(), v);
+        h.insert(X_FUNCTION_NAME, v);
     }
-    h.insert(X_FUNCTION_STATUS.clone(), HeaderValue::from(job.status));
+    h.insert(X_FUNCTION_STATUS, HeaderValue::from(job.status));
     if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", job.duration.as_secs_f64())) {
-        h.insert(X_DURATION_SECONDS.clone(), v);
+        h.insert(X_DURATION_SECONDS, v);
     }
-    h.insert(
-        X_START_TIME.clone(),
-        HeaderValue::from(job.start_time as u64),
-    );
-    h.insert(X_RETRY.clone(), HeaderValue::from(job.retry));
-    h.insert(X_RETRY_MAX.clone(), HeaderValue::from(job.retry_max));
+    h.insert(X_START_TIME, HeaderValue::from(job.start_time as u64));
+    h.insert(X_RETRY, HeaderValue::from(job.retry));
+    h.insert(X_RETRY_MAX, HeaderValue::from(job.retry_max));
     req
 }
 

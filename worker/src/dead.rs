@@ -11,6 +11,7 @@ use async_nats::jetstream::stream::Stream as JsStream;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
+use flotilla_queue::headers::{NATS_MESSAGE_ID, NATS_PREFIX};
 use flotilla_queue::{subjects, time};
 
 use crate::Shared;
@@ -44,7 +45,9 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> 
         for (name, values) in original.iter() {
             let name: &str = name.as_ref();
             // Nats-* headers would steer JetStream (de-duplication, expectations).
-            if name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-") {
+            if name.len() >= NATS_PREFIX.len()
+                && name[..NATS_PREFIX.len()].eq_ignore_ascii_case(NATS_PREFIX)
+            {
                 continue;
             }
             for v in values {
@@ -64,7 +67,7 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> 
     if let Some(s) = l.last_status {
         headers.insert(dl::H_LAST_STATUS, s.to_string().as_str());
     }
-    headers.insert("Nats-Msg-Id", dl::dedup_id(&stream, l.sequence).as_str());
+    headers.insert(NATS_MESSAGE_ID, dl::dedup_id(&stream, l.sequence).as_str());
     let dead_subject = subjects::dead_subject(&function);
     shared
         .js
