@@ -629,18 +629,12 @@ fn dead_filter(value: &str) -> Result<String, CallError> {
 }
 
 fn filter_subject(token: Option<&str>) -> String {
-    match token {
-        Some(t) => format!("{}.{t}", subjects::DEAD_SUBJECT_PREFIX),
-        None => format!("{}.>", subjects::DEAD_SUBJECT_PREFIX),
-    }
+    token.map_or_else(subjects::dead_wildcard, subjects::dead_subject)
 }
 
 /// `flotilla.dead.<function>` → `<function>`.
 fn function_of_dead_subject(subject: &str) -> &str {
-    subject
-        .strip_prefix(subjects::DEAD_SUBJECT_PREFIX)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .unwrap_or(subject)
+    subjects::dead_token_of_subject(subject).unwrap_or(subject)
 }
 
 fn bad(reason: String) -> CallError {

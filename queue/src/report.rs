@@ -1,6 +1,7 @@
 //! Completion reports: one small JSON event per finished attempt, published by workers on core
-//! NATS (`flotilla.report.<function>`) for dashboards and status pages. Reports are best effort: a
-//! worker drops them when its report queue is full, so nothing may depend on them for delivery.
+//! NATS (`flotilla.report.<function>`, from `subjects::report_subject`) for dashboards and status
+//! pages. Reports are best effort: a worker drops them when its report queue is full, so nothing
+//! may depend on them for delivery.
 //!
 //! # Wire format
 //!
@@ -19,15 +20,6 @@
 //! few milliseconds for company.
 
 use serde::{Deserialize, Serialize};
-
-use crate::names::FunctionName;
-
-pub const REPORT_SUBJECT_PREFIX: &str = "flotilla.report";
-
-/// The subject a function's reports are published on; subscribe to `flotilla.report.>` for all.
-pub fn report_subject(function: &FunctionName) -> String {
-    format!("{REPORT_SUBJECT_PREFIX}.{function}")
-}
 
 /// One finished call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,10 @@
 //! stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`. Retries waiting for their due time are
 //! kept in the same shard stream under `flotilla.retry.k.<function>`, a prefix no function
 //! consumer's filter matches, and are read by the shard's one retry consumer.
+//!
+//! On core NATS, outside any stream: completion reports on `flotilla.report.<function>` and the
+//! replicas' presence heartbeat on `flotilla.presence.<k>`. The one JetStream API subject the
+//! fleet sends to itself (a pull request) is built here too.
 
 use crate::names::FunctionName;
 use crate::shard::fingerprint;
@@ -15,6 +19,11 @@ pub const RETRY_SUBJECT_PREFIX: &str = "flotilla.retry";
 pub const RETRY_CONSUMER: &str = "flotilla-retries";
 pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
 pub const DEAD_SUBJECT_PREFIX: &str = "flotilla.dead";
+pub const REPORT_SUBJECT_PREFIX: &str = "flotilla.report";
+pub const PRESENCE_SUBJECT_PREFIX: &str = "flotilla.presence";
+/// JetStream's API prefix without a domain: what async-nats uses for a context made with
+/// `jetstream::new`.
+pub const JS_API_PREFIX: &str = "$JS.API";
 /// KV bucket holding the topology (shard count), written once by the first process to start.
 pub const TOPOLOGY_BUCKET: &str = "flotilla_topology";
 
@@ -79,6 +88,41 @@ pub fn dead_subject(function: &str) -> String {
     format!("{DEAD_SUBJECT_PREFIX}.{}", dead_token(function))
 }
 
+/// Every dead letter's subject: what `FLOTILLA_DEAD` captures and what lists all letters.
+pub fn dead_wildcard() -> String {
+    format!("{DEAD_SUBJECT_PREFIX}.>")
+}
+
+/// The token after `flotilla.dead.` (a function name or [`UNNAMED_DEAD_TOKEN`]), or `None` when
+/// the subject is not a dead-letter subject.
+pub fn dead_token_of_subject(subject: &str) -> Option<&str> {
+    subject.strip_prefix(DEAD_SUBJECT_PREFIX)?.strip_prefix('.')
+}
+
+/// The core NATS subject a function's completion reports are published on (see `report`);
+/// subscribe to `flotilla.report.>` for all.
+pub fn report_subject(function: &FunctionName) -> String {
+    format!("{REPORT_SUBJECT_PREFIX}.{function}")
+}
+
+/// The function a report subject names, borrowed from it; `None` when it is not a report subject.
+pub fn function_of_report_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(REPORT_SUBJECT_PREFIX)?
+        .strip_prefix('.')
+}
+
+/// The core NATS subject on which the replicas of `shard` announce themselves. Core NATS, not
+/// JetStream: presence is soft state that must cost nothing to store and vanish with its owner.
+pub fn presence_subject(shard: u32) -> String {
+    format!("{PRESENCE_SUBJECT_PREFIX}.{shard}")
+}
+
+/// The JetStream API subject a pull request for `consumer` on `stream` is sent to.
+pub fn consumer_next_subject(stream: &str, consumer: &str) -> String {
+    format!("{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
 /// Durable consumer name of a function. Consumer names may not contain '.', so the namespace dot
 /// becomes '_' and a fingerprint of the full name keeps `a.b` and `a_b` apart.
 pub fn consumer_name(function: &FunctionName) -> String {
@@ -120,6 +164,26 @@ mod tests {
         assert_eq!(dead_subject("_invalid"), "flotilla.dead._invalid");
         assert_eq!(dead_subject("a b"), "flotilla.dead.~invalid");
         assert!(FunctionName::parse(UNNAMED_DEAD_TOKEN).is_err());
+    }
+
+    #[test]
+    fn core_and_api_subjects() {
+        assert_eq!(dead_wildcard(), "flotilla.dead.>");
+        assert_eq!(dead_token_of_subject("flotilla.dead.fn.ns"), Some("fn.ns"));
+        assert_eq!(
+            dead_token_of_subject(&dead_subject("a b")),
+            Some(UNNAMED_DEAD_TOKEN)
+        );
+        assert_eq!(dead_token_of_subject("flotilla.deadx"), None);
+        let r = report_subject(&f("a.ns"));
+        assert_eq!(r, "flotilla.report.a.ns");
+        assert_eq!(function_of_report_subject(&r), Some("a.ns"));
+        assert_eq!(function_of_report_subject("flotilla.call.0.a"), None);
+        assert_eq!(presence_subject(3), "flotilla.presence.3");
+        assert_eq!(
+            consumer_next_subject("FLOTILLA_CALLS_1", "fn-echo-00000000"),
+            "$JS.API.CONSUMER.MSG.NEXT.FLOTILLA_CALLS_1.fn-echo-00000000"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 
-use crate::subjects::{self, DEAD_STREAM, DEAD_SUBJECT_PREFIX, TOPOLOGY_BUCKET};
+use crate::subjects::{self, DEAD_STREAM, TOPOLOGY_BUCKET};
 
 const SHARDS_KEY: &str = "shards";
 
@@ -190,7 +190,7 @@ pub fn dead_stream_config(settings: &StreamSettings) -> stream::Config {
         description: Some(
             "Flotilla dead letters: calls that failed every attempt or could not be decoded".into(),
         ),
-        subjects: vec![format!("{DEAD_SUBJECT_PREFIX}.>")],
+        subjects: vec![subjects::dead_wildcard()],
         retention: RetentionPolicy::Limits,
         storage: settings.storage,
         num_replicas: settings.replicas,

@@ -28,12 +28,6 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// A replica not heard from for this long (three missed heartbeats and a half) no longer counts.
 const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
 
-/// The core NATS subject on which the replicas of `shard` announce themselves. Core NATS, not
-/// JetStream: presence is soft state that must cost nothing to store and vanish with its owner.
-pub(crate) fn presence_subject(shard: u32) -> String {
-    format!("flotilla.presence.{shard}")
-}
-
 /// Discovers and supervises the pull loops of one shard until the worker stops.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
     let map = shared.shard_map;
@@ -167,7 +161,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
 /// `bye` when it stops pulling (the others take over its share at once). One that dies silently
 /// drops out after `PRESENCE_EXPIRY`. No other coordination between replicas exists.
 async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
-    let subject = presence_subject(shard);
+    let subject = subjects::presence_subject(shard);
     // Unique per connection, hence per replica and shard.
     let me = shared.client.new_inbox();
     let announce = |kind: &str| {

@@ -215,7 +215,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         .subscribe(inbox.clone())
         .await
         .map_err(|e| PullError::Subscribe(e.to_string()))?;
-    let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer_name}");
+    let next_subject = subjects::consumer_next_subject(&stream, &consumer_name);
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
 
     let limit = f.policy.replica_concurrency as usize;

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::Subject;
-use flotilla_queue::report::{ReportRef, report_subject};
+use flotilla_queue::report::ReportRef;
+use flotilla_queue::subjects::{function_of_report_subject, report_subject};
 use flotilla_queue::{Envelope, FunctionName};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -136,11 +137,7 @@ impl Batches {
 
 /// The function's name, borrowed from its report subject (`flotilla.report.<function>`).
 fn function_of(subject: &Subject) -> &str {
-    subject
-        .as_str()
-        .strip_prefix(flotilla_queue::report::REPORT_SUBJECT_PREFIX)
-        .and_then(|s| s.strip_prefix('.'))
-        .unwrap_or_default()
+    function_of_report_subject(subject.as_str()).unwrap_or_default()
 }
 
 impl Batch {
