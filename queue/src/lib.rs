@@ -3,6 +3,7 @@
 //! they cannot disagree on any of it.
 
 pub mod dead_letter;
+pub mod duration;
 pub mod envelope;
 pub mod names;
 pub mod ops;
@@ -13,8 +14,9 @@ pub mod subjects;
 pub mod time;
 pub mod topology;
 
+pub use duration::{DurationError, parse_duration};
 pub use envelope::{Envelope, EnvelopeError};
 pub use names::{FunctionName, NameError};
-pub use policy::{FunctionPolicy, Policies, PolicyError, RetryPolicy};
+pub use policy::{FunctionPolicy, InvalidPolicy, Policies, PolicyError, RetryPolicy, UrlError};
 pub use shard::ShardMap;
 pub use topology::{Topology, TopologyError};

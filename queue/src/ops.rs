@@ -8,7 +8,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::policy::parse_duration;
+use crate::duration::{DurationError, parse_duration};
 use crate::topology::StreamSettings;
 
 /// Exit status for bad configuration (sysexits `EX_USAGE`).
@@ -20,8 +20,9 @@ pub fn exit_config(message: impl std::fmt::Display) -> ! {
     std::process::exit(EXIT_CONFIG)
 }
 
-/// A clap value parser for durations such as `250ms`, `30s`, `5m`.
-pub fn duration_arg(s: &str) -> Result<Duration, String> {
+/// The clap value parser of every duration flag: the syntax of the policy file (`250ms`,
+/// `1m30s`, a bare number of seconds), so a value means the same in a flag and in the file.
+pub fn duration_arg(s: &str) -> Result<Duration, DurationError> {
     parse_duration(s)
 }
 
