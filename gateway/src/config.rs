@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flotilla_queue::ops::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 use flotilla_queue::{FunctionPolicy, Policies};
+use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 
 /// Everything `flotilla-gateway` can be told.
 #[derive(Debug, Clone, clap::Parser)]

@@ -5,7 +5,7 @@
 use clap::Parser;
 use clap::error::ErrorKind;
 use flotilla_gateway::{Config, run};
-use flotilla_queue::ops::{exit_config, shutdown_signal};
+use flotilla_runtime::{config_failure, shutdown_signal};
 
 #[tokio::main]
 async fn main() {
@@ -17,20 +17,22 @@ async fn main() {
         Err(e) => {
             let text = e.to_string();
             let line = text.lines().next().unwrap_or("invalid arguments");
-            exit_config(line.trim_start_matches("error: "))
+            std::process::exit(config_failure(line.trim_start_matches("error: ")))
         }
     };
     if let Err(message) = config.validate() {
-        exit_config(message);
+        std::process::exit(config_failure(message));
     }
-    config.log.init();
+    if let Err(e) = config.log.init() {
+        std::process::exit(config_failure(e));
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
-        Err(e) => exit_config(format!("--listen {}: {e}", config.listen)),
+        Err(e) => std::process::exit(config_failure(format!("--listen {}: {e}", config.listen))),
     };
     match run(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::exit(0),
-        Err(e) if e.is_config() => exit_config(e),
+        Err(e) if e.is_config() => std::process::exit(config_failure(e)),
         Err(error) => {
             tracing::error!(%error, "gateway failed");
             std::process::exit(1);

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
-use flotilla_queue::ops::{self, PoolSettings};
 use flotilla_queue::{Topology, TopologyError};
+use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -44,7 +44,7 @@ pub async fn run(
         .map(|(user, password)| basic_token(&user, &password));
     let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
-    let prometheus = ops::metrics_handle();
+    let prometheus = metrics_handle();
 
     let client = config.nats.connect("flotilla-gateway").await?;
     let js = ContextBuilder::new()
@@ -60,7 +60,7 @@ pub async fn run(
         client: client.clone(),
         js,
         policies,
-        http: ops::pooled_client(PoolSettings::default()),
+        http: pooled_client(PoolSettings::default()),
         max_body_bytes: config.max_body_bytes,
         sync_timeout: config.sync_timeout,
         retry_after,

@@ -27,14 +27,14 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Some(Command::Ceiling(args)) => {
                 if let Err(e) = args.validate() {
-                    flotilla_queue::ops::exit_config(e);
+                    std::process::exit(flotilla_runtime::config_failure(e));
                 }
                 flotilla_loadgen::ceiling::run_command(&args).await?;
                 Ok(true)
             }
             None => {
                 if let Err(e) = cli.run.validate() {
-                    flotilla_queue::ops::exit_config(e);
+                    std::process::exit(flotilla_runtime::config_failure(e));
                 }
                 let report = flotilla_loadgen::run::run(&cli.run).await?;
                 Ok(report.audit.ok)
