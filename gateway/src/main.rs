@@ -1,24 +1,16 @@
 //! The `flotilla-gateway` binary: parse and check the configuration, start logging, bind the
-//! listener and hand everything to `flotilla_gateway::run`. Bad configuration (an unparsable
-//! flag included) is one line on stderr and exit 64; SIGTERM or SIGINT drains and exits 0.
+//! listener and hand everything to `flotilla_gateway::run`. Bad configuration (an unknown flag
+//! or an unparsable value included) is one line on stderr and exit 64; SIGTERM or SIGINT drains
+//! and exits 0.
 
-use clap::Parser;
-use clap::error::ErrorKind;
 use flotilla_gateway::{Config, run};
-use flotilla_runtime::{config_failure, shutdown_signal};
+use flotilla_runtime::{config_failure, parse_args, shutdown_signal};
 
 #[tokio::main]
 async fn main() {
-    let config = match Config::try_parse() {
+    let config = match parse_args::<Config>() {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            e.exit()
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            std::process::exit(config_failure(line.trim_start_matches("error: ")))
-        }
+        Err(code) => std::process::exit(code),
     };
     if let Err(message) = config.validate() {
         std::process::exit(config_failure(message));

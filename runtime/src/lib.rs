@@ -13,7 +13,7 @@ mod log;
 mod prometheus;
 mod signal;
 
-pub use exit::{EXIT_CONFIG, config_failure};
+pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};
 pub use log::{LogArgs, LogError, LogFormat};

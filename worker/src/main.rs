@@ -1,13 +1,16 @@
 //! `flotilla-worker`: parses flags, starts logging, binds the admin listener and runs the worker
-//! until SIGTERM or SIGINT, then exits 0 after the drain (64 on bad configuration).
+//! until SIGTERM or SIGINT, then exits 0 after the drain. Bad configuration (an unknown flag or an
+//! unparsable value included) is one line on stderr and exit 64.
 
-use clap::Parser;
-use flotilla_runtime::{config_failure, shutdown_signal};
+use flotilla_runtime::{config_failure, parse_args, shutdown_signal};
 use flotilla_worker::Config;
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
+    let config = match parse_args::<Config>() {
+        Ok(c) => c,
+        Err(code) => std::process::exit(code),
+    };
     if let Err(e) = config.validate() {
         std::process::exit(config_failure(e));
     }
