@@ -1,9 +1,9 @@
 //! The `flotilla-gateway` binary: parse and check the configuration, start logging, bind the
-//! listener and hand everything to `flotilla_gateway::run`. Bad configuration (an unknown flag
+//! listener and hand everything to `flotilla_gateway::serve`. Bad configuration (an unknown flag
 //! or an unparsable value included) is one line on stderr and exit 64; SIGTERM or SIGINT drains
 //! and exits 0.
 
-use flotilla_gateway::{Config, run};
+use flotilla_gateway::{Config, serve};
 use flotilla_runtime::{config_failure, parse_args, shutdown_signal};
 
 #[tokio::main]
@@ -12,17 +12,19 @@ async fn main() {
         Ok(c) => c,
         Err(code) => std::process::exit(code),
     };
-    if let Err(message) = config.validate() {
-        std::process::exit(config_failure(message));
-    }
-    if let Err(e) = config.log.init() {
+    let config = match config.check() {
+        Ok(c) => c,
+        Err(e) => std::process::exit(config_failure(e)),
+    };
+    if let Err(e) = config.config().log.init() {
         std::process::exit(config_failure(e));
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listen = config.config().listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
-        Err(e) => std::process::exit(config_failure(format!("--listen {}: {e}", config.listen))),
+        Err(e) => std::process::exit(config_failure(format!("--listen {listen}: {e}"))),
     };
-    match run(config, listener, shutdown_signal()).await {
+    match serve(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::exit(0),
         Err(e) if e.is_config() => std::process::exit(config_failure(e)),
         Err(error) => {
