@@ -1,12 +1,13 @@
 //! The gateway's configuration: one typed struct parsed by clap, every flag with an `env` twin,
-//! checked by `validate` before anything starts so a bad value exits 64 with one clear line.
+//! turned by `check` into a `ValidConfig` (files read once, every rule checked) before anything
+//! starts, so a bad value exits 64 with one clear line and later code cannot get it wrong.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flotilla_queue::ops::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
-use flotilla_queue::{FunctionPolicy, Policies};
+use flotilla_queue::{FunctionPolicy, Policies, PolicyError};
+use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 
 /// Everything `flotilla-gateway` can be told.
 #[derive(Debug, Clone, clap::Parser)]
@@ -78,11 +79,64 @@ pub struct Config {
     pub basic_auth_password_file: Option<PathBuf>,
 }
 
+/// Why a gateway configuration cannot run. Each message is one line that names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{flag} must be at least 1")]
+    Zero { flag: &'static str },
+    #[error("{flag} must be above zero")]
+    ZeroDuration { flag: &'static str },
+    #[error("give --basic-auth-password or --basic-auth-password-file, not both")]
+    TwoPasswords,
+    #[error("--basic-auth-password-file {}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--basic-auth-user must be non-empty and hold no ':'")]
+    BadUser,
+    #[error("the basic auth password is empty")]
+    EmptyPassword,
+    #[error("--basic-auth-user needs --basic-auth-password or --basic-auth-password-file")]
+    UserWithoutPassword,
+    #[error("a basic auth password needs --basic-auth-user")]
+    PasswordWithoutUser,
+    /// The URL template or the policy file.
+    #[error(transparent)]
+    Policies(#[from] PolicyError),
+}
+
+/// A configuration that passed every check, with the files it names read once: what `serve`
+/// runs on. Only [`Config::check`] makes one.
+#[derive(Debug)]
+pub struct ValidConfig {
+    config: Config,
+    policies: Policies,
+    auth: Option<(String, String)>,
+}
+
+impl ValidConfig {
+    /// The flags as given.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Everything `serve` needs: the flags, the policy table, and the `/system/*` user and
+    /// password when configured.
+    pub(crate) fn into_parts(self) -> (Config, Policies, Option<(String, String)>) {
+        (self.config, self.policies, self.auth)
+    }
+}
+
 impl Config {
-    /// Checks what clap cannot: ranges, combinations, the policy file, the password file.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what clap cannot (ranges, combinations) and reads the policy and password files,
+    /// once.
+    pub fn check(self) -> Result<ValidConfig, ConfigError> {
         if self.max_body_bytes == 0 {
-            return Err("--max-body-bytes must be at least 1".into());
+            return Err(ConfigError::Zero {
+                flag: "--max-body-bytes",
+            });
         }
         for (flag, d) in [
             ("--sync-timeout", self.sync_timeout),
@@ -90,36 +144,35 @@ impl Config {
             ("--header-read-timeout", self.header_read_timeout),
         ] {
             if d.is_zero() {
-                return Err(format!("{flag} must be above zero"));
+                return Err(ConfigError::ZeroDuration { flag });
             }
         }
         if self.max_publish_inflight == 0 {
-            return Err("--max-publish-inflight must be at least 1".into());
+            return Err(ConfigError::Zero {
+                flag: "--max-publish-inflight",
+            });
         }
-        self.basic_auth()?;
-        self.policies()?;
-        Ok(())
-    }
-
-    /// The function policy table (URLs and timeouts for synchronous calls).
-    pub(crate) fn policies(&self) -> Result<Policies, String> {
-        self.functions
-            .load(FunctionPolicy::default())
-            .map_err(|e| e.to_string())
+        let auth = self.basic_auth()?;
+        // Synchronous calls use the URLs and timeouts; the defaults are the built-in ones.
+        let policies = self.functions.load(FunctionPolicy::default())?;
+        Ok(ValidConfig {
+            config: self,
+            policies,
+            auth,
+        })
     }
 
     /// The `/system/*` credentials, when configured.
-    pub(crate) fn basic_auth(&self) -> Result<Option<(String, String)>, String> {
+    fn basic_auth(&self) -> Result<Option<(String, String)>, ConfigError> {
         let password = match (&self.basic_auth_password, &self.basic_auth_password_file) {
-            (Some(_), Some(_)) => {
-                return Err(
-                    "give --basic-auth-password or --basic-auth-password-file, not both".into(),
-                );
-            }
+            (Some(_), Some(_)) => return Err(ConfigError::TwoPasswords),
             (Some(p), None) => Some(p.clone()),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("--basic-auth-password-file {}: {e}", path.display()))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::PasswordFile {
+                        path: path.clone(),
+                        source,
+                    })?;
                 let text = text.strip_suffix('\n').unwrap_or(&text);
                 Some(text.strip_suffix('\r').unwrap_or(text).to_owned())
             }
@@ -129,18 +182,15 @@ impl Config {
             (None, None) => Ok(None),
             (Some(user), Some(password)) => {
                 if user.is_empty() || user.contains(':') {
-                    return Err("--basic-auth-user must be non-empty and hold no ':'".into());
+                    return Err(ConfigError::BadUser);
                 }
                 if password.is_empty() {
-                    return Err("the basic auth password is empty".into());
+                    return Err(ConfigError::EmptyPassword);
                 }
                 Ok(Some((user.clone(), password)))
             }
-            (Some(_), None) => Err(
-                "--basic-auth-user needs --basic-auth-password or --basic-auth-password-file"
-                    .into(),
-            ),
-            (None, Some(_)) => Err("a basic auth password needs --basic-auth-user".into()),
+            (Some(_), None) => Err(ConfigError::UserWithoutPassword),
+            (None, Some(_)) => Err(ConfigError::PasswordWithoutUser),
         }
     }
 }
@@ -159,55 +209,81 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]);
-        c.validate().unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.sync_timeout, Duration::from_secs(60));
         assert_eq!(c.max_body_bytes, 1024 * 1024);
+        let (_, _, auth) = c.check().unwrap().into_parts();
+        assert_eq!(auth, None);
     }
 
     #[test]
     fn refuses_bad_combinations() {
-        let e = parse(&["--basic-auth-user", "admin"])
-            .validate()
-            .unwrap_err();
-        assert!(e.contains("--basic-auth-password"), "{e}");
-        let e = parse(&["--basic-auth-password", "x"])
-            .validate()
-            .unwrap_err();
-        assert!(e.contains("--basic-auth-user"), "{e}");
-        let e = parse(&["--sync-timeout", "0s"]).validate().unwrap_err();
-        assert!(e.contains("--sync-timeout"), "{e}");
-        let e = parse(&["--function-url-template", "ftp://{name}"])
-            .validate()
-            .unwrap_err();
-        assert!(e.contains("http://"), "{e}");
-        let e = parse(&[
+        let check = |args: &[&str]| parse(args).check().unwrap_err();
+        let e = check(&["--basic-auth-user", "admin"]);
+        assert!(matches!(e, ConfigError::UserWithoutPassword), "{e}");
+        assert!(e.to_string().contains("--basic-auth-password"), "{e}");
+        let e = check(&["--basic-auth-password", "x"]);
+        assert!(matches!(e, ConfigError::PasswordWithoutUser), "{e}");
+        let e = check(&["--sync-timeout", "0s"]);
+        assert!(
+            matches!(
+                e,
+                ConfigError::ZeroDuration {
+                    flag: "--sync-timeout"
+                }
+            ),
+            "{e}"
+        );
+        let e = check(&["--function-url-template", "ftp://{name}"]);
+        assert!(matches!(e, ConfigError::Policies(_)), "{e}");
+        assert!(e.to_string().contains("http://"), "{e}");
+        let e = check(&[
             "--basic-auth-user",
             "a",
             "--basic-auth-password-file",
             "/nonexistent/x",
-        ])
-        .validate()
-        .unwrap_err();
-        assert!(e.contains("/nonexistent/x"), "{e}");
+        ]);
+        assert!(matches!(e, ConfigError::PasswordFile { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/x"), "{e}");
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the io error is kept"
+        );
+        let e = check(&["--max-publish-inflight", "0"]);
+        assert!(
+            matches!(
+                e,
+                ConfigError::Zero {
+                    flag: "--max-publish-inflight"
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
-    fn password_file_drops_trailing_newline() {
+    fn files_are_read_once_into_the_valid_config() {
         let dir = std::env::temp_dir().join(format!("flotilla-gw-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("password");
-        std::fs::write(&file, "s3cret\n").unwrap();
-        let c = parse(&[
+        let policies = dir.join("policies.toml");
+        std::fs::write(&policies, "[functions.resize]\ntimeout = \"1m30s\"\n").unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let valid = parse(&[
+            "--policies",
+            policies.to_str().unwrap(),
             "--basic-auth-user",
             "admin",
             "--basic-auth-password-file",
-            file.to_str().unwrap(),
-        ]);
-        assert_eq!(
-            c.basic_auth().unwrap(),
-            Some(("admin".into(), "s3cret".into()))
-        );
-        let _ = std::fs::remove_dir_all(&dir);
+            password.to_str().unwrap(),
+        ])
+        .check()
+        .unwrap();
+        // What was read is held: the files may go (or change) without the gateway noticing.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let (_, policies, auth) = valid.into_parts();
+        let resize = flotilla_queue::FunctionName::parse("resize").unwrap();
+        assert_eq!(policies.get(&resize).timeout, Duration::from_secs(90));
+        assert_eq!(auth, Some(("admin".into(), "s3cret".into())));
     }
 }

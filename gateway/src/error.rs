@@ -5,18 +5,23 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_queue::NameError;
+use flotilla_queue::{NameError, TopologyError};
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
+use crate::config::ConfigError;
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The configuration cannot work: a bad flag or policy file, or a shard count that disagrees
-    /// with the one stored in NATS. An operator must act; `main` exits 64.
-    #[error("{0}")]
-    Config(String),
+    /// The configuration cannot work: a bad flag, password file or policy file. An operator must
+    /// act; `main` exits 64.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The shard count disagrees with the one stored in NATS, or the stored one is unreadable.
+    /// An operator must act; `main` exits 64.
+    #[error(transparent)]
+    Topology(TopologyError),
     /// The NATS client could not be created (a malformed URL, not an unreachable server: the
     /// client reconnects in the background).
     #[error("NATS: {0}")]
@@ -29,7 +34,10 @@ pub enum GatewayError {
 impl GatewayError {
     /// True for problems the operator fixes in the configuration (exit 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_))
+        match self {
+            Self::Config(_) | Self::Topology(_) => true,
+            Self::Nats(_) | Self::Io(_) => false,
+        }
     }
 }
 

@@ -15,9 +15,9 @@ mod server;
 mod state;
 mod system;
 
-pub use config::Config;
+pub use config::{Config, ConfigError, ValidConfig};
 pub use error::{CallError, GatewayError, Side};
-pub use server::run;
+pub use server::{run, serve};
 
 /// Names of the gateway's Prometheus metrics, for dashboards and tests.
 pub mod metric_names {

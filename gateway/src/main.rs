@@ -1,36 +1,32 @@
 //! The `flotilla-gateway` binary: parse and check the configuration, start logging, bind the
-//! listener and hand everything to `flotilla_gateway::run`. Bad configuration (an unparsable
-//! flag included) is one line on stderr and exit 64; SIGTERM or SIGINT drains and exits 0.
+//! listener and hand everything to `flotilla_gateway::serve`. Bad configuration (an unknown flag
+//! or an unparsable value included) is one line on stderr and exit 64; SIGTERM or SIGINT drains
+//! and exits 0.
 
-use clap::Parser;
-use clap::error::ErrorKind;
-use flotilla_gateway::{Config, run};
-use flotilla_queue::ops::{exit_config, shutdown_signal};
+use flotilla_gateway::{Config, serve};
+use flotilla_runtime::{config_failure, parse_args, shutdown_signal};
 
 #[tokio::main]
 async fn main() {
-    let config = match Config::try_parse() {
+    let config = match parse_args::<Config>() {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            e.exit()
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            exit_config(line.trim_start_matches("error: "))
-        }
+        Err(code) => std::process::exit(code),
     };
-    if let Err(message) = config.validate() {
-        exit_config(message);
+    let config = match config.check() {
+        Ok(c) => c,
+        Err(e) => std::process::exit(config_failure(e)),
+    };
+    if let Err(e) = config.config().log.init() {
+        std::process::exit(config_failure(e));
     }
-    config.log.init();
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listen = config.config().listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
-        Err(e) => exit_config(format!("--listen {}: {e}", config.listen)),
+        Err(e) => std::process::exit(config_failure(format!("--listen {listen}: {e}"))),
     };
-    match run(config, listener, shutdown_signal()).await {
+    match serve(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::exit(0),
-        Err(e) if e.is_config() => exit_config(e),
+        Err(e) if e.is_config() => std::process::exit(config_failure(e)),
         Err(error) => {
             tracing::error!(%error, "gateway failed");
             std::process::exit(1);

@@ -34,8 +34,8 @@ impl Accepted {
     }
 }
 
-/// The gateway's metric handles. Create it after `ops::metrics_handle()` installed the recorder,
-/// or every handle is a no-op.
+/// The gateway's metric handles. Create it after `flotilla_runtime::metrics_handle()` installed
+/// the recorder, or every handle is a no-op.
 pub struct Metrics {
     enqueue_seconds: Histogram,
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
-use flotilla_queue::ops::{self, PoolSettings};
 use flotilla_queue::{Topology, TopologyError};
+use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, ValidConfig};
 use crate::error::GatewayError;
 use crate::routes;
 use crate::state::{State, StateParts};
@@ -29,22 +29,28 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish within `--shutdown-grace`, and returns. Returns early with
-/// `GatewayError::Config` when the configuration is invalid or the shard count disagrees with
-/// the one stored in NATS.
+/// `GatewayError::Config` when the configuration is invalid, or `GatewayError::Topology` when the
+/// shard count disagrees with the one stored in NATS.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    config.validate().map_err(GatewayError::Config)?;
-    let policies = config.policies().map_err(GatewayError::Config)?;
-    let auth = config
-        .basic_auth()
-        .map_err(GatewayError::Config)?
-        .map(|(user, password)| basic_token(&user, &password));
+    serve(config.check()?, listener, shutdown).await
+}
+
+/// `run` for a configuration already checked (the binary checks before it binds the listener):
+/// the policy and password files are not read again.
+pub async fn serve(
+    config: ValidConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let (config, policies, auth) = config.into_parts();
+    let auth = auth.map(|(user, password)| basic_token(&user, &password));
     let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
-    let prometheus = ops::metrics_handle();
+    let prometheus = metrics_handle();
 
     let client = config.nats.connect("flotilla-gateway").await?;
     let js = ContextBuilder::new()
@@ -60,7 +66,7 @@ pub async fn run(
         client: client.clone(),
         js,
         policies,
-        http: ops::pooled_client(PoolSettings::default()),
+        http: pooled_client(PoolSettings::default()),
         max_body_bytes: config.max_body_bytes,
         sync_timeout: config.sync_timeout,
         retry_after,
@@ -93,7 +99,7 @@ pub async fn run(
             () = &mut shutdown => break Ok(()),
             Some(error) = fatal_rx.recv() => {
                 tracing::error!(%error, "topology disagrees with this gateway's configuration");
-                break Err(GatewayError::Config(error.to_string()));
+                break Err(GatewayError::Topology(error));
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {

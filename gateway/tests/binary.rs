@@ -1,5 +1,6 @@
 //! The `flotilla-gateway` binary as an operator runs it: bad configuration exits 64 with one
-//! line, a shard-count mismatch exits 64, SIGTERM drains and exits 0.
+//! line, `--help` and `--version` exit 0, a shard-count mismatch exits 64, SIGTERM drains and
+//! exits 0.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -7,24 +8,11 @@ mod harness;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_testsupport::NatsServer;
+use flotilla_testsupport::{NatsServer, assert_help_and_version, assert_refused, run_binary};
 use harness::{Gateway, closed_port, eventually, get};
 use http::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla-gateway");
-
-fn exit_of(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the binary");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn bad_configuration_exits_64_with_one_line() {
@@ -33,13 +21,19 @@ fn bad_configuration_exits_64_with_one_line() {
         &["--shards", "0"],
         &["--basic-auth-user", "admin"],
         &["--sync-timeout", "soon"],
+        &["--max-body-bytes", "lots"],
         &["--function-url-template", "ftp://{name}"],
+        &["--log", "flotilla=loud"],
     ] {
-        let (code, stderr) = exit_of(args);
-        assert_eq!(code, Some(64), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.starts_with("configuration error: "), "{stderr}");
+        assert_refused(BIN, args);
     }
+    let line = assert_refused(BIN, &["--sync-timeout", "1m30"]);
+    assert!(line.contains("30 has no unit"), "{line}");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    assert_help_and_version(BIN, "flotilla-gateway");
 }
 
 #[tokio::test]
@@ -50,14 +44,17 @@ async fn a_shard_mismatch_exits_64_and_sigterm_exits_0() {
 
     let mismatch = tokio::task::spawn_blocking(move || {
         let listen = format!("127.0.0.1:{}", closed_port());
-        exit_of(&["--nats-url", &url, "--shards", "5", "--listen", &listen])
+        run_binary(
+            BIN,
+            &["--nats-url", &url, "--shards", "5", "--listen", &listen],
+        )
     });
-    let (code, stderr) = tokio::time::timeout(Duration::from_secs(20), mismatch)
+    let out = tokio::time::timeout(Duration::from_secs(20), mismatch)
         .await
         .expect("exited in time")
         .unwrap();
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("--shards 3"), "{stderr}");
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("--shards 3"), "{}", out.stderr);
 
     let port = closed_port();
     let mut child = Command::new(BIN)

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use flotilla_queue::ops::duration_arg;
+use flotilla_runtime::duration_arg;
 
 use crate::dist::LatencyDist;
 

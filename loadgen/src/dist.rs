@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use flotilla_queue::policy::parse_duration;
+use flotilla_queue::parse_duration;
 
 /// How long the built-in function takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +51,7 @@ impl FromStr for LatencyDist {
     /// `5ms`, `fixed:5ms`, `uniform:1ms..20ms`, `exp:10ms`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, arg) = s.split_once(':').unwrap_or(("fixed", s));
+        let parse_duration = |d: &str| parse_duration(d).map_err(|e| e.to_string());
         match kind {
             "fixed" => Ok(Self::Fixed(parse_duration(arg)?)),
             "uniform" => {

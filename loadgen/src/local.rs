@@ -82,16 +82,16 @@ impl LocalFleet {
                     message: e.to_string(),
                 }
             })?;
-        config.validate().map_err(|message| LocalError::Config {
+        let config = config.check().map_err(|e| LocalError::Config {
             which: "gateway",
-            message,
+            message: e.to_string(),
         })?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway_url = format!("http://{}", listener.local_addr()?);
         let gateway_stop = CancellationToken::new();
         let stop = gateway_stop.clone();
         let gateway = tokio::spawn(async move {
-            flotilla_gateway::run(config, listener, stop.cancelled_owned())
+            flotilla_gateway::serve(config, listener, stop.cancelled_owned())
                 .await
                 .map_err(|e| e.to_string())
         });

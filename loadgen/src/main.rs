@@ -1,12 +1,22 @@
 //! The `flotilla-loadgen` binary: parses flags, starts logging and hands over to the library.
 //! Exit status: 0 when every accepted call completed, 1 when calls were lost or the run failed,
-//! 64 for bad flags.
+//! 64 for bad flags (one line on stderr).
 
-use clap::Parser;
 use flotilla_loadgen::config::{Cli, Command};
+use flotilla_runtime::{config_failure, parse_args};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args::<Cli>() {
+        Ok(c) => c,
+        Err(code) => std::process::exit(code),
+    };
+    let checked = match &cli.command {
+        Some(Command::Ceiling(args)) => args.validate(),
+        None => cli.run.validate(),
+    };
+    if let Err(e) = checked {
+        std::process::exit(config_failure(e));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -26,16 +36,10 @@ fn main() -> std::process::ExitCode {
     let outcome: anyhow::Result<bool> = runtime.block_on(async move {
         match cli.command {
             Some(Command::Ceiling(args)) => {
-                if let Err(e) = args.validate() {
-                    flotilla_queue::ops::exit_config(e);
-                }
                 flotilla_loadgen::ceiling::run_command(&args).await?;
                 Ok(true)
             }
             None => {
-                if let Err(e) = cli.run.validate() {
-                    flotilla_queue::ops::exit_config(e);
-                }
                 let report = flotilla_loadgen::run::run(&cli.run).await?;
                 Ok(report.audit.ok)
             }

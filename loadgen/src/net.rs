@@ -25,7 +25,7 @@ pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 client with as many idle connections as the load keeps in flight.
 pub fn client() -> HttpClient {
-    flotilla_queue::ops::pooled_client(flotilla_queue::ops::PoolSettings {
+    flotilla_runtime::pooled_client(flotilla_runtime::PoolSettings {
         max_idle_per_host: 100_000,
         ..Default::default()
     })

@@ -1,12 +1,13 @@
 //! The contract shared by the gateway and the workers: how a call is named, where it is stored,
 //! how it travels and what policy applies to it. Gateway and worker link this one crate so that
-//! they cannot disagree on any of it.
+//! they cannot disagree on any of it. Process plumbing (flags, logging, signals, the HTTP client,
+//! the metrics recorder) lives in `flotilla-runtime`, not here.
 
 pub mod dead_letter;
+pub mod duration;
 pub mod envelope;
 pub mod headers;
 pub mod names;
-pub mod ops;
 pub mod policy;
 pub mod report;
 pub mod shard;
@@ -14,8 +15,9 @@ pub mod subjects;
 pub mod time;
 pub mod topology;
 
+pub use duration::{DurationError, parse_duration};
 pub use envelope::{Envelope, EnvelopeError};
 pub use names::{FunctionName, NameError};
-pub use policy::{FunctionPolicy, Policies, PolicyError, RetryPolicy};
+pub use policy::{FunctionPolicy, InvalidPolicy, Policies, PolicyError, RetryPolicy, UrlError};
 pub use shard::ShardMap;
 pub use topology::{Topology, TopologyError};

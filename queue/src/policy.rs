@@ -7,22 +7,86 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::names::FunctionName;
+use crate::duration::{DurationError, parse_duration};
+use crate::names::{FunctionName, NameError};
 
 /// Default URL template, as in OpenFaaS: the function's service in the `openfaas-fn` namespace.
 pub const DEFAULT_URL_TEMPLATE: &str = "http://{name}.openfaas-fn:8080";
 
+/// Why a policy table cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read policy file {path}: {source}")]
     Read {
         path: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("policy file {path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("function {function}: {message}")]
-    Invalid { function: String, message: String },
+    #[error("policy file {path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The defaults (`function` is `defaults`) or one function's policy cannot work.
+    #[error("function {function}: {source}")]
+    Invalid {
+        function: String,
+        #[source]
+        source: InvalidPolicy,
+    },
+    /// The URL template does not expand to a usable base URL.
+    #[error("URL template {template}: {source}")]
+    Template {
+        template: String,
+        #[source]
+        source: UrlError,
+    },
+}
+
+/// Why one policy (the defaults or a function's) cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidPolicy {
+    /// A function named in the file is not a valid function name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{field}: {source}")]
+    Duration {
+        field: &'static str,
+        #[source]
+        source: DurationError,
+    },
+    #[error("concurrency must be at least 1")]
+    ZeroConcurrency,
+    #[error("replica_concurrency {replica} exceeds concurrency {cluster}")]
+    ReplicaAboveCluster { replica: u32, cluster: u32 },
+    #[error("rate must be at least 1 per second")]
+    ZeroRate,
+    #[error("timeout must be above zero")]
+    ZeroTimeout,
+    #[error("retry.attempts must be at least 1")]
+    ZeroAttempts,
+    #[error("retry.min_backoff exceeds retry.max_backoff")]
+    BackoffInverted,
+    #[error(transparent)]
+    Url(#[from] UrlError),
+}
+
+/// Why a function base URL is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("url '{url}': {source}")]
+    Unparsable {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("url '{url}' must start with http://")]
+    NotHttp { url: String },
+    #[error("url '{url}' has no host")]
+    NoHost { url: String },
+    #[error("url '{url}' must not carry a query")]
+    Query { url: String },
 }
 
 /// How a failed call is retried. Used by the worker; lives here so policy files parse in one
@@ -122,31 +186,8 @@ struct RetryOverride {
     max_backoff: Option<String>,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("'{s}': unit must be ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("'{s}' is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 impl Override {
-    fn apply(self, base: &FunctionPolicy) -> Result<FunctionPolicy, String> {
+    fn apply(self, base: &FunctionPolicy) -> Result<FunctionPolicy, InvalidPolicy> {
         let mut p = base.clone();
         if let Some(url) = self.url {
             p.url = Some(url);
@@ -163,7 +204,7 @@ impl Override {
             p.rate_per_second = Some(r);
         }
         if let Some(t) = self.timeout {
-            p.timeout = parse_duration(&t)?;
+            p.timeout = duration("timeout", &t)?;
         }
         if let Some(r) = self.retry {
             if let Some(a) = r.attempts {
@@ -176,10 +217,10 @@ impl Override {
                 p.retry.retry_unreachable = u;
             }
             if let Some(d) = r.min_backoff {
-                p.retry.min_backoff = parse_duration(&d)?;
+                p.retry.min_backoff = duration("retry.min_backoff", &d)?;
             }
             if let Some(d) = r.max_backoff {
-                p.retry.max_backoff = parse_duration(&d)?;
+                p.retry.max_backoff = duration("retry.max_backoff", &d)?;
             }
         }
         p.validate()?;
@@ -187,28 +228,33 @@ impl Override {
     }
 }
 
+/// A duration field of the file, named in its error.
+fn duration(field: &'static str, text: &str) -> Result<Duration, InvalidPolicy> {
+    parse_duration(text).map_err(|source| InvalidPolicy::Duration { field, source })
+}
+
 impl FunctionPolicy {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
         if self.concurrency == 0 || self.replica_concurrency == 0 {
-            return Err("concurrency must be at least 1".into());
+            return Err(InvalidPolicy::ZeroConcurrency);
         }
         if self.replica_concurrency > self.concurrency {
-            return Err(format!(
-                "replica_concurrency {} exceeds concurrency {}",
-                self.replica_concurrency, self.concurrency
-            ));
+            return Err(InvalidPolicy::ReplicaAboveCluster {
+                replica: self.replica_concurrency,
+                cluster: self.concurrency,
+            });
         }
         if self.rate_per_second == Some(0) {
-            return Err("rate must be at least 1 per second".into());
+            return Err(InvalidPolicy::ZeroRate);
         }
         if self.timeout.is_zero() {
-            return Err("timeout must be above zero".into());
+            return Err(InvalidPolicy::ZeroTimeout);
         }
         if self.retry.attempts == 0 {
-            return Err("retry.attempts must be at least 1".into());
+            return Err(InvalidPolicy::ZeroAttempts);
         }
         if self.retry.min_backoff > self.retry.max_backoff {
-            return Err("retry.min_backoff exceeds retry.max_backoff".into());
+            return Err(InvalidPolicy::BackoffInverted);
         }
         if let Some(url) = &self.url {
             check_base_url(url)?;
@@ -219,16 +265,20 @@ impl FunctionPolicy {
 
 /// A function base URL must be plain `http://host[:port][/path]`: the pooled client speaks
 /// HTTP/1.1 without TLS, as functions run next to the fleet.
-pub fn check_base_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("url '{url}': {e}"))?;
+pub fn check_base_url(url: &str) -> Result<(), UrlError> {
+    let uri: http::Uri = url.parse().map_err(|source| UrlError::Unparsable {
+        url: url.to_owned(),
+        source,
+    })?;
+    let url = || url.to_owned();
     if uri.scheme_str() != Some("http") {
-        return Err(format!("url '{url}' must start with http://"));
+        return Err(UrlError::NotHttp { url: url() });
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("url '{url}' has no host"));
+        return Err(UrlError::NoHost { url: url() });
     }
     if uri.query().is_some() {
-        return Err(format!("url '{url}' must not carry a query"));
+        return Err(UrlError::Query { url: url() });
     }
     Ok(())
 }
@@ -249,18 +299,22 @@ impl Policies {
     }
 
     fn check_defaults(&self) -> Result<(), PolicyError> {
-        let invalid = |message| PolicyError::Invalid {
-            function: "defaults".into(),
-            message,
-        };
-        self.defaults.validate().map_err(invalid)?;
+        self.defaults
+            .validate()
+            .map_err(|source| PolicyError::Invalid {
+                function: "defaults".into(),
+                source,
+            })?;
         // A template without `{name}` sends every function to one address: allowed, as
         // single-function set-ups and tests do that on purpose.
         check_base_url(&expand(
             &self.url_template,
             &FunctionName::parse("probe").expect("valid"),
         ))
-        .map_err(invalid)
+        .map_err(|source| PolicyError::Template {
+            template: self.url_template.clone(),
+            source,
+        })
     }
 
     /// Reads a TOML policy file over `defaults`.
@@ -282,29 +336,25 @@ impl Policies {
         defaults: FunctionPolicy,
         url_template: impl Into<String>,
     ) -> Result<Self, PolicyError> {
-        let shape: FileShape = toml::from_str(text).map_err(|e| PolicyError::Parse {
+        let shape: FileShape = toml::from_str(text).map_err(|source| PolicyError::Parse {
             path: path.into(),
-            message: e.to_string(),
+            source,
         })?;
         let defaults = shape
             .defaults
             .apply(&defaults)
-            .map_err(|message| PolicyError::Invalid {
+            .map_err(|source| PolicyError::Invalid {
                 function: "defaults".into(),
-                message,
+                source,
             })?;
         let mut p = Self::new(defaults, url_template)?;
         for (name, o) in shape.functions {
-            let f = FunctionName::parse(&name).map_err(|e| PolicyError::Invalid {
+            let invalid = |source| PolicyError::Invalid {
                 function: name.clone(),
-                message: e.to_string(),
-            })?;
-            let policy = o
-                .apply(&p.defaults)
-                .map_err(|message| PolicyError::Invalid {
-                    function: name.clone(),
-                    message,
-                })?;
+                source,
+            };
+            let f = FunctionName::parse(&name).map_err(|e| invalid(e.into()))?;
+            let policy = o.apply(&p.defaults).map_err(invalid)?;
             p.functions.insert(f, policy);
         }
         Ok(p)
@@ -450,14 +500,79 @@ mod tests {
         let e =
             Policies::from_toml("p", "[functions.x]\ntimeout = \"3 days\"", d(), t).unwrap_err();
         assert!(e.to_string().contains("unit"), "{e}");
-        assert!(Policies::new(d(), "ftp://{name}").is_err());
+        assert!(matches!(
+            e,
+            PolicyError::Invalid {
+                source: InvalidPolicy::Duration {
+                    field: "timeout",
+                    ..
+                },
+                ..
+            }
+        ));
+        let e = Policies::new(d(), "ftp://{name}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PolicyError::Template {
+                    source: UrlError::NotHttp { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = Policies::from_toml(
+            "p",
+            "[defaults]
+rate = 0",
+            d(),
+            t,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, PolicyError::Invalid { function, source: InvalidPolicy::ZeroRate } if function == "defaults"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("x").is_err());
+    fn errors_keep_their_cause() {
+        use std::error::Error as _;
+        let e = Policies::from_toml(
+            "p",
+            "[functions.x]
+retry = { max_backoff = \"1m30\" }",
+            FunctionPolicy::default(),
+            DEFAULT_URL_TEMPLATE,
+        )
+        .unwrap_err();
+        let cause = e.source().expect("the invalid policy");
+        let duration = cause.source().expect("the duration error");
+        assert!(
+            duration.downcast_ref::<DurationError>().is_some(),
+            "{duration}"
+        );
+        let e = Policies::from_file(
+            "/nonexistent/policies.toml",
+            FunctionPolicy::default(),
+            DEFAULT_URL_TEMPLATE,
+        )
+        .unwrap_err();
+        assert!(
+            e.source()
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some(),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn go_style_durations_in_the_file() {
+        let text = "[functions.slow]\ntimeout = \"14m55s\"\n[functions.slow.retry]\nmax_backoff = \"1m30s\"";
+        let p = Policies::from_toml("p", text, FunctionPolicy::default(), DEFAULT_URL_TEMPLATE)
+            .unwrap();
+        let slow = p.get(&f("slow"));
+        assert_eq!(slow.timeout, Duration::from_secs(895));
+        assert_eq!(slow.retry.max_backoff, Duration::from_secs(90));
     }
 }

@@ -2,9 +2,11 @@
 //! temporary store (alone or as a cluster of three), and a recording HTTP server that plays a
 //! scripted function or a callback sink. Everything binds 127.0.0.1 and stops in `Drop`.
 
+mod binary;
 mod http_server;
 mod nats;
 
+pub use binary::{Finished, assert_help_and_version, assert_refused, run_binary};
 pub use http_server::{Handler, Recorded, RecordingServer, Reply};
 pub use nats::{NatsCluster, NatsServer, nats_server_bin};
 

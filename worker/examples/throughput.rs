@@ -90,7 +90,7 @@ async fn ceiling(
         })
         .await
         .unwrap();
-    let http = flotilla_queue::ops::pooled_client::<Full<Bytes>>(Default::default());
+    let http = flotilla_runtime::pooled_client::<Full<Bytes>>(Default::default());
     let first: hyper::Uri = first.parse().unwrap();
     let second: Option<hyper::Uri> = second.map(|s| s.parse().unwrap());
     let mut messages = consumer.messages().await.unwrap();

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_queue::ops::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 use flotilla_queue::{FunctionPolicy, Policies, RetryPolicy};
+use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 
 use crate::WorkerError;
 

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use flotilla_queue::ops::{self, PoolSettings};
 use flotilla_queue::{Policies, ShardMap, Topology};
+use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -108,7 +108,7 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     config.validate()?;
     let policies = config.policies()?;
-    let prometheus = ops::metrics_handle();
+    let prometheus = metrics_handle();
     let metrics = WorkerMetrics::new();
     let ready = Arc::new(Readiness::default());
 
@@ -180,7 +180,7 @@ pub async fn run(
         js,
         policies,
         shard_map: topology.shard_map(),
-        http: ops::pooled_client(PoolSettings::default()),
+        http: pooled_client(PoolSettings::default()),
         callbacks,
         reports,
         ack_wait: config.ack_wait,

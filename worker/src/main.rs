@@ -1,24 +1,29 @@
 //! `flotilla-worker`: parses flags, starts logging, binds the admin listener and runs the worker
-//! until SIGTERM or SIGINT, then exits 0 after the drain (64 on bad configuration).
+//! until SIGTERM or SIGINT, then exits 0 after the drain. Bad configuration (an unknown flag or an
+//! unparsable value included) is one line on stderr and exit 64.
 
-use clap::Parser;
-use flotilla_queue::ops;
+use flotilla_runtime::{config_failure, parse_args, shutdown_signal};
 use flotilla_worker::Config;
 
 #[tokio::main]
 async fn main() {
-    let config = Config::parse();
+    let config = match parse_args::<Config>() {
+        Ok(c) => c,
+        Err(code) => std::process::exit(code),
+    };
     if let Err(e) = config.validate() {
-        ops::exit_config(e);
+        std::process::exit(config_failure(e));
     }
-    config.log.init();
+    if let Err(e) = config.log.init() {
+        std::process::exit(config_failure(e));
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
-        Err(e) => ops::exit_config(format!("--listen {}: {e}", config.listen)),
+        Err(e) => std::process::exit(config_failure(format!("--listen {}: {e}", config.listen))),
     };
-    match flotilla_worker::run(config, listener, ops::shutdown_signal()).await {
+    match flotilla_worker::run(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::exit(0),
-        Err(e) if e.is_config() => ops::exit_config(e),
+        Err(e) if e.is_config() => std::process::exit(config_failure(e)),
         Err(error) => {
             tracing::error!(%error, "worker failed");
             std::process::exit(1);

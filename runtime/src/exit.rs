@@ -1,0 +1,86 @@
+//! The process edge of every binary: a command line or configuration that cannot run is one line
+//! on stderr and exit status 64, whichever binary and whichever mistake. clap on its own exits 2
+//! with a usage block; operators and their scripts should see one line and one status.
+
+use std::fmt::Display;
+
+use clap::error::ErrorKind;
+
+/// Exit status for bad configuration (sysexits `EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Parses the process's arguments (and their `env` twins) as `T`. `Err` carries the status
+/// `main` exits with once clap's output is printed: 0 after `--help` or `--version`, 64 after the
+/// one line of an unknown flag, a missing or an unparsable value.
+pub fn parse_args<T: clap::Parser>() -> Result<T, i32> {
+    T::try_parse().map_err(|e| match usage_line(&e) {
+        None => {
+            // Help and version text go to stdout; an unwritable stdout changes nothing.
+            let _ = e.print();
+            0
+        }
+        Some(line) => config_failure(line),
+    })
+}
+
+/// Prints the one line of a configuration error on stderr and returns [`EXIT_CONFIG`], the status
+/// `main` exits with.
+pub fn config_failure(message: impl Display) -> i32 {
+    eprintln!("configuration error: {message}");
+    EXIT_CONFIG
+}
+
+/// The one line an argument error is reported with, or `None` for the help and version output
+/// that clap reports as errors too.
+fn usage_line(e: &clap::Error) -> Option<String> {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return None;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    Some(first.trim_start_matches("error: ").to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    #[command(name = "probe", version)]
+    struct Probe {
+        #[arg(long, value_parser = crate::duration_arg)]
+        wait: Option<Duration>,
+        #[arg(long)]
+        count: Option<u32>,
+    }
+
+    fn line(args: &[&str]) -> Option<String> {
+        let e = Probe::try_parse_from(std::iter::once("probe").chain(args.iter().copied()))
+            .expect_err("an argument error");
+        usage_line(&e)
+    }
+
+    #[test]
+    fn argument_errors_are_one_line() {
+        for (args, says) in [
+            (&["--bogus"][..], "unexpected argument '--bogus'"),
+            (&["--count", "many"], "invalid value 'many' for '--count"),
+            (&["--wait", "soon"], "'soon' is not a duration"),
+            (&["--wait"], "a value is required for '--wait"),
+        ] {
+            let line = line(args).expect("an error line");
+            assert!(line.contains(says), "{args:?}: {line}");
+            assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors() {
+        assert_eq!(line(&["--help"]), None);
+        assert_eq!(line(&["--version"]), None);
+    }
+}

@@ -1,0 +1,113 @@
+//! The flags every binary of the fleet shares: where NATS is and how streams are laid out, and
+//! where functions live. One definition, so the gateway and the workers read them alike.
+
+use std::time::Duration;
+
+use flotilla_queue::policy::DEFAULT_URL_TEMPLATE;
+use flotilla_queue::topology::StreamSettings;
+use flotilla_queue::{DurationError, FunctionPolicy, Policies, PolicyError, parse_duration};
+
+/// The clap value parser of every duration flag: the syntax of the policy file (`250ms`,
+/// `1m30s`, a bare number of seconds), so a value means the same in a flag and in the file.
+pub fn duration_arg(s: &str) -> Result<Duration, DurationError> {
+    parse_duration(s)
+}
+
+/// Where NATS is and how the fleet's streams are laid out.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URLs, comma separated (every node of a cluster, so a client survives one
+    /// node's loss).
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Shard count. Unset: adopt the count stored in NATS (or 4 when none is stored). Set: must
+    /// equal the stored count, else the process refuses to start.
+    #[arg(long, env = "FLOTILLA_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub shards: Option<u32>,
+    /// Replicas of each stream in a NATS cluster; 1 on a single server.
+    #[arg(long, env = "FLOTILLA_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+    /// How long a client's `X-Call-Id` or `Idempotency-Key` de-duplicates a retried POST.
+    #[arg(long, env = "FLOTILLA_DUPLICATE_WINDOW", default_value = "2m", value_parser = duration_arg)]
+    pub duplicate_window: Duration,
+    /// Keep streams in memory instead of on disk: faster, but a NATS restart loses queued calls.
+    #[arg(long, env = "FLOTILLA_MEMORY_STREAMS", default_value_t = false)]
+    pub memory_streams: bool,
+}
+
+impl NatsArgs {
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            replicas: usize::from(self.stream_replicas),
+            duplicate_window: self.duplicate_window,
+            storage: if self.memory_streams {
+                async_nats::jetstream::stream::StorageType::Memory
+            } else {
+                async_nats::jetstream::stream::StorageType::File
+            },
+            ..StreamSettings::default()
+        }
+    }
+
+    /// Connects in the background: the process starts even while NATS is down, reports itself
+    /// not ready, and the client keeps reconnecting.
+    pub async fn connect(
+        &self,
+        name: &str,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(server_list(&self.nats_url))
+            .await
+    }
+}
+
+/// The servers of a comma-separated `--nats-url`. async-nats parses one URL per string, so a
+/// cluster's list must be split before it connects (else it fails with a server-parse error).
+pub fn server_list(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Where functions live: the URL template and the optional policy file. Both binaries take these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FunctionArgs {
+    /// Base URL of a function: `{name}` is the full name, `{base}` the name without namespace,
+    /// `{namespace}` the namespace. The call's path suffix and query are appended.
+    #[arg(long, env = "FLOTILLA_FUNCTION_URL_TEMPLATE", default_value = DEFAULT_URL_TEMPLATE)]
+    pub function_url_template: String,
+    /// TOML file of per-function policies (url, concurrency, rate, timeout, retry).
+    #[arg(long, env = "FLOTILLA_POLICIES")]
+    pub policies: Option<std::path::PathBuf>,
+}
+
+impl FunctionArgs {
+    /// The policy table over `defaults`, reading the policy file when one is given.
+    pub fn load(&self, defaults: FunctionPolicy) -> Result<Policies, PolicyError> {
+        match &self.policies {
+            Some(path) => Policies::from_file(
+                &path.display().to_string(),
+                defaults,
+                self.function_url_template.clone(),
+            ),
+            None => Policies::new(defaults, self.function_url_template.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cluster_url_list_is_split() {
+        assert_eq!(
+            super::server_list("nats://a:1, nats://b:2,,nats://c:3"),
+            ["nats://a:1", "nats://b:2", "nats://c:3"]
+        );
+        assert_eq!(super::server_list("nats://a:1"), ["nats://a:1"]);
+    }
+}

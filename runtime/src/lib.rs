@@ -1,0 +1,21 @@
+//! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
+//! set-up, the shutdown signal, the pooled HTTP client, the Prometheus recorder and the process
+//! edge (one line and exit 64 for a command line or configuration that cannot run). One copy, so
+//! every binary behaves alike; kept out of `flotilla-queue`, which holds only the contract.
+//!
+//! Nothing here ends the process: functions return errors or exit codes and each binary's `main`
+//! decides.
+
+mod exit;
+mod flags;
+mod http;
+mod log;
+mod prometheus;
+mod signal;
+
+pub use exit::{EXIT_CONFIG, config_failure, parse_args};
+pub use flags::{FunctionArgs, NatsArgs, duration_arg, server_list};
+pub use http::{PoolSettings, pooled_client};
+pub use log::{LogArgs, LogError, LogFormat};
+pub use prometheus::{LATENCY_BUCKETS, metrics_handle};
+pub use signal::shutdown_signal;

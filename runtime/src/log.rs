@@ -1,0 +1,67 @@
+//! Tracing set-up from the logging flags: console for people, JSON for log collectors, one
+//! filter syntax. A bad filter is returned as an error for `main` to report, never a panic.
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Console,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// `console` for people, `json` for log collectors.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `flotilla_worker=debug,info`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A `--log` filter that tracing cannot parse: a configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("--log {filter:?}: {source}")]
+pub struct LogError {
+    filter: String,
+    #[source]
+    source: tracing_subscriber::filter::ParseError,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber on stderr.
+    pub fn init(&self) -> Result<(), LogError> {
+        let filter =
+            tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|source| LogError {
+                filter: self.log.clone(),
+                source,
+            })?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        // A second init (tests start several servers in one process) keeps the first subscriber.
+        let _ = match self.log_format {
+            LogFormat::Console => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_filter_is_an_error_naming_the_flag() {
+        let args = LogArgs {
+            log_format: LogFormat::Console,
+            log: "flotilla=loud".into(),
+        };
+        let e = args.init().unwrap_err();
+        assert!(
+            e.to_string().starts_with("--log \"flotilla=loud\": "),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+}
