@@ -2,6 +2,7 @@
 //! how it travels and what policy applies to it. Gateway and worker link this one crate so that
 //! they cannot disagree on any of it.
 
+pub mod backoff;
 pub mod dead_letter;
 pub mod envelope;
 pub mod names;
@@ -13,6 +14,7 @@ pub mod subjects;
 pub mod time;
 pub mod topology;
 
+pub use backoff::{Backoff, Jitter};
 pub use envelope::{Envelope, EnvelopeError};
 pub use names::{FunctionName, NameError};
 pub use policy::{FunctionPolicy, Policies, PolicyError, RetryPolicy};

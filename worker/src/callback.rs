@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_queue::FunctionName;
+use flotilla_queue::{Backoff, FunctionName, Jitter};
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -33,6 +33,14 @@ static X_RETRY_MAX: HeaderName = HeaderName::from_static("x-retry-max");
 
 /// Callback receivers are often `https://`; rustls on ring with the webpki roots.
 type CallbackClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Waits between delivery attempts: 200 ms doubling up to 5 s, plus up to half as much again at
+/// random, so receivers that come back are not hit by every worker at the same instant.
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(5),
+    Jitter::UpTo(0.5),
+);
 
 /// One callback to deliver.
 #[derive(Debug)]
@@ -148,6 +156,7 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
         }
     };
     let mut last_error = String::new();
+    let mut delays = BACKOFF.delays();
     for attempt in 1..=s.attempts {
         let req = request(&uri, job);
         match tokio::time::timeout(s.timeout, send(client, req)).await {
@@ -162,7 +171,7 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
             Err(_) => last_error = format!("no answer within {:?}", s.timeout),
         }
         if attempt < s.attempts {
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(delays.next_delay()).await;
         }
     }
     tracing::warn!(
@@ -215,25 +224,18 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
     req
 }
 
-/// 200 ms doubling up to 5 s, with up to 50% jitter so receivers that come back are not hit by
-/// every worker at the same instant.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200)
-        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
-        .min(Duration::from_secs(5));
-    base + base.mul_f64(crate::retry::jitter() * 0.5)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let b1 = backoff(1);
+        let mut delays = BACKOFF.delays();
+        let b1 = delays.next_delay();
         assert!(b1 >= Duration::from_millis(200) && b1 < Duration::from_millis(300));
-        let b3 = backoff(3);
+        delays.next_delay();
+        let b3 = delays.next_delay();
         assert!(b3 >= Duration::from_millis(800) && b3 < Duration::from_millis(1200));
-        assert!(backoff(30) <= Duration::from_millis(7500));
+        assert!(BACKOFF.delay(29) <= Duration::from_millis(7500));
     }
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_queue::ops::{self, PoolSettings};
-use flotilla_queue::{Policies, ShardMap, Topology};
+use flotilla_queue::{Backoff, Jitter, Policies, ShardMap, Topology};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -231,6 +231,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits between tries of agreeing the topology or creating the streams while NATS is not ready:
+/// 250 ms doubling up to 5 s. No jitter: each try is a few cheap requests, so even a fleet that
+/// starts at once does not crowd NATS.
+const AGREE_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(250),
+    Duration::from_secs(5),
+    Jitter::None,
+);
+
 /// Retries `step` while NATS is unreachable, until it succeeds (`Some`), the worker is told to
 /// stop (`None`), or NATS refuses for a reason waiting cannot fix (a configuration error).
 async fn until_agreed<T, F, Fut>(
@@ -242,12 +251,13 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, flotilla_queue::TopologyError>>,
 {
-    let mut delay = Duration::from_millis(250);
+    let mut delays = AGREE_BACKOFF.delays();
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             r = step() => r,
         };
+        let delay = delays.next_delay();
         match result {
             Ok(t) => return Ok(Some(t)),
             Err(e) if e.is_retryable() => {
@@ -259,6 +269,5 @@ where
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

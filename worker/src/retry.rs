@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
-use flotilla_queue::{Envelope, RetryPolicy, subjects, time};
+use flotilla_queue::{Backoff, Envelope, Jitter, RetryPolicy, subjects, time};
 use futures_util::StreamExt;
 use http::StatusCode;
 use tokio::sync::Semaphore;
@@ -71,7 +71,7 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     if number >= policy.attempts {
         return Next::DeadLetter;
     }
-    let mut delay = backoff(policy, number, jitter);
+    let mut delay = backoff(policy).delay_at(number, jitter);
     if matches!(
         outcome.status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -82,17 +82,13 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     Next::Retry(delay)
 }
 
-/// Exponential backoff with full jitter above a floor: the wait before retry `n` (1 for the first
-/// retry) is uniform between `min_backoff` and `min(max_backoff, min_backoff * 2^n)`. The floor
-/// keeps a function some rest however the dice fall; the jitter spreads the retries of calls that
-/// failed together (a function that fell over under load is not hit again all at once).
-pub(crate) fn backoff(policy: &RetryPolicy, n: u32, jitter: f64) -> Duration {
-    let (min, max) = (
-        policy.min_backoff,
-        policy.max_backoff.max(policy.min_backoff),
-    );
-    let ceiling = min.saturating_mul(1u32 << n.clamp(1, 30)).min(max).max(min);
-    min + (ceiling - min).mul_f64(jitter.clamp(0.0, 1.0))
+/// The policy's backoff: exponential with full jitter above a floor. The wait before retry `n`
+/// (1 for the first retry, counted as the attempts made) is uniform between `min_backoff` and
+/// `min(max_backoff, min_backoff * 2^n)`, so even the first retry spreads over `[min, 2 min]`.
+/// The floor keeps a function some rest however the dice fall; the jitter spreads the retries of
+/// calls that failed together (a function that fell over under load is not hit again all at once).
+pub(crate) fn backoff(policy: &RetryPolicy) -> Backoff {
+    Backoff::new(policy.min_backoff, policy.max_backoff, Jitter::Full)
 }
 
 /// A number in [0, 1) for jitter; not for anything secret.
@@ -379,15 +375,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_within_bounds() {
+    fn backoff_follows_the_policy_from_the_first_retry() {
         let p = policy();
-        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(100));
-        let top = backoff(&p, 1, 0.999);
+        let b = backoff(&p);
+        assert_eq!(b.delay_at(1, 0.0), Duration::from_millis(100));
+        let top = b.delay_at(1, 0.999);
         assert!(top > Duration::from_millis(199) && top < Duration::from_millis(200));
-        assert_eq!(backoff(&p, 2, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff(&p, 30, 1.0), Duration::from_secs(1));
+        assert_eq!(b.delay_at(2, 1.0), Duration::from_millis(400));
+        assert_eq!(b.delay_at(30, 1.0), Duration::from_secs(1));
         for n in 1..40 {
-            let d = backoff(&p, n, jitter());
+            let d = b.delay_at(n, jitter());
             assert!(d >= p.min_backoff && d <= p.max_backoff, "{n}: {d:?}");
         }
     }
