@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_queue::{Backoff, FunctionName, Jitter};
 use http::header::CONTENT_TYPE;
-use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -41,6 +41,20 @@ const BACKOFF: Backoff = Backoff::new(
     Duration::from_secs(5),
     Jitter::UpTo(0.5),
 );
+
+/// Why one delivery attempt failed (the last one is logged when delivery gives up).
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// No connection, a reset, or a broken answer. The client's own message names only the
+    /// outermost layer, so the text spells out the whole chain of causes.
+    #[error("{}", error_chain(.0))]
+    Send(#[source] hyper_util::client::legacy::Error),
+    /// The receiver failed (5xx): it may do better on the next attempt.
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// One callback to deliver.
 #[derive(Debug)]
@@ -155,21 +169,22 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
             return Delivery::GaveUp;
         }
     };
-    let mut last_error = String::new();
+    let mut last_error = None;
     let mut delays = BACKOFF.delays();
     for attempt in 1..=s.attempts {
         let req = request(&uri, job);
-        match tokio::time::timeout(s.timeout, send(client, req)).await {
+        let error = match tokio::time::timeout(s.timeout, send(client, req)).await {
             Ok(Ok(status)) if !status.is_server_error() => {
                 if status.is_client_error() {
                     tracing::warn!(call_id = %job.call_id, url = %job.url, %status, "callback receiver refused the result");
                 }
                 return Delivery::Delivered;
             }
-            Ok(Ok(status)) => last_error = format!("answered {status}"),
-            Ok(Err(e)) => last_error = e,
-            Err(_) => last_error = format!("no answer within {:?}", s.timeout),
-        }
+            Ok(Ok(status)) => AttemptError::Status(status),
+            Ok(Err(e)) => AttemptError::Send(e),
+            Err(_) => AttemptError::Timeout(s.timeout),
+        };
+        last_error = Some(error);
         if attempt < s.attempts {
             tokio::time::sleep(delays.next_delay()).await;
         }
@@ -179,7 +194,7 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
         function = %job.function,
         url = %job.url,
         attempts = s.attempts,
-        error = %last_error,
+        error = last_error.as_ref().map(tracing::field::display),
         "callback not delivered; giving up"
     );
     Delivery::GaveUp
@@ -188,8 +203,8 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
 async fn send(
     client: &CallbackClient,
     req: Request<Full<Bytes>>,
-) -> Result<http::StatusCode, String> {
-    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+    let resp = client.request(req).await?;
     let status = resp.status();
     // Read the (usually empty) answer so the connection returns to the pool.
     let _ = resp.into_body().collect().await;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
 use flotilla_queue::{Backoff, Envelope, Jitter, RetryPolicy, subjects, time};
@@ -140,9 +142,21 @@ pub(crate) fn consumer_config(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RetryLoopError {
     #[error("opening the retry consumer: {0}")]
-    Consumer(String),
+    Consumer(#[source] ConsumerError),
     #[error("pulling retries: {0}")]
-    Pull(String),
+    Subscribe(#[source] consumer::StreamError),
+    #[error("pulling retries: {0}")]
+    Pull(#[source] consumer::pull::MessagesError),
+    #[error("pulling retries: the message stream ended")]
+    Ended,
+}
+
+/// Why a failed attempt could not be stored as a waiting retry; the call hands its message back
+/// with the delay instead.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScheduleError {
+    #[error("storing the retry: {0}")]
+    Publish(#[from] PublishError),
 }
 
 /// Runs the retry loop of `shard` until the worker stops, restarting it after failures.
@@ -171,7 +185,7 @@ async fn run(
         .js
         .create_consumer_on_stream(config, stream_name.as_str())
         .await
-        .map_err(|e| RetryLoopError::Consumer(e.to_string()))?;
+        .map_err(RetryLoopError::Consumer)?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
@@ -179,7 +193,7 @@ async fn run(
         .heartbeat(Duration::from_secs(2))
         .messages()
         .await
-        .map_err(|e| RetryLoopError::Pull(e.to_string()))?;
+        .map_err(RetryLoopError::Subscribe)?;
     let moves = Arc::new(Semaphore::new(MOVE_CONCURRENCY));
     let due_total = metrics::counter!(RETRIES_DUE, "shard" => shard.to_string());
     let mut info_tick = tokio::time::interval(INFO_EVERY);
@@ -196,8 +210,8 @@ async fn run(
                         tracing::debug!(shard, error = %e, "retry pull heartbeat missed");
                         continue;
                     }
-                    Some(Err(e)) => return Err(RetryLoopError::Pull(e.to_string())),
-                    None => return Err(RetryLoopError::Pull("stream ended".into())),
+                    Some(Err(e)) => return Err(RetryLoopError::Pull(e)),
+                    None => return Err(RetryLoopError::Ended),
                 };
                 let sequence = msg.info().map_or(0, |i| i.stream_sequence);
                 match classify(&msg, shard, time::unix_nanos()) {
@@ -294,10 +308,8 @@ async fn move_due(
         shared
             .js
             .publish_with_headers(subject, headers, body)
+            .await?
             .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
     }
     .await;
     match published {
@@ -327,7 +339,7 @@ pub(crate) async fn schedule(
     delay: Duration,
     stream: &str,
     sequence: u64,
-) -> Result<(), String> {
+) -> Result<(), ScheduleError> {
     let mut env = env.clone();
     env.attempt = attempts_made;
     let id = dedup_id("retry", stream, sequence);
@@ -337,10 +349,8 @@ pub(crate) async fn schedule(
     shared
         .js
         .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?
+        .await?;
     Ok(())
 }
 
