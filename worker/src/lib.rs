@@ -99,8 +99,9 @@ impl Readiness {
 
 /// Runs a worker until `shutdown` resolves, then drains: stops pulling at once, hands back
 /// messages not started, lets in-flight calls and their callbacks finish within `--grace`, hands
-/// back the rest, and returns. Configuration problems (including a shard count that disagrees
-/// with NATS) return [`WorkerError::Config`].
+/// back the rest, and returns. It returns early only on problems an operator must fix (bad
+/// configuration, an unusable NATS URL, a shard count that disagrees with NATS): every
+/// [`WorkerError`] is one (exit 64); NATS being unreachable is waited out.
 pub async fn run(
     config: Config,
     admin_listener: TcpListener,
@@ -129,9 +130,13 @@ pub async fn run(
         signal.cancel();
     });
 
-    let client =
-        config.nats.connect("flotilla-worker").await.map_err(|e| {
-            WorkerError::Config(format!("--nats-url {}: {e}", config.nats.nats_url))
+    let client = config
+        .nats
+        .connect("flotilla-worker")
+        .await
+        .map_err(|source| WorkerError::Connect {
+            url: config.nats.nats_url.clone(),
+            source,
         })?;
     let _ = ready.client.set(client.clone());
     let js = jetstream::new(client.clone());
@@ -263,7 +268,7 @@ where
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "{what}: NATS not ready");
             }
-            Err(e) => return Err(WorkerError::Config(e.to_string())),
+            Err(e) => return Err(WorkerError::Topology(e)),
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
