@@ -63,7 +63,7 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     let retryable = match &outcome.error {
         Some(CallError::InvalidRequest(_) | CallError::Redelivered(_)) => return Next::DeadLetter,
         // Unreachable (502) or past its timeout (504).
-        Some(_) => policy.retry_unreachable,
+        Some(CallError::Unreachable(_) | CallError::Timeout(_)) => policy.retry_unreachable,
         None => policy.statuses.contains(&outcome.status.as_u16()),
     };
     if !retryable {
