@@ -123,32 +123,39 @@ impl CallError {
     }
 
     pub fn side(&self) -> Side {
+        self.class().0
+    }
+
+    /// True when the same request may succeed later (the client should retry, with the same
+    /// `Idempotency-Key` for asynchronous calls).
+    pub fn is_retryable(&self) -> bool {
+        self.class().1
+    }
+
+    /// Which side failed and whether asking again may help: one table, so a new variant is
+    /// classified on both counts at once.
+    fn class(&self) -> (Side, bool) {
         match self {
+            Self::NotFound
+            | Self::MethodNotAllowed { .. }
+            | Self::BadName(_)
+            | Self::BadCallbackUrl(_)
+            | Self::BadHeader { .. }
+            | Self::BodyRead(_)
+            | Self::BodyTooLarge { .. }
+            | Self::MessageTooLarge
+            | Self::Unauthorized
+            | Self::BadRequest(_) => (Side::Downstream, false),
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
             | Self::DeadLetters(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
-            | Self::Timeout { .. } => Side::Upstream,
-            Self::BadFunctionUrl(_) | Self::Internal(_) => Side::Internal,
-            _ => Side::Downstream,
+            | Self::Timeout { .. } => (Side::Upstream, true),
+            // A broken function URL or a gateway failure stays broken until someone fixes it.
+            Self::BadFunctionUrl(_) | Self::Internal(_) => (Side::Internal, false),
         }
-    }
-
-    /// True when the same request may succeed later (the client should retry, with the same
-    /// `Idempotency-Key` for asynchronous calls).
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::NotReady(_)
-                | Self::NatsDown
-                | Self::Publish(_)
-                | Self::DeadLetters(_)
-                | Self::Unreachable { .. }
-                | Self::UpstreamBroken { .. }
-                | Self::Timeout { .. }
-        )
     }
 
     /// A short stable label for the errors metric.
@@ -200,7 +207,18 @@ impl CallError {
                 // The unread body would otherwise be parsed as the next request.
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            _ => {}
+            // The status and the text say it all.
+            Self::NotFound
+            | Self::BadName(_)
+            | Self::BadCallbackUrl(_)
+            | Self::BadHeader { .. }
+            | Self::BodyRead(_)
+            | Self::BadRequest(_)
+            | Self::Unreachable { .. }
+            | Self::UpstreamBroken { .. }
+            | Self::Timeout { .. }
+            | Self::BadFunctionUrl(_)
+            | Self::Internal(_) => {}
         }
         resp
     }
@@ -215,4 +233,150 @@ pub fn text_response(status: StatusCode, text: Bytes) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use flotilla_queue::FunctionName;
+
+    use super::*;
+
+    /// One error of every kind, with the status, side and retryability it must have.
+    fn every_kind() -> Vec<(CallError, u16, Side, bool)> {
+        let name_error = FunctionName::parse("no/slash").unwrap_err();
+        let function = || "echo".to_owned();
+        vec![
+            (CallError::NotFound, 404, Side::Downstream, false),
+            (
+                CallError::MethodNotAllowed { allow: "GET" },
+                405,
+                Side::Downstream,
+                false,
+            ),
+            (CallError::BadName(name_error), 400, Side::Downstream, false),
+            (
+                CallError::BadCallbackUrl("is not a URL"),
+                400,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::BadHeader {
+                    header: "X-Call-Id",
+                    reason: "is too long",
+                },
+                400,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::BodyRead("reset".into()),
+                400,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::BodyTooLarge { limit: 10 },
+                413,
+                Side::Downstream,
+                false,
+            ),
+            (CallError::MessageTooLarge, 413, Side::Downstream, false),
+            (CallError::Unauthorized, 401, Side::Downstream, false),
+            (
+                CallError::BadRequest("limit".into()),
+                400,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::NotReady("topology not agreed"),
+                503,
+                Side::Upstream,
+                true,
+            ),
+            (CallError::NatsDown, 503, Side::Upstream, true),
+            (
+                CallError::Publish("timed out".into()),
+                503,
+                Side::Upstream,
+                true,
+            ),
+            (
+                CallError::DeadLetters("timed out".into()),
+                503,
+                Side::Upstream,
+                true,
+            ),
+            (
+                CallError::Unreachable {
+                    function: function(),
+                },
+                502,
+                Side::Upstream,
+                true,
+            ),
+            (
+                CallError::UpstreamBroken {
+                    function: function(),
+                },
+                502,
+                Side::Upstream,
+                true,
+            ),
+            (
+                CallError::Timeout {
+                    function: function(),
+                    after: Duration::from_secs(1),
+                },
+                504,
+                Side::Upstream,
+                true,
+            ),
+            (
+                CallError::BadFunctionUrl("no host".into()),
+                500,
+                Side::Internal,
+                false,
+            ),
+            (
+                CallError::Internal("encoding".into()),
+                500,
+                Side::Internal,
+                false,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_error_has_its_status_side_and_retryability() {
+        for (error, status, side, retryable) in every_kind() {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.side(), side, "{error:?}");
+            assert_eq!(error.is_retryable(), retryable, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn classifications_agree_with_each_other() {
+        let mut reasons = HashSet::new();
+        for (error, ..) in every_kind() {
+            let status = error.status();
+            match error.side() {
+                Side::Downstream => assert!(status.is_client_error(), "{error:?}"),
+                Side::Upstream | Side::Internal => assert!(status.is_server_error(), "{error:?}"),
+            }
+            assert!(reasons.insert(error.reason()), "reason reused: {error:?}");
+            let resp = error.into_response(&HeaderValue::from_static("7"));
+            // Retry-After exactly where the gateway (not the function) is briefly unavailable.
+            assert_eq!(
+                resp.headers().contains_key(header::RETRY_AFTER),
+                resp.status() == StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                resp.status()
+            );
+        }
+    }
 }

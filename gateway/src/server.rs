@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
-use flotilla_queue::{Topology, TopologyError};
+use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
 use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use http::HeaderValue;
 use hyper::server::conn::http1;
@@ -26,6 +26,15 @@ use crate::system::basic_token;
 
 /// How often idle histogram data is folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// Waits between tries of agreeing the topology while NATS is unreachable or not ready: 100 ms
+/// doubling up to 2 s, so a gateway started just before NATS takes calls soon after it comes up.
+/// No jitter: each try is a few cheap requests, so even a fleet that starts at once does not
+/// crowd NATS.
+const AGREE_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(2),
+    Jitter::None,
+);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish within `--shutdown-grace`, and returns. Returns early with
@@ -170,7 +179,7 @@ async fn agree_topology(
     fatal: mpsc::Sender<TopologyError>,
 ) {
     let settings = config.nats.stream_settings();
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = AGREE_BACKOFF.delays();
     let topology = loop {
         if state.nats_connected() {
             let attempt = async {
@@ -202,10 +211,9 @@ async fn agree_topology(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delays.next_delay()) => {}
             () = token.cancelled() => return,
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     };
     // Streams can vanish after the agreement (deleted by an operator, or lost when a NATS with
     // memory storage restarts); re-create them when a publish finds none, at most once a second.

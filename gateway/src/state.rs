@@ -44,7 +44,18 @@ pub struct State {
     /// Signalled when a publish found no stream (deleted, or lost with a memory-backed NATS
     /// restart); the topology task then re-creates the streams.
     pub streams_missing: tokio::sync::Notify,
-    ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    ready: tokio::sync::Mutex<Option<(Instant, Result<(), NotReady>)>>,
+}
+
+/// Why `/readyz` answers 503; the text is the answer's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("NATS is not connected")]
+    NatsDown,
+    #[error("topology not agreed yet")]
+    NoTopology,
+    #[error("streams of the {shards}-shard topology are not all present")]
+    StreamsMissing { shards: u32 },
 }
 
 impl std::fmt::Debug for State {
@@ -113,30 +124,29 @@ impl State {
 
     /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
     /// check is cached briefly; concurrent probes share one check.
-    pub async fn readiness(&self) -> Result<(), String> {
+    pub async fn readiness(&self) -> Result<(), NotReady> {
         let connected = self.nats_connected();
         self.metrics.nats_connected(connected);
         if !connected {
-            return Err("NATS is not connected".into());
+            return Err(NotReady::NatsDown);
         }
         let Some((topology, _)) = self.topology.get() else {
-            return Err("topology not agreed yet".into());
+            return Err(NotReady::NoTopology);
         };
         let mut cached = self.ready.lock().await;
         if let Some((at, answer)) = cached.as_ref()
             && at.elapsed() < READY_CACHE
         {
-            return answer.clone();
+            return *answer;
         }
         let answer = if topology.streams_present(&self.js).await {
             Ok(())
         } else {
-            Err(format!(
-                "streams of the {}-shard topology are not all present",
-                topology.shards
-            ))
+            Err(NotReady::StreamsMissing {
+                shards: topology.shards,
+            })
         };
-        *cached = Some((Instant::now(), answer.clone()));
+        *cached = Some((Instant::now(), answer));
         answer
     }
 }

@@ -3,6 +3,7 @@
 //! they cannot disagree on any of it. Process plumbing (flags, logging, signals, the HTTP client,
 //! the metrics recorder) lives in `flotilla-runtime`, not here.
 
+pub mod backoff;
 pub mod dead_letter;
 pub mod duration;
 pub mod envelope;
@@ -15,6 +16,7 @@ pub mod subjects;
 pub mod time;
 pub mod topology;
 
+pub use backoff::{Backoff, Jitter};
 pub use duration::{DurationError, parse_duration};
 pub use envelope::{Envelope, EnvelopeError};
 pub use names::{FunctionName, NameError};

@@ -34,7 +34,10 @@ pub enum TopologyError {
 impl TopologyError {
     /// True when waiting and retrying may help (NATS unreachable), false when an operator must act.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::JetStream(_))
+        match self {
+            Self::JetStream(_) => true,
+            Self::Mismatch { .. } | Self::Corrupt(_) => false,
+        }
     }
 }
 

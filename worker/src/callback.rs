@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_queue::FunctionName;
 use flotilla_queue::headers::{
     X_CALL_ID, X_DURATION_SECONDS, X_FUNCTION_NAME, X_FUNCTION_STATUS, X_RETRY, X_RETRY_MAX,
     X_START_TIME,
 };
+use flotilla_queue::{Backoff, FunctionName, Jitter};
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Uri};
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -29,6 +29,28 @@ use crate::metrics::WorkerMetrics;
 
 /// Callback receivers are often `https://`; rustls on ring with the webpki roots.
 type CallbackClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Waits between delivery attempts: 200 ms doubling up to 5 s, plus up to half as much again at
+/// random, so receivers that come back are not hit by every worker at the same instant.
+const BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(5),
+    Jitter::UpTo(0.5),
+);
+
+/// Why one delivery attempt failed (the last one is logged when delivery gives up).
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// No connection, a reset, or a broken answer. The client's own message names only the
+    /// outermost layer, so the text spells out the whole chain of causes.
+    #[error("{}", error_chain(.0))]
+    Send(#[source] hyper_util::client::legacy::Error),
+    /// The receiver failed (5xx): it may do better on the next attempt.
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// One callback to deliver.
 #[derive(Debug)]
@@ -143,22 +165,24 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
             return Delivery::GaveUp;
         }
     };
-    let mut last_error = String::new();
+    let mut last_error = None;
+    let mut delays = BACKOFF.delays();
     for attempt in 1..=s.attempts {
         let req = request(&uri, job);
-        match tokio::time::timeout(s.timeout, send(client, req)).await {
+        let error = match tokio::time::timeout(s.timeout, send(client, req)).await {
             Ok(Ok(status)) if !status.is_server_error() => {
                 if status.is_client_error() {
                     tracing::warn!(call_id = %job.call_id, url = %job.url, %status, "callback receiver refused the result");
                 }
                 return Delivery::Delivered;
             }
-            Ok(Ok(status)) => last_error = format!("answered {status}"),
-            Ok(Err(e)) => last_error = e,
-            Err(_) => last_error = format!("no answer within {:?}", s.timeout),
-        }
+            Ok(Ok(status)) => AttemptError::Status(status),
+            Ok(Err(e)) => AttemptError::Send(e),
+            Err(_) => AttemptError::Timeout(s.timeout),
+        };
+        last_error = Some(error);
         if attempt < s.attempts {
-            tokio::time::sleep(backoff(attempt)).await;
+            tokio::time::sleep(delays.next_delay()).await;
         }
     }
     tracing::warn!(
@@ -166,7 +190,7 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
         function = %job.function,
         url = %job.url,
         attempts = s.attempts,
-        error = %last_error,
+        error = last_error.as_ref().map(tracing::field::display),
         "callback not delivered; giving up"
     );
     Delivery::GaveUp
@@ -175,8 +199,8 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
 async fn send(
     client: &CallbackClient,
     req: Request<Full<Bytes>>,
-) -> Result<http::StatusCode, String> {
-    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+    let resp = client.request(req).await?;
     let status = resp.status();
     // Read the (usually empty) answer so the connection returns to the pool.
     let _ = resp.into_body().collect().await;
@@ -208,25 +232,18 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
     req
 }
 
-/// 200 ms doubling up to 5 s, with up to 50% jitter so receivers that come back are not hit by
-/// every worker at the same instant.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200)
-        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
-        .min(Duration::from_secs(5));
-    base + base.mul_f64(crate::retry::jitter() * 0.5)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let b1 = backoff(1);
+        let mut delays = BACKOFF.delays();
+        let b1 = delays.next_delay();
         assert!(b1 >= Duration::from_millis(200) && b1 < Duration::from_millis(300));
-        let b3 = backoff(3);
+        delays.next_delay();
+        let b3 = delays.next_delay();
         assert!(b3 >= Duration::from_millis(800) && b3 < Duration::from_millis(1200));
-        assert!(backoff(30) <= Duration::from_millis(7500));
+        assert!(BACKOFF.delay(29) <= Duration::from_millis(7500));
     }
 }

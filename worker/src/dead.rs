@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::stream::Stream as JsStream;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -33,8 +34,15 @@ pub(crate) struct Letter<'a> {
     pub last_status: Option<u16>,
 }
 
+/// Why a dead letter was not written; the message it copies is handed back and tried again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeadLetterError {
+    #[error("publishing the dead letter: {0}")]
+    Publish(#[from] PublishError),
+}
+
 /// Writes the dead letter and waits for JetStream's PubAck.
-pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> {
+pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLetterError> {
     let function = subjects::function_of_subject(l.shard, l.subject)
         .or_else(|| subjects::function_of_retry_subject(l.shard, l.subject))
         .map(|f| f.to_string())
@@ -72,10 +80,8 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), String> 
     shared
         .js
         .publish_with_headers(dead_subject, headers, l.payload)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?
+        .await?;
     // Labelled like the dead-letter subject: `~invalid` when the message named no valid function.
     let label = subjects::dead_token(&function).to_owned();
     metrics::dead_letter(l.kind, label);
@@ -152,7 +158,7 @@ pub(crate) async fn exhausted(
     sequence: u64,
     outcome: &Outcome,
     allowed: u32,
-) -> Result<(), String> {
+) -> Result<(), DeadLetterError> {
     let reason = exhausted_reason(outcome, allowed);
     let redelivered = matches!(outcome.error, Some(CallError::Redelivered(_)));
     let letter = Letter {

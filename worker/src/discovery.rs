@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::Stream as JsStream;
+use async_nats::jetstream::context::GetStreamError;
+use async_nats::jetstream::stream::{ConsumersError, InfoError, Stream as JsStream};
 use flotilla_queue::{FunctionName, subjects};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
@@ -27,6 +28,17 @@ const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 /// A replica not heard from for this long (three missed heartbeats and a half) no longer counts.
 const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
+
+/// Why one discovery pass failed; the next pass asks the stream again.
+#[derive(Debug, thiserror::Error)]
+enum DiscoveryError {
+    #[error("reading the shard's stream: {0}")]
+    Stream(#[source] GetStreamError),
+    #[error("listing the shard's consumers: {0}")]
+    Consumers(#[source] ConsumersError),
+    #[error("listing the subjects that hold messages: {0}")]
+    Subjects(#[source] InfoError),
+}
 
 /// Discovers and supervises the pull loops of one shard until the worker stops.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
@@ -62,22 +74,19 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
 
         let mut wanted: Vec<FunctionName> = pinned.clone();
         let found = async {
-            if stream.is_none() {
-                stream = Some(
-                    shared
-                        .js
-                        .get_stream(stream_name.as_str())
-                        .await
-                        .map_err(|e| e.to_string())?,
-                );
-            }
-            let Some(s) = stream.as_ref() else {
-                return Err("no stream".to_owned());
+            let s = match stream.take() {
+                Some(s) => s,
+                None => shared
+                    .js
+                    .get_stream(stream_name.as_str())
+                    .await
+                    .map_err(DiscoveryError::Stream)?,
             };
+            let s = &*stream.insert(s);
             if !consumers_listed {
                 // Consumers that exist already may hold calls delivered to a replica that died.
                 let mut list = s.consumers();
-                while let Some(info) = list.try_next().await.map_err(|e| e.to_string())? {
+                while let Some(info) = list.try_next().await.map_err(DiscoveryError::Consumers)? {
                     if let Some(f) =
                         subjects::function_of_subject(shard, &info.config.filter_subject)
                     {
@@ -89,10 +98,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
             let mut subjects_info = s
                 .info_with_subjects(wildcard.as_str())
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(DiscoveryError::Subjects)?;
             let mut poison = Vec::new();
             while let Some(entry) = subjects_info.next().await {
-                let (subject, count) = entry.map_err(|e| e.to_string())?;
+                let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
                 if count == 0 {
                     continue;
                 }
@@ -101,7 +110,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
                     None => poison.push(subject),
                 }
             }
-            Ok::<_, String>(poison)
+            Ok::<_, DiscoveryError>(poison)
         }
         .await;
         match found {

@@ -1,30 +1,37 @@
-//! The worker's errors, classified so callers know whether to fix configuration, wait, or
-//! report a bug: `is_config` maps to exit status 64, `is_retryable` to "try again later".
+//! The worker's errors, classified so callers know whether to fix configuration or wait:
+//! `WorkerError::is_config` maps to exit status 64, `PullError::is_retryable` to "restart the
+//! loop soon".
 
-/// Why `run` stopped, or why a part of the worker failed.
+use flotilla_queue::TopologyError;
+
+/// Why `run` stopped. The worker waits out everything that may pass by itself (NATS unreachable,
+/// a failed pull or retry loop, a full callback queue), so every error that ends `run` is one an
+/// operator must fix.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// Bad flags, a bad policy file, or a shard layout that disagrees with NATS (including
-    /// `Topology::agree`'s shard-count mismatch). An operator must act; the binary exits 64.
+    /// Bad flags, a bad policy file, or served shards outside the agreed topology.
     #[error("{0}")]
     Config(String),
-    /// NATS refused or failed a request that the worker cannot do without.
-    #[error("NATS: {0}")]
-    Nats(String),
-    /// The admin server could not serve on its listener.
-    #[error("admin server: {0}")]
-    Admin(#[source] std::io::Error),
+    /// The NATS client could not be created: a malformed `--nats-url`, not an unreachable server
+    /// (the client keeps trying to connect in the background).
+    #[error("--nats-url {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// NATS holds a topology this worker cannot serve: another shard count than `--shards`, or
+    /// an unreadable one.
+    #[error("{0}")]
+    Topology(#[source] TopologyError),
 }
 
 impl WorkerError {
     /// True for configuration errors (exit status 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_))
-    }
-
-    /// True when the same operation may succeed later without anyone changing anything.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Nats(_))
+        match self {
+            Self::Config(_) | Self::Connect { .. } | Self::Topology(_) => true,
+        }
     }
 }
 
@@ -55,7 +62,7 @@ impl PullError {
     pub(crate) fn is_retryable(&self) -> bool {
         match self {
             Self::Create { retryable, .. } => *retryable,
-            _ => true,
+            Self::Subscribe(_) | Self::ConsumerDeleted | Self::Closed | Self::Request(_) => true,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use flotilla_queue::{Policies, ShardMap, Topology};
+use flotilla_queue::{Backoff, Jitter, Policies, ShardMap, Topology};
 use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -99,8 +99,9 @@ impl Readiness {
 
 /// Runs a worker until `shutdown` resolves, then drains: stops pulling at once, hands back
 /// messages not started, lets in-flight calls and their callbacks finish within `--grace`, hands
-/// back the rest, and returns. Configuration problems (including a shard count that disagrees
-/// with NATS) return [`WorkerError::Config`].
+/// back the rest, and returns. It returns early only on problems an operator must fix (bad
+/// configuration, an unusable NATS URL, a shard count that disagrees with NATS): every
+/// [`WorkerError`] is one (exit 64); NATS being unreachable is waited out.
 pub async fn run(
     config: Config,
     admin_listener: TcpListener,
@@ -129,9 +130,13 @@ pub async fn run(
         signal.cancel();
     });
 
-    let client =
-        config.nats.connect("flotilla-worker").await.map_err(|e| {
-            WorkerError::Config(format!("--nats-url {}: {e}", config.nats.nats_url))
+    let client = config
+        .nats
+        .connect("flotilla-worker")
+        .await
+        .map_err(|source| WorkerError::Connect {
+            url: config.nats.nats_url.clone(),
+            source,
         })?;
     let _ = ready.client.set(client.clone());
     let js = jetstream::new(client.clone());
@@ -231,6 +236,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits between tries of agreeing the topology or creating the streams while NATS is not ready:
+/// 250 ms doubling up to 5 s. No jitter: each try is a few cheap requests, so even a fleet that
+/// starts at once does not crowd NATS.
+const AGREE_BACKOFF: Backoff = Backoff::new(
+    Duration::from_millis(250),
+    Duration::from_secs(5),
+    Jitter::None,
+);
+
 /// Retries `step` while NATS is unreachable, until it succeeds (`Some`), the worker is told to
 /// stop (`None`), or NATS refuses for a reason waiting cannot fix (a configuration error).
 async fn until_agreed<T, F, Fut>(
@@ -242,23 +256,23 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, flotilla_queue::TopologyError>>,
 {
-    let mut delay = Duration::from_millis(250);
+    let mut delays = AGREE_BACKOFF.delays();
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             r = step() => r,
         };
+        let delay = delays.next_delay();
         match result {
             Ok(t) => return Ok(Some(t)),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, retry_in = ?delay, "{what}: NATS not ready");
             }
-            Err(e) => return Err(WorkerError::Config(e.to_string())),
+            Err(e) => return Err(WorkerError::Topology(e)),
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

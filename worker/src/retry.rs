@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
-use flotilla_queue::{Envelope, RetryPolicy, subjects, time};
+use flotilla_queue::{Backoff, Envelope, Jitter, RetryPolicy, subjects, time};
 use futures_util::StreamExt;
 use http::StatusCode;
 use tokio::sync::Semaphore;
@@ -61,7 +63,7 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     let retryable = match &outcome.error {
         Some(CallError::InvalidRequest(_) | CallError::Redelivered(_)) => return Next::DeadLetter,
         // Unreachable (502) or past its timeout (504).
-        Some(_) => policy.retry_unreachable,
+        Some(CallError::Unreachable(_) | CallError::Timeout(_)) => policy.retry_unreachable,
         None => policy.statuses.contains(&outcome.status.as_u16()),
     };
     if !retryable {
@@ -71,7 +73,7 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     if number >= policy.attempts {
         return Next::DeadLetter;
     }
-    let mut delay = backoff(policy, number, jitter);
+    let mut delay = backoff(policy).delay_at(number, jitter);
     if matches!(
         outcome.status,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -82,17 +84,13 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
     Next::Retry(delay)
 }
 
-/// Exponential backoff with full jitter above a floor: the wait before retry `n` (1 for the first
-/// retry) is uniform between `min_backoff` and `min(max_backoff, min_backoff * 2^n)`. The floor
-/// keeps a function some rest however the dice fall; the jitter spreads the retries of calls that
-/// failed together (a function that fell over under load is not hit again all at once).
-pub(crate) fn backoff(policy: &RetryPolicy, n: u32, jitter: f64) -> Duration {
-    let (min, max) = (
-        policy.min_backoff,
-        policy.max_backoff.max(policy.min_backoff),
-    );
-    let ceiling = min.saturating_mul(1u32 << n.clamp(1, 30)).min(max).max(min);
-    min + (ceiling - min).mul_f64(jitter.clamp(0.0, 1.0))
+/// The policy's backoff: exponential with full jitter above a floor. The wait before retry `n`
+/// (1 for the first retry, counted as the attempts made) is uniform between `min_backoff` and
+/// `min(max_backoff, min_backoff * 2^n)`, so even the first retry spreads over `[min, 2 min]`.
+/// The floor keeps a function some rest however the dice fall; the jitter spreads the retries of
+/// calls that failed together (a function that fell over under load is not hit again all at once).
+pub(crate) fn backoff(policy: &RetryPolicy) -> Backoff {
+    Backoff::new(policy.min_backoff, policy.max_backoff, Jitter::Full)
 }
 
 /// A number in [0, 1) for jitter; not for anything secret.
@@ -144,9 +142,21 @@ pub(crate) fn consumer_config(
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RetryLoopError {
     #[error("opening the retry consumer: {0}")]
-    Consumer(String),
+    Consumer(#[source] ConsumerError),
     #[error("pulling retries: {0}")]
-    Pull(String),
+    Subscribe(#[source] consumer::StreamError),
+    #[error("pulling retries: {0}")]
+    Pull(#[source] consumer::pull::MessagesError),
+    #[error("pulling retries: the message stream ended")]
+    Ended,
+}
+
+/// Why a failed attempt could not be stored as a waiting retry; the call hands its message back
+/// with the delay instead.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScheduleError {
+    #[error("storing the retry: {0}")]
+    Publish(#[from] PublishError),
 }
 
 /// Runs the retry loop of `shard` until the worker stops, restarting it after failures.
@@ -175,7 +185,7 @@ async fn run(
         .js
         .create_consumer_on_stream(config, stream_name.as_str())
         .await
-        .map_err(|e| RetryLoopError::Consumer(e.to_string()))?;
+        .map_err(RetryLoopError::Consumer)?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(PULL_BATCH)
@@ -183,7 +193,7 @@ async fn run(
         .heartbeat(Duration::from_secs(2))
         .messages()
         .await
-        .map_err(|e| RetryLoopError::Pull(e.to_string()))?;
+        .map_err(RetryLoopError::Subscribe)?;
     let moves = Arc::new(Semaphore::new(MOVE_CONCURRENCY));
     let due_total = metrics::counter!(RETRIES_DUE, "shard" => shard.to_string());
     let mut info_tick = tokio::time::interval(INFO_EVERY);
@@ -200,8 +210,8 @@ async fn run(
                         tracing::debug!(shard, error = %e, "retry pull heartbeat missed");
                         continue;
                     }
-                    Some(Err(e)) => return Err(RetryLoopError::Pull(e.to_string())),
-                    None => return Err(RetryLoopError::Pull("stream ended".into())),
+                    Some(Err(e)) => return Err(RetryLoopError::Pull(e)),
+                    None => return Err(RetryLoopError::Ended),
                 };
                 let sequence = msg.info().map_or(0, |i| i.stream_sequence);
                 match classify(&msg, shard, time::unix_nanos()) {
@@ -298,10 +308,8 @@ async fn move_due(
         shared
             .js
             .publish_with_headers(subject, headers, body)
+            .await?
             .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())
     }
     .await;
     match published {
@@ -331,7 +339,7 @@ pub(crate) async fn schedule(
     delay: Duration,
     stream: &str,
     sequence: u64,
-) -> Result<(), String> {
+) -> Result<(), ScheduleError> {
     let mut env = env.clone();
     env.attempt = attempts_made;
     let id = dedup_id("retry", stream, sequence);
@@ -341,10 +349,8 @@ pub(crate) async fn schedule(
     shared
         .js
         .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?
+        .await?;
     Ok(())
 }
 
@@ -379,15 +385,16 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_within_bounds() {
+    fn backoff_follows_the_policy_from_the_first_retry() {
         let p = policy();
-        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(100));
-        let top = backoff(&p, 1, 0.999);
+        let b = backoff(&p);
+        assert_eq!(b.delay_at(1, 0.0), Duration::from_millis(100));
+        let top = b.delay_at(1, 0.999);
         assert!(top > Duration::from_millis(199) && top < Duration::from_millis(200));
-        assert_eq!(backoff(&p, 2, 1.0), Duration::from_millis(400));
-        assert_eq!(backoff(&p, 30, 1.0), Duration::from_secs(1));
+        assert_eq!(b.delay_at(2, 1.0), Duration::from_millis(400));
+        assert_eq!(b.delay_at(30, 1.0), Duration::from_secs(1));
         for n in 1..40 {
-            let d = backoff(&p, n, jitter());
+            let d = b.delay_at(n, jitter());
             assert!(d >= p.min_backoff && d <= p.max_backoff, "{n}: {d:?}");
         }
     }
