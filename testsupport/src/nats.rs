@@ -1,8 +1,9 @@
 //! nats-server processes for tests. The binary comes from `NATS_SERVER_BIN`, else `PATH`, else the
-//! copy `scripts/setup` installs under `.tools/` in the workspace.
+//! copy `scripts/setup` installs under `.tools/` in the workspace. Every server picks its own
+//! ports (`-1`) and reports them in a ports file, so no port is chosen here and released before
+//! the server binds it.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,78 +27,134 @@ pub fn nats_server_bin() -> PathBuf {
     panic!("no nats-server: run scripts/setup, or set NATS_SERVER_BIN");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+/// What nats-server writes to `<dir>/<executable>_<pid>.ports` once its listeners are bound.
+#[derive(Debug, serde::Deserialize)]
+struct PortsFile {
+    nats: Vec<String>,
+    #[serde(default)]
+    cluster: Vec<String>,
+}
+
+/// The port of the first URL in `urls` (`nats://127.0.0.1:4222`).
+fn first_port(urls: &[String]) -> Option<u16> {
+    urls.first()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The ports a server reported, once its ports file is whole.
+fn read_ports(dir: &Path, pid: u32) -> Option<(u16, Option<u16>)> {
+    let suffix = format!("_{pid}.ports");
+    let path = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))?;
+    // The file may be caught half written: unparsable counts as not there yet.
+    let ports: PortsFile = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some((first_port(&ports.nats)?, first_port(&ports.cluster)))
+}
+
+/// How one node of a cluster routes to the others.
+#[derive(Debug, Clone)]
+struct Routing {
+    /// Server name, as NATS reports stream leaders.
+    name: String,
+    /// Route port, chosen by the server at its first start and kept for `resume`.
+    port: Option<u16>,
+    routes: Vec<String>,
 }
 
 /// One nats-server with JetStream, its store in a temporary folder. Killed on drop.
 #[derive(Debug)]
 pub struct NatsServer {
     child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    _store: tempfile::TempDir,
+    /// Chosen by the server at its first start and kept for `resume`, so clients reconnect.
+    port: Option<u16>,
+    routing: Option<Routing>,
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
-    /// A single server on a free port.
+    /// A single server on a port of its choosing.
     pub fn start() -> Self {
-        let store = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let args = vec![
-            "-js".into(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-sd".into(),
-            store.path().display().to_string(),
-        ];
-        Self::spawn(port, args, store)
+        Self::spawn(None)
     }
 
-    fn spawn(port: u16, args: Vec<String>, store: tempfile::TempDir) -> Self {
+    fn spawn(routing: Option<Routing>) -> Self {
+        let store = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(store.path().join("ports")).expect("ports dir");
         let mut s = Self {
             child: None,
-            port,
-            args,
-            _store: store,
+            port: None,
+            routing,
+            store,
         };
         s.resume();
         s
     }
 
-    /// Starts the process again on the same port and store, after `kill`.
+    fn args(&self) -> Vec<String> {
+        let port = |p: Option<u16>| p.map_or("-1".to_owned(), |p| p.to_string());
+        let mut args = vec![
+            "-js".into(),
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port(self.port),
+            "-sd".into(),
+            self.store.path().display().to_string(),
+            "--ports_file_dir".into(),
+            self.store.path().join("ports").display().to_string(),
+        ];
+        if let Some(r) = &self.routing {
+            args.extend([
+                "-n".into(),
+                r.name.clone(),
+                "--cluster_name".into(),
+                "flotilla".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", port(r.port)),
+                "--routes".into(),
+                r.routes.join(","),
+            ]);
+        }
+        args
+    }
+
+    /// Starts the process again on the same ports and store, after `kill`.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "server already running");
+        let args = self.args();
         let child = Command::new(nats_server_bin())
-            .args(&self.args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn nats-server");
         self.child = Some(child);
-        self.wait_listening(Duration::from_secs(15));
+        self.wait_listening(&args, Duration::from_secs(15));
     }
 
-    fn wait_listening(&mut self, timeout: Duration) {
+    /// Waits for the ports file, then for the client port to accept a connection.
+    fn wait_listening(&mut self, args: &[String], timeout: Duration) {
         let start = Instant::now();
+        let ports_dir = self.store.path().join("ports");
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let child = self.child.as_mut().expect("spawned");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nats-server exited with {status} (args {args:?})");
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
+            if let Some((port, route_port)) = read_ports(&ports_dir, child.id())
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             {
-                panic!("nats-server exited with {status} (args {:?})", self.args);
+                self.port = Some(port);
+                if let Some(r) = self.routing.as_mut() {
+                    r.port = route_port;
+                }
+                return;
             }
             assert!(
                 start.elapsed() < timeout,
-                "nats-server did not listen on {}",
-                self.port
+                "nats-server did not report a listening port within {timeout:?} (args {args:?})"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -112,7 +169,12 @@ impl NatsServer {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.port.expect("known once started")
+    }
+
+    /// The route port of a cluster node.
+    fn route_port(&self) -> Option<u16> {
+        self.routing.as_ref().and_then(|r| r.port)
     }
 
     /// The process id while it runs (to read its memory and CPU from `/proc`).
@@ -125,7 +187,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.port())
     }
 
     /// A client connection with JetStream ready to answer.
@@ -159,6 +221,9 @@ pub async fn connect_ready(urls: &str) -> async_nats::Client {
     }
 }
 
+/// A route no server can ever listen on: connecting to port 0 is refused at once.
+const NO_ROUTE_YET: &str = "nats://127.0.0.1:0";
+
 /// Three nats-servers routed into one JetStream cluster on loopback.
 #[derive(Debug)]
 pub struct NatsCluster {
@@ -166,37 +231,29 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Starts the nodes one after another, each on ports of its choosing, each routed to the
+    /// route ports the earlier ones reported. JetStream refuses to start a clustered server with
+    /// no route at all, and the first node cannot know a route port no server has chosen yet: it
+    /// gets `NO_ROUTE_YET`, a route that can never connect (so never a race), and learns of the
+    /// others when they connect to it. The later nodes route to it (and to each other), so the
+    /// cluster stays whole when any one node is killed, and a resumed node keeps its ports.
     pub fn start() -> Self {
-        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let routes = cluster_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let nodes = (0..3)
-            .map(|i| {
-                let store = tempfile::tempdir().expect("temp dir");
-                let args = vec![
-                    "-js".into(),
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    client_ports[i].to_string(),
-                    "-sd".into(),
-                    store.path().display().to_string(),
-                    "-n".into(),
-                    format!("n{i}"),
-                    "--cluster_name".into(),
-                    "flotilla".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
-                    "--routes".into(),
-                    routes.clone(),
-                ];
-                NatsServer::spawn(client_ports[i], args, store)
-            })
-            .collect();
+        let mut nodes: Vec<NatsServer> = Vec::with_capacity(3);
+        for i in 0..3 {
+            let mut routes: Vec<String> = nodes
+                .iter()
+                .filter_map(NatsServer::route_port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            if routes.is_empty() {
+                routes.push(NO_ROUTE_YET.into());
+            }
+            nodes.push(NatsServer::spawn(Some(Routing {
+                name: format!("n{i}"),
+                port: None,
+                routes,
+            })));
+        }
         Self { nodes }
     }
 
