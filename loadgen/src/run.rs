@@ -58,10 +58,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     // NATS for the local fleet and for the ceiling.
     let nats = if local || !args.no_ceiling {
         note(quiet, "starting nats-server (temporary store)…");
-        let server = ceiling::start_nats().await?;
-        // Returns once JetStream answers.
-        drop(server.client().await);
-        Some(server)
+        Some(ceiling::start_nats().await?)
     } else {
         None
     };

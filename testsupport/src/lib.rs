@@ -1,12 +1,13 @@
-//! Real servers for Flotilla's tests: a `nats-server` with JetStream on a free port and a
-//! temporary store (alone or as a cluster of three), and a recording HTTP server that plays a
-//! scripted function or a callback sink. Everything binds 127.0.0.1 and stops in `Drop`.
+//! Real servers for Flotilla's tests: a `nats-server` with JetStream on a port of its choosing and
+//! a temporary store (alone or as a cluster of three; the fleet's launcher, failing the test when
+//! it cannot start), and a recording HTTP server that plays a scripted function or a callback
+//! sink. Everything binds 127.0.0.1 and stops in `Drop`.
 
 mod http_server;
 mod nats;
 
 pub use http_server::{Handler, Recorded, RecordingServer, Reply};
-pub use nats::{NatsCluster, NatsServer, nats_server_bin};
+pub use nats::{NatsCluster, NatsServer, TestServer};
 
 use std::time::Duration;
 
