@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_fleet::{Fleet, FleetError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +15,7 @@ use crate::ceiling::{self, Ceiling, CeilingError};
 use crate::config::{LoadModel, RunArgs};
 use crate::driver::{self, DriverError, Load};
 use crate::function::{FunctionServer, FunctionSpec};
-use crate::local::{FleetSpec, LocalError, LocalFleet};
+use crate::local;
 use crate::net::{self, Clock};
 use crate::progress::{self, note};
 use crate::report::{
@@ -33,7 +34,7 @@ pub enum RunError {
     #[error("ceiling: {0} (skip it with --no-ceiling)")]
     Ceiling(#[from] CeilingError),
     #[error("local fleet: {0}")]
-    Local(#[from] LocalError),
+    Fleet(#[from] FleetError),
     #[error(transparent)]
     Driver(#[from] DriverError),
     #[error("cannot write the plot to {path}: {source}")]
@@ -122,19 +123,14 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
                     args.shards, args.replicas
                 ),
             );
-            let mut f = LocalFleet::start_gateway(FleetSpec {
-                nats_url: server.url(),
-                function_url_template: fs.url_template(),
-                shards: args.shards,
-                replicas: args.replicas,
-                concurrency: args.worker_concurrency,
-                memory_streams: args.memory_streams,
-            })
-            .await?;
+            let mut options = local::fleet_options(args, server.url(), fs.url_template());
             if !args.backlog {
-                f.start_workers().await?;
+                options.workers = local::workers(args);
             }
-            let url = f.gateway_url.clone();
+            let f = Fleet::start(options).await?;
+            let Some(url) = f.gateway().map(flotilla_fleet::Gateway::url) else {
+                unreachable!("the local fleet always has a gateway")
+            };
             fleet = Some(f);
             function_server = Some(fs);
             url
@@ -181,7 +177,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         && let Some(f) = fleet.as_mut()
     {
         note(quiet, "backlog enqueued; starting the workers…");
-        f.start_workers().await?;
+        f.start_workers(local::workers(args)).await?;
     }
 
     let shown = progress::start(rec.clone(), completions.clone(), "drain", quiet);
@@ -190,8 +186,10 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     shown.finish().await;
     let drain_wait_s = drain_started.elapsed().as_secs_f64();
 
-    if let Some(f) = fleet.take() {
-        f.stop(Duration::from_secs(10)).await;
+    if let Some(f) = fleet.take()
+        && let Err(e) = f.stop(Duration::from_secs(10)).await
+    {
+        tracing::warn!(error = %e, "the local fleet did not stop cleanly");
     }
     stop.cancel();
     if let Some(fs) = function_server.take() {
