@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Matched};
 use crate::ceiling::{self, Ceiling, CeilingError};
-use crate::config::{LoadModel, RunArgs};
+use crate::config::{LoadModel, ModelKind, RunArgs};
 use crate::driver::{self, DriverError, Load};
 use crate::function::{FunctionServer, FunctionSpec};
 use crate::local;
@@ -235,10 +235,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if let Some(path) = &args.plot {
         let title = format!(
             "flotilla-loadgen: {} · {} B bodies · {}",
-            match &report.report.load.model {
-                &"open" => "open loop",
-                _ => "closed loop",
-            },
+            report.report.load.model.describe(),
             args.body_size,
             if local {
                 "local fleet"
@@ -394,7 +391,7 @@ fn build_report(
         .map(|c| Ratios::of(enqueue_rate, completion_rate, c, !args.no_callbacks));
     let (model, rates, step_s, concurrency) = match args.load_model() {
         LoadModel::Open { steps } => (
-            "open",
+            ModelKind::Open,
             steps.iter().map(|s| s.rate).collect(),
             steps
                 .first()
@@ -402,7 +399,9 @@ fn build_report(
                 .map(|d| d.as_secs_f64()),
             None,
         ),
-        LoadModel::Closed { concurrency } => ("closed", Vec::new(), None, Some(concurrency)),
+        LoadModel::Closed { concurrency } => {
+            (ModelKind::Closed, Vec::new(), None, Some(concurrency))
+        }
     };
     let mut audit = matched.audit;
     audit.drain_wait_s = drain_wait_s;
@@ -411,7 +410,7 @@ fn build_report(
         loadgen_version: env!("CARGO_PKG_VERSION"),
         started_at_unix_s,
         target: TargetInfo {
-            kind: if local { "local" } else { "gateway" },
+            kind: args.target_kind(),
             gateway: gateway_url.to_owned(),
             callback_url: callback_url.to_owned(),
             shards: local.then_some(args.shards),
