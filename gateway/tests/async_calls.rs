@@ -245,7 +245,7 @@ async fn oversized_bodies_are_413() {
 #[tokio::test]
 async fn nats_down_is_503_with_retry_after_and_recovers() {
     let mut nats = NatsServer::start();
-    let gw = Gateway::ready(
+    let mut gw = Gateway::ready(
         &nats.url(),
         &["--shards", "1", "--retry-after-seconds", "3"],
     )
@@ -287,7 +287,7 @@ async fn nats_down_is_503_with_retry_after_and_recovers() {
 async fn before_nats_is_reachable_async_calls_are_503_and_readyz_fails() {
     let mut nats = NatsServer::start();
     nats.kill();
-    let gw = Gateway::start(&nats.url(), &["--shards", "2"]).await;
+    let mut gw = Gateway::start(&nats.url(), &["--shards", "2"]).await;
 
     let (status, reason) = get(gw.addr, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

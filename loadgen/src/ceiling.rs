@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
+use flotilla_fleet::{NatsError, NatsServer};
 use futures_util::StreamExt;
 use http::Uri;
 use http_body_util::{BodyExt, Full};
@@ -43,7 +44,7 @@ pub enum CeilingError {
     #[error("NATS at {url}: {message}")]
     Nats { url: String, message: String },
     #[error("cannot start nats-server: {0}")]
-    NatsServer(String),
+    NatsServer(#[from] NatsError),
     #[error("{what}: no request succeeded (first error: {first_error})")]
     NothingSucceeded {
         what: &'static str,
@@ -394,22 +395,12 @@ async fn pull_then_post(
     Ok(done as f64 / elapsed.as_secs_f64())
 }
 
-/// Starts a temporary nats-server; it stops when the returned value is dropped.
-pub async fn start_nats() -> Result<flotilla_testsupport::NatsServer, CeilingError> {
-    tokio::task::spawn_blocking(flotilla_testsupport::NatsServer::start)
-        .await
-        .map_err(|e| {
-            let msg = if e.is_panic() {
-                let p = e.into_panic();
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "nats-server failed to start".into())
-            } else {
-                e.to_string()
-            };
-            CeilingError::NatsServer(msg)
-        })
+/// Starts a temporary nats-server and waits until JetStream answers; it stops when the returned
+/// value is dropped.
+pub async fn start_nats() -> Result<NatsServer, CeilingError> {
+    let server = NatsServer::launch().await?;
+    server.client().await?;
+    Ok(server)
 }
 
 /// A plain-text rendering of the ceiling, for people.
@@ -437,8 +428,6 @@ pub async fn run_command(args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
         Some(u) => (None, u.clone()),
         None => {
             let s = start_nats().await?;
-            // Returns once JetStream answers.
-            drop(s.client().await);
             let u = s.url();
             (Some(s), u)
         }

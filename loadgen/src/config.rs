@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use flotilla_runtime::duration_arg;
+use serde::Serialize;
 
 use crate::dist::LatencyDist;
 
@@ -245,7 +246,44 @@ pub enum LoadModel {
     Closed { concurrency: usize },
 }
 
+/// How load is offered, without its parameters: `load.model` in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Open,
+    Closed,
+}
+
+impl ModelKind {
+    /// As people read it in the table and the plot's title.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Open => "open loop",
+            Self::Closed => "closed loop",
+        }
+    }
+}
+
+/// Which fleet a run measures: `target.kind` in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// One the run starts in this process (`--local`).
+    Local,
+    /// One that runs already (`--gateway`).
+    Gateway,
+}
+
 impl RunArgs {
+    /// Which fleet this run measures, as the report names it.
+    pub fn target_kind(&self) -> TargetKind {
+        if self.is_local() {
+            TargetKind::Local
+        } else {
+            TargetKind::Gateway
+        }
+    }
+
     /// True when this run starts its own fleet.
     pub fn is_local(&self) -> bool {
         self.gateway.is_none()

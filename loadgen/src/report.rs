@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::audit::Audit;
 use crate::ceiling::Ceiling;
+use crate::config::{ModelKind, TargetKind};
 
 /// Bumped when a field changes meaning or disappears; new fields do not bump it.
 pub const SCHEMA: u32 = 1;
@@ -37,8 +38,7 @@ pub struct Report {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetInfo {
-    /// `local` or `gateway`.
-    pub kind: &'static str,
+    pub kind: TargetKind,
     pub gateway: String,
     pub callback_url: String,
     /// Local fleet only.
@@ -53,8 +53,7 @@ pub struct TargetInfo {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadInfo {
-    /// `open` or `closed`.
-    pub model: &'static str,
+    pub model: ModelKind,
     /// Open loop: the rate of each step, calls per second.
     pub rates: Vec<f64>,
     /// Open loop: length of each step but the last, seconds.
@@ -237,47 +236,27 @@ fn ms(v: f64) -> String {
 }
 
 impl Report {
-    /// The Markdown summary.
+    /// The Markdown summary: what ran, the stage table, then the ceiling, errors and audit.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let t = &self.target;
-        let target = match t.kind {
-            "local" => format!(
-                "local fleet: {} shard(s) × {} replica(s), function concurrency {}, function \
-                 latency {}, failure rate {}, {} B responses, {} streams",
-                t.shards.unwrap_or(0),
-                t.replicas.unwrap_or(0),
-                t.worker_concurrency.unwrap_or(0),
-                t.function_latency.as_deref().unwrap_or("?"),
-                t.failure_rate.unwrap_or(0.0),
-                t.response_size.unwrap_or(0),
-                if t.memory_streams == Some(true) {
-                    "memory"
-                } else {
-                    "file"
-                },
-            ),
-            _ => format!("gateway {} (callbacks to {})", t.gateway, t.callback_url),
-        };
+        self.render_header(&mut o);
+        self.render_stages(&mut o);
+        self.render_ceiling(&mut o);
+        self.render_errors(&mut o);
+        self.render_audit(&mut o);
+        o
+    }
+
+    /// The title and what was measured under which load.
+    fn render_header(&self, o: &mut String) {
         let l = &self.load;
-        let model = match l.model {
-            "open" if l.rates.len() > 1 => format!(
-                "open loop, stepped {} calls/s",
-                l.rates
-                    .iter()
-                    .map(|r| thousands(*r))
-                    .collect::<Vec<_>>()
-                    .join(" → ")
-            ),
-            "open" => format!("open loop, {} calls/s", thousands(l.rates[0])),
-            _ => format!("closed loop, {} in flight", l.concurrency.unwrap_or(0)),
-        };
         let _ = writeln!(o, "### flotilla-loadgen {}", self.loadgen_version);
         let _ = writeln!(o);
-        let _ = writeln!(o, "- target: {target}");
+        let _ = writeln!(o, "- target: {}", self.target.describe());
         let _ = writeln!(
             o,
-            "- load: {model}, {} function(s) (skew {}), {} B bodies, {:.1} s{}{}",
+            "- load: {}, {} function(s) (skew {}), {} B bodies, {:.1} s{}{}",
+            l.describe_model(),
             l.functions,
             l.skew,
             l.body_size,
@@ -298,60 +277,26 @@ impl Report {
             );
         }
         let _ = writeln!(o);
+    }
+
+    /// The table: enqueue and end to end, each against its ceiling.
+    fn render_stages(&self, o: &mut String) {
         let _ = writeln!(
             o,
             "| stage | calls | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | vs ceiling |"
         );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
-        let row =
-            |o: &mut String, name: &str, calls: u64, rate: f64, p: &Percentiles, vs: String| {
-                let _ = writeln!(
-                    o,
-                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {vs} |",
-                    thousands(calls as f64),
-                    thousands(rate),
-                    ms(p.p50),
-                    ms(p.p90),
-                    ms(p.p99),
-                    ms(p.p999),
-                    ms(p.max)
-                );
-            };
-        let (vs_in, vs_out) = match (&self.ratios, &self.ceiling) {
-            (Some(r), Some(c)) => (
-                format!(
-                    "{:.2} of HTTP→JetStream {}/s",
-                    r.enqueue_vs_http_to_jetstream,
-                    thousands(c.http_to_jetstream_per_s)
-                ),
-                if self.load.callbacks {
-                    format!(
-                        "{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
-                        r.completion_vs_pull_post_post_ack,
-                        thousands(c.pull_post_post_ack_per_s),
-                        r.completion_vs_pull_post_ack,
-                        thousands(c.pull_post_ack_per_s)
-                    )
-                } else {
-                    format!(
-                        "{:.2} of pull→POST→ack {}/s",
-                        r.completion_vs_pull_post_ack,
-                        thousands(c.pull_post_ack_per_s)
-                    )
-                },
-            ),
-            _ => ("no ceiling".into(), "no ceiling".into()),
-        };
-        row(
-            &mut o,
+        let (vs_in, vs_out) = self.vs_ceiling();
+        stage_row(
+            o,
             "enqueue (202)",
             self.enqueue.accepted,
             self.enqueue.rate_per_s,
             &self.enqueue.latency_ms,
-            vs_in,
+            &vs_in,
         );
-        row(
-            &mut o,
+        stage_row(
+            o,
             if self.load.callbacks {
                 "end to end (callback)"
             } else {
@@ -360,9 +305,40 @@ impl Report {
             self.completion.completed,
             self.completion.rate_per_s,
             &self.completion.latency_ms,
-            vs_out,
+            &vs_out,
         );
         let _ = writeln!(o);
+    }
+
+    /// The "vs ceiling" cells of the enqueue and the end-to-end rows.
+    fn vs_ceiling(&self) -> (String, String) {
+        let (Some(r), Some(c)) = (&self.ratios, &self.ceiling) else {
+            return ("no ceiling".into(), "no ceiling".into());
+        };
+        let vs_in = format!(
+            "{:.2} of HTTP→JetStream {}/s",
+            r.enqueue_vs_http_to_jetstream,
+            thousands(c.http_to_jetstream_per_s)
+        );
+        let vs_out = if self.load.callbacks {
+            format!(
+                "{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
+                r.completion_vs_pull_post_post_ack,
+                thousands(c.pull_post_post_ack_per_s),
+                r.completion_vs_pull_post_ack,
+                thousands(c.pull_post_ack_per_s)
+            )
+        } else {
+            format!(
+                "{:.2} of pull→POST→ack {}/s",
+                r.completion_vs_pull_post_ack,
+                thousands(c.pull_post_ack_per_s)
+            )
+        };
+        (vs_in, vs_out)
+    }
+
+    fn render_ceiling(&self, o: &mut String) {
         if let Some(c) = &self.ceiling {
             let _ = writeln!(
                 o,
@@ -377,35 +353,21 @@ impl Report {
                 thousands(c.http_post_per_s)
             );
         }
-        let errors = if self.errors.is_empty() {
-            "none".to_owned()
-        } else {
-            self.errors
-                .iter()
-                .map(|(k, v)| format!("{k} {}", thousands(*v as f64)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+    }
+
+    /// Failed enqueues by kind, and the functions' statuses as the callbacks reported them.
+    fn render_errors(&self, o: &mut String) {
+        let errors = counts(&self.errors, |k, v| format!("{k} {v}"));
         let _ = writeln!(
             o,
             "- enqueue errors: {errors} (of {} sent)",
             thousands(self.enqueue.sent as f64)
         );
-        let statuses = self
-            .function_status
-            .iter()
-            .map(|(k, v)| format!("{k} × {}", thousands(*v as f64)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(
-            o,
-            "- function status in callbacks: {}",
-            if statuses.is_empty() {
-                "none".into()
-            } else {
-                statuses
-            }
-        );
+        let statuses = counts(&self.function_status, |k, v| format!("{k} × {v}"));
+        let _ = writeln!(o, "- function status in callbacks: {statuses}");
+    }
+
+    fn render_audit(&self, o: &mut String) {
         let a = &self.audit;
         let _ = writeln!(
             o,
@@ -425,13 +387,275 @@ impl Report {
         if !a.duplicate_ids.is_empty() {
             let _ = writeln!(o, "  - first duplicated: {}", a.duplicate_ids.join(", "));
         }
-        o
     }
+}
+
+impl TargetInfo {
+    /// The fleet as the summary names it.
+    fn describe(&self) -> String {
+        match self.kind {
+            TargetKind::Local => format!(
+                "local fleet: {} shard(s) × {} replica(s), function concurrency {}, function \
+                 latency {}, failure rate {}, {} B responses, {} streams",
+                self.shards.unwrap_or(0),
+                self.replicas.unwrap_or(0),
+                self.worker_concurrency.unwrap_or(0),
+                self.function_latency.as_deref().unwrap_or("?"),
+                self.failure_rate.unwrap_or(0.0),
+                self.response_size.unwrap_or(0),
+                if self.memory_streams == Some(true) {
+                    "memory"
+                } else {
+                    "file"
+                },
+            ),
+            TargetKind::Gateway => {
+                format!(
+                    "gateway {} (callbacks to {})",
+                    self.gateway, self.callback_url
+                )
+            }
+        }
+    }
+}
+
+impl LoadInfo {
+    /// The model with its rate or concurrency: `open loop, 1,000 calls/s`.
+    fn describe_model(&self) -> String {
+        let model = self.model.describe();
+        match (self.model, self.rates.as_slice()) {
+            (ModelKind::Open, [rate]) => format!("{model}, {} calls/s", thousands(*rate)),
+            (ModelKind::Open, rates) => format!(
+                "{model}, stepped {} calls/s",
+                rates
+                    .iter()
+                    .map(|r| thousands(*r))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
+            (ModelKind::Closed, _) => {
+                format!("{model}, {} in flight", self.concurrency.unwrap_or(0))
+            }
+        }
+    }
+}
+
+/// One row of the stage table.
+fn stage_row(o: &mut String, name: &str, calls: u64, rate: f64, p: &Percentiles, vs: &str) {
+    let _ = writeln!(
+        o,
+        "| {name} | {} | {} | {} | {} | {} | {} | {} | {vs} |",
+        thousands(calls as f64),
+        thousands(rate),
+        ms(p.p50),
+        ms(p.p90),
+        ms(p.p99),
+        ms(p.p999),
+        ms(p.max)
+    );
+}
+
+/// Each key with its count (grouped by thousands), comma separated, or `none`.
+fn counts(by_key: &BTreeMap<String, u64>, item: impl Fn(&str, String) -> String) -> String {
+    if by_key.is_empty() {
+        return "none".into();
+    }
+    by_key
+        .iter()
+        .map(|(k, v)| item(k, thousands(*v as f64)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local run, open loop in two steps, against a ceiling, with errors and a lost call.
+    fn local_open() -> Report {
+        let ceiling = Ceiling {
+            http_to_jetstream_per_s: 40000.0,
+            pull_post_ack_per_s: 38000.0,
+            pull_post_post_ack_per_s: 20000.0,
+            http_post_per_s: 90000.0,
+            duration_s: 2.0,
+            concurrency: 64,
+            body_size: 256,
+            storage: "memory",
+        };
+        Report {
+            schema: SCHEMA,
+            loadgen_version: "0.1.0",
+            started_at_unix_s: 1,
+            target: TargetInfo {
+                kind: TargetKind::Local,
+                gateway: "http://127.0.0.1:1".into(),
+                callback_url: "http://127.0.0.1:2/callback".into(),
+                shards: Some(2),
+                replicas: Some(3),
+                worker_concurrency: Some(64),
+                function_latency: Some("5ms".into()),
+                failure_rate: Some(0.25),
+                response_size: Some(128),
+                memory_streams: Some(true),
+            },
+            load: LoadInfo {
+                model: ModelKind::Open,
+                rates: vec![1000.0, 2500.0],
+                step_s: Some(5.0),
+                concurrency: None,
+                duration_s: 10.0,
+                count: Some(20000),
+                functions: 4,
+                skew: 1.5,
+                body_size: 256,
+                backlog: true,
+                callbacks: true,
+            },
+            enqueue: Enqueue {
+                sent: 17502,
+                accepted: 17500,
+                errors: 2,
+                window_s: 10.0,
+                rate_per_s: 1750.0,
+                latency_ms: Percentiles {
+                    count: 17500,
+                    mean: 1.2,
+                    p50: 0.9,
+                    p90: 12.34,
+                    p99: 150.2,
+                    p999: 300.0,
+                    max: 999.9,
+                },
+            },
+            completion: Completion {
+                completed: 17499,
+                window_s: 11.0,
+                rate_per_s: 1590.8,
+                latency_ms: Percentiles::default(),
+            },
+            errors: BTreeMap::from([("status_503".into(), 1), ("timeout".into(), 1)]),
+            function_status: BTreeMap::from([("200".into(), 13000), ("500".into(), 4499)]),
+            audit: Audit {
+                accepted: 17500,
+                completed: 17499,
+                lost: 1,
+                duplicates: 1,
+                unexpected: 0,
+                lost_ids: vec!["c-1".into()],
+                duplicate_ids: vec!["c-2".into()],
+                drain_wait_s: 20.04,
+                ok: false,
+            },
+            ceiling: Some(ceiling.clone()),
+            ratios: Some(Ratios::of(1750.0, 1590.8, &ceiling, true)),
+            series: Series::default(),
+        }
+    }
+
+    /// A run against an existing gateway, closed loop, no ceiling, no callbacks.
+    fn gateway_closed() -> Report {
+        let mut r = local_open();
+        r.target = TargetInfo {
+            kind: TargetKind::Gateway,
+            gateway: "http://gw:8080".into(),
+            callback_url: "http://me:9000/callback".into(),
+            shards: None,
+            replicas: None,
+            worker_concurrency: None,
+            function_latency: None,
+            failure_rate: None,
+            response_size: None,
+            memory_streams: None,
+        };
+        r.load.model = ModelKind::Closed;
+        r.load.rates = Vec::new();
+        r.load.step_s = None;
+        r.load.concurrency = Some(64);
+        r.load.count = None;
+        r.load.backlog = false;
+        r.load.callbacks = false;
+        r.errors.clear();
+        r.function_status.clear();
+        r.audit = Audit {
+            accepted: 10,
+            completed: 10,
+            lost: 0,
+            duplicates: 0,
+            unexpected: 0,
+            lost_ids: Vec::new(),
+            duplicate_ids: Vec::new(),
+            drain_wait_s: 0.0,
+            ok: true,
+        };
+        r.ceiling = None;
+        r.ratios = None;
+        r
+    }
+
+    #[test]
+    fn the_summary_has_every_section_in_order() {
+        let text = local_open().render();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "### flotilla-loadgen 0.1.0",
+                "",
+                "- target: local fleet: 2 shard(s) × 3 replica(s), function concurrency 64, function latency 5ms, failure rate 0.25, 128 B responses, memory streams",
+                "- load: open loop, stepped 1,000 → 2,500 calls/s, 4 function(s) (skew 1.5), 256 B bodies, 10.0 s, at most 20000 calls, backlog first (workers start after enqueue)",
+                "",
+                "| stage | calls | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | vs ceiling |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+                "| enqueue (202) | 17,500 | 1,750 | 0.90 | 12.3 | 150 | 300 | 1000 | 0.04 of HTTP→JetStream 40,000/s |",
+                "| end to end (callback) | 17,499 | 1,591 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.08 of pull→POST→POST→ack 20,000/s (0.04 of pull→POST→ack 38,000/s) |",
+                "",
+                "- ceiling (same run, 256 B, 64 in flight, memory storage): HTTP→JetStream 40,000/s · pull→POST→ack 38,000/s · pull→POST→POST→ack 20,000/s · pooled HTTP POSTs 90,000/s",
+                "- enqueue errors: status_503 1, timeout 1 (of 17,502 sent)",
+                "- function status in callbacks: 200 × 13,000, 500 × 4,499",
+                "- audit: accepted 17,500 · completed 17,499 · lost 1 · duplicates 1 · unexpected 0 (waited 20.0 s for stragglers) → CALLS LOST",
+                "  - first lost: c-1",
+                "  - first duplicated: c-2",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_summary_of_a_closed_loop_against_a_gateway_says_what_is_missing() {
+        let text = gateway_closed().render();
+        for line in [
+            "- target: gateway http://gw:8080 (callbacks to http://me:9000/callback)",
+            "- load: closed loop, 64 in flight, 4 function(s) (skew 1.5), 256 B bodies, 10.0 s",
+            "- no callbacks: a call completes when it reaches the built-in function",
+            "| end to end (function) | 17,499 | 1,591 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | no ceiling |",
+            "- enqueue errors: none (of 17,502 sent)",
+            "- function status in callbacks: none",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(!text.contains("- ceiling"), "{text}");
+        assert!(text.trim_end().ends_with("→ OK"), "{text}");
+    }
+
+    #[test]
+    fn one_rate_is_an_open_loop_without_steps() {
+        let mut report = local_open();
+        report.load.rates = vec![1000.0];
+        assert!(
+            report
+                .render()
+                .contains("- load: open loop, 1,000 calls/s, 4 function(s)")
+        );
+    }
+
+    #[test]
+    fn target_and_model_serialize_as_documented() {
+        let local = serde_json::to_value(local_open()).unwrap();
+        assert_eq!(local["target"]["kind"], "local");
+        assert_eq!(local["load"]["model"], "open");
+        let gateway = serde_json::to_value(gateway_closed()).unwrap();
+        assert_eq!(gateway["target"]["kind"], "gateway");
+        assert_eq!(gateway["load"]["model"], "closed");
+    }
 
     #[test]
     fn thousands_groups_digits() {

@@ -6,15 +6,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_fleet::{Fleet, FleetError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Matched};
 use crate::ceiling::{self, Ceiling, CeilingError};
-use crate::config::{LoadModel, RunArgs};
+use crate::config::{LoadModel, ModelKind, RunArgs};
 use crate::driver::{self, DriverError, Load};
 use crate::function::{FunctionServer, FunctionSpec};
-use crate::local::{FleetSpec, LocalError, LocalFleet};
+use crate::local;
 use crate::net::{self, Clock};
 use crate::progress::{self, note};
 use crate::report::{
@@ -33,7 +34,7 @@ pub enum RunError {
     #[error("ceiling: {0} (skip it with --no-ceiling)")]
     Ceiling(#[from] CeilingError),
     #[error("local fleet: {0}")]
-    Local(#[from] LocalError),
+    Fleet(#[from] FleetError),
     #[error(transparent)]
     Driver(#[from] DriverError),
     #[error("cannot write the plot to {path}: {source}")]
@@ -58,10 +59,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     // NATS for the local fleet and for the ceiling.
     let nats = if local || !args.no_ceiling {
         note(quiet, "starting nats-server (temporary store)…");
-        let server = ceiling::start_nats().await?;
-        // Returns once JetStream answers.
-        drop(server.client().await);
-        Some(server)
+        Some(ceiling::start_nats().await?)
     } else {
         None
     };
@@ -125,19 +123,14 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
                     args.shards, args.replicas
                 ),
             );
-            let mut f = LocalFleet::start_gateway(FleetSpec {
-                nats_url: server.url(),
-                function_url_template: fs.url_template(),
-                shards: args.shards,
-                replicas: args.replicas,
-                concurrency: args.worker_concurrency,
-                memory_streams: args.memory_streams,
-            })
-            .await?;
+            let mut options = local::fleet_options(args, server.url(), fs.url_template());
             if !args.backlog {
-                f.start_workers().await?;
+                options.workers = local::workers(args);
             }
-            let url = f.gateway_url.clone();
+            let f = Fleet::start(options).await?;
+            let Some(url) = f.gateway().map(flotilla_fleet::Gateway::url) else {
+                unreachable!("the local fleet always has a gateway")
+            };
             fleet = Some(f);
             function_server = Some(fs);
             url
@@ -184,7 +177,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         && let Some(f) = fleet.as_mut()
     {
         note(quiet, "backlog enqueued; starting the workers…");
-        f.start_workers().await?;
+        f.start_workers(local::workers(args)).await?;
     }
 
     let shown = progress::start(rec.clone(), completions.clone(), "drain", quiet);
@@ -193,8 +186,10 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     shown.finish().await;
     let drain_wait_s = drain_started.elapsed().as_secs_f64();
 
-    if let Some(f) = fleet.take() {
-        f.stop(Duration::from_secs(10)).await;
+    if let Some(f) = fleet.take()
+        && let Err(e) = f.stop(Duration::from_secs(10)).await
+    {
+        tracing::warn!(error = %e, "the local fleet did not stop cleanly");
     }
     stop.cancel();
     if let Some(fs) = function_server.take() {
@@ -240,10 +235,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if let Some(path) = &args.plot {
         let title = format!(
             "flotilla-loadgen: {} · {} B bodies · {}",
-            match &report.report.load.model {
-                &"open" => "open loop",
-                _ => "closed loop",
-            },
+            report.report.load.model.describe(),
             args.body_size,
             if local {
                 "local fleet"
@@ -399,7 +391,7 @@ fn build_report(
         .map(|c| Ratios::of(enqueue_rate, completion_rate, c, !args.no_callbacks));
     let (model, rates, step_s, concurrency) = match args.load_model() {
         LoadModel::Open { steps } => (
-            "open",
+            ModelKind::Open,
             steps.iter().map(|s| s.rate).collect(),
             steps
                 .first()
@@ -407,7 +399,9 @@ fn build_report(
                 .map(|d| d.as_secs_f64()),
             None,
         ),
-        LoadModel::Closed { concurrency } => ("closed", Vec::new(), None, Some(concurrency)),
+        LoadModel::Closed { concurrency } => {
+            (ModelKind::Closed, Vec::new(), None, Some(concurrency))
+        }
     };
     let mut audit = matched.audit;
     audit.drain_wait_s = drain_wait_s;
@@ -416,7 +410,7 @@ fn build_report(
         loadgen_version: env!("CARGO_PKG_VERSION"),
         started_at_unix_s,
         target: TargetInfo {
-            kind: if local { "local" } else { "gateway" },
+            kind: args.target_kind(),
             gateway: gateway_url.to_owned(),
             callback_url: callback_url.to_owned(),
             shards: local.then_some(args.shards),

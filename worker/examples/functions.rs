@@ -8,14 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::{counting_server, nats_with_topology};
+use support::{counting_server, fleet};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use clap::Parser;
+use flotilla_fleet::WorkerSpec;
 use flotilla_queue::{Envelope, FunctionName, subjects, time};
 
 const SHARDS: u32 = 4;
@@ -61,26 +61,22 @@ async fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .map_or(2000, |a| a.parse().expect("function count"));
-    let (nats, js, topology) = nats_with_topology(SHARDS).await;
-    let map = topology.shard_map();
     let (fn_url, count) = counting_server(Duration::ZERO).await;
-    let pids = [std::process::id(), nats.pid().unwrap()];
+    let mut fleet = fleet(SHARDS, &fn_url).await;
+    let js = fleet.jetstream();
+    let map = fleet.topology().shard_map();
+    let pids = [
+        std::process::id(),
+        fleet.nats_server().and_then(|s| s.pid()).unwrap(),
+    ];
 
-    let config = flotilla_worker::Config::try_parse_from([
-        "flotilla-worker",
-        "--nats-url",
-        &nats.url(),
-        "--function-url-template",
-        &fn_url,
-        "--log",
-        "warn",
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(flotilla_worker::run(config, listener, async move {
-        let _ = rx.await;
-    }));
+    fleet
+        .start_workers([WorkerSpec {
+            name: "worker".into(),
+            args: Vec::new(),
+        }])
+        .await
+        .unwrap();
     // Settle, then take the baseline with the worker running and no function known.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_before = pids.map(rss_mib);
@@ -138,6 +134,5 @@ async fn main() {
         cpu_before[1],
         cpu_after[1],
     );
-    let _ = stop.send(());
-    worker.await.unwrap().unwrap();
+    fleet.stop(Duration::from_secs(30)).await.unwrap();
 }

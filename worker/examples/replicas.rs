@@ -8,55 +8,32 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::{counting_server, fill, nats_with_topology};
+use support::{counting_server, fill, fleet};
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
+use flotilla_fleet::WorkerSpec;
 use flotilla_queue::{Envelope, FunctionName, subjects, time};
 
 const LATENCY: Duration = Duration::from_millis(20);
 const REPLICA_CONCURRENCY: u64 = 10;
 
-/// A worker replica of shard 0 in this process; `stop` drains it.
-struct Replica {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), flotilla_worker::WorkerError>>,
-}
-
-impl Replica {
-    async fn start(nats_url: &str, fn_url: &str) -> Self {
-        let config = flotilla_worker::Config::try_parse_from([
-            "flotilla-worker",
-            "--nats-url",
-            nats_url,
-            "--shard",
-            "0",
-            "--function-url-template",
-            fn_url,
+/// A worker replica of shard 0; each has its own NATS connection and pull loops.
+fn replica(i: u64) -> WorkerSpec {
+    WorkerSpec::new(
+        format!("replica {i}"),
+        [
+            "--shard".to_owned(),
+            "0".into(),
             // The cluster budget is out of the way: each replica's own slots are the limit.
-            "--concurrency",
-            "1000",
-            "--replica-concurrency",
-            &REPLICA_CONCURRENCY.to_string(),
-            "--log",
-            "warn",
-        ])
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(flotilla_worker::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
+            "--concurrency".into(),
+            "1000".into(),
+            "--replica-concurrency".into(),
+            REPLICA_CONCURRENCY.to_string(),
+        ],
+    )
 }
 
 #[tokio::main]
@@ -64,8 +41,9 @@ async fn main() {
     let seconds: u64 = std::env::args()
         .nth(1)
         .map_or(6, |a| a.parse().expect("seconds per run"));
-    let (nats, js, _) = nats_with_topology(1).await;
     let (fn_url, count) = counting_server(LATENCY).await;
+    let mut fleet = fleet(1, &fn_url).await;
+    let js = fleet.jetstream();
     let env = Envelope {
         call_id: String::new(),
         function: FunctionName::parse("latency").unwrap(),
@@ -87,10 +65,10 @@ async fn main() {
         let calls = (ceiling * seconds as f64) as u64;
         count.store(0, Ordering::SeqCst);
         fill(&js, &subjects::call_subject(0, &env.function), &env, calls).await;
-        let mut started = Vec::new();
-        for _ in 0..replicas {
-            started.push(Replica::start(&nats.url(), &fn_url).await);
-        }
+        fleet
+            .start_workers((0..replicas).map(replica))
+            .await
+            .unwrap();
         let (from, to) = (calls / 10, calls * 9 / 10);
         while count.load(Ordering::Relaxed) < from {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -103,9 +81,7 @@ async fn main() {
         while count.load(Ordering::Relaxed) < calls {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for r in started {
-            r.stop().await;
-        }
+        fleet.stop_workers(Duration::from_secs(30)).await.unwrap();
         println!(
             "{replicas} replica(s): {rate:>7.0} calls/s, ceiling {ceiling:>5.0}/s \
              ({replicas} × {REPLICA_CONCURRENCY} slots / {LATENCY:?}), ratio to ceiling {:.2}",

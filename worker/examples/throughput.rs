@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::{counting_server, fill, nats_with_topology};
+use support::{counting_server, fill, fleet};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
-use clap::Parser;
+use flotilla_fleet::WorkerSpec;
 use flotilla_queue::{Envelope, FunctionName, subjects, time};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -136,8 +136,9 @@ async fn main() {
     let worker_only = modes.iter().any(|m| m == "worker-only");
     let ceiling_only = modes.iter().any(|m| m == "ceiling-only");
 
-    let (nats, js, _) = nats_with_topology(1).await;
     let (fn_url, fn_count) = counting_server(Duration::ZERO).await;
+    let mut fleet = fleet(1, &fn_url).await;
+    let js = fleet.jetstream();
     let (sink_url, sink_count) = counting_server(Duration::ZERO).await;
     let function = FunctionName::parse("bench").unwrap();
     let env = Envelope {
@@ -177,23 +178,13 @@ async fn main() {
         // The worker over the same backlog.
         let subject = subjects::call_subject(0, &function);
         fill(&js, &subject, &env, calls).await;
-        let config = flotilla_worker::Config::try_parse_from([
-            "flotilla-worker",
-            "--nats-url",
-            &nats.url(),
-            "--function-url-template",
-            &fn_url,
-            "--concurrency",
-            &concurrency.to_string(),
-            "--log",
-            "warn",
-        ])
-        .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(flotilla_worker::run(config, listener, async move {
-            let _ = stop_rx.await;
-        }));
+        fleet
+            .start_workers([WorkerSpec::new(
+                "worker",
+                ["--concurrency".to_owned(), concurrency.to_string()],
+            )])
+            .await
+            .unwrap();
         // Timed from the first call, so the worker's start-up (topology, discovery) is left out.
         while fn_count.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -209,8 +200,7 @@ async fn main() {
             calls as f64 / elapsed.as_secs_f64(),
             (cpu_seconds() - cpu_start) / calls as f64,
         ));
-        let _ = stop_tx.send(());
-        task.await.unwrap().unwrap();
+        fleet.stop_workers(Duration::from_secs(30)).await.unwrap();
     }
 
     println!("calls {calls}, concurrency {concurrency}, callbacks {callbacks}");

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use common::{Gateway, Nats, Worker};
 use flotilla_queue::subjects;
 use flotilla_testsupport::{Recorded, RecordingServer, Reply};
@@ -184,22 +183,11 @@ async fn a_worker_with_another_shard_count_refuses_to_start() {
     let nats = Nats::start(4).await;
     let url = nats.url();
     let _gw = Gateway::start(&["--nats-url", &url, "--shards", "4"]).await;
-    let config = flotilla_worker::Config::try_parse_from([
-        "flotilla-worker",
-        "--nats-url",
-        &nats.url(),
-        "--shards",
-        "3",
-        "--log",
-        "warn",
-    ])
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // No shutdown is ever signalled: the worker must stop by itself.
-    let run = flotilla_worker::run(config, listener, std::future::pending());
-    let err = tokio::time::timeout(Duration::from_secs(15), run)
+    let mut worker = Worker::start(&nats.url(), &["--shards", "3", "--log", "warn"]).await;
+    let err = worker
+        .join(Duration::from_secs(15))
         .await
-        .expect("a shard-count mismatch must stop the worker")
         .expect_err("a shard-count mismatch is an error");
     assert!(err.is_config(), "{err}");
     assert!(err.to_string().contains("--shards 4"), "{err}");

@@ -1,5 +1,6 @@
 //! Shared by the gateway's integration tests: a gateway started in-process on port 0 with a
-//! shutdown handle, a plain hyper client, and a reader for the messages in a shard stream.
+//! shutdown handle (the fleet's launcher), a plain hyper client, and a reader for the messages in
+//! a shard stream.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -8,90 +9,62 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
-use clap::Parser;
-use flotilla_gateway::{Config, GatewayError};
+use flotilla_gateway::GatewayError;
 use flotilla_queue::{Envelope, FunctionName, subjects};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 /// Bound on any single step of a test, so a hang fails instead of stalling the suite.
 pub const STEP: Duration = Duration::from_secs(15);
 
-/// A gateway served by `flotilla_gateway::run` inside the test's runtime.
+/// A gateway served by `flotilla_gateway::run` inside the test's runtime, through the fleet's
+/// launcher. Dropping it asks `run` to stop.
 pub struct Gateway {
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), GatewayError>>>,
+    inner: flotilla_fleet::Gateway,
 }
 
 impl Gateway {
     /// Starts a gateway on `nats_url` with `extra` flags. Streams are on disk (the server's
     /// temporary store), so they survive a NATS restart as in production.
     pub async fn start(nats_url: &str, extra: &[&str]) -> Self {
-        let mut args = vec!["flotilla-gateway", "--nats-url", nats_url, "--log", "warn"];
+        let mut args = vec!["--nats-url", nats_url, "--log", "warn"];
         args.extend_from_slice(extra);
-        let config = Config::try_parse_from(args).expect("valid test config");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(flotilla_gateway::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        let inner = flotilla_fleet::Gateway::start(args)
+            .await
+            .expect("valid test config");
         Self {
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
+            addr: inner.addr(),
+            inner,
         }
     }
 
     /// Starts a gateway and waits until `/readyz` answers 200.
     pub async fn ready(nats_url: &str, extra: &[&str]) -> Self {
-        let gw = Self::start(nats_url, extra).await;
+        let mut gw = Self::start(nats_url, extra).await;
         gw.wait_ready().await;
         gw
     }
 
-    pub async fn wait_ready(&self) {
-        eventually("gateway ready", || async {
-            get(self.addr, "/readyz").await.0 == StatusCode::OK
-        })
-        .await;
+    pub async fn wait_ready(&mut self) {
+        self.inner.wait_ready(STEP).await.expect("gateway ready");
     }
 
     /// Resolves the shutdown future and returns what `run` returned.
-    pub async fn stop(mut self) -> Result<(), GatewayError> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.join().await
+    pub async fn stop(self) -> Result<(), GatewayError> {
+        self.inner.stop(STEP).await.expect("run returned in time")
     }
 
     /// Waits for `run` to return without asking it to stop.
     pub async fn join(&mut self) -> Result<(), GatewayError> {
-        let task = self.task.take().expect("joined once");
-        tokio::time::timeout(STEP, task)
-            .await
-            .expect("run returned in time")
-            .expect("run did not panic")
+        self.inner.join(STEP).await.expect("run returned in time")
     }
 
     /// Asks `run` to stop, without waiting.
     pub fn trigger_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.inner.shutdown();
     }
 }
 

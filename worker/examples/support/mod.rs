@@ -1,5 +1,6 @@
-//! What the worker's examples share: a nats-server with the fleet's topology, a function server
-//! that answers 200 and counts, and a backlog filler that keeps a window of PubAcks in flight.
+//! What the worker's examples share: a fleet (nats-server with the topology agreed; workers join
+//! later), a function server that answers 200 and counts, and a backlog filler that keeps a window
+//! of PubAcks in flight.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::convert::Infallible;
@@ -9,24 +10,22 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use flotilla_queue::topology::StreamSettings;
-use flotilla_queue::{Envelope, Topology};
-use flotilla_testsupport::NatsServer;
+use flotilla_fleet::{Fleet, FleetOptions};
+use flotilla_queue::Envelope;
 use http_body_util::{BodyExt, Empty};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
-/// A nats-server on a free port with `shards` agreed and the streams created.
-pub async fn nats_with_topology(shards: u32) -> (NatsServer, jetstream::Context, Topology) {
-    let nats = tokio::task::spawn_blocking(NatsServer::start)
-        .await
-        .unwrap();
-    let js = jetstream::new(nats.client().await);
-    let settings = StreamSettings::default();
-    let topology = Topology::agree(&js, Some(shards), &settings).await.unwrap();
-    topology.ensure_streams(&js, &settings).await.unwrap();
-    (nats, js, topology)
+/// A nats-server with `shards` agreed and the streams created; its workers call `function_url`.
+pub async fn fleet(shards: u32, function_url: &str) -> Fleet {
+    Fleet::start(FleetOptions {
+        shards,
+        function_url_template: Some(function_url.to_owned()),
+        ..FleetOptions::default()
+    })
+    .await
+    .unwrap()
 }
 
 /// A function (or callback sink) that answers 200 after `latency` and counts its calls.

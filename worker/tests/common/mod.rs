@@ -1,5 +1,6 @@
 //! Helpers shared by the worker's integration tests: a NATS server with the fleet's topology,
-//! envelopes published straight to JetStream, and a worker and a gateway run in-process.
+//! envelopes published straight to JetStream, and a worker and a gateway run in-process (all
+//! through the fleet's launcher).
 
 // Each test binary uses a part of these helpers; a failed unwrap is the test failure we want.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -13,17 +14,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use clap::Parser;
-use flotilla_queue::topology::StreamSettings;
+use flotilla_fleet::{Fleet, FleetOptions};
 use flotilla_queue::{Envelope, FunctionName, Topology, subjects, time};
-use flotilla_testsupport::NatsServer;
-use flotilla_worker::{Config, WorkerError};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use flotilla_worker::WorkerError;
 
 /// A NATS server whose topology is agreed and whose streams exist.
 pub struct Nats {
-    pub server: NatsServer,
+    pub fleet: Fleet,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub topology: Topology,
@@ -31,22 +28,22 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start(shards: u32) -> Self {
-        let server = NatsServer::start();
-        let client = server.client().await;
-        let js = jetstream::new(client.clone());
-        let settings = StreamSettings::default();
-        let topology = Topology::agree(&js, Some(shards), &settings).await.unwrap();
-        topology.ensure_streams(&js, &settings).await.unwrap();
+        let fleet = Fleet::start(FleetOptions {
+            shards,
+            ..FleetOptions::default()
+        })
+        .await
+        .unwrap();
         Self {
-            server,
-            client,
-            js,
-            topology,
+            client: fleet.client().clone(),
+            js: fleet.jetstream(),
+            topology: fleet.topology(),
+            fleet,
         }
     }
 
     pub fn url(&self) -> String {
-        self.server.url()
+        self.fleet.nats_url().to_owned()
     }
 
     /// Publishes `env` to its function's shard and waits for the PubAck.
@@ -148,63 +145,48 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
     }
 }
 
-/// A worker running in this process.
+/// A worker running in this process; dropping it asks it to stop.
 pub struct Worker {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), WorkerError>>,
+    inner: flotilla_fleet::Worker,
     pub admin: std::net::SocketAddr,
 }
 
 impl Worker {
     /// Starts a worker against `nats_url` with `args` added to the defaults tests want.
     pub async fn start(nats_url: &str, args: &[&str]) -> Self {
-        let mut all = vec![
-            "flotilla-worker",
-            "--nats-url",
-            nats_url,
-            "--discovery-interval",
-            "100ms",
-        ];
+        let mut all = vec!["--nats-url", nats_url, "--discovery-interval", "100ms"];
         all.extend_from_slice(args);
-        let config = Config::try_parse_from(all).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(flotilla_worker::run(config, listener, async move {
-            let _ = rx.await;
-        }));
+        let inner = flotilla_fleet::Worker::start(all).await.unwrap();
         Self {
-            stop: Some(tx),
-            task,
-            admin,
+            admin: inner.addr(),
+            inner,
         }
     }
 
     /// Starts and waits until `/readyz` answers 200.
     pub async fn start_ready(nats_url: &str, args: &[&str]) -> Self {
-        let w = Self::start(nats_url, args).await;
-        flotilla_testsupport::wait_until_async(Duration::from_secs(15), "worker ready", || async {
-            get(w.admin, "/readyz").await.0 == 200
-        })
-        .await;
+        let mut w = Self::start(nats_url, args).await;
+        w.inner
+            .wait_ready(Duration::from_secs(15))
+            .await
+            .expect("worker ready");
         w
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub async fn stop(mut self, within: Duration) -> Result<(), WorkerError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(within, &mut self.task)
+    pub async fn stop(self, within: Duration) -> Result<(), WorkerError> {
+        self.inner
+            .stop(within)
             .await
-            .expect("worker did not drain in time")
-            .expect("worker task panicked")
+            .expect("worker drained in time")
     }
-}
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Waits for `run` to return without signalling shutdown.
+    pub async fn join(&mut self, within: Duration) -> Result<(), WorkerError> {
+        self.inner
+            .join(within)
+            .await
+            .expect("worker returned in time")
     }
 }
 
@@ -236,7 +218,7 @@ pub struct Gateway {
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<Bytes>,
     >,
-    _stop: oneshot::Sender<()>,
+    _inner: flotilla_fleet::Gateway,
 }
 
 /// What the gateway answered: status, `X-Call-Id`, body.
@@ -249,28 +231,20 @@ pub struct Answer {
 impl Gateway {
     /// Starts a gateway with `args` (after the binary name) and waits until `/readyz` is 200.
     pub async fn start(args: &[&str]) -> Self {
-        let mut all = vec!["flotilla-gateway", "--log", "warn"];
+        let mut all = vec!["--log", "warn"];
         all.extend_from_slice(args);
-        let config = flotilla_gateway::Config::try_parse_from(all).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(flotilla_gateway::run(config, listener, async move {
-            let _ = rx.await;
-        }));
-        flotilla_testsupport::wait_until_async(
-            Duration::from_secs(30),
-            "gateway ready",
-            || async { get(addr, "/readyz").await.0 == 200 },
-        )
-        .await;
+        let mut inner = flotilla_fleet::Gateway::start(all).await.unwrap();
+        inner
+            .wait_ready(Duration::from_secs(30))
+            .await
+            .expect("gateway ready");
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         Self {
-            addr,
+            addr: inner.addr(),
             client,
-            _stop: tx,
+            _inner: inner,
         }
     }
 
