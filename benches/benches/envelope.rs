@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 
 const SIZES: [(usize, &str); 3] = [(256, "256B"), (4096, "4KiB"), (65536, "64KiB")];
 
-/// The JSON alternative: the same fields in one document, body base64-encoded.
+/// The JSON alternative: the same fields in one document. The body is base64 text
+/// (`JsonEnvelope<String>`) or, the naive serde shape, an array of numbers (`JsonEnvelope<Vec<u8>>`).
 #[derive(Serialize, Deserialize)]
-struct JsonEnvelope {
+struct JsonEnvelope<B> {
     call_id: String,
     function: String,
     method: String,
@@ -35,22 +36,7 @@ struct JsonEnvelope {
     start_time: u64,
     attempt: u32,
     headers: Vec<(String, String)>,
-    body: String,
-}
-
-/// The naive serde shape: the body as an array of numbers.
-#[derive(Serialize, Deserialize)]
-struct JsonBytesEnvelope {
-    call_id: String,
-    function: String,
-    method: String,
-    path: String,
-    query: String,
-    callback_url: Option<String>,
-    start_time: u64,
-    attempt: u32,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    body: B,
 }
 
 /// The header block as async-nats frames it on the wire.
@@ -113,7 +99,7 @@ fn nats_encode_v1(e: &Envelope) -> (Bytes, Bytes) {
     (frame_headers(&h), e.body.clone())
 }
 
-fn to_json(e: &Envelope) -> JsonEnvelope {
+fn to_json<B>(e: &Envelope, body: B) -> JsonEnvelope<B> {
     JsonEnvelope {
         call_id: e.call_id.clone(),
         function: e.function.as_str().to_owned(),
@@ -124,61 +110,41 @@ fn to_json(e: &Envelope) -> JsonEnvelope {
         start_time: e.start_time as u64,
         attempt: e.attempt,
         headers: e.headers.clone(),
-        body: B64.encode(&e.body),
+        body,
+    }
+}
+
+fn from_json<B>(j: JsonEnvelope<B>, body: impl FnOnce(B) -> Bytes) -> Envelope {
+    Envelope {
+        call_id: j.call_id,
+        function: FunctionName::parse(&j.function).expect("valid"),
+        method: j.method,
+        path: j.path,
+        query: j.query,
+        callback_url: j.callback_url,
+        start_time: u128::from(j.start_time),
+        attempt: j.attempt,
+        headers: j.headers,
+        body: body(j.body),
     }
 }
 
 fn json_encode(e: &Envelope) -> Vec<u8> {
-    serde_json::to_vec(&to_json(e)).expect("serialize")
+    serde_json::to_vec(&to_json(e, B64.encode(&e.body))).expect("serialize")
 }
 
 fn json_decode(raw: &[u8]) -> Envelope {
-    let j: JsonEnvelope = serde_json::from_slice(raw).expect("deserialize");
-    Envelope {
-        call_id: j.call_id,
-        function: FunctionName::parse(&j.function).expect("valid"),
-        method: j.method,
-        path: j.path,
-        query: j.query,
-        callback_url: j.callback_url,
-        start_time: u128::from(j.start_time),
-        attempt: j.attempt,
-        headers: j.headers,
-        body: Bytes::from(B64.decode(j.body).expect("base64")),
-    }
+    let j: JsonEnvelope<String> = serde_json::from_slice(raw).expect("deserialize");
+    from_json(j, |b| Bytes::from(B64.decode(b).expect("base64")))
 }
 
 fn json_bytes_encode(e: &Envelope) -> Vec<u8> {
-    let j = to_json(e);
-    serde_json::to_vec(&JsonBytesEnvelope {
-        call_id: j.call_id,
-        function: j.function,
-        method: j.method,
-        path: j.path,
-        query: j.query,
-        callback_url: j.callback_url,
-        start_time: j.start_time,
-        attempt: j.attempt,
-        headers: j.headers,
-        body: e.body.to_vec(),
-    })
-    .expect("serialize")
+    serde_json::to_vec(&to_json(e, e.body.to_vec())).expect("serialize")
 }
 
 fn json_bytes_decode(raw: &[u8]) -> Envelope {
-    let j: JsonBytesEnvelope = serde_json::from_slice(raw).expect("deserialize");
-    Envelope {
-        call_id: j.call_id,
-        function: FunctionName::parse(&j.function).expect("valid"),
-        method: j.method,
-        path: j.path,
-        query: j.query,
-        callback_url: j.callback_url,
-        start_time: u128::from(j.start_time),
-        attempt: j.attempt,
-        headers: j.headers,
-        body: Bytes::from(j.body),
-    }
+    let j: JsonEnvelope<Vec<u8>> = serde_json::from_slice(raw).expect("deserialize");
+    from_json(j, Bytes::from)
 }
 
 fn encode(c: &mut Criterion) {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flotilla_queue::{FunctionPolicy, Policies, PolicyError};
-use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
+use flotilla_runtime::{CommonArgs, duration_arg};
 
 /// Everything `flotilla-gateway` can be told.
 #[derive(Debug, Clone, clap::Parser)]
@@ -18,11 +18,7 @@ use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
 )]
 pub struct Config {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-    #[command(flatten)]
-    pub functions: FunctionArgs,
+    pub common: CommonArgs,
 
     /// Address the HTTP server binds. Only `main` reads it: tests hand `run` a listener on port 0.
     #[arg(long, env = "FLOTILLA_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -154,7 +150,7 @@ impl Config {
         }
         let auth = self.basic_auth()?;
         // Synchronous calls use the URLs and timeouts; the defaults are the built-in ones.
-        let policies = self.functions.load(FunctionPolicy::default())?;
+        let policies = self.common.functions.load(FunctionPolicy::default())?;
         Ok(ValidConfig {
             config: self,
             policies,

@@ -16,7 +16,7 @@ async fn main() {
         Ok(c) => c,
         Err(e) => std::process::exit(config_failure(e)),
     };
-    if let Err(e) = config.config().log.init() {
+    if let Err(e) = config.config().common.log.init() {
         std::process::exit(config_failure(e));
     }
     let listen = config.config().listen;

@@ -61,7 +61,7 @@ pub async fn serve(
     // Before any metric handle is made, or the handles are no-ops.
     let prometheus = metrics_handle();
 
-    let client = config.nats.connect("flotilla-gateway").await?;
+    let client = config.common.nats.connect("flotilla-gateway").await?;
     let js = ContextBuilder::new()
         .timeout(config.publish_timeout)
         // A call abandoned by its client still holds an ack slot until this passes.
@@ -178,12 +178,13 @@ async fn agree_topology(
     token: CancellationToken,
     fatal: mpsc::Sender<TopologyError>,
 ) {
-    let settings = config.nats.stream_settings();
+    let settings = config.common.nats.stream_settings();
     let mut delays = AGREE_BACKOFF.delays();
     let topology = loop {
         if state.nats_connected() {
             let attempt = async {
-                let topology = Topology::agree(&state.js, config.nats.shards, &settings).await?;
+                let topology =
+                    Topology::agree(&state.js, config.common.nats.shards, &settings).await?;
                 topology.ensure_streams(&state.js, &settings).await?;
                 Ok::<_, TopologyError>(topology)
             };

@@ -74,6 +74,18 @@ pub fn server_list(urls: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The flags the gateway and the worker share: where NATS is, how to log, where functions live.
+/// One struct, flattened into each binary's `Config` as `common`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub log: crate::LogArgs,
+    #[command(flatten)]
+    pub functions: FunctionArgs,
+}
+
 /// Where functions live: the URL template and the optional policy file. Both binaries take these.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FunctionArgs {

@@ -14,7 +14,7 @@ mod prometheus;
 mod signal;
 
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
-pub use flags::{FunctionArgs, NatsArgs, duration_arg, server_list};
+pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};
 pub use log::{LogArgs, LogError, LogFormat};
 pub use prometheus::{LATENCY_BUCKETS, metrics_handle};

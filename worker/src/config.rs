@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_queue::{FunctionPolicy, Policies, RetryPolicy};
-use flotilla_runtime::{FunctionArgs, LogArgs, NatsArgs, duration_arg};
+use flotilla_runtime::{CommonArgs, duration_arg};
 
 use crate::WorkerError;
 
@@ -18,11 +18,7 @@ use crate::WorkerError;
 )]
 pub struct Config {
     #[command(flatten)]
-    pub nats: NatsArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-    #[command(flatten)]
-    pub functions: FunctionArgs,
+    pub common: CommonArgs,
 
     /// Shards this worker serves (repeat the flag or give a comma list). None: every shard, which
     /// suits small fleets; large fleets run replicas per shard to spread the load.
@@ -181,7 +177,7 @@ impl Config {
         if self.consumer_idle < Duration::from_secs(1) {
             return bad("--consumer-idle must be at least 1s".into());
         }
-        if let Some(s) = self.nats.shards
+        if let Some(s) = self.common.nats.shards
             && let Some(k) = self.shard.iter().find(|&&k| k >= s)
         {
             return bad(format!("--shard {k} does not exist with --shards {s}"));
@@ -209,7 +205,8 @@ impl Config {
 
     /// The policy table: flag defaults, overridden by the policy file when one is given.
     pub fn policies(&self) -> Result<Policies, WorkerError> {
-        self.functions
+        self.common
+            .functions
             .load(self.default_policy())
             .map_err(|e| WorkerError::Config(e.to_string()))
     }

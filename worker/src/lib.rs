@@ -131,18 +131,19 @@ pub async fn run(
     });
 
     let client = config
+        .common
         .nats
         .connect("flotilla-worker")
         .await
         .map_err(|source| WorkerError::Connect {
-            url: config.nats.nats_url.clone(),
+            url: config.common.nats.nats_url.clone(),
             source,
         })?;
     let _ = ready.client.set(client.clone());
     let js = jetstream::new(client.clone());
-    let settings = config.nats.stream_settings();
+    let settings = config.common.nats.stream_settings();
     let Some(topology) = until_agreed(&stop, "agreeing on the topology", || {
-        Topology::agree(&js, config.nats.shards, &settings)
+        Topology::agree(&js, config.common.nats.shards, &settings)
     })
     .await?
     else {

@@ -14,7 +14,7 @@ async fn main() {
     if let Err(e) = config.validate() {
         std::process::exit(config_failure(e));
     }
-    if let Err(e) = config.log.init() {
+    if let Err(e) = config.common.log.init() {
         std::process::exit(config_failure(e));
     }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
