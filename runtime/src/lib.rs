@@ -1,5 +1,5 @@
 //! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
-//! set-up, the shutdown signal, the pooled HTTP client, the Prometheus recorder and the process
+//! set-up, the shutdown signal, the open-files limit, the pooled HTTP client, the Prometheus recorder and the process
 //! edge (one line and exit 64 for a command line or configuration that cannot run). One copy, so
 //! every binary behaves alike; kept out of `flotilla-queue`, which holds only the contract.
 //!
@@ -9,6 +9,7 @@
 mod exit;
 mod flags;
 mod http;
+mod limits;
 mod log;
 mod prometheus;
 mod signal;
@@ -16,6 +17,7 @@ mod signal;
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};
+pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat};
 pub use prometheus::{LATENCY_BUCKETS, metrics_handle};
 pub use signal::shutdown_signal;

@@ -11,17 +11,17 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::policy::join_url;
 use flotilla_queue::{Envelope, subjects};
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::callback::{CallbackJob, Delivery};
+use crate::budget::Slot;
+use crate::callback::CallbackJob;
 use crate::dead;
+use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::pull::FunctionRt;
 use crate::retry::{self, Next};
 
@@ -31,144 +31,34 @@ pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
 static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 
-/// Which attempt of a call this is. A retry policy reads it to decide whether another
-/// attempt is allowed.
-///
-/// Attempts are counted from the envelope (its attempt field, set when a failed attempt is
-/// stored as a retry), never from JetStream's delivery count: a redelivery after a worker crash
-/// or a hand-back repeats the interrupted attempt instead of starting a new one. So a crash never
-/// uses up the retry budget, and `X-Retry` never exceeds `X-Retry-Max`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
-    /// Attempts made before this message was published (the envelope's attempt: a re-published
-    /// retry carries its count; a fresh or replayed call 0).
-    pub earlier: u32,
-    /// JetStream deliveries of this message, this one included (1 on the first).
-    pub delivered: u32,
-}
-
-impl Attempt {
-    /// The attempt number under the retry policy, starting at 1.
-    pub fn number(&self) -> u32 {
-        self.earlier.saturating_add(1)
-    }
-
-    /// Attempts made before this one (`X-Retry`).
-    pub fn retries(&self) -> u32 {
-        self.earlier
-    }
-
-    /// True when JetStream delivered this message before: an interrupted run of this same
-    /// attempt may have reached the function.
-    pub fn is_redelivery(&self) -> bool {
-        self.delivered > 1
-    }
-}
-
-/// Why a function gave no answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    /// No connection, a reset, or a broken response.
-    #[error("function unreachable: {0}")]
-    Unreachable(String),
-    #[error("function did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The envelope's method or URL cannot form a request; trying again cannot help.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// JetStream delivered the message this many times and no run settled it (`--max-deliveries`):
-    /// the function was not called again.
-    #[error("delivered {0} times without settling: the worker crashed or lost the ack each time")]
-    Redelivered(u32),
-}
-
-impl CallError {
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::InvalidRequest(_) | Self::Redelivered(_))
-    }
-
-    /// The status the outcome reports: 504 for a timeout, 502 otherwise.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
-}
-
-/// How one attempt of a call ended: what the callback receives and what a retry policy inspects.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The function's status, or 502/504 when it was unreachable or timed out.
-    pub status: StatusCode,
-    /// The function's response headers (empty when it gave no answer).
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    /// Set when the function gave no answer.
-    pub error: Option<CallError>,
-    /// Time from sending the request to the end of the response body.
-    pub duration: Duration,
-    pub attempt: Attempt,
-}
-
-impl Outcome {
-    pub(crate) fn failed(error: CallError, duration: Duration, attempt: Attempt) -> Self {
-        let body = Bytes::from(error.to_string());
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        Self {
-            status: error.status(),
-            headers,
-            body,
-            error: Some(error),
-            duration,
-            attempt,
-        }
-    }
-
-    pub fn is_success(&self) -> bool {
-        self.error.is_none() && self.status.is_success()
-    }
-
-    /// The function's `Retry-After`, in seconds or as an HTTP date (a past date is zero).
-    pub fn retry_after(&self) -> Option<Duration> {
-        let v = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
-        retry::parse_retry_after(v, std::time::SystemTime::now())
-    }
-
-    pub fn content_type(&self) -> Option<&HeaderValue> {
-        self.headers.get(CONTENT_TYPE)
-    }
-}
-
 /// Calls the function once: the envelope's method, headers and body, plus `X-Call-Id` and
-/// `X-Start-Time`, under `timeout` (which covers the response body too).
+/// `X-Start-Time`, under `timeout` (which covers the response body too). `Err` when this worker
+/// could not make the call for want of a local resource: that is no outcome of the function.
 pub(crate) async fn invoke(
     client: &FunctionClient,
     url: &str,
     env: &Envelope,
     timeout: Duration,
     attempt: Attempt,
-) -> Outcome {
+) -> Result<Outcome, Exhausted> {
     let started = Instant::now();
     let req = match build_request(url, env) {
         Ok(r) => r,
-        Err(e) => return Outcome::failed(e, started.elapsed(), attempt),
+        Err(e) => return Ok(Outcome::failed(e, started.elapsed(), attempt)),
     };
     let call = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+        let resp = client.request(req).await.map_err(|e| {
+            Exhausted::of(&e).map_or_else(|| Ok(CallError::Unreachable(error_chain(&e))), Err)
+        })?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| CallError::Unreachable(format!("reading the response: {e}")))?
+            .map_err(|e| Ok(CallError::Unreachable(format!("reading the response: {e}"))))?
             .to_bytes();
-        Ok::<_, CallError>((parts, body))
+        Ok::<_, Result<CallError, Exhausted>>((parts, body))
     };
-    match tokio::time::timeout(timeout, call).await {
+    let outcome = match tokio::time::timeout(timeout, call).await {
         Ok(Ok((parts, body))) => Outcome {
             status: parts.status,
             headers: parts.headers,
@@ -177,9 +67,11 @@ pub(crate) async fn invoke(
             duration: started.elapsed(),
             attempt,
         },
-        Ok(Err(e)) => Outcome::failed(e, started.elapsed(), attempt),
+        Ok(Err(Ok(e))) => Outcome::failed(e, started.elapsed(), attempt),
+        Ok(Err(Err(exhausted))) => return Err(exhausted),
         Err(_) => Outcome::failed(CallError::Timeout(timeout), started.elapsed(), attempt),
-    }
+    };
+    Ok(outcome)
 }
 
 fn build_request(url: &str, env: &Envelope) -> Result<Request<Full<Bytes>>, CallError> {
@@ -280,15 +172,53 @@ pub(crate) fn hand_back<'a>(
     })
 }
 
-/// The task of one call. `slot` is the function's per-replica concurrency slot; it is released
-/// as soon as the function has answered and the callback (if any) is handed over, while the
-/// message stays unacked until the outcome is settled: stored as a retry, dead-lettered, or
+/// How long a replica stops pulling after it ran out of a local resource, and how long the call
+/// it could not make waits before it is tried again.
+const EXHAUSTED_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs one step that settles a call (storing its retry, writing its dead letter, delivering its
+/// callback) while keeping the message alive. `None` when the step did not settle the call and the
+/// message went back to NATS: handed back when the grace period ended or the step failed with
+/// `retry_in` unset, or negatively acked with `retry_in` when NATS refused the step.
+async fn settle_step<T, E: std::fmt::Display>(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    env: &Envelope,
+    what: &'static str,
+    retry_in: Option<Duration>,
+    work: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match keep_alive(msg, shared.progress_every, &shared.hard, work).await {
+        Some(Ok(v)) => Some(v),
+        Some(Err(error)) => {
+            match retry_in {
+                Some(delay) => {
+                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, ?delay, "cannot {what}; handing the call back");
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                None => {
+                    tracing::debug!(call_id = %env.call_id, function = %env.function, %error, "cannot {what}; handing the call back");
+                    hand_back(shared, msg).await;
+                }
+            }
+            None
+        }
+        None => {
+            hand_back(shared, msg).await;
+            None
+        }
+    }
+}
+
+/// The task of one call. `slot` is the call's place in its function and in the replica; it is
+/// released as soon as the function has answered and the callback (if any) is handed over, while
+/// the message stays unacked until the outcome is settled: stored as a retry, dead-lettered, or
 /// delivered to the callback.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     func: Arc<FunctionRt>,
     msg: jetstream::Message,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 ) {
     let (delivered, sequence) = match msg.info() {
         Ok(info) => {
@@ -310,11 +240,11 @@ pub(crate) async fn handle(
         }
     };
     let _in_flight = InFlight::enter(&func.metrics.in_flight);
-    let every = shared.progress_every;
     let attempt = Attempt {
         earlier: env.attempt,
         delivered,
     };
+    let stream = subjects::call_stream(func.shard);
     let outcome = if delivered > shared.max_deliveries {
         // A crash loop: every earlier delivery ended without a settlement (the worker died, hung
         // until killed, or lost the ack). The function is not called again; the retry policy
@@ -323,9 +253,20 @@ pub(crate) async fn handle(
     } else {
         let url = join_url(&func.base_url, &env.path, &env.query);
         let work = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
-        let Some(outcome) = keep_alive(&msg, every, &shared.hard, work).await else {
-            hand_back(&shared, &msg).await;
-            return;
+        let outcome = match keep_alive(&msg, shared.progress_every, &shared.hard, work).await {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(exhausted)) => {
+                drop(slot);
+                Box::pin(exhausted_hand_back(
+                    &shared, &func, &msg, &env, attempt, &stream, sequence, exhausted,
+                ))
+                .await;
+                return;
+            }
+            None => {
+                hand_back(&shared, &msg).await;
+                return;
+            }
         };
         func.metrics.call_done(outcome.status.as_u16());
         func.metrics.duration.record(outcome.duration.as_secs_f64());
@@ -343,9 +284,10 @@ pub(crate) async fn handle(
         Next::Retry(delay) => {
             // The function is done with this attempt; storing the retry needs no slot.
             drop(slot);
-            let stream = subjects::call_stream(func.shard);
             // Boxed, like the other rare branches: a call's task is allocated at the size of
-            // its largest state, and every call pays for it.
+            // its largest state, and every call pays for it. When NATS takes no retry, the
+            // message itself waits out the delay (holding its place in max_ack_pending) and
+            // this attempt runs again.
             let stored = Box::pin(retry::schedule(
                 &shared,
                 func.shard,
@@ -355,23 +297,15 @@ pub(crate) async fn handle(
                 &stream,
                 sequence,
             ));
-            match keep_alive(&msg, every, &shared.hard, stored).await {
-                Some(Ok(())) => {
-                    func.metrics.retries_scheduled.increment(1);
-                    tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
-                    if let Err(error) = msg.ack().await {
-                        // The message returns after ack_wait and stores the same retry again,
-                        // which JetStream drops as a duplicate (same Nats-Msg-Id).
-                        tracing::debug!(%error, "ack after scheduling a retry failed");
-                    }
+            let step = settle_step(&shared, &msg, &env, "store the retry", Some(delay), stored);
+            if Box::pin(step).await.is_some() {
+                func.metrics.retries_scheduled.increment(1);
+                tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
+                if let Err(error) = msg.ack().await {
+                    // The message returns after ack_wait and stores the same retry again,
+                    // which JetStream drops as a duplicate (same Nats-Msg-Id).
+                    tracing::debug!(%error, "ack after scheduling a retry failed");
                 }
-                Some(Err(error)) => {
-                    // Degraded: NATS took no retry, so the message itself waits (holding its
-                    // place in max_ack_pending) and this attempt runs again.
-                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot store the retry; handing the call back with its delay");
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                }
-                None => hand_back(&shared, &msg).await,
             }
             return;
         }
@@ -384,29 +318,26 @@ pub(crate) async fn handle(
                 &outcome,
                 policy.attempts,
             ));
-            match keep_alive(&msg, every, &shared.hard, written).await {
-                Some(Ok(())) => {}
-                Some(Err(error)) => {
-                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot write the dead letter; handing the call back");
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                        .await;
-                    return;
-                }
-                None => {
-                    hand_back(&shared, &msg).await;
-                    return;
-                }
+            let step = settle_step(
+                &shared,
+                &msg,
+                &env,
+                "write the dead letter",
+                Some(Duration::from_secs(5)),
+                written,
+            );
+            if Box::pin(step).await.is_none() {
+                return;
             }
         }
     }
 
-    if let Some(url) = env.callback_url {
+    if let Some(url) = env.callback_url.clone() {
         let retry_max = policy.attempts.saturating_sub(1);
         let job = CallbackJob {
             url,
-            call_id: env.call_id,
-            function: env.function,
+            call_id: env.call_id.clone(),
+            function: env.function.clone(),
             status: code,
             content_type: outcome.content_type().cloned(),
             body: outcome.body,
@@ -418,14 +349,12 @@ pub(crate) async fn handle(
         };
         // A full callback queue blocks in here while this call still holds its slot: pulling
         // slows down. Boxed: delivery's state would otherwise enlarge every call's task, callback
-        // or not.
-        let delivery = Box::pin(shared.callbacks.deliver(job, slot));
-        match keep_alive(&msg, every, &shared.hard, delivery).await {
-            Some(Some(Delivery::Delivered | Delivery::GaveUp)) => {}
-            Some(None) | None => {
-                hand_back(&shared, &msg).await;
-                return;
-            }
+        // or not. `None` from delivery means the worker is stopping: hand the call back.
+        let delivery =
+            Box::pin(async { shared.callbacks.deliver(job, slot).await.ok_or("stopping") });
+        let step = settle_step(&shared, &msg, &env, "deliver the callback", None, delivery);
+        if Box::pin(step).await.is_none() {
+            return;
         }
     } else {
         drop(slot);
@@ -435,65 +364,50 @@ pub(crate) async fn handle(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attempts_count_from_the_envelope_not_redeliveries() {
-        let a = Attempt {
-            earlier: 0,
-            delivered: 1,
-        };
-        assert_eq!((a.number(), a.retries(), a.is_redelivery()), (1, 0, false));
-        // Redelivered twice after crashes: still the third attempt.
-        let a = Attempt {
-            earlier: 2,
-            delivered: 3,
-        };
-        assert_eq!((a.number(), a.retries(), a.is_redelivery()), (3, 2, true));
-    }
-
-    #[test]
-    fn failed_outcomes_report_502_and_504() {
-        let a = Attempt {
-            earlier: 0,
-            delivered: 1,
-        };
-        let o = Outcome::failed(
-            CallError::Timeout(Duration::from_secs(1)),
-            Duration::ZERO,
-            a,
-        );
-        assert_eq!(o.status, StatusCode::GATEWAY_TIMEOUT);
-        assert!(!o.is_success());
-        let o = Outcome::failed(CallError::Unreachable("x".into()), Duration::ZERO, a);
-        assert_eq!(o.status, StatusCode::BAD_GATEWAY);
-        assert_eq!(o.content_type().unwrap(), "text/plain");
-        assert!(o.body.starts_with(b"function unreachable"));
-    }
-
-    #[test]
-    fn retry_after_in_seconds() {
-        let mut o = Outcome::failed(
-            CallError::Unreachable("x".into()),
-            Duration::ZERO,
-            Attempt {
-                earlier: 0,
-                delivered: 1,
-            },
-        );
-        assert_eq!(o.retry_after(), None);
-        o.headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(o.retry_after(), Some(Duration::from_secs(2)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        let date = httpdate::fmt_http_date(later);
-        o.headers
-            .insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
-        let d = o.retry_after().unwrap();
-        assert!(
-            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
+/// The worker ran out of a local resource before the function was reached: the call goes back,
+/// stored to run again after a pause with the same attempt number (so it uses no attempt and no
+/// delivery), the replica stops pulling for the pause, and an operator hears of it.
+#[allow(clippy::too_many_arguments)]
+async fn exhausted_hand_back(
+    shared: &Shared,
+    func: &FunctionRt,
+    msg: &jetstream::Message,
+    env: &Envelope,
+    attempt: Attempt,
+    stream: &str,
+    sequence: u64,
+    exhausted: Exhausted,
+) {
+    shared.metrics.exhausted(exhausted).increment(1);
+    shared.budget.pause(EXHAUSTED_PAUSE);
+    tracing::error!(
+        call_id = %env.call_id,
+        function = %func.name,
+        resource = exhausted.label(),
+        in_flight_cap = shared.budget.cap(),
+        "this worker is {exhausted}: the call goes back without using an attempt and pulling pauses; lower --max-in-flight or raise the limit"
+    );
+    let stored = retry::schedule(
+        shared,
+        func.shard,
+        env,
+        attempt.earlier,
+        EXHAUSTED_PAUSE,
+        stream,
+        sequence,
+    );
+    if settle_step(
+        shared,
+        msg,
+        env,
+        "store the call for later",
+        Some(EXHAUSTED_PAUSE),
+        stored,
+    )
+    .await
+    .is_some()
+        && let Err(error) = msg.ack().await
+    {
+        tracing::debug!(%error, "ack after handing back failed");
     }
 }

@@ -22,8 +22,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
+use crate::budget::Slot;
 use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
 
@@ -117,7 +118,7 @@ impl Callbacks {
     /// for a delivery permit. `None` (the semaphores were closed, which the worker never does)
     /// leaves the call to be handed back. Dropping the future (shutdown past the grace period)
     /// gives up its place and permit; the caller hands the call back.
-    pub async fn deliver(&self, job: CallbackJob, slot: OwnedSemaphorePermit) -> Option<Delivery> {
+    pub async fn deliver(&self, job: CallbackJob, slot: Slot) -> Option<Delivery> {
         let queued = self.queue.acquire().await.ok()?;
         drop(slot);
         self.set_depth();

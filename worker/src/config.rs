@@ -116,6 +116,14 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_REPORT_QUEUE", default_value_t = 4096)]
     pub report_queue: usize,
 
+    /// Calls in flight in this replica across all its functions. Each call holds a socket to its
+    /// function, so this is what keeps a replica serving many functions within its open-files
+    /// limit; it is shared equally among the functions that have work. Unset: half of the
+    /// open-files limit left after 256 for NATS and the process, at most 10,000 (the worker
+    /// raises its soft limit to the hard limit at start).
+    #[arg(long, env = "FLOTILLA_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: Option<u32>,
+
     /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
     /// rest is handed back to NATS for another replica.
     #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
@@ -135,6 +143,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--max-in-flight`, or its default from the open-files limit.
+    pub fn max_in_flight(&self) -> usize {
+        match self.max_in_flight {
+            Some(n) => n as usize,
+            None => crate::budget::default_max_in_flight(flotilla_runtime::open_files_limit()),
+        }
+    }
+
     /// Checks every setting that can be checked without NATS.
     pub fn validate(&self) -> Result<(), WorkerError> {
         let bad = |m: String| Err(WorkerError::Config(m));

@@ -16,8 +16,8 @@ use flotilla_queue::headers::{NATS_MESSAGE_ID, NATS_PREFIX};
 use flotilla_queue::{subjects, time};
 
 use crate::Shared;
-use crate::call::{CallError, Outcome};
 use crate::metrics;
+use crate::outcome::{CallError, Outcome};
 
 /// What a dead letter is made of.
 pub(crate) struct Letter<'a> {

@@ -7,6 +7,7 @@
 //! bind port 0 and stop a worker on demand.
 
 mod admin;
+mod budget;
 mod call;
 mod callback;
 mod config;
@@ -14,6 +15,7 @@ mod dead;
 mod discovery;
 mod error;
 pub mod metrics;
+mod outcome;
 mod pull;
 mod report;
 mod retry;
@@ -31,9 +33,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use call::{Attempt, CallError, Outcome};
+pub use budget::default_max_in_flight;
 pub use config::Config;
 pub use error::WorkerError;
+pub use outcome::{Attempt, CallError, Exhausted, Outcome};
 
 use crate::callback::{CallbackSettings, Callbacks};
 use crate::metrics::WorkerMetrics;
@@ -46,6 +49,8 @@ pub(crate) struct Shared {
     pub policies: Policies,
     pub shard_map: ShardMap,
     pub http: call::FunctionClient,
+    /// The replica's cap on calls in flight across all its functions.
+    pub budget: Arc<budget::Budget>,
     pub callbacks: Callbacks,
     pub reports: ReportQueue,
     pub ack_wait: Duration,
@@ -159,7 +164,7 @@ pub async fn run(
     }
     let shards = config.served_shards(topology.shards)?;
     ready.shards_wanted.store(shards.len(), Ordering::SeqCst);
-    tracing::info!(shards = ?shards, total = topology.shards, "worker starting");
+    tracing::info!(shards = ?shards, total = topology.shards, max_in_flight = config.max_in_flight(), "worker starting");
 
     // Report tasks outlive the calls; callbacks are delivered by the calls themselves.
     let aux = TaskTracker::new();
@@ -187,6 +192,7 @@ pub async fn run(
         policies,
         shard_map: topology.shard_map(),
         http: pooled_client(PoolSettings::default()),
+        budget: Arc::new(budget::Budget::new(config.max_in_flight())),
         callbacks,
         reports,
         ack_wait: config.ack_wait,

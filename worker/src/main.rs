@@ -17,6 +17,11 @@ async fn main() {
     if let Err(e) = config.common.log.init() {
         std::process::exit(config_failure(e));
     }
+    // Every call in flight holds a socket: take all the descriptors the operator allows.
+    match flotilla_runtime::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => std::process::exit(config_failure(format!("--listen {}: {e}", config.listen))),

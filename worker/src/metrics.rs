@@ -18,6 +18,7 @@ pub const CALLBACK_FAILURES: &str = "worker_callback_failures_total";
 pub const REPORTS_DROPPED: &str = "worker_reports_dropped_total";
 pub const DEAD_LETTERS: &str = "worker_dead_letters_total";
 pub const HANDED_BACK: &str = "worker_handed_back_total";
+pub const RESOURCE_EXHAUSTED: &str = "worker_resource_exhausted_total";
 pub const RETRIES_SCHEDULED: &str = "worker_retries_scheduled_total";
 pub const RETRIES_WAITING: &str = "worker_retries_waiting";
 pub const RETRIES_DUE: &str = "worker_retries_due_total";
@@ -73,6 +74,8 @@ pub(crate) struct WorkerMetrics {
     pub callback_failures: Counter,
     pub reports_dropped: Counter,
     pub handed_back: Counter,
+    /// Calls handed back because this replica ran out of a local resource, by resource.
+    pub exhausted: [Counter; 3],
 }
 
 impl WorkerMetrics {
@@ -84,6 +87,23 @@ impl WorkerMetrics {
             callback_failures: counter!(CALLBACK_FAILURES),
             reports_dropped: counter!(REPORTS_DROPPED),
             handed_back: counter!(HANDED_BACK),
+            exhausted: [
+                crate::outcome::Exhausted::FileDescriptors,
+                crate::outcome::Exhausted::Memory,
+                crate::outcome::Exhausted::Ports,
+            ]
+            .map(|r| counter!(RESOURCE_EXHAUSTED, "resource" => r.label())),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    pub fn exhausted(&self, resource: crate::outcome::Exhausted) -> &Counter {
+        use crate::outcome::Exhausted;
+        match resource {
+            Exhausted::FileDescriptors => &self.exhausted[0],
+            Exhausted::Memory => &self.exhausted[1],
+            Exhausted::Ports => &self.exhausted[2],
         }
     }
 }

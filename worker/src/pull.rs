@@ -13,18 +13,23 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
+
 use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
 use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::Shared;
+use crate::budget::Slot;
 use crate::call;
 use crate::error::PullError;
 use crate::metrics::FunctionMetrics;
+
+mod ledger;
+
+use ledger::{Ledger, RateShare};
 
 /// How a pull loop paces its requests to NATS. A busy function renews its pull request often and
 /// notices a lost one quickly; a quiet one (nothing delivered or waiting for `QUIET_AFTER`) asks
@@ -79,6 +84,8 @@ impl Pace {
 
 /// A consumer-info request in progress.
 type InfoCall = Pin<Box<dyn Future<Output = Result<consumer::Info, String>> + Send>>;
+/// A wait for one of the replica's permits.
+type PermitWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// What a pull loop knows about its function; shared with its calls.
 #[derive(Debug)]
@@ -121,35 +128,6 @@ impl FunctionRt {
             replicas,
             pinned,
             base_url,
-        }
-    }
-}
-
-/// This replica's share of a function's cluster-wide rate: `rate / replicas` starts per second.
-/// The burst is a tenth of a second's worth (at least one start), and it also caps the starts
-/// requested from NATS and not yet arrived, so the starts in any window stay close to the rate
-/// instead of a second's worth at once after a quiet spell.
-#[derive(Debug)]
-pub(crate) struct RateShare {
-    limiter: DefaultDirectRateLimiter,
-    /// Starts this replica may have paid for and not yet begun (tokens plus requested messages).
-    pub burst: usize,
-    pub replicas: u32,
-}
-
-impl RateShare {
-    pub fn new(rate: NonZeroU32, replicas: u32) -> Self {
-        let replicas = replicas.max(1);
-        let per_second = f64::from(rate.get()) / f64::from(replicas);
-        let burst = (per_second / 10.0).floor().clamp(1.0, f64::from(u32::MAX)) as u32;
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
-            .unwrap_or(Quota::per_second(NonZeroU32::MAX))
-            .allow_burst(burst);
-        Self {
-            limiter: RateLimiter::direct(quota),
-            burst: burst.get() as usize,
-            replicas,
         }
     }
 }
@@ -215,78 +193,49 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         .subscribe(inbox.clone())
         .await
         .map_err(|e| PullError::Subscribe(e.to_string()))?;
-    let next_subject = subjects::consumer_next_subject(&stream, &consumer_name);
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
 
-    let limit = f.policy.replica_concurrency as usize;
+    let mut ledger = Ledger::new(
+        f.policy.replica_concurrency as usize,
+        f.slots.clone(),
+        shared.budget.clone(),
+    );
     let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
     let mut replicas = f.replicas.clone();
     let mut watch_replicas = rate.is_some();
     let mut share = rate.map(|r| RateShare::new(r, *replicas.borrow_and_update()));
-    // Slots reserved for messages requested from NATS and not yet arrived.
-    let mut held: Option<OwnedSemaphorePermit> = None;
-    let mut outstanding = 0usize;
     let mut lost_at = Instant::now();
     let mut lost_after = BUSY.lost_after;
-    // Rate tokens taken for starts not yet requested.
-    let mut rate_credit = 0usize;
     let mut last_activity = Instant::now();
     let mut next_info = Instant::now();
     let mut info_call: Option<InfoCall> = None;
+    // Waiting for a replica permit keeps its place in the queue across turns of the loop.
+    let mut permit_wait: Option<PermitWait> = None;
 
     let ended = loop {
-        // Ask for messages in batches of at least a quarter of the slots (fewer requests under
-        // load), or for any free slot when nothing is requested at all (low latency when idle).
-        // A rate-limited function batches a quarter of its burst, so its starts stay spread out.
-        let threshold = (share.as_ref().map_or(limit, |s| s.burst.min(limit)) / 4).max(1);
-        // Reserve every free slot.
-        let free = f.slots.available_permits();
-        if free > 0
-            && let Ok(p) = f.slots.clone().try_acquire_many_owned(free as u32)
-        {
-            merge(&mut held, p);
-        }
-        let held_n = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        let unrequested = held_n.saturating_sub(outstanding);
-        let mut want = unrequested;
-        let mut rate_blocked = false;
-        if let Some(share) = &share {
-            // Starts paid for and waiting at the server count against the burst too.
-            let allowed = want.min(share.burst.saturating_sub(outstanding));
-            while rate_credit < allowed && share.limiter.check().is_ok() {
-                rate_credit += 1;
-            }
-            want = allowed.min(rate_credit);
-            rate_blocked = want < allowed;
-        }
-        if want > 0 && (outstanding == 0 || want >= threshold) {
+        ledger.set_busy(last_activity.elapsed() < QUIET_AFTER);
+        ledger.reserve();
+        let paused = shared.budget.paused_until();
+        let plan = ledger.plan(share.as_ref(), paused.is_some());
+        if plan.request > 0 {
             let pace = Pace::of(last_activity, shared.consumer_idle);
-            let body = format!(
-                "{{\"batch\":{want},\"expires\":{},\"idle_heartbeat\":{}}}",
-                pace.expires.as_nanos(),
-                pace.heartbeat.as_nanos()
-            );
-            lost_after = pace.lost_after;
-            shared
-                .client
-                .publish_with_reply(next_subject.clone(), inbox.clone(), body.into())
+            let batch = consumer::pull::BatchConfig {
+                batch: plan.request,
+                expires: Some(pace.expires),
+                idle_heartbeat: pace.heartbeat,
+                ..Default::default()
+            };
+            consumer
+                .request_batch(batch, inbox.clone().into())
                 .await
                 .map_err(|e| PullError::Request(e.to_string()))?;
-            outstanding += want;
-            if share.is_some() {
-                rate_credit -= want;
-            }
+            lost_after = pace.lost_after;
+            ledger.requested(plan.request, share.is_some());
             lost_at = Instant::now() + lost_after;
         }
-        // Under load, wake up once enough slots are free for a batch rather than on every
-        // finished call; when nothing is requested, wake up for the first free slot.
-        let wake_at = if outstanding == 0 {
-            1
-        } else {
-            threshold
-                .saturating_sub(held_n.saturating_sub(outstanding))
-                .max(1) as u32
-        };
+        if plan.budget_blocked && permit_wait.is_none() {
+            permit_wait = Some(Box::pin(shared.budget.permits().clone().acquire_owned()));
+        }
 
         tokio::select! {
             biased;
@@ -298,20 +247,13 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 lost_at = Instant::now() + lost_after;
                 match m.status {
                     None | Some(StatusCode::OK) => {
-                        outstanding = outstanding.saturating_sub(1);
                         last_activity = Instant::now();
                         let msg = jetstream::Message { message: m, context: shared.js.clone() };
-                        let slot = match held.as_mut().and_then(|p| p.split(1)) {
+                        let slot = match ledger.arrived() {
                             Some(slot) => slot,
-                            // More arrived than was asked for (a lost expiry notice was
-                            // followed by a late one): wait for a slot rather than exceed
-                            // the limit or burn a delivery.
-                            None => tokio::select! {
-                                slot = f.slots.clone().acquire_owned() => match slot {
-                                    Ok(slot) => slot,
-                                    Err(_) => return Err(PullError::Closed),
-                                },
-                                _ = shared.stop.cancelled() => {
+                            None => match wait_for_slot(&shared, &f, &mut ledger).await {
+                                Some(slot) => slot,
+                                None => {
                                     call::hand_back(&shared, &msg).await;
                                     break Ended::Stopped;
                                 }
@@ -323,15 +265,12 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                         if m.description.as_deref() == Some("Consumer Deleted") {
                             return Err(PullError::ConsumerDeleted);
                         }
-                        match pending_messages(m.headers.as_ref()) {
-                            Some(n) => outstanding = outstanding.saturating_sub(n),
-                            None => outstanding = 0,
-                        }
+                        ledger.expired(pending_messages(m.headers.as_ref()));
                     }
                     Some(StatusCode::IDLE_HEARTBEAT) => {}
                     Some(status) => {
                         tracing::debug!(function = %f.name, %status, description = ?m.description, "pull status");
-                        outstanding = 0;
+                        ledger.expired(None);
                         if status == StatusCode::NO_RESPONDERS {
                             // JetStream is not answering: do not spin.
                             tokio::select! {
@@ -342,13 +281,20 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                     }
                 }
             }
-            slot = f.slots.clone().acquire_many_owned(wake_at) => {
+            slot = f.slots.clone().acquire_many_owned(plan.wake_at) => {
                 // Calls released their slots.
                 if let Ok(slot) = slot {
-                    merge(&mut held, slot);
+                    ledger.add_slots(slot);
                 }
             }
-            _ = until_ready(share.as_ref()), if rate_blocked => rate_credit += 1,
+            Some(permit) = OptionFuture::from(permit_wait.as_mut()), if permit_wait.is_some() => {
+                permit_wait = None;
+                if let Ok(permit) = permit {
+                    ledger.add_permit(permit);
+                }
+            }
+            _ = until_ready(share.as_ref()), if plan.rate_blocked => ledger.rate_token(),
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {}
             changed = replicas.changed(), if watch_replicas => match (changed, rate) {
                 (Ok(()), Some(rate)) => {
                     let n = *replicas.borrow_and_update();
@@ -360,8 +306,8 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 // The shard's heartbeat ended (shutdown): keep the last share.
                 _ => watch_replicas = false,
             },
-            _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
-                outstanding = 0;
+            _ = tokio::time::sleep_until(lost_at), if ledger.outstanding() > 0 => {
+                ledger.expired(None);
             }
             // The consumer is read beside the loop, not in it: during a NATS disruption the
             // request may take seconds, and messages must not wait behind it.
@@ -375,10 +321,10 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 match info {
                     Ok(info) => {
                         f.metrics.pending.set(info.num_pending as f64);
-                        let held_n = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+                        let limit = f.policy.replica_concurrency as usize;
                         let busy = info.num_pending > 0
                             || info.num_ack_pending > 0
-                            || f.slots.available_permits() + held_n < limit;
+                            || f.slots.available_permits() + ledger.held_slots() < limit;
                         if busy {
                             last_activity = Instant::now();
                         } else if !f.pinned && last_activity.elapsed() >= shared.consumer_idle {
@@ -390,6 +336,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             }
         }
     };
+    drop(ledger);
 
     // Stop pulling: unsubscribe, and hand back whatever still arrives for earlier requests.
     let _ = sub.drain().await;
@@ -412,16 +359,25 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     Ok(ended)
 }
 
-fn merge(held: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
-    match held {
-        Some(h) => h.merge(p),
-        None => *held = Some(p),
+/// A message arrived beyond what was asked for: waits for the slot it lacks rather than exceed a
+/// limit or burn a delivery. `None` when the worker stops first.
+async fn wait_for_slot(shared: &Shared, f: &FunctionRt, ledger: &mut Ledger) -> Option<Slot> {
+    loop {
+        if let Some(slot) = ledger.take_slot() {
+            return Some(slot);
+        }
+        let (needs_slot, needs_permit) = ledger.lacks();
+        tokio::select! {
+            _ = shared.stop.cancelled() => return None,
+            p = f.slots.clone().acquire_owned(), if needs_slot => ledger.add_slots(p.ok()?),
+            p = shared.budget.permits().clone().acquire_owned(), if needs_permit => ledger.add_permit(p.ok()?),
+        }
     }
 }
 
 async fn until_ready(share: Option<&RateShare>) {
     match share {
-        Some(s) => s.limiter.until_ready().await,
+        Some(s) => s.until_ready().await,
         None => std::future::pending().await,
     }
 }
@@ -451,21 +407,6 @@ mod tests {
             Some(subjects::consumer_name(&f).as_str())
         );
         assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
-    }
-
-    #[test]
-    fn a_rate_is_split_among_replicas_with_a_small_burst() {
-        let rate = NonZeroU32::new(50).unwrap();
-        let alone = RateShare::new(rate, 1);
-        assert_eq!((alone.burst, alone.replicas), (5, 1));
-        let shared = RateShare::new(rate, 3);
-        assert_eq!(shared.burst, 1);
-        // The burst goes at once, then one start per 60 ms (50/s split three ways).
-        assert!(shared.limiter.check().is_ok());
-        assert!(shared.limiter.check().is_err());
-        let fast = RateShare::new(NonZeroU32::MAX, 1);
-        assert!(fast.burst > 1000);
-        assert_eq!(RateShare::new(rate, 0).replicas, 1);
     }
 
     #[test]

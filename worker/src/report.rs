@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::call::Outcome;
+use crate::outcome::Outcome;
 
 /// What the call path hands over: no JSON and no subject formatting on the call path.
 #[derive(Debug)]

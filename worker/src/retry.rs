@@ -6,7 +6,7 @@
 //! when it is due. Everything waits in JetStream, so a worker crash loses nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::context::PublishError;
@@ -20,9 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::time::MissedTickBehavior;
 
 use crate::Shared;
-use crate::call::{CallError, Outcome};
 use crate::dead;
 use crate::metrics::{RETRIES_DUE, RETRIES_WAITING};
+use crate::outcome::{CallError, Outcome};
 
 /// The longest `Retry-After` honoured. A function asking for more is waited on this long: a
 /// header saying "come back tomorrow" is more likely a bug than a plan, and a call waiting a
@@ -96,16 +96,6 @@ pub(crate) fn backoff(policy: &RetryPolicy) -> Backoff {
 /// A number in [0, 1) for jitter; not for anything secret.
 pub(crate) fn jitter() -> f64 {
     fastrand::f64()
-}
-
-/// Parses a `Retry-After` value: delay-seconds, or an HTTP date (a date in the past is zero).
-pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// `Nats-Msg-Id` of a message derived from stream message `sequence` of `stream` (a retry
@@ -357,7 +347,7 @@ pub(crate) async fn schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::Attempt;
+    use crate::outcome::Attempt;
     use http::{HeaderMap, HeaderValue, header::RETRY_AFTER};
 
     fn policy() -> RetryPolicy {
@@ -465,22 +455,6 @@ mod tests {
         o.headers
             .insert(RETRY_AFTER, HeaderValue::from_static("30"));
         assert_eq!(next(&p, &o, 0.0), Next::Retry(Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn retry_after_as_seconds_or_date() {
-        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:40 GMT", now),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-1", now), None);
     }
 
     #[test]
