@@ -97,10 +97,12 @@ impl Budget {
     }
 
     /// Stops pulling for `for_`: the replica ran out of file descriptors, memory or ports, and
-    /// must let its calls in flight finish before it takes more.
-    pub fn pause(&self, for_: Duration) {
+    /// must let its calls in flight finish before it takes more. True when this starts a pause
+    /// (pulling was not paused), so the trouble is logged once per pause, not once per call.
+    pub fn pause(&self, for_: Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
         let until = (self.epoch.elapsed() + for_).as_millis() as u64;
-        self.paused_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.paused_until_ms.fetch_max(until, Ordering::Relaxed) <= now
     }
 
     /// When pulling may resume, if it is paused now.
@@ -150,10 +152,10 @@ mod tests {
     async fn a_pause_ends_by_itself() {
         let b = Budget::new(4);
         assert!(b.paused_until().is_none());
-        b.pause(Duration::from_secs(2));
+        assert!(b.pause(Duration::from_secs(2)), "a new pause");
         assert!(b.paused_until().is_some());
         // A shorter pause does not cut a longer one short.
-        b.pause(Duration::from_millis(10));
+        assert!(!b.pause(Duration::from_millis(10)), "within the pause");
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert!(b.paused_until().is_some());
         tokio::time::advance(Duration::from_millis(600)).await;

@@ -379,14 +379,17 @@ async fn exhausted_hand_back(
     exhausted: Exhausted,
 ) {
     shared.metrics.exhausted(exhausted).increment(1);
-    shared.budget.pause(EXHAUSTED_PAUSE);
-    tracing::error!(
-        call_id = %env.call_id,
-        function = %func.name,
-        resource = exhausted.label(),
-        in_flight_cap = shared.budget.cap(),
-        "this worker is {exhausted}: the call goes back without using an attempt and pulling pauses; lower --max-in-flight or raise the limit"
-    );
+    if shared.budget.pause(EXHAUSTED_PAUSE) {
+        tracing::error!(
+            call_id = %env.call_id,
+            function = %func.name,
+            resource = exhausted.label(),
+            in_flight_cap = shared.budget.cap(),
+            "this worker is {exhausted}: its calls go back without using an attempt and pulling pauses; lower --max-in-flight or raise the limit"
+        );
+    } else {
+        tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
+    }
     let stored = retry::schedule(
         shared,
         func.shard,
