@@ -55,6 +55,8 @@ pub const FLOTILLA_PREFIX: &str = "Flotilla-";
 pub use async_nats::header::NATS_MESSAGE_ID;
 /// Added by JetStream to a headers-only delivery: the size of the payload it left out.
 pub const NATS_MSG_SIZE: &str = "Nats-Msg-Size";
+/// On a pull request's expiry notice: how many of the messages it asked for it will not deliver.
+pub const NATS_PENDING_MESSAGES: &str = "Nats-Pending-Messages";
 
 /// The packed control fields of a call (format in `envelope`).
 pub const FLOTILLA_CALL: &str = "Flotilla-Call";

@@ -21,9 +21,6 @@ pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
 pub const DEAD_SUBJECT_PREFIX: &str = "flotilla.dead";
 pub const REPORT_SUBJECT_PREFIX: &str = "flotilla.report";
 pub const PRESENCE_SUBJECT_PREFIX: &str = "flotilla.presence";
-/// JetStream's API prefix without a domain: what async-nats uses for a context made with
-/// `jetstream::new`.
-pub const JS_API_PREFIX: &str = "$JS.API";
 /// KV bucket holding the topology (shard count), written once by the first process to start.
 pub const TOPOLOGY_BUCKET: &str = "flotilla_topology";
 
@@ -118,11 +115,6 @@ pub fn presence_subject(shard: u32) -> String {
     format!("{PRESENCE_SUBJECT_PREFIX}.{shard}")
 }
 
-/// The JetStream API subject a pull request for `consumer` on `stream` is sent to.
-pub fn consumer_next_subject(stream: &str, consumer: &str) -> String {
-    format!("{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{consumer}")
-}
-
 /// Durable consumer name of a function. Consumer names may not contain '.', so the namespace dot
 /// becomes '_' and a fingerprint of the full name keeps `a.b` and `a_b` apart.
 pub fn consumer_name(function: &FunctionName) -> String {
@@ -180,10 +172,6 @@ mod tests {
         assert_eq!(function_of_report_subject(&r), Some("a.ns"));
         assert_eq!(function_of_report_subject("flotilla.call.0.a"), None);
         assert_eq!(presence_subject(3), "flotilla.presence.3");
-        assert_eq!(
-            consumer_next_subject("FLOTILLA_CALLS_1", "fn-echo-00000000"),
-            "$JS.API.CONSUMER.MSG.NEXT.FLOTILLA_CALLS_1.fn-echo-00000000"
-        );
     }
 
     #[test]

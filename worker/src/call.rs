@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::policy::join_url;
-use flotilla_queue::{Envelope, subjects};
+use flotilla_queue::{Envelope, headers, subjects};
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -27,9 +27,6 @@ use crate::retry::{self, Next};
 
 /// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
 pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
-
-static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
-static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 
 /// Calls the function once: the envelope's method, headers and body, plus `X-Call-Id` and
 /// `X-Start-Time`, under `timeout` (which covers the response body too). `Err` when this worker
@@ -95,10 +92,10 @@ fn build_request(url: &str, env: &Envelope) -> Result<Request<Full<Bytes>>, Call
         }
     }
     if let Ok(v) = HeaderValue::from_str(&env.call_id) {
-        h.insert(X_CALL_ID.clone(), v);
+        h.insert(headers::X_CALL_ID, v);
     }
     h.insert(
-        X_START_TIME.clone(),
+        headers::X_START_TIME,
         HeaderValue::from(env.start_time as u64),
     );
     Ok(req)

@@ -384,7 +384,11 @@ async fn until_ready(share: Option<&RateShare>) {
 
 /// The unfulfilled part of an expired or terminated pull request.
 fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
-    headers?.get("Nats-Pending-Messages")?.as_str().parse().ok()
+    headers?
+        .get(flotilla_queue::headers::NATS_PENDING_MESSAGES)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -432,7 +436,7 @@ mod tests {
     #[test]
     fn reads_pending_from_status_headers() {
         let mut h = HeaderMap::new();
-        h.insert("Nats-Pending-Messages", "12");
+        h.insert(flotilla_queue::headers::NATS_PENDING_MESSAGES, "12");
         assert_eq!(pending_messages(Some(&h)), Some(12));
         assert_eq!(pending_messages(None), None);
     }
