@@ -7,6 +7,7 @@
 //! - `per-function`: one stream, one filtered durable consumer per function (the layout of
 //!   Flotilla 0.1).
 //! - `streams/4`: a stream for every four functions, one filtered consumer per function.
+//! - `streams/1`: a stream per function, one consumer each (nothing to skip).
 //! - `dispatch`: one stream, one unfiltered consumer, calls dispatched per function in the
 //!   process.
 //!
@@ -33,6 +34,7 @@ enum Layout {
     Single,
     PerFunction,
     StreamsPer4,
+    StreamsPer1,
     Dispatch,
 }
 
@@ -42,6 +44,7 @@ impl Layout {
             Layout::Single => "single",
             Layout::PerFunction => "per-function",
             Layout::StreamsPer4 => "streams/4",
+            Layout::StreamsPer1 => "streams/1",
             Layout::Dispatch => "dispatch",
         }
     }
@@ -50,6 +53,7 @@ impl Layout {
         match self {
             Layout::Single | Layout::PerFunction | Layout::Dispatch => 1,
             Layout::StreamsPer4 => functions.div_ceil(4),
+            Layout::StreamsPer1 => functions,
         }
     }
 }
@@ -100,7 +104,12 @@ async fn main() -> anyhow::Result<()> {
     for &n in &counts {
         for _ in 0..rounds {
             let single = drain(&js, &client, &uri, Layout::Single, 1, messages, in_flight).await?;
-            for layout in [Layout::PerFunction, Layout::StreamsPer4, Layout::Dispatch] {
+            for layout in [
+                Layout::PerFunction,
+                Layout::StreamsPer4,
+                Layout::StreamsPer1,
+                Layout::Dispatch,
+            ] {
                 let rate = drain(&js, &client, &uri, layout, n, messages, in_flight).await?;
                 println!(
                     "| {n} | {} | {rate:.0} | {:.2} |",
@@ -198,7 +207,7 @@ async fn drain(
                 spawn_call(&tracker, client, uri, &done, msg, (global, local));
             }
         }
-        Layout::PerFunction | Layout::StreamsPer4 => {
+        Layout::PerFunction | Layout::StreamsPer4 | Layout::StreamsPer1 => {
             // Every function pulls its fair share of the cap in flight.
             let batch = (in_flight / functions).max(1);
             let mut pullers = Vec::new();

@@ -23,6 +23,10 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // A local fleet, its function and its sink hold both ends of every socket in this process.
+    if let Err(error) = flotilla_runtime::raise_open_files_limit() {
+        tracing::warn!(%error, "cannot raise the open-files limit");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
