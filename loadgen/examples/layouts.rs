@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
+use flotilla_loadgen::ceiling::{self, PerFunction};
 use flotilla_loadgen::net;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -125,7 +126,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Fills the layout's streams with `messages` calls interleaved over `functions`, then drains
-/// them and returns calls per second.
+/// them and returns calls per second. The layouts with a consumer per function are the loadgen's
+/// own per-function ceiling; `dispatch` is measured here.
 async fn drain(
     js: &Js,
     client: &net::HttpClient,
@@ -135,24 +137,41 @@ async fn drain(
     messages: usize,
     in_flight: usize,
 ) -> anyhow::Result<f64> {
-    let streams = layout.streams(functions);
-    let stream_of = |f: usize| f % streams;
-    for s in 0..streams {
-        let _ = js.delete_stream(stream_name(s)).await;
-        js.create_stream(stream::Config {
-            name: stream_name(s),
-            subjects: vec![format!("proto.{s}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    }
     let body = Bytes::from(vec![b'c'; 256]);
+    if layout != Layout::Dispatch {
+        let shape = PerFunction {
+            backlog: messages as u64,
+            functions: if layout == Layout::Single {
+                1
+            } else {
+                functions
+            },
+            streams: layout.streams(functions),
+            concurrency: in_flight,
+        };
+        return Ok(ceiling::pull_post_ack_per_function(
+            js,
+            stream::StorageType::File,
+            client,
+            uri,
+            &body,
+            shape,
+        )
+        .await?);
+    }
+    let _ = js.delete_stream(stream_name(0)).await;
+    js.create_stream(stream::Config {
+        name: stream_name(0),
+        subjects: vec!["proto.0.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
     let mut window = Vec::with_capacity(1024);
     for i in 0..messages {
         let f = i % functions;
-        window.push(js.publish(subject(stream_of(f), f), body.clone()).await?);
+        window.push(js.publish(subject(0, f), body.clone()).await?);
         if window.len() == 1024 || i + 1 == messages {
             for ack in window.drain(..) {
                 ack.await?;
@@ -164,108 +183,48 @@ async fn drain(
     let slots = Arc::new(Semaphore::new(in_flight));
     let tracker = TaskTracker::new();
     let start = Instant::now();
-    match layout {
-        Layout::Single | Layout::Dispatch => {
-            let consumer: jetstream::consumer::PullConsumer = js
-                .get_stream(stream_name(0))
-                .await?
-                .create_consumer(pull::Config {
-                    durable_name: Some("all".into()),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    max_ack_pending: in_flight as i64,
-                    ..Default::default()
-                })
-                .await?;
-            // Dispatch: a per-function slot table consulted for every call, as a worker would.
-            let per_function: Vec<Arc<Semaphore>> = (0..functions)
-                .map(|_| Arc::new(Semaphore::new(100)))
-                .collect();
-            let mut msgs = consumer
-                .stream()
-                .max_messages_per_batch(in_flight)
-                .messages()
-                .await?;
-            let mut taken = 0;
-            while taken < messages {
-                let Some(Ok(msg)) = msgs.next().await else {
-                    break;
-                };
-                taken += 1;
-                let global = slots.clone().acquire_owned().await?;
-                let local = if layout == Layout::Dispatch {
-                    let f: usize = msg
-                        .subject
-                        .rsplit('.')
-                        .next()
-                        .and_then(|s| s.strip_prefix('f'))
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    Some(per_function[f % functions].clone().acquire_owned().await?)
-                } else {
-                    None
-                };
-                spawn_call(&tracker, client, uri, &done, msg, (global, local));
-            }
-        }
-        Layout::PerFunction | Layout::StreamsPer4 | Layout::StreamsPer1 => {
-            // Every function pulls its fair share of the cap in flight.
-            let batch = (in_flight / functions).max(1);
-            let mut pullers = Vec::new();
-            for f in 0..functions {
-                let consumer: jetstream::consumer::PullConsumer = js
-                    .get_stream(stream_name(stream_of(f)))
-                    .await?
-                    .create_consumer(pull::Config {
-                        durable_name: Some(format!("f{f}")),
-                        filter_subject: subject(stream_of(f), f),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        max_ack_pending: 100,
-                        ..Default::default()
-                    })
-                    .await?;
-                let share = Arc::new(Semaphore::new(batch));
-                let expected = messages / functions + usize::from(f < messages % functions);
-                let (tracker2, client, uri, done, slots) = (
-                    tracker.clone(),
-                    client.clone(),
-                    uri.clone(),
-                    done.clone(),
-                    slots.clone(),
-                );
-                pullers.push(tokio::spawn(async move {
-                    let mut msgs = consumer
-                        .stream()
-                        .max_messages_per_batch(batch)
-                        .messages()
-                        .await?;
-                    for _ in 0..expected {
-                        let Some(Ok(msg)) = msgs.next().await else {
-                            break;
-                        };
-                        let local = share.clone().acquire_owned().await?;
-                        let global = slots.clone().acquire_owned().await?;
-                        spawn_call(&tracker2, &client, &uri, &done, msg, (global, Some(local)));
-                    }
-                    anyhow::Ok(())
-                }));
-            }
-            for p in pullers {
-                p.await??;
-            }
-        }
+    let consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(stream_name(0))
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some("all".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: in_flight as i64,
+            ..Default::default()
+        })
+        .await?;
+    // A per-function slot table consulted for every call, as a worker would.
+    let per_function: Vec<Arc<Semaphore>> = (0..functions)
+        .map(|_| Arc::new(Semaphore::new(100)))
+        .collect();
+    let mut msgs = consumer
+        .stream()
+        .max_messages_per_batch(in_flight)
+        .messages()
+        .await?;
+    let mut taken = 0;
+    while taken < messages {
+        let Some(Ok(msg)) = msgs.next().await else {
+            break;
+        };
+        taken += 1;
+        let global = slots.clone().acquire_owned().await?;
+        let f: usize = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.strip_prefix('f'))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let local = per_function[f % functions].clone().acquire_owned().await?;
+        spawn_call(&tracker, client, uri, &done, msg, (global, local));
     }
     tracker.close();
     tokio::time::timeout(Duration::from_secs(600), tracker.wait()).await?;
     let elapsed = start.elapsed();
-    for s in 0..streams {
-        let _ = js.delete_stream(stream_name(s)).await;
-    }
+    let _ = js.delete_stream(stream_name(0)).await;
     let done = done.load(Ordering::Relaxed) as usize;
-    anyhow::ensure!(
-        done == messages,
-        "{} drained {done} of {messages}",
-        layout.name()
-    );
+    anyhow::ensure!(done == messages, "dispatch drained {done} of {messages}");
     Ok(done as f64 / elapsed.as_secs_f64())
 }
 
@@ -277,7 +236,7 @@ fn spawn_call(
     msg: jetstream::Message,
     permits: (
         tokio::sync::OwnedSemaphorePermit,
-        Option<tokio::sync::OwnedSemaphorePermit>,
+        tokio::sync::OwnedSemaphorePermit,
     ),
 ) {
     let (client, uri, done) = (client.clone(), uri.clone(), done.clone());

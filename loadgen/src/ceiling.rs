@@ -10,6 +10,10 @@
 //! - **Pull, POST, POST, ack**: the same, with the first answer's body POSTed to a second bare
 //!   server before the ack. A worker delivering callbacks makes two HTTP requests per call and
 //!   acks after the second, so this is the yardstick of calls with a callback URL.
+//! - **Pull, POST, ack with a consumer per function**: the same backlog spread evenly over the
+//!   run's functions, one filtered durable consumer each (Flotilla's layout), the in-flight budget
+//!   shared equally among them. What that layout costs NATS at this function count, with no
+//!   Flotilla code.
 //! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
 //!   both.
 
@@ -71,6 +75,11 @@ pub struct Ceiling {
     pub pull_post_post_ack_per_s: f64,
     /// Pooled hyper POSTs to a bare server.
     pub http_post_per_s: f64,
+    /// JetStream pull → HTTP POST → ack with one filtered durable consumer per function, over
+    /// `functions` functions sharing one stream.
+    pub per_function_pull_post_ack_per_s: f64,
+    /// The function count of the per-function measurement (the run's `--functions`).
+    pub functions: usize,
     /// Length of each HTTP-driven measurement.
     pub duration_s: f64,
     pub concurrency: usize,
@@ -190,12 +199,33 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     )
     .await?;
     let _ = js.delete_stream(STREAM_OUT).await;
+    // (e) the backlog of (b) spread over the run's functions, a consumer each.
+    let per_function = if args.functions > 1 {
+        pull_post_ack_per_function(
+            &filler_nats(nats_url).await?,
+            storage,
+            &client,
+            &bare_uri,
+            &body,
+            PerFunction {
+                backlog,
+                functions: args.functions,
+                streams: 1,
+                concurrency: args.concurrency,
+            },
+        )
+        .await?
+    } else {
+        pull_post_ack
+    };
 
     Ok(Ceiling {
         http_to_jetstream_per_s: http_to_js,
         pull_post_ack_per_s: pull_post_ack,
         pull_post_post_ack_per_s: pull_post_post_ack,
         http_post_per_s: http_post,
+        per_function_pull_post_ack_per_s: per_function,
+        functions: args.functions,
         duration_s: args.duration.as_secs_f64(),
         concurrency: args.concurrency,
         body_size: args.body_size,
@@ -352,25 +382,11 @@ async fn pull_then_post(
         let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
         let second = second.cloned();
         tracker.spawn(async move {
-            let post = |uri: Uri, body: Bytes| {
-                let req = hyper::Request::post(uri)
-                    .header("content-type", "application/octet-stream")
-                    .body(Full::new(body))
-                    .expect("static request parts are valid");
-                let client = client.clone();
-                async move {
-                    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-                        .await
-                        .ok()?
-                        .ok()?;
-                    resp.into_body().collect().await.ok().map(|b| b.to_bytes())
-                }
-            };
-            let mut answered = post(uri, msg.payload.clone()).await;
+            let mut answered = post(&client, uri, msg.payload.clone()).await;
             if let Some(second) = second
                 && let Some(answer) = answered.take()
             {
-                answered = post(second, answer).await;
+                answered = post(&client, second, answer).await;
             }
             if answered.is_some() && msg.ack().await.is_ok() {
                 done.fetch_add(1, Ordering::Relaxed);
@@ -395,6 +411,171 @@ async fn pull_then_post(
     Ok(done as f64 / elapsed.as_secs_f64())
 }
 
+async fn filler_nats(nats_url: &str) -> Result<jetstream::Context, CeilingError> {
+    Ok(jetstream::new(
+        async_nats::connect(nats_url)
+            .await
+            .map_err(|e| nats_err(nats_url, e))?,
+    ))
+}
+
+/// The shape of a per-function measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct PerFunction {
+    /// Messages in all, spread evenly (round robin) over the functions.
+    pub backlog: u64,
+    pub functions: usize,
+    /// Streams the functions are spread over (function `f` on stream `f % streams`): 1 is
+    /// Flotilla's shard of many functions; `functions` is a stream per function.
+    pub streams: usize,
+    /// Messages in flight in all, shared equally among the functions.
+    pub concurrency: usize,
+}
+
+fn per_function_stream(i: usize) -> String {
+    format!("LOADGEN_CEILING_FN_{i}")
+}
+
+fn per_function_subject(stream: usize, function: usize) -> String {
+    format!("loadgen.ceiling.fn.{stream}.f{function}")
+}
+
+/// Fills `shape.streams` streams with `shape.backlog` messages interleaved over
+/// `shape.functions` subjects, then drains them with one filtered durable consumer per function,
+/// each pulling its equal share of `shape.concurrency`: every message POSTed to `uri`, then acked.
+/// Calls per second. Leaves no stream behind.
+pub async fn pull_post_ack_per_function(
+    js: &jetstream::Context,
+    storage: stream::StorageType,
+    client: &HttpClient,
+    uri: &Uri,
+    body: &Bytes,
+    shape: PerFunction,
+) -> Result<f64, CeilingError> {
+    let failed = |e: &dyn std::fmt::Display| CeilingError::Nats {
+        url: "(per-function measurement)".into(),
+        message: e.to_string(),
+    };
+    let functions = shape.functions.max(1);
+    let streams = shape.streams.clamp(1, functions);
+    for s in 0..streams {
+        let _ = js.delete_stream(per_function_stream(s)).await;
+        js.create_stream(stream::Config {
+            name: per_function_stream(s),
+            subjects: vec![format!("loadgen.ceiling.fn.{s}.>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+    }
+    let mut window = Vec::with_capacity(1024);
+    for i in 0..shape.backlog {
+        let f = i as usize % functions;
+        let subject = per_function_subject(f % streams, f);
+        window.push(
+            js.publish(subject, body.clone())
+                .await
+                .map_err(|e| failed(&e))?,
+        );
+        if window.len() == 1024 || i + 1 == shape.backlog {
+            for ack in window.drain(..) {
+                ack.await.map_err(|e| failed(&e))?;
+            }
+        }
+    }
+    let share = (shape.concurrency / functions).max(1);
+    let slots = Arc::new(Semaphore::new(shape.concurrency.max(1)));
+    let done = Arc::new(AtomicU64::new(0));
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    let mut pullers = Vec::with_capacity(functions);
+    for f in 0..functions {
+        let consumer: jetstream::consumer::PullConsumer = js
+            .get_stream(per_function_stream(f % streams))
+            .await
+            .map_err(|e| failed(&e))?
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("f{f}")),
+                filter_subject: per_function_subject(f % streams, f),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: share as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let expected = shape.backlog / functions as u64
+            + u64::from((f as u64) < shape.backlog % functions as u64);
+        let (tracker, client, uri, done, slots) = (
+            tracker.clone(),
+            client.clone(),
+            uri.clone(),
+            done.clone(),
+            slots.clone(),
+        );
+        pullers.push(tokio::spawn(async move {
+            let Ok(mut messages) = consumer
+                .stream()
+                .max_messages_per_batch(share)
+                .messages()
+                .await
+            else {
+                return;
+            };
+            for _ in 0..expected {
+                let Ok(Some(Ok(msg))) =
+                    tokio::time::timeout(Duration::from_secs(30), messages.next()).await
+                else {
+                    return;
+                };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
+                tracker.spawn(async move {
+                    if post(&client, uri, msg.payload.clone()).await.is_some()
+                        && msg.ack().await.is_ok()
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(permit);
+                });
+            }
+        }));
+    }
+    for p in pullers {
+        let _ = p.await;
+    }
+    tracker.close();
+    tracker.wait().await;
+    let elapsed = start.elapsed();
+    for s in 0..streams {
+        let _ = js.delete_stream(per_function_stream(s)).await;
+    }
+    let done = done.load(Ordering::Relaxed);
+    if done == 0 {
+        return Err(CeilingError::NothingSucceeded {
+            what: "JetStream pull, POST, ack with a consumer per function",
+            first_error: "no message was processed".into(),
+        });
+    }
+    Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// POSTs `body` to `uri` through the pooled client; the answer's body, or `None` on any failure.
+async fn post(client: &HttpClient, uri: Uri, body: Bytes) -> Option<Bytes> {
+    let req = hyper::Request::post(uri)
+        .header("content-type", "application/octet-stream")
+        .body(Full::new(body))
+        .expect("static request parts are valid");
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    resp.into_body().collect().await.ok().map(|b| b.to_bytes())
+}
+
 /// Starts a temporary nats-server and waits until JetStream answers; it stops when the returned
 /// value is dropped.
 pub async fn start_nats() -> Result<NatsServer, CeilingError> {
@@ -410,6 +591,7 @@ pub fn render(c: &Ceiling) -> String {
          HTTP → JetStream (PubAck)   {:>10}/s\n  \
          JetStream pull → POST → ack {:>10}/s\n  \
          pull → POST → POST → ack    {:>10}/s\n  \
+         pull → POST → ack, {:>5} consumers {:>6}/s\n  \
          pooled HTTP POSTs           {:>10}/s\n",
         c.body_size,
         c.concurrency,
@@ -418,6 +600,8 @@ pub fn render(c: &Ceiling) -> String {
         crate::report::thousands(c.http_to_jetstream_per_s),
         crate::report::thousands(c.pull_post_ack_per_s),
         crate::report::thousands(c.pull_post_post_ack_per_s),
+        c.functions,
+        crate::report::thousands(c.per_function_pull_post_ack_per_s),
         crate::report::thousands(c.http_post_per_s),
     )
 }

@@ -61,6 +61,14 @@ pub struct CeilingArgs {
         env = "LOADGEN_CEILING_MEMORY_STREAMS"
     )]
     pub memory_streams: bool,
+    /// Functions of the per-function measurement (one filtered consumer each, the backlog spread
+    /// evenly). A run uses its own `--functions` instead; 1 skips that measurement.
+    #[arg(
+        long = "ceiling-functions",
+        env = "LOADGEN_CEILING_FUNCTIONS",
+        default_value_t = 1
+    )]
+    pub functions: usize,
     /// Print the result as JSON on stdout.
     #[arg(long, env = "LOADGEN_JSON")]
     pub json: bool,
@@ -168,9 +176,15 @@ pub struct RunArgs {
     /// Stop after this many calls were sent (whichever of this and `--duration` comes first).
     #[arg(long, env = "LOADGEN_COUNT")]
     pub count: Option<u64>,
-    /// Distinct functions called (`lg-0` … `lg-N-1`).
-    #[arg(long, env = "LOADGEN_FUNCTIONS", default_value_t = 8)]
-    pub functions: usize,
+    /// Distinct functions called (`lg-0` … `lg-N-1`). A comma list (`1,8,32,200,1000`) runs once
+    /// per count, each with its own ceiling, and ends with one table of them all.
+    #[arg(
+        long = "functions",
+        env = "LOADGEN_FUNCTIONS",
+        value_delimiter = ',',
+        default_value = "8"
+    )]
+    pub function_counts: Vec<usize>,
     /// Zipf exponent of the function choice: 0 is uniform, 1 makes `lg-0` about N/H(N) times
     /// hotter than average; higher is more skewed.
     #[arg(long, env = "LOADGEN_SKEW", default_value_t = 0.8)]
@@ -313,6 +327,22 @@ impl RunArgs {
     }
 
     /// The ceiling flags of this run.
+    /// The function count of this run: the first of `--functions` (a sweep runs each in turn).
+    pub fn functions(&self) -> usize {
+        self.function_counts.first().copied().unwrap_or(1)
+    }
+
+    /// One run's flags per count of a `--functions` list.
+    pub fn sweep(&self) -> Vec<RunArgs> {
+        self.function_counts
+            .iter()
+            .map(|&n| RunArgs {
+                function_counts: vec![n],
+                ..self.clone()
+            })
+            .collect()
+    }
+
     pub fn ceiling_args(&self) -> CeilingArgs {
         CeilingArgs {
             nats_url: None,
@@ -320,6 +350,7 @@ impl RunArgs {
             concurrency: self.ceiling.ceiling_concurrency,
             body_size: self.body_size,
             memory_streams: self.memory_streams,
+            functions: self.functions(),
             json: false,
         }
     }
@@ -394,8 +425,13 @@ impl RunArgs {
         if self.count == Some(0) {
             return Err("--count must be at least 1".into());
         }
-        if !(1..=10_000).contains(&self.functions) {
-            return Err("--functions must be between 1 and 10000".into());
+        if self.function_counts.is_empty()
+            || !self
+                .function_counts
+                .iter()
+                .all(|n| (1..=10_000).contains(n))
+        {
+            return Err("--functions must be between 1 and 10000 (or a comma list of such)".into());
         }
         if !(self.skew.is_finite() && (0.0..=10.0).contains(&self.skew)) {
             return Err("--skew must be between 0 and 10".into());

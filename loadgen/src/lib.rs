@@ -16,3 +16,4 @@ pub mod run;
 pub mod schedule;
 pub mod sink;
 pub mod stats;
+pub mod sweep;

@@ -149,6 +149,9 @@ pub struct Ratios {
     pub completion_vs_matching_ceiling: f64,
     /// Enqueue rate / pooled HTTP POSTs.
     pub enqueue_vs_http_post: f64,
+    /// Completion rate / pull → POST → ack with a consumer per function at the run's function
+    /// count: how much of what that layout allows on its own the fleet reaches.
+    pub completion_vs_per_function_pull_post_ack: f64,
 }
 
 impl Ratios {
@@ -162,6 +165,10 @@ impl Ratios {
             completion_vs_pull_post_post_ack: two,
             completion_vs_matching_ceiling: if callbacks { two } else { one },
             enqueue_vs_http_post: div(enqueue, c.http_post_per_s),
+            completion_vs_per_function_pull_post_ack: div(
+                completion,
+                c.per_function_pull_post_ack_per_s,
+            ),
         }
     }
 }
@@ -352,6 +359,16 @@ impl Report {
                 thousands(c.pull_post_post_ack_per_s),
                 thousands(c.http_post_per_s)
             );
+            if let (true, Some(r)) = (c.functions > 1, &self.ratios) {
+                let _ = writeln!(
+                    o,
+                    "- with a consumer per function ({} functions, one stream): pull→POST→ack \
+                     {}/s; the fleet reached {:.2} of it",
+                    c.functions,
+                    thousands(c.per_function_pull_post_ack_per_s),
+                    r.completion_vs_per_function_pull_post_ack
+                );
+            }
         }
     }
 
@@ -478,6 +495,8 @@ mod tests {
             pull_post_ack_per_s: 38000.0,
             pull_post_post_ack_per_s: 20000.0,
             http_post_per_s: 90000.0,
+            per_function_pull_post_ack_per_s: 30000.0,
+            functions: 1,
             duration_s: 2.0,
             concurrency: 64,
             body_size: 256,

@@ -142,7 +142,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         model: args.load_model(),
         duration: args.duration,
         count: args.count,
-        functions: args.functions,
+        functions: args.functions(),
         skew: args.skew,
         body: Bytes::from(vec![b'x'; args.body_size]),
         max_in_flight: args.max_in_flight,
@@ -279,12 +279,12 @@ async fn warm_up(
 ) -> Result<(), RunError> {
     note(
         args.quiet,
-        &format!("warming up ({} functions)…", args.functions),
+        &format!("warming up ({} functions)…", args.functions()),
     );
     let ids = driver::warm_up(
         gateway_url,
         callback_url,
-        args.functions,
+        args.functions(),
         &net::client(),
         args.timeout,
     )
@@ -428,7 +428,7 @@ fn build_report(
             concurrency,
             duration_s: args.duration.as_secs_f64(),
             count: args.count,
-            functions: args.functions,
+            functions: args.functions(),
             skew: args.skew,
             body_size: args.body_size,
             backlog: args.backlog,
