@@ -54,6 +54,12 @@ pub enum CeilingError {
         what: &'static str,
         first_error: String,
     },
+    #[error("{what}: {done} of {expected} messages were processed within 30 s of each other")]
+    Incomplete {
+        what: &'static str,
+        done: u64,
+        expected: u64,
+    },
 }
 
 fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
@@ -489,8 +495,8 @@ pub async fn pull_post_ack_per_function(
     let slots = Arc::new(Semaphore::new(shape.concurrency.max(1)));
     let done = Arc::new(AtomicU64::new(0));
     let tracker = TaskTracker::new();
-    let start = Instant::now();
-    let mut pullers = Vec::with_capacity(functions);
+    // Consumers first: creating hundreds of them is set-up, not what a drain costs.
+    let mut consumers = Vec::with_capacity(functions);
     for f in 0..functions {
         let consumer: jetstream::consumer::PullConsumer = js
             .get_stream(per_function_stream(f % streams))
@@ -505,6 +511,11 @@ pub async fn pull_post_ack_per_function(
             })
             .await
             .map_err(|e| failed(&e))?;
+        consumers.push(consumer);
+    }
+    let start = Instant::now();
+    let mut pullers = Vec::with_capacity(functions);
+    for (f, consumer) in consumers.into_iter().enumerate() {
         let expected = shape.backlog / functions as u64
             + u64::from((f as u64) < shape.backlog % functions as u64);
         let (tracker, client, uri, done, slots) = (
@@ -554,10 +565,11 @@ pub async fn pull_post_ack_per_function(
         let _ = js.delete_stream(per_function_stream(s)).await;
     }
     let done = done.load(Ordering::Relaxed);
-    if done == 0 {
-        return Err(CeilingError::NothingSucceeded {
+    if done < shape.backlog {
+        return Err(CeilingError::Incomplete {
             what: "JetStream pull, POST, ack with a consumer per function",
-            first_error: "no message was processed".into(),
+            done,
+            expected: shape.backlog,
         });
     }
     Ok(done as f64 / elapsed.as_secs_f64())

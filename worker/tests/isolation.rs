@@ -1,6 +1,7 @@
 //! Per-function isolation and limits, and replicas of one shard, against a real nats-server: a
-//! slow backlog does not slow a fast function, cluster-wide concurrency and rate limits hold across
-//! replicas, replicas share a backlog and come and go freely, idle consumers are released.
+//! slow backlog, or 199 functions' backlogs, do not slow a fast function; cluster-wide
+//! concurrency and rate limits hold across replicas; replicas share a backlog and come and go
+//! freely; idle consumers are released.
 // A failed unwrap in a helper is the test failure we want, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
@@ -111,6 +112,81 @@ async fn a_slow_backlog_does_not_slow_a_fast_function_in_the_same_shard() {
     );
     assert!(b50 <= a50 * 3, "median {b50:?} against {a50:?} alone");
     assert!(b90 <= a90 * 3, "p90 {b90:?} against {a90:?} alone");
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_function_keeps_its_latency_while_199_others_have_backlogs() {
+    let _alone = MACHINE.write().await;
+    const SAMPLES: usize = 200;
+    const OTHERS: usize = 198;
+    let nats = Nats::start(1).await;
+    let slow = function(Duration::from_secs(2)).await;
+    let fast = function(Duration::from_millis(1)).await;
+    // Every other function answers after a second: their backlogs keep the replica's cap busy
+    // without turning the test into a CPU benchmark.
+    let others = function(Duration::from_secs(1)).await;
+    let sink = RecordingServer::answering(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = policy_file(
+        &dir,
+        &format!(
+            "[functions.slow]\nurl = \"{}\"\nconcurrency = 2\n[functions.fast]\nurl = \"{}\"\n",
+            slow.url(),
+            fast.url()
+        ),
+    );
+    let template = format!("{}/{{name}}", others.url());
+    let worker = Worker::start_ready(
+        &nats.url(),
+        &[
+            "--policies",
+            &policies,
+            "--function-url-template",
+            &template,
+            // Calls in flight across all 200 functions: far fewer than their limits add up to.
+            "--max-in-flight",
+            "1000",
+            "--log",
+            "warn",
+        ],
+    )
+    .await;
+
+    fast_latencies(&nats, &sink, "warm", 20).await;
+    let mut alone = fast_latencies(&nats, &sink, "alone", SAMPLES).await;
+
+    let cb = format!("{}/cb", sink.url());
+    for i in 0..500 {
+        nats.publish(&envelope("slow", &format!("slow-{i}"), Some(&cb), "x"))
+            .await;
+    }
+    for i in 0..OTHERS * 30 {
+        let name = format!("other-{}", i % OTHERS);
+        nats.publish(&envelope(&name, &format!("other-{i}"), Some(&cb), "x"))
+            .await;
+    }
+    wait_until(T, "slow saturated and the others busy", || {
+        slow.in_flight() == 2 && others.in_flight() >= 500
+    })
+    .await;
+    let mut busy = fast_latencies(&nats, &sink, "busy", SAMPLES).await;
+    let others_in_flight = others.in_flight();
+    assert_eq!(slow.max_in_flight(), 2, "slow kept to its concurrency");
+    assert!(
+        others.max_in_flight() <= 1000,
+        "the replica's cap: {} in flight",
+        others.max_in_flight()
+    );
+
+    let (a50, b50) = (quantile(&mut alone, 0.5), quantile(&mut busy, 0.5));
+    eprintln!(
+        "fast latency over {SAMPLES} calls, publish to callback: alone p50 {a50:?}; with 199 \
+         backlogs ({others_in_flight} of the others' calls in flight, slow saturated) p50 \
+         {b50:?}; ratio {:.2}",
+        b50.as_secs_f64() / a50.as_secs_f64()
+    );
+    assert!(b50 <= a50 * 3, "median {b50:?} against {a50:?} alone");
     worker.stop(T).await.unwrap();
 }
 
