@@ -359,7 +359,8 @@ impl Report {
                 thousands(c.pull_post_post_ack_per_s),
                 thousands(c.http_post_per_s)
             );
-            if let (true, Some(r)) = (c.functions > 1, &self.ratios) {
+            // Like for like only without callbacks: the measurement makes one POST per call.
+            if let (true, false, Some(r)) = (c.functions > 1, self.load.callbacks, &self.ratios) {
                 let _ = writeln!(
                     o,
                     "- with a consumer per function ({} functions, one stream): pull→POST→ack \
