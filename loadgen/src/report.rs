@@ -360,7 +360,8 @@ impl Report {
                 thousands(c.http_post_per_s)
             );
             // Like for like only without callbacks: the measurement makes one POST per call.
-            if let (true, false, Some(r)) = (c.functions > 1, self.load.callbacks, &self.ratios) {
+            let measured = c.functions > 1 && c.per_function_pull_post_ack_per_s > 0.0;
+            if let (true, false, Some(r)) = (measured, self.load.callbacks, &self.ratios) {
                 let _ = writeln!(
                     o,
                     "- with a consumer per function ({} functions, one stream): pull→POST→ack \

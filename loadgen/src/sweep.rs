@@ -37,6 +37,12 @@ pub fn render(reports: &[Report]) -> String {
                         // One POST per call: like for like only without callbacks.
                         if r.load.callbacks {
                             "— (callbacks)".to_owned()
+                        } else if r
+                            .ceiling
+                            .as_ref()
+                            .is_none_or(|c| c.per_function_pull_post_ack_per_s <= 0.0)
+                        {
+                            "— (not measured)".to_owned()
                         } else {
                             format!("{:.2}", x.completion_vs_per_function_pull_post_ack)
                         },
