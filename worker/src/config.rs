@@ -1,5 +1,5 @@
 //! The worker's configuration: one typed struct of flags, each with an `env` twin, checked once by
-//! `validate()` before anything starts, so a bad setting is one clear line and exit 64.
+//! `check()` (which also reads the policy file, once) before anything starts, so a bad setting is one clear line and exit 64.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -151,8 +151,19 @@ impl Config {
         }
     }
 
-    /// Checks every setting that can be checked without NATS.
-    pub fn validate(&self) -> Result<(), WorkerError> {
+    /// Checks every setting that can be checked without NATS and reads the policy file, once:
+    /// what `run` needs, in a value that cannot hold an unchecked setting.
+    pub fn check(self) -> Result<ValidConfig, WorkerError> {
+        self.validate_flags()?;
+        let policies = self.policies()?;
+        Ok(ValidConfig {
+            config: self,
+            policies,
+        })
+    }
+
+    /// The flags' own rules, without reading any file.
+    fn validate_flags(&self) -> Result<(), WorkerError> {
         let bad = |m: String| Err(WorkerError::Config(m));
         if self.ack_wait < Duration::from_millis(300) {
             return bad(format!(
@@ -198,7 +209,7 @@ impl Config {
         {
             return bad(format!("--shard {k} does not exist with --shards {s}"));
         }
-        self.policies().map(|_| ())
+        Ok(())
     }
 
     /// The default policy from the flags.
@@ -220,11 +231,11 @@ impl Config {
     }
 
     /// The policy table: flag defaults, overridden by the policy file when one is given.
-    pub fn policies(&self) -> Result<Policies, WorkerError> {
+    fn policies(&self) -> Result<Policies, WorkerError> {
         self.common
             .functions
             .load(self.default_policy())
-            .map_err(|e| WorkerError::Config(e.to_string()))
+            .map_err(WorkerError::Policy)
     }
 
     /// The shards to serve, given the agreed shard count; an absent list means all of them.
@@ -245,6 +256,25 @@ impl Config {
     }
 }
 
+/// A worker configuration that passed [`Config::check`]: the flags and the policy table read
+/// from them, once.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    config: Config,
+    policies: Policies,
+}
+
+impl ValidConfig {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The configuration and its policy table, for `serve`.
+    pub(crate) fn into_parts(self) -> (Config, Policies) {
+        (self.config, self.policies)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,7 +289,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = parse(&[]);
-        c.validate().unwrap();
+        c.clone().check().unwrap();
         assert_eq!(c.ack_wait, Duration::from_secs(30));
         assert_eq!(c.grace, Duration::from_secs(30));
         assert_eq!(c.served_shards(4).unwrap(), vec![0, 1, 2, 3]);
@@ -276,25 +306,25 @@ mod tests {
         assert_eq!(c.served_shards(4).unwrap(), vec![0, 2]);
         assert!(c.served_shards(2).unwrap_err().is_config());
         let c = parse(&["--shards", "2", "--shard", "3"]);
-        assert!(c.validate().unwrap_err().is_config());
+        assert!(c.clone().check().unwrap_err().is_config());
     }
 
     #[test]
     fn refuses_bad_policies() {
         let c = parse(&["--concurrency", "4", "--replica-concurrency", "8"]);
-        let e = c.validate().unwrap_err();
+        let e = c.clone().check().unwrap_err();
         assert!(e.to_string().contains("replica_concurrency"), "{e}");
         let c = parse(&["--ack-wait", "10ms"]);
-        assert!(c.validate().is_err());
+        assert!(c.clone().check().is_err());
         let c = parse(&["--function-url-template", "ftp://{name}"]);
-        assert!(c.validate().is_err());
+        assert!(c.clone().check().is_err());
         assert!(Config::try_parse_from(["flotilla-worker", "--timeout", "soon"]).is_err());
         let c = parse(&["--retry-min-backoff", "2s", "--retry-max-backoff", "1s"]);
-        let e = c.validate().unwrap_err();
+        let e = c.clone().check().unwrap_err();
         assert!(e.to_string().contains("min_backoff"), "{e}");
-        assert!(parse(&["--retry-attempts", "0"]).validate().is_err());
-        assert!(parse(&["--retry-statuses", "503,999"]).validate().is_err());
-        assert!(parse(&["--retry-max-waiting", "0"]).validate().is_err());
-        assert!(parse(&["--max-deliveries", "1"]).validate().is_err());
+        assert!(parse(&["--retry-attempts", "0"]).check().is_err());
+        assert!(parse(&["--retry-statuses", "503,999"]).check().is_err());
+        assert!(parse(&["--retry-max-waiting", "0"]).check().is_err());
+        assert!(parse(&["--max-deliveries", "1"]).check().is_err());
     }
 }

@@ -2,16 +2,19 @@
 //! `WorkerError::is_config` maps to exit status 64, `PullError::is_retryable` to "restart the
 //! loop soon".
 
-use flotilla_queue::TopologyError;
+use flotilla_queue::{PolicyError, TopologyError};
 
 /// Why `run` stopped. The worker waits out everything that may pass by itself (NATS unreachable,
 /// a failed pull or retry loop, a full callback queue), so every error that ends `run` is one an
 /// operator must fix.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// Bad flags, a bad policy file, or served shards outside the agreed topology.
+    /// Bad flags, or served shards outside the agreed topology.
     #[error("{0}")]
     Config(String),
+    /// The policy file cannot be read or holds an invalid policy.
+    #[error("{0}")]
+    Policy(#[source] PolicyError),
     /// The NATS client could not be created: a malformed `--nats-url`, not an unreachable server
     /// (the client keeps trying to connect in the background).
     #[error("--nats-url {url}: {source}")]
@@ -30,7 +33,7 @@ impl WorkerError {
     /// True for configuration errors (exit status 64).
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Connect { .. } | Self::Topology(_) => true,
+            Self::Config(_) | Self::Policy(_) | Self::Connect { .. } | Self::Topology(_) => true,
         }
     }
 }

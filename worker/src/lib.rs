@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use budget::default_max_in_flight;
-pub use config::Config;
+pub use config::{Config, ValidConfig};
 pub use error::WorkerError;
 pub use outcome::{Attempt, CallError, Exhausted, Outcome};
 
@@ -112,8 +112,16 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    config.validate()?;
-    let policies = config.policies()?;
+    serve(config.check()?, admin_listener, shutdown).await
+}
+
+/// [`run`] for a configuration already checked (and its policy file read) by [`Config::check`].
+pub async fn serve(
+    config: ValidConfig,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let (config, policies) = config.into_parts();
     let prometheus = metrics_handle();
     let metrics = WorkerMetrics::new();
     let ready = Arc::new(Readiness::default());

@@ -11,10 +11,11 @@ async fn main() {
         Ok(c) => c,
         Err(code) => std::process::exit(code),
     };
-    if let Err(e) = config.validate() {
-        std::process::exit(config_failure(e));
-    }
-    if let Err(e) = config.common.log.init() {
+    let config = match config.check() {
+        Ok(c) => c,
+        Err(e) => std::process::exit(config_failure(e)),
+    };
+    if let Err(e) = config.config().common.log.init() {
         std::process::exit(config_failure(e));
     }
     // Every call in flight holds a socket: take all the descriptors the operator allows.
@@ -22,11 +23,12 @@ async fn main() {
         Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
     }
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listen = config.config().listen;
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
-        Err(e) => std::process::exit(config_failure(format!("--listen {}: {e}", config.listen))),
+        Err(e) => std::process::exit(config_failure(format!("--listen {listen}: {e}"))),
     };
-    match flotilla_worker::run(config, listener, shutdown_signal()).await {
+    match flotilla_worker::serve(config, listener, shutdown_signal()).await {
         Ok(()) => std::process::exit(0),
         Err(e) if e.is_config() => std::process::exit(config_failure(e)),
         Err(error) => {
