@@ -168,16 +168,10 @@ async fn drain(
         ..Default::default()
     })
     .await?;
-    let mut window = Vec::with_capacity(1024);
-    for i in 0..messages {
-        let f = i % functions;
-        window.push(js.publish(subject(0, f), body.clone()).await?);
-        if window.len() == 1024 || i + 1 == messages {
-            for ack in window.drain(..) {
-                ack.await?;
-            }
-        }
-    }
+    ceiling::fill(js, messages as u64, &body, |i| {
+        subject(0, i as usize % functions)
+    })
+    .await?;
 
     let done = Arc::new(AtomicU64::new(0));
     let slots = Arc::new(Semaphore::new(in_flight));

@@ -350,26 +350,12 @@ async fn pull_then_post(
         })
         .await
         .map_err(|e| nats_err(nats_url, e))?;
-    // Fill from a connection of its own, a window of acks at a time.
-    let filler = jetstream::new(
-        async_nats::connect(nats_url)
-            .await
-            .map_err(|e| nats_err(nats_url, e))?,
-    );
-    let mut window = Vec::with_capacity(1024);
-    for i in 0..backlog {
-        window.push(
-            filler
-                .publish(SUBJECT_OUT, body.clone())
-                .await
-                .map_err(|e| nats_err(nats_url, e))?,
-        );
-        if window.len() == 1024 || i + 1 == backlog {
-            for ack in window.drain(..) {
-                ack.await.map_err(|e| nats_err(nats_url, e))?;
-            }
-        }
-    }
+    // Fill from a connection of its own.
+    fill(&filler_nats(nats_url).await?, backlog, body, |_| {
+        SUBJECT_OUT.to_owned()
+    })
+    .await
+    .map_err(|e| nats_err(nats_url, e))?;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("ceiling".into()),
@@ -427,6 +413,26 @@ async fn pull_then_post(
         });
     }
     Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes `backlog` copies of `body`, message `i` to `subject_of(i)`, a window of 1,024
+/// PubAcks awaited at a time: the pre-filled backlog of every pull measurement.
+pub async fn fill(
+    js: &jetstream::Context,
+    backlog: u64,
+    body: &Bytes,
+    subject_of: impl Fn(u64) -> String,
+) -> Result<(), jetstream::context::PublishError> {
+    let mut window = Vec::with_capacity(1024);
+    for i in 0..backlog {
+        window.push(js.publish(subject_of(i), body.clone()).await?);
+        if window.len() == 1024 || i + 1 == backlog {
+            for ack in window.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn filler_nats(nats_url: &str) -> Result<jetstream::Context, CeilingError> {
@@ -488,21 +494,12 @@ pub async fn pull_post_ack_per_function(
         .await
         .map_err(|e| failed(&e))?;
     }
-    let mut window = Vec::with_capacity(1024);
-    for i in 0..shape.backlog {
+    fill(js, shape.backlog, body, |i| {
         let f = i as usize % functions;
-        let subject = per_function_subject(f % streams, f);
-        window.push(
-            js.publish(subject, body.clone())
-                .await
-                .map_err(|e| failed(&e))?,
-        );
-        if window.len() == 1024 || i + 1 == shape.backlog {
-            for ack in window.drain(..) {
-                ack.await.map_err(|e| failed(&e))?;
-            }
-        }
-    }
+        per_function_subject(f % streams, f)
+    })
+    .await
+    .map_err(|e| failed(&e))?;
     let share = (shape.concurrency / functions).max(1);
     let slots = Arc::new(Semaphore::new(shape.concurrency.max(1)));
     let done = Arc::new(AtomicU64::new(0));
