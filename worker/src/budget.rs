@@ -100,9 +100,9 @@ impl Budget {
     /// must let its calls in flight finish before it takes more. True when this starts a pause
     /// (pulling was not paused), so the trouble is logged once per pause, not once per call.
     pub fn pause(&self, for_: Duration) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let until = (self.epoch.elapsed() + for_).as_millis() as u64;
-        self.paused_until_ms.fetch_max(until, Ordering::Relaxed) <= now
+        let now = self.epoch.elapsed();
+        let until = (now + for_).as_millis() as u64;
+        self.paused_until_ms.fetch_max(until, Ordering::Relaxed) <= now.as_millis() as u64
     }
 
     /// When pulling may resume, if it is paused now.

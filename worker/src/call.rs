@@ -173,30 +173,37 @@ pub(crate) fn hand_back<'a>(
 /// it could not make waits before it is tried again.
 const EXHAUSTED_PAUSE: Duration = Duration::from_secs(1);
 
+/// What a settling step does with the message when NATS refused the step.
+enum OnFailure<'a> {
+    /// Negatively acked with `delay`, with a warning naming the step and the call.
+    Nak {
+        step: &'static str,
+        env: &'a Envelope,
+        delay: Duration,
+    },
+    /// Handed back at once, quietly (the worker is stopping).
+    HandBack,
+}
+
 /// Runs one step that settles a call (storing its retry, writing its dead letter, delivering its
 /// callback) while keeping the message alive. `None` when the step did not settle the call and the
-/// message went back to NATS: handed back when the grace period ended or the step failed with
-/// `retry_in` unset, or negatively acked with `retry_in` when NATS refused the step.
+/// message went back to NATS: handed back when the grace period ended, or as `on_failure` says
+/// when the step failed.
 async fn settle_step<T, E: std::fmt::Display>(
     shared: &Shared,
     msg: &jetstream::Message,
-    env: &Envelope,
-    what: &'static str,
-    retry_in: Option<Duration>,
+    on_failure: OnFailure<'_>,
     work: impl Future<Output = Result<T, E>>,
 ) -> Option<T> {
     match keep_alive(msg, shared.progress_every, &shared.hard, work).await {
         Some(Ok(v)) => Some(v),
         Some(Err(error)) => {
-            match retry_in {
-                Some(delay) => {
-                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, ?delay, "cannot {what}; handing the call back");
+            match on_failure {
+                OnFailure::Nak { step, env, delay } => {
+                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, ?delay, "cannot {step}; handing the call back");
                     let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 }
-                None => {
-                    tracing::debug!(call_id = %env.call_id, function = %env.function, %error, "cannot {what}; handing the call back");
-                    hand_back(shared, msg).await;
-                }
+                OnFailure::HandBack => hand_back(shared, msg).await,
             }
             None
         }
@@ -241,7 +248,6 @@ pub(crate) async fn handle(
         earlier: env.attempt,
         delivered,
     };
-    let stream = subjects::call_stream(func.shard);
     let outcome = if delivered > shared.max_deliveries {
         // A crash loop: every earlier delivery ended without a settlement (the worker died, hung
         // until killed, or lost the ack). The function is not called again; the retry policy
@@ -255,7 +261,7 @@ pub(crate) async fn handle(
             Some(Err(exhausted)) => {
                 drop(slot);
                 Box::pin(exhausted_hand_back(
-                    &shared, &func, &msg, &env, attempt, &stream, sequence, exhausted,
+                    &shared, &func, &msg, &env, attempt, sequence, exhausted,
                 ))
                 .await;
                 return;
@@ -285,6 +291,7 @@ pub(crate) async fn handle(
             // its largest state, and every call pays for it. When NATS takes no retry, the
             // message itself waits out the delay (holding its place in max_ack_pending) and
             // this attempt runs again.
+            let stream = subjects::call_stream(func.shard);
             let stored = Box::pin(retry::schedule(
                 &shared,
                 func.shard,
@@ -294,7 +301,12 @@ pub(crate) async fn handle(
                 &stream,
                 sequence,
             ));
-            let step = settle_step(&shared, &msg, &env, "store the retry", Some(delay), stored);
+            let on_failure = OnFailure::Nak {
+                step: "store the retry",
+                env: &env,
+                delay,
+            };
+            let step = settle_step(&shared, &msg, on_failure, stored);
             if Box::pin(step).await.is_some() {
                 func.metrics.retries_scheduled.increment(1);
                 tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
@@ -315,26 +327,24 @@ pub(crate) async fn handle(
                 &outcome,
                 policy.attempts,
             ));
-            let step = settle_step(
-                &shared,
-                &msg,
-                &env,
-                "write the dead letter",
-                Some(Duration::from_secs(5)),
-                written,
-            );
+            let on_failure = OnFailure::Nak {
+                step: "write the dead letter",
+                env: &env,
+                delay: Duration::from_secs(5),
+            };
+            let step = settle_step(&shared, &msg, on_failure, written);
             if Box::pin(step).await.is_none() {
                 return;
             }
         }
     }
 
-    if let Some(url) = env.callback_url.clone() {
+    if let Some(url) = env.callback_url {
         let retry_max = policy.attempts.saturating_sub(1);
         let job = CallbackJob {
             url,
-            call_id: env.call_id.clone(),
-            function: env.function.clone(),
+            call_id: env.call_id,
+            function: env.function,
             status: code,
             content_type: outcome.content_type().cloned(),
             body: outcome.body,
@@ -349,7 +359,7 @@ pub(crate) async fn handle(
         // or not. `None` from delivery means the worker is stopping: hand the call back.
         let delivery =
             Box::pin(async { shared.callbacks.deliver(job, slot).await.ok_or("stopping") });
-        let step = settle_step(&shared, &msg, &env, "deliver the callback", None, delivery);
+        let step = settle_step(&shared, &msg, OnFailure::HandBack, delivery);
         if Box::pin(step).await.is_none() {
             return;
         }
@@ -364,14 +374,12 @@ pub(crate) async fn handle(
 /// The worker ran out of a local resource before the function was reached: the call goes back,
 /// stored to run again after a pause with the same attempt number (so it uses no attempt and no
 /// delivery), the replica stops pulling for the pause, and an operator hears of it.
-#[allow(clippy::too_many_arguments)]
 async fn exhausted_hand_back(
     shared: &Shared,
     func: &FunctionRt,
     msg: &jetstream::Message,
     env: &Envelope,
     attempt: Attempt,
-    stream: &str,
     sequence: u64,
     exhausted: Exhausted,
 ) {
@@ -387,25 +395,22 @@ async fn exhausted_hand_back(
     } else {
         tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
     }
+    let stream = subjects::call_stream(func.shard);
     let stored = retry::schedule(
         shared,
         func.shard,
         env,
         attempt.earlier,
         EXHAUSTED_PAUSE,
-        stream,
+        &stream,
         sequence,
     );
-    if settle_step(
-        shared,
-        msg,
+    let on_failure = OnFailure::Nak {
+        step: "store the call for later",
         env,
-        "store the call for later",
-        Some(EXHAUSTED_PAUSE),
-        stored,
-    )
-    .await
-    .is_some()
+        delay: EXHAUSTED_PAUSE,
+    };
+    if settle_step(shared, msg, on_failure, stored).await.is_some()
         && let Err(error) = msg.ack().await
     {
         tracing::debug!(%error, "ack after handing back failed");

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
-
 use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
 use futures_util::StreamExt;

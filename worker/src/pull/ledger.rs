@@ -126,9 +126,7 @@ impl Ledger {
     /// Whether the function has work: a busy function takes an equal share of the replica's cap,
     /// an idle one a single permit for its waiting request.
     pub fn set_busy(&mut self, busy: bool) {
-        let mut flag = self.busy;
-        self.budget.set_busy(&mut flag, busy);
-        self.busy = flag;
+        self.budget.set_busy(&mut self.busy, busy);
     }
 
     /// Sets aside every free function slot, and as many free replica permits as go with them
