@@ -1,10 +1,13 @@
 //! Stream, subject and consumer names. Every name either side of NATS uses comes from here.
 //!
 //! Layout: shard `k` is the stream `FLOTILLA_CALLS_k` holding subjects `flotilla.call.k.<function>`
-//! (a namespaced function adds one token: `flotilla.call.k.fn.ns`). Dead letters go to the one
-//! stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`. Retries waiting for their due time are
-//! kept in the same shard stream under `flotilla.retry.k.<function>`, a prefix no function
-//! consumer's filter matches, and are read by the shard's one retry consumer.
+//! (a namespaced function adds one token: `flotilla.call.k.fn.ns`), read by the shard's one
+//! dispatch consumer. Retries waiting for their due time are kept in the same shard stream under
+//! `flotilla.retry.k.<function>`, a prefix the dispatch consumer's filter does not match, and are
+//! read by the shard's one retry consumer. Calls of a function that is at its limit wait in the
+//! shard's second stream `FLOTILLA_WAIT_k` under `flotilla.wait.k.<function>`, read by one
+//! consumer per function. Dead letters go to the one stream `FLOTILLA_DEAD` under
+//! `flotilla.dead.<function>`.
 //!
 //! On core NATS, outside any stream: completion reports on `flotilla.report.<function>` and the
 //! replicas' presence heartbeat on `flotilla.presence.<k>`. The one JetStream API subject the
@@ -15,6 +18,9 @@ use crate::shard::fingerprint;
 
 pub const CALL_SUBJECT_PREFIX: &str = "flotilla.call";
 pub const RETRY_SUBJECT_PREFIX: &str = "flotilla.retry";
+pub const WAIT_SUBJECT_PREFIX: &str = "flotilla.wait";
+/// Durable consumer of a shard's calls, shared by every replica of the shard.
+pub const DISPATCH_CONSUMER: &str = "flotilla-dispatch";
 /// Durable consumer of a shard's waiting retries, shared by every replica of the shard.
 pub const RETRY_CONSUMER: &str = "flotilla-retries";
 pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
@@ -26,6 +32,34 @@ pub const TOPOLOGY_BUCKET: &str = "flotilla_topology";
 
 pub fn call_stream(shard: u32) -> String {
     format!("FLOTILLA_CALLS_{shard}")
+}
+
+/// A shard's stream of calls waiting for their function to have room.
+pub fn wait_stream(shard: u32) -> String {
+    format!("FLOTILLA_WAIT_{shard}")
+}
+
+/// The wildcard subject of a shard's waiting calls (what its wait stream captures).
+pub fn wait_wildcard(shard: u32) -> String {
+    format!("{WAIT_SUBJECT_PREFIX}.{shard}.>")
+}
+
+/// Where a call waits while its function is at its limit.
+pub fn wait_subject(shard: u32, function: &FunctionName) -> String {
+    format!("{WAIT_SUBJECT_PREFIX}.{shard}.{function}")
+}
+
+/// The function a wait subject belongs to, or `None` when the subject is not a wait subject of
+/// `shard` (or names an invalid function).
+pub fn function_of_wait_subject(shard: u32, subject: &str) -> Option<FunctionName> {
+    of_subject(WAIT_SUBJECT_PREFIX, shard, subject)
+}
+
+/// The function any of a shard's call, wait or retry subjects names.
+pub fn function_of_any_subject(shard: u32, subject: &str) -> Option<FunctionName> {
+    function_of_subject(shard, subject)
+        .or_else(|| function_of_wait_subject(shard, subject))
+        .or_else(|| function_of_retry_subject(shard, subject))
 }
 
 /// The wildcard subject a shard's stream captures.
@@ -115,7 +149,7 @@ pub fn presence_subject(shard: u32) -> String {
     format!("{PRESENCE_SUBJECT_PREFIX}.{shard}")
 }
 
-/// Durable consumer name of a function. Consumer names may not contain '.', so the namespace dot
+/// Durable consumer name of a function (of its waiting calls). Consumer names may not contain '.', so the namespace dot
 /// becomes '_' and a fingerprint of the full name keeps `a.b` and `a_b` apart.
 pub fn consumer_name(function: &FunctionName) -> String {
     format!(
@@ -148,6 +182,13 @@ mod tests {
             function_of_retry_subject(3, &call_subject(3, &f("x"))),
             None
         );
+        let w = wait_subject(3, &f("fn.ns"));
+        assert_eq!(w, "flotilla.wait.3.fn.ns");
+        assert_eq!(function_of_wait_subject(3, &w), Some(f("fn.ns")));
+        assert_eq!(function_of_subject(3, &w), None);
+        for s in [&w, &r, &call_subject(3, &f("fn.ns"))] {
+            assert_eq!(function_of_any_subject(3, s), Some(f("fn.ns")));
+        }
     }
 
     #[test]

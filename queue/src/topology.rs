@@ -130,7 +130,7 @@ impl Topology {
         Ok(Self { shards: stored })
     }
 
-    /// Creates the shard streams and the dead-letter stream when absent. Existing streams are
+    /// Creates the shard streams (calls and waiting calls) and the dead-letter stream when absent. Existing streams are
     /// left as they are (an operator may have tuned them), except that a shard stream created
     /// before retries were kept in it gains the retry subject.
     pub async fn ensure_streams(
@@ -150,6 +150,9 @@ impl Topology {
                 js.update_stream(config).await.map_err(js_err)?;
                 tracing::info!(shard, "shard stream now holds waiting retries");
             }
+            js.get_or_create_stream(wait_stream_config(shard, settings))
+                .await
+                .map_err(js_err)?;
         }
         js.get_or_create_stream(dead_stream_config(settings))
             .await
@@ -160,8 +163,10 @@ impl Topology {
     /// True when every stream of the topology exists (the gateway's readiness).
     pub async fn streams_present(&self, js: &jetstream::Context) -> bool {
         for shard in 0..self.shards {
-            if js.get_stream(subjects::call_stream(shard)).await.is_err() {
-                return false;
+            for name in [subjects::call_stream(shard), subjects::wait_stream(shard)] {
+                if js.get_stream(name).await.is_err() {
+                    return false;
+                }
             }
         }
         js.get_stream(DEAD_STREAM).await.is_ok()
@@ -170,7 +175,8 @@ impl Topology {
 
 /// A shard's stream: a work queue (a message is gone once acknowledged), one subject per function
 /// for calls and one per function for retries waiting for their due time. The two prefixes never
-/// overlap, as a work queue requires of its consumers' filters.
+/// overlap, as a work queue requires of its consumers' filters: the dispatch consumer reads every
+/// call subject, the retry consumer every retry subject.
 pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Config {
     stream::Config {
         name: subjects::call_stream(shard),
@@ -179,6 +185,25 @@ pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Conf
             subjects::shard_wildcard(shard),
             subjects::retry_wildcard(shard),
         ],
+        retention: RetentionPolicy::WorkQueue,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// A shard's calls waiting for their function to have room (at its concurrency, its rate, or its
+/// share of a replica): a work queue with one subject per function, read by one consumer per
+/// function whose `max_ack_pending` is the function's concurrency. Only functions at a limit
+/// have calls here, so a consumer skips few other functions' messages.
+pub fn wait_stream_config(shard: u32, settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::wait_stream(shard),
+        description: Some(format!(
+            "Flotilla calls waiting for their function to have room, shard {shard}"
+        )),
+        subjects: vec![subjects::wait_wildcard(shard)],
         retention: RetentionPolicy::WorkQueue,
         storage: settings.storage,
         num_replicas: settings.replicas,

@@ -1,9 +1,9 @@
 //! The replica's cap on calls in flight across all its functions (`--max-in-flight`). Every call
 //! holds a socket to its function (hyper's pool opens one per concurrent request), so without a
 //! cap a replica serving many functions takes the sum of their limits at once and runs out of
-//! file descriptors. The cap is shared fairly: a function that has work may hold at most its
-//! share (the cap divided among the functions that have work), and functions waiting for a
-//! permit are served first come, first served.
+//! file descriptors. The cap is shared fairly: a function that has calls in flight may hold at
+//! most its share (the cap divided among the functions that have calls in flight), and functions
+//! waiting for a permit are served first come, first served.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,28 +27,76 @@ pub fn default_max_in_flight(open_files: u64) -> usize {
 }
 
 /// A started call's place: one of its function's slots in this replica and one of the replica's
-/// permits. Both are released when it is dropped.
+/// permits, and its count among the function's calls in flight. All are released when it is
+/// dropped.
 #[derive(Debug)]
 pub(crate) struct Slot {
     _function: OwnedSemaphorePermit,
     _replica: OwnedSemaphorePermit,
+    running: Arc<Running>,
 }
 
 impl Slot {
-    pub fn new(function: OwnedSemaphorePermit, replica: OwnedSemaphorePermit) -> Self {
+    pub fn new(
+        function: OwnedSemaphorePermit,
+        replica: OwnedSemaphorePermit,
+        running: &Arc<Running>,
+    ) -> Self {
+        if running.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            running.budget.busy.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             _function: function,
             _replica: replica,
+            running: running.clone(),
         }
     }
 }
 
-/// The replica-wide budget of calls in flight.
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.running.calls.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.running.budget.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One function's calls in flight in this replica. A function counts among those sharing the
+/// replica's cap while it has any.
+#[derive(Debug)]
+pub(crate) struct Running {
+    calls: AtomicUsize,
+    budget: Arc<Budget>,
+}
+
+impl Running {
+    pub fn new(budget: Arc<Budget>) -> Self {
+        Self {
+            calls: AtomicUsize::new(0),
+            budget,
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+}
+
+/// The replica-wide budget of calls in flight: `cap` permits, of which an eighth (at most 256) is
+/// kept for functions with no call in flight, so a quiet function starts at once however busy the
+/// others keep the replica.
 #[derive(Debug)]
 pub(crate) struct Budget {
     permits: Arc<Semaphore>,
+    express: Arc<Semaphore>,
+    /// Permits any function may take: the cap less those kept for quiet functions.
+    shared: usize,
     cap: usize,
-    /// Functions that have work now; the cap is split among them.
+    /// Functions with calls in flight now; the cap is split among them.
     busy: AtomicUsize,
     /// Until when the replica pulls nothing after running out of a local resource, in
     /// milliseconds since `epoch`.
@@ -59,8 +107,16 @@ pub(crate) struct Budget {
 impl Budget {
     pub fn new(cap: usize) -> Self {
         let cap = cap.max(1);
+        Self::with_express(cap, (cap / 8).min(256))
+    }
+
+    /// A budget of `cap` permits of which `express` are kept for quiet functions.
+    pub fn with_express(cap: usize, express: usize) -> Self {
+        let express = express.min(cap.saturating_sub(1));
         Self {
-            permits: Arc::new(Semaphore::new(cap)),
+            permits: Arc::new(Semaphore::new(cap - express)),
+            express: Arc::new(Semaphore::new(express)),
+            shared: cap - express,
             cap,
             busy: AtomicUsize::new(0),
             paused_until_ms: AtomicU64::new(0),
@@ -68,32 +124,24 @@ impl Budget {
         }
     }
 
+    /// The permits any function may take.
     pub fn permits(&self) -> &Arc<Semaphore> {
         &self.permits
+    }
+
+    /// A permit for a function with no call in flight, when every other permit is taken.
+    pub fn express(&self) -> Option<OwnedSemaphorePermit> {
+        self.express.clone().try_acquire_owned().ok()
     }
 
     pub fn cap(&self) -> usize {
         self.cap
     }
 
-    /// How many calls in flight one function that has work may hold: an equal part of the cap,
-    /// at least one.
+    /// How many calls in flight one function that has calls in flight may hold: an equal part of
+    /// the permits any function may take, at least one.
     pub fn share(&self) -> usize {
-        (self.cap / self.busy.load(Ordering::Relaxed).max(1)).max(1)
-    }
-
-    /// Marks a function as having work (or not); `flag` is the function's own record of it, so
-    /// the count never drifts.
-    pub fn set_busy(&self, flag: &mut bool, busy: bool) {
-        if *flag == busy {
-            return;
-        }
-        *flag = busy;
-        if busy {
-            self.busy.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.busy.fetch_sub(1, Ordering::Relaxed);
-        }
+        (self.shared / self.busy.load(Ordering::Relaxed).max(1)).max(1)
     }
 
     /// Stops pulling for `for_`: the replica ran out of file descriptors, memory or ports, and
@@ -114,7 +162,7 @@ impl Budget {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -125,26 +173,36 @@ mod tests {
         assert_eq!(default_max_in_flight(1 << 20), 10_000);
     }
 
+    /// A started call of `running`'s function.
+    pub(crate) fn call(running: &Arc<Running>) -> Slot {
+        let permit = || Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Slot::new(permit(), permit(), running)
+    }
+
     #[test]
-    fn the_cap_is_split_among_functions_with_work() {
-        let b = Budget::new(100);
+    fn the_cap_is_split_among_functions_with_calls_in_flight() {
+        assert_eq!(
+            Budget::new(100).permits().available_permits(),
+            88,
+            "12 kept for quiet functions"
+        );
+        let b = Arc::new(Budget::with_express(100, 0));
         assert_eq!(b.share(), 100);
-        let mut flags = [false; 3];
-        for f in &mut flags {
-            b.set_busy(f, true);
-        }
+        let fs: Vec<Arc<Running>> = (0..3).map(|_| Arc::new(Running::new(b.clone()))).collect();
+        let mut calls: Vec<Slot> = fs.iter().map(call).collect();
         assert_eq!(b.share(), 33);
-        // Marking twice counts once.
-        b.set_busy(&mut flags[0], true);
-        assert_eq!(b.share(), 33);
-        b.set_busy(&mut flags[0], false);
-        b.set_busy(&mut flags[0], false);
+        // A second call of the same function counts once.
+        calls.push(call(&fs[0]));
+        assert_eq!((b.share(), fs[0].calls()), (33, 2));
+        calls.remove(0);
+        assert_eq!(b.share(), 33, "function 0 still has a call in flight");
+        calls.pop();
         assert_eq!(b.share(), 50);
-        let many = Budget::new(10);
-        let mut f = vec![false; 50];
-        for x in &mut f {
-            many.set_busy(x, true);
-        }
+        let many = Arc::new(Budget::with_express(10, 0));
+        let fs: Vec<Arc<Running>> = (0..50)
+            .map(|_| Arc::new(Running::new(many.clone())))
+            .collect();
+        let _calls: Vec<Slot> = fs.iter().map(call).collect();
         assert_eq!(many.share(), 1);
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::policy::join_url;
-use flotilla_queue::{Envelope, headers, subjects};
+use flotilla_queue::{Envelope, headers};
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -21,8 +21,8 @@ use crate::Shared;
 use crate::budget::Slot;
 use crate::callback::CallbackJob;
 use crate::dead;
+use crate::functions::FunctionRt;
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
-use crate::pull::FunctionRt;
 use crate::retry::{self, Next};
 
 /// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
@@ -224,22 +224,20 @@ pub(crate) async fn handle(
     msg: jetstream::Message,
     slot: Slot,
 ) {
-    let (delivered, sequence) = match msg.info() {
-        Ok(info) => {
-            func.metrics.pending.set(info.pending as f64);
-            (
-                u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                info.stream_sequence,
-            )
-        }
-        Err(_) => (1, 0),
+    // The stream the message came from (the calls', or the waiting calls'), and its place there.
+    let (delivered, origin) = match msg.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            (info.stream, info.stream_sequence),
+        ),
+        Err(_) => (1, ("", 0)),
     };
-    // The consumer filters on the function's subject, which is where the envelope's function is.
+    // The message's subject names the function, which is where the envelope's function is.
     let decoded = Envelope::from_nats(func.name.clone(), msg.headers.as_ref(), msg.payload.clone());
     let env = match decoded {
         Ok(env) => env,
         Err(e) => {
-            dead::poison(&shared, &msg, func.shard, sequence, &e.to_string()).await;
+            dead::poison(&shared, &msg, func.shard, &e.to_string()).await;
             return;
         }
     };
@@ -261,7 +259,7 @@ pub(crate) async fn handle(
             Some(Err(exhausted)) => {
                 drop(slot);
                 Box::pin(exhausted_hand_back(
-                    &shared, &func, &msg, &env, attempt, sequence, exhausted,
+                    &shared, &func, &msg, &env, attempt, origin, exhausted,
                 ))
                 .await;
                 return;
@@ -291,15 +289,13 @@ pub(crate) async fn handle(
             // its largest state, and every call pays for it. When NATS takes no retry, the
             // message itself waits out the delay (holding its place in max_ack_pending) and
             // this attempt runs again.
-            let stream = subjects::call_stream(func.shard);
             let stored = Box::pin(retry::schedule(
                 &shared,
                 func.shard,
                 &env,
                 attempt.number(),
                 delay,
-                &stream,
-                sequence,
+                origin,
             ));
             let on_failure = OnFailure::Nak {
                 step: "store the retry",
@@ -323,7 +319,7 @@ pub(crate) async fn handle(
                 &shared,
                 &msg,
                 func.shard,
-                sequence,
+                origin,
                 &outcome,
                 policy.attempts,
             ));
@@ -380,7 +376,7 @@ async fn exhausted_hand_back(
     msg: &jetstream::Message,
     env: &Envelope,
     attempt: Attempt,
-    sequence: u64,
+    origin: (&str, u64),
     exhausted: Exhausted,
 ) {
     shared.metrics.exhausted(exhausted).increment(1);
@@ -395,15 +391,13 @@ async fn exhausted_hand_back(
     } else {
         tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
     }
-    let stream = subjects::call_stream(func.shard);
     let stored = retry::schedule(
         shared,
         func.shard,
         env,
         attempt.earlier,
         EXHAUSTED_PAUSE,
-        &stream,
-        sequence,
+        origin,
     );
     let on_failure = OnFailure::Nak {
         step: "store the call for later",

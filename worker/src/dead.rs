@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishError;
-use async_nats::jetstream::stream::Stream as JsStream;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
@@ -25,6 +24,8 @@ pub(crate) struct Letter<'a> {
     pub headers: Option<&'a HeaderMap>,
     pub payload: Bytes,
     pub shard: u32,
+    /// The stream the message was read from, and its sequence there.
+    pub stream: &'a str,
     pub sequence: u64,
     pub kind: &'static str,
     pub reason: &'a str,
@@ -43,29 +44,14 @@ pub(crate) enum DeadLetterError {
 
 /// Writes the dead letter and waits for JetStream's PubAck.
 pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLetterError> {
-    let function = subjects::function_of_subject(l.shard, l.subject)
-        .or_else(|| subjects::function_of_retry_subject(l.shard, l.subject))
+    let function = subjects::function_of_any_subject(l.shard, l.subject)
         .map(|f| f.to_string())
         .unwrap_or_default();
-    let stream = subjects::call_stream(l.shard);
-    let mut headers = HeaderMap::new();
-    if let Some(original) = l.headers {
-        for (name, values) in original.iter() {
-            let name: &str = name.as_ref();
-            // Nats-* headers would steer JetStream (de-duplication, expectations).
-            if name.len() >= NATS_PREFIX.len()
-                && name[..NATS_PREFIX.len()].eq_ignore_ascii_case(NATS_PREFIX)
-            {
-                continue;
-            }
-            for v in values {
-                headers.append(name, v.as_str());
-            }
-        }
-    }
+    let stream = l.stream;
+    let mut headers = copied_headers(l.headers);
     headers.insert(dl::H_KIND, l.kind);
     headers.insert(dl::H_REASON, header_text(l.reason).as_str());
-    headers.insert(dl::H_STREAM, stream.as_str());
+    headers.insert(dl::H_STREAM, stream);
     headers.insert(dl::H_SEQUENCE, l.sequence.to_string().as_str());
     headers.insert(dl::H_SUBJECT, l.subject);
     headers.insert(dl::H_TIME, time::unix_nanos().to_string().as_str());
@@ -75,7 +61,7 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLett
     if let Some(s) = l.last_status {
         headers.insert(dl::H_LAST_STATUS, s.to_string().as_str());
     }
-    headers.insert(NATS_MESSAGE_ID, dl::dedup_id(&stream, l.sequence).as_str());
+    headers.insert(NATS_MESSAGE_ID, dl::dedup_id(stream, l.sequence).as_str());
     let dead_subject = subjects::dead_subject(&function);
     shared
         .js
@@ -98,6 +84,24 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLett
     Ok(())
 }
 
+/// A message's headers for a copy published elsewhere, without the `Nats-*` headers that would
+/// steer JetStream (de-duplication, expectations).
+pub(crate) fn copied_headers(original: Option<&HeaderMap>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, values) in original.into_iter().flat_map(HeaderMap::iter) {
+        let name: &str = name.as_ref();
+        if name.len() >= NATS_PREFIX.len()
+            && name[..NATS_PREFIX.len()].eq_ignore_ascii_case(NATS_PREFIX)
+        {
+            continue;
+        }
+        for v in values {
+            headers.append(name, v.as_str());
+        }
+    }
+    headers
+}
+
 /// Longest reason kept: a reason quotes the function's answer, which may be large.
 const MAX_REASON: usize = 512;
 
@@ -116,18 +120,16 @@ fn header_text(text: &str) -> String {
 
 /// Dead-letters a pulled message as poison, then terminates it. When NATS does not take the
 /// dead letter, the message is handed back with a delay and tried again.
-pub(crate) async fn poison(
-    shared: &Shared,
-    msg: &jetstream::Message,
-    shard: u32,
-    sequence: u64,
-    reason: &str,
-) {
+pub(crate) async fn poison(shared: &Shared, msg: &jetstream::Message, shard: u32, reason: &str) {
+    let (stream, sequence) = msg
+        .info()
+        .map_or(("", 0), |i| (i.stream, i.stream_sequence));
     let letter = Letter {
         subject: msg.subject.as_str(),
         headers: msg.headers.as_ref(),
         payload: msg.payload.clone(),
         shard,
+        stream,
         sequence,
         kind: dl::KIND_POISON,
         reason,
@@ -155,7 +157,7 @@ pub(crate) async fn exhausted(
     shared: &Shared,
     msg: &jetstream::Message,
     shard: u32,
-    sequence: u64,
+    (stream, sequence): (&str, u64),
     outcome: &Outcome,
     allowed: u32,
 ) -> Result<(), DeadLetterError> {
@@ -166,6 +168,7 @@ pub(crate) async fn exhausted(
         headers: msg.headers.as_ref(),
         payload: msg.payload.clone(),
         shard,
+        stream,
         sequence,
         kind: if redelivered {
             dl::KIND_REDELIVERED
@@ -199,36 +202,6 @@ fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
                 ));
             }
             r
-        }
-    }
-}
-
-/// Dead-letters the messages of a subject that names no valid function (no consumer would ever
-/// take them): each is read directly from the stream, written to the dead letters, then deleted.
-pub(crate) async fn poison_subject(shared: &Shared, stream: &JsStream, shard: u32, subject: &str) {
-    // Bounded per pass so one flooded subject cannot stall discovery.
-    for _ in 0..100 {
-        let Ok(m) = stream.get_next_raw_message_by_subject(subject).await else {
-            return;
-        };
-        let letter = Letter {
-            subject,
-            headers: Some(&m.headers),
-            payload: m.payload.clone(),
-            shard,
-            sequence: m.sequence,
-            kind: dl::KIND_POISON,
-            reason: "subject names no valid function",
-            attempts: None,
-            last_status: None,
-        };
-        if let Err(error) = write(shared, letter).await {
-            tracing::warn!(%subject, %error, "cannot write dead letter; will try again");
-            return;
-        }
-        if let Err(error) = stream.delete_message(m.sequence).await {
-            tracing::warn!(%subject, %error, "cannot delete a dead-lettered message; will try again");
-            return;
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Function discovery, one supervisor per served shard: which functions need a pull loop, found
-//! without a restart from the policy file, the stream's existing consumers, and the subjects that
-//! hold messages (polled every `--discovery-interval`). It restarts failed loops and lets idle
-//! ones go.
+//! One supervisor per served shard: it prepares and runs the shard's dispatch loop, and runs a
+//! wait loop for each function whose calls wait in the shard's wait stream, found when the
+//! dispatch loop moves a call there and, for calls left by other replicas, from the subjects of
+//! the wait stream that hold messages (polled every `--discovery-interval`). It restarts failed
+//! loops, and keeps each function's concurrency split among the shard's replicas.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,18 +10,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamError;
-use async_nats::jetstream::stream::{ConsumersError, InfoError, Stream as JsStream};
+use async_nats::jetstream::stream::{InfoError, Stream as JsStream};
 use flotilla_queue::{FunctionName, subjects};
-use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::watch;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::Shared;
+use crate::dispatch;
 use crate::error::PullError;
-use crate::pull::{self, Ended, FunctionRt};
-use crate::{Shared, dead};
+use crate::functions::{FunctionRt, Functions, Membership};
+use crate::pull::{self, Ended};
 
-/// Wait before restarting a pull loop that failed with a retryable error.
+/// Wait before restarting a loop that failed with a retryable error.
 const RESTART_AFTER: Duration = Duration::from_secs(1);
 /// Wait before retrying a consumer that NATS refused (an operator must act first).
 const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -32,131 +35,155 @@ const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
 /// Why one discovery pass failed; the next pass asks the stream again.
 #[derive(Debug, thiserror::Error)]
 enum DiscoveryError {
-    #[error("reading the shard's stream: {0}")]
+    #[error("reading the shard's wait stream: {0}")]
     Stream(#[source] GetStreamError),
-    #[error("listing the shard's consumers: {0}")]
-    Consumers(#[source] ConsumersError),
     #[error("listing the subjects that hold messages: {0}")]
     Subjects(#[source] InfoError),
 }
 
-/// Discovers and supervises the pull loops of one shard until the worker stops.
+type Loop = JoinHandle<Result<Ended, PullError>>;
+
+/// Runs one shard's dispatch and wait loops until the worker stops.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
-    let map = shared.shard_map;
-    let pinned: Vec<FunctionName> = shared
-        .policies
-        .configured()
-        .map(|(f, _)| f.clone())
-        .filter(|f| map.shard_of(f.as_str()) == shard)
-        .collect();
-    let stream_name = subjects::call_stream(shard);
-    let wildcard = subjects::shard_wildcard(shard);
-    let mut stream: Option<JsStream> = None;
-    let mut running: HashMap<FunctionName, JoinHandle<Result<Ended, PullError>>> = HashMap::new();
+    let (membership_tx, mut membership) = watch::channel(Membership::ALONE);
+    let presence_task = shared
+        .tracker
+        .spawn(presence(shared.clone(), shard, membership_tx));
+    let functions = Arc::new(Functions::new(
+        shard,
+        shared.budget.clone(),
+        membership.clone(),
+    ));
+    let (waiting_tx, mut waiting_rx) = mpsc::unbounded_channel::<Arc<FunctionRt>>();
+
+    let mut dispatch: Option<JoinHandle<Result<(), PullError>>> = None;
+    let mut dispatch_not_before = Instant::now();
+    let mut ready = false;
+    let mut wait_stream: Option<JsStream> = None;
+    let mut running: HashMap<FunctionName, Loop> = HashMap::new();
     let mut not_before: HashMap<FunctionName, Instant> = HashMap::new();
-    let mut consumers_listed = false;
-    let mut first_pass = true;
     let mut healthy = true;
     let mut tick = tokio::time::interval(shared.discovery_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let (replicas_tx, replicas) = watch::channel(1u32);
-    let presence_task = shared
-        .tracker
-        .spawn(presence(shared.clone(), shard, replicas_tx));
 
     loop {
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => break,
+            Some(f) = waiting_rx.recv() => {
+                start_wait_loop(&shared, &mut running, &not_before, f);
+                continue;
+            }
+            changed = membership.changed() => {
+                if changed.is_ok() {
+                    let m = *membership.borrow_and_update();
+                    functions.rebalance(m);
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         reap(&shared, &mut running, &mut not_before, shard).await;
 
-        let mut wanted: Vec<FunctionName> = pinned.clone();
+        // The dispatch loop: prepared once, restarted when it fails.
+        if dispatch.as_ref().is_none_or(JoinHandle::is_finished)
+            && Instant::now() >= dispatch_not_before
+        {
+            if let Some(handle) = dispatch.take() {
+                match handle.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(shard, %error, "dispatch loop failed; restarting")
+                    }
+                    Err(error) => {
+                        tracing::error!(shard, %error, "dispatch loop panicked; restarting")
+                    }
+                }
+            }
+            match dispatch::prepare(&shared, shard).await {
+                Ok((consumer, _)) => {
+                    dispatch = Some(shared.tracker.spawn(dispatch::run(
+                        shared.clone(),
+                        shard,
+                        consumer,
+                        functions.clone(),
+                        waiting_tx.clone(),
+                    )));
+                    if !ready {
+                        ready = true;
+                        shared.ready.shards_ready.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                Err(error) => {
+                    let retryable = error.is_retryable();
+                    if retryable {
+                        tracing::warn!(shard, %error, "cannot dispatch the shard's calls yet; retrying");
+                    } else {
+                        tracing::error!(shard, %error, "NATS refused the shard's dispatch consumer");
+                    }
+                    dispatch_not_before = Instant::now()
+                        + if retryable {
+                            RESTART_AFTER
+                        } else {
+                            REFUSED_RETRY_AFTER
+                        };
+                }
+            }
+        }
+
+        // Calls waiting in the wait stream, whoever moved them there.
         let found = async {
-            let s = match stream.take() {
+            let s = match wait_stream.take() {
                 Some(s) => s,
                 None => shared
                     .js
-                    .get_stream(stream_name.as_str())
+                    .get_stream(subjects::wait_stream(shard))
                     .await
                     .map_err(DiscoveryError::Stream)?,
             };
-            let s = &*stream.insert(s);
-            if !consumers_listed {
-                // Consumers that exist already may hold calls delivered to a replica that died.
-                let mut list = s.consumers();
-                while let Some(info) = list.try_next().await.map_err(DiscoveryError::Consumers)? {
-                    if let Some(f) =
-                        subjects::function_of_subject(shard, &info.config.filter_subject)
-                    {
-                        wanted.push(f);
-                    }
-                }
-                consumers_listed = true;
-            }
+            let s = &*wait_stream.insert(s);
             let mut subjects_info = s
-                .info_with_subjects(wildcard.as_str())
+                .info_with_subjects(subjects::wait_wildcard(shard))
                 .await
                 .map_err(DiscoveryError::Subjects)?;
-            let mut poison = Vec::new();
+            let mut found = Vec::new();
             while let Some(entry) = subjects_info.next().await {
                 let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
-                if count == 0 {
-                    continue;
-                }
-                match subjects::function_of_subject(shard, &subject) {
-                    Some(f) => wanted.push(f),
-                    None => poison.push(subject),
+                if count > 0
+                    && let Some(f) = subjects::function_of_wait_subject(shard, &subject)
+                {
+                    found.push(f);
                 }
             }
-            Ok::<_, DiscoveryError>(poison)
+            Ok::<_, DiscoveryError>(found)
         }
         .await;
         match found {
-            Ok(poison) => {
+            Ok(found) => {
                 if !healthy {
                     tracing::info!(shard, "discovery works again");
                     healthy = true;
                 }
-                for subject in poison {
-                    if let Some(s) = &stream {
-                        dead::poison_subject(&shared, s, shard, &subject).await;
+                for name in found {
+                    if !running.contains_key(&name) {
+                        let f = functions.get(&name, &shared.policies);
+                        start_wait_loop(&shared, &mut running, &not_before, f);
                     }
                 }
             }
             Err(error) => {
-                stream = None;
+                wait_stream = None;
                 if healthy {
                     tracing::warn!(shard, %error, "discovery failed; retrying");
                     healthy = false;
                 }
             }
         }
-
-        let now = Instant::now();
-        for f in wanted {
-            if running.contains_key(&f) || not_before.get(&f).is_some_and(|t| *t > now) {
-                continue;
-            }
-            let pinned_fn = pinned.contains(&f);
-            let rt = Arc::new(FunctionRt::new(
-                f.clone(),
-                shard,
-                &shared.policies,
-                pinned_fn,
-                replicas.clone(),
-            ));
-            let handle = shared.tracker.spawn(pull::run(shared.clone(), rt));
-            running.insert(f, handle);
-            shared.metrics.consumers.increment(1.0);
-        }
-        if first_pass && healthy {
-            first_pass = false;
-            shared.ready.shards_ready.fetch_add(1, Ordering::SeqCst);
-        }
     }
-    // The pull loops see the same stop signal; wait for them so the pending gauges settle.
+    // The loops see the same stop signal; wait for them so the pending gauges settle.
+    if let Some(handle) = dispatch {
+        let _ = handle.await;
+    }
     for (_, handle) in running.drain() {
         let _ = handle.await;
         shared.metrics.consumers.decrement(1.0);
@@ -164,12 +191,31 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
     let _ = presence_task.await;
 }
 
-/// The shard's presence heartbeat: announces this replica every `PRESENCE_EVERY` and counts the
-/// replicas heard from within `PRESENCE_EXPIRY`, itself included, into `count`. A replica says
+/// Starts `f`'s wait loop unless it runs already or failed too recently.
+fn start_wait_loop(
+    shared: &Arc<Shared>,
+    running: &mut HashMap<FunctionName, Loop>,
+    not_before: &HashMap<FunctionName, Instant>,
+    f: Arc<FunctionRt>,
+) {
+    // A loop that ended and is not yet reaped is started again by the next pass, which finds its
+    // calls in the wait stream, once `reap` has seen how it ended.
+    if running.contains_key(&f.name) || not_before.get(&f.name).is_some_and(|t| *t > Instant::now())
+    {
+        return;
+    }
+    let name = f.name.clone();
+    running.insert(name, shared.tracker.spawn(pull::run(shared.clone(), f)));
+    shared.metrics.consumers.increment(1.0);
+}
+
+/// The shard's presence heartbeat: announces this replica every `PRESENCE_EVERY` and tells
+/// `membership` how many replicas were heard from within `PRESENCE_EXPIRY`, itself included, and
+/// its place among them (by id, so every replica orders them alike). A replica says
 /// `hello` when it starts (the others answer at once, so it knows them within a round trip) and
 /// `bye` when it stops pulling (the others take over its share at once). One that dies silently
 /// drops out after `PRESENCE_EXPIRY`. No other coordination between replicas exists.
-async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
+async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Membership>) {
     let subject = subjects::presence_subject(shard);
     // Unique per connection, hence per replica and shard.
     let me = shared.client.new_inbox();
@@ -188,7 +234,7 @@ async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
     let mut sub = match shared.client.subscribe(subject.clone()).await {
         Ok(sub) => sub,
         Err(error) => {
-            tracing::warn!(shard, %error, "no presence heartbeat: rates are not split among replicas");
+            tracing::warn!(shard, %error, "no presence heartbeat: rates and concurrency are not split among replicas");
             return;
         }
     };
@@ -229,12 +275,21 @@ async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
                 others.retain(|_, seen| seen.elapsed() < PRESENCE_EXPIRY);
             }
         }
-        let n = u32::try_from(others.len() + 1).unwrap_or(u32::MAX);
-        count.send_if_modified(|c| {
-            let changed = *c != n;
+        let now = Membership {
+            replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
+            index: u32::try_from(others.keys().filter(|o| o.as_str() < me.as_str()).count())
+                .unwrap_or(u32::MAX),
+        };
+        membership.send_if_modified(|m| {
+            let changed = *m != now;
             if changed {
-                tracing::debug!(shard, replicas = n, "replicas of the shard");
-                *c = n;
+                tracing::debug!(
+                    shard,
+                    replicas = now.replicas,
+                    index = now.index,
+                    "replicas of the shard"
+                );
+                *m = now;
             }
             changed
         });
@@ -243,10 +298,10 @@ async fn presence(shared: Arc<Shared>, shard: u32, count: watch::Sender<u32>) {
     let _ = sub.unsubscribe().await;
 }
 
-/// Collects finished pull loops, logging why they ended and when they may start again.
+/// Collects finished wait loops, logging why they ended and when they may start again.
 async fn reap(
     shared: &Shared,
-    running: &mut HashMap<FunctionName, JoinHandle<Result<Ended, PullError>>>,
+    running: &mut HashMap<FunctionName, Loop>,
     not_before: &mut HashMap<FunctionName, Instant>,
     shard: u32,
 ) {
@@ -261,8 +316,8 @@ async fn reap(
         };
         shared.metrics.consumers.decrement(1.0);
         match handle.await {
-            Ok(Ok(Ended::Idle)) => {
-                tracing::debug!(function = %f, shard, "function idle; released its consumer");
+            Ok(Ok(Ended::Drained)) => {
+                tracing::debug!(function = %f, shard, "no call of the function waits any more");
             }
             Ok(Ok(Ended::Stopped)) => {}
             Ok(Err(error)) if error.is_retryable() => {

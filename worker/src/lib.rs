@@ -1,7 +1,9 @@
 //! Flotilla's worker shard: pulls asynchronous calls from the JetStream shard streams through one
-//! durable consumer per function, calls the functions over pooled HTTP, delivers callbacks and
-//! reports, and settles each message only when its outcome and callback are settled. Failed calls
-//! wait for their retry in JetStream (one retry consumer per shard), never in a function's slot.
+//! dispatch consumer per shard, starts each at once or moves it to the shard's wait stream while
+//! its function has no room (one consumer per waiting function), calls the functions over pooled
+//! HTTP, delivers callbacks and reports, and settles each message only when its outcome and
+//! callback are settled. Failed calls wait for their retry in JetStream (one retry consumer per
+//! shard), never in a function's slot.
 //!
 //! Entry point: [`run`], with the admin listener and the shutdown future injected so tests can
 //! bind port 0 and stop a worker on demand.
@@ -13,7 +15,9 @@ mod callback;
 mod config;
 mod dead;
 mod discovery;
+mod dispatch;
 mod error;
+mod functions;
 pub mod metrics;
 mod outcome;
 mod pull;
@@ -27,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use flotilla_queue::{Backoff, Jitter, Policies, ShardMap, Topology};
+use flotilla_queue::{Backoff, Jitter, Policies, Topology};
 use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +51,6 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
-    pub shard_map: ShardMap,
     pub http: call::FunctionClient,
     /// The replica's cap on calls in flight across all its functions.
     pub budget: Arc<budget::Budget>,
@@ -198,7 +201,6 @@ pub async fn serve(
         client: client.clone(),
         js,
         policies,
-        shard_map: topology.shard_map(),
         http: pooled_client(PoolSettings::default()),
         budget: Arc::new(budget::Budget::new(config.max_in_flight())),
         callbacks,

@@ -11,6 +11,8 @@ pub const CALLS_TOTAL: &str = "worker_calls_total";
 pub const CALL_DURATION: &str = "worker_call_duration_seconds";
 pub const IN_FLIGHT: &str = "worker_in_flight";
 pub const PENDING: &str = "worker_pending";
+pub const SHARD_PENDING: &str = "worker_shard_pending";
+pub const WAITED: &str = "worker_calls_waited_total";
 pub const CONSUMERS: &str = "worker_consumers";
 pub const CALLBACK_QUEUE_DEPTH: &str = "worker_callback_queue_depth";
 pub const CALLBACKS_DELIVERED: &str = "worker_callbacks_delivered_total";
@@ -28,7 +30,10 @@ pub const RETRIES_DUE: &str = "worker_retries_due_total";
 pub(crate) struct FunctionMetrics {
     name: String,
     pub in_flight: Gauge,
+    /// Calls waiting in the wait stream.
     pub pending: Gauge,
+    /// Calls moved to the wait stream because the function had no room.
+    pub waited: Counter,
     pub duration: Histogram,
     /// Failed attempts stored to be tried again.
     pub retries_scheduled: Counter,
@@ -43,6 +48,7 @@ impl FunctionMetrics {
         Self {
             in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
             pending: gauge!(PENDING, "function_name" => name.clone()),
+            waited: counter!(WAITED, "function_name" => name.clone()),
             duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
             retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
             calls: Mutex::new(Vec::new()),
@@ -106,6 +112,11 @@ impl WorkerMetrics {
             Exhausted::Ports => &self.exhausted[2],
         }
     }
+}
+
+/// Calls of a shard not yet dispatched.
+pub(crate) fn shard_pending(shard: u32) -> Gauge {
+    gauge!(SHARD_PENDING, "shard" => shard.to_string())
 }
 
 /// Counts a dead letter; rare, so the label lookup is fine here.

@@ -1,9 +1,11 @@
-//! One function's pull loop: its durable consumer, and a loop that asks NATS for exactly as many
-//! messages as the function has free slots, so no message waits in a local buffer while its
-//! `ack_wait` clock runs. Each function has its own loop, consumer and slots, so a slow or
-//! saturated function never holds back another (no head-of-line blocking). A rate-limited
-//! function asks only for messages it may start now, so its backlog waits in the stream without
-//! burning delivery attempts.
+//! One function's wait loop: while calls of the function wait in the shard's wait stream (it was
+//! at its concurrency, its rate, or its share of the replica when they were dispatched), its
+//! durable consumer there, and a loop that asks NATS for exactly as many messages as the function
+//! has free slots, so no message waits in a local buffer while its `ack_wait` clock runs. Each
+//! waiting function has its own loop, consumer and slots, so a slow or saturated function never
+//! holds back another (no head-of-line blocking). A rate-limited function asks only for messages
+//! it may start now, so its backlog waits in the stream without burning delivery attempts. The
+//! loop ends once nothing waits.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -13,18 +15,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
-use flotilla_queue::policy::expand;
-use flotilla_queue::{FunctionName, FunctionPolicy, Policies, subjects};
+use flotilla_queue::{FunctionName, FunctionPolicy, subjects};
 use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::budget::Slot;
 use crate::call;
 use crate::error::PullError;
-use crate::metrics::FunctionMetrics;
+use crate::functions::FunctionRt;
 
 mod ledger;
 
@@ -50,7 +51,7 @@ const BUSY: Pace = Pace {
     expires: Duration::from_secs(5),
     heartbeat: Duration::from_secs(1),
     lost_after: Duration::from_millis(2500),
-    info_every: Duration::from_secs(5),
+    info_every: Duration::from_secs(1),
 };
 const QUIET: Pace = Pace {
     expires: Duration::from_secs(30),
@@ -58,7 +59,7 @@ const QUIET: Pace = Pace {
     lost_after: Duration::from_millis(11_000),
     info_every: Duration::from_secs(30),
 };
-/// A function with nothing delivered and nothing waiting for this long is quiet.
+/// A function with nothing delivered for this long is quiet.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
 
 impl Pace {
@@ -86,61 +87,16 @@ type InfoCall = Pin<Box<dyn Future<Output = Result<consumer::Info, String>> + Se
 /// A wait for one of the replica's permits.
 type PermitWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
-/// What a pull loop knows about its function; shared with its calls.
-#[derive(Debug)]
-pub(crate) struct FunctionRt {
-    pub name: FunctionName,
-    pub shard: u32,
-    pub policy: FunctionPolicy,
-    /// The per-replica concurrency limit.
-    pub slots: Arc<Semaphore>,
-    pub metrics: FunctionMetrics,
-    /// How many replicas serve the shard now (from their heartbeats), to split the function's
-    /// cluster-wide rate among them.
-    pub replicas: watch::Receiver<u32>,
-    /// Named in the policy file: pulled for as long as the worker runs, never idled out.
-    pub pinned: bool,
-    /// The function's base URL (its policy's, or the template's), expanded once; each call
-    /// appends its path and query exactly as `Policies::url_for` does.
-    pub base_url: String,
-}
-
-impl FunctionRt {
-    pub fn new(
-        name: FunctionName,
-        shard: u32,
-        policies: &Policies,
-        pinned: bool,
-        replicas: watch::Receiver<u32>,
-    ) -> Self {
-        let policy = policies.get(&name).clone();
-        let base_url = policy
-            .url
-            .clone()
-            .unwrap_or_else(|| expand(&policies.url_template, &name));
-        Self {
-            metrics: FunctionMetrics::new(&name),
-            slots: Arc::new(Semaphore::new(policy.replica_concurrency as usize)),
-            name,
-            shard,
-            policy,
-            replicas,
-            pinned,
-            base_url,
-        }
-    }
-}
-
-/// How a pull loop ended without error.
+/// How a wait loop ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
     /// The worker is shutting down.
     Stopped,
-    /// Nothing to do for `consumer_idle`: the loop let go, NATS will remove the consumer.
-    Idle,
+    /// No call of the function waits any more: its calls are dispatched directly again.
+    Drained,
 }
 
-/// The durable consumer of a function.
+/// The durable consumer of a function's waiting calls.
 pub(crate) fn consumer_config(
     function: &FunctionName,
     shard: u32,
@@ -150,8 +106,8 @@ pub(crate) fn consumer_config(
 ) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(subjects::consumer_name(function)),
-        description: Some(format!("Flotilla calls of {function}")),
-        filter_subject: subjects::call_subject(shard, function),
+        description: Some(format!("Flotilla calls of {function} waiting for room")),
+        filter_subject: subjects::wait_subject(shard, function),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         // The worker settles every call itself (ack, term to the dead letters, or nak); NATS
@@ -159,16 +115,18 @@ pub(crate) fn consumer_config(
         max_deliver: -1,
         // The cluster-wide concurrency: NATS enforces it across every replica.
         max_ack_pending: i64::from(policy.concurrency),
-        // A function nobody pulls any more loses its consumer; its calls, if any arrive later,
-        // recreate it through discovery.
+        // A function whose calls no longer wait loses its consumer; the next call that has to
+        // wait makes it again.
         inactive_threshold: inactive,
         ..Default::default()
     }
 }
 
-/// Creates (or updates) the function's consumer and pulls until stopped, idle, or broken.
+/// Creates (or updates) the function's consumer and pulls until stopped, drained, or broken.
 pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended, PullError> {
-    let stream = subjects::call_stream(f.shard);
+    // New calls queue behind those found waiting, rather than overtake them.
+    f.set_waiting(true);
+    let stream = subjects::wait_stream(f.shard);
     let config = consumer_config(
         &f.name,
         f.shard,
@@ -197,12 +155,12 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     let mut ledger = Ledger::new(
         f.policy.replica_concurrency as usize,
         f.slots.clone(),
-        shared.budget.clone(),
+        f.running.clone(),
     );
     let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
-    let mut replicas = f.replicas.clone();
+    let mut membership = f.membership.clone();
     let mut watch_replicas = rate.is_some();
-    let mut share = rate.map(|r| RateShare::new(r, *replicas.borrow_and_update()));
+    let mut share = rate.map(|r| RateShare::new(r, membership.borrow_and_update().replicas));
     let mut lost_at = Instant::now();
     let mut lost_after = BUSY.lost_after;
     let mut last_activity = Instant::now();
@@ -294,9 +252,9 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             }
             _ = until_ready(share.as_ref()), if plan.rate_blocked => ledger.rate_token(),
             _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {}
-            changed = replicas.changed(), if watch_replicas => match (changed, rate) {
+            changed = membership.changed(), if watch_replicas => match (changed, rate) {
                 (Ok(()), Some(rate)) => {
-                    let n = *replicas.borrow_and_update();
+                    let n = membership.borrow_and_update().replicas;
                     if share.as_ref().is_some_and(|s| s.replicas != n) {
                         tracing::debug!(function = %f.name, replicas = n, "rate shared anew");
                         share = Some(RateShare::new(rate, n));
@@ -320,14 +278,13 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 match info {
                     Ok(info) => {
                         f.metrics.pending.set(info.num_pending as f64);
-                        let limit = f.policy.replica_concurrency as usize;
-                        let busy = info.num_pending > 0
-                            || info.num_ack_pending > 0
-                            || f.slots.available_permits() + ledger.held_slots() < limit;
-                        if busy {
-                            last_activity = Instant::now();
-                        } else if !f.pinned && last_activity.elapsed() >= shared.consumer_idle {
-                            break Ended::Idle;
+                        // A rate-limited function's calls all pass through here: its loop stays
+                        // for as long as they keep coming, rather than start over for each.
+                        let lingering = f.always_waits() && last_activity.elapsed() < QUIET_AFTER;
+                        if info.num_pending == 0 && f.moves_in_progress() == 0 && !lingering {
+                            f.set_waiting(false);
+                            // A move that began meanwhile restarts the loop (see `dispatch`).
+                            break Ended::Drained;
                         }
                     }
                     Err(error) => tracing::debug!(function = %f.name, %error, "consumer info"),
@@ -404,7 +361,7 @@ mod tests {
         let c = consumer_config(&f, 2, &p, Duration::from_secs(3), Duration::from_secs(60));
         assert_eq!(c.max_ack_pending, 7);
         assert_eq!(c.max_deliver, -1);
-        assert_eq!(c.filter_subject, "flotilla.call.2.echo.ns");
+        assert_eq!(c.filter_subject, "flotilla.wait.2.echo.ns");
         assert_eq!(
             c.durable_name.as_deref(),
             Some(subjects::consumer_name(&f).as_str())

@@ -224,7 +224,7 @@ async fn run(
                     Waiting::Poison(reason) => {
                         let shared2 = shared.clone();
                         shared.tracker.spawn(async move {
-                            dead::poison(&shared2, &msg, shard, sequence, &reason).await;
+                            dead::poison(&shared2, &msg, shard, &reason).await;
                         });
                     }
                 }
@@ -294,6 +294,28 @@ async fn move_due(
     let id = dedup_id("due", stream, sequence);
     let (headers, body) = env.to_nats(Some(&id));
     let subject = subjects::call_subject(shard, &env.function);
+    match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
+        Ok(()) => {
+            tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");
+        }
+        Err(error) => {
+            tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot queue a due retry; trying again");
+        }
+    }
+}
+
+/// Publishes `msg`'s successor (a due retry queued again, a call moved to wait) and acks `msg`
+/// once JetStream holds it; when the publish fails, `msg` comes back after `retry_after`. The
+/// successor's `Nats-Msg-Id` must derive from `msg`'s stream sequence: when the ack is lost, `msg`
+/// returns, is relayed again, and JetStream drops the second copy as a duplicate.
+pub(crate) async fn relay(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+    retry_after: Duration,
+) -> Result<(), PublishError> {
     let published = async {
         shared
             .js
@@ -304,16 +326,14 @@ async fn move_due(
     .await;
     match published {
         Ok(_) => {
-            tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");
             if let Err(error) = msg.ack().await {
-                // The retry comes back after ack_wait and is moved again; the second publish is
-                // dropped by JetStream as a duplicate of the first.
-                tracing::debug!(%error, "ack of a moved retry failed");
+                tracing::debug!(%error, "ack of a relayed message failed; it returns and is de-duplicated");
             }
+            Ok(())
         }
         Err(error) => {
-            tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot queue a due retry; trying again");
-            let _ = msg.ack_with(AckKind::Nak(Some(MOVE_RETRY_AFTER))).await;
+            let _ = msg.ack_with(AckKind::Nak(Some(retry_after))).await;
+            Err(error)
         }
     }
 }
@@ -327,8 +347,7 @@ pub(crate) async fn schedule(
     env: &Envelope,
     attempts_made: u32,
     delay: Duration,
-    stream: &str,
-    sequence: u64,
+    (stream, sequence): (&str, u64),
 ) -> Result<(), ScheduleError> {
     let mut env = env.clone();
     env.attempt = attempts_made;

@@ -166,10 +166,22 @@ async fn a_fast_function_keeps_its_latency_while_199_others_have_backlogs() {
         nats.publish(&envelope(&name, &format!("other-{i}"), Some(&cb), "x"))
             .await;
     }
+    let published = Instant::now();
     wait_until(T, "slow saturated and the others busy", || {
         slow.in_flight() == 2 && others.in_flight() >= 500
     })
     .await;
+    // The backlogs now wait in the wait stream, behind their functions' limits; what is left in
+    // the shard's stream is what the replica had no time to look at yet.
+    wait_until_async(T, "the backlogs dispatched", || async {
+        nats.undispatched(0).await == 0
+    })
+    .await;
+    eprintln!(
+        "{} backlog calls dispatched {:?} after the last was published",
+        500 + OTHERS * 30,
+        published.elapsed()
+    );
     let mut busy = fast_latencies(&nats, &sink, "busy", SAMPLES).await;
     let others_in_flight = others.in_flight();
     assert_eq!(slow.max_in_flight(), 2, "slow kept to its concurrency");
@@ -288,24 +300,36 @@ async fn a_rate_limit_holds_across_replicas_without_blocking_others_or_burning_d
         (225..=275).contains(&in_window),
         "{in_window} completions in 5 s at {RATE}/s"
     );
-    // The waiting backlog burnt no deliveries: NATS redelivered none of its messages.
-    let info = nats
-        .js
-        .get_stream(subjects::call_stream(0))
-        .await
-        .unwrap()
-        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&subjects::consumer_name(
-            &FunctionName::parse("limited").unwrap(),
-        ))
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
+    // The waiting backlog burnt no deliveries: NATS redelivered none of its messages, neither
+    // the shard's dispatch consumer (which moved them to the wait stream) nor the function's
+    // consumer there (which took them at the rate).
+    let redelivered = |stream: String, consumer: String| {
+        let js = nats.js.clone();
+        async move {
+            js.get_stream(stream)
+                .await
+                .unwrap()
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&consumer)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .num_redelivered
+        }
+    };
+    let limited_name = FunctionName::parse("limited").unwrap();
     assert_eq!(
-        info.num_redelivered, 0,
-        "redeliveries of the limited backlog"
+        (
+            redelivered(subjects::call_stream(0), subjects::DISPATCH_CONSUMER.into()).await,
+            redelivered(
+                subjects::wait_stream(0),
+                subjects::consumer_name(&limited_name)
+            )
+            .await,
+        ),
+        (0, 0),
+        "redeliveries of the limited backlog (dispatch, wait)"
     );
     let ids: HashSet<&str> = callbacks.iter().map(|r| r.header("x-call-id")).collect();
     assert_eq!(ids.len(), callbacks.len());
@@ -389,22 +413,17 @@ async fn replicas_share_a_backlog_and_join_or_leave_without_coordination() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_consumers_are_released_and_found_again() {
+async fn a_function_has_a_consumer_only_while_its_calls_wait() {
     let _shared = MACHINE.read().await;
     let nats = Nats::start(1).await;
-    let f = function(Duration::ZERO).await;
-    let dir = tempfile::tempdir().unwrap();
-    let policies = policy_file(
-        &dir,
-        &format!("[functions.pinned]\nurl = \"{}\"\n", f.url()),
-    );
+    let f = function(Duration::from_millis(300)).await;
     let worker = Worker::start_ready(
         &nats.url(),
         &[
-            "--policies",
-            &policies,
             "--function-url-template",
             &f.url(),
+            "--concurrency",
+            "1",
             "--consumer-idle",
             "1s",
             "--log",
@@ -412,10 +431,10 @@ async fn idle_consumers_are_released_and_found_again() {
         ],
     )
     .await;
-    let stream = nats.js.get_stream(subjects::call_stream(0)).await.unwrap();
-    let consumer = |name: &str| subjects::consumer_name(&FunctionName::parse(name).unwrap());
-    let exists = |name: String| {
-        let stream = stream.clone();
+    let stream = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
+    let name = subjects::consumer_name(&FunctionName::parse("busy").unwrap());
+    let exists = || {
+        let (stream, name) = (stream.clone(), name.clone());
         async move {
             stream
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
@@ -424,28 +443,38 @@ async fn idle_consumers_are_released_and_found_again() {
         }
     };
 
-    // Discovered without a restart, called, then idle: its consumer goes away.
-    nats.publish(&envelope("ephemeral", "e-1", None, "x")).await;
-    f.wait_for(1, T).await;
-    assert!(exists(consumer("ephemeral")).await);
+    // One call at a time: the first starts, the others wait in the wait stream, in the
+    // function's own consumer.
+    for i in 0..5 {
+        nats.publish(&envelope("busy", &format!("b-{i}"), None, "x"))
+            .await;
+    }
+    wait_until_async(T, "the waiting calls' consumer", exists).await;
+    f.wait_for(5, T).await;
+    nats.wait_settled(T).await;
+    assert_eq!(f.max_in_flight(), 1, "one at a time");
+    let ids: HashSet<String> = f
+        .requests()
+        .iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5, "each call ran once");
+
+    // Nothing waits any more: NATS removes the consumer after --consumer-idle.
     let idle_from = Instant::now();
-    wait_until_async(T, "the idle consumer to be removed", || {
-        let present = exists(consumer("ephemeral"));
-        async move { !present.await }
+    wait_until_async(T, "the idle consumer to be removed", || async {
+        !exists().await
     })
     .await;
     eprintln!(
-        "idle consumer removed {:?} after its last call",
+        "idle consumer removed {:?} after the last call",
         idle_from.elapsed()
     );
-    assert!(
-        exists(consumer("pinned")).await,
-        "a function in the policy file stays pulled"
-    );
 
-    // A later call brings it back.
-    nats.publish(&envelope("ephemeral", "e-2", None, "x")).await;
-    f.wait_for(2, T).await;
+    // A call that finds room starts directly, without a consumer of its own.
+    nats.publish(&envelope("busy", "b-5", None, "x")).await;
+    f.wait_for(6, T).await;
     nats.wait_settled(T).await;
+    assert!(!exists().await, "no consumer for a call that did not wait");
     worker.stop(T).await.unwrap();
 }

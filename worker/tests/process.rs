@@ -107,12 +107,17 @@ async fn sigterm_finishes_in_flight_calls_and_exits_zero() {
     // The other five were never taken (or were handed back): nothing waits for ack_wait.
     assert_eq!(nats.stored().await, 5);
     let f = FunctionName::parse("drain").unwrap();
-    let stream = nats.js.get_stream(subjects::call_stream(0)).await.unwrap();
-    let info = stream
-        .consumer_info(subjects::consumer_name(&f))
-        .await
-        .unwrap();
-    assert_eq!(info.num_ack_pending, 0);
+    for (stream, consumer) in [
+        (
+            subjects::call_stream(0),
+            subjects::DISPATCH_CONSUMER.to_owned(),
+        ),
+        (subjects::wait_stream(0), subjects::consumer_name(&f)),
+    ] {
+        let stream = nats.js.get_stream(stream).await.unwrap();
+        let info = stream.consumer_info(&consumer).await.unwrap();
+        assert_eq!(info.num_ack_pending, 0, "{consumer}");
+    }
 
     // A replacement takes them at once.
     let worker = Worker::start(&nats.url(), &["--function-url-template", &function.url()]).await;

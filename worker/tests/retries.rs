@@ -469,14 +469,13 @@ async fn waiting_retries_of_flaky_never_slow_ok_nor_hold_a_slot() {
     })
     .await;
     let stream = nats.js.get_stream(subjects::call_stream(0)).await.unwrap();
-    let flaky = FunctionName::parse("flaky").unwrap();
     let info = stream
-        .consumer_info(subjects::consumer_name(&flaky))
+        .consumer_info(subjects::DISPATCH_CONSUMER)
         .await
         .unwrap();
     assert_eq!(
         info.num_ack_pending, 0,
-        "retries wait outside flaky's consumer"
+        "retries wait outside the calls' consumer"
     );
     wait_until_async(T, "205 flaky retries waiting", || async {
         retries_waiting(&nats, 0).await == 205
@@ -495,14 +494,13 @@ async fn a_call_redelivered_past_max_deliveries_is_dead_lettered_without_calling
         .await;
 
     // Two deliveries that never settle, as two workers crashing on the call would leave it: pull
-    // it through the function's own durable consumer and hand it back unsettled each time.
-    let name = FunctionName::parse("looping").unwrap();
+    // it through the shard's dispatch consumer and hand it back unsettled each time.
     let consumer: jetstream::consumer::PullConsumer = nats
         .js
         .create_consumer_on_stream(
             jetstream::consumer::pull::Config {
-                durable_name: Some(subjects::consumer_name(&name)),
-                filter_subject: subjects::call_subject(0, &name),
+                durable_name: Some(subjects::DISPATCH_CONSUMER.into()),
+                filter_subject: subjects::shard_wildcard(0),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 max_deliver: -1,
                 ..Default::default()

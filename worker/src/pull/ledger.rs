@@ -13,7 +13,7 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::budget::{Budget, Slot};
+use crate::budget::{Budget, Running, Slot};
 
 /// This replica's share of a function's cluster-wide rate: `rate / replicas` starts per second.
 /// The burst is a tenth of a second's worth (at least one start), and it also caps the starts
@@ -69,6 +69,7 @@ pub(crate) struct Ledger {
     limit: usize,
     slots: Arc<Semaphore>,
     budget: Arc<Budget>,
+    running: Arc<Running>,
     /// Function slots set aside for messages requested or about to be.
     held_slots: Option<OwnedSemaphorePermit>,
     /// Replica permits set aside likewise; never more than `held_slots`.
@@ -77,7 +78,7 @@ pub(crate) struct Ledger {
     outstanding: usize,
     /// Rate tokens taken for starts not yet requested.
     rate_credit: usize,
-    /// Counted among the functions that share the replica's cap.
+    /// The function has work: it asks for its share of the replica's cap, not one at a time.
     busy: bool,
 }
 
@@ -93,11 +94,12 @@ fn merge(held: &mut Option<OwnedSemaphorePermit>, p: OwnedSemaphorePermit) {
 }
 
 impl Ledger {
-    pub fn new(limit: usize, slots: Arc<Semaphore>, budget: Arc<Budget>) -> Self {
+    pub fn new(limit: usize, slots: Arc<Semaphore>, running: Arc<Running>) -> Self {
         Self {
             limit: limit.max(1),
             slots,
-            budget,
+            budget: running.budget().clone(),
+            running,
             held_slots: None,
             held_permits: None,
             outstanding: 0,
@@ -126,7 +128,7 @@ impl Ledger {
     /// Whether the function has work: a busy function takes an equal share of the replica's cap,
     /// an idle one a single permit for its waiting request.
     pub fn set_busy(&mut self, busy: bool) {
-        self.budget.set_busy(&mut self.busy, busy);
+        self.busy = busy;
     }
 
     /// Sets aside every free function slot, and as many free replica permits as go with them
@@ -234,7 +236,7 @@ impl Ledger {
         }
         let function = self.held_slots.as_mut()?.split(1)?;
         let replica = self.held_permits.as_mut()?.split(1)?;
-        Some(Slot::new(function, replica))
+        Some(Slot::new(function, replica, &self.running))
     }
 
     /// What is missing for a slot: (a function slot, a replica permit).
@@ -268,24 +270,23 @@ impl Ledger {
     }
 }
 
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        self.set_busy(false);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::budget::tests::call;
+
     fn ledger(limit: usize, cap: usize) -> (Ledger, Arc<Semaphore>, Arc<Budget>) {
+        let budget = Arc::new(Budget::with_express(cap, 0));
+        let (l, slots) = another(limit, &budget);
+        (l, slots, budget)
+    }
+
+    /// A second function's ledger on the same replica.
+    fn another(limit: usize, budget: &Arc<Budget>) -> (Ledger, Arc<Semaphore>) {
         let slots = Arc::new(Semaphore::new(limit));
-        let budget = Arc::new(Budget::new(cap));
-        (
-            Ledger::new(limit, slots.clone(), budget.clone()),
-            slots,
-            budget,
-        )
+        let running = Arc::new(Running::new(budget.clone()));
+        (Ledger::new(limit, slots.clone(), running), slots)
     }
 
     #[test]
@@ -301,7 +302,9 @@ mod tests {
     #[test]
     fn a_busy_function_takes_its_share_of_the_replica_cap() {
         let (mut a, _, budget) = ledger(100, 40);
-        let mut b = Ledger::new(100, Arc::new(Semaphore::new(100)), budget.clone());
+        let (mut b, _) = another(100, &budget);
+        // Both have a call in flight already (outside the cap of this test's budget).
+        let _calls = [call(&a.running), call(&b.running)];
         a.set_busy(true);
         b.set_busy(true);
         a.reserve();
@@ -381,7 +384,7 @@ mod tests {
         a.reserve();
         let n = a.plan(None, false).request;
         a.requested(n, false);
-        let mut b = Ledger::new(10, Arc::new(Semaphore::new(10)), budget.clone());
+        let (mut b, _) = another(10, &budget);
         b.set_busy(true);
         b.reserve();
         let plan = b.plan(None, false);
@@ -427,18 +430,5 @@ mod tests {
         let fast = RateShare::new(NonZeroU32::MAX, 1);
         assert!(fast.burst > 1000);
         assert_eq!(RateShare::new(rate, 0).replicas, 1);
-    }
-
-    #[test]
-    fn dropping_a_ledger_stops_counting_it_busy() {
-        let budget = Arc::new(Budget::new(100));
-        let mut a = Ledger::new(100, Arc::new(Semaphore::new(100)), budget.clone());
-        a.set_busy(true);
-        let mut b = Ledger::new(100, Arc::new(Semaphore::new(100)), budget.clone());
-        b.set_busy(true);
-        assert_eq!(budget.share(), 50);
-        drop(a);
-        assert_eq!(budget.share(), 100);
-        b.set_busy(false);
     }
 }

@@ -58,18 +58,29 @@ impl Nats {
             .unwrap();
     }
 
-    /// Messages still stored in every shard stream (a work queue: acked messages are gone).
+    /// Messages still stored in every shard's streams, calls and waiting calls (work queues:
+    /// acked messages are gone).
     pub async fn stored(&self) -> u64 {
         let mut total = 0;
         for shard in 0..self.topology.shards {
-            let mut s = self
-                .js
-                .get_stream(subjects::call_stream(shard))
-                .await
-                .unwrap();
-            total += s.info().await.unwrap().state.messages;
+            for name in [subjects::call_stream(shard), subjects::wait_stream(shard)] {
+                let mut s = self.js.get_stream(name).await.unwrap();
+                total += s.info().await.unwrap().state.messages;
+            }
         }
         total
+    }
+
+    /// Calls of `shard` not yet dispatched (started or moved to the wait stream).
+    pub async fn undispatched(&self, shard: u32) -> u64 {
+        let s = self
+            .js
+            .get_stream(subjects::call_stream(shard))
+            .await
+            .unwrap();
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            s.get_consumer(subjects::DISPATCH_CONSUMER).await.unwrap();
+        c.info().await.unwrap().num_pending
     }
 
     /// Waits until every shard stream is empty: every call was acked (or terminated).
