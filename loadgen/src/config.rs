@@ -133,6 +133,12 @@ pub struct RunArgs {
     /// Calls in flight per function across a shard's replicas (the workers' `--concurrency`).
     #[arg(long, env = "LOADGEN_WORKER_CONCURRENCY", default_value_t = 100)]
     pub worker_concurrency: u32,
+    /// Each local worker's `--max-in-flight`: calls in flight across all its functions. The
+    /// default, 256, suits the built-in function, which answers at once on the same machine:
+    /// more calls in flight only queue for the same cores. It is lowered when this process's
+    /// open-files limit cannot hold it (slow functions, many of them: raise both).
+    #[arg(long, env = "LOADGEN_WORKER_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub worker_max_in_flight: u32,
     /// Keep the local fleet's streams (and the ceiling's) in memory instead of on disk.
     #[arg(long, env = "LOADGEN_MEMORY_STREAMS")]
     pub memory_streams: bool,
@@ -397,6 +403,9 @@ impl RunArgs {
         }
         if self.worker_concurrency == 0 {
             return Err("--worker-concurrency must be at least 1".into());
+        }
+        if self.worker_max_in_flight == 0 {
+            return Err("--worker-max-in-flight must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.failure_rate) {
             return Err("--failure-rate must be between 0 and 1".into());

@@ -30,24 +30,30 @@ pub fn fleet_options(
 /// Descriptors kept back for NATS connections, the gateway and the load driver.
 const RESERVED_FDS: u64 = 1024;
 
-/// Each in-process worker's `--max-in-flight`. The workers, the built-in function and the
-/// callback sink share this process's descriptors, and here a call holds both ends of its socket
-/// (and a callback both ends of its own), so the limit left after a reserve is split among the
-/// workers three ways per call. Without it, many functions' limits add up past the process's
+/// The most `--max-in-flight` each in-process worker can have. The workers, the built-in function
+/// and the callback sink share this process's descriptors, and here a call holds both ends of its
+/// socket (and a callback both ends of its own), so the limit left after a reserve is split among
+/// the workers three ways per call. Above it, many functions' limits add up past the process's
 /// descriptors and the tool itself becomes the cause of errors.
 pub fn worker_max_in_flight(open_files: u64, workers: u32) -> u32 {
     let per_worker = open_files.saturating_sub(RESERVED_FDS) / (3 * u64::from(workers.max(1)));
     per_worker.clamp(16, 10_000) as u32
 }
 
+/// Each local worker's `--max-in-flight`: `--worker-max-in-flight`, within what this process's
+/// descriptors allow.
+pub fn max_in_flight(args: &RunArgs) -> u32 {
+    args.worker_max_in_flight.min(worker_max_in_flight(
+        flotilla_runtime::open_files_limit(),
+        args.shards * args.replicas,
+    ))
+}
+
 /// Shards × replicas workers, each replica with its share of the function concurrency and of
 /// this process's descriptors.
 pub fn workers(args: &RunArgs) -> Vec<WorkerSpec> {
     let per_replica = args.worker_concurrency.div_ceil(args.replicas).max(1);
-    let max_in_flight = worker_max_in_flight(
-        flotilla_runtime::open_files_limit(),
-        args.shards * args.replicas,
-    );
+    let max_in_flight = max_in_flight(args);
     (0..args.shards)
         .flat_map(|shard| {
             (0..args.replicas).map(move |replica| {

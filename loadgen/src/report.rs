@@ -45,6 +45,8 @@ pub struct TargetInfo {
     pub shards: Option<u32>,
     pub replicas: Option<u32>,
     pub worker_concurrency: Option<u32>,
+    /// Each worker's `--max-in-flight`.
+    pub worker_max_in_flight: Option<u32>,
     pub function_latency: Option<String>,
     pub failure_rate: Option<f64>,
     pub response_size: Option<usize>,
@@ -414,11 +416,12 @@ impl TargetInfo {
     fn describe(&self) -> String {
         match self.kind {
             TargetKind::Local => format!(
-                "local fleet: {} shard(s) × {} replica(s), function concurrency {}, function \
-                 latency {}, failure rate {}, {} B responses, {} streams",
+                "local fleet: {} shard(s) × {} replica(s), function concurrency {}, {} calls in \
+                 flight per worker, function latency {}, failure rate {}, {} B responses, {} streams",
                 self.shards.unwrap_or(0),
                 self.replicas.unwrap_or(0),
                 self.worker_concurrency.unwrap_or(0),
+                self.worker_max_in_flight.unwrap_or(0),
                 self.function_latency.as_deref().unwrap_or("?"),
                 self.failure_rate.unwrap_or(0.0),
                 self.response_size.unwrap_or(0),
@@ -515,6 +518,7 @@ mod tests {
                 shards: Some(2),
                 replicas: Some(3),
                 worker_concurrency: Some(64),
+                worker_max_in_flight: Some(256),
                 function_latency: Some("5ms".into()),
                 failure_rate: Some(0.25),
                 response_size: Some(128),
@@ -584,6 +588,7 @@ mod tests {
             shards: None,
             replicas: None,
             worker_concurrency: None,
+            worker_max_in_flight: None,
             function_latency: None,
             failure_rate: None,
             response_size: None,
@@ -622,7 +627,7 @@ mod tests {
             [
                 "### flotilla-loadgen 0.1.0",
                 "",
-                "- target: local fleet: 2 shard(s) × 3 replica(s), function concurrency 64, function latency 5ms, failure rate 0.25, 128 B responses, memory streams",
+                "- target: local fleet: 2 shard(s) × 3 replica(s), function concurrency 64, 256 calls in flight per worker, function latency 5ms, failure rate 0.25, 128 B responses, memory streams",
                 "- load: open loop, stepped 1,000 → 2,500 calls/s, 4 function(s) (skew 1.5), 256 B bodies, 10.0 s, at most 20000 calls, backlog first (workers start after enqueue)",
                 "",
                 "| stage | calls | rate/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | vs ceiling |",

@@ -416,6 +416,7 @@ fn build_report(
             shards: local.then_some(args.shards),
             replicas: local.then_some(args.replicas),
             worker_concurrency: local.then_some(args.worker_concurrency),
+            worker_max_in_flight: local.then(|| crate::local::max_in_flight(args)),
             function_latency: local.then(|| args.function_latency.to_string()),
             failure_rate: local.then_some(args.failure_rate),
             response_size: local.then_some(args.response_size),

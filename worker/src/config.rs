@@ -129,15 +129,14 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
     pub grace: Duration,
 
-    /// How often each shard's stream is asked which functions have calls waiting. A new
-    /// function's first call waits at most about this long for its consumer.
+    /// How often each shard's wait stream is asked which functions have calls waiting there (moved
+    /// by another replica, or left by one that stopped), so this replica helps drain them.
     #[arg(long, env = "FLOTILLA_DISCOVERY_INTERVAL", default_value = "250ms", value_parser = duration_arg)]
     pub discovery_interval: Duration,
 
-    /// A function with nothing waiting and nothing in flight for this long stops being pulled,
-    /// and NATS removes its consumer after the same time (`inactive_threshold`), so consumers of
-    /// functions nobody calls any more do not pile up. Functions named in the policy file are
-    /// pulled for as long as the worker runs.
+    /// How long a function's consumer on the wait stream outlives its last waiting call: NATS
+    /// removes it after this time unpulled (`inactive_threshold`), so consumers of functions that
+    /// no longer reach a limit do not pile up.
     #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m", value_parser = duration_arg)]
     pub consumer_idle: Duration,
 }

@@ -5,38 +5,45 @@
 //! stream made it skip the other functions' messages (see `docs/ARCHITECTURE.md`).
 //!
 //! A call starts when its function has a free slot (its share of the function's cluster-wide
-//! concurrency, see `functions`) and the replica a free permit (`--max-in-flight`). Otherwise it
-//! waits in the wait stream under its function's subject, so no function ever holds back another:
-//! - the function is at its concurrency in this replica;
-//! - the function is rate-limited (all its calls start from the wait stream, at the rate);
-//! - calls of the function are waiting already (a new one queues behind them);
-//! - the replica is at its cap, unless the function has no call in flight: such a function takes
-//!   one of the permits kept for quiet functions, so it is not stuck behind other functions'
-//!   backlogs.
+//! concurrency, see `functions`) and the replica a free permit (`--max-in-flight`). Otherwise:
+//! - its function has no free slot: the loop waits for one a few milliseconds ([`HOLD`]), long
+//!   enough for a fast function, and otherwise moves the call to the wait stream under its
+//!   function's subject, so a saturated function never holds back another;
+//! - the replica is at its cap: a function with no call in flight takes one of the permits kept
+//!   for quiet functions, so it is never stuck behind other functions' calls; a function holding
+//!   twice its share of the cap or more (and at least [`MOVE_AT_CAP_FROM`] calls) moves the call
+//!   to the wait stream, where it takes its turn among the waiting functions; any other waits for
+//!   the next free permit.
+//!
+//! Calls also move at once when the function is rate-limited (all its calls start from the wait
+//! stream, at the rate) or calls of the function wait already (a new one queues behind them).
 //!
 //! A move publishes a copy (de-duplicated on the call's stream sequence) and acks the call only
 //! once JetStream holds the copy, so a crash in between runs the call at most twice, never zero.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::StatusCode;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, PullConsumer};
+use flotilla_queue::FunctionName;
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::budget::Slot;
 use crate::call;
 use crate::dead;
 use crate::error::PullError;
 use crate::functions::{FunctionRt, Functions};
-use crate::retry;
-use crate::{Shared, metrics};
+use crate::{Shared, metrics, pull, retry};
 
-/// Messages asked for per pull request. Each is started, moved or (at the replica's cap) waits
-/// a moment for a permit, so few wait in the client's buffer.
+/// Messages asked for at once. Each is started, moved or (at the replica's cap) waits a moment
+/// for a permit, so few wait in the inbox.
 const BATCH: usize = 256;
 /// Moves to the wait stream in progress at once per shard (each waits for a PubAck).
 const MOVES: usize = 256;
@@ -128,45 +135,89 @@ pub(crate) async fn run(
     functions: Arc<Functions>,
     waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
 ) -> Result<(), PullError> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(BATCH)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
+    let inbox = shared.client.new_inbox();
+    let mut sub = shared
+        .client
+        .subscribe(inbox.clone())
         .await
         .map_err(|e| PullError::Subscribe(e.to_string()))?;
     let moves = Arc::new(Semaphore::new(MOVES));
+    let mut placer = Placer::default();
     let pending = metrics::shard_pending(shard);
     let mut info_tick = tokio::time::interval(INFO_EVERY);
     info_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Messages asked for and not yet delivered, and when the requests count as lost.
+    let mut outstanding = 0usize;
+    let mut lost_at = Instant::now();
     tracing::debug!(shard, "dispatching");
-    loop {
-        if let Some(until) = shared.budget.paused_until() {
-            // The replica ran out of a local resource: take nothing new until the pause ends.
-            tokio::select! {
-                _ = shared.stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(until) => {}
+    let result = loop {
+        let paused = shared.budget.paused_until();
+        // Ask again once half a batch has arrived, so calls keep flowing without a gap.
+        if paused.is_none() && outstanding <= BATCH / 2 {
+            let want = BATCH - outstanding;
+            let batch = consumer::pull::BatchConfig {
+                batch: want,
+                expires: Some(pull::BUSY.expires),
+                idle_heartbeat: pull::BUSY.heartbeat,
+                ..Default::default()
+            };
+            if let Err(e) = consumer.request_batch(batch, inbox.clone().into()).await {
+                break Err(PullError::Request(e.to_string()));
             }
+            outstanding += want;
+            lost_at = Instant::now() + pull::BUSY.lost_after;
         }
-        let msg = tokio::select! {
+        let m = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => return Ok(()),
-            m = messages.next() => match m {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
-                    tracing::debug!(shard, error = %e, "dispatch heartbeat missed");
-                    continue;
-                }
-                Some(Err(e)) => return Err(PullError::Request(e.to_string())),
-                None => return Err(PullError::Closed),
-            },
+            _ = shared.stop.cancelled() => break Ok(()),
+            m = sub.next() => m,
+            // The replica ran out of a local resource: ask for nothing new until the pause ends.
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => continue,
+            _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
+                outstanding = 0;
+                continue;
+            }
             _ = info_tick.tick() => {
                 if let Ok(info) = consumer.get_info().await {
                     pending.set(info.num_pending as f64);
                 }
                 continue;
             }
+        };
+        let Some(m) = m else {
+            break Err(PullError::Closed);
+        };
+        // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
+        lost_at = Instant::now() + pull::BUSY.lost_after;
+        match m.status {
+            None | Some(StatusCode::OK) => outstanding = outstanding.saturating_sub(1),
+            Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
+                if m.description.as_deref() == Some("Consumer Deleted") {
+                    break Err(PullError::ConsumerDeleted);
+                }
+                outstanding = match pull::pending_messages(m.headers.as_ref()) {
+                    Some(n) => outstanding.saturating_sub(n),
+                    None => 0,
+                };
+                continue;
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => continue,
+            Some(status) => {
+                tracing::debug!(shard, %status, description = ?m.description, "dispatch pull status");
+                outstanding = 0;
+                if status == StatusCode::NO_RESPONDERS {
+                    // JetStream is not answering: do not spin.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shared.stop.cancelled() => break Ok(()),
+                    }
+                }
+                continue;
+            }
+        }
+        let msg = jetstream::Message {
+            message: m,
+            context: shared.js.clone(),
         };
         let Some(name) = subjects::function_of_subject(shard, &msg.subject) else {
             let shared2 = shared.clone();
@@ -176,11 +227,15 @@ pub(crate) async fn run(
             continue;
         };
         let f = functions.get(&name, &shared.policies);
-        match place(&shared, &f) {
+        match placer.place(&shared, &f).await {
             Place::Start(slot) => {
                 shared
                     .tracker
                     .spawn(call::handle(shared.clone(), f, msg, slot));
+            }
+            Place::Stopping => {
+                call::hand_back(&shared, &msg).await;
+                break Ok(());
             }
             Place::Wait => {
                 let guard = f.moving();
@@ -188,7 +243,8 @@ pub(crate) async fn run(
                     let _ = waiting.send(f.clone());
                 }
                 let Ok(permit) = moves.clone().acquire_owned().await else {
-                    return Ok(());
+                    call::hand_back(&shared, &msg).await;
+                    break Ok(());
                 };
                 let shared2 = shared.clone();
                 shared.tracker.spawn(async move {
@@ -197,33 +253,115 @@ pub(crate) async fn run(
                 });
             }
         }
-    }
+    };
+    pull::hand_back_inbox(&shared, sub).await;
+    result
 }
 
 /// Where a dispatched call goes.
 enum Place {
     Start(Slot),
     Wait,
+    /// The worker stopped while the call waited for a permit.
+    Stopping,
 }
 
-fn place(shared: &Shared, f: &FunctionRt) -> Place {
-    if f.always_waits() || f.is_waiting() {
-        return Place::Wait;
+/// At the replica's cap, calls of a function holding fewer calls than this wait in place for a
+/// permit whatever its share: with hundreds of functions a share is one or two calls, and moving
+/// the calls of every function that happens to hold two would cost more than it spares.
+const MOVE_AT_CAP_FROM: usize = 8;
+
+/// How long the dispatch loop waits in place for a function's slot before it moves the call to
+/// the wait stream. A fast function at its limit frees one within microseconds, and a call that
+/// waits a moment costs far less than a move; a slow one does not, and after a wait in vain its
+/// calls move at once for a while.
+const HOLD: Duration = Duration::from_millis(5);
+/// After a wait in vain, calls move without waiting for this long, doubled after each further
+/// wait in vain up to [`STARVED_MAX`], so a saturated slow function costs the loop a few
+/// milliseconds now and then, not on every call.
+const STARVED_MIN: Duration = Duration::from_millis(250);
+const STARVED_MAX: Duration = Duration::from_secs(30);
+
+/// Whether waiting in place for a function's slot was in vain lately.
+#[derive(Debug, Default)]
+struct Starved {
+    until: Option<Instant>,
+    streak: u32,
+}
+
+impl Starved {
+    fn now(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now < t)
     }
-    let Ok(function) = f.slots.clone().try_acquire_owned() else {
-        return Place::Wait;
-    };
-    let replica = match shared.budget.permits().clone().try_acquire_owned() {
-        Ok(p) => p,
-        Err(_) => match f.running.calls() {
-            0 => match shared.budget.express() {
+
+    fn waited_in_vain(&mut self, now: Instant) {
+        let backoff = STARVED_MIN
+            .saturating_mul(1 << self.streak.min(16))
+            .min(STARVED_MAX);
+        self.streak = self.streak.saturating_add(1);
+        self.until = Some(now + backoff);
+    }
+
+    fn fed(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Decides where each dispatched call goes, remembering which functions' slots were waited for
+/// in vain.
+#[derive(Debug, Default)]
+struct Placer {
+    starved: HashMap<FunctionName, Starved>,
+}
+
+impl Placer {
+    async fn place(&mut self, shared: &Shared, f: &FunctionRt) -> Place {
+        if f.always_waits() || f.is_waiting() {
+            return Place::Wait;
+        }
+        let function = match f.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let now = Instant::now();
+                let starved = self.starved.entry(f.name.clone()).or_default();
+                if starved.now(now) {
+                    return Place::Wait;
+                }
+                match tokio::time::timeout(HOLD, f.slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => {
+                        starved.fed();
+                        p
+                    }
+                    _ => {
+                        starved.waited_in_vain(now);
+                        return Place::Wait;
+                    }
+                }
+            }
+        };
+        let budget = &shared.budget;
+        let replica = match budget.permits().clone().try_acquire_owned() {
+            Ok(p) => p,
+            // The replica is at its cap. A function with no call in flight takes a permit kept
+            // for such functions; one holding twice its share of the cap (and a few calls at
+            // least) waits its turn in the wait stream; any other waits here for the next free
+            // permit.
+            Err(_) => match budget.express().filter(|_| f.running.calls() == 0) {
                 Some(p) => p,
-                None => return Place::Wait,
+                None if f.running.calls() >= (2 * budget.share()).max(MOVE_AT_CAP_FROM) => {
+                    return Place::Wait;
+                }
+                None => tokio::select! {
+                    p = budget.permits().clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return Place::Stopping,
+                    },
+                    _ = shared.stop.cancelled() => return Place::Stopping,
+                },
             },
-            _ => return Place::Wait,
-        },
-    };
-    Place::Start(Slot::new(function, replica, &f.running))
+        };
+        Place::Start(Slot::new(function, replica, &f.running))
+    }
 }
 
 /// Moves a call to its function's wait subject.
@@ -243,5 +381,36 @@ async fn move_to_wait(shared: &Shared, f: &FunctionRt, msg: jetstream::Message) 
         Err(error) => {
             tracing::warn!(function = %f.name, %error, "cannot move a call to the wait stream; dispatching it again")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_in_vain_back_off_and_a_success_forgets_them() {
+        let now = Instant::now();
+        let mut s = Starved::default();
+        assert!(!s.now(now));
+        s.waited_in_vain(now);
+        assert!(s.now(now + STARVED_MIN / 2) && !s.now(now + STARVED_MIN));
+        s.waited_in_vain(now);
+        assert!(s.now(now + STARVED_MIN * 3 / 2), "doubled");
+        for _ in 0..40 {
+            s.waited_in_vain(now);
+        }
+        assert!(s.now(now + STARVED_MAX - Duration::from_millis(1)) && !s.now(now + STARVED_MAX));
+        s.fed();
+        assert!(!s.now(now));
+    }
+
+    #[test]
+    fn the_dispatch_consumer_reads_every_call_of_the_shard_and_never_gives_up() {
+        let c = consumer_config(3, Duration::from_secs(30));
+        assert_eq!(c.filter_subject, "flotilla.call.3.>");
+        assert_eq!(c.durable_name.as_deref(), Some(DISPATCH_CONSUMER));
+        assert_eq!((c.max_deliver, c.max_ack_pending), (-1, -1));
+        assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
     }
 }

@@ -201,7 +201,12 @@ pub async fn serve(
         client: client.clone(),
         js,
         policies,
-        http: pooled_client(PoolSettings::default()),
+        // As many idle connections per function host as calls may be in flight: below that, a
+        // replica busy with one host closes and reopens a connection per call.
+        http: pooled_client(PoolSettings {
+            max_idle_per_host: config.max_in_flight(),
+            ..PoolSettings::default()
+        }),
         budget: Arc::new(budget::Budget::new(config.max_in_flight())),
         callbacks,
         reports,

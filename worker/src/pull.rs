@@ -35,19 +35,19 @@ use ledger::{Ledger, RateShare};
 /// notices a lost one quickly; a quiet one (nothing delivered or waiting for `QUIET_AFTER`) asks
 /// rarely, so thousands of idle functions cost NATS and the worker little.
 #[derive(Debug, Clone, Copy)]
-struct Pace {
+pub(crate) struct Pace {
     /// How long a pull request waits at the server for messages before it expires and is renewed.
-    expires: Duration,
+    pub expires: Duration,
     /// While a pull request waits, the server sends a heartbeat this often...
-    heartbeat: Duration,
+    pub heartbeat: Duration,
     /// ...so when nothing at all arrived for this long, the request is lost (this replica
     /// reconnected to another node, or the consumer's leader died with it) and is sent again.
-    lost_after: Duration,
+    pub lost_after: Duration,
     /// How often the consumer is read (for `worker_pending` and idle detection).
     info_every: Duration,
 }
 
-const BUSY: Pace = Pace {
+pub(crate) const BUSY: Pace = Pace {
     expires: Duration::from_secs(5),
     heartbeat: Duration::from_secs(1),
     lost_after: Duration::from_millis(2500),
@@ -118,6 +118,11 @@ pub(crate) fn consumer_config(
         // A function whose calls no longer wait loses its consumer; the next call that has to
         // wait makes it again.
         inactive_threshold: inactive,
+        // Its state (which waiting calls are delivered) in memory: consumers come and go with
+        // the functions that are at a limit, and a file each would cost nats-server a directory
+        // and a state file written per flush. After a server restart the calls delivered and
+        // not acked are delivered again, which a work queue allows.
+        memory_storage: true,
         ..Default::default()
     }
 }
@@ -293,8 +298,14 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         }
     };
     drop(ledger);
+    hand_back_inbox(&shared, sub).await;
+    f.metrics.pending.set(0.0);
+    Ok(ended)
+}
 
-    // Stop pulling: unsubscribe, and hand back whatever still arrives for earlier requests.
+/// Stops pulling: unsubscribes the pull inbox, and hands back whatever still arrives on it for
+/// earlier requests (for at most two seconds).
+pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscriber) {
     let _ = sub.drain().await;
     let drained = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(m) = sub.next().await {
@@ -303,16 +314,14 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                     message: m,
                     context: shared.js.clone(),
                 };
-                call::hand_back(&shared, &msg).await;
+                call::hand_back(shared, &msg).await;
             }
         }
     })
     .await;
     if drained.is_err() {
-        tracing::debug!(function = %f.name, "pull inbox did not drain in time");
+        tracing::debug!("pull inbox did not drain in time");
     }
-    f.metrics.pending.set(0.0);
-    Ok(ended)
 }
 
 /// A message arrived beyond what was asked for: waits for the slot it lacks rather than exceed a
@@ -339,7 +348,7 @@ async fn until_ready(share: Option<&RateShare>) {
 }
 
 /// The unfulfilled part of an expired or terminated pull request.
-fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
+pub(crate) fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
     headers?
         .get(flotilla_queue::headers::NATS_PENDING_MESSAGES)?
         .as_str()
