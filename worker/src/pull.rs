@@ -179,7 +179,8 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         ledger.reserve();
         let paused = shared.budget.paused_until();
         let plan = ledger.plan(share.as_ref(), paused.is_some());
-        if plan.request > 0 {
+        // Once nothing waits, no new request: the loop ends when its last one is closed.
+        if plan.request > 0 && f.is_waiting() {
             let pace = Pace::of(last_activity, shared.consumer_idle);
             let batch = consumer::pull::BatchConfig {
                 batch: plan.request,
@@ -287,9 +288,15 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                         // for as long as they keep coming, rather than start over for each.
                         let lingering = f.always_waits() && last_activity.elapsed() < QUIET_AFTER;
                         if info.num_pending == 0 && f.moves_in_progress() == 0 && !lingering {
+                            // New calls start directly again; a move that begins from now on
+                            // sets the function waiting again and is delivered to this loop, or
+                            // restarts it (see `dispatch`).
                             f.set_waiting(false);
-                            // A move that began meanwhile restarts the loop (see `dispatch`).
-                            break Ended::Drained;
+                            // The loop ends only once no request of it is open at the server:
+                            // a message sent to an inbox nobody reads would wait out `ack_wait`.
+                            if info.num_ack_pending == 0 && ledger.outstanding() == 0 {
+                                break Ended::Drained;
+                            }
                         }
                     }
                     Err(error) => tracing::debug!(function = %f.name, %error, "consumer info"),
