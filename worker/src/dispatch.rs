@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::StatusCode;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use flotilla_queue::FunctionName;
@@ -40,6 +39,7 @@ use crate::call;
 use crate::dead;
 use crate::error::PullError;
 use crate::functions::{FunctionRt, Functions};
+use crate::pull::Arrival;
 use crate::{Shared, metrics, pull, retry};
 
 /// Messages asked for at once. Each is started, moved or (at the replica's cap) waits a moment
@@ -119,10 +119,7 @@ pub(crate) async fn prepare(
     let consumer = stream
         .create_consumer(consumer_config(shard, shared.ack_wait))
         .await
-        .map_err(|e| {
-            let retryable = !matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_));
-            create(e.to_string(), retryable)
-        })?;
+        .map_err(|e| PullError::creating(DISPATCH_CONSUMER.into(), &e))?;
     Ok((consumer, earlier.len()))
 }
 
@@ -135,12 +132,8 @@ pub(crate) async fn run(
     functions: Arc<Functions>,
     waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
 ) -> Result<(), PullError> {
-    let inbox = shared.client.new_inbox();
-    let mut sub = shared
-        .client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+    let (inbox, mut sub) = pull::open_inbox(&shared).await?;
+    let puller = format!("dispatch of shard {shard}");
     let moves = Arc::new(Semaphore::new(MOVES));
     let mut placer = Placer::default();
     let pending = metrics::shard_pending(shard);
@@ -189,35 +182,18 @@ pub(crate) async fn run(
         };
         // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
         lost_at = Instant::now() + pull::BUSY.lost_after;
-        match m.status {
-            None | Some(StatusCode::OK) => outstanding = outstanding.saturating_sub(1),
-            Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
-                if m.description.as_deref() == Some("Consumer Deleted") {
-                    break Err(PullError::ConsumerDeleted);
-                }
-                outstanding = match pull::pending_messages(m.headers.as_ref()) {
-                    Some(n) => outstanding.saturating_sub(n),
-                    None => 0,
-                };
+        let msg = match pull::arrival(&shared, m, &puller).await {
+            Ok(Arrival::Message(msg)) => {
+                outstanding = outstanding.saturating_sub(1);
+                msg
+            }
+            Ok(Arrival::Expired(unfulfilled)) => {
+                outstanding = unfulfilled.map_or(0, |n| outstanding.saturating_sub(n));
                 continue;
             }
-            Some(StatusCode::IDLE_HEARTBEAT) => continue,
-            Some(status) => {
-                tracing::debug!(shard, %status, description = ?m.description, "dispatch pull status");
-                outstanding = 0;
-                if status == StatusCode::NO_RESPONDERS {
-                    // JetStream is not answering: do not spin.
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = shared.stop.cancelled() => break Ok(()),
-                    }
-                }
-                continue;
-            }
-        }
-        let msg = jetstream::Message {
-            message: m,
-            context: shared.js.clone(),
+            Ok(Arrival::Heartbeat) => continue,
+            Ok(Arrival::Stopping) => break Ok(()),
+            Err(e) => break Err(e),
         };
         let Some(name) = subjects::function_of_subject(shard, &msg.subject) else {
             let shared2 = shared.clone();

@@ -60,6 +60,21 @@ pub(crate) enum PullError {
 }
 
 impl PullError {
+    /// NATS did not create `consumer`: retryable unless the server refused its configuration.
+    pub(crate) fn creating(
+        consumer: String,
+        e: &async_nats::jetstream::stream::ConsumerError,
+    ) -> Self {
+        Self::Create {
+            consumer,
+            retryable: !matches!(
+                e.kind(),
+                async_nats::jetstream::stream::ConsumerErrorKind::JetStream(_)
+            ),
+            message: e.to_string(),
+        }
+    }
+
     /// Whether restarting the loop may help: NATS may come back and a deleted consumer is
     /// recreated on the next start, but a refused configuration stays refused.
     pub(crate) fn is_retryable(&self) -> bool {

@@ -139,22 +139,12 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         shared.ack_wait,
         shared.consumer_idle,
     );
-    let consumer_name = subjects::consumer_name(&f.name);
     let consumer: consumer::PullConsumer = shared
         .js
         .create_consumer_on_stream(config, stream.as_str())
         .await
-        .map_err(|e| PullError::Create {
-            consumer: consumer_name.clone(),
-            retryable: !matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(_)),
-            message: e.to_string(),
-        })?;
-    let inbox = shared.client.new_inbox();
-    let mut sub = shared
-        .client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+        .map_err(|e| PullError::creating(subjects::consumer_name(&f.name), &e))?;
+    let (inbox, mut sub) = open_inbox(&shared).await?;
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
 
     let mut ledger = Ledger::new(
@@ -208,10 +198,9 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                 // Anything on the inbox (a message, a status, a heartbeat) shows the requests
                 // are alive.
                 lost_at = Instant::now() + lost_after;
-                match m.status {
-                    None | Some(StatusCode::OK) => {
+                match arrival(&shared, m, &f.name).await? {
+                    Arrival::Message(msg) => {
                         last_activity = Instant::now();
-                        let msg = jetstream::Message { message: m, context: shared.js.clone() };
                         let slot = match ledger.arrived() {
                             Some(slot) => slot,
                             None => match wait_for_slot(&shared, &f, &mut ledger).await {
@@ -224,23 +213,11 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                         };
                         shared.tracker.spawn(call::handle(shared.clone(), f.clone(), msg, slot));
                     }
-                    Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
-                        if m.description.as_deref() == Some("Consumer Deleted") {
-                            return Err(PullError::ConsumerDeleted);
-                        }
-                        ledger.expired(pending_messages(m.headers.as_ref()));
-                    }
-                    Some(StatusCode::IDLE_HEARTBEAT) => {}
-                    Some(status) => {
-                        tracing::debug!(function = %f.name, %status, description = ?m.description, "pull status");
+                    Arrival::Expired(unfulfilled) => ledger.expired(unfulfilled),
+                    Arrival::Heartbeat => {}
+                    Arrival::Stopping => {
                         ledger.expired(None);
-                        if status == StatusCode::NO_RESPONDERS {
-                            // JetStream is not answering: do not spin.
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                _ = shared.stop.cancelled() => break Ended::Stopped,
-                            }
-                        }
+                        break Ended::Stopped;
                     }
                 }
             }
@@ -331,6 +308,66 @@ pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscr
     }
 }
 
+/// A fresh pull inbox and its subscription.
+pub(crate) async fn open_inbox(
+    shared: &Shared,
+) -> Result<(String, async_nats::Subscriber), PullError> {
+    let inbox = shared.client.new_inbox();
+    let sub = shared
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+    Ok((inbox, sub))
+}
+
+/// What arrived on a pull inbox. Matched at once and never stored, so the message is not boxed:
+/// that would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Arrival {
+    /// A message asked for.
+    Message(jetstream::Message),
+    /// A request ended with this many messages it will never deliver (`None`: unknown, so all).
+    Expired(Option<usize>),
+    /// The server's sign that a request is alive.
+    Heartbeat,
+    /// The worker stopped while waiting for JetStream to answer again.
+    Stopping,
+}
+
+/// Sorts what arrived on a pull inbox; `puller` names the loop in the log. Any other status ends
+/// every request (after half a second when JetStream did not answer, so the loop does not spin);
+/// a deleted consumer ends the loop.
+pub(crate) async fn arrival(
+    shared: &Shared,
+    m: async_nats::Message,
+    puller: &(dyn std::fmt::Display + Sync),
+) -> Result<Arrival, PullError> {
+    match m.status {
+        None | Some(StatusCode::OK) => Ok(Arrival::Message(jetstream::Message {
+            message: m,
+            context: shared.js.clone(),
+        })),
+        Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
+            if m.description.as_deref() == Some("Consumer Deleted") {
+                return Err(PullError::ConsumerDeleted);
+            }
+            Ok(Arrival::Expired(pending_messages(m.headers.as_ref())))
+        }
+        Some(StatusCode::IDLE_HEARTBEAT) => Ok(Arrival::Heartbeat),
+        Some(status) => {
+            tracing::debug!(%puller, %status, description = ?m.description, "pull status");
+            if status == StatusCode::NO_RESPONDERS {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shared.stop.cancelled() => return Ok(Arrival::Stopping),
+                }
+            }
+            Ok(Arrival::Expired(None))
+        }
+    }
+}
+
 /// A message arrived beyond what was asked for: waits for the slot it lacks rather than exceed a
 /// limit or burn a delivery. `None` when the worker stops first.
 async fn wait_for_slot(shared: &Shared, f: &FunctionRt, ledger: &mut Ledger) -> Option<Slot> {
@@ -355,7 +392,7 @@ async fn until_ready(share: Option<&RateShare>) {
 }
 
 /// The unfulfilled part of an expired or terminated pull request.
-pub(crate) fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
+fn pending_messages(headers: Option<&HeaderMap>) -> Option<usize> {
     headers?
         .get(flotilla_queue::headers::NATS_PENDING_MESSAGES)?
         .as_str()
