@@ -101,7 +101,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
                 }
             }
             match dispatch::prepare(&shared, shard).await {
-                Ok((consumer, _)) => {
+                Ok(consumer) => {
                     dispatch = Some(shared.tracker.spawn(dispatch::run(
                         shared.clone(),
                         shard,

@@ -74,12 +74,8 @@ pub(crate) fn consumer_config(shard: u32, ack_wait: Duration) -> consumer::pull:
 /// Removes the consumers of the earlier layout (one per function, filtered on its call subject)
 /// from the shard's stream, then creates the dispatch consumer. A work-queue stream refuses a
 /// consumer whose filter overlaps another's, and the calls those consumers had delivered and not
-/// acknowledged return to the stream when they go, to be dispatched like any other. Returns the
-/// number of consumers removed.
-pub(crate) async fn prepare(
-    shared: &Shared,
-    shard: u32,
-) -> Result<(PullConsumer, usize), PullError> {
+/// acknowledged return to the stream when they go, to be dispatched like any other.
+pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer, PullError> {
     let create = |message: String, retryable: bool| PullError::Create {
         consumer: DISPATCH_CONSUMER.into(),
         message,
@@ -120,7 +116,7 @@ pub(crate) async fn prepare(
         .create_consumer(consumer_config(shard, shared.ack_wait))
         .await
         .map_err(|e| PullError::creating(DISPATCH_CONSUMER.into(), &e))?;
-    Ok((consumer, earlier.len()))
+    Ok(consumer)
 }
 
 /// Dispatches the shard's calls until the worker stops (`Ok`) or the consumer fails. `waiting`
