@@ -165,6 +165,12 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     let mut permit_wait: Option<PermitWait> = None;
 
     let ended = loop {
+        // Nothing waits any more (see the consumer reading below) and no request of this loop is
+        // open at the server: a message sent to an inbox nobody reads would wait out `ack_wait`.
+        // The end does not hang on reading the consumer again, which NATS may have removed.
+        if !f.is_waiting() && ledger.outstanding() == 0 {
+            break Ended::Drained;
+        }
         ledger.set_busy(last_activity.elapsed() < QUIET_AFTER);
         ledger.reserve();
         let paused = shared.budget.paused_until();
@@ -269,11 +275,6 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                             // sets the function waiting again and is delivered to this loop, or
                             // restarts it (see `dispatch`).
                             f.set_waiting(false);
-                            // The loop ends only once no request of it is open at the server:
-                            // a message sent to an inbox nobody reads would wait out `ack_wait`.
-                            if info.num_ack_pending == 0 && ledger.outstanding() == 0 {
-                                break Ended::Drained;
-                            }
                         }
                     }
                     Err(error) => tracing::debug!(function = %f.name, %error, "consumer info"),
