@@ -119,7 +119,10 @@ impl Fleet {
             options,
         };
         if fleet.options.gateway {
-            let mut gateway = Gateway::start(fleet.common_args()).await?;
+            // No load balancer sends to a fleet started here, so there is nothing to drain for.
+            let mut args = fleet.common_args();
+            args.extend(["--drain-delay".into(), "0s".into()]);
+            let mut gateway = Gateway::start(args).await?;
             gateway.wait_ready(fleet.options.ready_within).await?;
             fleet.gateway = Some(gateway);
         }
@@ -197,6 +200,11 @@ impl Fleet {
     /// The nats-server this fleet started (none when it was given a URL).
     pub fn nats_server(&self) -> Option<&NatsServer> {
         self.nats_server.as_ref()
+    }
+
+    /// The nats-server this fleet started, to kill and resume it.
+    pub fn nats_server_mut(&mut self) -> Option<&mut NatsServer> {
+        self.nats_server.as_mut()
     }
 
     /// A client of the fleet's NATS, connected once JetStream answered.

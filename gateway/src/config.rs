@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub header_read_timeout: Duration,
 
+    /// On shutdown, how long the gateway goes on accepting requests after `/readyz` starts failing,
+    /// so load balancers stop sending before it stops listening. Then the shutdown grace runs.
+    #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s", value_parser = duration_arg)]
+    pub drain_delay: Duration,
+
     /// On shutdown, how long in-flight requests may take to finish before the gateway returns
     /// regardless. Keep it below the orchestrator's kill timeout.
     #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration_arg)]

@@ -47,7 +47,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The handles, after describing every metric. Each function the policy file names gets its
+    /// accepted-call and duplicate counters at once (at 0), so `increase()` sees its first event.
+    pub fn new<'a>(named: impl Iterator<Item = &'a flotilla_queue::FunctionName>) -> Self {
         metrics::describe_counter!(
             INVOCATIONS,
             "Function calls by function and response code (202 for accepted asynchronous calls)"
@@ -76,6 +78,12 @@ impl Metrics {
             DEAD_LETTER_REPLAYS,
             "Dead letters handled by replay requests, by function and outcome (replayed, duplicate, skipped, failed)"
         );
+        metrics::gauge!(NATS_CONNECTED).set(0.0);
+        for function in named {
+            drop(Accepted::new(function.as_str()));
+            metrics::counter!(DUPLICATES, "function_name" => function.as_str().to_owned())
+                .increment(0);
+        }
         Self {
             enqueue_seconds: metrics::histogram!(ENQUEUE_SECONDS),
         }

@@ -102,15 +102,11 @@ pub async fn serve(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
 
-    tokio::pin!(shutdown);
-    let outcome = loop {
-        tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            Some(error) = fatal_rx.recv() => {
-                tracing::error!(%error, "topology disagrees with this gateway's configuration");
-                break Err(GatewayError::Topology(error));
-            }
-            accepted = listener.accept() => match accepted {
+    let accept = |accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>| {
+        let (builder, state, token) = (&builder, &state, &token);
+        let tracker = &tracker;
+        async move {
+            match accepted {
                 Ok((stream, _)) => {
                     tracker.spawn(serve_connection(
                         stream,
@@ -124,10 +120,33 @@ pub async fn serve(
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-            },
+            }
         }
     };
-
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            Some(error) = fatal_rx.recv() => {
+                tracing::error!(%error, "topology disagrees with this gateway's configuration");
+                break Err(GatewayError::Topology(error));
+            }
+            accepted = listener.accept() => accept(accepted).await,
+        }
+    };
+    // Readiness fails at once; requests are still served until load balancers have seen it.
+    state.stop_being_ready();
+    if outcome.is_ok() && !config.drain_delay.is_zero() {
+        tracing::info!(drain_delay = ?config.drain_delay, "shutting down: not ready, still serving for the drain delay");
+        let delay = tokio::time::sleep(config.drain_delay);
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                () = &mut delay => break,
+                accepted = listener.accept() => accept(accepted).await,
+            }
+        }
+    }
     drop(listener);
     token.cancel();
     tracker.close();
@@ -194,6 +213,7 @@ async fn agree_topology(
             };
             match result {
                 Ok(topology) => {
+                    state.topology_problem(None);
                     tracing::info!(
                         shards = topology.shards,
                         "topology agreed; accepting asynchronous calls"
@@ -204,6 +224,7 @@ async fn agree_topology(
                 }
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "topology not agreed yet; retrying");
+                    state.topology_problem(Some(error.to_string()));
                 }
                 Err(error) => {
                     let _ = fatal.send(error).await;

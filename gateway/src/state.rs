@@ -45,15 +45,22 @@ pub struct State {
     /// restart); the topology task then re-creates the streams.
     pub streams_missing: tokio::sync::Notify,
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), NotReady>)>>,
+    /// Set on shutdown: `/readyz` fails from then on while requests are still served.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Why the latest attempt to agree the topology failed, for `/readyz`.
+    topology_problem: std::sync::Mutex<Option<String>>,
 }
 
 /// Why `/readyz` answers 503; the text is the answer's body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("NATS is not connected")]
     NatsDown,
-    #[error("topology not agreed yet")]
-    NoTopology,
+    /// `last_error` is why the latest attempt to agree failed, when one did.
+    #[error("topology not agreed yet{}", last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    NoTopology { last_error: Option<String> },
     #[error("streams of the {shards}-shard topology are not all present")]
     StreamsMissing { shards: u32 },
 }
@@ -82,6 +89,7 @@ pub struct StateParts {
 
 impl State {
     pub fn new(p: StateParts) -> Self {
+        let metrics = Metrics::new(p.policies.named());
         Self {
             client: p.client,
             js: p.js,
@@ -92,11 +100,13 @@ impl State {
             sync_timeout: p.sync_timeout,
             retry_after: p.retry_after,
             auth: p.auth,
-            metrics: Metrics::new(),
+            metrics,
             hot: HotFunctions::default(),
             prometheus: p.prometheus,
             streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            topology_problem: std::sync::Mutex::new(None),
         }
     }
 
@@ -124,20 +134,37 @@ impl State {
 
     /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
     /// check is cached briefly; concurrent probes share one check.
+    /// From now on `/readyz` fails with "shutting down".
+    pub fn stop_being_ready(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records why agreeing the topology failed (`None` once it succeeded).
+    pub fn topology_problem(&self, problem: Option<String>) {
+        if let Ok(mut p) = self.topology_problem.lock() {
+            *p = problem;
+        }
+    }
+
     pub async fn readiness(&self) -> Result<(), NotReady> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(NotReady::ShuttingDown);
+        }
         let connected = self.nats_connected();
         self.metrics.nats_connected(connected);
         if !connected {
             return Err(NotReady::NatsDown);
         }
         let Some((topology, _)) = self.topology.get() else {
-            return Err(NotReady::NoTopology);
+            let last_error = self.topology_problem.lock().ok().and_then(|p| p.clone());
+            return Err(NotReady::NoTopology { last_error });
         };
         let mut cached = self.ready.lock().await;
         if let Some((at, answer)) = cached.as_ref()
             && at.elapsed() < READY_CACHE
         {
-            return *answer;
+            return answer.clone();
         }
         let answer = if topology.streams_present(&self.js).await {
             Ok(())
@@ -146,7 +173,7 @@ impl State {
                 shards: topology.shards,
             })
         };
-        *cached = Some((Instant::now(), answer));
+        *cached = Some((Instant::now(), answer.clone()));
         answer
     }
 }

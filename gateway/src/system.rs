@@ -48,7 +48,10 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
         },
         "/metrics" => {
             state.metrics.nats_connected(state.nats_connected());
-            let mut resp = Response::new(Body::full(state.prometheus.render()));
+            let mut resp = Response::new(Body::full(flotilla_runtime::render(
+                &state.prometheus,
+                "flotilla-gateway",
+            )));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

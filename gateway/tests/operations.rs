@@ -191,6 +191,55 @@ async fn shutdown_lets_the_request_in_flight_finish_then_run_returns() {
 }
 
 #[tokio::test]
+async fn readiness_names_why_the_topology_cannot_be_agreed() {
+    // Replicated streams on a single server: NATS refuses them, and `/readyz` says so.
+    let nats = NatsServer::start();
+    let gw = Gateway::start(&nats.url(), &["--stream-replicas", "3"]).await;
+    harness::eventually("readyz names NATS's refusal", || async {
+        let (status, reason) = get(gw.addr, "/readyz").await;
+        status == StatusCode::SERVICE_UNAVAILABLE
+            && reason.starts_with("topology not agreed yet: ")
+            && reason.contains("replicas > 1 not supported in non-clustered mode")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_shutdown_begins_readiness_fails_and_new_requests_are_served_for_the_drain_delay() {
+    const DRAIN: Duration = Duration::from_secs(3);
+    let nats = NatsServer::start();
+    let function = RecordingServer::answering(200).await;
+    let mut gw = Gateway::ready(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &function.url(),
+            "--drain-delay",
+            "3s",
+        ],
+    )
+    .await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    gw.trigger_shutdown();
+    let (status, reason) = get(addr, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reason, "shutting down\n");
+    // A load balancer still sending well into the delay, on new connections, is served.
+    tokio::time::sleep(DRAIN * 2 / 3).await;
+    let late = call(addr, "POST", "/function/late", &[], b"x").await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(function.count(), 1);
+    gw.join().await.unwrap();
+    assert!(
+        started.elapsed() >= DRAIN,
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
 async fn shutdown_is_bounded_by_the_grace_period() {
     let nats = NatsServer::start();
     let function = RecordingServer::start(Arc::new(|_: &Recorded| {

@@ -284,6 +284,11 @@ pub fn check_base_url(url: &str) -> Result<(), UrlError> {
 }
 
 impl Policies {
+    /// The functions the policy file names, in no particular order.
+    pub fn named(&self) -> impl Iterator<Item = &FunctionName> {
+        self.functions.keys()
+    }
+
     /// Policies with no file: the defaults apply to every function.
     pub fn new(
         defaults: FunctionPolicy,

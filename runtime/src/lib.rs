@@ -19,5 +19,5 @@ pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat};
-pub use prometheus::{LATENCY_BUCKETS, metrics_handle};
+pub use prometheus::{LATENCY_BUCKETS, metrics_handle, render};
 pub use signal::shutdown_signal;

@@ -26,3 +26,180 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// The scrape: the recorder's metrics, then `flotilla_build_info` and the process metrics that
+/// Prometheus client libraries export by convention (`process_*`, read from `/proc` now). The
+/// recorder cannot hold them: its counters are integers, and CPU seconds are not.
+pub fn render(handle: &PrometheusHandle, binary: &str) -> String {
+    let mut out = handle.render();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    out.push_str(&format!(
+        "# HELP flotilla_build_info Always 1; the labels name the binary and its version\n\
+         # TYPE flotilla_build_info gauge\n\
+         flotilla_build_info{{binary=\"{binary}\",version=\"{version}\"}} 1\n"
+    ));
+    let p = ProcessStats::read();
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+    };
+    metric(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds",
+        p.cpu_seconds,
+    );
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes",
+        p.resident_bytes,
+    );
+    metric(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes",
+        p.virtual_bytes,
+    );
+    metric(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds",
+        p.start_time_seconds,
+    );
+    metric(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors",
+        p.open_fds,
+    );
+    metric(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors (the soft limit)",
+        p.max_fds,
+    );
+    out
+}
+
+/// What `/proc` says about this process; a field is `None` where `/proc` is missing or unreadable
+/// (not Linux), and is then left out of the scrape.
+#[derive(Debug, Default, PartialEq)]
+struct ProcessStats {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<f64>,
+    virtual_bytes: Option<f64>,
+    start_time_seconds: Option<f64>,
+    open_fds: Option<f64>,
+    max_fds: Option<f64>,
+}
+
+impl ProcessStats {
+    fn read() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| boot_time(&s));
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let page = rustix::param::page_size() as f64;
+        let mut stats = parse_stat(&stat, ticks, page, boot);
+        stats.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as f64);
+        stats.max_fds = Some(crate::open_files_limit() as f64);
+        stats
+    }
+}
+
+/// `btime` of `/proc/stat`: when the machine booted, in seconds since the Unix epoch.
+fn boot_time(proc_stat: &str) -> Option<f64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads CPU time, memory and start time from `/proc/self/stat`. The command name (field 2) is
+/// in parentheses and may hold spaces, so fields are counted from its closing parenthesis.
+fn parse_stat(stat: &str, ticks: f64, page: f64, boot: Option<f64>) -> ProcessStats {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return ProcessStats::default();
+    };
+    // `rest` starts at field 3 (state): field n is at index n - 3.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    let cpu = field(14).zip(field(15)).map(|(u, s)| (u + s) / ticks);
+    ProcessStats {
+        cpu_seconds: cpu,
+        virtual_bytes: field(23),
+        resident_bytes: field(24).map(|pages| pages * page),
+        start_time_seconds: field(22).zip(boot).map(|(t, b)| b + t / ticks),
+        ..ProcessStats::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_command_names_closing_parenthesis() {
+        // A command name with a space and a parenthesis, as the kernel prints it.
+        let stat = "4242 (my (odd) bin) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 \
+                    3 0 1000 104857600 2048 18446744073709551615";
+        let s = parse_stat(stat, 100.0, 4096.0, Some(1_700_000_000.0));
+        assert_eq!(s.cpu_seconds, Some(3.0));
+        assert_eq!(s.virtual_bytes, Some(104_857_600.0));
+        assert_eq!(s.resident_bytes, Some(2048.0 * 4096.0));
+        assert_eq!(s.start_time_seconds, Some(1_700_000_010.0));
+        assert_eq!(
+            parse_stat("garbage", 100.0, 4096.0, None),
+            ProcessStats::default()
+        );
+    }
+
+    #[test]
+    fn boot_time_is_the_btime_line() {
+        assert_eq!(
+            boot_time("cpu 1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1.7e9)
+        );
+        assert_eq!(boot_time("cpu 1 2 3\n"), None);
+    }
+
+    #[test]
+    fn a_scrape_carries_build_info_and_this_process() {
+        let text = render(&metrics_handle(), "flotilla-test");
+        assert!(text.contains(&format!(
+            "flotilla_build_info{{binary=\"flotilla-test\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            let value: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing in {text}"))
+                .parse()
+                .unwrap();
+            // A short test may not have used a whole clock tick of CPU yet.
+            let least = if name == "process_cpu_seconds_total" {
+                0.0
+            } else {
+                1.0
+            };
+            assert!(value >= least, "{name} {value}");
+        }
+    }
+}

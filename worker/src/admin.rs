@@ -75,7 +75,9 @@ fn route(
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
         },
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            crate::metrics::nats_connected(ready.nats_connected());
+            let body = flotilla_runtime::render(metrics, "flotilla-worker");
+            let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),

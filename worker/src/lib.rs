@@ -34,6 +34,7 @@ use async_nats::jetstream;
 use flotilla_queue::{Backoff, Jitter, Policies, Topology};
 use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -86,14 +87,21 @@ pub(crate) struct Readiness {
 }
 
 impl Readiness {
+    /// Whether the NATS connection is up now (false before the first connection).
+    pub fn nats_connected(&self) -> bool {
+        self.client
+            .get()
+            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
     pub fn check(&self) -> Result<(), &'static str> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err("shutting down\n");
         }
-        let Some(client) = self.client.get() else {
+        if self.client.get().is_none() {
             return Err("connecting to NATS\n");
-        };
-        if client.connection_state() != async_nats::connection::State::Connected {
+        }
+        if !self.nats_connected() {
             return Err("NATS disconnected\n");
         }
         if !self.started.load(Ordering::SeqCst)
@@ -126,7 +134,7 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     let (config, policies) = config.into_parts();
     let prometheus = metrics_handle();
-    let metrics = WorkerMetrics::new();
+    let metrics = WorkerMetrics::new(policies.named());
     let ready = Arc::new(Readiness::default());
 
     let admin_stop = CancellationToken::new();
@@ -235,28 +243,44 @@ pub async fn serve(
     stop.cancelled().await;
     ready.stopping.store(true, Ordering::SeqCst);
     tracing::info!(grace = ?config.grace, "draining: pulling stopped, finishing calls in flight");
+    let grace_over = Instant::now() + config.grace;
     shared.tracker.close();
-    if tokio::time::timeout(config.grace, shared.tracker.wait())
+    if tokio::time::timeout_at(grace_over, shared.tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!("grace period over; handing back the calls still running");
         hard.cancel();
+    }
+    // Handing back, the last reports and the final flush need NATS. Whatever NATS does, the
+    // worker exits shortly after its grace period; a call it could not hand back returns to
+    // another replica after ack_wait.
+    let give_up = Instant::now().max(grace_over) + AFTER_GRACE;
+    let finished = async {
         shared.tracker.wait().await;
+        aux_closed.cancel();
+        aux.close();
+        aux.wait().await;
+        // Acks and naks are buffered publishes: make sure they reached NATS.
+        client.flush().await
+    };
+    match tokio::time::timeout_at(give_up, finished).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "final flush to NATS failed"),
+        Err(_) => tracing::warn!(
+            "NATS did not take the last hand-backs, reports or acks in time; calls not handed back return after ack_wait"
+        ),
     }
-    aux_closed.cancel();
-    aux.close();
-    aux.wait().await;
     drop(shared);
-    // Acks and naks are buffered publishes: make sure they reached NATS.
-    if let Err(error) = tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
-        tracing::warn!(%error, "final flush to NATS timed out");
-    }
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("worker drained");
     Ok(())
 }
+
+/// How long a worker stopping goes on after its grace period to hand calls back, publish its
+/// last reports and flush its acks to NATS, before it exits regardless.
+const AFTER_GRACE: Duration = Duration::from_millis(1500);
 
 /// Waits between tries of agreeing the topology or creating the streams while NATS is not ready:
 /// 250 ms doubling up to 5 s. No jitter: each try is a few cheap requests, so even a fleet that

@@ -24,6 +24,82 @@ pub const RESOURCE_EXHAUSTED: &str = "worker_resource_exhausted_total";
 pub const RETRIES_SCHEDULED: &str = "worker_retries_scheduled_total";
 pub const RETRIES_WAITING: &str = "worker_retries_waiting";
 pub const RETRIES_DUE: &str = "worker_retries_due_total";
+pub const NATS_CONNECTED: &str = "worker_nats_connected";
+
+/// Gives every metric its HELP text (and histograms their unit). Safe to call more than once.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CALLS_TOTAL,
+        "Finished attempts by function and the function's status code (0: unreachable or timed out)"
+    );
+    describe_histogram!(
+        CALL_DURATION,
+        Unit::Seconds,
+        "Time from the request to the function to its full response"
+    );
+    describe_gauge!(IN_FLIGHT, "Calls this replica is making now, by function");
+    describe_gauge!(
+        PENDING,
+        "Calls waiting in the wait stream for their function to have room, by function"
+    );
+    describe_gauge!(
+        SHARD_PENDING,
+        "Calls of a shard not yet dispatched, by shard"
+    );
+    describe_counter!(
+        WAITED,
+        "Calls moved to the wait stream because their function had no room, by function"
+    );
+    describe_gauge!(
+        CONSUMERS,
+        "JetStream consumers this replica is pulling from"
+    );
+    describe_gauge!(CALLBACK_QUEUE_DEPTH, "Callbacks queued for delivery");
+    describe_counter!(CALLBACKS_DELIVERED, "Callbacks the receiver accepted");
+    describe_counter!(
+        CALLBACK_FAILURES,
+        "Callbacks given up on after their attempts, or dropped with the queue full"
+    );
+    describe_counter!(
+        REPORTS_DROPPED,
+        "Reports not published to NATS because the report queue was full"
+    );
+    describe_counter!(
+        DEAD_LETTERS,
+        "Calls moved to the dead letters, by kind (poison, exhausted, redelivered) and function"
+    );
+    describe_counter!(
+        HANDED_BACK,
+        "Calls handed back to NATS unstarted or unfinished, to be delivered again (shutdown, local trouble)"
+    );
+    describe_counter!(
+        RESOURCE_EXHAUSTED,
+        "Calls handed back because this replica ran out of a local resource, by resource"
+    );
+    describe_counter!(
+        RETRIES_SCHEDULED,
+        "Failed attempts stored to be tried again, by function"
+    );
+    describe_gauge!(RETRIES_WAITING, "Stored retries not yet due, by shard");
+    describe_counter!(
+        RETRIES_DUE,
+        "Stored retries that came due and were sent to be called again"
+    );
+    describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
+}
+
+/// Sets `worker_nats_connected`; read at every scrape.
+pub(crate) fn nats_connected(up: bool) {
+    gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Dead-letter kinds a worker writes, for the series made at start.
+const DEAD_LETTER_KINDS: [&str; 3] = [
+    flotilla_queue::dead_letter::KIND_POISON,
+    flotilla_queue::dead_letter::KIND_EXHAUSTED,
+    flotilla_queue::dead_letter::KIND_REDELIVERED,
+];
 
 /// Handles of one function's series.
 #[derive(Debug)]
@@ -85,7 +161,19 @@ pub(crate) struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn new() -> Self {
+    /// The process-wide handles, after describing every metric. Each function the policy file
+    /// names gets its series at once (counters at 0), so `increase()` sees its first event.
+    pub fn new<'a>(named: impl Iterator<Item = &'a FunctionName>) -> Self {
+        describe();
+        nats_connected(false);
+        for function in named {
+            // Registering is enough: the recorder keeps the series from now on.
+            drop(FunctionMetrics::new(function));
+            for kind in DEAD_LETTER_KINDS {
+                counter!(DEAD_LETTERS, "kind" => kind, "function_name" => function.as_str().to_owned())
+                    .increment(0);
+            }
+        }
         Self {
             consumers: gauge!(CONSUMERS),
             callback_queue_depth: gauge!(CALLBACK_QUEUE_DEPTH),

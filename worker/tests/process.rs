@@ -134,6 +134,58 @@ async fn sigterm_finishes_in_flight_calls_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_gone_sigterm_still_exits_zero_soon_after_the_grace_period() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut nats = Nats::start(1).await;
+    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200).delay(Duration::from_secs(4))
+    }))
+    .await;
+    for i in 0..3 {
+        nats.publish(&envelope("stuck", &format!("s-{i}"), None, "x"))
+            .await;
+    }
+    let mut child = spawn_worker(
+        &nats.url(),
+        &function.url(),
+        &["--grace", "2s", "--ack-wait", "2s"],
+    );
+    flotilla_testsupport::wait_until(T, "three calls in flight", || function.in_flight() == 3)
+        .await;
+    // NATS goes away with the calls running: neither their acks nor their hand-backs can land.
+    nats.fleet.nats_server_mut().unwrap().kill();
+    let signalled = std::time::Instant::now();
+    sigterm(&child);
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took <= GRACE + Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
+
+    // Nothing was lost: with NATS back, the calls return and a replacement runs them.
+    nats.fleet.nats_server_mut().unwrap().resume().unwrap();
+    let worker = Worker::start(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &function.url(),
+            "--ack-wait",
+            "2s",
+        ],
+    )
+    .await;
+    flotilla_testsupport::wait_until(T, "the three calls run again", || function.count() >= 6)
+        .await;
+    nats.wait_settled(T).await;
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_exits_64() {
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
         .args(["--concurrency", "0"])

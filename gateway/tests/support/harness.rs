@@ -31,6 +31,10 @@ impl Gateway {
     /// temporary store), so they survive a NATS restart as in production.
     pub async fn start(nats_url: &str, extra: &[&str]) -> Self {
         let mut args = vec!["--nats-url", nats_url, "--log", "warn"];
+        // Tests stop gateways often; the drain delay has its own test.
+        if !extra.contains(&"--drain-delay") {
+            args.extend(["--drain-delay", "0s"]);
+        }
         args.extend_from_slice(extra);
         let inner = flotilla_fleet::Gateway::start(args)
             .await

@@ -242,7 +242,7 @@ pub struct Answer {
 impl Gateway {
     /// Starts a gateway with `args` (after the binary name) and waits until `/readyz` is 200.
     pub async fn start(args: &[&str]) -> Self {
-        let mut all = vec!["--log", "warn"];
+        let mut all = vec!["--log", "warn", "--drain-delay", "0s"];
         all.extend_from_slice(args);
         let mut inner = flotilla_fleet::Gateway::start(all).await.unwrap();
         inner
@@ -295,8 +295,13 @@ impl Gateway {
 
 /// The worker binary, configured through flags and env twins.
 pub fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> tokio::process::Child {
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla-worker"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(listen)
         .args(args)
         .env("NATS_URL", nats_url)
         .env("FLOTILLA_FUNCTION_URL_TEMPLATE", template)
