@@ -96,6 +96,9 @@ pub enum CallError {
     /// JetStream did not answer a dead-letter request (timeout, stream missing, API error).
     #[error("dead letters unavailable: {0}")]
     DeadLetters(String),
+    /// JetStream did not answer while reading the queues.
+    #[error("queues unavailable: {0}")]
+    Queues(String),
     /// The gateway failed on its own (a response it could not encode).
     #[error("internal error: {0}")]
     Internal(String),
@@ -113,9 +116,11 @@ impl CallError {
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) | Self::DeadLetters(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotReady(_)
+            | Self::NatsDown
+            | Self::Publish(_)
+            | Self::DeadLetters(_)
+            | Self::Queues(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unreachable { .. } | Self::UpstreamBroken { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadFunctionUrl(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,6 +155,7 @@ impl CallError {
             | Self::NatsDown
             | Self::Publish(_)
             | Self::DeadLetters(_)
+            | Self::Queues(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
             | Self::Timeout { .. } => (Side::Upstream, true),
@@ -179,6 +185,7 @@ impl CallError {
             Self::BadFunctionUrl(_) => "bad_function_url",
             Self::BadRequest(_) => "bad_request",
             Self::DeadLetters(_) => "dead_letters_unavailable",
+            Self::Queues(_) => "queues_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -200,7 +207,11 @@ impl CallError {
                     HeaderValue::from_static("Basic realm=\"flotilla\""),
                 );
             }
-            Self::NotReady(_) | Self::NatsDown | Self::Publish(_) | Self::DeadLetters(_) => {
+            Self::NotReady(_)
+            | Self::NatsDown
+            | Self::Publish(_)
+            | Self::DeadLetters(_)
+            | Self::Queues(_) => {
                 h.insert(header::RETRY_AFTER, retry_after.clone());
             }
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => {

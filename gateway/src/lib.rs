@@ -10,6 +10,7 @@ mod error;
 mod forward;
 mod hot;
 mod metrics;
+mod queues;
 mod routes;
 mod server;
 mod state;

@@ -78,6 +78,7 @@ impl Metrics {
             DEAD_LETTER_REPLAYS,
             "Dead letters handled by replay requests, by function and outcome (replayed, duplicate, skipped, failed)"
         );
+        crate::queues::describe();
         metrics::gauge!(NATS_CONNECTED).set(0.0);
         for function in named {
             drop(Accepted::new(function.as_str()));

@@ -45,6 +45,8 @@ pub struct State {
     /// restart); the topology task then re-creates the streams.
     pub streams_missing: tokio::sync::Notify,
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), NotReady>)>>,
+    /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
+    pub queues: crate::queues::Snapshots,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
     stopping: std::sync::atomic::AtomicBool,
     /// Why the latest attempt to agree the topology failed, for `/readyz`.
@@ -105,6 +107,7 @@ impl State {
             prometheus: p.prometheus,
             streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),
+            queues: crate::queues::Snapshots::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),
         }

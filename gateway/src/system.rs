@@ -26,6 +26,12 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
             return Err(CallError::Unauthorized);
         }
     }
+    if path == "/system/queues" {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Err(CallError::MethodNotAllowed { allow: GET_ONLY });
+        }
+        return queues(state).await;
+    }
     if path != "/system/info" && is_system {
         return dead_letters::route(state, req).await;
     }
@@ -48,6 +54,7 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
         },
         "/metrics" => {
             state.metrics.nats_connected(state.nats_connected());
+            refresh_queue_gauges(state).await;
             let mut resp = Response::new(Body::full(flotilla_runtime::render(
                 &state.prometheus,
                 "flotilla-gateway",
@@ -95,6 +102,47 @@ fn info(state: &State) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// `GET /system/queues`: every function's queue, read from NATS (at most [`SNAPSHOT_TTL`] old).
+///
+/// [`SNAPSHOT_TTL`]: crate::queues::SNAPSHOT_TTL
+async fn queues(state: &State) -> Result<Response<Body>, CallError> {
+    if !state.nats_connected() {
+        return Err(CallError::NatsDown);
+    }
+    let Some((topology, _)) = state.topology.get() else {
+        return Err(CallError::NotReady("shard topology not agreed yet"));
+    };
+    let rows = state
+        .queues
+        .get(&state.js, topology)
+        .await
+        .map_err(|e| CallError::Queues(e.to_string()))?;
+    state.queues.publish(&rows);
+    let mut resp = Response::new(Body::full(
+        serde_json::to_string(rows.as_slice()).unwrap_or_default(),
+    ));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// Brings the `flotilla_queue_*` gauges up to date before a scrape; on failure they keep their
+/// last values (and the log says why).
+async fn refresh_queue_gauges(state: &State) {
+    let Some((topology, _)) = state.topology.get() else {
+        return;
+    };
+    if !state.nats_connected() {
+        return;
+    }
+    match state.queues.get(&state.js, topology).await {
+        Ok(rows) => state.queues.publish(&rows),
+        Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
+    }
 }
 
 /// `Authorization: Basic <base64(user:password)>`, compared in constant time.

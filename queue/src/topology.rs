@@ -145,14 +145,23 @@ impl Topology {
                 .map_err(js_err)?;
             let retry = subjects::retry_wildcard(shard);
             let mut config = stream.cached_info().config.clone();
-            if !config.subjects.contains(&retry) {
-                config.subjects.push(retry);
+            if !config.subjects.contains(&retry) || !config.allow_direct {
+                if !config.subjects.contains(&retry) {
+                    config.subjects.push(retry);
+                }
+                config.allow_direct = true;
                 js.update_stream(config).await.map_err(js_err)?;
-                tracing::info!(shard, "shard stream now holds waiting retries");
+                tracing::info!(shard, "shard stream updated: waiting retries, direct gets");
             }
-            js.get_or_create_stream(wait_stream_config(shard, settings))
+            let wait = js
+                .get_or_create_stream(wait_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
+            if !wait.cached_info().config.allow_direct {
+                let mut config = wait.cached_info().config.clone();
+                config.allow_direct = true;
+                js.update_stream(config).await.map_err(js_err)?;
+            }
         }
         js.get_or_create_stream(dead_stream_config(settings))
             .await
@@ -189,6 +198,8 @@ pub fn call_stream_config(shard: u32, settings: &StreamSettings) -> stream::Conf
         storage: settings.storage,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
+        // Queue visibility counts a function's pending calls with a batched direct get.
+        allow_direct: true,
         ..Default::default()
     }
 }
@@ -208,6 +219,7 @@ pub fn wait_stream_config(shard: u32, settings: &StreamSettings) -> stream::Conf
         storage: settings.storage,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
+        allow_direct: true,
         ..Default::default()
     }
 }

@@ -31,7 +31,7 @@ fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         CALLS_TOTAL,
-        "Finished attempts by function and the function's status code (0: unreachable or timed out)"
+        "Finished attempts by function and status code (502 when the function was unreachable, 504 when it timed out)"
     );
     describe_histogram!(
         CALL_DURATION,
