@@ -1,0 +1,39 @@
+//! The README's "Running a fleet" section runs as written: `scripts/readme-fleet` runs its
+//! commands (on free ports, with this build's binaries) and the loadgen's audit passes.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_readme_fleet_section_runs_and_its_audit_passes() {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .parent()
+        .expect("binary folder");
+    for bin in ["flotilla-gateway", "flotilla-worker"] {
+        assert!(
+            bin_dir.join(bin).is_file(),
+            "{bin} is not built in {} (run the workspace's tests)",
+            bin_dir.display()
+        );
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root");
+    let out = Command::new(root.join("scripts/readme-fleet"))
+        .env("FLOTILLA_BIN_DIR", bin_dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run scripts/readme-fleet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    let audit = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find(|l| l.contains("audit:"))
+        .unwrap_or_else(|| panic!("no audit line in\n{stdout}\n{stderr}"));
+    assert!(
+        audit.contains("accepted 10,000 · completed 10,000 · lost 0") && audit.ends_with("→ OK"),
+        "{audit}"
+    );
+}
