@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
     pub header_read_timeout: Duration,
 
+    /// Answer 404 `function <name> not found` for a function the policy file does not name
+    /// (exactly or by a pattern), synchronous and asynchronous, before anything is enqueued.
+    #[arg(long, env = "FLOTILLA_KNOWN_FUNCTIONS_ONLY")]
+    pub known_functions_only: bool,
+
     /// On shutdown, how long the gateway goes on accepting requests after `/readyz` starts failing,
     /// so load balancers stop sending before it stops listening. Then the shutdown grace runs.
     #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s", value_parser = duration_arg)]

@@ -44,9 +44,14 @@ pub async fn enqueue(
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
     // A function seen before has a valid name and its subject and metrics ready.
     let hot = state.hot.get(name);
+    // Only a function that passed every check becomes hot.
     let parsed = match hot {
         Some(_) => None,
-        None => Some(FunctionName::parse(name)?),
+        None => {
+            let f = FunctionName::parse(name)?;
+            state.check_known(&f)?;
+            Some(f)
+        }
     };
     let headers = &parts.headers;
 

@@ -57,6 +57,9 @@ pub enum Side {
 pub enum CallError {
     #[error("no route for this path")]
     NotFound,
+    /// `--known-functions-only` and the policy file does not name the function.
+    #[error("function {0} not found")]
+    UnknownFunction(String),
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
@@ -107,7 +110,7 @@ pub enum CallError {
 impl CallError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownFunction(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadName(_)
             | Self::BadCallbackUrl(_)
@@ -142,6 +145,7 @@ impl CallError {
     fn class(&self) -> (Side, bool) {
         match self {
             Self::NotFound
+            | Self::UnknownFunction(_)
             | Self::MethodNotAllowed { .. }
             | Self::BadName(_)
             | Self::BadCallbackUrl(_)
@@ -168,6 +172,7 @@ impl CallError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
+            Self::UnknownFunction(_) => "function_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadName(_) => "bad_name",
             Self::BadCallbackUrl(_) => "bad_callback_url",
@@ -220,6 +225,7 @@ impl CallError {
             }
             // The status and the text say it all.
             Self::NotFound
+            | Self::UnknownFunction(_)
             | Self::BadName(_)
             | Self::BadCallbackUrl(_)
             | Self::BadHeader { .. }
@@ -260,6 +266,12 @@ mod tests {
         let function = || "echo".to_owned();
         vec![
             (CallError::NotFound, 404, Side::Downstream, false),
+            (
+                CallError::UnknownFunction(function()),
+                404,
+                Side::Downstream,
+                false,
+            ),
             (
                 CallError::MethodNotAllowed { allow: "GET" },
                 405,

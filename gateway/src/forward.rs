@@ -25,6 +25,7 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
     let function = FunctionName::parse(name)?;
+    state.check_known(&function)?;
     let url = state
         .policies
         .url_for(&function, path, parts.uri.query().unwrap_or(""));

@@ -72,6 +72,7 @@ pub async fn serve(
         .backpressure_on_inflight(false)
         .build(client.clone());
     let state = Arc::new(State::new(StateParts {
+        known_only: config.known_functions_only,
         client: client.clone(),
         js,
         policies,

@@ -6,12 +6,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use flotilla_queue::{Policies, ShardMap, Topology};
+use flotilla_queue::{FunctionName, Policies, ShardMap, Topology};
 use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::error::CallError;
 use crate::hot::HotFunctions;
 use crate::metrics::Metrics;
 
@@ -45,6 +46,8 @@ pub struct State {
     /// restart); the topology task then re-creates the streams.
     pub streams_missing: tokio::sync::Notify,
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), NotReady>)>>,
+    /// Only functions the policy file names are served (`--known-functions-only`).
+    known_only: bool,
     /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
     pub queues: crate::queues::Snapshots,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
@@ -78,6 +81,8 @@ impl std::fmt::Debug for State {
 
 /// Parts of `State` that `run` fills in from the configuration.
 pub struct StateParts {
+    /// `--known-functions-only`.
+    pub known_only: bool,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
@@ -91,7 +96,7 @@ pub struct StateParts {
 
 impl State {
     pub fn new(p: StateParts) -> Self {
-        let metrics = Metrics::new(p.policies.named());
+        let metrics = Metrics::new(p.policies.configured().map(|(f, _)| f));
         Self {
             client: p.client,
             js: p.js,
@@ -107,6 +112,7 @@ impl State {
             prometheus: p.prometheus,
             streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),
+            known_only: p.known_only,
             queues: crate::queues::Snapshots::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),
@@ -137,6 +143,14 @@ impl State {
 
     /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
     /// check is cached briefly; concurrent probes share one check.
+    /// Refuses a function the policy file does not name, when only known functions are served.
+    pub fn check_known(&self, function: &FunctionName) -> Result<(), CallError> {
+        if self.known_only && !self.policies.knows(function) {
+            return Err(CallError::UnknownFunction(function.as_str().to_owned()));
+        }
+        Ok(())
+    }
+
     /// From now on `/readyz` fails with "shutting down".
     pub fn stop_being_ready(&self) {
         self.stopping

@@ -8,6 +8,7 @@ mod harness;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_queue::subjects;
 use flotilla_testsupport::{NatsServer, Recorded, RecordingServer, Reply};
 use harness::{Gateway, call, closed_port};
 use http::StatusCode;
@@ -146,4 +147,58 @@ async fn a_bad_name_is_400_before_anything_is_called() {
     }
     assert_eq!(function.count(), 0);
     gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn with_known_functions_only_an_unnamed_function_is_404_on_both_routes_and_nothing_is_enqueued()
+ {
+    let nats = NatsServer::start();
+    let function = RecordingServer::answering(200).await;
+    let dir = std::env::temp_dir().join(format!("flotilla-known-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policies = dir.join("policies.toml");
+    std::fs::write(&policies, "[functions.resize]\n[functions.\"img-*\"]\n").unwrap();
+    let template = format!("{}/{{name}}", function.url());
+    let gw = Gateway::ready(
+        &nats.url(),
+        &[
+            "--shards",
+            "1",
+            "--function-url-template",
+            &template,
+            "--policies",
+            policies.to_str().unwrap(),
+            "--known-functions-only",
+        ],
+    )
+    .await;
+    for path in ["/async-function/nope", "/function/nope"] {
+        let r = call(gw.addr, "POST", path, &[], b"x").await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.text().trim_end(), "function nope not found", "{path}");
+    }
+    let client = nats.client().await;
+    assert_eq!(
+        harness::stream_len(&client, &subjects::call_stream(0)).await,
+        0
+    );
+    assert_eq!(function.count(), 0);
+    // Named exactly or by a pattern: served.
+    for path in ["/async-function/img-crop", "/async-function/resize"] {
+        assert_eq!(
+            call(gw.addr, "POST", path, &[], b"x").await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        call(gw.addr, "POST", "/function/resize", &[], b"x")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        harness::stream_len(&client, &subjects::call_stream(0)).await,
+        2
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

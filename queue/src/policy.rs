@@ -153,6 +153,9 @@ pub struct Policies {
     pub defaults: FunctionPolicy,
     pub url_template: String,
     functions: HashMap<FunctionName, FunctionPolicy>,
+    /// Policies of name patterns (`*` matches any run of characters), most specific first: the
+    /// longer a pattern's literal part, the earlier it is tried.
+    patterns: Vec<(String, FunctionPolicy)>,
 }
 
 /// The TOML shape. Every field is optional and falls back to the defaults.
@@ -284,11 +287,6 @@ pub fn check_base_url(url: &str) -> Result<(), UrlError> {
 }
 
 impl Policies {
-    /// The functions the policy file names, in no particular order.
-    pub fn named(&self) -> impl Iterator<Item = &FunctionName> {
-        self.functions.keys()
-    }
-
     /// Policies with no file: the defaults apply to every function.
     pub fn new(
         defaults: FunctionPolicy,
@@ -298,6 +296,7 @@ impl Policies {
             defaults,
             url_template: url_template.into(),
             functions: HashMap::new(),
+            patterns: Vec::new(),
         };
         p.check_defaults()?;
         Ok(p)
@@ -358,18 +357,46 @@ impl Policies {
                 function: name.clone(),
                 source,
             };
+            if name.contains('*') {
+                // A pattern holds the characters a name may hold, plus `*`.
+                FunctionName::parse(&name.replace('*', "x")).map_err(|e| invalid(e.into()))?;
+                let policy = o.apply(&p.defaults).map_err(invalid)?;
+                p.patterns.push((name, policy));
+                continue;
+            }
             let f = FunctionName::parse(&name).map_err(|e| invalid(e.into()))?;
             let policy = o.apply(&p.defaults).map_err(invalid)?;
             p.functions.insert(f, policy);
         }
+        p.patterns.sort_by(|(a, _), (b, _)| {
+            let literal = |s: &str| s.len() - s.matches('*').count();
+            literal(b).cmp(&literal(a)).then_with(|| a.cmp(b))
+        });
         Ok(p)
     }
 
+    /// The function's policy: its own, else that of the most specific pattern it matches, else
+    /// the defaults.
     pub fn get(&self, function: &FunctionName) -> &FunctionPolicy {
-        self.functions.get(function).unwrap_or(&self.defaults)
+        self.functions
+            .get(function)
+            .or_else(|| self.pattern_of(function))
+            .unwrap_or(&self.defaults)
     }
 
-    /// Functions named in the policy file.
+    /// Whether the policy file names the function, exactly or by a pattern.
+    pub fn knows(&self, function: &FunctionName) -> bool {
+        self.functions.contains_key(function) || self.pattern_of(function).is_some()
+    }
+
+    fn pattern_of(&self, function: &FunctionName) -> Option<&FunctionPolicy> {
+        self.patterns
+            .iter()
+            .find(|(pattern, _)| glob_matches(pattern, function.as_str()))
+            .map(|(_, p)| p)
+    }
+
+    /// Functions the policy file names exactly (patterns left out).
     pub fn configured(&self) -> impl Iterator<Item = (&FunctionName, &FunctionPolicy)> {
         self.functions.iter()
     }
@@ -416,6 +443,27 @@ pub fn join_url(base: &str, path: &str, query: &str) -> String {
 fn has_path(url: &str) -> bool {
     let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
     after_scheme.contains('/')
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters (none included).
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name must match.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -475,6 +523,53 @@ mod tests {
         assert_eq!(r.retry.min_backoff, Duration::from_millis(100));
         assert_eq!(r.timeout, Duration::from_secs(5));
         assert_eq!(p.get(&f("other")).timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn patterns_name_functions_and_the_most_specific_one_wins() {
+        let text = r#"
+            [functions."img-*"]
+            timeout = "7s"
+            [functions."img-resize-*"]
+            timeout = "9s"
+            [functions.img-resize-exact]
+            timeout = "11s"
+        "#;
+        let p = Policies::from_toml("t", text, FunctionPolicy::default(), DEFAULT_URL_TEMPLATE)
+            .unwrap();
+        let timeout = |n: &str| p.get(&f(n)).timeout.as_secs();
+        assert_eq!(timeout("img-crop"), 7);
+        assert_eq!(timeout("img-resize-big"), 9);
+        assert_eq!(timeout("img-resize-exact"), 11);
+        assert_eq!(timeout("video"), 60);
+        assert!(p.knows(&f("img-")) && p.knows(&f("img-resize-exact")));
+        assert!(!p.knows(&f("video")) && !p.knows(&f("im")));
+        assert_eq!(p.configured().count(), 1);
+        let bad = Policies::from_toml(
+            "t",
+            "[functions.\"a b*\"]\n",
+            FunctionPolicy::default(),
+            DEFAULT_URL_TEMPLATE,
+        );
+        assert!(bad.unwrap_err().to_string().starts_with("function a b*: "));
+    }
+
+    #[test]
+    fn globs_match_runs_of_characters() {
+        for (pattern, name, want) in [
+            ("a*", "a", true),
+            ("a*", "abc", true),
+            ("*c", "abc", true),
+            ("a*c", "ac", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("*", "", true),
+            ("ab", "ab", true),
+            ("ab", "abc", false),
+            ("a*a", "a", false),
+        ] {
+            assert_eq!(glob_matches(pattern, name), want, "{pattern} {name}");
+        }
     }
 
     #[test]

@@ -134,7 +134,7 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     let (config, policies) = config.into_parts();
     let prometheus = metrics_handle();
-    let metrics = WorkerMetrics::new(policies.named());
+    let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
     let ready = Arc::new(Readiness::default());
 
     let admin_stop = CancellationToken::new();
