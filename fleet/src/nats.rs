@@ -115,12 +115,20 @@ pub struct NatsServer {
     port: u16,
     routing: Option<Routing>,
     store: tempfile::TempDir,
+    /// A configuration file given with `-c` (users, permissions, TLS), kept in the store.
+    config: Option<std::path::PathBuf>,
 }
 
 impl NatsServer {
     /// A single server on a port of its choosing. Blocks until it listens.
     pub fn start() -> Result<Self, NatsError> {
-        Self::spawn(None)
+        Self::spawn(None, None)
+    }
+
+    /// A single server that also reads `config` (nats-server's configuration syntax: users,
+    /// permissions, TLS). The command line still sets the address, port and store.
+    pub fn start_with_config(config: &str) -> Result<Self, NatsError> {
+        Self::spawn(None, Some(config))
     }
 
     /// `start` on a blocking thread, for async callers (the start polls with sleeps).
@@ -130,14 +138,23 @@ impl NatsServer {
             .map_err(NatsError::Task)?
     }
 
-    fn spawn(routing: Option<Routing>) -> Result<Self, NatsError> {
+    fn spawn(routing: Option<Routing>, config: Option<&str>) -> Result<Self, NatsError> {
         let store = tempfile::tempdir().map_err(NatsError::Store)?;
         std::fs::create_dir(store.path().join("ports")).map_err(NatsError::Store)?;
+        let config = match config {
+            Some(text) => {
+                let path = store.path().join("nats.conf");
+                std::fs::write(&path, text).map_err(NatsError::Store)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut s = Self {
             child: None,
             port: 0,
             routing,
             store,
+            config,
         };
         s.resume()?;
         Ok(s)
@@ -157,6 +174,9 @@ impl NatsServer {
             "--ports_file_dir".into(),
             self.store.path().join("ports").display().to_string(),
         ];
+        if let Some(config) = &self.config {
+            args.extend(["-c".into(), config.display().to_string()]);
+        }
         if let Some(r) = &self.routing {
             args.extend([
                 "-n".into(),
@@ -314,11 +334,14 @@ impl NatsCluster {
             if routes.is_empty() {
                 routes.push(NO_ROUTE_YET.into());
             }
-            nodes.push(NatsServer::spawn(Some(Routing {
-                name: format!("n{i}"),
-                port: None,
-                routes,
-            }))?);
+            nodes.push(NatsServer::spawn(
+                Some(Routing {
+                    name: format!("n{i}"),
+                    port: None,
+                    routes,
+                }),
+                None,
+            )?);
         }
         Ok(Self { nodes })
     }

@@ -1,7 +1,10 @@
-//! The one response body type: a buffer the gateway wrote, or a function's response streamed
-//! through unbuffered. An enum instead of a boxed body keeps the hot path free of an allocation.
+//! The gateway's body types. `Body`, the one response body: a buffer the gateway wrote, or a
+//! function's response streamed through unbuffered (an enum instead of a boxed body keeps the hot
+//! path free of an allocation). `ClientBody`, a synchronous call's request body on its way to the
+//! function, which remembers whether the client's bytes were at fault.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -56,5 +59,45 @@ impl hyper::body::Body for Body {
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Upstream(incoming) => incoming.size_hint(),
         }
+    }
+}
+
+/// The client's request body on its way to the function, remembering why reading it failed: a
+/// malformed or cut-off body is the client's fault (400), not the function's (502).
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    broken: Arc<OnceLock<String>>,
+}
+
+impl ClientBody {
+    /// `inner`, whose first read error lands in `broken`.
+    pub fn new(inner: Incoming, broken: Arc<OnceLock<String>>) -> Self {
+        Self { inner, broken }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            let _ = this.broken.set(error.to_string());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

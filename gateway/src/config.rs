@@ -88,6 +88,9 @@ pub struct Config {
 /// Why a gateway configuration cannot run. Each message is one line that names the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The NATS credential or TLS flags cannot work.
+    #[error(transparent)]
+    Nats(#[from] flotilla_runtime::NatsConnectError),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be above zero")]
@@ -159,6 +162,7 @@ impl Config {
             });
         }
         let auth = self.basic_auth()?;
+        self.common.nats.auth.check()?;
         // Synchronous calls use the URLs and timeouts; the defaults are the built-in ones.
         let policies = self.common.functions.load(FunctionPolicy::default())?;
         Ok(ValidConfig {

@@ -116,6 +116,13 @@ pub async fn enqueue(
         attempt: 0,
     };
     let nats_headers = control.to_nats_headers(dedup_key.as_deref(), forwarded_headers(headers));
+    let size = nats_header_bytes(&nats_headers);
+    if size > MAX_NATS_HEADER_BYTES {
+        return Err(CallError::HeadersTooLarge {
+            size,
+            limit: MAX_NATS_HEADER_BYTES,
+        });
+    }
 
     // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
     // ack window fails at once (MaxAckPending) instead of waiting.
@@ -146,6 +153,25 @@ pub async fn enqueue(
     *resp.status_mut() = StatusCode::ACCEPTED;
     resp.headers_mut().insert(&X_CALL_ID, call_id_header);
     Ok(resp)
+}
+
+/// The largest header block JetStream stores with a message (its length is kept in 16 bits).
+/// Beyond it a publish fails as if JetStream were unavailable, so the gateway refuses first.
+pub const MAX_NATS_HEADER_BYTES: usize = 65_535;
+
+/// The size of `headers` as NATS sends them: `NATS/1.0\r\n`, `name: value\r\n` each, `\r\n`.
+fn nats_header_bytes(headers: &async_nats::HeaderMap) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(|v| name.len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + fields + 2
 }
 
 fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {

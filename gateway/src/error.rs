@@ -75,6 +75,9 @@ pub enum CallError {
     BodyRead(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// The headers a queued call carries would not fit in a JetStream message's header block.
+    #[error("request headers take {size} bytes in a queued call; at most {limit} fit")]
+    HeadersTooLarge { size: usize, limit: usize },
     #[error("request is larger than a queued call may be (headers and body over NATS max_payload)")]
     MessageTooLarge,
     #[error("authentication required")]
@@ -118,6 +121,7 @@ impl CallError {
             | Self::BodyRead(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotReady(_)
             | Self::NatsDown
@@ -152,6 +156,7 @@ impl CallError {
             | Self::BadHeader { .. }
             | Self::BodyRead(_)
             | Self::BodyTooLarge { .. }
+            | Self::HeadersTooLarge { .. }
             | Self::MessageTooLarge
             | Self::Unauthorized
             | Self::BadRequest(_) => (Side::Downstream, false),
@@ -179,6 +184,7 @@ impl CallError {
             Self::BadHeader { .. } => "bad_header",
             Self::BodyRead(_) => "body_read",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::MessageTooLarge => "message_too_large",
             Self::Unauthorized => "unauthorized",
             Self::NotReady(_) => "topology_unknown",
@@ -219,7 +225,7 @@ impl CallError {
             | Self::Queues(_) => {
                 h.insert(header::RETRY_AFTER, retry_after.clone());
             }
-            Self::BodyTooLarge { .. } | Self::MessageTooLarge => {
+            Self::BodyTooLarge { .. } | Self::MessageTooLarge | Self::HeadersTooLarge { .. } => {
                 // The unread body would otherwise be parsed as the next request.
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -307,6 +313,15 @@ mod tests {
                 false,
             ),
             (CallError::MessageTooLarge, 413, Side::Downstream, false),
+            (
+                CallError::HeadersTooLarge {
+                    size: 70_000,
+                    limit: 65_535,
+                },
+                431,
+                Side::Downstream,
+                false,
+            ),
             (CallError::Unauthorized, 401, Side::Downstream, false),
             (
                 CallError::BadRequest("limit".into()),

@@ -1,7 +1,9 @@
 //! The synchronous path: `/function/<name>[/<path>]` is forwarded to the function through the
 //! pooled client, request and response bodies streamed both ways, never buffered. 502 when the
-//! function cannot be reached, 504 when it sends no response head in time.
+//! function cannot be reached, 504 when it sends no response head in time, 400 when it is the
+//! client's body that broke.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use flotilla_queue::FunctionName;
@@ -10,7 +12,7 @@ use flotilla_queue::headers::{X_CALL_ID, X_DURATION_SECONDS, X_START_TIME};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::error::CallError;
 use crate::routes::split_name;
 use crate::state::State;
@@ -47,6 +49,8 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
+    let broken = Arc::new(OnceLock::new());
+    let body = ClientBody::new(body, broken.clone());
     let out = Request::from_parts(parts, body);
 
     let timeout = state
@@ -68,12 +72,16 @@ pub async fn forward(
             return Ok(Response::from_parts(rp, Body::Upstream(rbody)));
         }
         Ok(Err(error)) => {
-            tracing::warn!(function = %function, %error, "synchronous call failed");
-            if error.is_connect() {
+            if let Some(reason) = broken.get() {
+                tracing::debug!(function = %function, %reason, "the client's request body broke");
+                CallError::BodyRead(reason.clone())
+            } else if error.is_connect() {
+                tracing::warn!(function = %function, %error, "synchronous call failed");
                 CallError::Unreachable {
                     function: function.to_string(),
                 }
             } else {
+                tracing::warn!(function = %function, %error, "synchronous call failed");
                 CallError::UpstreamBroken {
                     function: function.to_string(),
                 }

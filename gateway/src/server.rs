@@ -61,7 +61,17 @@ pub async fn serve(
     // Before any metric handle is made, or the handles are no-ops.
     let prometheus = metrics_handle();
 
-    let client = config.common.nats.connect("flotilla-gateway").await?;
+    let nats_problems = flotilla_runtime::NatsProblems::default();
+    let client = match config
+        .common
+        .nats
+        .connect("flotilla-gateway", &nats_problems)
+        .await
+    {
+        Ok(client) => client,
+        Err(flotilla_runtime::NatsConnectError::Connect(e)) => return Err(GatewayError::Nats(e)),
+        Err(e) => return Err(GatewayError::Config(e.into())),
+    };
     let js = ContextBuilder::new()
         .timeout(config.publish_timeout)
         // A call abandoned by its client still holds an ack slot until this passes.
@@ -72,6 +82,7 @@ pub async fn serve(
         .backpressure_on_inflight(false)
         .build(client.clone());
     let state = Arc::new(State::new(StateParts {
+        nats_problems,
         known_only: config.known_functions_only,
         client: client.clone(),
         js,

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use flotilla_queue::{FunctionName, Policies, ShardMap, Topology};
 use http::HeaderValue;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -32,7 +31,7 @@ pub struct State {
     /// Set once by the topology task; until then asynchronous calls answer 503.
     pub topology: OnceLock<(Topology, ShardMap)>,
     pub policies: Policies,
-    pub http: Client<HttpConnector, Incoming>,
+    pub http: Client<HttpConnector, crate::body::ClientBody>,
     pub max_body_bytes: usize,
     pub sync_timeout: Duration,
     pub retry_after: HeaderValue,
@@ -48,6 +47,7 @@ pub struct State {
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), NotReady>)>>,
     /// Only functions the policy file names are served (`--known-functions-only`).
     known_only: bool,
+    nats_problems: flotilla_runtime::NatsProblems,
     /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
     pub queues: crate::queues::Snapshots,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
@@ -61,8 +61,9 @@ pub struct State {
 pub enum NotReady {
     #[error("shutting down")]
     ShuttingDown,
-    #[error("NATS is not connected")]
-    NatsDown,
+    /// `problem` is why NATS last refused or dropped the connection, when known.
+    #[error("NATS is not connected{}", problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default())]
+    NatsDown { problem: Option<String> },
     /// `last_error` is why the latest attempt to agree failed, when one did.
     #[error("topology not agreed yet{}", last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     NoTopology { last_error: Option<String> },
@@ -81,12 +82,14 @@ impl std::fmt::Debug for State {
 
 /// Parts of `State` that `run` fills in from the configuration.
 pub struct StateParts {
+    /// Why NATS last refused the connection.
+    pub nats_problems: flotilla_runtime::NatsProblems,
     /// `--known-functions-only`.
     pub known_only: bool,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
-    pub http: Client<HttpConnector, Incoming>,
+    pub http: Client<HttpConnector, crate::body::ClientBody>,
     pub max_body_bytes: usize,
     pub sync_timeout: Duration,
     pub retry_after: HeaderValue,
@@ -113,6 +116,7 @@ impl State {
             streams_missing: tokio::sync::Notify::new(),
             ready: tokio::sync::Mutex::new(None),
             known_only: p.known_only,
+            nats_problems: p.nats_problems,
             queues: crate::queues::Snapshots::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),
@@ -171,7 +175,9 @@ impl State {
         let connected = self.nats_connected();
         self.metrics.nats_connected(connected);
         if !connected {
-            return Err(NotReady::NatsDown);
+            return Err(NotReady::NatsDown {
+                problem: self.nats_problems.last(),
+            });
         }
         let Some((topology, _)) = self.topology.get() else {
             let last_error = self.topology_problem.lock().ok().and_then(|p| p.clone());

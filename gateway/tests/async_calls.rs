@@ -376,3 +376,38 @@ async fn the_body_limit_is_capped_by_what_fits_one_nats_message() {
     assert_eq!(stream_len(&client, &subjects::call_stream(0)).await, 0);
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn headers_jetstream_cannot_store_are_431_and_nothing_is_enqueued() {
+    let nats = NatsServer::start();
+    let gw = Gateway::ready(&nats.url(), &["--shards", "1"]).await;
+    let big = "x".repeat(70 * 1024);
+    let r = call(
+        gw.addr,
+        "POST",
+        "/async-function/heavy",
+        &[("x-big", big.as_str())],
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(r.header("retry-after").is_empty(), "retrying cannot help");
+    assert!(
+        r.text().starts_with("request headers take ") && r.text().contains("at most 65535 fit"),
+        "{}",
+        r.text()
+    );
+    let client = nats.client().await;
+    assert_eq!(stream_len(&client, &subjects::call_stream(0)).await, 0);
+    // Headers that fit are taken.
+    let fits = "x".repeat(60 * 1024);
+    let r = call(
+        gw.addr,
+        "POST",
+        "/async-function/heavy",
+        &[("x-big", fits.as_str())],
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+}

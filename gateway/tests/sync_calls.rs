@@ -202,3 +202,29 @@ async fn with_known_functions_only_an_unnamed_function_is_404_on_both_routes_and
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_body_on_the_sync_route_is_the_clients_fault() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start();
+    let function = RecordingServer::echo().await;
+    let gw = Gateway::start(&nats.url(), &["--function-url-template", &function.url()]).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // A first chunk, then a chunk size that is not hexadecimal.
+    tcp.write_all(
+        b"POST /function/echo HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nnope\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("request body could not be read"),
+        "{answer}"
+    );
+}

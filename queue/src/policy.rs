@@ -132,6 +132,9 @@ pub struct FunctionPolicy {
     /// Deadline of one attempt; past it the attempt counts as a 504.
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// File of `whsec_` secrets the function's callbacks are signed with, instead of the
+    /// worker's own (`--callback-signing-secrets-file`).
+    pub callback_signing_secrets_file: Option<String>,
 }
 
 impl Default for FunctionPolicy {
@@ -143,6 +146,7 @@ impl Default for FunctionPolicy {
             rate_per_second: None,
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
+            callback_signing_secrets_file: None,
         }
     }
 }
@@ -177,6 +181,7 @@ struct Override {
     rate: Option<u32>,
     timeout: Option<String>,
     retry: Option<RetryOverride>,
+    callback_signing_secrets_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +213,9 @@ impl Override {
         }
         if let Some(t) = self.timeout {
             p.timeout = duration("timeout", &t)?;
+        }
+        if let Some(f) = self.callback_signing_secrets_file {
+            p.callback_signing_secrets_file = Some(f);
         }
         if let Some(r) = self.retry {
             if let Some(a) = r.attempts {
@@ -394,6 +402,13 @@ impl Policies {
             .iter()
             .find(|(pattern, _)| glob_matches(pattern, function.as_str()))
             .map(|(_, p)| p)
+    }
+
+    /// Every policy the table holds: the defaults, each function's and each pattern's.
+    pub fn every_policy(&self) -> impl Iterator<Item = &FunctionPolicy> {
+        std::iter::once(&self.defaults)
+            .chain(self.functions.values())
+            .chain(self.patterns.iter().map(|(_, p)| p))
     }
 
     /// Functions the policy file names exactly (patterns left out).

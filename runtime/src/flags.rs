@@ -34,6 +34,8 @@ pub struct NatsArgs {
     /// Keep streams in memory instead of on disk: faster, but a NATS restart loses queued calls.
     #[arg(long, env = "FLOTILLA_MEMORY_STREAMS", default_value_t = false)]
     pub memory_streams: bool,
+    #[command(flatten)]
+    pub auth: crate::nats_auth::NatsAuthArgs,
 }
 
 impl NatsArgs {
@@ -51,17 +53,24 @@ impl NatsArgs {
     }
 
     /// Connects in the background: the process starts even while NATS is down, reports itself
-    /// not ready, and the client keeps reconnecting.
+    /// not ready, and the client keeps reconnecting. Credentials and TLS come from the auth
+    /// flags, whose files are read now; `problems` learns why NATS refuses the connection.
     pub async fn connect(
         &self,
         name: &str,
-    ) -> Result<async_nats::Client, async_nats::ConnectError> {
-        async_nats::ConnectOptions::new()
+        problems: &crate::NatsProblems,
+    ) -> Result<async_nats::Client, crate::NatsConnectError> {
+        let options = self
+            .auth
+            .apply(async_nats::ConnectOptions::new())?
             .name(name)
             .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
+            .connection_timeout(Duration::from_secs(5));
+        problems
+            .watch(options)
             .connect(server_list(&self.nats_url))
             .await
+            .map_err(crate::NatsConnectError::Connect)
     }
 }
 

@@ -11,6 +11,7 @@ mod flags;
 mod http;
 mod limits;
 mod log;
+mod nats_auth;
 mod prometheus;
 mod signal;
 
@@ -19,5 +20,6 @@ pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat};
+pub use nats_auth::{NatsAuthArgs, NatsConnectError, NatsProblems};
 pub use prometheus::{LATENCY_BUCKETS, metrics_handle, render};
 pub use signal::shutdown_signal;

@@ -72,7 +72,11 @@ fn route(
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match ready.check() {
             Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            Err(why) => {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                *r.body_mut() = Full::new(Bytes::from(why.into_owned()));
+                r
+            }
         },
         "/metrics" => {
             crate::metrics::nats_connected(ready.nats_connected());

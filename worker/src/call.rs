@@ -349,6 +349,7 @@ pub(crate) async fn handle(
             // A call replayed or re-published under a lowered budget may have made more.
             retry: attempt.retries().min(retry_max),
             retry_max,
+            signer: shared.signers.for_policy(&func.policy),
         };
         // A full callback queue blocks in here while this call still holds its slot: pulling
         // slows down. Boxed: delivery's state would otherwise enlarge every call's task, callback

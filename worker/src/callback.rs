@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use crate::budget::Slot;
 use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
+use crate::signing::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 
 /// Callback receivers are often `https://`; rustls on ring with the webpki roots.
 type CallbackClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -66,6 +67,8 @@ pub(crate) struct CallbackJob {
     pub start_time: u128,
     pub retry: u32,
     pub retry_max: u32,
+    /// Signs the callback (Standard Webhooks) when secrets are configured.
+    pub signer: Option<std::sync::Arc<crate::signing::Signer>>,
 }
 
 /// How delivery ended. Either way the call is settled: a shutdown that cannot wait for delivery
@@ -230,6 +233,20 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
     h.insert(X_START_TIME, HeaderValue::from(job.start_time as u64));
     h.insert(X_RETRY, HeaderValue::from(job.retry));
     h.insert(X_RETRY_MAX, HeaderValue::from(job.retry_max));
+    if let Some(signer) = &job.signer
+        && let Ok(id) = HeaderValue::from_str(&job.call_id)
+    {
+        // Signed at each attempt, so the timestamp is the time of sending.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signature = signer.signature(&job.call_id, now, &job.body);
+        if let Ok(v) = HeaderValue::from_str(&signature) {
+            h.insert(WEBHOOK_SIGNATURE, v);
+            h.insert(WEBHOOK_ID, id);
+            h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now));
+        }
+    }
     req
 }
 

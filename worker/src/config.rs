@@ -8,6 +8,7 @@ use flotilla_queue::{FunctionPolicy, Policies, RetryPolicy};
 use flotilla_runtime::{CommonArgs, duration_arg};
 
 use crate::WorkerError;
+use crate::signing::Signers;
 
 /// Flags of `flotilla-worker`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -124,6 +125,12 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
 
+    /// File of `whsec_<base64>` secrets, one per line: every callback is signed with each (Standard
+    /// Webhooks `webhook-signature`), so a receiver can rotate. A function's
+    /// `callback_signing_secrets_file` in the policy file replaces it for that function.
+    #[arg(long, env = "FLOTILLA_CALLBACK_SIGNING_SECRETS_FILE")]
+    pub callback_signing_secrets_file: Option<String>,
+
     /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
     /// rest is handed back to NATS for another replica.
     #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
@@ -154,10 +161,18 @@ impl Config {
     /// what `run` needs, in a value that cannot hold an unchecked setting.
     pub fn check(self) -> Result<ValidConfig, WorkerError> {
         self.validate_flags()?;
+        self.common
+            .nats
+            .auth
+            .check()
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
         let policies = self.policies()?;
+        let signers = Signers::load(self.callback_signing_secrets_file.as_deref(), &policies)
+            .map_err(WorkerError::Config)?;
         Ok(ValidConfig {
             config: self,
             policies,
+            signers,
         })
     }
 
@@ -226,6 +241,7 @@ impl Config {
                 min_backoff: self.retry_min_backoff,
                 max_backoff: self.retry_max_backoff,
             },
+            callback_signing_secrets_file: None,
         }
     }
 
@@ -261,6 +277,7 @@ impl Config {
 pub struct ValidConfig {
     config: Config,
     policies: Policies,
+    signers: Signers,
 }
 
 impl ValidConfig {
@@ -268,9 +285,9 @@ impl ValidConfig {
         &self.config
     }
 
-    /// The configuration and its policy table, for `serve`.
-    pub(crate) fn into_parts(self) -> (Config, Policies) {
-        (self.config, self.policies)
+    /// The configuration, its policy table and the callback signers, for `serve`.
+    pub(crate) fn into_parts(self) -> (Config, Policies, Signers) {
+        (self.config, self.policies, self.signers)
     }
 }
 

@@ -23,6 +23,7 @@ mod outcome;
 mod pull;
 mod report;
 mod retry;
+mod signing;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
+    /// What each function's callbacks are signed with.
+    pub signers: signing::Signers,
     pub http: call::FunctionClient,
     /// The replica's cap on calls in flight across all its functions.
     pub budget: Arc<budget::Budget>,
@@ -80,6 +83,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     client: OnceLock<async_nats::Client>,
+    /// Why NATS last refused or dropped the connection.
+    pub nats_problems: flotilla_runtime::NatsProblems,
     shards_wanted: AtomicUsize,
     pub shards_ready: AtomicUsize,
     started: AtomicBool,
@@ -94,20 +99,23 @@ impl Readiness {
             .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
     }
 
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub fn check(&self) -> Result<(), std::borrow::Cow<'static, str>> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err("shutting down\n");
+            return Err("shutting down\n".into());
         }
         if self.client.get().is_none() {
-            return Err("connecting to NATS\n");
+            return Err("connecting to NATS\n".into());
         }
         if !self.nats_connected() {
-            return Err("NATS disconnected\n");
+            return Err(match self.nats_problems.last() {
+                Some(problem) => format!("NATS disconnected: {problem}\n").into(),
+                None => "NATS disconnected\n".into(),
+            });
         }
         if !self.started.load(Ordering::SeqCst)
             || self.shards_ready.load(Ordering::SeqCst) < self.shards_wanted.load(Ordering::SeqCst)
         {
-            return Err("consumers starting\n");
+            return Err("consumers starting\n".into());
         }
         Ok(())
     }
@@ -132,7 +140,7 @@ pub async fn serve(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let (config, policies) = config.into_parts();
+    let (config, policies, signers) = config.into_parts();
     let prometheus = metrics_handle();
     let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
     let ready = Arc::new(Readiness::default());
@@ -154,15 +162,21 @@ pub async fn serve(
         signal.cancel();
     });
 
-    let client = config
+    let client = match config
         .common
         .nats
-        .connect("flotilla-worker")
+        .connect("flotilla-worker", &ready.nats_problems)
         .await
-        .map_err(|source| WorkerError::Connect {
-            url: config.common.nats.nats_url.clone(),
-            source,
-        })?;
+    {
+        Ok(client) => client,
+        Err(flotilla_runtime::NatsConnectError::Connect(source)) => {
+            return Err(WorkerError::Connect {
+                url: config.common.nats.nats_url.clone(),
+                source,
+            });
+        }
+        Err(e) => return Err(WorkerError::Config(e.to_string())),
+    };
     let _ = ready.client.set(client.clone());
     let js = jetstream::new(client.clone());
     let settings = config.common.nats.stream_settings();
@@ -209,6 +223,7 @@ pub async fn serve(
         client: client.clone(),
         js,
         policies,
+        signers,
         // As many idle connections per function host as calls may be in flight: below that, a
         // replica busy with one host closes and reopens a connection per call.
         http: pooled_client(PoolSettings {

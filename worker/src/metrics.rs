@@ -84,7 +84,7 @@ fn describe() {
     describe_gauge!(RETRIES_WAITING, "Stored retries not yet due, by shard");
     describe_counter!(
         RETRIES_DUE,
-        "Stored retries that came due and were sent to be called again"
+        "Stored retries that came due and were moved to their function's wait subject"
     );
     describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
 }

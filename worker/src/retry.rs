@@ -2,8 +2,8 @@
 //! call is re-published to its shard's retry subject with its due time and the original message is
 //! acked, so the wait holds no function slot and no place in the function's `max_ack_pending`; one
 //! durable consumer per shard holds the waiting retries (a `Nak` with the remaining delay counts
-//! against its own, large, `max_ack_pending`) and moves each back to its function's call subject
-//! when it is due. Everything waits in JetStream, so a worker crash loses nothing.
+//! against its own, large, `max_ack_pending`) and moves each to its function's wait subject when it
+//! is due. Everything waits in JetStream, so a worker crash loses nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(10 * 60);
 /// A retry delivered this close to its due time is treated as due: NATS' redelivery timer is not
 /// exact, and a second short `Nak` would only add a round trip.
 const DUE_SLACK: Duration = Duration::from_millis(5);
-/// Due retries moved back to their call subjects at once per shard (each waits for a PubAck).
+/// Due retries moved to their wait subjects at once per shard (each waits for a PubAck).
 const MOVE_CONCURRENCY: usize = 64;
 /// Retry messages requested per pull.
 const PULL_BATCH: usize = 512;
@@ -246,7 +246,7 @@ async fn run(
 enum Waiting {
     /// Due in this long.
     NotYet(Duration),
-    /// Due: move it back to its call subject.
+    /// Due: move it to its wait subject.
     Due(Box<Envelope>),
     /// Not a retry this worker can move; dead-letter it with this reason.
     Poison(String),
@@ -282,7 +282,10 @@ fn classify(msg: &jetstream::Message, shard: u32, now: u128) -> Waiting {
     }
 }
 
-/// Publishes a due retry to its function's call subject, waits for the PubAck, then acks it.
+/// Publishes a due retry to its function's wait subject, waits for the PubAck, then acks it.
+/// The function's wait loop (started by discovery when it finds the call there) runs it, at the
+/// function's concurrency and rate like any call waiting for room. Not the call subject: only
+/// the gateway takes calls in, so a worker's NATS user needs no right to publish calls.
 async fn move_due(
     shared: &Shared,
     msg: jetstream::Message,
@@ -293,7 +296,7 @@ async fn move_due(
 ) {
     let id = dedup_id("due", stream, sequence);
     let (headers, body) = env.to_nats(Some(&id));
-    let subject = subjects::call_subject(shard, &env.function);
+    let subject = subjects::wait_subject(shard, &env.function);
     match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
         Ok(()) => {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");

@@ -1,0 +1,271 @@
+//! NATS with users, least permissions and mutual TLS, all made here: a nats-server runs with
+//! `docs/nats/permissions.conf` as shipped, certificates come from `openssl`, and the gateway and
+//! the worker connect with their own users over TLS and run a call end to end. A worker's user
+//! cannot publish a call; wrong credentials leave a worker not ready with the reason.
+// A failed unwrap in a helper is the test failure we want, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Gateway, Worker, get};
+use flotilla_fleet::NatsServer;
+use flotilla_runtime::NatsAuthArgs;
+use flotilla_testsupport::RecordingServer;
+
+const T: Duration = Duration::from_secs(30);
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, P-256 keys, in `dir`.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=flotilla-test-ca",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let (key, csr, pem, subj, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("/CN=flotilla-test-{name}"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req", "-subj", subj.as_str()];
+        req.extend(ec);
+        req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+}
+
+struct Secured {
+    server: NatsServer,
+    dir: tempfile::TempDir,
+}
+
+impl Secured {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path());
+        for (user, password) in [
+            ("gateway", "gw-secret"),
+            ("worker", "wk-secret"),
+            ("wrong", "nope"),
+        ] {
+            std::fs::write(
+                dir.path().join(format!("{user}.password")),
+                format!("{password}\n"),
+            )
+            .unwrap();
+        }
+        let permissions = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/nats/permissions.conf"),
+        )
+        .unwrap();
+        let p = |f: &str| dir.path().join(f).display().to_string();
+        let config = format!(
+            "{permissions}\n\
+             authorization {{\n  users = [\n\
+             {{ user: flotilla-gateway, password: gw-secret, permissions: $FLOTILLA_GATEWAY }}\n\
+             {{ user: flotilla-worker, password: wk-secret, permissions: $FLOTILLA_WORKER }}\n\
+             {{ user: observer, password: ob-secret }}\n  ]\n}}\n\
+             tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+            p("server.pem"),
+            p("server.key"),
+            p("ca.pem"),
+        );
+        let server = NatsServer::start_with_config(&config).unwrap();
+        Self { server, dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The NATS flags of a binary logging in as `user` with its password file, over mutual TLS.
+    fn flags(&self, user: &str, password_file: &str) -> Vec<String> {
+        let f = |n: &str| self.file(n).display().to_string();
+        vec![
+            "--nats-url".into(),
+            self.server.url(),
+            "--nats-user".into(),
+            user.into(),
+            "--nats-password-file".into(),
+            f(password_file),
+            "--nats-ca-file".into(),
+            f("ca.pem"),
+            "--nats-cert-file".into(),
+            f("client.pem"),
+            "--nats-key-file".into(),
+            f("client.key"),
+        ]
+    }
+
+    /// A client logged in as `user`, whose server errors land in `errors`.
+    async fn client(
+        &self,
+        user: &str,
+        password_file: &str,
+        errors: Arc<Mutex<Vec<String>>>,
+    ) -> async_nats::Client {
+        let auth = NatsAuthArgs {
+            nats_user: Some(user.into()),
+            nats_password_file: Some(self.file(password_file)),
+            nats_ca_file: Some(self.file("ca.pem")),
+            nats_cert_file: Some(self.file("client.pem")),
+            nats_key_file: Some(self.file("client.key")),
+            ..Default::default()
+        };
+        auth.apply(async_nats::ConnectOptions::new())
+            .unwrap()
+            .event_callback(move |event| {
+                let errors = errors.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        errors.lock().unwrap().push(e.to_string());
+                    }
+                }
+            })
+            .connect(self.server.url())
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_permission_users_over_mutual_tls_run_a_call_and_a_worker_cannot_publish_one() {
+    let nats = Secured::start();
+    std::fs::write(nats.file("observer.password"), "ob-secret\n").unwrap();
+    let function = RecordingServer::answering(200).await;
+    let sink = RecordingServer::answering(200).await;
+    let template = format!("{}/{{name}}", function.url());
+
+    let mut gateway_args = nats.flags("flotilla-gateway", "gateway.password");
+    gateway_args.extend([
+        "--shards".into(),
+        "1".into(),
+        "--function-url-template".into(),
+        template.clone(),
+    ]);
+    let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
+    let gw = Gateway::start(&gateway_args).await;
+    let mut worker_args = nats.flags("flotilla-worker", "worker.password");
+    worker_args.extend(["--function-url-template".into(), template]);
+    // `Worker::start` gives the URL itself.
+    let worker_args: Vec<&str> = worker_args[2..].iter().map(String::as_str).collect();
+    let worker = Worker::start_ready(&nats.server.url(), &worker_args).await;
+
+    let callback = format!("{}/cb", sink.url());
+    let a = gw
+        .post(
+            "/async-function/secured",
+            &[("x-callback-url", &callback)],
+            "x",
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, 202);
+    sink.wait_for(1, T).await;
+    assert_eq!(sink.requests()[0].header("x-function-status"), "200");
+    assert_eq!(function.count(), 1);
+
+    // The worker's user publishing a call: the server refuses it, and the stream stays empty.
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let as_worker = nats
+        .client("flotilla-worker", "worker.password", errors.clone())
+        .await;
+    as_worker
+        .publish("flotilla.call.0.secured", "forged".into())
+        .await
+        .unwrap();
+    as_worker.flush().await.unwrap();
+    flotilla_testsupport::wait_until(T, "the server refuses the publish", || {
+        errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.contains("Permissions Violation for Publish to \"flotilla.call.0.secured\""))
+    })
+    .await;
+    let observer = nats
+        .client("observer", "observer.password", Arc::default())
+        .await;
+    let js = async_nats::jetstream::new(observer);
+    let info = js
+        .get_stream("FLOTILLA_CALLS_0")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(info.state.messages, 0, "the forged call was stored");
+    worker.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_leave_a_worker_not_ready_with_the_reason() {
+    let nats = Secured::start();
+    let flags = nats.flags("flotilla-worker", "wrong.password");
+    let args: Vec<&str> = flags[2..].iter().map(String::as_str).collect();
+    let worker = Worker::start(&nats.server.url(), &args).await;
+    flotilla_testsupport::wait_until_async(T, "readyz names the refusal", || async {
+        let (status, body) = get(worker.admin, "/readyz").await;
+        status == 503 && body.contains("authorization violation")
+    })
+    .await;
+}
