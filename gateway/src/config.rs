@@ -91,6 +91,9 @@ pub enum ConfigError {
     /// The NATS credential or TLS flags cannot work.
     #[error(transparent)]
     Nats(#[from] flotilla_runtime::NatsConnectError),
+    /// A `--callback-allow` or `--callback-deny` rule cannot be read.
+    #[error("{0}")]
+    CallbackTargets(String),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be above zero")]
@@ -123,6 +126,7 @@ pub struct ValidConfig {
     config: Config,
     policies: Policies,
     auth: Option<(String, String)>,
+    callback_targets: flotilla_runtime::CallbackTargets,
 }
 
 impl ValidConfig {
@@ -133,8 +137,15 @@ impl ValidConfig {
 
     /// Everything `serve` needs: the flags, the policy table, and the `/system/*` user and
     /// password when configured.
-    pub(crate) fn into_parts(self) -> (Config, Policies, Option<(String, String)>) {
-        (self.config, self.policies, self.auth)
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        Config,
+        Policies,
+        Option<(String, String)>,
+        flotilla_runtime::CallbackTargets,
+    ) {
+        (self.config, self.policies, self.auth, self.callback_targets)
     }
 }
 
@@ -163,12 +174,18 @@ impl Config {
         }
         let auth = self.basic_auth()?;
         self.common.nats.auth.check()?;
+        let callback_targets = self
+            .common
+            .callbacks
+            .policy()
+            .map_err(ConfigError::CallbackTargets)?;
         // Synchronous calls use the URLs and timeouts; the defaults are the built-in ones.
         let policies = self.common.functions.load(FunctionPolicy::default())?;
         Ok(ValidConfig {
             config: self,
             policies,
             auth,
+            callback_targets,
         })
     }
 
@@ -222,7 +239,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.sync_timeout, Duration::from_secs(60));
         assert_eq!(c.max_body_bytes, 1024 * 1024);
-        let (_, _, auth) = c.check().unwrap().into_parts();
+        let (_, _, auth, _) = c.check().unwrap().into_parts();
         assert_eq!(auth, None);
     }
 
@@ -291,7 +308,7 @@ mod tests {
         .unwrap();
         // What was read is held: the files may go (or change) without the gateway noticing.
         std::fs::remove_dir_all(&dir).unwrap();
-        let (_, policies, auth) = valid.into_parts();
+        let (_, policies, auth, _) = valid.into_parts();
         let resize = flotilla_queue::FunctionName::parse("resize").unwrap();
         assert_eq!(policies.get(&resize).timeout, Duration::from_secs(90));
         assert_eq!(auth, Some(("admin".into(), "s3cret".into())));

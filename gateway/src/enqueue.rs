@@ -58,7 +58,12 @@ pub async fn enqueue(
     let callback_url = match header_text(headers, &X_CALLBACK_URL) {
         None => None,
         Some(Ok(url)) => {
-            check_callback_url(url)?;
+            let host = check_callback_url(url)?;
+            state
+                .callback_guard
+                .check(&host)
+                .await
+                .map_err(CallError::CallbackRefused)?;
             Some(url)
         }
         Some(Err(())) => return Err(CallError::BadCallbackUrl("is not valid text")),
@@ -236,8 +241,8 @@ fn client_key<'a>(
     Ok(std::str::from_utf8(bytes).ok())
 }
 
-/// An absolute `http://` or `https://` URL with a host.
-pub fn check_callback_url(raw: &str) -> Result<(), CallError> {
+/// An absolute `http://` or `https://` URL with a host: returns the host.
+pub fn check_callback_url(raw: &str) -> Result<String, CallError> {
     let uri: http::Uri = raw
         .parse()
         .map_err(|_| CallError::BadCallbackUrl("is not a valid URL"))?;
@@ -250,10 +255,10 @@ pub fn check_callback_url(raw: &str) -> Result<(), CallError> {
             ));
         }
     }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(CallError::BadCallbackUrl("has no host"));
+    match uri.host() {
+        Some(host) if !host.is_empty() => Ok(host.to_owned()),
+        _ => Err(CallError::BadCallbackUrl("has no host")),
     }
-    Ok(())
 }
 
 /// The request's headers that travel to the function: not hop-by-hop, not reserved for the

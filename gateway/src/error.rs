@@ -73,6 +73,9 @@ pub enum CallError {
     },
     #[error("request body could not be read: {0}")]
     BodyRead(String),
+    /// The callback policy refuses the `X-Callback-Url` target.
+    #[error("X-Callback-Url refused: {0}")]
+    CallbackRefused(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// The headers a queued call carries would not fit in a JetStream message's header block.
@@ -119,6 +122,7 @@ impl CallError {
             | Self::BadCallbackUrl(_)
             | Self::BadHeader { .. }
             | Self::BodyRead(_)
+            | Self::CallbackRefused(_)
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -155,6 +159,7 @@ impl CallError {
             | Self::BadCallbackUrl(_)
             | Self::BadHeader { .. }
             | Self::BodyRead(_)
+            | Self::CallbackRefused(_)
             | Self::BodyTooLarge { .. }
             | Self::HeadersTooLarge { .. }
             | Self::MessageTooLarge
@@ -184,6 +189,7 @@ impl CallError {
             Self::BadHeader { .. } => "bad_header",
             Self::BodyRead(_) => "body_read",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::CallbackRefused(_) => "callback_refused",
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::MessageTooLarge => "message_too_large",
             Self::Unauthorized => "unauthorized",
@@ -236,6 +242,7 @@ impl CallError {
             | Self::BadCallbackUrl(_)
             | Self::BadHeader { .. }
             | Self::BodyRead(_)
+            | Self::CallbackRefused(_)
             | Self::BadRequest(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
@@ -313,6 +320,12 @@ mod tests {
                 false,
             ),
             (CallError::MessageTooLarge, 413, Side::Downstream, false),
+            (
+                CallError::CallbackRefused("169.254.169.254 is link-local".into()),
+                400,
+                Side::Downstream,
+                false,
+            ),
             (
                 CallError::HeadersTooLarge {
                     size: 70_000,

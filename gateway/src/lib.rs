@@ -3,6 +3,7 @@
 //! in `main.rs` is a thin shell around `run`.
 
 mod body;
+mod callback_guard;
 mod config;
 mod dead_letters;
 mod enqueue;

@@ -55,7 +55,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let (config, policies, auth) = config.into_parts();
+    let (config, policies, auth, callback_targets) = config.into_parts();
     let auth = auth.map(|(user, password)| basic_token(&user, &password));
     let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
@@ -82,6 +82,7 @@ pub async fn serve(
         .backpressure_on_inflight(false)
         .build(client.clone());
     let state = Arc::new(State::new(StateParts {
+        callback_targets,
         nats_problems,
         known_only: config.known_functions_only,
         client: client.clone(),

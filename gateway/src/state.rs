@@ -48,6 +48,8 @@ pub struct State {
     /// Only functions the policy file names are served (`--known-functions-only`).
     known_only: bool,
     nats_problems: flotilla_runtime::NatsProblems,
+    /// Where callbacks may go, with a short memory of host names' verdicts.
+    pub callback_guard: crate::callback_guard::CallbackGuard,
     /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
     pub queues: crate::queues::Snapshots,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
@@ -82,6 +84,8 @@ impl std::fmt::Debug for State {
 
 /// Parts of `State` that `run` fills in from the configuration.
 pub struct StateParts {
+    /// Where callbacks may go.
+    pub callback_targets: flotilla_runtime::CallbackTargets,
     /// Why NATS last refused the connection.
     pub nats_problems: flotilla_runtime::NatsProblems,
     /// `--known-functions-only`.
@@ -117,6 +121,7 @@ impl State {
             ready: tokio::sync::Mutex::new(None),
             known_only: p.known_only,
             nats_problems: p.nats_problems,
+            callback_guard: crate::callback_guard::CallbackGuard::new(p.callback_targets),
             queues: crate::queues::Snapshots::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),

@@ -411,3 +411,67 @@ async fn headers_jetstream_cannot_store_are_431_and_nothing_is_enqueued() {
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn the_callback_policy_refuses_targets_at_the_gateway_with_the_reason() {
+    let nats = NatsServer::start();
+    let open = Gateway::ready(&nats.url(), &["--shards", "1"]).await;
+    let r = call(
+        open.addr,
+        "POST",
+        "/async-function/f",
+        &[("x-callback-url", "http://169.254.169.254/latest/meta-data/")],
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .starts_with("X-Callback-Url refused: 169.254.169.254 is a link-local address"),
+        "{}",
+        r.text()
+    );
+    let only_1 = Gateway::ready(
+        &nats.url(),
+        &["--shards", "1", "--callback-allow", "127.0.0.1"],
+    )
+    .await;
+    for (url, status) in [
+        ("http://127.0.0.2:9/cb", StatusCode::BAD_REQUEST),
+        ("http://127.0.0.1:9/cb", StatusCode::ACCEPTED),
+    ] {
+        let r = call(
+            only_1.addr,
+            "POST",
+            "/async-function/f",
+            &[("x-callback-url", url)],
+            b"x",
+        )
+        .await;
+        assert_eq!(r.status, status, "{url}: {}", r.text());
+    }
+    let only_2 = Gateway::ready(
+        &nats.url(),
+        &["--shards", "1", "--callback-allow", "127.0.0.2"],
+    )
+    .await;
+    let r = call(
+        only_2.addr,
+        "POST",
+        "/async-function/f",
+        &[("x-callback-url", "http://localhost:9/cb")],
+        b"x",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .contains("localhost (127.0.0.1) is not in --callback-allow")
+            || r.text().contains("localhost (::1)"),
+        "{}",
+        r.text()
+    );
+    // Only the accepted call was enqueued.
+    let client = nats.client().await;
+    assert_eq!(stream_len(&client, &subjects::call_stream(0)).await, 1);
+}

@@ -93,6 +93,8 @@ pub struct CommonArgs {
     pub log: crate::LogArgs,
     #[command(flatten)]
     pub functions: FunctionArgs,
+    #[command(flatten)]
+    pub callbacks: crate::CallbackTargetArgs,
 }
 
 /// Where functions live: the URL template and the optional policy file. Both binaries take these.

@@ -6,6 +6,7 @@
 //! Nothing here ends the process: functions return errors or exit codes and each binary's `main`
 //! decides.
 
+mod callback_targets;
 mod exit;
 mod flags;
 mod http;
@@ -15,6 +16,7 @@ mod nats_auth;
 mod prometheus;
 mod signal;
 
+pub use callback_targets::{CallbackTargetArgs, CallbackTargets};
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
 pub use http::{PoolSettings, pooled_client};

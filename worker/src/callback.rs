@@ -20,17 +20,90 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use flotilla_runtime::CallbackTargets;
 
 use crate::budget::Slot;
 use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
 use crate::signing::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 
-/// Callback receivers are often `https://`; rustls on ring with the webpki roots.
-type CallbackClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// Callback receivers are often `https://`; rustls on ring with the webpki roots. Names resolve
+/// through [`GuardedResolver`], so no connection goes to an address the policy refuses.
+type CallbackClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+
+/// The system resolver, minus the addresses the callback policy refuses. A name left with none
+/// fails to resolve with `PermissionDenied` and the policy's reason.
+#[derive(Clone, Debug)]
+struct GuardedResolver {
+    inner: GaiResolver,
+    policy: Arc<CallbackTargets>,
+}
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        let resolving = self.inner.call(name);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let named = policy.check_name(&host).map_err(refused)?;
+            let mut kept = Vec::new();
+            let mut last_refusal = None;
+            for addr in resolving.await? {
+                match policy.check_ip(Some(&host), addr.ip(), named) {
+                    Ok(()) => kept.push(addr),
+                    Err(why) => last_refusal = Some(why),
+                }
+            }
+            match (kept.is_empty(), last_refusal) {
+                (true, Some(why)) => Err(refused(why)),
+                _ => Ok(kept.into_iter()),
+            }
+        })
+    }
+}
+
+fn refused(why: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("callback policy: {why}"),
+    )
+}
+
+/// Whether a send failed because the callback policy refused every address.
+fn is_refusal(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
 
 /// Waits between delivery attempts: 200 ms doubling up to 5 s, plus up to half as much again at
 /// random, so receivers that come back are not hit by every worker at the same instant.
@@ -75,6 +148,8 @@ pub(crate) struct CallbackJob {
 /// drops it instead, and the call is handed back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Delivery {
+    /// The callback policy refuses the target: never connected, not retried; logged and counted.
+    Refused,
     /// The receiver answered (a 4xx included: it refused, and asking again will not change that).
     Delivered,
     /// Every attempt failed; logged at warn and counted. The call is settled anyway: running the
@@ -92,10 +167,14 @@ pub(crate) struct CallbackSettings {
     pub timeout: Duration,
 }
 
+/// Where callbacks may go (`--callback-allow`, `--callback-deny`).
+pub(crate) type CallbackPolicy = Arc<CallbackTargets>;
+
 /// The callback budget of a worker, shared by its calls.
 #[derive(Debug)]
 pub(crate) struct Callbacks {
     client: CallbackClient,
+    policy: CallbackPolicy,
     settings: CallbackSettings,
     /// Places in the queue: held from the moment a call hands its callback over (and lets go of
     /// its function slot) until delivery starts.
@@ -106,9 +185,10 @@ pub(crate) struct Callbacks {
 }
 
 impl Callbacks {
-    pub fn new(settings: CallbackSettings, metrics: WorkerMetrics) -> Self {
+    pub fn new(settings: CallbackSettings, policy: CallbackPolicy, metrics: WorkerMetrics) -> Self {
         Self {
-            client: callback_client(settings.concurrency),
+            client: callback_client(settings.concurrency, policy.clone()),
+            policy,
             queue: Semaphore::new(settings.capacity),
             sending: Semaphore::new(settings.concurrency),
             settings,
@@ -128,11 +208,12 @@ impl Callbacks {
         let sending = self.sending.acquire().await.ok()?;
         drop(queued);
         self.set_depth();
-        let result = deliver(&self.client, self.settings, &job).await;
+        let result = deliver(&self.client, &self.policy, self.settings, &job).await;
         drop(sending);
         match result {
             Delivery::Delivered => self.metrics.callbacks_delivered.increment(1),
             Delivery::GaveUp => self.metrics.callback_failures.increment(1),
+            Delivery::Refused => self.metrics.callbacks_refused.increment(1),
         }
         Some(result)
     }
@@ -143,8 +224,11 @@ impl Callbacks {
     }
 }
 
-fn callback_client(concurrency: usize) -> CallbackClient {
-    let mut http = HttpConnector::new();
+fn callback_client(concurrency: usize, policy: CallbackPolicy) -> CallbackClient {
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        inner: GaiResolver::new(),
+        policy,
+    });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -161,7 +245,12 @@ fn callback_client(concurrency: usize) -> CallbackClient {
 }
 
 /// Delivers one job with retries on connection errors, timeouts and 5xx answers.
-async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob) -> Delivery {
+async fn deliver(
+    client: &CallbackClient,
+    policy: &CallbackTargets,
+    s: CallbackSettings,
+    job: &CallbackJob,
+) -> Delivery {
     let uri: Uri = match job.url.parse() {
         Ok(u) => u,
         Err(error) => {
@@ -169,6 +258,16 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
             return Delivery::GaveUp;
         }
     };
+    // An address in the URL never reaches the resolver: judge it here. Names are judged by
+    // their rules here and by each resolved address in the resolver.
+    let host = uri.host().unwrap_or_default();
+    let verdict = policy
+        .check_literal(host)
+        .unwrap_or_else(|| policy.check_name(host).map(drop));
+    if let Err(why) = verdict {
+        tracing::warn!(call_id = %job.call_id, url = %job.url, %why, "callback target refused by the callback policy; not sent");
+        return Delivery::Refused;
+    }
     let mut last_error = None;
     let mut delays = BACKOFF.delays();
     for attempt in 1..=s.attempts {
@@ -181,6 +280,10 @@ async fn deliver(client: &CallbackClient, s: CallbackSettings, job: &CallbackJob
                 return Delivery::Delivered;
             }
             Ok(Ok(status)) => AttemptError::Status(status),
+            Ok(Err(e)) if is_refusal(&e) => {
+                tracing::warn!(call_id = %job.call_id, url = %job.url, error = %error_chain(&e), "callback target refused by the callback policy; not sent");
+                return Delivery::Refused;
+            }
             Ok(Err(e)) => AttemptError::Send(e),
             Err(_) => AttemptError::Timeout(s.timeout),
         };

@@ -169,10 +169,16 @@ impl Config {
         let policies = self.policies()?;
         let signers = Signers::load(self.callback_signing_secrets_file.as_deref(), &policies)
             .map_err(WorkerError::Config)?;
+        let callback_targets = self
+            .common
+            .callbacks
+            .policy()
+            .map_err(WorkerError::Config)?;
         Ok(ValidConfig {
             config: self,
             policies,
             signers,
+            callback_targets: std::sync::Arc::new(callback_targets),
         })
     }
 
@@ -278,6 +284,7 @@ pub struct ValidConfig {
     config: Config,
     policies: Policies,
     signers: Signers,
+    callback_targets: crate::callback::CallbackPolicy,
 }
 
 impl ValidConfig {
@@ -285,10 +292,23 @@ impl ValidConfig {
         &self.config
     }
 
-    /// The configuration, its policy table and the callback signers, for `serve`.
-    pub(crate) fn into_parts(self) -> (Config, Policies, Signers) {
-        (self.config, self.policies, self.signers)
+    /// What `serve` runs on, read once.
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            config: self.config,
+            policies: self.policies,
+            signers: self.signers,
+            callback_targets: self.callback_targets,
+        }
     }
+}
+
+/// A checked configuration taken apart for `serve`.
+pub(crate) struct Parts {
+    pub config: Config,
+    pub policies: Policies,
+    pub signers: Signers,
+    pub callback_targets: crate::callback::CallbackPolicy,
 }
 
 #[cfg(test)]

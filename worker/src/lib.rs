@@ -140,7 +140,12 @@ pub async fn serve(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
-    let (config, policies, signers) = config.into_parts();
+    let config::Parts {
+        config,
+        policies,
+        signers,
+        callback_targets,
+    } = config.into_parts();
     let prometheus = metrics_handle();
     let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
     let ready = Arc::new(Readiness::default());
@@ -210,6 +215,7 @@ pub async fn serve(
             attempts: config.callback_attempts,
             timeout: config.callback_timeout,
         },
+        callback_targets,
         metrics.clone(),
     );
     let reports = report::start(

@@ -17,6 +17,7 @@ pub const CONSUMERS: &str = "worker_consumers";
 pub const CALLBACK_QUEUE_DEPTH: &str = "worker_callback_queue_depth";
 pub const CALLBACKS_DELIVERED: &str = "worker_callbacks_delivered_total";
 pub const CALLBACK_FAILURES: &str = "worker_callback_failures_total";
+pub const CALLBACKS_REFUSED: &str = "worker_callbacks_refused_total";
 pub const REPORTS_DROPPED: &str = "worker_reports_dropped_total";
 pub const DEAD_LETTERS: &str = "worker_dead_letters_total";
 pub const HANDED_BACK: &str = "worker_handed_back_total";
@@ -60,6 +61,10 @@ fn describe() {
     describe_counter!(
         CALLBACK_FAILURES,
         "Callbacks given up on after their attempts, or dropped with the queue full"
+    );
+    describe_counter!(
+        CALLBACKS_REFUSED,
+        "Callbacks not sent because the callback policy refuses their target (never connected)"
     );
     describe_counter!(
         REPORTS_DROPPED,
@@ -154,6 +159,8 @@ pub(crate) struct WorkerMetrics {
     pub callback_queue_depth: Gauge,
     pub callbacks_delivered: Counter,
     pub callback_failures: Counter,
+    /// Callbacks the callback policy refused: never connected.
+    pub callbacks_refused: Counter,
     pub reports_dropped: Counter,
     pub handed_back: Counter,
     /// Calls handed back because this replica ran out of a local resource, by resource.
@@ -179,6 +186,7 @@ impl WorkerMetrics {
             callback_queue_depth: gauge!(CALLBACK_QUEUE_DEPTH),
             callbacks_delivered: counter!(CALLBACKS_DELIVERED),
             callback_failures: counter!(CALLBACK_FAILURES),
+            callbacks_refused: counter!(CALLBACKS_REFUSED),
             reports_dropped: counter!(REPORTS_DROPPED),
             handed_back: counter!(HANDED_BACK),
             exhausted: [
