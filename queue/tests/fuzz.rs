@@ -120,6 +120,25 @@ fn headers(text: &[u8]) -> HeaderMap {
     h
 }
 
+/// The seeds as they are, then mutations of them in turn, up to [`iterations`] inputs or
+/// [`TIME_LIMIT`], whichever comes first.
+fn inputs<'a>(
+    seeds: &'a [Vec<u8>],
+    rng: &'a mut fastrand::Rng,
+) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let started = Instant::now();
+    (0..iterations())
+        .take_while(move |_| started.elapsed() < TIME_LIMIT)
+        .map(move |i| {
+            let seed = &seeds[i % seeds.len()];
+            if i < seeds.len() {
+                seed.clone()
+            } else {
+                mutate(rng, seed, seeds)
+            }
+        })
+}
+
 fn sorted(mut e: Envelope) -> Envelope {
     e.headers.sort();
     e
@@ -129,18 +148,8 @@ fn sorted(mut e: Envelope) -> Envelope {
 fn the_envelope_decoder_never_panics_and_what_it_decodes_round_trips() {
     let seeds = corpus("envelope");
     let function = FunctionName::parse("resize").expect("valid");
-    let mut rng = rng();
-    let (started, mut decoded) = (Instant::now(), 0);
-    for i in 0..iterations() {
-        if started.elapsed() > TIME_LIMIT {
-            break;
-        }
-        let seed = &seeds[i % seeds.len()];
-        let input = if i < seeds.len() {
-            seed.clone()
-        } else {
-            mutate(&mut rng, seed, &seeds)
-        };
+    let mut decoded = 0;
+    for input in inputs(&seeds, &mut rng()) {
         let h = headers(&input);
         let payload = Bytes::from(input.clone());
         let Ok(env) = Envelope::from_nats(function.clone(), Some(&h), payload) else {
@@ -173,17 +182,8 @@ fn names_and_their_subjects_never_panic_and_round_trip() {
         })
         .collect();
     let mut rng = rng();
-    let (started, mut valid) = (Instant::now(), 0);
-    for i in 0..iterations() {
-        if started.elapsed() > TIME_LIMIT {
-            break;
-        }
-        let seed = &seeds[i % seeds.len()];
-        let input = if i < seeds.len() {
-            seed.clone()
-        } else {
-            mutate(&mut rng, seed, &seeds)
-        };
+    let mut valid = 0;
+    for input in inputs(&seeds, &mut rng.clone()) {
         let raw = String::from_utf8_lossy(&input);
         let shard = rng.u32(..1024);
         // Any text may arrive as a subject: none of these may panic.
