@@ -142,9 +142,7 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
         .rate("pooled HTTP POSTs")?;
 
     // (a) HTTP into JetStream.
-    let nats = async_nats::connect(nats_url)
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
+    let nats = connect(nats_url, args).await?;
     let js = jetstream::new(nats.clone());
     let _ = js.delete_stream(STREAM_IN).await;
     js.create_stream(stream::Config {
@@ -211,7 +209,7 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     // Bounded: with many functions this drain is slow, and its rate settles long before.
     let per_function = if args.functions > 1 {
         let measured = pull_post_ack_per_function(
-            &filler_nats(nats_url).await?,
+            &jetstream::new(connect(nats_url, args).await?),
             storage,
             &client,
             &bare_uri,
@@ -351,9 +349,12 @@ async fn pull_then_post(
         .await
         .map_err(|e| nats_err(nats_url, e))?;
     // Fill from a connection of its own.
-    fill(&filler_nats(nats_url).await?, backlog, body, |_| {
-        SUBJECT_OUT.to_owned()
-    })
+    fill(
+        &jetstream::new(connect(nats_url, args).await?),
+        backlog,
+        body,
+        |_| SUBJECT_OUT.to_owned(),
+    )
     .await
     .map_err(|e| nats_err(nats_url, e))?;
     let consumer = stream
@@ -435,12 +436,15 @@ pub async fn fill(
     Ok(())
 }
 
-async fn filler_nats(nats_url: &str) -> Result<jetstream::Context, CeilingError> {
-    Ok(jetstream::new(
-        async_nats::connect(nats_url)
-            .await
-            .map_err(|e| nats_err(nats_url, e))?,
-    ))
+/// A connection of its own to the NATS under measurement, with the credentials and TLS of
+/// `args`.
+async fn connect(nats_url: &str, args: &CeilingArgs) -> Result<async_nats::Client, CeilingError> {
+    args.auth
+        .apply(async_nats::ConnectOptions::new())
+        .map_err(|e| nats_err(nats_url, e))?
+        .connect(flotilla_runtime::server_list(nats_url))
+        .await
+        .map_err(|e| nats_err(nats_url, e))
 }
 
 /// The shape of a per-function measurement.

@@ -72,6 +72,9 @@ pub struct CeilingArgs {
     /// Print the result as JSON on stdout.
     #[arg(long, env = "LOADGEN_JSON")]
     pub json: bool,
+    /// Credentials and TLS for `--nats-url`, as the gateway and the worker take them.
+    #[command(flatten)]
+    pub auth: flotilla_runtime::NatsAuthArgs,
 }
 
 impl CeilingArgs {
@@ -85,6 +88,7 @@ impl CeilingArgs {
         if self.body_size > 8 << 20 {
             return Err("--ceiling-body-size must be at most 8 MiB".into());
         }
+        self.auth.check().map_err(|e| e.to_string())?;
         Ok(())
     }
 }
@@ -358,6 +362,8 @@ impl RunArgs {
             memory_streams: self.memory_streams,
             functions: self.functions(),
             json: false,
+            // The run's own temporary nats-server needs none.
+            auth: flotilla_runtime::NatsAuthArgs::default(),
         }
     }
 
