@@ -22,9 +22,10 @@ pub struct Accepted {
 
 impl Accepted {
     pub fn new(function: &str) -> Self {
+        let label = flotilla_runtime::function_label(function);
         Self {
-            invocations: metrics::counter!(INVOCATIONS, "function_name" => function.to_owned(), "code" => "202"),
-            seconds: metrics::histogram!(FUNCTION_SECONDS, "function_name" => function.to_owned(), "code" => "202"),
+            invocations: metrics::counter!(INVOCATIONS, "function_name" => label.clone(), "code" => "202"),
+            seconds: metrics::histogram!(FUNCTION_SECONDS, "function_name" => label, "code" => "202"),
         }
     }
 
@@ -82,7 +83,7 @@ impl Metrics {
         metrics::gauge!(NATS_CONNECTED).set(0.0);
         for function in named {
             drop(Accepted::new(function.as_str()));
-            metrics::counter!(DUPLICATES, "function_name" => function.as_str().to_owned())
+            metrics::counter!(DUPLICATES, "function_name" => flotilla_runtime::function_label(function.as_str()))
                 .increment(0);
         }
         Self {
@@ -99,15 +100,16 @@ impl Metrics {
 
     /// JetStream reported the publish as a duplicate.
     pub fn duplicate(&self, function: &str) {
-        metrics::counter!(DUPLICATES, "function_name" => function.to_owned()).increment(1);
+        metrics::counter!(DUPLICATES, "function_name" => flotilla_runtime::function_label(function)).increment(1);
     }
 
     /// A synchronous call ended with `code` (the function's, or 502/504).
     pub fn sync_call(&self, function: &str, code: u16, seconds: f64) {
         let code = code_label(code);
-        metrics::counter!(INVOCATIONS, "function_name" => function.to_owned(), "code" => code.clone())
+        let function = flotilla_runtime::function_label(function);
+        metrics::counter!(INVOCATIONS, "function_name" => function.clone(), "code" => code.clone())
             .increment(1);
-        metrics::histogram!(FUNCTION_SECONDS, "function_name" => function.to_owned(), "code" => code)
+        metrics::histogram!(FUNCTION_SECONDS, "function_name" => function, "code" => code)
             .record(seconds);
     }
 
@@ -119,7 +121,7 @@ impl Metrics {
     /// A dead letter's replay ended with `outcome`: `replayed`, `duplicate` (JetStream already
     /// held this replay), `skipped` or `failed`.
     pub fn replay(&self, function: &str, outcome: &'static str) {
-        metrics::counter!(DEAD_LETTER_REPLAYS, "function_name" => function.to_owned(), "outcome" => outcome)
+        metrics::counter!(DEAD_LETTER_REPLAYS, "function_name" => flotilla_runtime::function_label(function), "outcome" => outcome)
             .increment(1);
     }
 

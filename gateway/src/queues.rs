@@ -94,21 +94,38 @@ impl Snapshots {
     }
 
     /// Sets the `flotilla_queue_*` gauges from `rows`; functions no longer listed go to 0.
+    /// Functions beyond the series cap add up under `~other` (the oldest age is the oldest).
     pub fn publish(&self, rows: &[QueueRow]) {
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };
-        let listed: std::collections::BTreeSet<(String, u32)> =
-            rows.iter().map(|r| (r.function.clone(), r.shard)).collect();
-        for (function, shard) in seen.difference(&listed) {
+        let mut labelled: BTreeMap<(String, u32), QueueRow> = BTreeMap::new();
+        for r in rows {
+            let label = flotilla_runtime::function_label(&r.function);
+            let sum = labelled
+                .entry((label.clone(), r.shard))
+                .or_insert_with(|| QueueRow {
+                    function: label,
+                    shard: r.shard,
+                    ..QueueRow::default()
+                });
+            sum.pending += r.pending;
+            sum.in_flight += r.in_flight;
+            sum.retrying += r.retrying;
+            sum.dead += r.dead;
+            sum.oldest_pending_age_seconds = sum
+                .oldest_pending_age_seconds
+                .max(r.oldest_pending_age_seconds);
+        }
+        for key in seen.iter().filter(|k| !labelled.contains_key(*k)) {
             set_gauges(&QueueRow {
-                function: function.clone(),
-                shard: *shard,
+                function: key.0.clone(),
+                shard: key.1,
                 ..QueueRow::default()
             });
         }
-        rows.iter().for_each(set_gauges);
-        seen.extend(listed);
+        labelled.values().for_each(set_gauges);
+        seen.extend(labelled.into_keys());
     }
 }
 

@@ -60,6 +60,7 @@ pub async fn serve(
     let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
     let prometheus = metrics_handle();
+    flotilla_runtime::limit_function_series(config.common.max_function_series);
 
     let nats_problems = flotilla_runtime::NatsProblems::default();
     let client = match config

@@ -95,6 +95,10 @@ pub struct CommonArgs {
     pub functions: FunctionArgs,
     #[command(flatten)]
     pub callbacks: crate::CallbackTargetArgs,
+    /// Distinct function names in metric labels at most; calls to further functions count under
+    /// `function_name="~other"`, so client-chosen names cannot grow the series without bound.
+    #[arg(long, env = "FLOTILLA_MAX_FUNCTION_SERIES", default_value_t = crate::DEFAULT_FUNCTION_SERIES)]
+    pub max_function_series: usize,
 }
 
 /// Where functions live: the URL template and the optional policy file. Both binaries take these.

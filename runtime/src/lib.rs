@@ -23,5 +23,8 @@ pub use http::{PoolSettings, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat};
 pub use nats_auth::{NatsAuthArgs, NatsConnectError, NatsProblems};
-pub use prometheus::{LATENCY_BUCKETS, metrics_handle, render};
+pub use prometheus::{
+    DEFAULT_FUNCTION_SERIES, LATENCY_BUCKETS, OTHER_FUNCTIONS, function_label,
+    limit_function_series, metrics_handle, render,
+};
 pub use signal::shutdown_signal;

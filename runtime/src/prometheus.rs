@@ -203,3 +203,48 @@ mod tests {
         }
     }
 }
+
+/// The `function_name` value of functions beyond the series cap.
+pub const OTHER_FUNCTIONS: &str = "~other";
+
+/// The process's cap on distinct `function_name` label values, and the names admitted so far.
+/// Calls to new names cost no new series once the cap is reached: they count under
+/// [`OTHER_FUNCTIONS`]. One per process, as the metrics registry is.
+#[derive(Debug)]
+struct FunctionLabels {
+    cap: usize,
+    admitted: std::sync::RwLock<std::collections::HashSet<Box<str>>>,
+}
+
+static FUNCTION_LABELS: std::sync::OnceLock<FunctionLabels> = std::sync::OnceLock::new();
+
+/// Default of `--max-function-series`.
+pub const DEFAULT_FUNCTION_SERIES: usize = 1000;
+
+/// Sets the cap on distinct function names in metric labels; the first call in a process wins
+/// (processes that run a gateway and workers together share one registry).
+pub fn limit_function_series(cap: usize) {
+    let _ = FUNCTION_LABELS.set(FunctionLabels {
+        cap,
+        admitted: std::sync::RwLock::default(),
+    });
+}
+
+/// The `function_name` label of `function`: its name while the cap allows (a name admitted once
+/// keeps its series), else [`OTHER_FUNCTIONS`].
+pub fn function_label(function: &str) -> String {
+    let labels = FUNCTION_LABELS.get_or_init(|| FunctionLabels {
+        cap: DEFAULT_FUNCTION_SERIES,
+        admitted: std::sync::RwLock::default(),
+    });
+    if labels.admitted.read().is_ok_and(|a| a.contains(function)) {
+        return function.to_owned();
+    }
+    match labels.admitted.write() {
+        Ok(mut a) if a.len() < labels.cap || a.contains(function) => {
+            a.insert(function.into());
+            function.to_owned()
+        }
+        _ => OTHER_FUNCTIONS.to_owned(),
+    }
+}

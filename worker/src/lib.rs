@@ -147,6 +147,7 @@ pub async fn serve(
         callback_targets,
     } = config.into_parts();
     let prometheus = metrics_handle();
+    flotilla_runtime::limit_function_series(config.common.max_function_series);
     let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
     let ready = Arc::new(Readiness::default());
 

@@ -125,10 +125,17 @@ pub(crate) struct FunctionMetrics {
 
 impl FunctionMetrics {
     pub fn new(function: &FunctionName) -> Self {
-        let name = function.as_str().to_owned();
+        let name = flotilla_runtime::function_label(function.as_str());
+        // Functions beyond the series cap share `~other`: counters and the in-flight gauge add
+        // up there, but a waiting count each function sets would overwrite the others'.
+        let pending = if name == flotilla_runtime::OTHER_FUNCTIONS {
+            Gauge::noop()
+        } else {
+            gauge!(PENDING, "function_name" => name.clone())
+        };
         Self {
             in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
-            pending: gauge!(PENDING, "function_name" => name.clone()),
+            pending,
             waited: counter!(WAITED, "function_name" => name.clone()),
             duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
             retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
@@ -177,7 +184,7 @@ impl WorkerMetrics {
             // Registering is enough: the recorder keeps the series from now on.
             drop(FunctionMetrics::new(function));
             for kind in DEAD_LETTER_KINDS {
-                counter!(DEAD_LETTERS, "kind" => kind, "function_name" => function.as_str().to_owned())
+                counter!(DEAD_LETTERS, "kind" => kind, "function_name" => flotilla_runtime::function_label(function.as_str()))
                     .increment(0);
             }
         }
@@ -217,5 +224,5 @@ pub(crate) fn shard_pending(shard: u32) -> Gauge {
 
 /// Counts a dead letter; rare, so the label lookup is fine here.
 pub(crate) fn dead_letter(kind: &'static str, function: String) {
-    counter!(DEAD_LETTERS, "kind" => kind, "function_name" => function).increment(1);
+    counter!(DEAD_LETTERS, "kind" => kind, "function_name" => flotilla_runtime::function_label(&function)).increment(1);
 }
