@@ -269,3 +269,22 @@ async fn wrong_credentials_leave_a_worker_not_ready_with_the_reason() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_leave_a_gateway_not_ready_with_the_reason() {
+    let nats = Secured::start();
+    let mut args = vec![
+        "--log".to_owned(),
+        "warn".into(),
+        "--drain-delay".into(),
+        "0s".into(),
+    ];
+    args.extend(nats.flags("flotilla-gateway", "wrong.password"));
+    let gateway = flotilla_fleet::Gateway::start(args).await.unwrap();
+    let addr = gateway.addr();
+    flotilla_testsupport::wait_until_async(T, "readyz names the refusal", || async {
+        let (status, body) = get(addr, "/readyz").await;
+        status == 503 && body.contains("authorization violation")
+    })
+    .await;
+}
