@@ -288,11 +288,15 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
     Ok(ended)
 }
 
+/// How long a stopping pull loop waits for its inbox to drain. A message that arrives later is
+/// neither run nor handed back, and returns only after `ack_wait`.
+const INBOX_DRAIN: Duration = Duration::from_secs(5);
+
 /// Stops pulling: unsubscribes the pull inbox, and hands back whatever still arrives on it for
-/// earlier requests (for at most two seconds).
+/// earlier requests (for at most [`INBOX_DRAIN`]).
 pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscriber) {
     let _ = sub.drain().await;
-    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+    let drained = tokio::time::timeout(INBOX_DRAIN, async {
         while let Some(m) = sub.next().await {
             if m.status.is_none() || m.status == Some(StatusCode::OK) {
                 let msg = jetstream::Message {
@@ -305,7 +309,10 @@ pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscr
     })
     .await;
     if drained.is_err() {
-        tracing::debug!("pull inbox did not drain in time");
+        tracing::warn!(
+            after = ?INBOX_DRAIN,
+            "pull inbox did not drain in time; calls still on their way return after ack_wait"
+        );
     }
 }
 
