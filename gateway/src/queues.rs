@@ -76,7 +76,8 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// The queues, read from NATS at most every [`SNAPSHOT_TTL`].
+    /// The queues, read from NATS at most every [`SNAPSHOT_TTL`]; each fresh read also sets the
+    /// gauges.
     pub async fn get(
         &self,
         js: &jetstream::Context,
@@ -89,13 +90,14 @@ impl Snapshots {
             return Ok(rows.clone());
         }
         let rows = Arc::new(read(js, topology).await?);
+        self.publish(&rows);
         *latest = Some((Instant::now(), rows.clone()));
         Ok(rows)
     }
 
     /// Sets the `flotilla_queue_*` gauges from `rows`; functions no longer listed go to 0.
     /// Functions beyond the series cap add up under `~other` (the oldest age is the oldest).
-    pub fn publish(&self, rows: &[QueueRow]) {
+    fn publish(&self, rows: &[QueueRow]) {
         let Ok(mut seen) = self.seen.lock() else {
             return;
         };
@@ -198,7 +200,7 @@ async fn delivered(
     };
     match s.consumer_info(consumer).await {
         Ok(info) => Ok(info.delivered.stream_sequence),
-        Err(e) if e.to_string().contains("consumer not found") => Ok(0),
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(0),
         Err(e) => Err(failed(format!("consumer {consumer} of {stream}"), e)),
     }
 }
@@ -284,17 +286,11 @@ pub async fn read(
         let calls_stream = subjects::call_stream(shard);
         let wait_stream = subjects::wait_stream(shard);
         let mut counts: BTreeMap<FunctionName, Counts> = BTreeMap::new();
-        for (subject, n) in
-            subject_counts(js, &calls_stream, &subjects::shard_wildcard(shard)).await?
-        {
+        // The call stream holds the shard's calls and its waiting retries: one read for both.
+        for (subject, n) in subject_counts(js, &calls_stream, ">").await? {
             if let Some(f) = subjects::function_of_subject(shard, &subject) {
                 counts.entry(f).or_default().calls += n;
-            }
-        }
-        for (subject, n) in
-            subject_counts(js, &calls_stream, &subjects::retry_wildcard(shard)).await?
-        {
-            if let Some(f) = subjects::function_of_retry_subject(shard, &subject) {
+            } else if let Some(f) = subjects::function_of_retry_subject(shard, &subject) {
                 counts.entry(f).or_default().retrying += n;
             }
         }

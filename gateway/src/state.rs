@@ -150,14 +150,29 @@ impl State {
         self.streams_missing.notify_one();
     }
 
-    /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
-    /// check is cached briefly; concurrent probes share one check.
     /// Refuses a function the policy file does not name, when only known functions are served.
     pub fn check_known(&self, function: &FunctionName) -> Result<(), CallError> {
         if self.known_only && !self.policies.knows(function) {
             return Err(CallError::UnknownFunction(function.as_str().to_owned()));
         }
         Ok(())
+    }
+
+    /// Every function's queue (see `queues.rs`): read from NATS at most every few seconds, the
+    /// `flotilla_queue_*` gauges set from each fresh read.
+    pub async fn queue_rows(
+        &self,
+    ) -> Result<std::sync::Arc<Vec<crate::queues::QueueRow>>, CallError> {
+        if !self.nats_connected() {
+            return Err(CallError::NatsDown);
+        }
+        let Some((topology, _)) = self.topology.get() else {
+            return Err(CallError::NotReady("shard topology not agreed yet"));
+        };
+        self.queues
+            .get(&self.js, topology)
+            .await
+            .map_err(|e| CallError::Queues(e.to_string()))
     }
 
     /// From now on `/readyz` fails with "shutting down".
@@ -173,6 +188,8 @@ impl State {
         }
     }
 
+    /// Ready when NATS is connected, the topology is agreed and its streams exist. The stream
+    /// check is cached briefly; concurrent probes share one check.
     pub async fn readiness(&self) -> Result<(), NotReady> {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(NotReady::ShuttingDown);

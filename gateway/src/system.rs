@@ -108,18 +108,7 @@ fn info(state: &State) -> Response<Body> {
 ///
 /// [`SNAPSHOT_TTL`]: crate::queues::SNAPSHOT_TTL
 async fn queues(state: &State) -> Result<Response<Body>, CallError> {
-    if !state.nats_connected() {
-        return Err(CallError::NatsDown);
-    }
-    let Some((topology, _)) = state.topology.get() else {
-        return Err(CallError::NotReady("shard topology not agreed yet"));
-    };
-    let rows = state
-        .queues
-        .get(&state.js, topology)
-        .await
-        .map_err(|e| CallError::Queues(e.to_string()))?;
-    state.queues.publish(&rows);
+    let rows = state.queue_rows().await?;
     let mut resp = Response::new(Body::full(
         serde_json::to_string(rows.as_slice()).unwrap_or_default(),
     ));
@@ -130,17 +119,12 @@ async fn queues(state: &State) -> Result<Response<Body>, CallError> {
     Ok(resp)
 }
 
-/// Brings the `flotilla_queue_*` gauges up to date before a scrape; on failure they keep their
-/// last values (and the log says why).
+/// Brings the `flotilla_queue_*` gauges up to date before a scrape. Before the topology is
+/// agreed or while NATS is down there is nothing to read; a failed read leaves the gauges at
+/// their last values (and the log says why).
 async fn refresh_queue_gauges(state: &State) {
-    let Some((topology, _)) = state.topology.get() else {
-        return;
-    };
-    if !state.nats_connected() {
-        return;
-    }
-    match state.queues.get(&state.js, topology).await {
-        Ok(rows) => state.queues.publish(&rows),
+    match state.queue_rows().await {
+        Ok(_) | Err(CallError::NatsDown | CallError::NotReady(_)) => {}
         Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
     }
 }
