@@ -75,15 +75,16 @@ pub async fn forward(
             if let Some(reason) = broken.get() {
                 tracing::debug!(function = %function, %reason, "the client's request body broke");
                 CallError::BodyRead(reason.clone())
-            } else if error.is_connect() {
-                tracing::warn!(function = %function, %error, "synchronous call failed");
-                CallError::Unreachable {
-                    function: function.to_string(),
-                }
             } else {
                 tracing::warn!(function = %function, %error, "synchronous call failed");
-                CallError::UpstreamBroken {
-                    function: function.to_string(),
+                if error.is_connect() {
+                    CallError::Unreachable {
+                        function: function.to_string(),
+                    }
+                } else {
+                    CallError::UpstreamBroken {
+                        function: function.to_string(),
+                    }
                 }
             }
         }
