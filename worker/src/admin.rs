@@ -72,11 +72,7 @@ fn route(
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match ready.check() {
             Ok(()) => text(StatusCode::OK, "ready\n"),
-            Err(why) => {
-                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "");
-                *r.body_mut() = Full::new(Bytes::from(why.into_owned()));
-                r
-            }
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why.into_owned()),
         },
         "/metrics" => {
             crate::metrics::nats_connected(ready.nats_connected());
@@ -92,8 +88,8 @@ fn route(
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

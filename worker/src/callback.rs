@@ -340,9 +340,7 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
         && let Ok(id) = HeaderValue::from_str(&job.call_id)
     {
         // Signed at each attempt, so the timestamp is the time of sending.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = (flotilla_queue::time::unix_nanos() / 1_000_000_000) as u64;
         let signature = signer.signature(&job.call_id, now, &job.body);
         if let Ok(v) = HeaderValue::from_str(&signature) {
             h.insert(WEBHOOK_SIGNATURE, v);
