@@ -143,25 +143,23 @@ impl Topology {
                 .get_or_create_stream(call_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
+            // Streams made by earlier releases lack the retry subject and direct gets.
             let retry = subjects::retry_wildcard(shard);
-            let mut config = stream.cached_info().config.clone();
-            if !config.subjects.contains(&retry) || !config.allow_direct {
-                if !config.subjects.contains(&retry) {
-                    config.subjects.push(retry);
+            let amended = amend(js, &stream, |c| {
+                if !c.subjects.contains(&retry) {
+                    c.subjects.push(retry.clone());
                 }
-                config.allow_direct = true;
-                js.update_stream(config).await.map_err(js_err)?;
+                c.allow_direct = true;
+            })
+            .await?;
+            if amended {
                 tracing::info!(shard, "shard stream updated: waiting retries, direct gets");
             }
             let wait = js
                 .get_or_create_stream(wait_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
-            if !wait.cached_info().config.allow_direct {
-                let mut config = wait.cached_info().config.clone();
-                config.allow_direct = true;
-                js.update_stream(config).await.map_err(js_err)?;
-            }
+            amend(js, &wait, |c| c.allow_direct = true).await?;
         }
         js.get_or_create_stream(dead_stream_config(settings))
             .await
@@ -180,6 +178,22 @@ impl Topology {
         }
         js.get_stream(DEAD_STREAM).await.is_ok()
     }
+}
+
+/// Applies `change` to an existing stream's configuration and updates the stream when that
+/// changed anything; true when it did.
+async fn amend(
+    js: &jetstream::Context,
+    stream: &jetstream::stream::Stream,
+    change: impl FnOnce(&mut stream::Config),
+) -> Result<bool, TopologyError> {
+    let mut config = stream.cached_info().config.clone();
+    change(&mut config);
+    if config == stream.cached_info().config {
+        return Ok(false);
+    }
+    js.update_stream(config).await.map_err(js_err)?;
+    Ok(true)
 }
 
 /// A shard's stream: a work queue (a message is gone once acknowledged), one subject per function
