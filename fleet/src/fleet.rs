@@ -23,6 +23,8 @@ pub struct FleetOptions {
     pub shards: u32,
     /// `--memory-streams` for every process, and the streams created that way.
     pub memory_streams: bool,
+    /// `--call-status` for every process.
+    pub call_status: bool,
     /// `--function-url-template` for every process; `None` keeps the binaries' default.
     pub function_url_template: Option<String>,
     /// `--log` for every process (their logs share this process's output).
@@ -41,6 +43,7 @@ impl Default for FleetOptions {
             nats_url: None,
             shards: 1,
             memory_streams: false,
+            call_status: true,
             function_url_template: None,
             log: "warn".into(),
             gateway: false,
@@ -146,6 +149,7 @@ impl Fleet {
         if self.options.memory_streams {
             args.push("--memory-streams".into());
         }
+        args.push(format!("--call-status={}", self.options.call_status));
         args
     }
 

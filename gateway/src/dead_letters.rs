@@ -11,7 +11,7 @@
 //! This file routes and holds what both routes share; `list` shows a page, `replay` replays, and
 //! `scan` reads letters without their bodies for both.
 
-mod list;
+pub(crate) mod list;
 mod replay;
 mod scan;
 
@@ -19,9 +19,8 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::Stream as JsStream;
 use flotilla_queue::{FunctionName, subjects};
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
-use serde::Serialize;
 
 use crate::body::Body;
 use crate::error::CallError;
@@ -96,16 +95,6 @@ fn bad(reason: String) -> CallError {
 
 fn unavailable(doing: &str, e: impl std::fmt::Display) -> CallError {
     CallError::DeadLetters(format!("{doing}: {e}"))
-}
-
-fn json_response(value: &impl Serialize) -> Result<Response<Body>, CallError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| CallError::Internal(e.to_string()))?;
-    let mut resp = Response::new(Body::full(bytes));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
 use flotilla_queue::headers::{self, IDEMPOTENCY_KEY, X_CALL_ID, X_CALLBACK_URL, spelled};
+use flotilla_queue::status::{self, Record};
 use flotilla_queue::{FunctionName, subjects};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -111,23 +112,51 @@ pub async fn enqueue(
             }
         };
 
+    let accepted_at = flotilla_queue::time::unix_nanos();
     let control = Control {
         call_id: &call_id,
         method: parts.method.as_str(),
         path,
         query: parts.uri.query().unwrap_or(""),
         callback_url,
-        start_time: flotilla_queue::time::unix_nanos(),
+        start_time: accepted_at,
         attempt: 0,
     };
-    let nats_headers = control.to_nats_headers(dedup_key.as_deref(), forwarded_headers(headers));
-    let size = nats_header_bytes(&nats_headers);
+    let mut nats_headers =
+        control.to_nats_headers(dedup_key.as_deref(), forwarded_headers(headers));
+    let size = nats_header_bytes(&nats_headers) + STATUS_HEADER_ROOM;
     if size > MAX_NATS_HEADER_BYTES {
         return Err(CallError::HeadersTooLarge {
             size,
             limit: MAX_NATS_HEADER_BYTES,
         });
     }
+
+    // The queued status first, so the call can carry its sequence and the worker never has to
+    // read it. Created only where no record exists: a retried POST finds its own, and the call
+    // then goes without a sequence (JetStream drops the repeated call anyway).
+    let mut status_taken = false;
+    let status = match state.keeps_status() {
+        Some(store) => {
+            let record = Record::queued(&call_id, name, accepted_at);
+            match store.write(&record, 0).await {
+                Ok(Some(revision)) => {
+                    nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+                    Some((store, revision))
+                }
+                Ok(None) => {
+                    status_taken = true;
+                    None
+                }
+                Err(error) => {
+                    state.metrics.status_write_failed();
+                    tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
     // ack window fails at once (MaxAckPending) instead of waiting.
@@ -144,9 +173,19 @@ pub async fn enqueue(
             if e.kind() == PublishErrorKind::StreamNotFound {
                 state.stream_missing();
             }
+            if let Some((store, revision)) = status {
+                // Not accepted: no status may say it was. A record left behind only shows a
+                // call that never ran, for the status retention.
+                store.forget(revision).await;
+            }
             return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
         }
     };
+    if status_taken && !ack.duplicate {
+        // The id names an earlier call, past the duplicate window: this new call takes its
+        // record over.
+        Box::pin(requeue_status(state, &call_id, name, accepted_at)).await;
+    }
     let seconds = started.elapsed().as_secs_f64();
     state.metrics.accepted(&hot.accepted, seconds);
     if ack.duplicate {
@@ -159,6 +198,27 @@ pub async fn enqueue(
     resp.headers_mut().insert(&X_CALL_ID, call_id_header);
     Ok(resp)
 }
+
+/// Writes `queued` over the record an earlier call with the same id left, unless a worker
+/// already wrote this call's own.
+async fn requeue_status(state: &State, call_id: &str, function: &str, accepted_at: u128) {
+    let Some(store) = state.keeps_status() else {
+        return;
+    };
+    let written = store
+        .transition(call_id, status::Known::Unknown, |current| match current {
+            Some(r) if r.accepted_at == accepted_at => None,
+            _ => Some(Record::queued(call_id, function, accepted_at)),
+        })
+        .await;
+    if let Err(error) = written {
+        state.metrics.status_write_failed();
+        tracing::warn!(%error, function, call_id, "queued status of a reused call id not stored");
+    }
+}
+
+/// Room kept in the header block for `Flotilla-Status-Rev`, added once the status is stored.
+const STATUS_HEADER_ROOM: usize = 48;
 
 /// The largest header block JetStream stores with a message (its length is kept in 16 bits).
 /// Beyond it a publish fails as if JetStream were unavailable, so the gateway refuses first.

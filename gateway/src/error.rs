@@ -108,6 +108,18 @@ pub enum CallError {
     /// JetStream did not answer while reading the queues.
     #[error("queues unavailable: {0}")]
     Queues(String),
+    /// No status is stored for this call id (unknown, or older than the status retention).
+    #[error("call {0} not found")]
+    UnknownCall(String),
+    /// The call finished but its answer was not kept.
+    #[error("result of call {call_id} is not kept: {why}")]
+    ResultNotKept { call_id: String, why: String },
+    /// This gateway keeps no call status (`--call-status=false`).
+    #[error("call status is turned off on this gateway (--call-status=false)")]
+    StatusOff,
+    /// JetStream did not answer while reading or writing a call's status.
+    #[error("call status unavailable: {0}")]
+    Status(String),
     /// The gateway failed on its own (a response it could not encode).
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,7 +128,11 @@ pub enum CallError {
 impl CallError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotFound | Self::UnknownFunction(_) => StatusCode::NOT_FOUND,
+            Self::NotFound
+            | Self::UnknownFunction(_)
+            | Self::UnknownCall(_)
+            | Self::ResultNotKept { .. }
+            | Self::StatusOff => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadName(_)
             | Self::BadCallbackUrl(_)
@@ -131,7 +147,8 @@ impl CallError {
             | Self::NatsDown
             | Self::Publish(_)
             | Self::DeadLetters(_)
-            | Self::Queues(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Queues(_)
+            | Self::Status(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unreachable { .. } | Self::UpstreamBroken { .. } => StatusCode::BAD_GATEWAY,
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadFunctionUrl(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -164,12 +181,16 @@ impl CallError {
             | Self::HeadersTooLarge { .. }
             | Self::MessageTooLarge
             | Self::Unauthorized
+            | Self::UnknownCall(_)
+            | Self::ResultNotKept { .. }
+            | Self::StatusOff
             | Self::BadRequest(_) => (Side::Downstream, false),
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
             | Self::DeadLetters(_)
             | Self::Queues(_)
+            | Self::Status(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
             | Self::Timeout { .. } => (Side::Upstream, true),
@@ -203,6 +224,10 @@ impl CallError {
             Self::BadRequest(_) => "bad_request",
             Self::DeadLetters(_) => "dead_letters_unavailable",
             Self::Queues(_) => "queues_unavailable",
+            Self::UnknownCall(_) => "call_not_found",
+            Self::ResultNotKept { .. } => "result_not_kept",
+            Self::StatusOff => "status_off",
+            Self::Status(_) => "status_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -228,7 +253,8 @@ impl CallError {
             | Self::NatsDown
             | Self::Publish(_)
             | Self::DeadLetters(_)
-            | Self::Queues(_) => {
+            | Self::Queues(_)
+            | Self::Status(_) => {
                 h.insert(header::RETRY_AFTER, retry_after.clone());
             }
             Self::BodyTooLarge { .. } | Self::MessageTooLarge | Self::HeadersTooLarge { .. } => {
@@ -248,10 +274,28 @@ impl CallError {
             | Self::UpstreamBroken { .. }
             | Self::Timeout { .. }
             | Self::BadFunctionUrl(_)
+            | Self::UnknownCall(_)
+            | Self::ResultNotKept { .. }
+            | Self::StatusOff
             | Self::Internal(_) => {}
         }
         resp
     }
+}
+
+/// An `application/json` response of `value`.
+pub fn json_response(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+) -> Result<Response<Body>, CallError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| CallError::Internal(e.to_string()))?;
+    let mut resp = Response::new(Body::full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
 /// A `text/plain` response.
@@ -349,6 +393,28 @@ mod tests {
                 true,
             ),
             (CallError::NatsDown, 503, Side::Upstream, true),
+            (
+                CallError::UnknownCall("c1".into()),
+                404,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::ResultNotKept {
+                    call_id: "c1".into(),
+                    why: "not kept".into(),
+                },
+                404,
+                Side::Downstream,
+                false,
+            ),
+            (CallError::StatusOff, 404, Side::Downstream, false),
+            (
+                CallError::Status("timed out".into()),
+                503,
+                Side::Upstream,
+                true,
+            ),
             (
                 CallError::Publish("timed out".into()),
                 503,

@@ -15,6 +15,7 @@ mod queues;
 mod routes;
 mod server;
 mod state;
+mod status;
 mod system;
 
 pub use config::{Config, ConfigError, ValidConfig};
@@ -24,7 +25,7 @@ pub use server::{run, serve};
 /// Names of the gateway's Prometheus metrics, for dashboards and tests.
 pub mod metric_names {
     pub use crate::metrics::{
-        DEAD_LETTER_REPLAYS, DUPLICATES, ENQUEUE_SECONDS, ERRORS, FUNCTION_SECONDS, INVOCATIONS,
-        NATS_CONNECTED, TOPOLOGY_SHARDS,
+        CANCELS, DEAD_LETTER_REPLAYS, DUPLICATES, ENQUEUE_SECONDS, ERRORS, FUNCTION_SECONDS,
+        INVOCATIONS, NATS_CONNECTED, STATUS_WRITE_FAILURES, TOPOLOGY_SHARDS,
     };
 }

@@ -13,6 +13,8 @@ pub const ERRORS: &str = "gateway_http_errors_total";
 pub const NATS_CONNECTED: &str = "gateway_nats_connected";
 pub const TOPOLOGY_SHARDS: &str = "gateway_topology_shards";
 pub const DEAD_LETTER_REPLAYS: &str = "gateway_dead_letter_replays_total";
+pub const CANCELS: &str = "gateway_calls_cancelled_total";
+pub const STATUS_WRITE_FAILURES: &str = "gateway_status_write_failures_total";
 
 /// One function's handles for accepted asynchronous calls.
 pub struct Accepted {
@@ -79,6 +81,16 @@ impl Metrics {
             DEAD_LETTER_REPLAYS,
             "Dead letters handled by replay requests, by function and outcome (replayed, duplicate, skipped, failed)"
         );
+        metrics::describe_counter!(
+            CANCELS,
+            "Asynchronous calls cancelled through DELETE /async-call/<id>"
+        );
+        metrics::describe_counter!(
+            STATUS_WRITE_FAILURES,
+            "Accepted calls whose queued status JetStream did not store (the call itself was stored)"
+        );
+        metrics::counter!(CANCELS).increment(0);
+        metrics::counter!(STATUS_WRITE_FAILURES).increment(0);
         crate::queues::describe();
         metrics::gauge!(NATS_CONNECTED).set(0.0);
         for function in named {
@@ -123,6 +135,16 @@ impl Metrics {
     pub fn replay(&self, function: &str, outcome: &'static str) {
         metrics::counter!(DEAD_LETTER_REPLAYS, "function_name" => flotilla_runtime::function_label(function), "outcome" => outcome)
             .increment(1);
+    }
+
+    /// A client cancelled a call.
+    pub fn cancelled(&self) {
+        metrics::counter!(CANCELS).increment(1);
+    }
+
+    /// The queued status of an accepted call was not stored.
+    pub fn status_write_failed(&self) {
+        metrics::counter!(STATUS_WRITE_FAILURES).increment(1);
     }
 
     pub fn nats_connected(&self, up: bool) {

@@ -86,6 +86,7 @@ pub async fn serve(
         callback_targets,
         nats_problems,
         known_only: config.known_functions_only,
+        call_status: config.common.nats.call_status,
         client: client.clone(),
         js,
         policies,
@@ -233,6 +234,12 @@ async fn agree_topology(
                         "topology agreed; accepting asynchronous calls"
                     );
                     state.metrics.shards(topology.shards);
+                    match flotilla_queue::status::Store::new(state.js.clone()).await {
+                        Ok(store) => {
+                            let _ = state.status.set(store);
+                        }
+                        Err(error) => tracing::error!(%error, "call status streams not opened"),
+                    }
                     let _ = state.topology.set((topology, topology.shard_map()));
                     break topology;
                 }

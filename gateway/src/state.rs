@@ -52,6 +52,10 @@ pub struct State {
     pub callback_guard: crate::callback_guard::CallbackGuard,
     /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
     pub queues: crate::queues::Snapshots,
+    /// Whether calls' status is kept (`--call-status`).
+    call_status: bool,
+    /// The status streams, once the topology task made sure they exist.
+    pub status: OnceLock<flotilla_queue::status::Store>,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
     stopping: std::sync::atomic::AtomicBool,
     /// Why the latest attempt to agree the topology failed, for `/readyz`.
@@ -90,6 +94,8 @@ pub struct StateParts {
     pub nats_problems: flotilla_runtime::NatsProblems,
     /// `--known-functions-only`.
     pub known_only: bool,
+    /// `--call-status`.
+    pub call_status: bool,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
@@ -123,6 +129,8 @@ impl State {
             nats_problems: p.nats_problems,
             callback_guard: crate::callback_guard::CallbackGuard::new(p.callback_targets),
             queues: crate::queues::Snapshots::default(),
+            call_status: p.call_status,
+            status: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),
         }
@@ -173,6 +181,29 @@ impl State {
             .get(&self.js, topology)
             .await
             .map_err(|e| CallError::Queues(e.to_string()))
+    }
+
+    /// The status store for `/async-call/<id>`: refused when status is off, not ready before the
+    /// topology task opened it or while NATS is down.
+    pub fn status_store(&self) -> Result<&flotilla_queue::status::Store, CallError> {
+        if !self.call_status {
+            return Err(CallError::StatusOff);
+        }
+        if !self.nats_connected() {
+            return Err(CallError::NatsDown);
+        }
+        self.status
+            .get()
+            .ok_or(CallError::NotReady("call status streams not opened yet"))
+    }
+
+    /// The status store when call status is kept and open (the enqueue path's question).
+    pub fn keeps_status(&self) -> Option<&flotilla_queue::status::Store> {
+        if self.call_status {
+            self.status.get()
+        } else {
+            None
+        }
     }
 
     /// From now on `/readyz` fails with "shutting down".

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::dead_letters;
-use crate::error::{CallError, text_response};
+use crate::error::{CallError, json_response, text_response};
 use crate::state::State;
 
 const GET_ONLY: &str = "GET, HEAD";
@@ -109,14 +109,7 @@ fn info(state: &State) -> Response<Body> {
 /// [`SNAPSHOT_TTL`]: crate::queues::SNAPSHOT_TTL
 async fn queues(state: &State) -> Result<Response<Body>, CallError> {
     let rows = state.queue_rows().await?;
-    let mut resp = Response::new(Body::full(
-        serde_json::to_string(rows.as_slice()).unwrap_or_default(),
-    ));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    json_response(StatusCode::OK, &rows.as_slice())
 }
 
 /// Brings the `flotilla_queue_*` gauges up to date before a scrape. Before the topology is

@@ -35,6 +35,10 @@ pub struct Audit {
     pub drain_wait_s: f64,
     /// True when nothing was lost.
     pub ok: bool,
+    /// With `--audit status`: the calls by final state (`succeeded`, `failed`, `dead`,
+    /// `cancelled`); a lost call is one that reached none in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub states: Option<BTreeMap<String, u64>>,
 }
 
 /// Everything derived from matching accepted calls with callbacks.
@@ -110,6 +114,7 @@ pub fn reconcile(clock: &Clock, accepted: &[Accepted], callbacks: &[Callback]) -
             duplicate_ids,
             drain_wait_s: 0.0,
             ok: lost == 0,
+            states: None,
         },
         end_to_end_us,
         completions_ns,

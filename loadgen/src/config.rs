@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// `--local`, or `--gateway` with `--function-listen`.
     #[arg(long, env = "LOADGEN_NO_CALLBACKS")]
     pub no_callbacks: bool,
+    /// How the audit learns that a call ended: `callbacks` (each call carries the built-in
+    /// sink's URL, and must reach it exactly once) or `status` (calls carry no callback; each is
+    /// followed through `GET /async-call/<id>` until it is final, and counted by final state).
+    #[arg(long, env = "LOADGEN_AUDIT", value_enum, default_value_t = AuditBy::Callbacks)]
+    pub audit: AuditBy,
     /// The callback URL given to the fleet when the listen address is not what workers dial
     /// (NAT, 0.0.0.0, a Kubernetes service). Default `http://<callback-listen>/callback`.
     #[arg(long, env = "LOADGEN_CALLBACK_URL")]
@@ -146,6 +151,9 @@ pub struct RunArgs {
     /// Keep the local fleet's streams (and the ceiling's) in memory instead of on disk.
     #[arg(long, env = "LOADGEN_MEMORY_STREAMS")]
     pub memory_streams: bool,
+    /// The local fleet's `--call-status`: `false` measures it without keeping call status.
+    #[arg(long, env = "LOADGEN_CALL_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub call_status: bool,
     /// Built-in function latency: `0`, `5ms` or `fixed:5ms`, `uniform:1ms..20ms`, `exp:10ms`
     /// (exponential with that mean).
     #[arg(long, env = "LOADGEN_FUNCTION_LATENCY", default_value = "fixed:0ms")]
@@ -367,13 +375,25 @@ impl RunArgs {
         }
     }
 
+    /// Whether calls carry the sink's callback URL.
+    pub fn callbacks_asked(&self) -> bool {
+        !self.no_callbacks && self.audit == AuditBy::Callbacks
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if self.no_callbacks && self.audit == AuditBy::Status {
+            return Err(
+                "--no-callbacks counts calls at the built-in function; --audit status follows \
+                 them through the status API: choose one"
+                    .into(),
+            );
+        }
         if let Some(g) = &self.gateway {
             let uri: http::Uri = g.parse().map_err(|e| format!("--gateway {g:?}: {e}"))?;
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
                 return Err(format!("--gateway {g:?} must be http://host[:port]"));
             }
-            if self.callback_listen.is_none() && !self.no_callbacks {
+            if self.callback_listen.is_none() && self.callbacks_asked() {
                 return Err(
                     "--gateway needs --callback-listen ADDR, an address the workers can reach \
                      (the audit counts callbacks)"
@@ -459,6 +479,13 @@ impl RunArgs {
         }
         self.ceiling_args().validate()
     }
+}
+
+/// How the audit learns that a call ended (`--audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditBy {
+    Callbacks,
+    Status,
 }
 
 #[cfg(test)]

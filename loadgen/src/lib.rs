@@ -16,4 +16,5 @@ pub mod run;
 pub mod schedule;
 pub mod sink;
 pub mod stats;
+pub mod status_audit;
 pub mod sweep;

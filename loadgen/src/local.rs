@@ -19,6 +19,7 @@ pub fn fleet_options(
         nats_url: Some(nats_url),
         shards: args.shards,
         memory_streams: args.memory_streams,
+        call_status: args.call_status,
         function_url_template: Some(function_url_template),
         log: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         gateway: true,

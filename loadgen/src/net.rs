@@ -118,4 +118,9 @@ impl Clock {
     pub fn unix_ns_of(&self, offset_ns: u64) -> u128 {
         self.origin_unix_ns + u128::from(offset_ns)
     }
+
+    /// Nanoseconds since the origin of a Unix time (0 before the origin).
+    pub fn ns_of_unix(&self, unix_ns: u128) -> u64 {
+        u64::try_from(unix_ns.saturating_sub(self.origin_unix_ns)).unwrap_or(u64::MAX)
+    }
 }

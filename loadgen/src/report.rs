@@ -51,6 +51,8 @@ pub struct TargetInfo {
     pub failure_rate: Option<f64>,
     pub response_size: Option<usize>,
     pub memory_streams: Option<bool>,
+    /// Whether the local fleet kept call status.
+    pub call_status: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +74,9 @@ pub struct LoadInfo {
     /// True when calls asked for a callback (then a completion is a callback at the sink);
     /// false with `--no-callbacks` (then it is the call reaching the built-in function).
     pub callbacks: bool,
+    /// `--audit status`: a call completes when the status API reports it final.
+    #[serde(default)]
+    pub status_api: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -279,7 +284,12 @@ impl Report {
                 ""
             },
         );
-        if !l.callbacks {
+        if l.status_api {
+            let _ = writeln!(
+                o,
+                "- no callbacks: a call completes when the status API reports it final"
+            );
+        } else if !l.callbacks {
             let _ = writeln!(
                 o,
                 "- no callbacks: a call completes when it reaches the built-in function"
@@ -306,10 +316,10 @@ impl Report {
         );
         stage_row(
             o,
-            if self.load.callbacks {
-                "end to end (callback)"
-            } else {
-                "end to end (function)"
+            match (self.load.callbacks, self.load.status_api) {
+                (true, _) => "end to end (callback)",
+                (false, true) => "end to end (status API)",
+                (false, false) => "end to end (function)",
             },
             self.completion.completed,
             self.completion.rate_per_s,
@@ -385,7 +395,12 @@ impl Report {
             thousands(self.enqueue.sent as f64)
         );
         let statuses = counts(&self.function_status, |k, v| format!("{k} × {v}"));
-        let _ = writeln!(o, "- function status in callbacks: {statuses}");
+        let source = if self.load.status_api {
+            "the status API"
+        } else {
+            "callbacks"
+        };
+        let _ = writeln!(o, "- function status in {source}: {statuses}");
     }
 
     fn render_audit(&self, o: &mut String) {
@@ -402,6 +417,10 @@ impl Report {
             a.drain_wait_s,
             if a.ok { "OK" } else { "CALLS LOST" }
         );
+        if let Some(states) = &a.states {
+            let by_state = counts(states, |k, v| format!("{k} × {v}"));
+            let _ = writeln!(o, "  - final states (status API): {by_state}");
+        }
         if !a.lost_ids.is_empty() {
             let _ = writeln!(o, "  - first lost: {}", a.lost_ids.join(", "));
         }
@@ -417,7 +436,7 @@ impl TargetInfo {
         match self.kind {
             TargetKind::Local => format!(
                 "local fleet: {} shard(s) × {} replica(s), function concurrency {}, {} calls in \
-                 flight per worker, function latency {}, failure rate {}, {} B responses, {} streams",
+                 flight per worker, function latency {}, failure rate {}, {} B responses, {} streams{}",
                 self.shards.unwrap_or(0),
                 self.replicas.unwrap_or(0),
                 self.worker_concurrency.unwrap_or(0),
@@ -429,6 +448,11 @@ impl TargetInfo {
                     "memory"
                 } else {
                     "file"
+                },
+                if self.call_status == Some(false) {
+                    ", no call status"
+                } else {
+                    ""
                 },
             ),
             TargetKind::Gateway => {
@@ -523,6 +547,7 @@ mod tests {
                 failure_rate: Some(0.25),
                 response_size: Some(128),
                 memory_streams: Some(true),
+                call_status: Some(true),
             },
             load: LoadInfo {
                 model: ModelKind::Open,
@@ -536,6 +561,7 @@ mod tests {
                 body_size: 256,
                 backlog: true,
                 callbacks: true,
+                status_api: false,
             },
             enqueue: Enqueue {
                 sent: 17502,
@@ -571,6 +597,7 @@ mod tests {
                 duplicate_ids: vec!["c-2".into()],
                 drain_wait_s: 20.04,
                 ok: false,
+                states: None,
             },
             ceiling: Some(ceiling.clone()),
             ratios: Some(Ratios::of(1750.0, 1590.8, &ceiling, true)),
@@ -593,6 +620,7 @@ mod tests {
             failure_rate: None,
             response_size: None,
             memory_streams: None,
+            call_status: None,
         };
         r.load.model = ModelKind::Closed;
         r.load.rates = Vec::new();
@@ -612,6 +640,7 @@ mod tests {
             lost_ids: Vec::new(),
             duplicate_ids: Vec::new(),
             drain_wait_s: 0.0,
+            states: None,
             ok: true,
         };
         r.ceiling = None;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, Matched};
 use crate::ceiling::{self, Ceiling, CeilingError};
-use crate::config::{LoadModel, ModelKind, RunArgs};
+use crate::config::{AuditBy, LoadModel, ModelKind, RunArgs};
 use crate::driver::{self, DriverError, Load};
 use crate::function::{FunctionServer, FunctionSpec};
 use crate::local;
@@ -23,6 +23,7 @@ use crate::report::{
 };
 use crate::sink::{CallbackSink, SinkState};
 use crate::stats::Recorder;
+use crate::status_audit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -151,16 +152,29 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     };
     // Where completions are counted: callbacks at the sink, or, without callbacks, calls as they
     // reach the built-in function.
-    let completions: Arc<SinkState> = match (&function_server, args.no_callbacks) {
-        (Some(fs), true) => fs.arrivals.clone(),
+    // With `--audit status`, calls as the status API reports them final.
+    let completions: Arc<SinkState> = match (&function_server, args.no_callbacks, args.audit) {
+        (_, _, AuditBy::Status) => Arc::new(SinkState::default()),
+        (Some(fs), true, _) => fs.arrivals.clone(),
         _ => sink.state.clone(),
     };
-    let asked_callback = (!args.no_callbacks).then_some(callback_url.as_str());
+    let asked_callback = args.callbacks_asked().then_some(callback_url.as_str());
     if !args.no_warmup && !args.backlog {
         warm_up(args, &gateway_url, asked_callback, &completions).await?;
     }
 
     let rec = Arc::new(Recorder::new(clock));
+    let states = status_audit::States::default();
+    let follow_stop = CancellationToken::new();
+    let following = (args.audit == AuditBy::Status).then(|| {
+        tokio::spawn(status_audit::follow(
+            gateway_url.clone(),
+            rec.clone(),
+            completions.clone(),
+            states.clone(),
+            follow_stop.clone(),
+        ))
+    });
     let shown = progress::start(rec.clone(), completions.clone(), "load ", quiet);
     let sent = driver::drive(
         &gateway_url,
@@ -182,8 +196,14 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
 
     let shown = progress::start(rec.clone(), completions.clone(), "drain", quiet);
     let drain_started = std::time::Instant::now();
-    let matched = wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
+    let mut matched =
+        wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
     shown.finish().await;
+    if let Some(following) = following {
+        follow_stop.cancel();
+        let _ = following.await;
+        matched.audit.states = states.lock().ok().map(|s| s.clone());
+    }
     let drain_wait_s = drain_started.elapsed().as_secs_f64();
 
     if let Some(f) = fleet.take()
@@ -289,20 +309,31 @@ async fn warm_up(
         args.timeout,
     )
     .await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while sink.count() < ids.len() as u64 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if sink.count() < ids.len() as u64 {
+    let within = Duration::from_secs(15);
+    let done = if args.audit == AuditBy::Status {
+        status_audit::wait_final(gateway_url, &Clock::new(), &ids, within).await as u64
+    } else {
+        let deadline = tokio::time::Instant::now() + within;
+        while sink.count() < ids.len() as u64 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sink.count()
+    };
+    if done < ids.len() as u64 {
         note(
             args.quiet,
             &format!(
                 "warning: {} of {} warm-up calls completed within 15 s; {}",
-                sink.count(),
+                done,
                 ids.len(),
-                match callback_url {
-                    Some(u) => format!("is the callback URL {u} reachable from the workers?"),
-                    None => "do the workers reach the built-in function?".to_owned(),
+                match (callback_url, args.audit) {
+                    (_, AuditBy::Status) => {
+                        "do the workers reach the function, and is call status on?".to_owned()
+                    }
+                    (Some(u), _) => {
+                        format!("is the callback URL {u} reachable from the workers?")
+                    }
+                    (None, _) => "do the workers reach the built-in function?".to_owned(),
                 }
             ),
         );
@@ -388,7 +419,7 @@ fn build_report(
     let series = Series::build(sent.start_ns, &accepted_ns, &matched.completions_ns);
     let ratios = ceiling
         .as_ref()
-        .map(|c| Ratios::of(enqueue_rate, completion_rate, c, !args.no_callbacks));
+        .map(|c| Ratios::of(enqueue_rate, completion_rate, c, args.callbacks_asked()));
     let (model, rates, step_s, concurrency) = match args.load_model() {
         LoadModel::Open { steps } => (
             ModelKind::Open,
@@ -421,6 +452,7 @@ fn build_report(
             failure_rate: local.then_some(args.failure_rate),
             response_size: local.then_some(args.response_size),
             memory_streams: local.then_some(args.memory_streams),
+            call_status: local.then_some(args.call_status),
         },
         load: LoadInfo {
             model,
@@ -433,7 +465,8 @@ fn build_report(
             skew: args.skew,
             body_size: args.body_size,
             backlog: args.backlog,
-            callbacks: !args.no_callbacks,
+            callbacks: args.callbacks_asked(),
+            status_api: args.audit == AuditBy::Status,
         },
         enqueue: Enqueue {
             sent: rec.sent.load(Ordering::Relaxed),

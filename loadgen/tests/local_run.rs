@@ -172,3 +172,47 @@ fn without_callbacks_the_function_arrivals_are_audited() {
     assert_eq!(field(&report, "function_status.200").as_u64(), Some(200));
     assert!(stderr.contains("end to end (function)"), "{stderr}");
 }
+
+#[test]
+fn the_status_audit_counts_every_call_by_its_final_state() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .args([
+            "--local",
+            "--audit",
+            "status",
+            "--count",
+            "300",
+            "--functions",
+            "3",
+            "--failure-rate",
+            "0.5",
+            "--no-ceiling",
+            "--drain-timeout",
+            "20s",
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .expect("run flotilla-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(field(&report, "load.callbacks").as_bool(), Some(false));
+    assert_eq!(field(&report, "load.status_api").as_bool(), Some(true));
+    assert_eq!(field(&report, "audit.accepted").as_u64(), Some(300));
+    assert_eq!(field(&report, "audit.lost").as_u64(), Some(0));
+    let states = field(&report, "audit.states").as_object().expect("states");
+    let total: u64 = states.values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, 300, "{states:?}");
+    // Half the attempts fail with a retried status: with three attempts most calls succeed and
+    // some exhaust their budget.
+    assert!(
+        states.get("succeeded").and_then(Value::as_u64) > Some(0),
+        "{states:?}"
+    );
+    assert!(
+        states.get("dead").and_then(Value::as_u64) > Some(0),
+        "{states:?}"
+    );
+    assert!(stderr.contains("end to end (status API)"), "{stderr}");
+}

@@ -27,13 +27,26 @@ fn the_readme_fleet_section_runs_and_its_audit_passes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
-    let audit = stdout
+    let audits: Vec<&str> = stdout
         .lines()
         .chain(stderr.lines())
-        .find(|l| l.contains("audit:"))
-        .unwrap_or_else(|| panic!("no audit line in\n{stdout}\n{stderr}"));
+        .filter(|l| l.contains("- audit:"))
+        .collect();
+    assert_eq!(audits.len(), 2, "two audited runs in\n{stdout}\n{stderr}");
     assert!(
-        audit.contains("accepted 10,000 · completed 10,000 · lost 0") && audit.ends_with("→ OK"),
-        "{audit}"
+        audits[0].contains("accepted 10,000 · completed 10,000 · lost 0")
+            && audits[0].ends_with("→ OK"),
+        "{}",
+        audits[0]
+    );
+    assert!(
+        audits[1].contains("accepted 2,000 · completed 2,000 · lost 0")
+            && audits[1].ends_with("→ OK"),
+        "{}",
+        audits[1]
+    );
+    assert!(
+        stdout.contains("final states (status API): succeeded × 2,000"),
+        "{stdout}"
     );
 }

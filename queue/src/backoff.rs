@@ -7,7 +7,8 @@
 //! its range the wait falls. Who uses it, with which numbers:
 //! - retry policy (worker `retry.rs`): `min_backoff` to `max_backoff`, [`Jitter::Full`];
 //! - callback delivery (worker `callback.rs`): 200 ms to 5 s, [`Jitter::UpTo`] half a step;
-//! - topology agreement: worker 250 ms to 5 s, gateway 100 ms to 2 s, [`Jitter::None`].
+//! - topology agreement: worker 250 ms to 5 s, gateway 100 ms to 2 s, [`Jitter::None`];
+//! - following the cancel stream again (worker `status.rs`): 250 ms to 5 s, [`Jitter::None`].
 
 use std::time::Duration;
 

@@ -63,6 +63,12 @@ pub const FLOTILLA_CALL: &str = "Flotilla-Call";
 /// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects.
 pub const FLOTILLA_RETRY_AT: &str = "Flotilla-Retry-At";
 
+/// On a queued call: the stream sequence of its status record when it was queued, so the worker
+/// can write the next state as a compare-and-set without reading the record first.
+pub const FLOTILLA_STATUS_REV: &str = "Flotilla-Status-Rev";
+/// The function's HTTP status on a kept result in `FLOTILLA_RESULTS` (see `status`).
+pub const FLOTILLA_FUNCTION_STATUS: &str = "Flotilla-Function-Status";
+
 // What a dead letter in `FLOTILLA_DEAD` carries besides the original message's headers (see
 // `dead_letter`).
 

@@ -12,6 +12,7 @@ pub mod names;
 pub mod policy;
 pub mod report;
 pub mod shard;
+pub mod status;
 pub mod subjects;
 pub mod time;
 pub mod topology;

@@ -135,7 +135,14 @@ pub struct FunctionPolicy {
     /// File of `whsec_` secrets the function's callbacks are signed with, instead of the
     /// worker's own (`--callback-signing-secrets-file`).
     pub callback_signing_secrets_file: Option<String>,
+    /// Keep the final answer for `GET /async-call/<id>/result` (for the status retention).
+    pub keep_results: bool,
+    /// Larger answers are not kept (their status says so).
+    pub max_result_bytes: u64,
 }
+
+/// The default cap on a kept result: well inside NATS's default 1 MiB message.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 256 * 1024;
 
 impl Default for FunctionPolicy {
     fn default() -> Self {
@@ -147,6 +154,8 @@ impl Default for FunctionPolicy {
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
             callback_signing_secrets_file: None,
+            keep_results: false,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -182,6 +191,8 @@ struct Override {
     timeout: Option<String>,
     retry: Option<RetryOverride>,
     callback_signing_secrets_file: Option<String>,
+    keep_results: Option<bool>,
+    max_result_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +227,12 @@ impl Override {
         }
         if let Some(f) = self.callback_signing_secrets_file {
             p.callback_signing_secrets_file = Some(f);
+        }
+        if let Some(k) = self.keep_results {
+            p.keep_results = k;
+        }
+        if let Some(m) = self.max_result_bytes {
+            p.max_result_bytes = m;
         }
         if let Some(r) = self.retry {
             if let Some(a) = r.attempts {

@@ -11,6 +11,10 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 
+use crate::status::{
+    CANCEL_STREAM, CANCEL_SUBJECT_PREFIX, RESULT_STREAM, RESULT_SUBJECT_PREFIX, STATUS_STREAM,
+    STATUS_SUBJECT_PREFIX,
+};
 use crate::subjects::{self, DEAD_STREAM, TOPOLOGY_BUCKET};
 
 const SHARDS_KEY: &str = "shards";
@@ -45,6 +49,9 @@ fn js_err(e: impl std::fmt::Display) -> TopologyError {
     TopologyError::JetStream(e.to_string())
 }
 
+/// How long a call's status is kept by default.
+pub const DEFAULT_STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// What every stream of the fleet is created with.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -54,6 +61,8 @@ pub struct StreamSettings {
     pub duplicate_window: Duration,
     /// How long dead letters are kept.
     pub dead_letter_max_age: Duration,
+    /// How long a call's status and kept result are kept after its last change.
+    pub status_retention: Duration,
     pub storage: StorageType,
 }
 
@@ -63,6 +72,7 @@ impl Default for StreamSettings {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             dead_letter_max_age: Duration::from_secs(14 * 24 * 3600),
+            status_retention: DEFAULT_STATUS_RETENTION,
             storage: StorageType::File,
         }
     }
@@ -164,6 +174,15 @@ impl Topology {
         js.get_or_create_stream(dead_stream_config(settings))
             .await
             .map_err(js_err)?;
+        for config in [
+            status_stream_config(settings),
+            result_stream_config(settings),
+            cancel_stream_config(settings),
+        ] {
+            let stream = js.get_or_create_stream(config).await.map_err(js_err)?;
+            // The retention flag may have changed since the stream was made.
+            amend(js, &stream, |c| c.max_age = settings.status_retention).await?;
+        }
         Ok(())
     }
 
@@ -176,7 +195,12 @@ impl Topology {
                 }
             }
         }
-        js.get_stream(DEAD_STREAM).await.is_ok()
+        for name in [DEAD_STREAM, STATUS_STREAM, RESULT_STREAM, CANCEL_STREAM] {
+            if js.get_stream(name).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -249,6 +273,59 @@ pub fn dead_stream_config(settings: &StreamSettings) -> stream::Config {
         storage: settings.storage,
         num_replicas: settings.replicas,
         max_age: settings.dead_letter_max_age,
+        ..Default::default()
+    }
+}
+
+/// Call status: the last record of each call (one subject per call), for the status retention.
+/// Direct gets let any replica of the stream answer a status read.
+pub fn status_stream_config(settings: &StreamSettings) -> stream::Config {
+    keyed_stream_config(
+        STATUS_STREAM,
+        "Flotilla call status: the last state of each asynchronous call",
+        STATUS_SUBJECT_PREFIX,
+        settings,
+    )
+}
+
+/// Kept results: the final answer of each call whose function keeps results.
+pub fn result_stream_config(settings: &StreamSettings) -> stream::Config {
+    keyed_stream_config(
+        RESULT_STREAM,
+        "Flotilla kept results: the final answer of calls whose function keeps results",
+        RESULT_SUBJECT_PREFIX,
+        settings,
+    )
+}
+
+/// Cancels, which every worker follows from the start: a queued call cancelled is never started,
+/// whichever replica pulls it, and a running one is aborted where it runs.
+pub fn cancel_stream_config(settings: &StreamSettings) -> stream::Config {
+    keyed_stream_config(
+        CANCEL_STREAM,
+        "Flotilla cancels: the calls clients cancelled, followed by every worker",
+        CANCEL_SUBJECT_PREFIX,
+        settings,
+    )
+}
+
+fn keyed_stream_config(
+    name: &str,
+    description: &str,
+    prefix: &str,
+    settings: &StreamSettings,
+) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        description: Some(description.into()),
+        subjects: vec![format!("{prefix}.>")],
+        retention: RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        max_age: settings.status_retention,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window.min(settings.status_retention),
+        allow_direct: true,
         ..Default::default()
     }
 }

@@ -34,6 +34,14 @@ pub struct NatsArgs {
     /// Keep streams in memory instead of on disk: faster, but a NATS restart loses queued calls.
     #[arg(long, env = "FLOTILLA_MEMORY_STREAMS", default_value_t = false)]
     pub memory_streams: bool,
+    /// Keep each asynchronous call's status (and, where the policy says so, its result) in NATS
+    /// for `GET`/`DELETE /async-call/<id>`. `false` saves the writes; gateway and workers should
+    /// agree.
+    #[arg(long, env = "FLOTILLA_CALL_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub call_status: bool,
+    /// How long a call's status and kept result are kept after their last change.
+    #[arg(long, env = "FLOTILLA_STATUS_RETENTION", default_value = "24h", value_parser = duration_arg)]
+    pub status_retention: Duration,
     #[command(flatten)]
     pub auth: crate::nats_auth::NatsAuthArgs,
 }
@@ -43,6 +51,7 @@ impl NatsArgs {
         StreamSettings {
             replicas: usize::from(self.stream_replicas),
             duplicate_window: self.duplicate_window,
+            status_retention: self.status_retention,
             storage: if self.memory_streams {
                 async_nats::jetstream::stream::StorageType::Memory
             } else {

@@ -82,6 +82,24 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     count: AtomicUsize,
+    /// Requests whose client went away before the answer was sent.
+    aborted: AtomicUsize,
+}
+
+/// Counts a request in flight while it is answered; dropped early (the client closed the
+/// connection and hyper dropped the handler), it counts the request as aborted.
+struct Answering<'a> {
+    st: &'a State,
+    done: bool,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.st.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.done {
+            self.st.aborted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// The server; it stops, with every connection, when dropped.
@@ -164,6 +182,11 @@ impl RecordingServer {
         self.state.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Requests whose client closed the connection before the answer was sent.
+    pub fn aborted(&self) -> usize {
+        self.state.aborted.load(Ordering::SeqCst)
+    }
+
     /// The most requests that were being answered at the same moment.
     pub fn max_in_flight(&self) -> usize {
         self.state.max_in_flight.load(Ordering::SeqCst)
@@ -192,6 +215,10 @@ async fn serve(
     st.count.fetch_add(1, Ordering::SeqCst);
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let mut answering = Answering {
+        st: &st,
+        done: false,
+    };
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -211,7 +238,8 @@ async fn serve(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    answering.done = true;
+    drop(answering);
     let mut resp = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         resp = resp.header(k, v);

@@ -24,6 +24,8 @@ use crate::dead;
 use crate::functions::FunctionRt;
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::retry::{self, Next};
+use crate::status::{Begin, Recorded, Tracked};
+use flotilla_queue::status::{self, CallState, ResultKept};
 
 /// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
 pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
@@ -241,6 +243,17 @@ pub(crate) async fn handle(
             return;
         }
     };
+    let mut tracked = match &shared.status {
+        Some(status) => match status.begin(&env, status::revision_of(msg.headers.as_ref())) {
+            Begin::Cancelled => {
+                drop(slot);
+                settle_cancelled(&shared, &msg, &env, "before it started").await;
+                return;
+            }
+            Begin::Run(tracked) => Some(tracked),
+        },
+        None => None,
+    };
     let _in_flight = InFlight::enter(&func.metrics.in_flight);
     let attempt = Attempt {
         earlier: env.attempt,
@@ -253,13 +266,31 @@ pub(crate) async fn handle(
         Outcome::failed(CallError::Redelivered(delivered), Duration::ZERO, attempt)
     } else {
         let url = join_url(&func.base_url, &env.path, &env.query);
-        let work = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
+        let invoked = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
+        // A cancel while it runs drops `invoked`, which aborts the function's request.
+        let work = async {
+            match tracked.as_mut() {
+                Some(t) => t.run(attempt.earlier, invoked).await,
+                None => Some(invoked.await),
+            }
+        };
         let outcome = match keep_alive(&msg, shared.progress_every, &shared.hard, work).await {
-            Some(Ok(outcome)) => outcome,
-            Some(Err(exhausted)) => {
+            Some(Some(Ok(outcome))) => outcome,
+            Some(None) => {
                 drop(slot);
+                settle_cancelled(&shared, &msg, &env, "while it ran").await;
+                return;
+            }
+            Some(Some(Err(exhausted))) => {
+                drop(slot);
+                let status_revision = tracked.as_ref().and_then(Tracked::revision);
                 Box::pin(exhausted_hand_back(
-                    &shared, &func, &msg, &env, attempt, origin, exhausted,
+                    &shared,
+                    &func,
+                    &msg,
+                    &env,
+                    (attempt, origin, status_revision),
+                    exhausted,
                 ))
                 .await;
                 return;
@@ -280,7 +311,19 @@ pub(crate) async fn handle(
     let code = outcome.status.as_u16();
 
     let policy = &func.policy.retry;
-    match retry::next(policy, &outcome, retry::jitter()) {
+    let next = retry::next(policy, &outcome, retry::jitter());
+    // The state is recorded before the step it names (retry stored, dead letter written,
+    // callback sent): a client's cancel that got in first stops that step.
+    if let Some(t) = tracked.as_mut()
+        && Box::pin(record_end(t, &func, &outcome, &next)).await == Recorded::Cancelled
+    {
+        drop(slot);
+        settle_cancelled(&shared, &msg, &env, "before it ended").await;
+        return;
+    }
+    let status_revision = tracked.as_ref().and_then(Tracked::revision);
+    drop(tracked);
+    match next {
         Next::Settle => {}
         Next::Retry(delay) => {
             // The function is done with this attempt; storing the retry needs no slot.
@@ -296,6 +339,7 @@ pub(crate) async fn handle(
                 attempt.number(),
                 delay,
                 origin,
+                status_revision,
             ));
             let on_failure = OnFailure::Nak {
                 step: "store the retry",
@@ -368,6 +412,76 @@ pub(crate) async fn handle(
     }
 }
 
+/// Records how the attempt ended: `retrying` with its due time, or the final state (`succeeded`,
+/// `failed`, `dead`) with the answer kept when the function's policy keeps results.
+async fn record_end(
+    t: &mut Tracked<'_>,
+    func: &FunctionRt,
+    outcome: &Outcome,
+    next: &Next,
+) -> Recorded {
+    let attempts = outcome.attempt.number();
+    let status = outcome.status.as_u16();
+    let ran = !matches!(outcome.error, Some(CallError::Redelivered(_)));
+    let (state, due, dead) = match next {
+        Next::Retry(delay) => {
+            let due = flotilla_queue::time::unix_nanos() + delay.as_nanos();
+            (CallState::Retrying, Some(due), None)
+        }
+        Next::DeadLetter => (
+            CallState::Dead,
+            None,
+            Some((
+                dead::kind_of(outcome),
+                dead::exhausted_reason(outcome, func.policy.retry.attempts),
+            )),
+        ),
+        Next::Settle if outcome.is_success() => (CallState::Succeeded, None, None),
+        Next::Settle => (CallState::Failed, None, None),
+    };
+    let result = if state == CallState::Retrying || !ran {
+        None
+    } else if !func.policy.keep_results {
+        Some(ResultKept::No)
+    } else if outcome.body.len() as u64 > func.policy.max_result_bytes {
+        Some(ResultKept::TooLarge {
+            bytes: outcome.body.len() as u64,
+            limit: func.policy.max_result_bytes,
+        })
+    } else {
+        let content_type = outcome.content_type().and_then(|v| v.to_str().ok());
+        let kept = t
+            .keep_result(status, content_type, outcome.body.clone())
+            .await;
+        Some(if kept {
+            ResultKept::Yes
+        } else {
+            ResultKept::No
+        })
+    };
+    t.record(|r| {
+        r.state = state;
+        r.attempts = attempts;
+        r.status = ran.then_some(status);
+        r.next_attempt_at = due;
+        r.result = result;
+        if let Some((kind, reason)) = &dead {
+            r.dead_kind = Some((*kind).to_owned());
+            r.reason = Some(reason.clone());
+        }
+    })
+    .await
+}
+
+/// Settles a call a client cancelled: acked, so it never runs (again), with no callback.
+async fn settle_cancelled(shared: &Shared, msg: &jetstream::Message, env: &Envelope, when: &str) {
+    shared.metrics.cancelled.increment(1);
+    tracing::debug!(call_id = %env.call_id, function = %env.function, "call cancelled {when}");
+    if let Err(error) = msg.ack().await {
+        tracing::debug!(%error, "ack of a cancelled call failed; it is settled again when it returns");
+    }
+}
+
 /// The worker ran out of a local resource before the function was reached: the call goes back,
 /// stored to run again after a pause with the same attempt number (so it uses no attempt and no
 /// delivery), the replica stops pulling for the pause, and an operator hears of it.
@@ -376,8 +490,7 @@ async fn exhausted_hand_back(
     func: &FunctionRt,
     msg: &jetstream::Message,
     env: &Envelope,
-    attempt: Attempt,
-    origin: (&str, u64),
+    (attempt, origin, status_revision): (Attempt, (&str, u64), Option<u64>),
     exhausted: Exhausted,
 ) {
     shared.metrics.exhausted(exhausted).increment(1);
@@ -399,6 +512,7 @@ async fn exhausted_hand_back(
         attempt.earlier,
         EXHAUSTED_PAUSE,
         origin,
+        status_revision,
     );
     let on_failure = OnFailure::Nak {
         step: "store the call for later",

@@ -131,6 +131,15 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_CALLBACK_SIGNING_SECRETS_FILE")]
     pub callback_signing_secrets_file: Option<String>,
 
+    /// Keep every function's final answer for `GET /async-call/<id>/result` (with call status on);
+    /// `keep_results` in the policy file decides per function.
+    #[arg(long, env = "FLOTILLA_KEEP_RESULTS", default_value_t = false)]
+    pub keep_results: bool,
+
+    /// Kept answers larger than this are not stored; their status says so.
+    #[arg(long, env = "FLOTILLA_MAX_RESULT_BYTES", default_value_t = flotilla_queue::policy::DEFAULT_MAX_RESULT_BYTES)]
+    pub max_result_bytes: u64,
+
     /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
     /// rest is handed back to NATS for another replica.
     #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
@@ -248,6 +257,8 @@ impl Config {
                 max_backoff: self.retry_max_backoff,
             },
             callback_signing_secrets_file: None,
+            keep_results: self.keep_results,
+            max_result_bytes: self.max_result_bytes,
         }
     }
 

@@ -170,11 +170,7 @@ pub(crate) async fn exhausted(
         shard,
         stream,
         sequence,
-        kind: if redelivered {
-            dl::KIND_REDELIVERED
-        } else {
-            dl::KIND_EXHAUSTED
-        },
+        kind: kind_of(outcome),
         reason: &reason,
         attempts: Some(outcome.attempt.number()),
         // A crash loop has no status: no run of it ever ended.
@@ -183,8 +179,18 @@ pub(crate) async fn exhausted(
     write(shared, letter).await
 }
 
+/// The dead-letter kind of a call that ended in `outcome`: `redelivered` for a crash loop, else
+/// `exhausted`.
+pub(crate) fn kind_of(outcome: &Outcome) -> &'static str {
+    if matches!(outcome.error, Some(CallError::Redelivered(_))) {
+        dl::KIND_REDELIVERED
+    } else {
+        dl::KIND_EXHAUSTED
+    }
+}
+
 /// "function answered 500 (attempt 3 of 3): <start of its body>", or the transport error.
-fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
+pub(crate) fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
     let n = outcome.attempt.number();
     match &outcome.error {
         Some(e @ CallError::InvalidRequest(_)) => format!("{e} (not retried)"),

@@ -24,6 +24,7 @@ mod pull;
 mod report;
 mod retry;
 mod signing;
+mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     pub metrics: WorkerMetrics,
     pub ready: Arc<Readiness>,
+    /// Call status (`--call-status`): read before each call starts, written as it moves on.
+    pub status: Option<Arc<status::CallStatus>>,
 }
 
 /// What `/readyz` reports.
@@ -226,6 +229,21 @@ pub async fn serve(
         &aux,
         aux_closed.clone(),
     );
+    let status = if config.common.nats.call_status {
+        match flotilla_queue::status::Store::new(js.clone()).await {
+            Ok(store) => Some(Arc::new(status::CallStatus::new(
+                store,
+                config.common.nats.status_retention,
+            ))),
+            Err(error) => return Err(WorkerError::Config(error.to_string())),
+        }
+    } else {
+        None
+    };
+    if let Some(status) = &status {
+        aux.spawn(status.clone().follow(js.clone(), aux_closed.clone()));
+        status.caught_up(CANCELS_CATCH_UP).await;
+    }
     let shared = Arc::new(Shared {
         client: client.clone(),
         js,
@@ -251,6 +269,7 @@ pub async fn serve(
         tracker: TaskTracker::new(),
         metrics,
         ready: ready.clone(),
+        status,
     });
     for &shard in &shards {
         shared
@@ -303,6 +322,9 @@ pub async fn serve(
 /// How long a worker stopping goes on after its grace period to hand calls back, publish its
 /// last reports and flush its acks to NATS, before it exits regardless.
 const AFTER_GRACE: Duration = Duration::from_millis(1500);
+
+/// How long a starting worker waits to have heard the cancels already stored before it pulls.
+const CANCELS_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// Waits between tries of agreeing the topology or creating the streams while NATS is not ready:
 /// 250 ms doubling up to 5 s. No jitter: each try is a few cheap requests, so even a fleet that

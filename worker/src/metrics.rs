@@ -26,9 +26,19 @@ pub const RETRIES_SCHEDULED: &str = "worker_retries_scheduled_total";
 pub const RETRIES_WAITING: &str = "worker_retries_waiting";
 pub const RETRIES_DUE: &str = "worker_retries_due_total";
 pub const NATS_CONNECTED: &str = "worker_nats_connected";
+pub const CANCELLED: &str = "worker_calls_cancelled_total";
+pub const STATUS_WRITE_FAILURES: &str = "worker_status_write_failures_total";
 
 /// Gives every metric its HELP text (and histograms their unit). Safe to call more than once.
 fn describe() {
+    describe_counter!(
+        CANCELLED,
+        "Calls a client cancelled that this replica settled without a callback: not started, not retried, or aborted while running"
+    );
+    describe_counter!(
+        STATUS_WRITE_FAILURES,
+        "Call status changes JetStream did not store (the call itself went on)"
+    );
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         CALLS_TOTAL,
@@ -170,6 +180,7 @@ pub(crate) struct WorkerMetrics {
     pub callbacks_refused: Counter,
     pub reports_dropped: Counter,
     pub handed_back: Counter,
+    pub cancelled: Counter,
     /// Calls handed back because this replica ran out of a local resource, by resource.
     pub exhausted: [Counter; 3],
 }
@@ -180,6 +191,8 @@ impl WorkerMetrics {
     pub fn new<'a>(named: impl Iterator<Item = &'a FunctionName>) -> Self {
         describe();
         nats_connected(false);
+        // Incremented where it happens (`status.rs`); registered now so it is scraped at 0.
+        counter!(STATUS_WRITE_FAILURES).increment(0);
         for function in named {
             // Registering is enough: the recorder keeps the series from now on.
             drop(FunctionMetrics::new(function));
@@ -196,6 +209,7 @@ impl WorkerMetrics {
             callbacks_refused: counter!(CALLBACKS_REFUSED),
             reports_dropped: counter!(REPORTS_DROPPED),
             handed_back: counter!(HANDED_BACK),
+            cancelled: counter!(CANCELLED),
             exhausted: [
                 crate::outcome::Exhausted::FileDescriptors,
                 crate::outcome::Exhausted::Memory,

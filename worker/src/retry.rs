@@ -13,6 +13,7 @@ use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
+use flotilla_queue::status;
 use flotilla_queue::{Backoff, Envelope, Jitter, RetryPolicy, subjects, time};
 use futures_util::StreamExt;
 use http::StatusCode;
@@ -295,7 +296,10 @@ async fn move_due(
     sequence: u64,
 ) {
     let id = dedup_id("due", stream, sequence);
-    let (headers, body) = env.to_nats(Some(&id));
+    let (mut headers, body) = env.to_nats(Some(&id));
+    if let Some(revision) = status::revision_of(msg.headers.as_ref()) {
+        headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+    }
     let subject = subjects::wait_subject(shard, &env.function);
     match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
         Ok(()) => {
@@ -342,8 +346,9 @@ pub(crate) async fn relay(
 }
 
 /// Stores a failed attempt as a waiting retry: the same envelope with its attempt field set to
-/// the attempts made and `Flotilla-Retry-At` to the due time, under the function's retry subject,
-/// de-duplicated on the failed message's stream sequence. Returns once JetStream holds it.
+/// the attempts made, `Flotilla-Retry-At` to the due time and `Flotilla-Status-Rev` to its status
+/// record's sequence when known, under the function's retry subject, de-duplicated on the failed
+/// message's stream sequence. Returns once JetStream holds it.
 pub(crate) async fn schedule(
     shared: &Shared,
     shard: u32,
@@ -351,6 +356,7 @@ pub(crate) async fn schedule(
     attempts_made: u32,
     delay: Duration,
     (stream, sequence): (&str, u64),
+    status_revision: Option<u64>,
 ) -> Result<(), ScheduleError> {
     let mut env = env.clone();
     env.attempt = attempts_made;
@@ -358,6 +364,9 @@ pub(crate) async fn schedule(
     let (mut headers, body) = env.to_nats(Some(&id));
     let due = time::unix_nanos() + delay.as_nanos();
     headers.insert(H_RETRY_AT, due.to_string().as_str());
+    if let Some(revision) = status_revision {
+        headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+    }
     shared
         .js
         .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)

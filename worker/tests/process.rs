@@ -15,10 +15,7 @@ use tokio::process::Command;
 const T: Duration = Duration::from_secs(30);
 
 fn call_ids(sink: &RecordingServer) -> HashSet<String> {
-    sink.requests()
-        .iter()
-        .map(|r| r.header("x-call-id").to_owned())
-        .collect()
+    common::call_ids(sink)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,6 +224,40 @@ async fn least_permission_users_over_mutual_tls_run_a_call_and_a_worker_cannot_p
     assert_eq!(sink.requests()[0].header("x-function-status"), "200");
     assert_eq!(function.count(), 1);
 
+    // Call status and cancel work under the same least permissions: the gateway writes and
+    // announces, the worker follows the cancels and writes the states.
+    let id = a.call_id.unwrap();
+    flotilla_testsupport::wait_until_async(T, "the call's status is succeeded", || async {
+        let s = gw
+            .send(http::Method::GET, &format!("/async-call/{id}"), &[], "")
+            .await
+            .unwrap();
+        s.status == 200 && String::from_utf8_lossy(&s.body).contains("\"succeeded\"")
+    })
+    .await;
+    let slow = gw
+        .post(
+            "/async-function/secured",
+            &[
+                ("x-callback-url", &callback),
+                ("x-call-id", "secured-cancel"),
+            ],
+            "x",
+        )
+        .await
+        .unwrap();
+    assert_eq!(slow.status, 202);
+    let cancel = gw
+        .send(http::Method::DELETE, "/async-call/secured-cancel", &[], "")
+        .await
+        .unwrap();
+    // Cancelled before or after it ran: either way one consistent answer.
+    assert!(matches!(cancel.status, 202 | 409), "{}", cancel.status);
+    assert_eq!(
+        metric(&worker, "worker_status_write_failures_total").await,
+        0.0
+    );
+
     // The worker's user publishing a call: the server refuses it, and the stream stays empty.
     let errors = Arc::new(Mutex::new(Vec::new()));
     let as_worker = nats
@@ -287,4 +321,13 @@ async fn wrong_credentials_leave_a_gateway_not_ready_with_the_reason() {
         status == 503 && body.contains("authorization violation")
     })
     .await;
+}
+
+/// A counter from the worker's `/metrics` (0 when absent).
+async fn metric(worker: &Worker, name: &str) -> f64 {
+    let (_, body) = common::get(worker.admin, "/metrics").await;
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

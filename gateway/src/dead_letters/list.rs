@@ -8,18 +8,15 @@ use flotilla_queue::headers::{
     DEAD_SUBJECT, DEAD_TIME, NATS_MSG_SIZE,
 };
 use futures_util::StreamExt;
-use http::Response;
+use http::{Response, StatusCode};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Iso8601;
 
 use super::scan::{Letter, scan};
-use super::{
-    bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject, json_response,
-    unavailable,
-};
+use super::{bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject, unavailable};
 use crate::body::Body;
-use crate::error::CallError;
+use crate::error::{CallError, json_response};
 use crate::state::State;
 
 /// Letters on a page when the client names no `limit`.
@@ -163,7 +160,7 @@ pub(super) async fn list(state: &State, query: Option<&str>) -> Result<Response<
         next,
         total,
     };
-    json_response(&page)
+    json_response(StatusCode::OK, &page)
 }
 
 /// Letters stored under one function's dead-letter subject.
@@ -182,7 +179,7 @@ async fn count_subject(stream: &JsStream, subject: &str) -> Result<u64, CallErro
 
 /// Unix nanoseconds as RFC 3339 in UTC with all nine fractional digits
 /// (`2024-05-01T12:00:00.123456789Z`, which is also `time`'s default ISO 8601); `None` past 9999.
-fn rfc3339(unix_nanos: u128) -> Option<String> {
+pub(crate) fn rfc3339(unix_nanos: u128) -> Option<String> {
     let nanos = i128::try_from(unix_nanos).ok()?;
     OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()?

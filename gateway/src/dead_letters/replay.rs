@@ -9,19 +9,18 @@ use async_nats::jetstream::stream::{
     DeleteMessageErrorKind, RawMessageErrorKind, Stream as JsStream,
 };
 use flotilla_queue::headers::DEAD_TIME;
+use flotilla_queue::status::{Known, REVISION_HEADER, Record, Transition};
 use flotilla_queue::{Envelope, FunctionName, ShardMap, subjects};
 use futures_util::StreamExt;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use super::scan::scan;
-use super::{
-    bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject, json_response,
-};
+use super::{bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject};
 use crate::body::Body;
 use crate::enqueue::read_body;
-use crate::error::CallError;
+use crate::error::{CallError, json_response};
 use crate::state::State;
 
 /// Most letters one replay request handles; the client repeats with the returned `next` cursor.
@@ -218,7 +217,7 @@ pub(super) async fn replay(
         failed = report.failed.len(),
         "dead letters replayed"
     );
-    json_response(&report)
+    json_response(StatusCode::OK, &report)
 }
 
 /// Replays one letter: read it, rebuild the call with its attempts reset, publish it to the
@@ -255,7 +254,31 @@ async fn replay_one(
     call.attempt = 0;
     let function = call.function.to_string();
     let shard = shards.shard_of(call.function.as_str());
-    let (headers, payload) = call.to_nats(Some(&msg_id));
+    let (mut headers, payload) = call.to_nats(Some(&msg_id));
+    // Its status is `queued` again, with the sequence the worker then writes against.
+    if let Some(store) = state.keeps_status() {
+        let now = flotilla_queue::time::unix_nanos();
+        let requeued = store
+            .transition(&call.call_id, Known::Unknown, |current| {
+                let mut next = Record::queued(&call.call_id, &function, call.start_time);
+                if let Some(current) = current {
+                    next.batch_id.clone_from(&current.batch_id);
+                }
+                next.updated_at = now;
+                Some(next)
+            })
+            .await;
+        match requeued {
+            Ok(Transition::Written(stored)) => {
+                headers.insert(REVISION_HEADER, stored.revision.to_string().as_str());
+            }
+            Ok(Transition::Declined(_)) => {}
+            Err(error) => {
+                state.metrics.status_write_failed();
+                tracing::warn!(%error, call_id = %call.call_id, "replayed call's status not set to queued");
+            }
+        }
+    }
     let publish = async {
         state
             .js

@@ -156,6 +156,15 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
     }
 }
 
+/// The `X-Call-Id` of every request `server` received, in order, collected as the caller wants.
+pub fn call_ids<C: FromIterator<String>>(server: &flotilla_testsupport::RecordingServer) -> C {
+    server
+        .requests()
+        .iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect()
+}
+
 /// A worker running in this process; dropping it asks it to stop.
 pub struct Worker {
     inner: flotilla_fleet::Worker,
@@ -236,6 +245,7 @@ pub struct Gateway {
 pub struct Answer {
     pub status: u16,
     pub call_id: Option<String>,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -266,8 +276,21 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Answer, hyper_util::client::legacy::Error> {
+        self.send(http::Method::POST, path, headers, body).await
+    }
+
+    /// Sends `method` to `path` with `headers` and `body`, through a pooled client.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Answer, hyper_util::client::legacy::Error> {
         use http_body_util::BodyExt;
-        let mut req = http::Request::post(format!("http://{}{path}", self.addr));
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -279,8 +302,8 @@ impl Gateway {
             .get("x-call-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let body = body
             .collect()
             .await
             .map(|b| b.to_bytes())
@@ -288,6 +311,7 @@ impl Gateway {
         Ok(Answer {
             status,
             call_id,
+            headers: parts.headers,
             body,
         })
     }

@@ -1,0 +1,335 @@
+//! The worker's side of call status (`flotilla_queue::status`). Nothing on a call's way reads
+//! its record: the worker follows the cancel stream, so it knows a cancelled call before it
+//! starts it, and writes each state as a compare-and-set on the sequence the call carries
+//! (`Flotilla-Status-Rev`, from the gateway or from the write before). It records `running` once
+//! an attempt has run a moment, `retrying` when a retry is stored, and the final state before the
+//! callback. When a client's cancel got in first, the write fails, and the worker neither calls
+//! back nor records another state. A cancel heard while the call runs here aborts the function's
+//! request.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use flotilla_queue::Envelope;
+use flotilla_queue::status::{CANCEL_STREAM, CallState, Cancel, Known, Record, Store, Transition};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// How long an attempt runs before `running` is recorded. A call that ends sooner goes from
+/// `queued` (or `retrying`) straight to its end, one write instead of two: most calls of a busy
+/// fleet take less, and a client polling a call sees it running well before it could act on it.
+pub(crate) const RUNNING_AFTER: Duration = Duration::from_millis(100);
+
+/// Between attempts to follow the cancel stream again.
+const FOLLOW_BACKOFF: flotilla_queue::Backoff = flotilla_queue::Backoff::new(
+    Duration::from_millis(250),
+    Duration::from_secs(5),
+    flotilla_queue::Jitter::None,
+);
+
+/// Cancels remembered at most; past it the oldest are forgotten (their calls, if they still
+/// come, are then stopped by the failed write of their end instead of before they start).
+const MAX_CANCELS: usize = 1_000_000;
+
+/// The status store, the calls running in this replica and the cancels heard, by call id.
+#[derive(Debug)]
+pub(crate) struct CallStatus {
+    store: Store,
+    /// How long cancels are remembered: the status retention.
+    retention: Duration,
+    running: Mutex<HashMap<String, (u128, CancellationToken)>>,
+    cancelled: Mutex<Cancels>,
+    /// Fires once every cancel stored when the worker started has been heard.
+    caught_up: CancellationToken,
+}
+
+/// Cancels heard, oldest first.
+#[derive(Debug, Default)]
+struct Cancels {
+    by_id: HashMap<String, u128>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Cancels {
+    fn insert(&mut self, cancel: Cancel, retention: Duration) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < retention && self.order.len() < MAX_CANCELS {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.by_id.remove(&id);
+            }
+        }
+        self.order.push_back((now, cancel.call_id.clone()));
+        self.by_id.insert(cancel.call_id, cancel.accepted_at);
+    }
+}
+
+/// What the worker should do with a call it is about to start.
+pub(crate) enum Begin<'a> {
+    /// A client cancelled it: settle it without running it.
+    Cancelled,
+    Run(Tracked<'a>),
+}
+
+/// What came of recording a state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Stored (or NATS refused it and the call goes on regardless; logged and counted).
+    Done,
+    /// A client cancelled the call first: no callback, no further state.
+    Cancelled,
+}
+
+impl CallStatus {
+    pub(crate) fn new(store: Store, retention: Duration) -> Self {
+        Self {
+            store,
+            retention,
+            running: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(Cancels::default()),
+            caught_up: CancellationToken::new(),
+        }
+    }
+
+    /// Waits until the cancels stored before the worker started have been heard, so no call
+    /// cancelled while queued is started; at most `limit`, after which calls are pulled anyway
+    /// (a cancel heard late still stops the call's callback and aborts it if it runs here).
+    pub(crate) async fn caught_up(&self, limit: Duration) {
+        if tokio::time::timeout(limit, self.caught_up.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?limit, "cancels not all read yet; pulling calls anyway");
+        }
+    }
+
+    /// Starts tracking a call about to run, whose status record is at `revision` (from the
+    /// message's `Flotilla-Status-Rev`), unless a client cancelled it.
+    pub(crate) fn begin<'a>(&'a self, env: &'a Envelope, revision: Option<u64>) -> Begin<'a> {
+        let cancelled = self
+            .cancelled
+            .lock()
+            .ok()
+            .and_then(|c| c.by_id.get(&env.call_id).copied());
+        if cancelled == Some(env.start_time) {
+            return Begin::Cancelled;
+        }
+        let token = CancellationToken::new();
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(env.call_id.clone(), (env.start_time, token.clone()));
+        }
+        Begin::Run(Tracked {
+            status: self,
+            env,
+            known: revision.map_or(Known::Unknown, Known::Revision),
+            token,
+        })
+    }
+
+    /// Remembers a cancel and aborts its call if it runs here.
+    fn heard(&self, cancel: Cancel) {
+        let token = self.running.lock().ok().and_then(|running| {
+            running
+                .get(&cancel.call_id)
+                .filter(|(accepted_at, _)| *accepted_at == cancel.accepted_at)
+                .map(|(_, token)| token.clone())
+        });
+        if let Some(token) = token {
+            tracing::debug!(call_id = %cancel.call_id, "cancelled while running; aborting its request");
+            token.cancel();
+        }
+        if let Ok(mut cancelled) = self.cancelled.lock() {
+            cancelled.insert(cancel, self.retention);
+        }
+    }
+
+    /// Follows the cancel stream from its start until `stop`, remembering every cancel and
+    /// aborting the calls that run here. Followed again after an error.
+    pub(crate) async fn follow(self: Arc<Self>, js: jetstream::Context, stop: CancellationToken) {
+        let mut delays = FOLLOW_BACKOFF.delays();
+        loop {
+            let followed = tokio::select! {
+                r = self.follow_once(&js) => r,
+                () = stop.cancelled() => return,
+            };
+            if let Err(error) = followed {
+                // Cancels still take effect when the call's next state is written; only the
+                // start check and the abort wait for this.
+                tracing::warn!(%error, "not following cancels; following again");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delays.next_delay()) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn follow_once(&self, js: &jetstream::Context) -> Result<(), String> {
+        let mut stream = js
+            .get_stream(CANCEL_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
+        if last == 0 {
+            self.caught_up.cancel();
+        }
+        let consumer = stream
+            .create_consumer(OrderedConfig::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| e.to_string())?;
+            if let Some(cancel) = Cancel::decode(&msg.payload) {
+                self.heard(cancel);
+            }
+            if msg.info().is_ok_and(|i| i.stream_sequence >= last) {
+                self.caught_up.cancel();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record of the same call as `env`: a client may reuse a call id once the duplicate window
+/// has passed, and the earlier call's record must not steer the new one.
+fn same_call(record: &Record, env: &Envelope) -> bool {
+    record.accepted_at == env.start_time && record.function == env.function.as_str()
+}
+
+/// One call's status while this replica handles it.
+pub(crate) struct Tracked<'a> {
+    status: &'a CallStatus,
+    env: &'a Envelope,
+    /// What is known of the record, to compare-and-set against.
+    known: Known,
+    /// Fires when a client cancels the call while it runs here.
+    token: CancellationToken,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.status.running.lock() {
+            running.remove(&self.env.call_id);
+        }
+    }
+}
+
+impl Tracked<'_> {
+    /// Runs `work` (one attempt), recording `running` once it has run for [`RUNNING_AFTER`].
+    /// `None` when the call was cancelled meanwhile: `work` is dropped, which aborts the
+    /// function's request.
+    pub(crate) async fn run<F: Future>(&mut self, attempts: u32, work: F) -> Option<F::Output> {
+        let token = self.token.clone();
+        let mut work = std::pin::pin!(work);
+        let mark = async {
+            tokio::time::sleep(RUNNING_AFTER).await;
+            self.record(|r| {
+                r.state = CallState::Running;
+                r.attempts = attempts;
+                r.next_attempt_at = None;
+            })
+            .await
+        };
+        tokio::select! {
+            biased;
+            () = token.cancelled() => return None,
+            out = &mut work => return Some(out),
+            marked = mark => if marked == Recorded::Cancelled {
+                return None;
+            },
+        }
+        tokio::select! {
+            biased;
+            () = token.cancelled() => None,
+            out = work => Some(out),
+        }
+    }
+
+    /// Moves the call's record on with `change`, unless a client cancelled it first.
+    pub(crate) async fn record(&mut self, change: impl Fn(&mut Record)) -> Recorded {
+        let env = self.env;
+        let now = flotilla_queue::time::unix_nanos();
+        let result = self
+            .status
+            .store
+            .transition(
+                &env.call_id,
+                std::mem::replace(&mut self.known, Known::Unknown),
+                |current| {
+                    let mut next = match current {
+                        Some(r) if same_call(r, env) => {
+                            if r.state == CallState::Cancelled {
+                                return None;
+                            }
+                            r.clone()
+                        }
+                        _ => Record::queued(&env.call_id, env.function.as_str(), env.start_time),
+                    };
+                    change(&mut next);
+                    next.updated_at = now;
+                    Some(next)
+                },
+            )
+            .await;
+        match result {
+            Ok(Transition::Written(stored)) => {
+                self.known = Known::Stored(Box::new(stored));
+                Recorded::Done
+            }
+            Ok(Transition::Declined(current)) => {
+                if let Some(current) = current {
+                    self.known = Known::Stored(Box::new(current));
+                }
+                Recorded::Cancelled
+            }
+            Err(error) => {
+                metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+                tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
+                Recorded::Done
+            }
+        }
+    }
+
+    /// The revision a retry of this call carries, when the last write is known.
+    pub(crate) fn revision(&self) -> Option<u64> {
+        match &self.known {
+            Known::Stored(s) => Some(s.revision),
+            Known::Revision(r) => Some(*r),
+            Known::Unknown => None,
+        }
+    }
+
+    /// Keeps the call's final answer for `GET /async-call/<id>/result`. A failure is logged
+    /// and counted; the record then says the result is not kept.
+    pub(crate) async fn keep_result(
+        &self,
+        status: u16,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> bool {
+        match self
+            .status
+            .store
+            .keep_result(&self.env.call_id, status, content_type, body)
+            .await
+        {
+            Ok(()) => true,
+            Err(error) => {
+                metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+                tracing::warn!(%error, call_id = %self.env.call_id, "result not kept");
+                false
+            }
+        }
+    }
+}
