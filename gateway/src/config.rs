@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// The longest `X-Delay` (or `X-Not-Before` ahead of now) an asynchronous call may ask for;
+    /// beyond it the call is refused with 400.
+    #[arg(long, env = "FLOTILLA_MAX_DELAY", default_value = "168h", value_parser = duration_arg)]
+    pub max_delay: Duration,
+
     /// How long a synchronous call may take to produce its response head before the gateway
     /// answers 504. A function's own `timeout` in the policy file lowers it for that function.
     #[arg(long, env = "FLOTILLA_SYNC_TIMEOUT", default_value = "60s", value_parser = duration_arg)]

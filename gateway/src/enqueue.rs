@@ -3,12 +3,15 @@
 //! one body buffer (a single-chunk body is not copied), one context shared by every request.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
+use flotilla_queue::envelope::H_RETRY_AT;
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
-use flotilla_queue::headers::{self, IDEMPOTENCY_KEY, X_CALL_ID, X_CALLBACK_URL, spelled};
+use flotilla_queue::headers::{
+    self, IDEMPOTENCY_KEY, X_CALL_ID, X_CALLBACK_URL, X_DELAY, X_NOT_BEFORE, spelled,
+};
 use flotilla_queue::status::{self, Record};
 use flotilla_queue::{FunctionName, subjects};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -28,7 +31,13 @@ pub const MAX_KEY_LEN: usize = 128;
 
 /// Request headers that travel as envelope control fields (or are set again by the worker), so
 /// they are not copied among the forwarded headers.
-static CONTROL_HEADERS: [HeaderName; 3] = [X_CALL_ID, X_CALLBACK_URL, headers::X_START_TIME];
+static CONTROL_HEADERS: [HeaderName; 5] = [
+    X_CALL_ID,
+    X_CALLBACK_URL,
+    headers::X_START_TIME,
+    headers::X_DELAY,
+    headers::X_NOT_BEFORE,
+];
 
 pub async fn enqueue(
     state: &State,
@@ -113,6 +122,7 @@ pub async fn enqueue(
         };
 
     let accepted_at = flotilla_queue::time::unix_nanos();
+    let not_before = not_before(headers, accepted_at, state.max_delay)?;
     let control = Control {
         call_id: &call_id,
         method: parts.method.as_str(),
@@ -138,7 +148,8 @@ pub async fn enqueue(
     let mut status_taken = false;
     let status = match state.keeps_status() {
         Some(store) => {
-            let record = Record::queued(&call_id, name, accepted_at);
+            let mut record = Record::queued(&call_id, name, accepted_at);
+            record.not_before = not_before;
             match store.write(&record, 0).await {
                 Ok(Some(revision)) => {
                     nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
@@ -160,10 +171,20 @@ pub async fn enqueue(
 
     // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
     // ack window fails at once (MaxAckPending) instead of waiting.
+    // A delayed call waits where retries wait, due at its start time: durable, holding no slot,
+    // moved to its function's wait subject when due (see `docs/delivery.md`).
+    let subject = match not_before {
+        None => hot.subject.clone(),
+        Some(at) => {
+            nats_headers.insert(H_RETRY_AT, at.to_string().as_str());
+            let function = FunctionName::parse(name)?;
+            subjects::retry_subject(hot.shard, &function).into()
+        }
+    };
     let publish = async {
         state
             .js
-            .publish_with_headers(hot.subject.clone(), nats_headers, body)
+            .publish_with_headers(subject, nats_headers, body)
             .await?
             .await
     };
@@ -197,6 +218,65 @@ pub async fn enqueue(
     *resp.status_mut() = StatusCode::ACCEPTED;
     resp.headers_mut().insert(&X_CALL_ID, call_id_header);
     Ok(resp)
+}
+
+/// When a call asks to start later (`X-Delay` or `X-Not-Before`): its start time in Unix
+/// nanoseconds, or `None` to start at once (no header, or a time already past). A start further
+/// than `max` from now is refused.
+fn not_before(
+    headers: &HeaderMap,
+    accepted_at: u128,
+    max: Duration,
+) -> Result<Option<u128>, CallError> {
+    let delay = header_text(headers, &X_DELAY);
+    let at = header_text(headers, &X_NOT_BEFORE);
+    let (asked, shown) = match (delay, at) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(CallError::BadRequest(
+                "give X-Delay or X-Not-Before, not both".into(),
+            ));
+        }
+        (Some(text), None) => {
+            let bad = || CallError::BadHeader {
+                header: spelled::X_DELAY,
+                reason: "must be a duration such as 90s, 1m30s or 2h",
+            };
+            let delay =
+                flotilla_queue::parse_duration(text.map_err(|()| bad())?).map_err(|_| bad())?;
+            (accepted_at + delay.as_nanos(), spelled::X_DELAY)
+        }
+        (None, Some(text)) => {
+            let bad = || CallError::BadHeader {
+                header: spelled::X_NOT_BEFORE,
+                reason: "must be an RFC 3339 time or an HTTP date",
+            };
+            let text = text.map_err(|()| bad())?;
+            let at = match time::OffsetDateTime::parse(
+                text,
+                &time::format_description::well_known::Rfc3339,
+            ) {
+                Ok(t) => u128::try_from(t.unix_timestamp_nanos()).unwrap_or(0),
+                Err(_) => httpdate::parse_http_date(text)
+                    .map_err(|_| bad())?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            };
+            (at, spelled::X_NOT_BEFORE)
+        }
+    };
+    if asked <= accepted_at {
+        return Ok(None);
+    }
+    let ahead = Duration::from_nanos(u64::try_from(asked - accepted_at).unwrap_or(u64::MAX));
+    if ahead > max {
+        return Err(CallError::BadRequest(format!(
+            "{shown} asks for a start {}s from now; at most {}s (--max-delay)",
+            ahead.as_secs(),
+            max.as_secs()
+        )));
+    }
+    Ok(Some(asked))
 }
 
 /// Writes `queued` over the record an earlier call with the same id left, unless a worker

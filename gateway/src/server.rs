@@ -92,6 +92,7 @@ pub async fn serve(
         policies,
         http: pooled_client(PoolSettings::default()),
         max_body_bytes: config.max_body_bytes,
+        max_delay: config.max_delay,
         sync_timeout: config.sync_timeout,
         retry_after,
         auth,

@@ -33,6 +33,8 @@ pub struct State {
     pub policies: Policies,
     pub http: Client<HttpConnector, crate::body::ClientBody>,
     pub max_body_bytes: usize,
+    /// The longest delay an asynchronous call may ask for (`--max-delay`).
+    pub max_delay: Duration,
     pub sync_timeout: Duration,
     pub retry_after: HeaderValue,
     /// The exact `Authorization` value `/system/*` requires, when credentials are configured.
@@ -101,6 +103,7 @@ pub struct StateParts {
     pub policies: Policies,
     pub http: Client<HttpConnector, crate::body::ClientBody>,
     pub max_body_bytes: usize,
+    pub max_delay: Duration,
     pub sync_timeout: Duration,
     pub retry_after: HeaderValue,
     pub auth: Option<String>,
@@ -117,6 +120,7 @@ impl State {
             policies: p.policies,
             http: p.http,
             max_body_bytes: p.max_body_bytes,
+            max_delay: p.max_delay,
             sync_timeout: p.sync_timeout,
             retry_after: p.retry_after,
             auth: p.auth,

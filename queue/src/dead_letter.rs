@@ -17,6 +17,8 @@ pub use crate::headers::{
 pub const KIND_POISON: &str = "poison";
 /// The call failed on every attempt its retry policy allowed.
 pub const KIND_EXHAUSTED: &str = "exhausted";
+/// The call was not started within its function's `max_age` of being accepted; it never ran.
+pub const KIND_EXPIRED: &str = "expired";
 /// The call was delivered more often than the worker's `--max-deliveries` without ever being
 /// settled: each run crashed the worker, or hung it until it was killed, or lost its ack. Attempts
 /// are counted from the envelope, so without this cap such a call would come back forever.

@@ -25,6 +25,11 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 /// Unix nanoseconds at which the gateway accepted the call (sent to function and callback).
 pub const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
+/// An asynchronous call starts no earlier than this long after it is accepted (Go duration
+/// syntax, or bare seconds).
+pub const X_DELAY: HeaderName = HeaderName::from_static("x-delay");
+/// An asynchronous call starts no earlier than this time (RFC 3339 or an HTTP date).
+pub const X_NOT_BEFORE: HeaderName = HeaderName::from_static("x-not-before");
 /// Seconds the function took (callback; sync responses).
 pub const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
 /// The function a callback reports on.
@@ -40,6 +45,8 @@ pub const X_RETRY_MAX: HeaderName = HeaderName::from_static("x-retry-max");
 pub mod spelled {
     pub const X_CALL_ID: &str = "X-Call-Id";
     pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+    pub const X_DELAY: &str = "X-Delay";
+    pub const X_NOT_BEFORE: &str = "X-Not-Before";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ pub enum InvalidPolicy {
     ZeroRate,
     #[error("timeout must be above zero")]
     ZeroTimeout,
+    #[error("max_age must be above zero")]
+    ZeroMaxAge,
     #[error("retry.attempts must be at least 1")]
     ZeroAttempts,
     #[error("retry.min_backoff exceeds retry.max_backoff")]
@@ -137,6 +139,9 @@ pub struct FunctionPolicy {
     pub callback_signing_secrets_file: Option<String>,
     /// Keep the final answer for `GET /async-call/<id>/result` (for the status retention).
     pub keep_results: bool,
+    /// A call not started within this long of being accepted is dead-lettered as `expired`
+    /// instead (its callback says 410). `None`: no limit.
+    pub max_age: Option<Duration>,
     /// Larger answers are not kept (their status says so).
     pub max_result_bytes: u64,
 }
@@ -156,6 +161,7 @@ impl Default for FunctionPolicy {
             callback_signing_secrets_file: None,
             keep_results: false,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_age: None,
         }
     }
 }
@@ -193,6 +199,7 @@ struct Override {
     callback_signing_secrets_file: Option<String>,
     keep_results: Option<bool>,
     max_result_bytes: Option<u64>,
+    max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +241,9 @@ impl Override {
         if let Some(m) = self.max_result_bytes {
             p.max_result_bytes = m;
         }
+        if let Some(a) = self.max_age {
+            p.max_age = Some(duration("max_age", &a)?);
+        }
         if let Some(r) = self.retry {
             if let Some(a) = r.attempts {
                 p.retry.attempts = a;
@@ -274,6 +284,9 @@ impl FunctionPolicy {
         }
         if self.rate_per_second == Some(0) {
             return Err(InvalidPolicy::ZeroRate);
+        }
+        if self.max_age == Some(Duration::ZERO) {
+            return Err(InvalidPolicy::ZeroMaxAge);
         }
         if self.timeout.is_zero() {
             return Err(InvalidPolicy::ZeroTimeout);
@@ -623,6 +636,26 @@ mod tests {
         let t = DEFAULT_URL_TEMPLATE;
         let e = Policies::from_toml("p", "[functions.x]\nconcurrency = 0", d(), t).unwrap_err();
         assert!(e.to_string().contains("function x: concurrency"), "{e}");
+        let e = Policies::from_toml("p", "[functions.x]\nmax_age = \"0s\"", d(), t).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("function x: max_age must be above zero"),
+            "{e}"
+        );
+        let e = Policies::from_toml("p", "[functions.x]\nmax_age = \"soon\"", d(), t).unwrap_err();
+        assert!(e.to_string().contains("function x: max_age"), "{e}");
+        let p = Policies::from_toml(
+            "p",
+            "[defaults]\nkeep_results = true\n[functions.x]\nmax_age = \"90s\"\nmax_result_bytes = 10",
+            d(),
+            t,
+        )
+        .unwrap();
+        let x = p.get(&f("x"));
+        assert_eq!(
+            (x.max_age, x.keep_results, x.max_result_bytes),
+            (Some(std::time::Duration::from_secs(90)), true, 10)
+        );
         let e = Policies::from_toml("p", "[functions.x]\nspeed = 1", d(), t).unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Policies::from_toml("p", "[functions.\"a b\"]", d(), t).unwrap_err();

@@ -264,6 +264,9 @@ pub(crate) async fn handle(
         // until killed, or lost the ack). The function is not called again; the retry policy
         // sends this outcome to the dead letters and the callback gets it as the last failure.
         Outcome::failed(CallError::Redelivered(delivered), Duration::ZERO, attempt)
+    } else if let Some(expired) = expired(&func, &env, delivered) {
+        // Too old to matter: never started, dead-lettered as `expired`, a 410 to the callback.
+        expired
     } else {
         let url = join_url(&func.base_url, &env.path, &env.query);
         let invoked = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
@@ -412,6 +415,23 @@ pub(crate) async fn handle(
     }
 }
 
+/// The outcome of a call its function's `max_age` says is too old to start: only a call never
+/// started (its first attempt, first delivery) expires; one that ran goes on.
+fn expired(func: &FunctionRt, env: &Envelope, delivered: u32) -> Option<Outcome> {
+    let max_age = func.policy.max_age?;
+    if env.attempt > 0 || delivered > 1 {
+        return None;
+    }
+    let age_nanos = flotilla_queue::time::unix_nanos().saturating_sub(env.start_time);
+    let age = Duration::from_nanos(u64::try_from(age_nanos).unwrap_or(u64::MAX));
+    let attempt = Attempt {
+        earlier: 0,
+        delivered,
+    };
+    (age > max_age)
+        .then(|| Outcome::failed(CallError::Expired { age, max_age }, Duration::ZERO, attempt))
+}
+
 /// Records how the attempt ended: `retrying` with its due time, or the final state (`succeeded`,
 /// `failed`, `dead`) with the answer kept when the function's policy keeps results.
 async fn record_end(
@@ -420,9 +440,9 @@ async fn record_end(
     outcome: &Outcome,
     next: &Next,
 ) -> Recorded {
-    let attempts = outcome.attempt.number();
+    let attempts = outcome.attempts_made();
     let status = outcome.status.as_u16();
-    let ran = !matches!(outcome.error, Some(CallError::Redelivered(_)));
+    let ran = outcome.ran();
     let (state, due, dead) = match next {
         Next::Retry(delay) => {
             let due = flotilla_queue::time::unix_nanos() + delay.as_nanos();

@@ -131,6 +131,12 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_CALLBACK_SIGNING_SECRETS_FILE")]
     pub callback_signing_secrets_file: Option<String>,
 
+    /// A call not started within this long of being accepted is dead-lettered as `expired`
+    /// (callback status 410) instead of run; `max_age` in the policy file decides per function.
+    /// Unset: no limit.
+    #[arg(long, env = "FLOTILLA_MAX_AGE", value_parser = duration_arg)]
+    pub max_age: Option<Duration>,
+
     /// Keep every function's final answer for `GET /async-call/<id>/result` (with call status on);
     /// `keep_results` in the policy file decides per function.
     #[arg(long, env = "FLOTILLA_KEEP_RESULTS", default_value_t = false)]
@@ -259,6 +265,7 @@ impl Config {
             callback_signing_secrets_file: None,
             keep_results: self.keep_results,
             max_result_bytes: self.max_result_bytes,
+            max_age: self.max_age,
         }
     }
 

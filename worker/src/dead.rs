@@ -162,7 +162,6 @@ pub(crate) async fn exhausted(
     allowed: u32,
 ) -> Result<(), DeadLetterError> {
     let reason = exhausted_reason(outcome, allowed);
-    let redelivered = matches!(outcome.error, Some(CallError::Redelivered(_)));
     let letter = Letter {
         subject: msg.subject.as_str(),
         headers: msg.headers.as_ref(),
@@ -172,20 +171,20 @@ pub(crate) async fn exhausted(
         sequence,
         kind: kind_of(outcome),
         reason: &reason,
-        attempts: Some(outcome.attempt.number()),
+        attempts: Some(outcome.attempts_made()),
         // A crash loop has no status: no run of it ever ended.
-        last_status: (!redelivered).then(|| outcome.status.as_u16()),
+        last_status: outcome.ran().then(|| outcome.status.as_u16()),
     };
     write(shared, letter).await
 }
 
-/// The dead-letter kind of a call that ended in `outcome`: `redelivered` for a crash loop, else
-/// `exhausted`.
+/// The dead-letter kind of a call that ended in `outcome`: `redelivered` for a crash loop,
+/// `expired` past its `max_age`, else `exhausted`.
 pub(crate) fn kind_of(outcome: &Outcome) -> &'static str {
-    if matches!(outcome.error, Some(CallError::Redelivered(_))) {
-        dl::KIND_REDELIVERED
-    } else {
-        dl::KIND_EXHAUSTED
+    match outcome.error {
+        Some(CallError::Redelivered(_)) => dl::KIND_REDELIVERED,
+        Some(CallError::Expired { .. }) => dl::KIND_EXPIRED,
+        _ => dl::KIND_EXHAUSTED,
     }
 }
 
@@ -194,7 +193,7 @@ pub(crate) fn exhausted_reason(outcome: &Outcome, allowed: u32) -> String {
     let n = outcome.attempt.number();
     match &outcome.error {
         Some(e @ CallError::InvalidRequest(_)) => format!("{e} (not retried)"),
-        Some(e @ CallError::Redelivered(_)) => e.to_string(),
+        Some(e @ (CallError::Redelivered(_) | CallError::Expired { .. })) => e.to_string(),
         Some(e) => format!("{e} (attempt {n} of {allowed})"),
         None => {
             let mut r = format!(

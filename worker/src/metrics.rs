@@ -110,10 +110,11 @@ pub(crate) fn nats_connected(up: bool) {
 }
 
 /// Dead-letter kinds a worker writes, for the series made at start.
-const DEAD_LETTER_KINDS: [&str; 3] = [
+const DEAD_LETTER_KINDS: [&str; 4] = [
     flotilla_queue::dead_letter::KIND_POISON,
     flotilla_queue::dead_letter::KIND_EXHAUSTED,
     flotilla_queue::dead_letter::KIND_REDELIVERED,
+    flotilla_queue::dead_letter::KIND_EXPIRED,
 ];
 
 /// Handles of one function's series.

@@ -57,17 +57,25 @@ pub enum CallError {
     /// the function was not called again.
     #[error("delivered {0} times without settling: the worker crashed or lost the ack each time")]
     Redelivered(u32),
+    /// Not started within the function's `max_age` of being accepted: the function was not
+    /// called.
+    #[error("not started within max_age {max_age:?} of being accepted ({age:?} ago)")]
+    Expired { age: Duration, max_age: Duration },
 }
 
 impl CallError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::InvalidRequest(_) | Self::Redelivered(_))
+        !matches!(
+            self,
+            Self::InvalidRequest(_) | Self::Redelivered(_) | Self::Expired { .. }
+        )
     }
 
-    /// The status the outcome reports: 504 for a timeout, 502 otherwise.
+    /// The status the outcome reports: 504 for a timeout, 410 for an expired call, 502 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Expired { .. } => StatusCode::GONE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -144,6 +152,23 @@ impl Outcome {
             error: Some(error),
             duration,
             attempt,
+        }
+    }
+
+    /// Whether the function was called in this attempt: not for a crash loop (not called again)
+    /// or an expired call (never called).
+    pub fn ran(&self) -> bool {
+        !matches!(
+            self.error,
+            Some(CallError::Redelivered(_) | CallError::Expired { .. })
+        )
+    }
+
+    /// Attempts made once this one is counted: an expired call made none.
+    pub fn attempts_made(&self) -> u32 {
+        match self.error {
+            Some(CallError::Expired { .. }) => self.attempt.earlier,
+            _ => self.attempt.number(),
         }
     }
 

@@ -62,7 +62,9 @@ pub(crate) fn next(policy: &RetryPolicy, outcome: &Outcome, jitter: f64) -> Next
         return Next::Settle;
     }
     let retryable = match &outcome.error {
-        Some(CallError::InvalidRequest(_) | CallError::Redelivered(_)) => return Next::DeadLetter,
+        Some(
+            CallError::InvalidRequest(_) | CallError::Redelivered(_) | CallError::Expired { .. },
+        ) => return Next::DeadLetter,
         // Unreachable (502) or past its timeout (504).
         Some(CallError::Unreachable(_) | CallError::Timeout(_)) => policy.retry_unreachable,
         None => policy.statuses.contains(&outcome.status.as_u16()),
