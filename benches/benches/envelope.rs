@@ -126,6 +126,7 @@ fn from_json<B>(j: JsonEnvelope<B>, body: impl FnOnce(B) -> Bytes) -> Envelope {
         attempt: j.attempt,
         headers: j.headers,
         body: body(j.body),
+        batch_id: None,
     }
 }
 

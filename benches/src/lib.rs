@@ -23,5 +23,6 @@ pub fn sample_call(body: usize) -> Envelope {
             ("X-Request-Id".into(), "req-5521".into()),
         ],
         body: Bytes::from(vec![b'x'; body]),
+        batch_id: None,
     }
 }

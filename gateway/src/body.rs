@@ -16,6 +16,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A function's response body, passed through as it arrives.
     Upstream(Incoming),
+    /// Chunks written by a task as they are ready (a batch's results, a line each).
+    Stream(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
 }
 
 impl Body {
@@ -44,6 +46,7 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Self::Stream(chunks) => chunks.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -51,6 +54,7 @@ impl hyper::body::Body for Body {
         match self {
             Self::Full(bytes) => bytes.is_none(),
             Self::Upstream(incoming) => incoming.is_end_stream(),
+            Self::Stream(_) => false,
         }
     }
 
@@ -58,6 +62,7 @@ impl hyper::body::Body for Body {
         match self {
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Upstream(incoming) => incoming.size_hint(),
+            Self::Stream(_) => SizeHint::default(),
         }
     }
 }

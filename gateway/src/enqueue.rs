@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use flotilla_queue::envelope::H_RETRY_AT;
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::CallError;
+use crate::hot::Hot;
 use crate::routes::{header_text, split_name};
 use crate::state::State;
 
@@ -65,19 +67,7 @@ pub async fn enqueue(
     };
     let headers = &parts.headers;
 
-    let callback_url = match header_text(headers, &X_CALLBACK_URL) {
-        None => None,
-        Some(Ok(url)) => {
-            let host = check_callback_url(url)?;
-            state
-                .callback_guard
-                .check(&host)
-                .await
-                .map_err(CallError::CallbackRefused)?;
-            Some(url)
-        }
-        Some(Err(())) => return Err(CallError::BadCallbackUrl("is not valid text")),
-    };
+    let callback_url = callback_header(state, headers).await?;
     let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
     let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
 
@@ -123,96 +113,30 @@ pub async fn enqueue(
 
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = not_before(headers, accepted_at, state.max_delay)?;
-    let control = Control {
-        call_id: &call_id,
-        method: parts.method.as_str(),
-        path,
-        query: parts.uri.query().unwrap_or(""),
-        callback_url,
-        start_time: accepted_at,
-        attempt: 0,
-    };
-    let mut nats_headers =
-        control.to_nats_headers(dedup_key.as_deref(), forwarded_headers(headers));
-    let size = nats_header_bytes(&nats_headers) + STATUS_HEADER_ROOM;
-    if size > MAX_NATS_HEADER_BYTES {
-        return Err(CallError::HeadersTooLarge {
-            size,
-            limit: MAX_NATS_HEADER_BYTES,
-        });
-    }
-
-    // The queued status first, so the call can carry its sequence and the worker never has to
-    // read it. Created only where no record exists: a retried POST finds its own, and the call
-    // then goes without a sequence (JetStream drops the repeated call anyway).
-    let mut status_taken = false;
-    let status = match state.keeps_status() {
-        Some(store) => {
-            let mut record = Record::queued(&call_id, name, accepted_at);
-            record.not_before = not_before;
-            match store.write(&record, 0).await {
-                Ok(Some(revision)) => {
-                    nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
-                    Some((store, revision))
-                }
-                Ok(None) => {
-                    status_taken = true;
-                    None
-                }
-                Err(error) => {
-                    state.metrics.status_write_failed();
-                    tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
-                    None
-                }
-            }
-        }
-        None => None,
-    };
-
-    // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
-    // ack window fails at once (MaxAckPending) instead of waiting.
-    // A delayed call waits where retries wait, due at its start time: durable, holding no slot,
-    // moved to its function's wait subject when due (see `docs/delivery.md`).
-    let subject = match not_before {
-        None => hot.subject.clone(),
-        Some(at) => {
-            nats_headers.insert(H_RETRY_AT, at.to_string().as_str());
-            let function = FunctionName::parse(name)?;
-            subjects::retry_subject(hot.shard, &function).into()
-        }
-    };
-    let publish = async {
-        state
-            .js
-            .publish_with_headers(subject, nats_headers, body)
-            .await?
-            .await
-    };
-    let ack = match publish.await {
-        Ok(ack) => ack,
-        Err(e) => {
-            if e.kind() == PublishErrorKind::StreamNotFound {
-                state.stream_missing();
-            }
-            if let Some((store, revision)) = status {
-                // Not accepted: no status may say it was. A record left behind only shows a
-                // call that never ran, for the status retention.
-                store.forget(revision).await;
-            }
-            return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
-        }
-    };
-    if status_taken && !ack.duplicate {
-        // The id names an earlier call, past the duplicate window: this new call takes its
-        // record over.
-        Box::pin(requeue_status(state, &call_id, name, accepted_at)).await;
-    }
+    accept(
+        state,
+        &hot,
+        Accepting {
+            function: name,
+            control: Control {
+                call_id: &call_id,
+                method: parts.method.as_str(),
+                path,
+                query: parts.uri.query().unwrap_or(""),
+                callback_url,
+                start_time: accepted_at,
+                attempt: 0,
+            },
+            dedup_key: dedup_key.as_deref(),
+            not_before,
+            batch_id: None,
+        },
+        forwarded_headers(headers),
+        body,
+    )
+    .await?;
     let seconds = started.elapsed().as_secs_f64();
     state.metrics.accepted(&hot.accepted, seconds);
-    if ack.duplicate {
-        state.metrics.duplicate(name);
-        tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
-    }
 
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::ACCEPTED;
@@ -265,10 +189,22 @@ fn not_before(
             (at, spelled::X_NOT_BEFORE)
         }
     };
-    if asked <= accepted_at {
+    let ahead =
+        Duration::from_nanos(u64::try_from(asked.saturating_sub(accepted_at)).unwrap_or(u64::MAX));
+    delayed(accepted_at, ahead, max, shown)
+}
+
+/// The start time of a call accepted at `accepted_at` that asks to wait `ahead` (`None`: at
+/// once); refused beyond `max` (`--max-delay`), naming the field that asked (`shown`).
+pub(crate) fn delayed(
+    accepted_at: u128,
+    ahead: Duration,
+    max: Duration,
+    shown: &str,
+) -> Result<Option<u128>, CallError> {
+    if ahead.is_zero() {
         return Ok(None);
     }
-    let ahead = Duration::from_nanos(u64::try_from(asked - accepted_at).unwrap_or(u64::MAX));
     if ahead > max {
         return Err(CallError::BadRequest(format!(
             "{shown} asks for a start {}s from now; at most {}s (--max-delay)",
@@ -276,19 +212,29 @@ fn not_before(
             max.as_secs()
         )));
     }
-    Ok(Some(asked))
+    Ok(Some(accepted_at + ahead.as_nanos()))
 }
 
 /// Writes `queued` over the record an earlier call with the same id left, unless a worker
 /// already wrote this call's own.
-async fn requeue_status(state: &State, call_id: &str, function: &str, accepted_at: u128) {
+async fn requeue_status(
+    state: &State,
+    call_id: &str,
+    function: &str,
+    accepted_at: u128,
+    batch_id: Option<&str>,
+) {
     let Some(store) = state.keeps_status() else {
         return;
     };
     let written = store
         .transition(call_id, status::Known::Unknown, |current| match current {
             Some(r) if r.accepted_at == accepted_at => None,
-            _ => Some(Record::queued(call_id, function, accepted_at)),
+            _ => {
+                let mut record = Record::queued(call_id, function, accepted_at);
+                record.batch_id = batch_id.map(str::to_owned);
+                Some(record)
+            }
         })
         .await;
     if let Err(error) = written {
@@ -299,6 +245,121 @@ async fn requeue_status(state: &State, call_id: &str, function: &str, accepted_a
 
 /// Room kept in the header block for `Flotilla-Status-Rev`, added once the status is stored.
 const STATUS_HEADER_ROOM: usize = 48;
+
+/// One call on its way in: what `accept` stores.
+pub(crate) struct Accepting<'a> {
+    pub function: &'a str,
+    /// The envelope's control fields; `start_time` is the acceptance time.
+    pub control: Control<'a>,
+    /// `Nats-Msg-Id`, from the client's key, so a retried request enqueues once.
+    pub dedup_key: Option<&'a str>,
+    /// When a delayed call may start (Unix nanoseconds).
+    pub not_before: Option<u128>,
+    pub batch_id: Option<&'a str>,
+}
+
+/// Stores one accepted call: its `queued` status first (so the call carries the record's
+/// sequence and no worker reads it), then the call itself, awaiting JetStream's PubAck. Shared
+/// by the single call and every line of a batch. A call JetStream would not take leaves no
+/// status behind.
+pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
+    state: &State,
+    hot: &Hot,
+    a: Accepting<'_>,
+    forwarded: impl IntoIterator<Item = (K, V)>,
+    body: Bytes,
+) -> Result<PublishAck, CallError> {
+    let (name, call_id, accepted_at) = (a.function, a.control.call_id, a.control.start_time);
+    let mut nats_headers = a.control.to_nats_headers(a.dedup_key, forwarded);
+    if let Some(batch) = a.batch_id {
+        nats_headers.insert(headers::FLOTILLA_BATCH, batch);
+    }
+    let size = nats_header_bytes(&nats_headers) + STATUS_HEADER_ROOM;
+    if size > MAX_NATS_HEADER_BYTES {
+        return Err(CallError::HeadersTooLarge {
+            size,
+            limit: MAX_NATS_HEADER_BYTES,
+        });
+    }
+
+    // The queued status first, so the call can carry its sequence and the worker never has to
+    // read it. Created only where no record exists: a retried POST finds its own, and the call
+    // then goes without a sequence (JetStream drops the repeated call anyway).
+    let mut status_taken = false;
+    let status = match state.keeps_status() {
+        Some(store) => {
+            let mut record = Record::queued(call_id, name, accepted_at);
+            record.not_before = a.not_before;
+            record.batch_id = a.batch_id.map(str::to_owned);
+            match store.write(&record, 0).await {
+                Ok(Some(revision)) => {
+                    nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+                    Some((store, revision))
+                }
+                Ok(None) => {
+                    status_taken = true;
+                    None
+                }
+                Err(error) => {
+                    state.metrics.status_write_failed();
+                    tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
+    // A delayed call waits where retries wait, due at its start time: durable, holding no slot,
+    // moved to its function's wait subject when due (see `docs/delivery.md`).
+    let subject = match a.not_before {
+        None => hot.subject.clone(),
+        Some(at) => {
+            nats_headers.insert(H_RETRY_AT, at.to_string().as_str());
+            subjects::retry_subject(hot.shard, &hot.function).into()
+        }
+    };
+    // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
+    // ack window fails at once (MaxAckPending) instead of waiting.
+    let publish = async {
+        state
+            .js
+            .publish_with_headers(subject, nats_headers, body)
+            .await?
+            .await
+    };
+    let ack = match publish.await {
+        Ok(ack) => ack,
+        Err(e) => {
+            if e.kind() == PublishErrorKind::StreamNotFound {
+                state.stream_missing();
+            }
+            if let Some((store, revision)) = status {
+                // Not accepted: no status may say it was. A record left behind only shows a
+                // call that never ran, for the status retention.
+                store.forget(revision).await;
+            }
+            return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
+        }
+    };
+    if status_taken && !ack.duplicate {
+        // The id names an earlier call, past the duplicate window: this new call takes its
+        // record over.
+        Box::pin(requeue_status(
+            state,
+            call_id,
+            name,
+            accepted_at,
+            a.batch_id,
+        ))
+        .await;
+    }
+    if ack.duplicate {
+        state.metrics.duplicate(name);
+        tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
+    }
+    Ok(ack)
+}
 
 /// The largest header block JetStream stores with a message (its length is kept in 16 bits).
 /// Beyond it a publish fails as if JetStream were unavailable, so the gateway refuses first.
@@ -365,6 +426,17 @@ fn client_key<'a>(
         return Ok(None);
     };
     let bytes = v.as_bytes();
+    check_client_key(bytes, shown)?;
+    // Visible ASCII is valid UTF-8.
+    Ok(std::str::from_utf8(bytes).ok())
+}
+
+/// Refuses a call id or idempotency key that is not 1 to 128 visible ASCII characters.
+pub(crate) fn check_client_key(
+    key: impl AsRef<[u8]>,
+    shown: &'static str,
+) -> Result<(), CallError> {
+    let bytes = key.as_ref();
     if bytes.is_empty() || bytes.len() > MAX_KEY_LEN {
         return Err(CallError::BadHeader {
             header: shown,
@@ -377,8 +449,38 @@ fn client_key<'a>(
             reason: "may only hold visible ASCII characters",
         });
     }
-    // Visible ASCII is valid UTF-8.
-    Ok(std::str::from_utf8(bytes).ok())
+    Ok(())
+}
+
+/// Whether a request header is one the gateway consumes itself (call id, callback, delay, start
+/// time) rather than forwards.
+pub(crate) fn is_control_header(name: &HeaderName) -> bool {
+    CONTROL_HEADERS.contains(name)
+}
+
+/// The request's `X-Callback-Url`, checked: well formed and a target the callback policy allows.
+pub(crate) async fn callback_header<'a>(
+    state: &State,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, CallError> {
+    match header_text(headers, &X_CALLBACK_URL) {
+        None => Ok(None),
+        Some(Ok(url)) => {
+            check_callback(state, url).await?;
+            Ok(Some(url))
+        }
+        Some(Err(())) => Err(CallError::BadCallbackUrl("is not valid text")),
+    }
+}
+
+/// Refuses a callback URL that is malformed or whose target the callback policy refuses.
+pub(crate) async fn check_callback(state: &State, url: &str) -> Result<(), CallError> {
+    let host = check_callback_url(url)?;
+    state
+        .callback_guard
+        .check(&host)
+        .await
+        .map_err(CallError::CallbackRefused)
 }
 
 /// An absolute `http://` or `https://` URL with a host: returns the host.
@@ -405,7 +507,7 @@ pub fn check_callback_url(raw: &str) -> Result<String, CallError> {
 /// envelope, not a control field. Values that are not UTF-8 are carried lossily.
 fn forwarded_headers(headers: &HeaderMap) -> impl Iterator<Item = (&str, Cow<'_, str>)> {
     headers.iter().filter_map(|(name, value)| {
-        if CONTROL_HEADERS.contains(name) || is_dropped_header(name.as_str()) {
+        if is_control_header(name) || is_dropped_header(name.as_str()) {
             return None;
         }
         Some((name.as_str(), String::from_utf8_lossy(value.as_bytes())))

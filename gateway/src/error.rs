@@ -108,6 +108,13 @@ pub enum CallError {
     /// JetStream did not answer while reading the queues.
     #[error("queues unavailable: {0}")]
     Queues(String),
+    /// A request body in a media type the route does not take.
+    #[error("Content-Type must be {0}")]
+    UnsupportedMediaType(&'static str),
+    /// No progress is stored for this batch id (unknown, still being submitted, or older than
+    /// the status retention).
+    #[error("batch {0} not found (or its request has not ended)")]
+    UnknownBatch(String),
     /// No status is stored for this call id (unknown, or older than the status retention).
     #[error("call {0} not found")]
     UnknownCall(String),
@@ -131,6 +138,7 @@ impl CallError {
             Self::NotFound
             | Self::UnknownFunction(_)
             | Self::UnknownCall(_)
+            | Self::UnknownBatch(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -142,6 +150,7 @@ impl CallError {
             | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } | Self::MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotReady(_)
             | Self::NatsDown
@@ -182,8 +191,10 @@ impl CallError {
             | Self::MessageTooLarge
             | Self::Unauthorized
             | Self::UnknownCall(_)
+            | Self::UnknownBatch(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff
+            | Self::UnsupportedMediaType(_)
             | Self::BadRequest(_) => (Side::Downstream, false),
             Self::NotReady(_)
             | Self::NatsDown
@@ -225,6 +236,8 @@ impl CallError {
             Self::DeadLetters(_) => "dead_letters_unavailable",
             Self::Queues(_) => "queues_unavailable",
             Self::UnknownCall(_) => "call_not_found",
+            Self::UnknownBatch(_) => "batch_not_found",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::ResultNotKept { .. } => "result_not_kept",
             Self::StatusOff => "status_off",
             Self::Status(_) => "status_unavailable",
@@ -275,8 +288,10 @@ impl CallError {
             | Self::Timeout { .. }
             | Self::BadFunctionUrl(_)
             | Self::UnknownCall(_)
+            | Self::UnknownBatch(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff
+            | Self::UnsupportedMediaType(_)
             | Self::Internal(_) => {}
         }
         resp
@@ -409,6 +424,18 @@ mod tests {
                 false,
             ),
             (CallError::StatusOff, 404, Side::Downstream, false),
+            (
+                CallError::UnknownBatch("b1".into()),
+                404,
+                Side::Downstream,
+                false,
+            ),
+            (
+                CallError::UnsupportedMediaType("application/x-ndjson"),
+                415,
+                Side::Downstream,
+                false,
+            ),
             (
                 CallError::Status("timed out".into()),
                 503,

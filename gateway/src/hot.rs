@@ -16,6 +16,7 @@ const MAX_CACHED: usize = 10_000;
 
 /// One function's hot-path state.
 pub struct Hot {
+    pub function: FunctionName,
     pub shard: u32,
     /// `flotilla.call.<shard>.<function>`; cloning shares the bytes.
     pub subject: Subject,
@@ -26,10 +27,18 @@ impl Hot {
     fn new(function: &FunctionName, shards: &ShardMap) -> Self {
         let shard = shards.shard_of(function.as_str());
         Self {
+            function: function.clone(),
             shard,
             subject: Subject::from(subjects::call_subject(shard, function)),
             accepted: Accepted::new(function.as_str()),
         }
+    }
+}
+
+impl Hot {
+    /// The function's name.
+    pub fn function(&self) -> &str {
+        self.function.as_str()
     }
 }
 

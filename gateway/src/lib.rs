@@ -2,6 +2,7 @@
 //! into the JetStream shard streams, answering 202 only once JetStream holds the call. The binary
 //! in `main.rs` is a thin shell around `run`.
 
+mod batch;
 mod body;
 mod callback_guard;
 mod config;

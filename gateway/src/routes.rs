@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::error::Side;
 use crate::state::State;
-use crate::{enqueue, forward, status, system};
+use crate::{batch, enqueue, forward, status, system};
 
 pub async fn handle(
     state: Arc<State>,
@@ -25,6 +25,8 @@ pub async fn handle(
         enqueue::enqueue(&state, req, started).await
     } else if path.starts_with(forward::PREFIX) {
         forward::forward(&state, req, started).await
+    } else if path.starts_with(batch::PREFIX) {
+        batch::route(state.clone(), req).await
     } else if path.starts_with(status::PREFIX) {
         status::route(&state, req).await
     } else {

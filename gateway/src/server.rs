@@ -282,13 +282,25 @@ async fn agree_topology(
 
 async fn metrics_upkeep(state: Arc<State>, token: CancellationToken) {
     let mut tick = tokio::time::interval(METRICS_UPKEEP);
+    let mut tally = tokio::time::interval(TALLY_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 state.prometheus.run_upkeep();
                 state.metrics.nats_connected(state.nats_connected());
             }
-            () = token.cancelled() => return,
+            _ = tally.tick() => {
+                if let Err(error) = state.tally.write().await {
+                    tracing::debug!(%error, "batch counts not written; trying again");
+                }
+            }
+            () = token.cancelled() => {
+                let _ = state.tally.write().await;
+                return;
+            }
         }
     }
 }
+
+/// How often batch counts are written.
+const TALLY_EVERY: Duration = Duration::from_secs(1);

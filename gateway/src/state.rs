@@ -56,6 +56,8 @@ pub struct State {
     pub queues: crate::queues::Snapshots,
     /// Whether calls' status is kept (`--call-status`).
     call_status: bool,
+    /// What this gateway counted of batches (cancels), written every second.
+    pub tally: flotilla_queue::batch::Tally,
     /// The status streams, once the topology task made sure they exist.
     pub status: OnceLock<flotilla_queue::status::Store>,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
@@ -115,7 +117,7 @@ impl State {
         let metrics = Metrics::new(p.policies.configured().map(|(f, _)| f));
         Self {
             client: p.client,
-            js: p.js,
+            js: p.js.clone(),
             topology: OnceLock::new(),
             policies: p.policies,
             http: p.http,
@@ -134,6 +136,7 @@ impl State {
             callback_guard: crate::callback_guard::CallbackGuard::new(p.callback_targets),
             queues: crate::queues::Snapshots::default(),
             call_status: p.call_status,
+            tally: flotilla_queue::batch::Tally::new(p.js.clone()),
             status: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),

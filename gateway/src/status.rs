@@ -98,6 +98,9 @@ async fn cancel(state: &State, store: &Store, call_id: &str) -> Result<Response<
                 tracing::warn!(%error, call_id, "cancel recorded but not announced to workers");
             }
             state.metrics.cancelled();
+            if let Some(batch) = &stored.record.batch_id {
+                state.tally.ended(batch, CallState::Cancelled);
+            }
             stored.record
         }
         Transition::Declined(None) => return Err(CallError::UnknownCall(call_id.to_owned())),

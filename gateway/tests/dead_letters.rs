@@ -49,6 +49,7 @@ fn call_of(function: &str, n: u32) -> Envelope {
             ("x-tenant".into(), "t1".into()),
         ],
         body: Bytes::from(format!("body of {function} {n}")),
+        batch_id: None,
     }
 }
 

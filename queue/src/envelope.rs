@@ -82,6 +82,9 @@ pub struct Envelope {
     /// one name's values, not the order between names).
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// The batch the call was enqueued in (`POST /async-batch/<name>`), carried in
+    /// `Flotilla-Batch`.
+    pub batch_id: Option<String>,
 }
 
 /// Why a message is not a valid envelope; the worker dead-letters it with this text.
@@ -195,7 +198,10 @@ impl Envelope {
     /// NATS headers and payload for this call; see [`Control::to_nats_headers`].
     pub fn to_nats(&self, dedup_key: Option<&str>) -> (HeaderMap, Bytes) {
         let headers = self.headers.iter().map(|(k, v)| (k, v));
-        let h = self.control().to_nats_headers(dedup_key, headers);
+        let mut h = self.control().to_nats_headers(dedup_key, headers);
+        if let Some(batch) = &self.batch_id {
+            h.insert(crate::headers::FLOTILLA_BATCH, batch.as_str());
+        }
         (h, self.body.clone())
     }
 
@@ -232,6 +238,9 @@ impl Envelope {
             attempt: c.attempt,
             headers,
             body: payload,
+            batch_id: h
+                .get(crate::headers::FLOTILLA_BATCH)
+                .map(|v| v.as_str().to_owned()),
         })
     }
 }
@@ -447,6 +456,7 @@ mod tests {
                 ("X-Multi".into(), "2".into()),
             ],
             body: Bytes::from_static(b"hello"),
+            batch_id: None,
         }
     }
 
@@ -504,6 +514,24 @@ mod tests {
         assert_eq!(
             sorted(Envelope::from_nats(echo(), Some(&h), body).unwrap()),
             sorted(e)
+        );
+    }
+
+    #[test]
+    fn a_batch_id_travels_in_its_own_header() {
+        let mut e = sample();
+        e.batch_id = Some("b-1".into());
+        let (h, body) = e.to_nats(None);
+        assert_eq!(
+            h.get(crate::headers::FLOTILLA_BATCH).unwrap().as_str(),
+            "b-1"
+        );
+        let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
+        assert_eq!(back.batch_id.as_deref(), Some("b-1"));
+        assert!(
+            back.headers
+                .iter()
+                .all(|(k, _)| !k.starts_with("Flotilla-"))
         );
     }
 

@@ -30,6 +30,8 @@ pub const X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
 pub const X_DELAY: HeaderName = HeaderName::from_static("x-delay");
 /// An asynchronous call starts no earlier than this time (RFC 3339 or an HTTP date).
 pub const X_NOT_BEFORE: HeaderName = HeaderName::from_static("x-not-before");
+/// The id of a batch (`POST /async-batch/<name>` answers it; the batch callback carries it).
+pub const X_BATCH_ID: HeaderName = HeaderName::from_static("x-batch-id");
 /// Seconds the function took (callback; sync responses).
 pub const X_DURATION_SECONDS: HeaderName = HeaderName::from_static("x-duration-seconds");
 /// The function a callback reports on.
@@ -70,6 +72,8 @@ pub const FLOTILLA_CALL: &str = "Flotilla-Call";
 /// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects.
 pub const FLOTILLA_RETRY_AT: &str = "Flotilla-Retry-At";
 
+/// On a call enqueued in a batch: the batch's id.
+pub const FLOTILLA_BATCH: &str = "Flotilla-Batch";
 /// On a queued call: the stream sequence of its status record when it was queued, so the worker
 /// can write the next state as a compare-and-set without reading the record first.
 pub const FLOTILLA_STATUS_REV: &str = "Flotilla-Status-Rev";

@@ -4,6 +4,7 @@
 //! the metrics recorder) lives in `flotilla-runtime`, not here.
 
 pub mod backoff;
+pub mod batch;
 pub mod dead_letter;
 pub mod duration;
 pub mod envelope;

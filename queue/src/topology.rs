@@ -178,6 +178,7 @@ impl Topology {
             status_stream_config(settings),
             result_stream_config(settings),
             cancel_stream_config(settings),
+            batch_stream_config(settings),
         ] {
             let stream = js.get_or_create_stream(config).await.map_err(js_err)?;
             // The retention flag may have changed since the stream was made.
@@ -195,7 +196,13 @@ impl Topology {
                 }
             }
         }
-        for name in [DEAD_STREAM, STATUS_STREAM, RESULT_STREAM, CANCEL_STREAM] {
+        for name in [
+            DEAD_STREAM,
+            STATUS_STREAM,
+            RESULT_STREAM,
+            CANCEL_STREAM,
+            crate::batch::BATCH_STREAM,
+        ] {
             if js.get_stream(name).await.is_err() {
                 return false;
             }
@@ -305,6 +312,16 @@ pub fn cancel_stream_config(settings: &StreamSettings) -> stream::Config {
         CANCEL_STREAM,
         "Flotilla cancels: the calls clients cancelled, followed by every worker",
         CANCEL_SUBJECT_PREFIX,
+        settings,
+    )
+}
+
+/// Batch progress: each batch's meta, each process's counts for it, and its `done` claim.
+pub fn batch_stream_config(settings: &StreamSettings) -> stream::Config {
+    keyed_stream_config(
+        crate::batch::BATCH_STREAM,
+        "Flotilla batch progress: counts per batch and process, and each batch's end",
+        crate::batch::BATCH_SUBJECT_PREFIX,
         settings,
     )
 }

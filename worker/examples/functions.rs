@@ -97,6 +97,7 @@ async fn main() {
             attempt: 0,
             headers: Vec::new(),
             body: Bytes::from_static(b"{}"),
+            batch_id: None,
         };
         let (h, b) = env.to_nats(None);
         let subject = subjects::call_subject(map.shard_of(&name), &env.function);

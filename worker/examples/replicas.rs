@@ -55,6 +55,7 @@ async fn main() {
         attempt: 0,
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: Bytes::from_static(br#"{"hello":"world"}"#),
+        batch_id: None,
     };
 
     let mut rates = Vec::new();

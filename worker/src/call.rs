@@ -140,6 +140,26 @@ pub(crate) async fn keep_alive<F: Future>(
     }
 }
 
+/// Counts a batch's call as running while it runs, however it ends.
+struct Running<'a> {
+    tally: &'a flotilla_queue::batch::Tally,
+    batch: &'a str,
+}
+
+impl<'a> Running<'a> {
+    fn enter(tally: &'a flotilla_queue::batch::Tally, batch: &'a str) -> Self {
+        tally.count(batch, |c| c.running += 1);
+        Self { tally, batch }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.tally
+            .count(self.batch, |c| c.running = c.running.saturating_sub(1));
+    }
+}
+
 /// Keeps `worker_in_flight` right however a call ends.
 struct InFlight<'a>(&'a metrics::Gauge);
 
@@ -255,6 +275,12 @@ pub(crate) async fn handle(
         None => None,
     };
     let _in_flight = InFlight::enter(&func.metrics.in_flight);
+    let batch = env.batch_id.as_deref();
+    if let Some(batch) = batch
+        && env.attempt > 0
+    {
+        shared.tally.count(batch, |c| c.retries_started += 1);
+    }
     let attempt = Attempt {
         earlier: env.attempt,
         delivered,
@@ -269,6 +295,7 @@ pub(crate) async fn handle(
         expired
     } else {
         let url = join_url(&func.base_url, &env.path, &env.query);
+        let _running = batch.map(|b| Running::enter(&shared.tally, b));
         let invoked = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
         // A cancel while it runs drops `invoked`, which aborts the function's request.
         let work = async {
@@ -326,6 +353,14 @@ pub(crate) async fn handle(
     }
     let status_revision = tracked.as_ref().and_then(Tracked::revision);
     drop(tracked);
+    if let Some(batch) = env.batch_id.as_deref() {
+        match next {
+            Next::Settle if outcome.is_success() => shared.tally.ended(batch, CallState::Succeeded),
+            Next::Settle => shared.tally.ended(batch, CallState::Failed),
+            Next::DeadLetter => shared.tally.ended(batch, CallState::Dead),
+            Next::Retry(_) => shared.tally.count(batch, |c| c.retries_stored += 1),
+        }
+    }
     match next {
         Next::Settle => {}
         Next::Retry(delay) => {

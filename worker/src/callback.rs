@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_queue::headers::{
-    X_CALL_ID, X_DURATION_SECONDS, X_FUNCTION_NAME, X_FUNCTION_STATUS, X_RETRY, X_RETRY_MAX,
-    X_START_TIME,
+    X_BATCH_ID, X_CALL_ID, X_DURATION_SECONDS, X_FUNCTION_NAME, X_FUNCTION_STATUS, X_RETRY,
+    X_RETRY_MAX, X_START_TIME,
 };
 use flotilla_queue::{Backoff, FunctionName, Jitter};
 use http::header::CONTENT_TYPE;
@@ -208,14 +208,28 @@ impl Callbacks {
         let sending = self.sending.acquire().await.ok()?;
         drop(queued);
         self.set_depth();
-        let result = deliver(&self.client, &self.policy, self.settings, &job).await;
+        let result = self.send(&job).await;
         drop(sending);
+        Some(result)
+    }
+
+    /// Delivers a batch's end under the same delivery permits, policy and retries as calls'.
+    pub async fn deliver_batch(&self, job: BatchCallback) -> Option<Delivery> {
+        let sending = self.sending.acquire().await.ok()?;
+        let result = self.send(&job).await;
+        drop(sending);
+        Some(result)
+    }
+
+    /// One delivery, with its retries, counted by how it ended.
+    async fn send(&self, job: &impl Post) -> Delivery {
+        let result = deliver(&self.client, &self.policy, self.settings, job).await;
         match result {
             Delivery::Delivered => self.metrics.callbacks_delivered.increment(1),
             Delivery::GaveUp => self.metrics.callback_failures.increment(1),
             Delivery::Refused => self.metrics.callbacks_refused.increment(1),
         }
-        Some(result)
+        result
     }
 
     fn set_depth(&self) {
@@ -244,17 +258,68 @@ fn callback_client(concurrency: usize, policy: CallbackPolicy) -> CallbackClient
         .build(https)
 }
 
+/// Something POSTed to a callback URL: a call's outcome, or a batch's end.
+trait Post {
+    fn url(&self) -> &str;
+    /// The call or batch id, for the logs.
+    fn id(&self) -> &str;
+    fn request(&self, uri: &Uri) -> Request<Full<Bytes>>;
+}
+
+impl Post for CallbackJob {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn id(&self) -> &str {
+        &self.call_id
+    }
+    fn request(&self, uri: &Uri) -> Request<Full<Bytes>> {
+        request(uri, self)
+    }
+}
+
+/// A batch's end, POSTed once to the batch's callback URL: its counts as JSON, with
+/// `X-Batch-Id` (and signed like a call's callback, the batch id as `webhook-id`).
+#[derive(Debug)]
+pub(crate) struct BatchCallback {
+    pub url: String,
+    pub batch_id: String,
+    pub body: Bytes,
+    pub signer: Option<std::sync::Arc<crate::signing::Signer>>,
+}
+
+impl Post for BatchCallback {
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn id(&self) -> &str {
+        &self.batch_id
+    }
+    fn request(&self, uri: &Uri) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri.clone();
+        let h = req.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(v) = HeaderValue::from_str(&self.batch_id) {
+            h.insert(X_BATCH_ID, v);
+        }
+        sign(h, self.signer.as_deref(), &self.batch_id, &self.body);
+        req
+    }
+}
+
 /// Delivers one job with retries on connection errors, timeouts and 5xx answers.
 async fn deliver(
     client: &CallbackClient,
     policy: &CallbackTargets,
     s: CallbackSettings,
-    job: &CallbackJob,
+    job: &impl Post,
 ) -> Delivery {
-    let uri: Uri = match job.url.parse() {
+    let uri: Uri = match job.url().parse() {
         Ok(u) => u,
         Err(error) => {
-            tracing::warn!(call_id = %job.call_id, url = %job.url, %error, "callback URL is invalid; giving up");
+            tracing::warn!(id = job.id(), url = job.url(), %error, "callback URL is invalid; giving up");
             return Delivery::GaveUp;
         }
     };
@@ -265,23 +330,23 @@ async fn deliver(
         .check_literal(host)
         .unwrap_or_else(|| policy.check_name(host).map(drop));
     if let Err(why) = verdict {
-        tracing::warn!(call_id = %job.call_id, url = %job.url, %why, "callback target refused by the callback policy; not sent");
+        tracing::warn!(id = job.id(), url = job.url(), %why, "callback target refused by the callback policy; not sent");
         return Delivery::Refused;
     }
     let mut last_error = None;
     let mut delays = BACKOFF.delays();
     for attempt in 1..=s.attempts {
-        let req = request(&uri, job);
+        let req = job.request(&uri);
         let error = match tokio::time::timeout(s.timeout, send(client, req)).await {
             Ok(Ok(status)) if !status.is_server_error() => {
                 if status.is_client_error() {
-                    tracing::warn!(call_id = %job.call_id, url = %job.url, %status, "callback receiver refused the result");
+                    tracing::warn!(id = job.id(), url = job.url(), %status, "callback receiver refused the result");
                 }
                 return Delivery::Delivered;
             }
             Ok(Ok(status)) => AttemptError::Status(status),
             Ok(Err(e)) if is_refusal(&e) => {
-                tracing::warn!(call_id = %job.call_id, url = %job.url, error = %error_chain(&e), "callback target refused by the callback policy; not sent");
+                tracing::warn!(id = job.id(), url = job.url(), error = %error_chain(&e), "callback target refused by the callback policy; not sent");
                 return Delivery::Refused;
             }
             Ok(Err(e)) => AttemptError::Send(e),
@@ -293,9 +358,8 @@ async fn deliver(
         }
     }
     tracing::warn!(
-        call_id = %job.call_id,
-        function = %job.function,
-        url = %job.url,
+        id = job.id(),
+        url = job.url(),
         attempts = s.attempts,
         error = last_error.as_ref().map(tracing::field::display),
         "callback not delivered; giving up"
@@ -336,19 +400,26 @@ fn request(uri: &Uri, job: &CallbackJob) -> Request<Full<Bytes>> {
     h.insert(X_START_TIME, HeaderValue::from(job.start_time as u64));
     h.insert(X_RETRY, HeaderValue::from(job.retry));
     h.insert(X_RETRY_MAX, HeaderValue::from(job.retry_max));
-    if let Some(signer) = &job.signer
-        && let Ok(id) = HeaderValue::from_str(&job.call_id)
-    {
-        // Signed at each attempt, so the timestamp is the time of sending.
-        let now = (flotilla_queue::time::unix_nanos() / 1_000_000_000) as u64;
-        let signature = signer.signature(&job.call_id, now, &job.body);
-        if let Ok(v) = HeaderValue::from_str(&signature) {
-            h.insert(WEBHOOK_SIGNATURE, v);
-            h.insert(WEBHOOK_ID, id);
-            h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now));
-        }
-    }
+    sign(h, job.signer.as_deref(), &job.call_id, &job.body);
     req
+}
+
+/// Signs a callback (Standard Webhooks) when a signer is configured: at each attempt, so the
+/// timestamp is the time of sending.
+fn sign(h: &mut http::HeaderMap, signer: Option<&crate::signing::Signer>, id: &str, body: &[u8]) {
+    let Some(signer) = signer else {
+        return;
+    };
+    let Ok(id_value) = HeaderValue::from_str(id) else {
+        return;
+    };
+    let now = (flotilla_queue::time::unix_nanos() / 1_000_000_000) as u64;
+    let signature = signer.signature(id, now, body);
+    if let Ok(v) = HeaderValue::from_str(&signature) {
+        h.insert(WEBHOOK_SIGNATURE, v);
+        h.insert(WEBHOOK_ID, id_value);
+        h.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(now));
+    }
 }
 
 #[cfg(test)]

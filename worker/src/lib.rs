@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub ready: Arc<Readiness>,
     /// Call status (`--call-status`): read before each call starts, written as it moves on.
     pub status: Option<Arc<status::CallStatus>>,
+    /// What this replica counted of batches, written every second (`flotilla_queue::batch`).
+    pub tally: flotilla_queue::batch::Tally,
 }
 
 /// What `/readyz` reports.
@@ -244,6 +246,7 @@ pub async fn serve(
         aux.spawn(status.clone().follow(js.clone(), aux_closed.clone()));
         status.caught_up(CANCELS_CATCH_UP).await;
     }
+    let js_for_tally = js.clone();
     let shared = Arc::new(Shared {
         client: client.clone(),
         js,
@@ -270,7 +273,13 @@ pub async fn serve(
         metrics,
         ready: ready.clone(),
         status,
+        tally: flotilla_queue::batch::Tally::new(js_for_tally),
     });
+    aux.spawn(batches(
+        shared.clone(),
+        config.common.nats.status_retention,
+        aux_closed.clone(),
+    ));
     for &shard in &shards {
         shared
             .tracker
@@ -317,6 +326,51 @@ pub async fn serve(
     let _ = admin.await;
     tracing::info!("worker drained");
     Ok(())
+}
+
+/// Writes this replica's batch counts every second, and sends the callback of each batch it saw
+/// end first. A last write when the worker stops.
+async fn batches(shared: Arc<Shared>, forget_after: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => {
+                let _ = shared.tally.write().await;
+                return;
+            }
+        }
+        if let Err(error) = shared.tally.write().await {
+            tracing::debug!(%error, "batch counts not written; trying again");
+            continue;
+        }
+        let ended = match shared.tally.done(forget_after).await {
+            Ok(ended) => ended,
+            Err(error) => {
+                tracing::debug!(%error, "batch ends not read; trying again");
+                continue;
+            }
+        };
+        for (meta, progress) in ended {
+            tracing::info!(batch_id = %meta.batch_id, function = %meta.function, total = progress.total, "batch ended");
+            let Some(url) = meta.callback_url.clone() else {
+                continue;
+            };
+            let signer = flotilla_queue::FunctionName::parse(&meta.function)
+                .ok()
+                .and_then(|f| shared.signers.for_policy(shared.policies.get(&f)));
+            let job = callback::BatchCallback {
+                url,
+                batch_id: meta.batch_id.clone(),
+                body: serde_json::to_vec(&progress).unwrap_or_default().into(),
+                signer,
+            };
+            let shared = shared.clone();
+            // Its own task: a slow receiver must not hold up the counts.
+            tokio::spawn(async move { shared.callbacks.deliver_batch(job).await });
+        }
+    }
 }
 
 /// How long a worker stopping goes on after its grace period to hand calls back, publish its

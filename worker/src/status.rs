@@ -274,7 +274,12 @@ impl Tracked<'_> {
                             }
                             r.clone()
                         }
-                        _ => Record::queued(&env.call_id, env.function.as_str(), env.start_time),
+                        _ => {
+                            let mut r =
+                                Record::queued(&env.call_id, env.function.as_str(), env.start_time);
+                            r.batch_id.clone_from(&env.batch_id);
+                            r
+                        }
                     };
                     change(&mut next);
                     next.updated_at = now;

@@ -153,6 +153,7 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
         attempt: 0,
         headers: vec![("Content-Type".into(), "text/plain".into())],
         body: Bytes::from(body.to_owned()),
+        batch_id: None,
     }
 }
 
