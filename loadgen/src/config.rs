@@ -116,6 +116,11 @@ pub struct RunArgs {
     /// `--local`, or `--gateway` with `--function-listen`.
     #[arg(long, env = "LOADGEN_NO_CALLBACKS")]
     pub no_callbacks: bool,
+    /// Calls per request: more than 1 sends them through `POST /async-batch/<name>` (NDJSON, a
+    /// call a line) instead of one `/async-function` request each, and compares the enqueue rate
+    /// with pipelined JetStream publishes. Closed loop only.
+    #[arg(long, env = "LOADGEN_BATCH", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub batch: usize,
     /// How the audit learns that a call ended: `callbacks` (each call carries the built-in
     /// sink's URL, and must reach it exactly once) or `status` (calls carry no callback; each is
     /// followed through `GET /async-call/<id>` until it is final, and counted by final state).
@@ -381,6 +386,9 @@ impl RunArgs {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.batch > 1 && !self.rate.is_empty() {
+            return Err("--batch sends in a closed loop: give --concurrency, not --rate".into());
+        }
         if self.no_callbacks && self.audit == AuditBy::Status {
             return Err(
                 "--no-callbacks counts calls at the built-in function; --audit status follows \

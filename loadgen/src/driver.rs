@@ -46,6 +46,8 @@ pub struct Load {
     pub max_in_flight: usize,
     pub timeout: Duration,
     pub seed: u64,
+    /// Calls per request: above 1, through `/async-batch/<name>`.
+    pub batch: usize,
 }
 
 /// When sending began and ended, as offsets from the clock origin.
@@ -57,6 +59,8 @@ pub struct Sent {
 
 struct Target {
     uris: Vec<Uri>,
+    /// With `--batch`: each function's batch route, and the NDJSON body of one batch.
+    batch: Option<(Vec<Uri>, Bytes, usize)>,
     /// `None`: calls without `X-Callback-Url`.
     callback: Option<HeaderValue>,
     body: Bytes,
@@ -75,18 +79,16 @@ pub async fn drive(
     rec: Arc<Recorder>,
 ) -> Result<Sent, DriverError> {
     let base = gateway.trim_end_matches('/');
-    let uris = (0..load.functions)
-        .map(|k| {
-            format!("{base}/async-function/{}", function_name(k))
-                .parse::<Uri>()
-                .map_err(|e| DriverError::BadUrl(gateway.to_owned(), e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let uris = function_uris(base, gateway, "async-function", load.functions)?;
     let callback = callback_url
         .map(|u| HeaderValue::from_str(u).map_err(|_| DriverError::BadCallback(u.to_owned())))
         .transpose()?;
+    let batch = (load.batch > 1)
+        .then(|| batch_target(base, gateway, callback_url, load))
+        .transpose()?;
     let target = Arc::new(Target {
         uris,
+        batch,
         callback,
         body: load.body.clone(),
         timeout: load.timeout,
@@ -158,12 +160,16 @@ async fn closed_loop(
         let (t, skew, tickets) = (target.clone(), skew.clone(), tickets.clone());
         let mut rng = fastrand::Rng::with_seed(load.seed.wrapping_add(i as u64));
         tracker.spawn(async move {
+            let per_request = t.batch.as_ref().map_or(1, |(_, _, n)| *n as u64);
             loop {
                 let now = Instant::now();
-                if now >= deadline || tickets.fetch_add(1, Ordering::Relaxed) >= limit {
+                if now >= deadline || tickets.fetch_add(per_request, Ordering::Relaxed) >= limit {
                     break;
                 }
-                send_one(&t, skew.sample(&mut rng), now).await;
+                match &t.batch {
+                    Some(_) => send_batch(&t, skew.sample(&mut rng), now).await,
+                    None => send_one(&t, skew.sample(&mut rng), now).await,
+                }
             }
         });
     }
@@ -217,6 +223,96 @@ pub async fn warm_up(
         }
     });
     futures_util::future::try_join_all(calls).await
+}
+
+/// `<base>/<route>/<function>` of each of the run's functions.
+fn function_uris(
+    base: &str,
+    gateway: &str,
+    route: &str,
+    functions: usize,
+) -> Result<Vec<Uri>, DriverError> {
+    (0..functions)
+        .map(|k| {
+            format!("{base}/{route}/{}", function_name(k))
+                .parse::<Uri>()
+                .map_err(|e| DriverError::BadUrl(gateway.to_owned(), e.to_string()))
+        })
+        .collect()
+}
+
+/// Each function's batch route and the NDJSON body every batch request carries: `load.batch`
+/// lines of the load's body, each asking for the callback when there is one.
+fn batch_target(
+    base: &str,
+    gateway: &str,
+    callback_url: Option<&str>,
+    load: &Load,
+) -> Result<(Vec<Uri>, Bytes, usize), DriverError> {
+    let uris = function_uris(base, gateway, "async-batch", load.functions)?;
+    let mut line = serde_json::json!({ "body": String::from_utf8_lossy(&load.body) });
+    if let Some(cb) = callback_url {
+        line["callback_url"] = cb.into();
+    }
+    let mut line = line.to_string();
+    line.push('\n');
+    Ok((uris, Bytes::from(line.repeat(load.batch)), load.batch))
+}
+
+/// One batch request of `load.batch` calls; every call's latency is the request's, from
+/// `intended` to the end of the answer.
+async fn send_batch(t: &Target, function: usize, intended: Instant) {
+    let Some((uris, body, n)) = &t.batch else {
+        return;
+    };
+    t.rec.sent.fetch_add(*n as u64, Ordering::Relaxed);
+    let req = hyper::Request::post(uris[function].clone())
+        .header("content-type", "application/x-ndjson")
+        .body(Full::new(body.clone()));
+    let Ok(req) = req else {
+        t.rec.error("request_build");
+        return;
+    };
+    let outcome = tokio::time::timeout(t.timeout, async {
+        let resp = t.client.request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        Ok::<_, hyper_util::client::legacy::Error>((status, body))
+    })
+    .await;
+    let done = Instant::now();
+    let latency =
+        u64::try_from(done.saturating_duration_since(intended).as_nanos()).unwrap_or(u64::MAX);
+    let at = t.rec.clock.ns_at(done);
+    let fail = |kind: &str| {
+        for _ in 0..*n {
+            t.rec.error(kind);
+        }
+    };
+    match outcome {
+        Err(_) => fail("timeout"),
+        Ok(Err(e)) if e.is_connect() => fail("connect"),
+        Ok(Err(_)) => fail("http"),
+        Ok(Ok((200, Ok(lines)))) => {
+            let mut answered = 0;
+            for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                answered += 1;
+                let parsed: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+                match parsed.as_ref().and_then(|v| v["call_id"].as_str()) {
+                    Some(id) => t.rec.accepted(id.to_owned(), at, latency),
+                    None => {
+                        let status = parsed.and_then(|v| v["status"].as_u64()).unwrap_or(0);
+                        t.rec.error(&format!("line_status_{status}"));
+                    }
+                }
+            }
+            for _ in answered..*n {
+                t.rec.error("line_unanswered");
+            }
+        }
+        Ok(Ok((200, Err(_)))) => fail("http"),
+        Ok(Ok((status, _))) => fail(&format!("status_{status}")),
+    }
 }
 
 /// One enqueue request; latency runs from `intended` to the end of the answer.

@@ -77,6 +77,9 @@ pub struct LoadInfo {
     /// `--audit status`: a call completes when the status API reports it final.
     #[serde(default)]
     pub status_api: bool,
+    /// Calls per request (`--batch`; 1: one call a request).
+    #[serde(default)]
+    pub batch: usize,
 }
 
 /// Latency percentiles in milliseconds.
@@ -156,6 +159,8 @@ pub struct Ratios {
     pub completion_vs_matching_ceiling: f64,
     /// Enqueue rate / pooled HTTP POSTs.
     pub enqueue_vs_http_post: f64,
+    /// Enqueue rate / pipelined JetStream publishes: batch enqueue's yardstick.
+    pub enqueue_vs_pipelined_publish: f64,
     /// Completion rate / pull → POST → ack with a consumer per function at the run's function
     /// count: how much of what that layout allows on its own the fleet reaches.
     pub completion_vs_per_function_pull_post_ack: f64,
@@ -172,6 +177,7 @@ impl Ratios {
             completion_vs_pull_post_post_ack: two,
             completion_vs_matching_ceiling: if callbacks { two } else { one },
             enqueue_vs_http_post: div(enqueue, c.http_post_per_s),
+            enqueue_vs_pipelined_publish: div(enqueue, c.pipelined_publish_per_s),
             completion_vs_per_function_pull_post_ack: div(
                 completion,
                 c.per_function_pull_post_ack_per_s,
@@ -334,11 +340,19 @@ impl Report {
         let (Some(r), Some(c)) = (&self.ratios, &self.ceiling) else {
             return ("no ceiling".into(), "no ceiling".into());
         };
-        let vs_in = format!(
-            "{:.2} of HTTP→JetStream {}/s",
-            r.enqueue_vs_http_to_jetstream,
-            thousands(c.http_to_jetstream_per_s)
-        );
+        let vs_in = if self.load.batch > 1 {
+            format!(
+                "{:.2} of pipelined JetStream publish {}/s",
+                r.enqueue_vs_pipelined_publish,
+                thousands(c.pipelined_publish_per_s)
+            )
+        } else {
+            format!(
+                "{:.2} of HTTP→JetStream {}/s",
+                r.enqueue_vs_http_to_jetstream,
+                thousands(c.http_to_jetstream_per_s)
+            )
+        };
         let vs_out = if self.load.callbacks {
             format!(
                 "{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
@@ -362,14 +376,16 @@ impl Report {
             let _ = writeln!(
                 o,
                 "- ceiling (same run, {} B, {} in flight, {} storage): HTTP→JetStream {}/s · \
-                 pull→POST→ack {}/s · pull→POST→POST→ack {}/s · pooled HTTP POSTs {}/s",
+                 pull→POST→ack {}/s · pull→POST→POST→ack {}/s · pooled HTTP POSTs {}/s · \
+                 pipelined JetStream publish {}/s",
                 c.body_size,
                 c.concurrency,
                 c.storage,
                 thousands(c.http_to_jetstream_per_s),
                 thousands(c.pull_post_ack_per_s),
                 thousands(c.pull_post_post_ack_per_s),
-                thousands(c.http_post_per_s)
+                thousands(c.http_post_per_s),
+                thousands(c.pipelined_publish_per_s)
             );
             // Like for like only without callbacks: the measurement makes one POST per call.
             let measured = c.functions > 1 && c.per_function_pull_post_ack_per_s > 0.0;
@@ -524,6 +540,7 @@ mod tests {
             pull_post_ack_per_s: 38000.0,
             pull_post_post_ack_per_s: 20000.0,
             http_post_per_s: 90000.0,
+            pipelined_publish_per_s: 150000.0,
             per_function_pull_post_ack_per_s: 30000.0,
             functions: 1,
             duration_s: 2.0,
@@ -562,6 +579,7 @@ mod tests {
                 backlog: true,
                 callbacks: true,
                 status_api: false,
+                batch: 1,
             },
             enqueue: Enqueue {
                 sent: 17502,
@@ -664,7 +682,7 @@ mod tests {
                 "| enqueue (202) | 17,500 | 1,750 | 0.90 | 12.3 | 150 | 300 | 1000 | 0.04 of HTTP→JetStream 40,000/s |",
                 "| end to end (callback) | 17,499 | 1,591 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.08 of pull→POST→POST→ack 20,000/s (0.04 of pull→POST→ack 38,000/s) |",
                 "",
-                "- ceiling (same run, 256 B, 64 in flight, memory storage): HTTP→JetStream 40,000/s · pull→POST→ack 38,000/s · pull→POST→POST→ack 20,000/s · pooled HTTP POSTs 90,000/s",
+                "- ceiling (same run, 256 B, 64 in flight, memory storage): HTTP→JetStream 40,000/s · pull→POST→ack 38,000/s · pull→POST→POST→ack 20,000/s · pooled HTTP POSTs 90,000/s · pipelined JetStream publish 150,000/s",
                 "- enqueue errors: status_503 1, timeout 1 (of 17,502 sent)",
                 "- function status in callbacks: 200 × 13,000, 500 × 4,499",
                 "- audit: accepted 17,500 · completed 17,499 · lost 1 · duplicates 1 · unexpected 0 (waited 20.0 s for stragglers) → CALLS LOST",

@@ -149,6 +149,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         max_in_flight: args.max_in_flight,
         timeout: args.timeout,
         seed: args.seed,
+        batch: args.batch,
     };
     // Where completions are counted: callbacks at the sink, or, without callbacks, calls as they
     // reach the built-in function.
@@ -467,6 +468,7 @@ fn build_report(
             backlog: args.backlog,
             callbacks: args.callbacks_asked(),
             status_api: args.audit == AuditBy::Status,
+            batch: args.batch,
         },
         enqueue: Enqueue {
             sent: rec.sent.load(Ordering::Relaxed),

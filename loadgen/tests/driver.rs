@@ -25,6 +25,7 @@ fn load(model: LoadModel, duration: Duration) -> Load {
         max_in_flight: 1000,
         timeout: Duration::from_secs(5),
         seed: 9,
+        batch: 1,
     }
 }
 

@@ -216,3 +216,32 @@ fn the_status_audit_counts_every_call_by_its_final_state() {
     );
     assert!(stderr.contains("end to end (status API)"), "{stderr}");
 }
+
+#[test]
+fn batches_go_through_the_batch_route_and_audit_clean() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+        .args([
+            "--local",
+            "--batch",
+            "50",
+            "--concurrency",
+            "2",
+            "--count",
+            "500",
+            "--functions",
+            "2",
+            "--no-ceiling",
+            "--json",
+            "--quiet",
+        ])
+        .output()
+        .expect("run flotilla-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(field(&report, "load.batch").as_u64(), Some(50));
+    assert_eq!(field(&report, "audit.accepted").as_u64(), Some(500));
+    assert_eq!(field(&report, "audit.completed").as_u64(), Some(500));
+    assert_eq!(field(&report, "audit.duplicates").as_u64(), Some(0));
+    assert_eq!(field(&report, "enqueue.errors").as_u64(), Some(0));
+}
