@@ -127,6 +127,7 @@ fn from_json<B>(j: JsonEnvelope<B>, body: impl FnOnce(B) -> Bytes) -> Envelope {
         headers: j.headers,
         body: body(j.body),
         batch_id: None,
+        body_object: None,
     }
 }
 

@@ -133,7 +133,7 @@ async fn run(
     results: tokio::sync::mpsc::UnboundedSender<Bytes>,
 ) {
     let batch_id = meta.batch_id.clone();
-    let max_line = state.body_limit() / 3 * 4 + LINE_OVERHEAD;
+    let max_line = state.inline_limit() / 3 * 4 + LINE_OVERHEAD;
     let mut lines = Lines::new(body, max_line);
     let mut pending = FuturesOrdered::new();
     let mut ended = false;
@@ -245,7 +245,7 @@ async fn store(
         ),
         (None, None) => Bytes::new(),
     };
-    let limit = state.body_limit();
+    let limit = state.inline_limit();
     if body.len() > limit {
         return Err(CallError::BodyTooLarge { limit });
     }

@@ -24,9 +24,9 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
-    /// Largest request body accepted, in bytes. An asynchronous call travels as one NATS message,
-    /// so the limit actually applied is also capped by the server's `max_payload` minus room for
-    /// the envelope headers; a larger body is refused with 413 before it is read.
+    /// Largest request body accepted, in bytes; a larger one is refused with 413 before it is
+    /// read. An asynchronous call's body larger than one NATS message holds (`max_payload` minus
+    /// room for the envelope's headers) travels through the `FLOTILLA_BODIES` object store.
     #[arg(long, env = "FLOTILLA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 

@@ -71,7 +71,8 @@ pub async fn enqueue(
     let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
     let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
 
-    let limit = state.body_limit();
+    // Up to the flag; a body larger than one NATS message holds goes to the object store.
+    let limit = state.max_body_bytes;
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(CallError::BodyTooLarge { limit });
     }
@@ -274,8 +275,25 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     if let Some(batch) = a.batch_id {
         nats_headers.insert(headers::FLOTILLA_BATCH, batch);
     }
+    // A body larger than one message holds is stored first, in the object store; the call
+    // carries its name. Removed again if the call is not accepted after all.
+    let (body, object) = if body.len() > state.inline_limit() {
+        let object = store_body(state, &body).await?;
+        nats_headers.insert(headers::FLOTILLA_BODY_OBJECT, object.as_str());
+        (Bytes::new(), Some(object))
+    } else {
+        (body, None)
+    };
+    let forget_body = || async {
+        if let (Some(object), Some(bodies)) = (&object, state.bodies.get())
+            && let Err(error) = bodies.delete(object).await
+        {
+            tracing::warn!(%error, object, "body of a call not accepted left in the object store until it expires");
+        }
+    };
     let size = nats_header_bytes(&nats_headers) + STATUS_HEADER_ROOM;
     if size > MAX_NATS_HEADER_BYTES {
+        forget_body().await;
         return Err(CallError::HeadersTooLarge {
             size,
             limit: MAX_NATS_HEADER_BYTES,
@@ -339,9 +357,14 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
                 // call that never ran, for the status retention.
                 store.forget(revision).await;
             }
+            forget_body().await;
             return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
         }
     };
+    if ack.duplicate {
+        // The call it repeats carries its own body.
+        forget_body().await;
+    }
     if status_taken && !ack.duplicate {
         // The id names an earlier call, past the duplicate window: this new call takes its
         // record over.
@@ -359,6 +382,22 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
         tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
     }
     Ok(ack)
+}
+
+/// Stores a large body in the object store under a new name, which it returns.
+async fn store_body(state: &State, body: &Bytes) -> Result<String, CallError> {
+    let Some(bodies) = state.bodies.get() else {
+        return Err(CallError::NotReady(
+            "object store of large bodies not opened yet",
+        ));
+    };
+    let name = format!("body-{}", envelope::new_call_id());
+    let mut reader: &[u8] = body;
+    bodies
+        .put(name.as_str(), &mut reader)
+        .await
+        .map_err(|e| CallError::Publish(format!("storing a {} byte body: {e}", body.len())))?;
+    Ok(name)
 }
 
 /// The largest header block JetStream stores with a message (its length is kept in 16 bits).

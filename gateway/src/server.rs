@@ -235,6 +235,18 @@ async fn agree_topology(
                         "topology agreed; accepting asynchronous calls"
                     );
                     state.metrics.shards(topology.shards);
+                    match state
+                        .js
+                        .get_object_store(flotilla_queue::topology::BODY_BUCKET)
+                        .await
+                    {
+                        Ok(bodies) => {
+                            let _ = state.bodies.set(bodies);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "object store of large bodies not opened")
+                        }
+                    }
                     match flotilla_queue::status::Store::new(state.js.clone()).await {
                         Ok(store) => {
                             let _ = state.status.set(store);

@@ -58,6 +58,8 @@ pub struct State {
     call_status: bool,
     /// What this gateway counted of batches (cancels), written every second.
     pub tally: flotilla_queue::batch::Tally,
+    /// The object store of bodies larger than one NATS message, once the topology task made it.
+    pub bodies: OnceLock<async_nats::jetstream::object_store::ObjectStore>,
     /// The status streams, once the topology task made sure they exist.
     pub status: OnceLock<flotilla_queue::status::Store>,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
@@ -138,6 +140,7 @@ impl State {
             call_status: p.call_status,
             tally: flotilla_queue::batch::Tally::new(p.js.clone()),
             status: OnceLock::new(),
+            bodies: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),
         }
@@ -147,8 +150,9 @@ impl State {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The body limit in force: the flag, capped so that body and envelope fit one NATS message.
-    pub fn body_limit(&self) -> usize {
+    /// The largest body that travels inside the call's NATS message (with room for the
+    /// envelope's headers); a larger one, up to `--max-body-bytes`, goes to the object store.
+    pub fn inline_limit(&self) -> usize {
         let fits = self
             .client
             .max_payload()

@@ -85,6 +85,9 @@ pub struct Envelope {
     /// The batch the call was enqueued in (`POST /async-batch/<name>`), carried in
     /// `Flotilla-Batch`.
     pub batch_id: Option<String>,
+    /// Where a body too large for one NATS message is kept (an object of `FLOTILLA_BODIES`),
+    /// carried in `Flotilla-Body-Object`; `body` is then empty until the worker fetches it.
+    pub body_object: Option<String>,
 }
 
 /// Why a message is not a valid envelope; the worker dead-letters it with this text.
@@ -202,7 +205,14 @@ impl Envelope {
         if let Some(batch) = &self.batch_id {
             h.insert(crate::headers::FLOTILLA_BATCH, batch.as_str());
         }
-        (h, self.body.clone())
+        match &self.body_object {
+            // The body stays in the object store; the message carries its name.
+            Some(object) => {
+                h.insert(crate::headers::FLOTILLA_BODY_OBJECT, object.as_str());
+                (h, Bytes::new())
+            }
+            None => (h, self.body.clone()),
+        }
     }
 
     /// Reads a message back; `function` is the one its subject names. Fails, with a reason fit
@@ -240,6 +250,9 @@ impl Envelope {
             body: payload,
             batch_id: h
                 .get(crate::headers::FLOTILLA_BATCH)
+                .map(|v| v.as_str().to_owned()),
+            body_object: h
+                .get(crate::headers::FLOTILLA_BODY_OBJECT)
                 .map(|v| v.as_str().to_owned()),
         })
     }
@@ -457,6 +470,7 @@ mod tests {
             ],
             body: Bytes::from_static(b"hello"),
             batch_id: None,
+            body_object: None,
         }
     }
 

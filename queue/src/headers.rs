@@ -72,6 +72,9 @@ pub const FLOTILLA_CALL: &str = "Flotilla-Call";
 /// Unix nanoseconds at which a waiting retry is due. Only on messages under the retry subjects.
 pub const FLOTILLA_RETRY_AT: &str = "Flotilla-Retry-At";
 
+/// On a call whose body is larger than one NATS message holds: the name of the object in the
+/// `FLOTILLA_BODIES` object store that holds it (the message's own payload is then empty).
+pub const FLOTILLA_BODY_OBJECT: &str = "Flotilla-Body-Object";
 /// On a call enqueued in a batch: the batch's id.
 pub const FLOTILLA_BATCH: &str = "Flotilla-Batch";
 /// On a queued call: the stream sequence of its status record when it was queued, so the worker

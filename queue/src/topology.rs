@@ -49,6 +49,11 @@ fn js_err(e: impl std::fmt::Display) -> TopologyError {
     TopologyError::JetStream(e.to_string())
 }
 
+/// The object store bucket of bodies larger than one NATS message.
+pub const BODY_BUCKET: &str = "FLOTILLA_BODIES";
+/// The stream behind [`BODY_BUCKET`].
+pub const BODY_STREAM: &str = "OBJ_FLOTILLA_BODIES";
+
 /// How long a call's status is kept by default.
 pub const DEFAULT_STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -174,6 +179,7 @@ impl Topology {
         js.get_or_create_stream(dead_stream_config(settings))
             .await
             .map_err(js_err)?;
+        Self::ensure_bodies(js, settings).await?;
         for config in [
             status_stream_config(settings),
             result_stream_config(settings),
@@ -185,6 +191,30 @@ impl Topology {
             amend(js, &stream, |c| c.max_age = settings.status_retention).await?;
         }
         Ok(())
+    }
+
+    /// The object store of large bodies (`FLOTILLA_BODIES`), made when absent. A body is kept
+    /// while its call lives and, at most, as long as dead letters are.
+    pub async fn ensure_bodies(
+        js: &jetstream::Context,
+        settings: &StreamSettings,
+    ) -> Result<jetstream::object_store::ObjectStore, TopologyError> {
+        if let Ok(store) = js.get_object_store(BODY_BUCKET).await {
+            return Ok(store);
+        }
+        js.create_object_store(jetstream::object_store::Config {
+            bucket: BODY_BUCKET.into(),
+            description: Some(
+                "Flotilla request bodies larger than one NATS message, until their call settles"
+                    .into(),
+            ),
+            max_age: settings.dead_letter_max_age,
+            storage: settings.storage,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(js_err)
     }
 
     /// True when every stream of the topology exists (the gateway's readiness).
@@ -202,6 +232,7 @@ impl Topology {
             RESULT_STREAM,
             CANCEL_STREAM,
             crate::batch::BATCH_STREAM,
+            BODY_STREAM,
         ] {
             if js.get_stream(name).await.is_err() {
                 return false;

@@ -98,6 +98,7 @@ async fn main() {
             headers: Vec::new(),
             body: Bytes::from_static(b"{}"),
             batch_id: None,
+            body_object: None,
         };
         let (h, b) = env.to_nats(None);
         let subject = subjects::call_subject(map.shard_of(&name), &env.function);

@@ -56,6 +56,7 @@ async fn main() {
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: Bytes::from_static(br#"{"hello":"world"}"#),
         batch_id: None,
+        body_object: None,
     };
 
     let mut rates = Vec::new();

@@ -153,6 +153,7 @@ async fn main() {
         headers: vec![("Content-Type".into(), "application/json".into())],
         body: Bytes::from_static(br#"{"hello":"world","n":12345}"#),
         batch_id: None,
+        body_object: None,
     };
 
     // Ceilings: the same messages on a stream of their own, pulled, POSTed and acked bare; with

@@ -256,13 +256,28 @@ pub(crate) async fn handle(
     };
     // The message's subject names the function, which is where the envelope's function is.
     let decoded = Envelope::from_nats(func.name.clone(), msg.headers.as_ref(), msg.payload.clone());
-    let env = match decoded {
+    let mut env = match decoded {
         Ok(env) => env,
         Err(e) => {
             dead::poison(&shared, &msg, func.shard, &e.to_string()).await;
             return;
         }
     };
+    if let Some(object) = env.body_object.clone() {
+        match Box::pin(fetch_body(&shared, &object)).await {
+            Ok(body) => env.body = body,
+            Err(BodyMissing::Gone) => {
+                let reason = format!("its body ({object}) is no longer in the object store");
+                dead::poison(&shared, &msg, func.shard, &reason).await;
+                return;
+            }
+            Err(BodyMissing::Unreadable(error)) => {
+                tracing::warn!(call_id = %env.call_id, %error, object, "body not read from the object store; the call returns shortly");
+                let _ = msg.ack_with(AckKind::Nak(Some(BODY_RETRY_AFTER))).await;
+                return;
+            }
+        }
+    }
     let mut tracked = match &shared.status {
         Some(status) => match status.begin(&env, status::revision_of(msg.headers.as_ref())) {
             Begin::Cancelled => {
@@ -361,6 +376,7 @@ pub(crate) async fn handle(
             Next::Retry(_) => shared.tally.count(batch, |c| c.retries_stored += 1),
         }
     }
+    let dead_lettered = next == Next::DeadLetter;
     match next {
         Next::Settle => {}
         Next::Retry(delay) => {
@@ -447,6 +463,48 @@ pub(crate) async fn handle(
     }
     if let Err(error) = msg.ack().await {
         tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
+        return;
+    }
+    // Settled: its body is needed no more, unless its dead letter may be replayed.
+    if !dead_lettered && let Some(object) = &env.body_object {
+        forget_body(&shared, object).await;
+    }
+}
+
+/// How long a call whose body could not be read waits before it is tried again.
+const BODY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why a large body was not read.
+enum BodyMissing {
+    /// The object is gone: the call can never run.
+    Gone,
+    /// NATS did not answer; trying again may help.
+    Unreadable(String),
+}
+
+/// Reads a body kept in the object store, whole (it is held once, in this buffer, for every
+/// attempt of this delivery).
+async fn fetch_body(shared: &Shared, object: &str) -> Result<Bytes, BodyMissing> {
+    use async_nats::jetstream::object_store::GetErrorKind;
+    use tokio::io::AsyncReadExt;
+    let mut reader = match shared.bodies.get(object).await {
+        Ok(r) => r,
+        Err(e) if e.kind() == GetErrorKind::NotFound => return Err(BodyMissing::Gone),
+        Err(e) => return Err(BodyMissing::Unreadable(e.to_string())),
+    };
+    let mut body = Vec::new();
+    reader
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| BodyMissing::Unreadable(e.to_string()))?;
+    Ok(Bytes::from(body))
+}
+
+/// Removes a settled call's body from the object store; a failure leaves it until the bucket's
+/// maximum age.
+async fn forget_body(shared: &Shared, object: &str) {
+    if let Err(error) = shared.bodies.delete(object).await {
+        tracing::debug!(%error, object, "body of a settled call left in the object store until it expires");
     }
 }
 
@@ -534,6 +592,10 @@ async fn settle_cancelled(shared: &Shared, msg: &jetstream::Message, env: &Envel
     tracing::debug!(call_id = %env.call_id, function = %env.function, "call cancelled {when}");
     if let Err(error) = msg.ack().await {
         tracing::debug!(%error, "ack of a cancelled call failed; it is settled again when it returns");
+        return;
+    }
+    if let Some(object) = &env.body_object {
+        forget_body(shared, object).await;
     }
 }
 

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub status: Option<Arc<status::CallStatus>>,
     /// What this replica counted of batches, written every second (`flotilla_queue::batch`).
     pub tally: flotilla_queue::batch::Tally,
+    /// Bodies larger than one NATS message (`FLOTILLA_BODIES`).
+    pub bodies: jetstream::object_store::ObjectStore,
 }
 
 /// What `/readyz` reports.
@@ -247,6 +249,10 @@ pub async fn serve(
         status.caught_up(CANCELS_CATCH_UP).await;
     }
     let js_for_tally = js.clone();
+    let bodies = js
+        .get_object_store(flotilla_queue::topology::BODY_BUCKET)
+        .await
+        .map_err(|e| WorkerError::Config(format!("object store of large bodies: {e}")))?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         js,
@@ -274,6 +280,7 @@ pub async fn serve(
         ready: ready.clone(),
         status,
         tally: flotilla_queue::batch::Tally::new(js_for_tally),
+        bodies,
     });
     aux.spawn(batches(
         shared.clone(),

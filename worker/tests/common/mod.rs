@@ -154,6 +154,7 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
         headers: vec![("Content-Type".into(), "text/plain".into())],
         body: Bytes::from(body.to_owned()),
         batch_id: None,
+        body_object: None,
     }
 }
 
