@@ -444,8 +444,13 @@ impl RunArgs {
         if !(0.0..=1.0).contains(&self.failure_rate) {
             return Err("--failure-rate must be between 0 and 1".into());
         }
-        if self.response_size > 8 << 20 || self.body_size > 8 << 20 {
-            return Err("--body-size and --response-size must be at most 8 MiB".into());
+        // Bodies above one NATS message travel through the fleet's object store (give the
+        // gateway a --max-body-bytes that large, FLOTILLA_MAX_BODY_BYTES with --local).
+        if self.body_size > 64 << 20 {
+            return Err("--body-size must be at most 64 MiB".into());
+        }
+        if self.response_size > 8 << 20 {
+            return Err("--response-size must be at most 8 MiB".into());
         }
         for &r in &self.rate {
             if !(r.is_finite() && r > 0.0 && r <= 1e7) {
@@ -484,6 +489,15 @@ impl RunArgs {
         }
         if self.timeout.is_zero() {
             return Err("--timeout must be above zero".into());
+        }
+        if self.no_ceiling {
+            return Ok(());
+        }
+        if self.body_size > 8 << 20 {
+            return Err(
+                "the ceiling measures bodies of at most 8 MiB: add --no-ceiling for larger ones"
+                    .into(),
+            );
         }
         self.ceiling_args().validate()
     }
