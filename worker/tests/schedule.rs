@@ -146,10 +146,13 @@ async fn a_delayed_call_survives_a_worker_sigkill_during_its_wait() {
     let function = RecordingServer::echo().await;
     let gw = gateway(&nats).await;
     let template = format!("{}/{{name}}", function.url());
-    let mut first = spawn_worker(&nats.url(), &template, &[]);
+    // A short ack_wait: killed before it handed the waiting call back, the first worker still
+    // holds it, and NATS gives it to the second only after ack_wait, well before it is due.
+    let args = ["--ack-wait", "1s"];
+    let mut first = spawn_worker(&nats.url(), &template, &args);
     // The worker has taken the waiting call once its retry consumer holds it unacknowledged.
-    let delay = Duration::from_secs(4);
-    let (_, sent, answered) = enqueue(&gw, "patient", &[("x-delay", "4s")]).await;
+    let delay = Duration::from_secs(5);
+    let (_, sent, answered) = enqueue(&gw, "patient", &[("x-delay", "5s")]).await;
     wait_until_async(T, "a worker holds the delayed call", || async {
         let stream = nats
             .js
@@ -167,7 +170,7 @@ async fn a_delayed_call_survives_a_worker_sigkill_during_its_wait() {
     })
     .await;
     first.kill().await.expect("SIGKILL");
-    let mut second = spawn_worker(&nats.url(), &template, &[]);
+    let mut second = spawn_worker(&nats.url(), &template, &args);
     function.wait_for(1, T).await;
     started_on_time(&function, delay, sent, answered);
     assert_eq!(function.count(), 1);
