@@ -634,7 +634,8 @@ pub fn render(c: &Ceiling) -> String {
          JetStream pull → POST → ack {:>10}/s\n  \
          pull → POST → POST → ack    {:>10}/s\n  \
          pull → POST → ack, {:>5} consumers {:>6}/s\n  \
-         pooled HTTP POSTs           {:>10}/s\n",
+         pooled HTTP POSTs           {:>10}/s\n  \
+         pipelined JetStream publish {:>10}/s\n",
         c.body_size,
         c.concurrency,
         c.storage,
@@ -645,6 +646,7 @@ pub fn render(c: &Ceiling) -> String {
         c.functions,
         crate::report::thousands(c.per_function_pull_post_ack_per_s),
         crate::report::thousands(c.http_post_per_s),
+        crate::report::thousands(c.pipelined_publish_per_s),
     )
 }
 
