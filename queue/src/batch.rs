@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage, stream::DirectGetErrorKind};
+use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 
-use crate::status::CallState;
+use crate::status::{CallState, last_json};
 
 pub const BATCH_STREAM: &str = "FLOTILLA_BATCHES";
 pub const BATCH_SUBJECT_PREFIX: &str = "flotilla.batch";
@@ -114,12 +114,8 @@ impl Progress {
 pub enum BatchError {
     #[error("batch progress: {0}")]
     Nats(String),
-    #[error("batch progress under {subject} is unreadable: {source}")]
-    Corrupt {
-        subject: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("batch progress: {0}")]
+    Last(#[from] crate::status::LastError),
 }
 
 fn nats(e: impl std::fmt::Display) -> BatchError {
@@ -267,17 +263,8 @@ pub async fn read(
     batch_id: &str,
 ) -> Result<Option<(Meta, Progress)>, BatchError> {
     let stream = js.get_stream_no_info(BATCH_STREAM).await.map_err(nats)?;
-    let meta_subject = subject(batch_id, "meta");
-    let meta: Meta = match stream
-        .direct_get_last_for_subject(meta_subject.clone())
-        .await
-    {
-        Ok(m) => serde_json::from_slice(&m.payload).map_err(|source| BatchError::Corrupt {
-            subject: meta_subject,
-            source,
-        })?,
-        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(nats(e)),
+    let Some((meta, _)) = last_json::<Meta>(&stream, subject(batch_id, "meta")).await? else {
+        return Ok(None);
     };
     let filter = subject(batch_id, "p.*");
     let info = stream.info_with_subjects(filter).await.map_err(nats)?;
@@ -291,14 +278,8 @@ pub async fn read(
     }
     let mut sum = Counts::default();
     for s in subjects {
-        match stream.direct_get_last_for_subject(s.clone()).await {
-            Ok(m) => {
-                let c: Counts = serde_json::from_slice(&m.payload)
-                    .map_err(|source| BatchError::Corrupt { subject: s, source })?;
-                sum.add(&c);
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-            Err(e) => return Err(nats(e)),
+        if let Some((counts, _)) = last_json::<Counts>(&stream, s).await? {
+            sum.add(&counts);
         }
     }
     let progress = Progress::of(&meta, &sum);
@@ -311,20 +292,11 @@ async fn claim(
     batch_id: &str,
     progress: &Progress,
 ) -> Result<bool, BatchError> {
-    use async_nats::jetstream::context::PublishErrorKind;
-    let publish = PublishMessage::build()
-        .payload(serde_json::to_vec(progress).unwrap_or_default().into())
-        .expected_last_subject_sequence(0);
-    let sent = js.send_publish(subject(batch_id, "done"), publish).await;
-    let acked = match sent {
-        Ok(ack) => ack.await,
-        Err(e) => Err(e),
-    };
-    match acked {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
-        Err(e) => Err(nats(e)),
-    }
+    let payload = serde_json::to_vec(progress).unwrap_or_default().into();
+    let won = crate::status::publish_expecting(js, subject(batch_id, "done"), payload, 0)
+        .await
+        .map_err(nats)?;
+    Ok(won.is_some())
 }
 
 #[cfg(test)]

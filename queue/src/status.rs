@@ -127,8 +127,13 @@ pub struct Record {
 }
 
 impl Record {
-    /// A call just accepted.
-    pub fn queued(call_id: &str, function: &str, accepted_at: u128) -> Self {
+    /// A call just accepted (in the batch `batch_id`, if any).
+    pub fn queued(
+        call_id: &str,
+        function: &str,
+        accepted_at: u128,
+        batch_id: Option<&str>,
+    ) -> Self {
         Self {
             call_id: call_id.to_owned(),
             function: function.to_owned(),
@@ -141,7 +146,7 @@ impl Record {
             next_attempt_at: None,
             reason: None,
             dead_kind: None,
-            batch_id: None,
+            batch_id: batch_id.map(str::to_owned),
             result: None,
         }
     }
@@ -227,12 +232,8 @@ pub enum StoreError {
     Open(#[source] async_nats::jetstream::context::GetStreamError),
     #[error("reading call status: {0}")]
     Read(#[source] async_nats::jetstream::stream::DirectGetError),
-    #[error("call status stored under {subject} is unreadable: {source}")]
-    Corrupt {
-        subject: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Last(#[from] LastError),
     #[error("writing call status: {0}")]
     Write(#[source] async_nats::jetstream::context::PublishError),
     #[error("call status of {call_id} kept changing under {tries} writes")]
@@ -297,47 +298,21 @@ impl Store {
 
     /// The call's last record, or `None` when it is unknown (or older than the retention).
     pub async fn get(&self, call_id: &str) -> Result<Option<Stored>, StoreError> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        let subject = status_subject(call_id);
-        match self
-            .status
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
-            Ok(msg) => {
-                let record = Record::from_json(&msg.payload)
-                    .map_err(|source| StoreError::Corrupt { subject, source })?;
-                Ok(Some(Stored {
-                    record,
-                    revision: msg.sequence,
-                }))
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Read(e)),
-        }
+        let last = last_json(&self.status, status_subject(call_id)).await?;
+        Ok(last.map(|(record, revision)| Stored { record, revision }))
     }
 
     /// Stores `record` when the call's last record is still at `expect` (0: none yet). `Ok(None)`
     /// when it was not: someone wrote first.
     pub async fn write(&self, record: &Record, expect: u64) -> Result<Option<u64>, StoreError> {
-        use async_nats::jetstream::context::PublishErrorKind;
-        use async_nats::jetstream::message::PublishMessage;
-        let publish = PublishMessage::build()
-            .payload(record.to_json().into())
-            .expected_last_subject_sequence(expect);
-        let sent = self
-            .js
-            .send_publish(status_subject(&record.call_id), publish)
-            .await;
-        let acked = match sent {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
-        };
-        match acked {
-            Ok(ack) => Ok(Some(ack.sequence)),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(StoreError::Write(e)),
-        }
+        publish_expecting(
+            &self.js,
+            status_subject(&record.call_id),
+            record.to_json().into(),
+            expect,
+        )
+        .await
+        .map_err(StoreError::Write)
     }
 
     /// Moves the call's record on: `change` sees the current record and returns the next one, or
@@ -448,6 +423,64 @@ impl Store {
     }
 }
 
+/// Why the last message of a subject could not be read as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum LastError {
+    #[error("reading {subject}: {source}")]
+    Read {
+        subject: String,
+        #[source]
+        source: async_nats::jetstream::stream::DirectGetError,
+    },
+    #[error("{subject} holds unreadable JSON: {source}")]
+    Corrupt {
+        subject: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The last message of `subject` in `stream`, read as JSON, and its sequence; `None` when the
+/// subject holds none. The one read of the fleet's keyed streams (status, batch progress).
+pub async fn last_json<T: serde::de::DeserializeOwned>(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: String,
+) -> Result<Option<(T, u64)>, LastError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    match stream.direct_get_last_for_subject(subject.clone()).await {
+        Ok(msg) => serde_json::from_slice(&msg.payload)
+            .map(|value| Some((value, msg.sequence)))
+            .map_err(|source| LastError::Corrupt { subject, source }),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LastError::Read { subject, source }),
+    }
+}
+
+/// Publishes `payload` to `subject` when the subject's last message is still at sequence
+/// `expect` (0: none yet), awaiting the PubAck: the sequence stored, or `None` when another
+/// writer got there first. The one compare-and-set of the fleet's keyed streams.
+pub async fn publish_expecting(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    expect: u64,
+) -> Result<Option<u64>, async_nats::jetstream::context::PublishError> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+    let publish = PublishMessage::build()
+        .payload(payload)
+        .expected_last_subject_sequence(expect);
+    let acked = match js.send_publish(subject, publish).await {
+        Ok(ack) => ack.await,
+        Err(e) => Err(e),
+    };
+    match acked {
+        Ok(ack) => Ok(Some(ack.sequence)),
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A call's kept final answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptResult {
@@ -477,7 +510,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_omit_what_is_unset() {
-        let r = Record::queued("c1", "echo", 5);
+        let r = Record::queued("c1", "echo", 5, None);
         let json = String::from_utf8(r.to_json()).unwrap();
         assert!(!json.contains("status\""), "{json}");
         assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
