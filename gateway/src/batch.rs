@@ -282,7 +282,7 @@ async fn store(
             enqueue::check_client_key(key, "idempotency_key")?;
             (
                 derived_call_id(hot.function(), key),
-                Some(format!("{}:{key}", hot.function())),
+                Some(enqueue::dedup_key(hot.function(), key)),
             )
         }
         None => (envelope::new_call_id(), None),

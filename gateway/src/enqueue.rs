@@ -90,11 +90,9 @@ pub async fn enqueue(
 
     let body = read_body(body, limit).await?;
 
-    // JetStream's de-duplication map is per stream: scope the key by function so two functions
-    // on one shard may use the same key.
-    let dedup_key = idempotency_key
+    let dedup = idempotency_key
         .or(client_call_id)
-        .map(|key| format!("{name}:{key}"));
+        .map(|key| dedup_key(name, key));
     let (call_id, call_id_header): (Cow<'_, str>, HeaderValue) =
         match (client_call_id, idempotency_key) {
             // Checked as visible ASCII: the request's own value is echoed as it is.
@@ -128,7 +126,7 @@ pub async fn enqueue(
                 start_time: accepted_at,
                 attempt: 0,
             },
-            dedup_key: dedup_key.as_deref(),
+            dedup_key: dedup.as_deref(),
             not_before,
             batch_id: None,
         },
@@ -231,11 +229,7 @@ async fn requeue_status(
     let written = store
         .transition(call_id, status::Known::Unknown, |current| match current {
             Some(r) if r.accepted_at == accepted_at => None,
-            _ => {
-                let mut record = Record::queued(call_id, function, accepted_at);
-                record.batch_id = batch_id.map(str::to_owned);
-                Some(record)
-            }
+            _ => Some(Record::queued(call_id, function, accepted_at, batch_id)),
         })
         .await;
     if let Err(error) = written {
@@ -306,9 +300,8 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     let mut status_taken = false;
     let status = match state.keeps_status() {
         Some(store) => {
-            let mut record = Record::queued(call_id, name, accepted_at);
+            let mut record = Record::queued(call_id, name, accepted_at, a.batch_id);
             record.not_before = a.not_before;
-            record.batch_id = a.batch_id.map(str::to_owned);
             match store.write(&record, 0).await {
                 Ok(Some(revision)) => {
                     nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
@@ -551,6 +544,13 @@ fn forwarded_headers(headers: &HeaderMap) -> impl Iterator<Item = (&str, Cow<'_,
         }
         Some((name.as_str(), String::from_utf8_lossy(value.as_bytes())))
     })
+}
+
+/// The `Nats-Msg-Id` of a call with a client's key: JetStream's de-duplication map is per
+/// stream, so the key is scoped by function and two functions of one shard may use the same key.
+/// Single calls and batch lines share it, so a key repeats across both.
+pub(crate) fn dedup_key(function: &str, key: &str) -> String {
+    format!("{function}:{key}")
 }
 
 /// The call id of a call that carries only an `Idempotency-Key`: the same (function, key) always

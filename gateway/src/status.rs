@@ -44,14 +44,7 @@ fn call_id(raw: &str) -> Result<String, CallError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| CallError::BadRequest("call id is not valid percent-encoded text".into()))?;
-    let ok = !decoded.is_empty()
-        && decoded.len() <= crate::enqueue::MAX_KEY_LEN
-        && decoded.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if !ok {
-        return Err(CallError::BadRequest(
-            "call id must be 1 to 128 visible ASCII characters".into(),
-        ));
-    }
+    crate::enqueue::check_client_key(decoded.as_bytes(), "call id")?;
     Ok(decoded.into_owned())
 }
 
@@ -220,7 +213,7 @@ mod tests {
 
     #[test]
     fn views_render_times_and_dead_kinds() {
-        let mut r = Record::queued("c", "echo", 1_700_000_000_000_000_000);
+        let mut r = Record::queued("c", "echo", 1_700_000_000_000_000_000, None);
         r.state = CallState::Dead;
         r.dead_kind = Some("exhausted".into());
         r.reason = Some("function answered 500".into());

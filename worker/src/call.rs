@@ -305,7 +305,7 @@ pub(crate) async fn handle(
         // until killed, or lost the ack). The function is not called again; the retry policy
         // sends this outcome to the dead letters and the callback gets it as the last failure.
         Outcome::failed(CallError::Redelivered(delivered), Duration::ZERO, attempt)
-    } else if let Some(expired) = expired(&func, &env, delivered) {
+    } else if let Some(expired) = expired(&func, &env, attempt) {
         // Too old to matter: never started, dead-lettered as `expired`, a 410 to the callback.
         expired
     } else {
@@ -369,11 +369,9 @@ pub(crate) async fn handle(
     let status_revision = tracked.as_ref().and_then(Tracked::revision);
     drop(tracked);
     if let Some(batch) = env.batch_id.as_deref() {
-        match next {
-            Next::Settle if outcome.is_success() => shared.tally.ended(batch, CallState::Succeeded),
-            Next::Settle => shared.tally.ended(batch, CallState::Failed),
-            Next::DeadLetter => shared.tally.ended(batch, CallState::Dead),
-            Next::Retry(_) => shared.tally.count(batch, |c| c.retries_stored += 1),
+        match end_state(&outcome, &next) {
+            CallState::Retrying => shared.tally.count(batch, |c| c.retries_stored += 1),
+            end => shared.tally.ended(batch, end),
         }
     }
     let dead_lettered = next == Next::DeadLetter;
@@ -510,19 +508,26 @@ async fn forget_body(shared: &Shared, object: &str) {
 
 /// The outcome of a call its function's `max_age` says is too old to start: only a call never
 /// started (its first attempt, first delivery) expires; one that ran goes on.
-fn expired(func: &FunctionRt, env: &Envelope, delivered: u32) -> Option<Outcome> {
+fn expired(func: &FunctionRt, env: &Envelope, attempt: Attempt) -> Option<Outcome> {
     let max_age = func.policy.max_age?;
-    if env.attempt > 0 || delivered > 1 {
+    if attempt.earlier > 0 || attempt.is_redelivery() {
         return None;
     }
     let age_nanos = flotilla_queue::time::unix_nanos().saturating_sub(env.start_time);
     let age = Duration::from_nanos(u64::try_from(age_nanos).unwrap_or(u64::MAX));
-    let attempt = Attempt {
-        earlier: 0,
-        delivered,
-    };
     (age > max_age)
         .then(|| Outcome::failed(CallError::Expired { age, max_age }, Duration::ZERO, attempt))
+}
+
+/// The state an attempt's end puts its call in: `retrying`, or the final `succeeded`, `failed`
+/// (an answer the policy does not retry) or `dead`.
+fn end_state(outcome: &Outcome, next: &Next) -> CallState {
+    match next {
+        Next::Retry(_) => CallState::Retrying,
+        Next::DeadLetter => CallState::Dead,
+        Next::Settle if outcome.is_success() => CallState::Succeeded,
+        Next::Settle => CallState::Failed,
+    }
 }
 
 /// Records how the attempt ended: `retrying` with its due time, or the final state (`succeeded`,
@@ -536,22 +541,17 @@ async fn record_end(
     let attempts = outcome.attempts_made();
     let status = outcome.status.as_u16();
     let ran = outcome.ran();
-    let (state, due, dead) = match next {
-        Next::Retry(delay) => {
-            let due = flotilla_queue::time::unix_nanos() + delay.as_nanos();
-            (CallState::Retrying, Some(due), None)
-        }
-        Next::DeadLetter => (
-            CallState::Dead,
-            None,
-            Some((
-                dead::kind_of(outcome),
-                dead::exhausted_reason(outcome, func.policy.retry.attempts),
-            )),
-        ),
-        Next::Settle if outcome.is_success() => (CallState::Succeeded, None, None),
-        Next::Settle => (CallState::Failed, None, None),
+    let state = end_state(outcome, next);
+    let due = match next {
+        Next::Retry(delay) => Some(flotilla_queue::time::unix_nanos() + delay.as_nanos()),
+        Next::Settle | Next::DeadLetter => None,
     };
+    let dead = (state == CallState::Dead).then(|| {
+        (
+            dead::kind_of(outcome),
+            dead::exhausted_reason(outcome, func.policy.retry.attempts),
+        )
+    });
     let result = if state == CallState::Retrying || !ran {
         None
     } else if !func.policy.keep_results {

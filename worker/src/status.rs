@@ -274,12 +274,12 @@ impl Tracked<'_> {
                             }
                             r.clone()
                         }
-                        _ => {
-                            let mut r =
-                                Record::queued(&env.call_id, env.function.as_str(), env.start_time);
-                            r.batch_id.clone_from(&env.batch_id);
-                            r
-                        }
+                        _ => Record::queued(
+                            &env.call_id,
+                            env.function.as_str(),
+                            env.start_time,
+                            env.batch_id.as_deref(),
+                        ),
                     };
                     change(&mut next);
                     next.updated_at = now;

@@ -259,11 +259,9 @@ async fn replay_one(
     if let Some(store) = state.keeps_status() {
         let now = flotilla_queue::time::unix_nanos();
         let requeued = store
-            .transition(&call.call_id, Known::Unknown, |current| {
-                let mut next = Record::queued(&call.call_id, &function, call.start_time);
-                if let Some(current) = current {
-                    next.batch_id.clone_from(&current.batch_id);
-                }
+            .transition(&call.call_id, Known::Unknown, |_| {
+                let batch = call.batch_id.as_deref();
+                let mut next = Record::queued(&call.call_id, &function, call.start_time, batch);
                 next.updated_at = now;
                 Some(next)
             })
