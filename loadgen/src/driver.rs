@@ -273,13 +273,7 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
         t.rec.error("request_build");
         return;
     };
-    let outcome = tokio::time::timeout(t.timeout, async {
-        let resp = t.client.request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
-        Ok::<_, hyper_util::client::legacy::Error>((status, body))
-    })
-    .await;
+    let outcome = exchange(t, req).await;
     let done = Instant::now();
     let latency =
         u64::try_from(done.saturating_duration_since(intended).as_nanos()).unwrap_or(u64::MAX);
@@ -290,10 +284,8 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
         }
     };
     match outcome {
-        Err(_) => fail("timeout"),
-        Ok(Err(e)) if e.is_connect() => fail("connect"),
-        Ok(Err(_)) => fail("http"),
-        Ok(Ok((200, Ok(lines)))) => {
+        Err(kind) => fail(kind),
+        Ok((200, _, Some(lines))) => {
             let mut answered = 0;
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 answered += 1;
@@ -310,8 +302,30 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
                 t.rec.error("line_unanswered");
             }
         }
-        Ok(Ok((200, Err(_)))) => fail("http"),
-        Ok(Ok((status, _))) => fail(&format!("status_{status}")),
+        Ok((200, _, None)) => fail("http"),
+        Ok((status, _, _)) => fail(&format!("status_{status}")),
+    }
+}
+
+/// One request under the load's deadline: the answer's status, headers and body (`None` when
+/// the body broke off), or the kind of failure (`timeout`, `connect`, `http`). The body is read to
+/// the end either way, so the connection returns to the pool.
+async fn exchange(
+    t: &Target,
+    req: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, http::HeaderMap, Option<Bytes>), &'static str> {
+    let answer = tokio::time::timeout(t.timeout, async {
+        let resp = t.client.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.ok().map(|b| b.to_bytes());
+        Ok::<_, hyper_util::client::legacy::Error>((parts.status.as_u16(), parts.headers, body))
+    })
+    .await;
+    match answer {
+        Err(_) => Err("timeout"),
+        Ok(Err(e)) if e.is_connect() => Err("connect"),
+        Ok(Err(_)) => Err("http"),
+        Ok(Ok(answer)) => Ok(answer),
     }
 }
 
@@ -329,25 +343,17 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
         t.rec.error("request_build");
         return;
     };
-    let outcome = tokio::time::timeout(t.timeout, async {
-        let resp = t.client.request(req).await?;
-        let status = resp.status().as_u16();
-        let call_id = resp
-            .headers()
+    let outcome = exchange(t, req).await.map(|(status, headers, _)| {
+        let call_id = headers
             .get(X_CALL_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        // Read the body to the end so the connection returns to the pool.
-        let _ = resp.into_body().collect().await;
-        Ok::<_, hyper_util::client::legacy::Error>((status, call_id))
-    })
-    .await;
+        (status, call_id)
+    });
     let done = Instant::now();
     match outcome {
-        Err(_) => t.rec.error("timeout"),
-        Ok(Err(e)) if e.is_connect() => t.rec.error("connect"),
-        Ok(Err(_)) => t.rec.error("http"),
-        Ok(Ok((202, Some(id)))) => {
+        Err(kind) => t.rec.error(kind),
+        Ok((202, Some(id))) => {
             let latency = done.saturating_duration_since(intended);
             t.rec.accepted(
                 id,
@@ -355,7 +361,7 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
                 u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
             );
         }
-        Ok(Ok((202, None))) => t.rec.error("202_without_call_id"),
-        Ok(Ok((status, _))) => t.rec.error(&format!("status_{status}")),
+        Ok((202, None)) => t.rec.error("202_without_call_id"),
+        Ok((status, _)) => t.rec.error(&format!("status_{status}")),
     }
 }
