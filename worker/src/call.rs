@@ -11,9 +11,6 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use flotilla_queue::policy::join_url;
 use flotilla_queue::{Envelope, headers};
-use http::{HeaderName, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,13 +19,14 @@ use crate::budget::Slot;
 use crate::callback::CallbackJob;
 use crate::dead;
 use crate::functions::FunctionRt;
+use crate::http1;
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::retry::{self, Next};
 use crate::status::{Begin, Recorded, Tracked};
 use flotilla_queue::status::{self, CallState, ResultKept};
 
 /// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
-pub(crate) type FunctionClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type FunctionClient = http1::Client;
 
 /// Calls the function once: the envelope's method, headers and body, plus `X-Call-Id` and
 /// `X-Start-Time`, under `timeout` (which covers the response body too). `Err` when this worker
@@ -45,62 +43,42 @@ pub(crate) async fn invoke(
         Ok(r) => r,
         Err(e) => return Ok(Outcome::failed(e, started.elapsed(), attempt)),
     };
-    let call = async {
-        let resp = client.request(req).await.map_err(|e| {
-            Exhausted::of(&e).map_or_else(|| Ok(CallError::Unreachable(error_chain(&e))), Err)
-        })?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| Ok(CallError::Unreachable(format!("reading the response: {e}"))))?
-            .to_bytes();
-        Ok::<_, Result<CallError, Exhausted>>((parts, body))
-    };
-    let outcome = match tokio::time::timeout(timeout, call).await {
-        Ok(Ok((parts, body))) => Outcome {
-            status: parts.status,
-            headers: parts.headers,
-            body,
+    let outcome = match tokio::time::timeout(timeout, client.send(&req)).await {
+        Ok(Ok(resp)) => Outcome {
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
             error: None,
             duration: started.elapsed(),
             attempt,
         },
-        Ok(Err(Ok(e))) => Outcome::failed(e, started.elapsed(), attempt),
-        Ok(Err(Err(exhausted))) => return Err(exhausted),
+        Ok(Err(e)) => match Exhausted::of(&e) {
+            Some(exhausted) => return Err(exhausted),
+            None => Outcome::failed(
+                CallError::Unreachable(error_chain(&e)),
+                started.elapsed(),
+                attempt,
+            ),
+        },
         Err(_) => Outcome::failed(CallError::Timeout(timeout), started.elapsed(), attempt),
     };
     Ok(outcome)
 }
 
-fn build_request(url: &str, env: &Envelope) -> Result<Request<Full<Bytes>>, CallError> {
-    let method = Method::from_bytes(env.method.as_bytes())
-        .map_err(|_| CallError::InvalidRequest(format!("method {:?}", env.method)))?;
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| CallError::InvalidRequest(format!("url {url:?}: {e}")))?;
-    let mut req = Request::new(Full::new(env.body.clone()));
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    let h = req.headers_mut();
-    h.reserve(env.headers.len() + 2);
-    for (k, v) in &env.headers {
-        // The gateway only enqueues valid headers; anything else is skipped, not fatal.
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.append(k, v);
-        }
-    }
-    if let Ok(v) = HeaderValue::from_str(&env.call_id) {
-        h.insert(headers::X_CALL_ID, v);
-    }
-    h.insert(
-        headers::X_START_TIME,
-        HeaderValue::from(env.start_time as u64),
-    );
-    Ok(req)
+fn build_request(url: &str, env: &Envelope) -> Result<http1::Request, CallError> {
+    let (call_id, start) = (headers::X_CALL_ID, headers::X_START_TIME);
+    let (call_id, start) = (call_id.as_str(), start.as_str());
+    let start_time = env.start_time.to_string();
+    let forwarded = env
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(call_id) && !k.eq_ignore_ascii_case(start));
+    let all = forwarded.chain([
+        (call_id, env.call_id.as_str()),
+        (start, start_time.as_str()),
+    ]);
+    http1::Request::new(&env.method, url, all, env.body.clone()).map_err(CallError::InvalidRequest)
 }
 
 /// The error and its sources on one line ("client error (Connect): tcp connect error: ...").
@@ -116,14 +94,15 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Runs `work` while sending a progress ack every `every`, so the message outlives `ack_wait`.
-/// Returns `None`, leaving the message to the caller, when `abandon` fires first.
-pub(crate) async fn keep_alive<F: Future>(
+/// Returns `None`, leaving the message to the caller, when `abandon` fires first. `work` comes
+/// pinned (boxed, or pinned where it lives): a future moved in here would be held twice in the
+/// call's task, which is allocated at the size of its largest state.
+pub(crate) async fn keep_alive<F: Future + Unpin>(
     msg: &jetstream::Message,
     every: Duration,
     abandon: &CancellationToken,
-    work: F,
+    mut work: F,
 ) -> Option<F::Output> {
-    let mut work = std::pin::pin!(work);
     let mut next = Instant::now() + every;
     loop {
         tokio::select! {
@@ -215,7 +194,7 @@ async fn settle_step<T, E: std::fmt::Display>(
     shared: &Shared,
     msg: &jetstream::Message,
     on_failure: OnFailure<'_>,
-    work: impl Future<Output = Result<T, E>>,
+    work: impl Future<Output = Result<T, E>> + Unpin,
 ) -> Option<T> {
     match keep_alive(msg, shared.progress_every, &shared.hard, work).await {
         Some(Ok(v)) => Some(v),
@@ -259,7 +238,7 @@ pub(crate) async fn handle(
     let mut env = match decoded {
         Ok(env) => env,
         Err(e) => {
-            dead::poison(&shared, &msg, func.shard, &e.to_string()).await;
+            Box::pin(dead::poison(&shared, &msg, func.shard, &e.to_string())).await;
             return;
         }
     };
@@ -268,7 +247,7 @@ pub(crate) async fn handle(
             Ok(body) => env.body = body,
             Err(BodyMissing::Gone) => {
                 let reason = format!("its body ({object}) is no longer in the object store");
-                dead::poison(&shared, &msg, func.shard, &reason).await;
+                Box::pin(dead::poison(&shared, &msg, func.shard, &reason)).await;
                 return;
             }
             Err(BodyMissing::Unreadable(error)) => {
@@ -282,7 +261,7 @@ pub(crate) async fn handle(
         Some(status) => match status.begin(&env, status::revision_of(msg.headers.as_ref())) {
             Begin::Cancelled => {
                 drop(slot);
-                settle_cancelled(&shared, &msg, &env, "before it started").await;
+                Box::pin(settle_cancelled(&shared, &msg, &env, "before it started")).await;
                 return;
             }
             Begin::Run(tracked) => Some(tracked),
@@ -311,19 +290,30 @@ pub(crate) async fn handle(
     } else {
         let url = join_url(&func.base_url, &env.path, &env.query);
         let _running = batch.map(|b| Running::enter(&shared.tally, b));
-        let invoked = invoke(&shared.http, &url, &env, func.policy.timeout, attempt);
-        // A cancel while it runs drops `invoked`, which aborts the function's request.
-        let work = async {
-            match tracked.as_mut() {
-                Some(t) => t.run(attempt.earlier, invoked).await,
-                None => Some(invoked.await),
-            }
+        // Pinned where they are (not moved into the futures that run them, which would hold
+        // them twice) and dropped as soon as the attempt ends: a cancel while it runs drops
+        // `invoked`, which aborts the function's request.
+        let ran = {
+            let invoked = std::pin::pin!(invoke(
+                &shared.http,
+                &url,
+                &env,
+                func.policy.timeout,
+                attempt
+            ));
+            let work = std::pin::pin!(async {
+                match tracked.as_mut() {
+                    Some(t) => t.run(attempt.earlier, invoked).await,
+                    None => Some(invoked.await),
+                }
+            });
+            keep_alive(&msg, shared.progress_every, &shared.hard, work).await
         };
-        let outcome = match keep_alive(&msg, shared.progress_every, &shared.hard, work).await {
+        let outcome = match ran {
             Some(Some(Ok(outcome))) => outcome,
             Some(None) => {
                 drop(slot);
-                settle_cancelled(&shared, &msg, &env, "while it ran").await;
+                Box::pin(settle_cancelled(&shared, &msg, &env, "while it ran")).await;
                 return;
             }
             Some(Some(Err(exhausted))) => {
@@ -363,7 +353,7 @@ pub(crate) async fn handle(
         && Box::pin(record_end(t, &func, &outcome, &next)).await == Recorded::Cancelled
     {
         drop(slot);
-        settle_cancelled(&shared, &msg, &env, "before it ended").await;
+        Box::pin(settle_cancelled(&shared, &msg, &env, "before it ended")).await;
         return;
     }
     let status_revision = tracked.as_ref().and_then(Tracked::revision);
@@ -465,7 +455,8 @@ pub(crate) async fn handle(
     }
     // Settled: its body is needed no more, unless its dead letter may be replayed.
     if !dead_lettered && let Some(object) = &env.body_object {
-        forget_body(&shared, object).await;
+        // Boxed: only calls with large bodies take this step.
+        Box::pin(forget_body(&shared, object)).await;
     }
 }
 
@@ -622,7 +613,7 @@ async fn exhausted_hand_back(
     } else {
         tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
     }
-    let stored = retry::schedule(
+    let stored = Box::pin(retry::schedule(
         shared,
         func.shard,
         env,
@@ -630,7 +621,7 @@ async fn exhausted_hand_back(
         EXHAUSTED_PAUSE,
         origin,
         status_revision,
-    );
+    ));
     let on_failure = OnFailure::Nak {
         step: "store the call for later",
         env,

@@ -18,6 +18,7 @@ mod discovery;
 mod dispatch;
 mod error;
 mod functions;
+mod http1;
 pub mod metrics;
 mod outcome;
 mod pull;
@@ -34,7 +35,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_queue::{Backoff, Jitter, Policies, Topology};
-use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
+use flotilla_runtime::metrics_handle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -260,9 +261,9 @@ pub async fn serve(
         signers,
         // As many idle connections per function host as calls may be in flight: below that, a
         // replica busy with one host closes and reopens a connection per call.
-        http: pooled_client(PoolSettings {
+        http: http1::Client::new(http1::Settings {
             max_idle_per_host: config.max_in_flight(),
-            ..PoolSettings::default()
+            ..http1::Settings::default()
         }),
         budget: Arc::new(budget::Budget::new(config.max_in_flight())),
         callbacks,

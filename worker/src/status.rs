@@ -229,16 +229,21 @@ impl Tracked<'_> {
     /// Runs `work` (one attempt), recording `running` once it has run for [`RUNNING_AFTER`].
     /// `None` when the call was cancelled meanwhile: `work` is dropped, which aborts the
     /// function's request.
-    pub(crate) async fn run<F: Future>(&mut self, attempts: u32, work: F) -> Option<F::Output> {
+    pub(crate) async fn run<F: Future + Unpin>(
+        &mut self,
+        attempts: u32,
+        mut work: F,
+    ) -> Option<F::Output> {
         let token = self.token.clone();
-        let mut work = std::pin::pin!(work);
         let mark = async {
             tokio::time::sleep(RUNNING_AFTER).await;
-            self.record(|r| {
+            // Boxed: most calls end before it, and every call's task would otherwise be
+            // allocated with room for a status write.
+            Box::pin(self.record(|r| {
                 r.state = CallState::Running;
                 r.attempts = attempts;
                 r.next_attempt_at = None;
-            })
+            }))
             .await
         };
         tokio::select! {
