@@ -168,11 +168,17 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         // Nothing waits any more (see the consumer reading below) and no request of this loop is
         // open at the server: a message sent to an inbox nobody reads would wait out `ack_wait`.
         // The end does not hang on reading the consumer again, which NATS may have removed.
-        if !f.is_waiting() && ledger.outstanding() == 0 {
+        if f.is_waiting() {
+            ledger.set_busy(last_activity.elapsed() < QUIET_AFTER);
+            ledger.reserve();
+        } else if ledger.outstanding() == 0 {
             break Ended::Drained;
+        } else {
+            // The open request runs out holding nothing back: the function's new calls start
+            // directly, and other functions and the dispatch loop get the replica's permits
+            // (holding them until the request expired stalled a replica for seconds).
+            ledger.stand_down();
         }
-        ledger.set_busy(last_activity.elapsed() < QUIET_AFTER);
-        ledger.reserve();
         let paused = shared.budget.paused_until();
         let plan = ledger.plan(share.as_ref(), paused.is_some());
         // Once nothing waits, no new request: the loop ends when its last one is closed.
@@ -227,7 +233,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
                     }
                 }
             }
-            slot = f.slots.clone().acquire_many_owned(plan.wake_at) => {
+            slot = f.slots.clone().acquire_many_owned(plan.wake_at), if f.is_waiting() => {
                 // Calls released their slots.
                 if let Ok(slot) = slot {
                     ledger.add_slots(slot);

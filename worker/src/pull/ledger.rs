@@ -255,6 +255,15 @@ impl Ledger {
         self.release_unrequested();
     }
 
+    /// Nothing waits any more: gives back every function slot and replica permit set aside, so
+    /// the function's new calls start directly and other functions get the permits, while the
+    /// open request (if any) runs out. A message that still arrives waits for what it lacks
+    /// ([`Ledger::lacks`]).
+    pub fn stand_down(&mut self) {
+        self.held_slots = None;
+        self.held_permits = None;
+    }
+
     /// Gives back the replica permits beyond the messages still requested.
     pub fn release_unrequested(&mut self) {
         let keep = self.outstanding;
@@ -287,6 +296,26 @@ mod tests {
         let slots = Arc::new(Semaphore::new(limit));
         let running = Arc::new(Running::new(budget.clone()));
         (Ledger::new(limit, slots.clone(), running), slots)
+    }
+
+    #[test]
+    fn standing_down_gives_back_what_an_open_request_held() {
+        let (mut l, slots, budget) = ledger(10, 50);
+        l.set_busy(true);
+        l.reserve();
+        let plan = l.plan(None, false);
+        l.requested(plan.request, false);
+        assert!(plan.request > 0 && budget.permits().available_permits() < 50);
+        l.stand_down();
+        assert_eq!(budget.permits().available_permits(), 50);
+        assert_eq!(slots.available_permits(), 10);
+        assert_eq!(l.outstanding(), plan.request, "the request is still open");
+        assert_eq!(
+            l.arrived().map(|_| ()),
+            None,
+            "a late message waits for a slot"
+        );
+        assert_eq!(l.lacks(), (true, true));
     }
 
     #[test]
