@@ -24,12 +24,14 @@ async fn sigkill_mid_load_loses_nothing() {
     let function = RecordingServer::start(Arc::new(|r: &Recorded| {
         Reply::status(200)
             .body(r.body.clone())
-            .delay(Duration::from_millis(20))
+            .delay(Duration::from_millis(100))
     }))
     .await;
     let sink = RecordingServer::answering(200).await;
     let template = format!("{}/{{name}}", function.url());
     let cb = format!("{}/cb", sink.url());
+    // 15 calls at a time (three functions, five each) for 100 ms: the 300 take 2 s, so the kill
+    // after the first 60 lands mid-load.
     let total = 300;
     for i in 0..total {
         let env = envelope(
@@ -40,7 +42,8 @@ async fn sigkill_mid_load_loses_nothing() {
         );
         nats.publish(&env).await;
     }
-    let mut first = spawn_worker(&nats.url(), &template, &["--ack-wait", "1s"]);
+    let first_args = ["--ack-wait", "1s", "--concurrency", "5"];
+    let mut first = spawn_worker(&nats.url(), &template, &first_args);
     sink.wait_for(60, T).await;
     first.kill().await.expect("SIGKILL");
     let after_kill = call_ids(&sink).len();
