@@ -28,10 +28,10 @@ pub fn default_max_in_flight(open_files: u64) -> usize {
 
 /// A started call's place: one of its function's slots in this replica and one of the replica's
 /// permits, and its count among the function's calls in flight. All are released when it is
-/// dropped.
+/// dropped; the function slot may go earlier, once the function has answered.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    _function: OwnedSemaphorePermit,
+    function: Option<OwnedSemaphorePermit>,
     _replica: OwnedSemaphorePermit,
     running: Arc<Running>,
 }
@@ -46,10 +46,16 @@ impl Slot {
             running.budget.busy.fetch_add(1, Ordering::Relaxed);
         }
         Self {
-            _function: function,
+            function: Some(function),
             _replica: replica,
             running: running.clone(),
         }
+    }
+
+    /// The function has answered: its slot goes to its next call now, while the replica permit
+    /// stays with this call until it is settled (its status recorded, its callback handed over).
+    pub fn function_answered(&mut self) {
+        self.function = None;
     }
 }
 

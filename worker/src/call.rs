@@ -216,14 +216,15 @@ async fn settle_step<T, E: std::fmt::Display>(
 }
 
 /// The task of one call. `slot` is the call's place in its function and in the replica; it is
-/// released as soon as the function has answered and the callback (if any) is handed over, while
+/// released as soon as the function has answered and the callback (if any) is handed over (the
+/// function's part of it at the answer when there is no callback), while
 /// the message stays unacked until the outcome is settled: stored as a retry, dead-lettered, or
 /// delivered to the callback.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     func: Arc<FunctionRt>,
     msg: jetstream::Message,
-    slot: Slot,
+    mut slot: Slot,
 ) {
     // The stream the message came from (the calls', or the waiting calls'), and its place there.
     let (delivered, origin) = match msg.info() {
@@ -335,8 +336,16 @@ pub(crate) async fn handle(
                 return;
             }
         };
+        // Recording the outcome and settling a call without a callback are no work of the
+        // function's: another call of it may start meanwhile. A call with a callback keeps its
+        // function slot until the callback is handed over, so a slow callback receiver slows
+        // the function's calls down rather than letting them run ahead.
+        if env.callback_url.is_none() {
+            slot.function_answered();
+        }
         func.metrics.call_done(outcome.status.as_u16());
         func.metrics.duration.record(outcome.duration.as_secs_f64());
+        func.call_took(outcome.duration);
         if let Some(error) = &outcome.error {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
         }

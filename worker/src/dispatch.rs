@@ -12,8 +12,9 @@
 //! - the replica is at its cap: a function with no call in flight takes one of the permits kept
 //!   for quiet functions, so it is never stuck behind other functions' calls; a function holding
 //!   twice its share of the cap or more (and at least [`MOVE_AT_CAP_FROM`] calls) moves the call
-//!   to the wait stream, where it takes its turn among the waiting functions; any other waits for
-//!   the next free permit.
+//!   to the wait stream, where it takes its turn among the waiting functions, unless its recent
+//!   calls were quick (under [`HOLD`] on average): then it waits up to [`HOLD`] for a permit
+//!   first, like a slot; any other waits for the next free permit.
 //!
 //! Calls also move at once when the function is rate-limited (all its calls start from the wait
 //! stream, at the rate) or calls of the function wait already (a new one queues behind them).
@@ -284,6 +285,8 @@ impl Starved {
 #[derive(Debug, Default)]
 struct Placer {
     starved: HashMap<FunctionName, Starved>,
+    /// Likewise for a replica permit, for functions holding more than their share of the cap.
+    starved_at_cap: HashMap<FunctionName, Starved>,
 }
 
 impl Placer {
@@ -321,7 +324,30 @@ impl Placer {
             Err(_) => match budget.express().filter(|_| f.running.calls() == 0) {
                 Some(p) => p,
                 None if f.running.calls() >= (2 * budget.share()).max(MOVE_AT_CAP_FROM) => {
-                    return Place::Wait;
+                    // A quick function's calls give permits back within moments, so it waits
+                    // a moment for one: cheaper than a move, and a skewed load of quick calls
+                    // flows in arrival order. A slow one's calls move at once, so a slow
+                    // function can never fill the replica's cap.
+                    if !f.is_quick(HOLD) {
+                        return Place::Wait;
+                    }
+                    let now = Instant::now();
+                    let starved = self.starved_at_cap.entry(f.name.clone()).or_default();
+                    if starved.now(now) {
+                        return Place::Wait;
+                    }
+                    match tokio::time::timeout(HOLD, budget.permits().clone().acquire_owned()).await
+                    {
+                        Ok(Ok(p)) => {
+                            starved.fed();
+                            p
+                        }
+                        Ok(Err(_)) => return Place::Stopping,
+                        Err(_) => {
+                            starved.waited_in_vain(now);
+                            return Place::Wait;
+                        }
+                    }
                 }
                 None => tokio::select! {
                     p = budget.permits().clone().acquire_owned() => match p {

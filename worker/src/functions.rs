@@ -11,8 +11,9 @@
 //! round trip of one joining, see `discovery::presence`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies};
@@ -64,6 +65,8 @@ pub(crate) struct FunctionRt {
     waiting: AtomicBool,
     /// Calls being moved to the wait stream now.
     moving: AtomicUsize,
+    /// How long its recent calls took, in microseconds: a moving average, 0 before the first.
+    recent_micros: AtomicU64,
 }
 
 impl FunctionRt {
@@ -92,7 +95,23 @@ impl FunctionRt {
             base_url,
             waiting: AtomicBool::new(false),
             moving: AtomicUsize::new(0),
+            recent_micros: AtomicU64::new(0),
         }
+    }
+
+    /// One of its calls took `d` (from the request to the end of the answer).
+    pub fn call_took(&self, d: Duration) {
+        let sample = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let old = self.recent_micros.load(Ordering::Relaxed);
+        // An eighth of each new sample: a slow call shows at once, one odd call does not rule.
+        let new = old - old / 8 + sample / 8;
+        self.recent_micros.store(new, Ordering::Relaxed);
+    }
+
+    /// Whether its recent calls ended within `within` on average (a function not yet called
+    /// counts as quick).
+    pub fn is_quick(&self, within: Duration) -> bool {
+        u128::from(self.recent_micros.load(Ordering::Relaxed)) < within.as_micros()
     }
 
     /// The function's calls this replica may hold at once now.
@@ -249,6 +268,24 @@ mod tests {
         }
         assert_eq!([0, 1, 2].map(|i| m(3, i).share_of(5)), [2, 2, 1]);
         assert_eq!(m(3, 2).share_of(2), 0, "more replicas than slots");
+    }
+
+    #[test]
+    fn a_slow_call_shows_at_once_and_quick_ones_bring_the_average_back() {
+        let f = function(10, 10);
+        let hold = Duration::from_millis(5);
+        assert!(f.is_quick(hold), "not called yet");
+        f.call_took(Duration::from_micros(300));
+        assert!(f.is_quick(hold));
+        f.call_took(Duration::from_secs(1));
+        assert!(
+            !f.is_quick(hold),
+            "one call of a second is an eighth of the average"
+        );
+        for _ in 0..60 {
+            f.call_took(Duration::from_micros(300));
+        }
+        assert!(f.is_quick(hold));
     }
 
     fn function(concurrency: u32, replica_concurrency: u32) -> Arc<FunctionRt> {
