@@ -1,12 +1,14 @@
-//! The pooled HTTP/1.1 client to functions and callbacks, configured once: no Nagle delay, a
-//! connect timeout, and a pool timer so idle connections really expire.
+//! The pooled HTTP/1.1 client of the gateway's synchronous calls and of the loadgen (its ceilings
+//! and its driver), configured once: no Nagle delay, a connect timeout, and a pool timer so idle
+//! connections really expire. (The worker calls functions through its own `http1` client, which
+//! costs far less per call in flight.)
 
 use std::time::Duration;
 
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-/// Settings of the pooled HTTP/1.1 client to functions and callbacks.
+/// Settings of the pooled HTTP/1.1 client.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolSettings {
     /// Idle connections kept per host; the per-function concurrency limit caps open ones.
