@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use flotilla_queue::envelope::HOP_BY_HOP;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -94,22 +95,10 @@ pub(crate) struct Request {
     head_only: bool,
 }
 
-/// Header fields the client writes itself or that belong to one hop, never copied from a call.
+/// Header fields the client writes itself or that belong to one hop, never copied from a call:
+/// the envelope's hop-by-hop list, and `Expect` (the body is sent at once).
 fn is_own_header(name: &HeaderName) -> bool {
-    use http::header::*;
-    [
-        HOST,
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        CONNECTION,
-        TE,
-        TRAILER,
-        UPGRADE,
-        EXPECT,
-        PROXY_AUTHORIZATION,
-    ]
-    .contains(name)
-        || name.as_str() == "keep-alive"
+    HOP_BY_HOP.contains(&name.as_str()) || name == http::header::EXPECT
 }
 
 impl Request {
