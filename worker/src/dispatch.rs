@@ -32,7 +32,7 @@ use flotilla_queue::FunctionName;
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
 use futures_util::{StreamExt, TryStreamExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::budget::Slot;
@@ -278,6 +278,35 @@ impl Starved {
     fn fed(&mut self) {
         *self = Self::default();
     }
+
+    /// Waits up to [`HOLD`] for one permit of `permits`, unless waiting was in vain lately, and
+    /// remembers how the wait went.
+    async fn hold(&mut self, permits: &Arc<Semaphore>) -> Held {
+        let now = Instant::now();
+        if self.now(now) {
+            return Held::InVain;
+        }
+        match tokio::time::timeout(HOLD, permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => {
+                self.fed();
+                Held::Got(p)
+            }
+            Ok(Err(_)) => Held::Closed,
+            Err(_) => {
+                self.waited_in_vain(now);
+                Held::InVain
+            }
+        }
+    }
+}
+
+/// How a brief wait for a permit ended.
+enum Held {
+    Got(OwnedSemaphorePermit),
+    /// None came in time, or waiting was in vain lately: the call moves.
+    InVain,
+    /// The semaphore was closed: the worker is stopping.
+    Closed,
 }
 
 /// Decides where each dispatched call goes, remembering which functions' slots were waited for
@@ -296,23 +325,16 @@ impl Placer {
         }
         let function = match f.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                let now = Instant::now();
-                let starved = self.starved.entry(f.name.clone()).or_default();
-                if starved.now(now) {
-                    return Place::Wait;
-                }
-                match tokio::time::timeout(HOLD, f.slots.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => {
-                        starved.fed();
-                        p
-                    }
-                    _ => {
-                        starved.waited_in_vain(now);
-                        return Place::Wait;
-                    }
-                }
-            }
+            Err(_) => match self
+                .starved
+                .entry(f.name.clone())
+                .or_default()
+                .hold(&f.slots)
+                .await
+            {
+                Held::Got(p) => p,
+                Held::InVain | Held::Closed => return Place::Wait,
+            },
         };
         let budget = &shared.budget;
         let replica = match budget.permits().clone().try_acquire_owned() {
@@ -331,22 +353,11 @@ impl Placer {
                     if !f.is_quick(HOLD) {
                         return Place::Wait;
                     }
-                    let now = Instant::now();
                     let starved = self.starved_at_cap.entry(f.name.clone()).or_default();
-                    if starved.now(now) {
-                        return Place::Wait;
-                    }
-                    match tokio::time::timeout(HOLD, budget.permits().clone().acquire_owned()).await
-                    {
-                        Ok(Ok(p)) => {
-                            starved.fed();
-                            p
-                        }
-                        Ok(Err(_)) => return Place::Stopping,
-                        Err(_) => {
-                            starved.waited_in_vain(now);
-                            return Place::Wait;
-                        }
+                    match starved.hold(budget.permits()).await {
+                        Held::Got(p) => p,
+                        Held::InVain => return Place::Wait,
+                        Held::Closed => return Place::Stopping,
                     }
                 }
                 None => tokio::select! {
