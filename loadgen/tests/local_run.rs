@@ -6,6 +6,24 @@ use std::process::Command;
 
 use serde_json::Value;
 
+fn loadgen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+}
+
+/// Runs the loadgen to its end: its JSON report and its stderr, once it exited 0.
+fn report_of(cmd: &mut Command) -> (Value, String) {
+    let out = cmd.output().expect("run flotilla-loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (report, stderr)
+}
+
 fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, key| {
         v.get(key)
@@ -17,38 +35,30 @@ fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
 fn short_local_run_audits_clean_and_reports_json() {
     let plot =
         std::env::temp_dir().join(format!("flotilla-loadgen-test-{}.svg", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
-        .args([
-            "--local",
-            "--rate",
-            "150",
-            "--duration",
-            "2s",
-            "--functions",
-            "4",
-            "--shards",
-            "2",
-            "--ceiling-duration",
-            "300ms",
-            "--ceiling-concurrency",
-            "8",
-            "--drain-timeout",
-            "20s",
-            "--json",
-            "--quiet",
-            "--plot",
-        ])
-        .arg(&plot)
-        .output()
-        .expect("run flotilla-loadgen");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let (report, stderr) = report_of(
+        loadgen()
+            .args([
+                "--local",
+                "--rate",
+                "150",
+                "--duration",
+                "2s",
+                "--functions",
+                "4",
+                "--shards",
+                "2",
+                "--ceiling-duration",
+                "300ms",
+                "--ceiling-concurrency",
+                "8",
+                "--drain-timeout",
+                "20s",
+                "--json",
+                "--quiet",
+                "--plot",
+            ])
+            .arg(&plot),
+    );
 
     // The audit: everything accepted completed, once.
     let accepted = field(&report, "audit.accepted").as_u64().unwrap();
@@ -135,7 +145,7 @@ fn short_local_run_audits_clean_and_reports_json() {
 
 #[test]
 fn bad_flags_exit_64() {
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
+    let out = loadgen()
         .args(["--gateway", "http://127.0.0.1:9", "--duration", "1s"])
         .output()
         .expect("run flotilla-loadgen");
@@ -145,26 +155,20 @@ fn bad_flags_exit_64() {
 
 #[test]
 fn without_callbacks_the_function_arrivals_are_audited() {
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
-        .args([
-            "--local",
-            "--no-callbacks",
-            "--backlog",
-            "--count",
-            "200",
-            "--functions",
-            "2",
-            "--no-ceiling",
-            "--drain-timeout",
-            "20s",
-            "--json",
-            "--quiet",
-        ])
-        .output()
-        .expect("run flotilla-loadgen");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let (report, stderr) = report_of(loadgen().args([
+        "--local",
+        "--no-callbacks",
+        "--backlog",
+        "--count",
+        "200",
+        "--functions",
+        "2",
+        "--no-ceiling",
+        "--drain-timeout",
+        "20s",
+        "--json",
+        "--quiet",
+    ]));
     assert_eq!(field(&report, "load.callbacks").as_bool(), Some(false));
     assert_eq!(field(&report, "audit.accepted").as_u64(), Some(200));
     assert_eq!(field(&report, "audit.completed").as_u64(), Some(200));
@@ -175,28 +179,22 @@ fn without_callbacks_the_function_arrivals_are_audited() {
 
 #[test]
 fn the_status_audit_counts_every_call_by_its_final_state() {
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
-        .args([
-            "--local",
-            "--audit",
-            "status",
-            "--count",
-            "300",
-            "--functions",
-            "3",
-            "--failure-rate",
-            "0.5",
-            "--no-ceiling",
-            "--drain-timeout",
-            "20s",
-            "--json",
-            "--quiet",
-        ])
-        .output()
-        .expect("run flotilla-loadgen");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let (report, stderr) = report_of(loadgen().args([
+        "--local",
+        "--audit",
+        "status",
+        "--count",
+        "300",
+        "--functions",
+        "3",
+        "--failure-rate",
+        "0.5",
+        "--no-ceiling",
+        "--drain-timeout",
+        "20s",
+        "--json",
+        "--quiet",
+    ]));
     assert_eq!(field(&report, "load.callbacks").as_bool(), Some(false));
     assert_eq!(field(&report, "load.status_api").as_bool(), Some(true));
     assert_eq!(field(&report, "audit.accepted").as_u64(), Some(300));
@@ -219,26 +217,20 @@ fn the_status_audit_counts_every_call_by_its_final_state() {
 
 #[test]
 fn batches_go_through_the_batch_route_and_audit_clean() {
-    let out = Command::new(env!("CARGO_BIN_EXE_flotilla-loadgen"))
-        .args([
-            "--local",
-            "--batch",
-            "50",
-            "--concurrency",
-            "2",
-            "--count",
-            "500",
-            "--functions",
-            "2",
-            "--no-ceiling",
-            "--json",
-            "--quiet",
-        ])
-        .output()
-        .expect("run flotilla-loadgen");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let (report, _) = report_of(loadgen().args([
+        "--local",
+        "--batch",
+        "50",
+        "--concurrency",
+        "2",
+        "--count",
+        "500",
+        "--functions",
+        "2",
+        "--no-ceiling",
+        "--json",
+        "--quiet",
+    ]));
     assert_eq!(field(&report, "load.batch").as_u64(), Some(50));
     assert_eq!(field(&report, "audit.accepted").as_u64(), Some(500));
     assert_eq!(field(&report, "audit.completed").as_u64(), Some(500));
