@@ -93,7 +93,7 @@ pub struct Config {
 /// Why a gateway configuration cannot run. Each message is one line that names the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The NATS credential or TLS flags cannot work.
+    /// The NATS URL, credential or TLS flags cannot work.
     #[error(transparent)]
     Nats(#[from] flotilla_runtime::NatsConnectError),
     /// A `--callback-allow` or `--callback-deny` rule cannot be read.
@@ -178,7 +178,7 @@ impl Config {
             });
         }
         let auth = self.basic_auth()?;
-        self.common.nats.auth.check()?;
+        self.common.nats.check()?;
         let callback_targets = self
             .common
             .callbacks
@@ -281,6 +281,9 @@ mod tests {
             std::error::Error::source(&e).is_some(),
             "the io error is kept"
         );
+        let e = check(&["--nats-url", "nats://127.0.0.1:42x22"]);
+        assert!(matches!(e, ConfigError::Nats(_)), "{e}");
+        assert!(e.to_string().starts_with("--nats-url "), "{e}");
         let e = check(&["--max-publish-inflight", "0"]);
         assert!(
             matches!(

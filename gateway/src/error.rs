@@ -22,8 +22,8 @@ pub enum GatewayError {
     /// An operator must act; `main` exits 64.
     #[error(transparent)]
     Topology(TopologyError),
-    /// The NATS client could not be created (a malformed URL, not an unreachable server: the
-    /// client reconnects in the background).
+    /// The NATS client could not be created although `--nats-url` passed `Config::check` (an
+    /// unreachable server is not this: the client reconnects in the background).
     #[error("NATS: {0}")]
     Nats(#[from] async_nats::ConnectError),
     /// The listener failed.

@@ -24,9 +24,15 @@ fn bad_configuration_exits_64_with_one_line() {
         &["--max-body-bytes", "lots"],
         &["--function-url-template", "ftp://{name}"],
         &["--log", "flotilla=loud"],
+        &["--nats-url", "nats://127.0.0.1:42x22"],
+        &["--nats-url", "http://127.0.0.1:4222"],
+        &["--nats-url", ""],
     ] {
         assert_refused(BIN, args);
     }
+    let line = assert_refused(BIN, &["--nats-url", "nats://gw:s3cret@127.0.0.1:42x22"]);
+    assert!(line.contains("--nats-url nats://127.0.0.1:42x22"), "{line}");
+    assert!(!line.contains("s3cret"), "{line}");
     let line = assert_refused(BIN, &["--sync-timeout", "1m30"]);
     assert!(line.contains("30 has no unit"), "{line}");
 }

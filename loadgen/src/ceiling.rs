@@ -66,7 +66,8 @@ pub enum CeilingError {
 
 fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
     CeilingError::Nats {
-        url: url.to_owned(),
+        // The URL may carry a user and password; the line must not.
+        url: flotilla_runtime::redacted_urls(url),
         message: e.to_string(),
     }
 }

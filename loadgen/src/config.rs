@@ -88,6 +88,9 @@ impl CeilingArgs {
         if self.body_size > 8 << 20 {
             return Err("--ceiling-body-size must be at most 8 MiB".into());
         }
+        if let Some(urls) = &self.nats_url {
+            flotilla_runtime::nats_servers(urls).map_err(|e| e.to_string())?;
+        }
         self.auth.check().map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -16,6 +16,7 @@ fn bad_configuration_exits_64_with_one_line() {
         &["--gateway", "http://gw:8080"],
         &["ceiling", "--bogus"],
         &["ceiling", "--ceiling-duration", "soon"],
+        &["ceiling", "--nats-url", "http://127.0.0.1:4222"],
     ] {
         assert_refused(BIN, args);
     }

@@ -61,6 +61,15 @@ impl NatsArgs {
         }
     }
 
+    /// Checks what can be checked without connecting: that `--nats-url` names servers the
+    /// client can parse, and that the credential and TLS flags can work. The gateway and the
+    /// worker call it from their `Config::check`, so a mistake is one line and exit 64 before
+    /// anything starts, alike on both.
+    pub fn check(&self) -> Result<(), crate::NatsConnectError> {
+        nats_servers(&self.nats_url)?;
+        self.auth.check()
+    }
+
     /// Connects in the background: the process starts even while NATS is down, reports itself
     /// not ready, and the client keeps reconnecting. Credentials and TLS come from the auth
     /// flags, whose files are read now; `problems` learns why NATS refuses the connection.
@@ -69,6 +78,7 @@ impl NatsArgs {
         name: &str,
         problems: &crate::NatsProblems,
     ) -> Result<async_nats::Client, crate::NatsConnectError> {
+        let servers = nats_servers(&self.nats_url)?;
         let options = self
             .auth
             .apply(async_nats::ConnectOptions::new())?
@@ -77,7 +87,7 @@ impl NatsArgs {
             .connection_timeout(Duration::from_secs(5));
         problems
             .watch(options)
-            .connect(server_list(&self.nats_url))
+            .connect(servers)
             .await
             .map_err(crate::NatsConnectError::Connect)
     }
@@ -90,6 +100,54 @@ pub fn server_list(urls: &str) -> Vec<&str> {
         .map(str::trim)
         .filter(|u| !u.is_empty())
         .collect()
+}
+
+/// The servers of a comma-separated `--nats-url`, parsed as the client will parse them: a URL it
+/// cannot use (a typo in the port, an `http://` scheme, an empty list) is a configuration error
+/// that names the flag and the URL (without any user or password in it).
+pub fn nats_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, crate::NatsConnectError> {
+    let list = server_list(urls);
+    if list.is_empty() {
+        return Err(crate::NatsConnectError::NoNatsUrl);
+    }
+    list.into_iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|source| crate::NatsConnectError::BadNatsUrl {
+                    url: without_credentials(url),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// A comma-separated `--nats-url` as log lines and errors show it: every server without the user
+/// and password it may carry.
+pub fn redacted_urls(urls: &str) -> String {
+    server_list(urls)
+        .into_iter()
+        .map(without_credentials)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `url` without the user and password it may carry (`nats://user:pass@host:4222` becomes
+/// `nats://host:4222`), for log lines and error messages: credentials are never printed.
+/// Works on text the URL parser refuses too, since those are the URLs an error line quotes.
+pub fn without_credentials(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest.to_owned(),
+    }
 }
 
 /// The flags the gateway and the worker share: where NATS is, how to log, where functions live.
@@ -145,5 +203,44 @@ mod tests {
             ["nats://a:1", "nats://b:2", "nats://c:3"]
         );
         assert_eq!(super::server_list("nats://a:1"), ["nats://a:1"]);
+    }
+
+    #[test]
+    fn a_url_the_client_cannot_use_is_a_configuration_error() {
+        let servers = super::nats_servers("nats://a:1, tls://b:2,c").unwrap();
+        assert_eq!(servers.len(), 3);
+        for (urls, says) in [
+            ("nats://127.0.0.1:42x22", "--nats-url nats://127.0.0.1:42x22: "),
+            ("http://127.0.0.1:4222", "invalid scheme"),
+            ("nats://a:1,nats://[::1", "--nats-url nats://[::1: "),
+            (" , ", "--nats-url names no server"),
+        ] {
+            let e = super::nats_servers(urls).unwrap_err();
+            assert!(e.is_config(), "{urls}: {e}");
+            let line = e.to_string();
+            assert!(line.contains(says), "{urls}: {line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        // The password in a URL is never printed, even when the URL is refused.
+        let e = super::nats_servers("nats://gw:s3cret@nats:42x22").unwrap_err();
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert!(e.to_string().contains("nats://nats:42x22"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_cut_from_urls() {
+        for (url, shown) in [
+            ("nats://user:pass@nats:4222", "nats://nats:4222"),
+            ("user:pass@nats:4222", "nats:4222"),
+            ("nats://nats:4222", "nats://nats:4222"),
+            ("nats://token@nats:4222/x?y=a@b", "nats://nats:4222/x?y=a@b"),
+            ("tls://u:p@w@h", "tls://h"),
+        ] {
+            assert_eq!(super::without_credentials(url), shown, "{url}");
+        }
+        assert_eq!(
+            super::redacted_urls("nats://a:p@n1:4222, nats://n2:4222"),
+            "nats://n1:4222,nats://n2:4222"
+        );
     }
 }

@@ -18,7 +18,10 @@ mod signal;
 
 pub use callback_targets::{CallbackTargetArgs, CallbackTargets};
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
-pub use flags::{CommonArgs, FunctionArgs, NatsArgs, duration_arg, server_list};
+pub use flags::{
+    CommonArgs, FunctionArgs, NatsArgs, duration_arg, nats_servers, redacted_urls, server_list,
+    without_credentials,
+};
 pub use http::{PoolSettings, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat};

@@ -40,6 +40,15 @@ pub struct NatsAuthArgs {
 /// Why the NATS flags cannot work (exit 64), or the client could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConnectError {
+    #[error("--nats-url names no server")]
+    NoNatsUrl,
+    /// A server URL the client cannot parse; `url` has any user and password cut out.
+    #[error("--nats-url {url}: {source}")]
+    BadNatsUrl {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("give one way to authenticate to NATS, not several: {0}")]
     SeveralMethods(String),
     #[error("--nats-user needs --nats-password-file, and the reverse")]

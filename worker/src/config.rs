@@ -178,7 +178,6 @@ impl Config {
         self.validate_flags()?;
         self.common
             .nats
-            .auth
             .check()
             .map_err(|e| WorkerError::Config(e.to_string()))?;
         let policies = self.policies()?;

@@ -185,7 +185,7 @@ pub async fn serve(
         Ok(client) => client,
         Err(flotilla_runtime::NatsConnectError::Connect(source)) => {
             return Err(WorkerError::Connect {
-                url: config.common.nats.nats_url.clone(),
+                url: flotilla_runtime::redacted_urls(&config.common.nats.nats_url),
                 source,
             });
         }

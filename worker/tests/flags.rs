@@ -15,9 +15,14 @@ fn bad_configuration_exits_64_with_one_line() {
         &["--ack-wait", "10ms"],
         &["--function-url-template", "ftp://{name}"],
         &["--log", "flotilla=loud"],
+        &["--nats-url", "nats://127.0.0.1:42x22"],
+        &["--nats-url", "http://127.0.0.1:4222"],
+        &["--nats-url", ""],
     ] {
         assert_refused(BIN, args);
     }
+    let line = assert_refused(BIN, &["--nats-url", "nats://127.0.0.1:42x22"]);
+    assert!(line.contains("--nats-url nats://127.0.0.1:42x22"), "{line}");
     let line = assert_refused(BIN, &["--timeout", "3 days"]);
     assert!(line.contains("unknown unit"), "{line}");
 }
