@@ -1,12 +1,13 @@
 //! The worker's errors, classified so callers know whether to fix configuration or wait:
-//! `WorkerError::is_config` maps to exit status 64, `PullError::is_retryable` to "restart the
-//! loop soon".
+//! `WorkerError::is_config` maps to exit status 64 (else 1), `PullError::is_retryable` to
+//! "restart the loop soon".
 
 use flotilla_queue::{PolicyError, TopologyError};
 
-/// Why `run` stopped. The worker waits out everything that may pass by itself (NATS unreachable,
-/// a failed pull or retry loop, a full callback queue), so every error that ends `run` is one an
-/// operator must fix.
+/// Why `run` stopped. The worker waits out everything that may pass by itself (NATS unreachable
+/// or not ready at start, a failed pull or retry loop, a full callback queue), so an error that
+/// ends `run` is one an operator must fix: in the configuration (exit 64) or, for `Start`, in
+/// the worker or its surroundings (exit 1).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Bad flags, or served shards outside the agreed topology.
@@ -15,8 +16,9 @@ pub enum WorkerError {
     /// The policy file cannot be read or holds an invalid policy.
     #[error("{0}")]
     Policy(#[source] PolicyError),
-    /// The NATS client could not be created: a malformed `--nats-url`, not an unreachable server
-    /// (the client keeps trying to connect in the background).
+    /// The NATS client could not be created: a `--nats-url` it cannot use (checked already by
+    /// `Config::check`), never an unreachable server (the client keeps trying to connect in the
+    /// background).
     #[error("--nats-url {url}: {source}")]
     Connect {
         url: String,
@@ -27,13 +29,23 @@ pub enum WorkerError {
     /// an unreadable one.
     #[error("{0}")]
     Topology(#[source] TopologyError),
+    /// A start-up step failed for a reason that is neither the configuration nor NATS being away
+    /// (those are waited out): `what` names the step.
+    #[error("{what}: {source}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl WorkerError {
-    /// True for configuration errors (exit status 64).
+    /// True for configuration errors (exit status 64); false for the rest (exit status 1).
+    /// Exhaustive, so a new variant must be classified here.
     pub fn is_config(&self) -> bool {
         match self {
             Self::Config(_) | Self::Policy(_) | Self::Connect { .. } | Self::Topology(_) => true,
+            Self::Start { .. } => false,
         }
     }
 }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use flotilla_queue::{Backoff, Jitter, Policies, Topology};
+use flotilla_queue::{Backoff, Jitter, Policies, Topology, TopologyError};
 use flotilla_runtime::metrics_handle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -132,8 +132,9 @@ impl Readiness {
 /// Runs a worker until `shutdown` resolves, then drains: stops pulling at once, hands back
 /// messages not started, lets in-flight calls and their callbacks finish within `--grace`, hands
 /// back the rest, and returns. It returns early only on problems an operator must fix (bad
-/// configuration, an unusable NATS URL, a shard count that disagrees with NATS): every
-/// [`WorkerError`] is one (exit 64); NATS being unreachable is waited out.
+/// configuration, a shard count that disagrees with NATS: [`WorkerError::is_config`], exit 64;
+/// a start-up step that fails for another lasting reason: exit 1). NATS being unreachable or not
+/// ready, at start or later, is waited out.
 pub async fn run(
     config: Config,
     admin_listener: TcpListener,
@@ -194,22 +195,54 @@ pub async fn serve(
     let _ = ready.client.set(client.clone());
     let js = jetstream::new(client.clone());
     let settings = config.common.nats.stream_settings();
-    let Some(topology) = until_agreed(&stop, "agreeing on the topology", || {
-        Topology::agree(&js, config.common.nats.shards, &settings)
-    })
-    .await?
+    let Some(topology) = until_ready(
+        &stop,
+        "agreeing on the topology",
+        TopologyError::is_retryable,
+        || Topology::agree(&js, config.common.nats.shards, &settings),
+    )
+    .await
+    .map_err(WorkerError::Topology)?
     else {
         return Ok(());
     };
-    if until_agreed(&stop, "creating the streams", || {
-        topology.ensure_streams(&js, &settings)
-    })
-    .await?
+    let shards = config.served_shards(topology.shards)?;
+    if until_ready(
+        &stop,
+        "creating the streams",
+        TopologyError::is_retryable,
+        || topology.ensure_streams(&js, &settings),
+    )
+    .await
+    .map_err(WorkerError::Topology)?
     .is_none()
     {
         return Ok(());
     }
-    let shards = config.served_shards(topology.shards)?;
+    // Opened before any task starts, so that a stop while NATS is away leaves nothing running.
+    let Some(bodies) = until_ready(
+        &stop,
+        "opening the object store of large bodies",
+        TopologyError::is_retryable,
+        || Topology::ensure_bodies(&js, &settings),
+    )
+    .await
+    .map_err(WorkerError::Topology)?
+    else {
+        return Ok(());
+    };
+    // Handles only (no request is sent), so this fails only on a bug: nothing to wait for.
+    let status_store = if config.common.nats.call_status {
+        let store = flotilla_queue::status::Store::new(js.clone())
+            .await
+            .map_err(|e| WorkerError::Start {
+                what: "opening the call status streams",
+                source: Box::new(e),
+            })?;
+        Some(store)
+    } else {
+        None
+    };
     ready.shards_wanted.store(shards.len(), Ordering::SeqCst);
     tracing::info!(shards = ?shards, total = topology.shards, max_in_flight = config.max_in_flight(), "worker starting");
 
@@ -234,26 +267,17 @@ pub async fn serve(
         &aux,
         aux_closed.clone(),
     );
-    let status = if config.common.nats.call_status {
-        match flotilla_queue::status::Store::new(js.clone()).await {
-            Ok(store) => Some(Arc::new(status::CallStatus::new(
-                store,
-                config.common.nats.status_retention,
-            ))),
-            Err(error) => return Err(WorkerError::Config(error.to_string())),
-        }
-    } else {
-        None
-    };
+    let status = status_store.map(|store| {
+        Arc::new(status::CallStatus::new(
+            store,
+            config.common.nats.status_retention,
+        ))
+    });
     if let Some(status) = &status {
         aux.spawn(status.clone().follow(js.clone(), aux_closed.clone()));
         status.caught_up(CANCELS_CATCH_UP).await;
     }
     let js_for_tally = js.clone();
-    let bodies = js
-        .get_object_store(flotilla_queue::topology::BODY_BUCKET)
-        .await
-        .map_err(|e| WorkerError::Config(format!("object store of large bodies: {e}")))?;
     let shared = Arc::new(Shared {
         client: client.clone(),
         js,
@@ -388,25 +412,28 @@ const AFTER_GRACE: Duration = Duration::from_millis(1500);
 /// How long a starting worker waits to have heard the cancels already stored before it pulls.
 const CANCELS_CATCH_UP: Duration = Duration::from_secs(5);
 
-/// Waits between tries of agreeing the topology or creating the streams while NATS is not ready:
-/// 250 ms doubling up to 5 s. No jitter: each try is a few cheap requests, so even a fleet that
-/// starts at once does not crowd NATS.
+/// Waits between tries of a start-up step (agreeing the topology, creating the streams, opening
+/// the object store) while NATS is not ready: 250 ms doubling up to 5 s. No jitter: each try is a
+/// few cheap requests, so even a fleet that starts at once does not crowd NATS.
 const AGREE_BACKOFF: Backoff = Backoff::new(
     Duration::from_millis(250),
     Duration::from_secs(5),
     Jitter::None,
 );
 
-/// Retries `step` while NATS is unreachable, until it succeeds (`Some`), the worker is told to
-/// stop (`None`), or NATS refuses for a reason waiting cannot fix (a configuration error).
-async fn until_agreed<T, F, Fut>(
+/// Retries the start-up step `step` while its error `may_pass` (NATS unreachable or not ready),
+/// until it succeeds (`Some`), the worker is told to stop (`None`), or it fails for a reason
+/// waiting cannot fix (`Err`, which the caller classifies).
+async fn until_ready<T, E, F, Fut>(
     stop: &CancellationToken,
     what: &str,
+    may_pass: impl Fn(&E) -> bool,
     mut step: F,
-) -> Result<Option<T>, WorkerError>
+) -> Result<Option<T>, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, flotilla_queue::TopologyError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut delays = AGREE_BACKOFF.delays();
     loop {
@@ -417,14 +444,60 @@ where
         let delay = delays.next_delay();
         match result {
             Ok(t) => return Ok(Some(t)),
-            Err(e) if e.is_retryable() => {
+            Err(e) if may_pass(&e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "{what}: NATS not ready");
             }
-            Err(e) => return Err(WorkerError::Topology(e)),
+            Err(e) => return Err(e),
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_steps_wait_out_nats_and_stop_at_what_waiting_cannot_fix() {
+        let stop = CancellationToken::new();
+        let away = || TopologyError::JetStream("no responders available for request".into());
+        let mut tries = 0;
+        let opened = until_ready(&stop, "a step", TopologyError::is_retryable, || {
+            tries += 1;
+            let attempt = tries;
+            async move { if attempt < 3 { Err(away()) } else { Ok(attempt) } }
+        })
+        .await;
+        assert_eq!(opened.unwrap(), Some(3), "NATS away twice, then back");
+
+        let refused = until_ready(&stop, "a step", TopologyError::is_retryable, || async move {
+            Err::<(), _>(TopologyError::Mismatch {
+                stored: 4,
+                configured: 8,
+            })
+        })
+        .await;
+        let e = WorkerError::Topology(refused.unwrap_err());
+        assert!(e.is_config(), "{e}");
+
+        stop.cancel();
+        let stopped = until_ready(&stop, "a step", TopologyError::is_retryable, || async move {
+            Err::<(), _>(away())
+        })
+        .await;
+        assert!(matches!(stopped, Ok(None)));
+    }
+
+    #[test]
+    fn only_configuration_errors_exit_64() {
+        let start = WorkerError::Start {
+            what: "opening the call status streams",
+            source: "invalid stream name".into(),
+        };
+        assert!(!start.is_config(), "{start}");
+        assert!(WorkerError::Config("--shard 9 does not exist".into()).is_config());
     }
 }
