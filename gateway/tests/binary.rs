@@ -1,6 +1,6 @@
 //! The `flotilla-gateway` binary as an operator runs it: bad configuration exits 64 with one
-//! line, `--help` and `--version` exit 0, a shard-count mismatch exits 64, SIGTERM drains and
-//! exits 0.
+//! line, `--help` and `--version` exit 0, a shard-count mismatch exits 64 (its log lines without
+//! colour, stderr being no terminal), SIGTERM drains and exits 0.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -61,6 +61,9 @@ async fn a_shard_mismatch_exits_64_and_sigterm_exits_0() {
         .unwrap();
     assert_eq!(out.code, Some(64), "{}", out.stderr);
     assert!(out.stderr.contains("--shards 3"), "{}", out.stderr);
+    // Log lines came first; stderr is a pipe here, so they carry no colour.
+    assert!(out.stderr.contains("topology disagrees"), "{}", out.stderr);
+    assert!(!out.stderr.contains('\u{1b}'), "ANSI escapes: {:?}", out.stderr);
 
     let port = closed_port();
     let mut child = Command::new(BIN)

@@ -21,6 +21,7 @@ fn main() -> std::process::ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(flotilla_runtime::stderr_is_colour_terminal())
         .with_writer(std::io::stderr)
         .init();
     // A local fleet, its function and its sink hold both ends of every socket in this process.

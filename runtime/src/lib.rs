@@ -24,7 +24,7 @@ pub use flags::{
 };
 pub use http::{PoolSettings, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
-pub use log::{LogArgs, LogError, LogFormat};
+pub use log::{LogArgs, LogError, LogFormat, stderr_is_colour_terminal};
 pub use nats_auth::{NatsAuthArgs, NatsConnectError, NatsProblems};
 pub use prometheus::{
     DEFAULT_FUNCTION_SERIES, LATENCY_BUCKETS, OTHER_FUNCTIONS, function_label,

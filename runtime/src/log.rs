@@ -1,5 +1,8 @@
 //! Tracing set-up from the logging flags: console for people, JSON for log collectors, one
 //! filter syntax. A bad filter is returned as an error for `main` to report, never a panic.
+//! Colour only on a terminal: a log file or a collector gets no ANSI escapes.
+
+use std::io::IsTerminal;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -37,6 +40,7 @@ impl LogArgs {
             })?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(stderr_is_colour_terminal())
             .with_writer(std::io::stderr);
         // A second init (tests start several servers in one process) keeps the first subscriber.
         let _ = match self.log_format {
@@ -45,6 +49,12 @@ impl LogArgs {
         };
         Ok(())
     }
+}
+
+/// Whether log lines on stderr may carry ANSI colour: only when stderr is a terminal and
+/// `NO_COLOR` is unset or empty (<https://no-color.org>). Every binary's tracing set-up asks here.
+pub fn stderr_is_colour_terminal() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 #[cfg(test)]
