@@ -32,17 +32,20 @@ pub struct Config {
 
     /// The longest `X-Delay` (or `X-Not-Before` ahead of now) an asynchronous call may ask for;
     /// beyond it the call is refused with 400.
-    #[arg(long, env = "FLOTILLA_MAX_DELAY", default_value = "168h", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_MAX_DELAY", default_value = "168h",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub max_delay: Duration,
 
     /// How long a synchronous call may take to produce its response head before the gateway
     /// answers 504. A function's own `timeout` in the policy file lowers it for that function.
-    #[arg(long, env = "FLOTILLA_SYNC_TIMEOUT", default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_SYNC_TIMEOUT", default_value = "60s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub sync_timeout: Duration,
 
     /// How long an asynchronous call waits for JetStream's PubAck before the gateway answers 503.
     /// The client then retries with the same `Idempotency-Key`, so a late ack never doubles work.
-    #[arg(long, env = "FLOTILLA_PUBLISH_TIMEOUT", default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_PUBLISH_TIMEOUT", default_value = "5s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub publish_timeout: Duration,
 
     /// Asynchronous calls awaiting their PubAck at once. Beyond it JetStream is not keeping up
@@ -54,7 +57,8 @@ pub struct Config {
     /// A client must send its complete request head within this time, else the connection is
     /// closed: a slow or idle client cannot pin a connection. It also bounds how long an idle
     /// keep-alive connection stays open.
-    #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value = "10s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub header_read_timeout: Duration,
 
     /// Answer 404 `function <name> not found` for a function the policy file does not name
@@ -64,12 +68,14 @@ pub struct Config {
 
     /// On shutdown, how long the gateway goes on accepting requests after `/readyz` starts failing,
     /// so load balancers stop sending before it stops listening. Then the shutdown grace runs.
-    #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub drain_delay: Duration,
 
     /// On shutdown, how long in-flight requests may take to finish before the gateway returns
     /// regardless. Keep it below the orchestrator's kill timeout.
-    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "30s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub shutdown_grace: Duration,
 
     /// Seconds a client is told to wait (`Retry-After`) when NATS is unavailable.

@@ -35,6 +35,12 @@ fn bad_configuration_exits_64_with_one_line() {
     assert!(!line.contains("s3cret"), "{line}");
     let line = assert_refused(BIN, &["--sync-timeout", "1m30"]);
     assert!(line.contains("30 has no unit"), "{line}");
+    let line = assert_refused(BIN, &["--sync-timeout", "-1s"]);
+    assert!(line.contains("a duration cannot be negative"), "{line}");
+    let line = assert_refused(BIN, &["--log-format", "xml"]);
+    assert!(line.contains("(possible values: console, json)"), "{line}");
+    let line = assert_refused(BIN, &["--sync-timout", "5s"]);
+    assert!(line.contains("did you mean '--sync-timeout'?"), "{line}");
 }
 
 #[test]

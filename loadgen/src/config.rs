@@ -39,7 +39,7 @@ pub struct CeilingArgs {
     pub nats_url: Option<String>,
     /// How long each of the three HTTP-driven measurements runs.
     #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
-          value_parser = duration_arg)]
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub duration: Duration,
     /// Requests (or messages) in flight in each measurement: enough to saturate two cores.
     #[arg(
@@ -190,14 +190,16 @@ pub struct RunArgs {
     )]
     pub rate: Vec<f64>,
     /// Length of each step of a stepped `--rate`. Default: `--duration` split evenly.
-    #[arg(long, env = "LOADGEN_STEP", value_parser = duration_arg)]
+    #[arg(long, env = "LOADGEN_STEP",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub step: Option<Duration>,
     /// Closed loop: this many requests in flight, each sent when the previous one answered.
     /// The default model (64) when no `--rate` is given.
     #[arg(long, env = "LOADGEN_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// How long to send.
-    #[arg(long, env = "LOADGEN_DURATION", default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "10s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub duration: Duration,
     /// Stop after this many calls were sent (whichever of this and `--duration` comes first).
     #[arg(long, env = "LOADGEN_COUNT")]
@@ -223,14 +225,17 @@ pub struct RunArgs {
     #[arg(long, env = "LOADGEN_MAX_IN_FLIGHT", default_value_t = 10_000)]
     pub max_in_flight: usize,
     /// Deadline of one enqueue request; past it the request counts as a `timeout` error.
-    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub timeout: Duration,
     /// After sending stops, how long the audit waits with no new callback before it calls the
     /// missing ones lost. Idle time, so a long backlog drain is not cut short.
-    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "10s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
     /// Longest wait for stragglers in all, progress or not.
-    #[arg(long, env = "LOADGEN_DRAIN_MAX", default_value = "5m", value_parser = duration_arg)]
+    #[arg(long, env = "LOADGEN_DRAIN_MAX", default_value = "5m",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub drain_max: Duration,
     /// Skip the warm-up (one call per function, its callback awaited, before measuring). With
     /// it, the first calls of the run pay for consumer creation and new connections.
@@ -264,7 +269,7 @@ pub struct RunArgs {
 pub struct CeilingRunArgs {
     /// How long each ceiling measurement runs.
     #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
-          value_parser = duration_arg)]
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub ceiling_duration: Duration,
     /// Requests or messages in flight in each ceiling measurement.
     #[arg(

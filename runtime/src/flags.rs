@@ -9,6 +9,8 @@ use flotilla_queue::{DurationError, FunctionPolicy, Policies, PolicyError, parse
 
 /// The clap value parser of every duration flag: the syntax of the policy file (`250ms`,
 /// `1m30s`, a bare number of seconds), so a value means the same in a flag and in the file.
+/// Give its flags `allow_hyphen_values = true`: clap otherwise takes `-1s` for a short flag and
+/// says `unexpected argument '-1'`, where this parser says the duration cannot be negative.
 pub fn duration_arg(s: &str) -> Result<Duration, DurationError> {
     parse_duration(s)
 }
@@ -29,7 +31,8 @@ pub struct NatsArgs {
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
     /// How long a client's `X-Call-Id` or `Idempotency-Key` de-duplicates a retried POST.
-    #[arg(long, env = "FLOTILLA_DUPLICATE_WINDOW", default_value = "2m", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_DUPLICATE_WINDOW", default_value = "2m",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub duplicate_window: Duration,
     /// Keep streams in memory instead of on disk: faster, but a NATS restart loses queued calls.
     #[arg(long, env = "FLOTILLA_MEMORY_STREAMS", default_value_t = false)]
@@ -40,7 +43,8 @@ pub struct NatsArgs {
     #[arg(long, env = "FLOTILLA_CALL_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
     pub call_status: bool,
     /// How long a call's status and kept result are kept after their last change.
-    #[arg(long, env = "FLOTILLA_STATUS_RETENTION", default_value = "24h", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_STATUS_RETENTION", default_value = "24h",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub status_retention: Duration,
     #[command(flatten)]
     pub auth: crate::nats_auth::NatsAuthArgs,

@@ -48,7 +48,8 @@ pub struct Config {
     pub rate: Option<u32>,
 
     /// Default deadline of one function call; past it the call counts as a 504.
-    #[arg(long, env = "FLOTILLA_TIMEOUT", default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_TIMEOUT", default_value = "60s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Default attempts per call, the first included. Reported to callbacks as `X-Retry-Max`
@@ -66,11 +67,13 @@ pub struct Config {
     pub retry_statuses: Vec<u16>,
 
     /// Default shortest wait before a retry.
-    #[arg(long, env = "FLOTILLA_RETRY_MIN_BACKOFF", default_value = "500ms", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_RETRY_MIN_BACKOFF", default_value = "500ms",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub retry_min_backoff: Duration,
 
     /// Default longest wait before a retry.
-    #[arg(long, env = "FLOTILLA_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_RETRY_MAX_BACKOFF", default_value = "60s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub retry_max_backoff: Duration,
 
     /// Retries that may wait at once in each shard: the `max_ack_pending` of the shard's retry
@@ -82,7 +85,8 @@ pub struct Config {
 
     /// How long NATS waits for an ack before it redelivers a call. Short, so a crashed worker's
     /// calls come back quickly; long calls stay alive with progress acks every third of it.
-    #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub ack_wait: Duration,
 
     /// Deliveries of one message after which the worker dead-letters it (kind `redelivered`)
@@ -109,7 +113,8 @@ pub struct Config {
     pub callback_attempts: u32,
 
     /// Deadline of one callback delivery attempt.
-    #[arg(long, env = "FLOTILLA_CALLBACK_TIMEOUT", default_value = "10s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_CALLBACK_TIMEOUT", default_value = "10s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub callback_timeout: Duration,
 
     /// Completion reports waiting to be published. When full, reports are dropped and counted
@@ -134,7 +139,8 @@ pub struct Config {
     /// A call not started within this long of being accepted is dead-lettered as `expired`
     /// (callback status 410) instead of run; `max_age` in the policy file decides per function.
     /// Unset: no limit.
-    #[arg(long, env = "FLOTILLA_MAX_AGE", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_MAX_AGE",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub max_age: Option<Duration>,
 
     /// Keep every function's final answer for `GET /async-call/<id>/result` (with call status on);
@@ -148,18 +154,21 @@ pub struct Config {
 
     /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
     /// rest is handed back to NATS for another replica.
-    #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub grace: Duration,
 
     /// How often each shard's wait stream is asked which functions have calls waiting there (moved
     /// by another replica, or left by one that stopped), so this replica helps drain them.
-    #[arg(long, env = "FLOTILLA_DISCOVERY_INTERVAL", default_value = "250ms", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_DISCOVERY_INTERVAL", default_value = "250ms",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub discovery_interval: Duration,
 
     /// How long a function's consumer on the wait stream outlives its last waiting call: NATS
     /// removes it after this time unpulled (`inactive_threshold`), so consumers of functions that
     /// no longer reach a limit do not pile up.
-    #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m", value_parser = duration_arg)]
+    #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m",
+          value_parser = duration_arg, allow_hyphen_values = true)]
     pub consumer_idle: Duration,
 }
 

@@ -25,6 +25,12 @@ fn bad_configuration_exits_64_with_one_line() {
     assert!(line.contains("--nats-url nats://127.0.0.1:42x22"), "{line}");
     let line = assert_refused(BIN, &["--timeout", "3 days"]);
     assert!(line.contains("unknown unit"), "{line}");
+    let line = assert_refused(BIN, &["--grace", "-1s"]);
+    assert!(line.contains("a duration cannot be negative"), "{line}");
+    let line = assert_refused(BIN, &["--log-format", "xml"]);
+    assert!(line.contains("(possible values: console, json)"), "{line}");
+    let line = assert_refused(BIN, &["--concurency", "5"]);
+    assert!(line.contains("did you mean '--concurrency'?"), "{line}");
 }
 
 #[test]
