@@ -20,79 +20,115 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Address the HTTP server binds. Only `main` reads it: tests hand `run` a listener on port 0.
-    #[arg(long, env = "FLOTILLA_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address the HTTP server binds: the call routes, `/healthz`, `/readyz`, `/metrics` and
+    /// `/system/*` all share it.
+    // Only `main` reads it: tests hand `serve` a listener on port 0.
+    #[arg(
+        long,
+        env = "FLOTILLA_GATEWAY_LISTEN",
+        default_value = "0.0.0.0:8080",
+        help_heading = "HTTP server"
+    )]
     pub listen: SocketAddr,
 
     /// Largest request body accepted, in bytes; a larger one is refused with 413 before it is
     /// read. An asynchronous call's body larger than one NATS message holds (`max_payload` minus
     /// room for the envelope's headers) travels through the `FLOTILLA_BODIES` object store.
-    #[arg(long, env = "FLOTILLA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "FLOTILLA_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          help_heading = "Limits")]
     pub max_body_bytes: usize,
 
     /// The longest `X-Delay` (or `X-Not-Before` ahead of now) an asynchronous call may ask for;
     /// beyond it the call is refused with 400.
-    #[arg(long, env = "FLOTILLA_MAX_DELAY", default_value = "168h",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_MAX_DELAY", default_value = "168h", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Limits")]
     pub max_delay: Duration,
 
     /// How long a synchronous call may take to produce its response head before the gateway
     /// answers 504. A function's own `timeout` in the policy file lowers it for that function.
-    #[arg(long, env = "FLOTILLA_SYNC_TIMEOUT", default_value = "60s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_SYNC_TIMEOUT", default_value = "60s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Functions")]
     pub sync_timeout: Duration,
 
     /// How long an asynchronous call waits for JetStream's PubAck before the gateway answers 503.
     /// The client then retries with the same `Idempotency-Key`, so a late ack never doubles work.
-    #[arg(long, env = "FLOTILLA_PUBLISH_TIMEOUT", default_value = "5s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_PUBLISH_TIMEOUT", default_value = "5s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Limits")]
     pub publish_timeout: Duration,
 
     /// Asynchronous calls awaiting their PubAck at once. Beyond it JetStream is not keeping up
     /// and further calls are answered 503 with `Retry-After` at once (load shedding) rather than
     /// queued inside the gateway.
-    #[arg(long, env = "FLOTILLA_MAX_PUBLISH_INFLIGHT", default_value_t = 16_384)]
+    #[arg(
+        long,
+        env = "FLOTILLA_MAX_PUBLISH_INFLIGHT",
+        default_value_t = 16_384,
+        help_heading = "Limits"
+    )]
     pub max_publish_inflight: usize,
 
     /// A client must send its complete request head within this time, else the connection is
     /// closed: a slow or idle client cannot pin a connection. It also bounds how long an idle
     /// keep-alive connection stays open.
     #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value = "10s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "HTTP server")]
     pub header_read_timeout: Duration,
 
     /// Answer 404 `function <name> not found` for a function the policy file does not name
     /// (exactly or by a pattern), synchronous and asynchronous, before anything is enqueued.
-    #[arg(long, env = "FLOTILLA_KNOWN_FUNCTIONS_ONLY")]
+    #[arg(
+        long,
+        env = "FLOTILLA_KNOWN_FUNCTIONS_ONLY",
+        help_heading = "Functions"
+    )]
     pub known_functions_only: bool,
 
     /// On shutdown, how long the gateway goes on accepting requests after `/readyz` starts failing,
     /// so load balancers stop sending before it stops listening. Then the shutdown grace runs.
-    #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_DRAIN_DELAY", default_value = "5s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Shutdown")]
     pub drain_delay: Duration,
 
     /// On shutdown, how long in-flight requests may take to finish before the gateway returns
-    /// regardless. Keep it below the orchestrator's kill timeout.
-    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "30s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    /// regardless. Keep it below the orchestrator's kill timeout. `--grace` is the same flag, the
+    /// worker's name for it.
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration_arg,
+          allow_hyphen_values = true, visible_alias = "grace", help_heading = "Shutdown")]
     pub shutdown_grace: Duration,
 
     /// Seconds a client is told to wait (`Retry-After`) when NATS is unavailable.
-    #[arg(long, env = "FLOTILLA_RETRY_AFTER_SECONDS", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "FLOTILLA_RETRY_AFTER_SECONDS",
+        default_value_t = 1,
+        help_heading = "HTTP server"
+    )]
     pub retry_after_seconds: u32,
 
     /// User name that `/system/*` requires. Unset (with no password): `/system/*` is open.
-    #[arg(long, env = "FLOTILLA_BASIC_AUTH_USER")]
+    #[arg(
+        long,
+        env = "FLOTILLA_BASIC_AUTH_USER",
+        help_heading = "Basic auth for /system/*"
+    )]
     pub basic_auth_user: Option<String>,
 
     /// Password that `/system/*` requires. Prefer the file flag: values in the environment or on
     /// the command line are visible to other processes.
-    #[arg(long, env = "FLOTILLA_BASIC_AUTH_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_BASIC_AUTH_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Basic auth for /system/*"
+    )]
     pub basic_auth_password: Option<String>,
 
     /// File holding the `/system/*` password (a mounted secret); one trailing newline is ignored.
-    #[arg(long, env = "FLOTILLA_BASIC_AUTH_PASSWORD_FILE")]
+    #[arg(
+        long,
+        env = "FLOTILLA_BASIC_AUTH_PASSWORD_FILE",
+        help_heading = "Basic auth for /system/*"
+    )]
     pub basic_auth_password_file: Option<PathBuf>,
 }
 
@@ -300,6 +336,28 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn help_groups_the_flags_for_operators() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+        let help = Config::command().render_long_help().to_string();
+        for heading in [
+            "NATS:",
+            "Logging and metrics:",
+            "Functions:",
+            "Callbacks:",
+            "HTTP server:",
+            "Limits:",
+            "Shutdown:",
+            "Basic auth for /system/*:",
+        ] {
+            assert!(help.contains(heading), "{heading} missing:\n{help}");
+        }
+        assert!(!help.contains("tests"), "help speaks of tests:\n{help}");
+        // The worker's name for the shutdown grace works here too.
+        assert_eq!(parse(&["--grace", "7s"]).shutdown_grace, Duration::from_secs(7));
     }
 
     #[test]

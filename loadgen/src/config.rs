@@ -35,30 +35,33 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct CeilingArgs {
     /// NATS to measure against. Unset: a temporary nats-server is started on a free port.
-    #[arg(long, env = "LOADGEN_CEILING_NATS_URL")]
+    #[arg(long, env = "LOADGEN_CEILING_NATS_URL", help_heading = "NATS")]
     pub nats_url: Option<String>,
     /// How long each of the three HTTP-driven measurements runs.
     #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Ceiling")]
     pub duration: Duration,
     /// Requests (or messages) in flight in each measurement: enough to saturate two cores.
     #[arg(
         long = "ceiling-concurrency",
         env = "LOADGEN_CEILING_CONCURRENCY",
-        default_value_t = 64
+        default_value_t = 64,
+        help_heading = "Ceiling"
     )]
     pub concurrency: usize,
     /// Body bytes per request or message. A run uses its own `--body-size` instead.
     #[arg(
         long = "ceiling-body-size",
         env = "LOADGEN_CEILING_BODY_SIZE",
-        default_value_t = 256
+        default_value_t = 256,
+        help_heading = "Ceiling"
     )]
     pub body_size: usize,
     /// Keep the measurement streams in memory (compare with a fleet started with memory streams).
     #[arg(
         long = "ceiling-memory-streams",
-        env = "LOADGEN_CEILING_MEMORY_STREAMS"
+        env = "LOADGEN_CEILING_MEMORY_STREAMS",
+        help_heading = "Ceiling"
     )]
     pub memory_streams: bool,
     /// Functions of the per-function measurement (one filtered consumer each, the backlog spread
@@ -66,11 +69,12 @@ pub struct CeilingArgs {
     #[arg(
         long = "ceiling-functions",
         env = "LOADGEN_CEILING_FUNCTIONS",
-        default_value_t = 1
+        default_value_t = 1,
+        help_heading = "Ceiling"
     )]
     pub functions: usize,
     /// Print the result as JSON on stdout.
-    #[arg(long, env = "LOADGEN_JSON")]
+    #[arg(long, env = "LOADGEN_JSON", help_heading = "Output")]
     pub json: bool,
     /// Credentials and TLS for `--nats-url`, as the gateway and the worker take them.
     #[command(flatten)]
@@ -102,107 +106,174 @@ pub struct RunArgs {
     // --- target ---
     /// Load an existing fleet through this gateway base URL (`http://host:8080`). Needs
     /// `--callback-listen` on an address the workers can reach.
-    #[arg(long, env = "LOADGEN_GATEWAY", conflicts_with = "local")]
+    #[arg(
+        long,
+        env = "LOADGEN_GATEWAY",
+        conflicts_with = "local",
+        help_heading = "Target"
+    )]
     pub gateway: Option<String>,
     /// Start everything on this machine: nats-server (temporary store), a gateway, shards ×
     /// replicas workers, a function server and a callback sink. The default when no
     /// `--gateway` is given.
-    #[arg(long, env = "LOADGEN_LOCAL")]
+    #[arg(long, env = "LOADGEN_LOCAL", help_heading = "Target")]
     pub local: bool,
     /// Where the callback sink listens. Default 127.0.0.1 on a free port, which only a local
     /// fleet can reach.
-    #[arg(long, env = "LOADGEN_CALLBACK_LISTEN")]
+    #[arg(long, env = "LOADGEN_CALLBACK_LISTEN", help_heading = "Target")]
     pub callback_listen: Option<SocketAddr>,
     /// Enqueue calls without `X-Callback-Url`: the workers then make one HTTP request per call,
     /// not two, and a call counts as completed when it reaches the built-in function (by its
     /// `X-Call-Id`). Compares with the "pull → POST → ack" ceiling. Needs the built-in function:
     /// `--local`, or `--gateway` with `--function-listen`.
-    #[arg(long, env = "LOADGEN_NO_CALLBACKS")]
+    #[arg(
+        long,
+        env = "LOADGEN_NO_CALLBACKS",
+        help_heading = "Local fleet and built-in function"
+    )]
     pub no_callbacks: bool,
     /// Calls per request: more than 1 sends them through `POST /async-batch/<name>` (NDJSON, a
     /// call a line) instead of one `/async-function` request each, and compares the enqueue rate
     /// with pipelined JetStream publishes. Closed loop only.
-    #[arg(long, env = "LOADGEN_BATCH", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, env = "LOADGEN_BATCH", default_value_t = 1,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000),
+          help_heading = "Load")]
     pub batch: usize,
     /// How the audit learns that a call ended: `callbacks` (each call carries the built-in
     /// sink's URL, and must reach it exactly once) or `status` (calls carry no callback; each is
     /// followed through `GET /async-call/<id>` until it is final, and counted by final state).
-    #[arg(long, env = "LOADGEN_AUDIT", value_enum, default_value_t = AuditBy::Callbacks)]
+    #[arg(long, env = "LOADGEN_AUDIT", value_enum, default_value_t = AuditBy::Callbacks,
+          help_heading = "Target")]
     pub audit: AuditBy,
     /// The callback URL given to the fleet when the listen address is not what workers dial
     /// (NAT, 0.0.0.0, a Kubernetes service). Default `http://<callback-listen>/callback`.
-    #[arg(long, env = "LOADGEN_CALLBACK_URL")]
+    #[arg(long, env = "LOADGEN_CALLBACK_URL", help_heading = "Target")]
     pub callback_url: Option<String>,
 
     /// With `--gateway`: also serve the built-in function here (with the `--function-*`
     /// settings), for a fleet whose workers are pointed at it
     /// (`--function-url-template http://ADDR/{name}`).
-    #[arg(long, env = "LOADGEN_FUNCTION_LISTEN", requires = "gateway")]
+    #[arg(
+        long,
+        env = "LOADGEN_FUNCTION_LISTEN",
+        requires = "gateway",
+        help_heading = "Target"
+    )]
     pub function_listen: Option<SocketAddr>,
 
     // --- local fleet ---
-    /// Shard streams of the local fleet.
-    #[arg(long, env = "LOADGEN_SHARDS", default_value_t = 2)]
+    /// Local fleet: shard streams of the fleet this run starts (its gateway's and workers'
+    /// `--shards`). Not used with `--gateway`.
+    #[arg(
+        long,
+        env = "LOADGEN_SHARDS",
+        default_value_t = 2,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub shards: u32,
-    /// Worker replicas per shard in the local fleet.
-    #[arg(long, env = "LOADGEN_REPLICAS", default_value_t = 1)]
+    /// Local fleet: worker replicas per shard. Not used with `--gateway`.
+    #[arg(
+        long,
+        env = "LOADGEN_REPLICAS",
+        default_value_t = 1,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub replicas: u32,
-    /// Calls in flight per function across a shard's replicas (the workers' `--concurrency`).
-    #[arg(long, env = "LOADGEN_WORKER_CONCURRENCY", default_value_t = 100)]
+    /// Local fleet: calls in flight per function across a shard's replicas (the workers'
+    /// `--concurrency`; the load's own is `--concurrency`).
+    #[arg(
+        long,
+        env = "LOADGEN_WORKER_CONCURRENCY",
+        default_value_t = 100,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub worker_concurrency: u32,
-    /// Each local worker's `--max-in-flight`: calls in flight across all its functions. The
-    /// default, 256, suits the built-in function, which answers at once on the same machine:
-    /// more calls in flight only queue for the same cores. It is lowered when this process's
-    /// open-files limit cannot hold it (slow functions, many of them: raise both).
-    #[arg(long, env = "LOADGEN_WORKER_MAX_IN_FLIGHT", default_value_t = 256)]
+    /// Local fleet: each worker's `--max-in-flight`, calls in flight across all its functions
+    /// (the load's own is `--max-in-flight`). The default, 256, suits the built-in function,
+    /// which answers at once on the same machine: more calls in flight only queue for the same
+    /// cores. It is lowered when this process's open-files limit cannot hold it (slow functions,
+    /// many of them: raise both).
+    #[arg(
+        long,
+        env = "LOADGEN_WORKER_MAX_IN_FLIGHT",
+        default_value_t = 256,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub worker_max_in_flight: u32,
     /// Keep the local fleet's streams (and the ceiling's) in memory instead of on disk.
-    #[arg(long, env = "LOADGEN_MEMORY_STREAMS")]
+    #[arg(
+        long,
+        env = "LOADGEN_MEMORY_STREAMS",
+        help_heading = "Local fleet and built-in function"
+    )]
     pub memory_streams: bool,
     /// The local fleet's `--call-status`: `false` measures it without keeping call status.
-    #[arg(long, env = "LOADGEN_CALL_STATUS", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "LOADGEN_CALL_STATUS", default_value_t = true, action = clap::ArgAction::Set,
+          help_heading = "Local fleet and built-in function")]
     pub call_status: bool,
     /// Built-in function latency: `0`, `5ms` or `fixed:5ms`, `uniform:1ms..20ms`, `exp:10ms`
     /// (exponential with that mean).
-    #[arg(long, env = "LOADGEN_FUNCTION_LATENCY", default_value = "fixed:0ms")]
+    #[arg(
+        long,
+        env = "LOADGEN_FUNCTION_LATENCY",
+        default_value = "fixed:0ms",
+        help_heading = "Local fleet and built-in function"
+    )]
     pub function_latency: LatencyDist,
     /// Share of built-in function calls answered 500, in 0..=1. Failed calls are retried by the
     /// workers' policy and then reported to the callback with status 500: they still complete.
-    #[arg(long, env = "LOADGEN_FAILURE_RATE", default_value_t = 0.0)]
+    #[arg(
+        long,
+        env = "LOADGEN_FAILURE_RATE",
+        default_value_t = 0.0,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub failure_rate: f64,
     /// Bytes in each built-in function response (what each callback carries).
-    #[arg(long, env = "LOADGEN_RESPONSE_SIZE", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "LOADGEN_RESPONSE_SIZE",
+        default_value_t = 64,
+        help_heading = "Local fleet and built-in function"
+    )]
     pub response_size: usize,
     /// Enqueue every call before starting the workers, then time the drain: the workers'
     /// throughput alone, comparable with the pull/POST/ack ceiling. Local fleet only; needs
     /// `--count` or a bounded `--duration`.
-    #[arg(long, env = "LOADGEN_BACKLOG")]
+    #[arg(
+        long,
+        env = "LOADGEN_BACKLOG",
+        help_heading = "Local fleet and built-in function"
+    )]
     pub backlog: bool,
 
     // --- load model ---
-    /// Open loop at this many calls per second; several comma-separated rates make a stepped
-    /// load, each step lasting `--step`. Latency counts from the intended send time.
+    /// Load model, open loop: calls sent per second, whatever the fleet answers (not a worker's
+    /// rate limit). Several comma-separated rates make a stepped load, each step lasting
+    /// `--step`. Latency counts from the intended send time.
     #[arg(
         long,
         env = "LOADGEN_RATE",
         value_delimiter = ',',
-        conflicts_with = "concurrency"
+        conflicts_with = "concurrency",
+        help_heading = "Load"
     )]
     pub rate: Vec<f64>,
     /// Length of each step of a stepped `--rate`. Default: `--duration` split evenly.
-    #[arg(long, env = "LOADGEN_STEP",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "LOADGEN_STEP", value_parser = duration_arg, allow_hyphen_values = true,
+          help_heading = "Load")]
     pub step: Option<Duration>,
-    /// Closed loop: this many requests in flight, each sent when the previous one answered.
-    /// The default model (64) when no `--rate` is given.
-    #[arg(long, env = "LOADGEN_CONCURRENCY")]
+    /// Load model, closed loop: enqueue requests in flight at once, each sent when the previous
+    /// one answered (not the workers' concurrency: that is `--worker-concurrency`). The default
+    /// model (64) when no `--rate` is given.
+    #[arg(long, env = "LOADGEN_CONCURRENCY", help_heading = "Load")]
     pub concurrency: Option<usize>,
     /// How long to send.
-    #[arg(long, env = "LOADGEN_DURATION", default_value = "10s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "10s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Load")]
     pub duration: Duration,
     /// Stop after this many calls were sent (whichever of this and `--duration` comes first).
-    #[arg(long, env = "LOADGEN_COUNT")]
+    #[arg(long, env = "LOADGEN_COUNT", help_heading = "Load")]
     pub count: Option<u64>,
     /// Distinct functions called (`lg-0` … `lg-N-1`). A comma list (`1,8,32,200,1000`) runs once
     /// per count, each with its own ceiling, and ends with one table of them all.
@@ -210,57 +281,80 @@ pub struct RunArgs {
         long = "functions",
         env = "LOADGEN_FUNCTIONS",
         value_delimiter = ',',
-        default_value = "8"
+        default_value = "8",
+        help_heading = "Load"
     )]
     pub function_counts: Vec<usize>,
     /// Zipf exponent of the function choice: 0 is uniform, 1 makes `lg-0` about N/H(N) times
     /// hotter than average; higher is more skewed.
-    #[arg(long, env = "LOADGEN_SKEW", default_value_t = 0.8)]
+    #[arg(
+        long,
+        env = "LOADGEN_SKEW",
+        default_value_t = 0.8,
+        help_heading = "Load"
+    )]
     pub skew: f64,
     /// Request body bytes.
-    #[arg(long, env = "LOADGEN_BODY_SIZE", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "LOADGEN_BODY_SIZE",
+        default_value_t = 256,
+        help_heading = "Load"
+    )]
     pub body_size: usize,
-    /// Open loop: sends waiting for an answer at most; beyond it the sender waits (and the
-    /// wait counts in latency, since latency starts at the intended send time).
-    #[arg(long, env = "LOADGEN_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    /// Load model, open loop: enqueue requests awaiting their answer at most; beyond it the sender
+    /// waits, and the wait counts in latency, which starts at the intended send time (not the
+    /// workers' cap: that is `--worker-max-in-flight`).
+    #[arg(
+        long,
+        env = "LOADGEN_MAX_IN_FLIGHT",
+        default_value_t = 10_000,
+        help_heading = "Load"
+    )]
     pub max_in_flight: usize,
-    /// Deadline of one enqueue request; past it the request counts as a `timeout` error.
-    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    /// Load: deadline of one enqueue request to the gateway; past it the request counts as a
+    /// `timeout` error (not a function's timeout).
+    #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "10s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Load")]
     pub timeout: Duration,
     /// After sending stops, how long the audit waits with no new callback before it calls the
     /// missing ones lost. Idle time, so a long backlog drain is not cut short.
-    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "10s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "LOADGEN_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Load")]
     pub drain_timeout: Duration,
     /// Longest wait for stragglers in all, progress or not.
-    #[arg(long, env = "LOADGEN_DRAIN_MAX", default_value = "5m",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "LOADGEN_DRAIN_MAX", default_value = "5m", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Load")]
     pub drain_max: Duration,
     /// Skip the warm-up (one call per function, its callback awaited, before measuring). With
     /// it, the first calls of the run pay for consumer creation and new connections.
-    #[arg(long, env = "LOADGEN_NO_WARMUP")]
+    #[arg(long, env = "LOADGEN_NO_WARMUP", help_heading = "Load")]
     pub no_warmup: bool,
     /// Seed of the function choice and the built-in function's sampling (repeatable runs).
-    #[arg(long, env = "LOADGEN_SEED", default_value_t = 1)]
+    #[arg(long, env = "LOADGEN_SEED", default_value_t = 1, help_heading = "Load")]
     pub seed: u64,
 
     // --- ceiling ---
     /// Skip the ceiling measurement: no ratios in the report.
-    #[arg(long, env = "LOADGEN_NO_CEILING")]
+    #[arg(long, env = "LOADGEN_NO_CEILING", help_heading = "Ceiling and output")]
     pub no_ceiling: bool,
     #[command(flatten)]
     pub ceiling: CeilingRunArgs,
 
     // --- output ---
     /// Print the report as JSON on stdout (the table then goes to stderr).
-    #[arg(long, env = "LOADGEN_JSON")]
+    #[arg(long, env = "LOADGEN_JSON", help_heading = "Ceiling and output")]
     pub json: bool,
     /// Write an SVG of throughput over time and the latency distributions to this file.
-    #[arg(long, env = "LOADGEN_PLOT")]
+    #[arg(long, env = "LOADGEN_PLOT", help_heading = "Ceiling and output")]
     pub plot: Option<std::path::PathBuf>,
     /// No progress line.
-    #[arg(long, short, env = "LOADGEN_QUIET")]
+    #[arg(
+        long,
+        short,
+        env = "LOADGEN_QUIET",
+        help_heading = "Ceiling and output"
+    )]
     pub quiet: bool,
 }
 
@@ -269,13 +363,15 @@ pub struct RunArgs {
 pub struct CeilingRunArgs {
     /// How long each ceiling measurement runs.
     #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true,
+          help_heading = "Ceiling and output")]
     pub ceiling_duration: Duration,
     /// Requests or messages in flight in each ceiling measurement.
     #[arg(
         long = "ceiling-concurrency",
         env = "LOADGEN_CEILING_CONCURRENCY",
-        default_value_t = 64
+        default_value_t = 64,
+        help_heading = "Ceiling and output"
     )]
     pub ceiling_concurrency: usize,
 }
@@ -526,6 +622,31 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_says_which_flags_shape_the_load() {
+        let help = Cli::command().render_long_help().to_string();
+        for heading in [
+            "Target:",
+            "Local fleet and built-in function:",
+            "Load:",
+            "Ceiling and output:",
+        ] {
+            assert!(help.contains(heading), "{heading} missing:\n{help}");
+        }
+        // The flags that share a name with a worker flag say what they are.
+        for flag in ["concurrency", "rate", "max-in-flight", "timeout", "shards"] {
+            let arg = Cli::command()
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .map(|a| a.get_help().map(ToString::to_string).unwrap_or_default())
+                .unwrap_or_default();
+            assert!(
+                arg.starts_with("Load") || arg.starts_with("Local fleet"),
+                "--{flag}: {arg}"
+            );
+        }
     }
 
     #[test]

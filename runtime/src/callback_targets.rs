@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The flags of the callback target policy, shared by the gateway and the worker.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Callbacks")]
 pub struct CallbackTargetArgs {
     /// Networks (CIDR or single addresses) and host names (`hooks.example.com`,
     /// `*.example.com`) callbacks may go to, comma separated. Unset: anywhere not refused.

@@ -15,8 +15,9 @@ pub fn duration_arg(s: &str) -> Result<Duration, DurationError> {
     parse_duration(s)
 }
 
-/// Where NATS is and how the fleet's streams are laid out.
+/// Where NATS is and how the fleet's streams are laid out. In `--help`, under "NATS".
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "NATS")]
 pub struct NatsArgs {
     /// NATS server URLs, comma separated (every node of a cluster, so a client survives one
     /// node's loss).
@@ -155,7 +156,9 @@ pub fn without_credentials(url: &str) -> String {
 }
 
 /// The flags the gateway and the worker share: where NATS is, how to log, where functions live.
-/// One struct, flattened into each binary's `Config` as `common`.
+/// One struct, flattened into each binary's `Config` as `common`. Each part sets its `--help`
+/// heading (`next_help_heading`), which stays set for the flags after it: every flag of a
+/// binary's own `Config` therefore names its `help_heading`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     #[command(flatten)]
@@ -168,12 +171,14 @@ pub struct CommonArgs {
     pub callbacks: crate::CallbackTargetArgs,
     /// Distinct function names in metric labels at most; calls to further functions count under
     /// `function_name="~other"`, so client-chosen names cannot grow the series without bound.
-    #[arg(long, env = "FLOTILLA_MAX_FUNCTION_SERIES", default_value_t = crate::DEFAULT_FUNCTION_SERIES)]
+    #[arg(long, env = "FLOTILLA_MAX_FUNCTION_SERIES",
+          default_value_t = crate::DEFAULT_FUNCTION_SERIES, help_heading = "Logging and metrics")]
     pub max_function_series: usize,
 }
 
 /// Where functions live: the URL template and the optional policy file. Both binaries take these.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Functions")]
 pub struct FunctionArgs {
     /// Base URL of a function: `{name}` is the full name, `{base}` the name without namespace,
     /// `{namespace}` the namespace. The call's path suffix and query are appended.

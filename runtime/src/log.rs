@@ -12,6 +12,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Logging and metrics")]
 pub struct LogArgs {
     /// `console` for people, `json` for log collectors.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]

@@ -10,6 +10,7 @@ use async_nats::{ConnectOptions, Event, ServerError};
 
 /// The NATS credential and TLS flags of every binary that talks to NATS.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "NATS")]
 pub struct NatsAuthArgs {
     /// NATS credentials file (user JWT and NKey seed, as `nsc` writes it).
     #[arg(long, env = "NATS_CREDS_FILE")]

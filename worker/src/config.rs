@@ -23,38 +23,62 @@ pub struct Config {
 
     /// Shards this worker serves (repeat the flag or give a comma list). None: every shard, which
     /// suits small fleets; large fleets run replicas per shard to spread the load.
-    #[arg(long = "shard", env = "FLOTILLA_WORKER_SHARDS", value_delimiter = ',')]
+    #[arg(
+        long = "shard",
+        env = "FLOTILLA_WORKER_SHARDS",
+        value_delimiter = ',',
+        help_heading = "Worker"
+    )]
     pub shard: Vec<u32>,
 
     /// Address of the admin server (/healthz, /readyz, /metrics). Not the call path: the worker
     /// serves no calls over HTTP, it only makes them.
-    #[arg(long, env = "FLOTILLA_WORKER_LISTEN", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long,
+        env = "FLOTILLA_WORKER_LISTEN",
+        default_value = "0.0.0.0:8081",
+        help_heading = "Worker"
+    )]
     pub listen: SocketAddr,
 
     /// Default calls in flight per function across every replica (the consumer's
     /// `max_ack_pending`, enforced by NATS). The policy file overrides it per function.
-    #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CONCURRENCY",
+        default_value_t = 100,
+        help_heading = "Function defaults"
+    )]
     pub concurrency: u32,
 
     /// Default calls in flight per function in this replica, so one replica cannot take the
     /// whole cluster budget while others idle. Unset: equal to `--concurrency`.
-    #[arg(long, env = "FLOTILLA_REPLICA_CONCURRENCY")]
+    #[arg(
+        long,
+        env = "FLOTILLA_REPLICA_CONCURRENCY",
+        help_heading = "Function defaults"
+    )]
     pub replica_concurrency: Option<u32>,
 
     /// Default calls started per second per function across every replica of its shard (each
     /// live replica takes an equal share, counted by heartbeat), so a platform team's limit holds
     /// however many replicas run. Unset: unlimited.
-    #[arg(long, env = "FLOTILLA_RATE")]
+    #[arg(long, env = "FLOTILLA_RATE", help_heading = "Function defaults")]
     pub rate: Option<u32>,
 
     /// Default deadline of one function call; past it the call counts as a 504.
-    #[arg(long, env = "FLOTILLA_TIMEOUT", default_value = "60s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_TIMEOUT", default_value = "60s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Function defaults")]
     pub timeout: Duration,
 
     /// Default attempts per call, the first included. Reported to callbacks as `X-Retry-Max`
     /// (attempts - 1).
-    #[arg(long, env = "FLOTILLA_RETRY_ATTEMPTS", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "FLOTILLA_RETRY_ATTEMPTS",
+        default_value_t = 3,
+        help_heading = "Retries"
+    )]
     pub retry_attempts: u32,
 
     /// Default statuses that a retry policy retries (comma list).
@@ -62,31 +86,37 @@ pub struct Config {
         long,
         env = "FLOTILLA_RETRY_STATUSES",
         value_delimiter = ',',
-        default_value = "408,429,500,502,503,504"
+        default_value = "408,429,500,502,503,504",
+        help_heading = "Retries"
     )]
     pub retry_statuses: Vec<u16>,
 
     /// Default shortest wait before a retry.
     #[arg(long, env = "FLOTILLA_RETRY_MIN_BACKOFF", default_value = "500ms",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Retries")]
     pub retry_min_backoff: Duration,
 
     /// Default longest wait before a retry.
     #[arg(long, env = "FLOTILLA_RETRY_MAX_BACKOFF", default_value = "60s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Retries")]
     pub retry_max_backoff: Duration,
 
     /// Retries that may wait at once in each shard: the `max_ack_pending` of the shard's retry
     /// consumer, which holds every waiting retry as an unacknowledged message (not the function's
     /// consumer, so waiting retries never take a function's concurrency). Beyond it, further
     /// retries wait undelivered in the stream and run late, never lost.
-    #[arg(long, env = "FLOTILLA_RETRY_MAX_WAITING", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "FLOTILLA_RETRY_MAX_WAITING",
+        default_value_t = 100_000,
+        help_heading = "Retries"
+    )]
     pub retry_max_waiting: u32,
 
     /// How long NATS waits for an ack before it redelivers a call. Short, so a crashed worker's
     /// calls come back quickly; long calls stay alive with progress acks every third of it.
-    #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_ACK_WAIT", default_value = "30s", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Worker")]
     pub ack_wait: Duration,
 
     /// Deliveries of one message after which the worker dead-letters it (kind `redelivered`)
@@ -95,31 +125,56 @@ pub struct Config {
     /// killed) every time it runs would otherwise come back forever. 20 is far above what a
     /// healthy fleet produces from hand-backs at shutdown and `ack_wait` expiries (each costs one
     /// delivery), so only a call that never settles reaches it.
-    #[arg(long, env = "FLOTILLA_MAX_DELIVERIES", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "FLOTILLA_MAX_DELIVERIES",
+        default_value_t = 20,
+        help_heading = "Retries"
+    )]
     pub max_deliveries: u32,
 
     /// Callbacks waiting for a delivery permit. When full, calls wait to queue their callback,
     /// which holds their concurrency slot and so slows pulling (backpressure, never a drop).
-    #[arg(long, env = "FLOTILLA_CALLBACK_QUEUE", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CALLBACK_QUEUE",
+        default_value_t = 1024,
+        help_heading = "Callbacks"
+    )]
     pub callback_queue: usize,
 
     /// Callback deliveries in flight at once: the worker's load on callback receivers.
-    #[arg(long, env = "FLOTILLA_CALLBACK_CONCURRENCY", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CALLBACK_CONCURRENCY",
+        default_value_t = 64,
+        help_heading = "Callbacks"
+    )]
     pub callback_concurrency: usize,
 
     /// Delivery attempts per callback on connection errors and 5xx answers, before the worker
     /// gives up (logged at warn, counted in `worker_callback_failures_total`).
-    #[arg(long, env = "FLOTILLA_CALLBACK_ATTEMPTS", default_value_t = 3)]
+    #[arg(
+        long,
+        env = "FLOTILLA_CALLBACK_ATTEMPTS",
+        default_value_t = 3,
+        help_heading = "Callbacks"
+    )]
     pub callback_attempts: u32,
 
     /// Deadline of one callback delivery attempt.
     #[arg(long, env = "FLOTILLA_CALLBACK_TIMEOUT", default_value = "10s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Callbacks")]
     pub callback_timeout: Duration,
 
     /// Completion reports waiting to be published. When full, reports are dropped and counted
     /// (`worker_reports_dropped_total`): they are statistics, never needed for delivery.
-    #[arg(long, env = "FLOTILLA_REPORT_QUEUE", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "FLOTILLA_REPORT_QUEUE",
+        default_value_t = 4096,
+        help_heading = "Worker"
+    )]
     pub report_queue: usize,
 
     /// Calls in flight in this replica across all its functions. Each call holds a socket to its
@@ -127,48 +182,61 @@ pub struct Config {
     /// limit; it is shared equally among the functions that have work. Unset: half of the
     /// open-files limit left after 256 for NATS and the process, at most 10,000 (the worker
     /// raises its soft limit to the hard limit at start).
-    #[arg(long, env = "FLOTILLA_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "FLOTILLA_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..),
+          help_heading = "Worker")]
     pub max_in_flight: Option<u32>,
 
     /// File of `whsec_<base64>` secrets, one per line: every callback is signed with each (Standard
     /// Webhooks `webhook-signature`), so a receiver can rotate. A function's
     /// `callback_signing_secrets_file` in the policy file replaces it for that function.
-    #[arg(long, env = "FLOTILLA_CALLBACK_SIGNING_SECRETS_FILE")]
+    #[arg(
+        long,
+        env = "FLOTILLA_CALLBACK_SIGNING_SECRETS_FILE",
+        help_heading = "Callbacks"
+    )]
     pub callback_signing_secrets_file: Option<String>,
 
     /// A call not started within this long of being accepted is dead-lettered as `expired`
     /// (callback status 410) instead of run; `max_age` in the policy file decides per function.
     /// Unset: no limit.
-    #[arg(long, env = "FLOTILLA_MAX_AGE",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_MAX_AGE", value_parser = duration_arg, allow_hyphen_values = true,
+          help_heading = "Function defaults")]
     pub max_age: Option<Duration>,
 
     /// Keep every function's final answer for `GET /async-call/<id>/result` (with call status on);
     /// `keep_results` in the policy file decides per function.
-    #[arg(long, env = "FLOTILLA_KEEP_RESULTS", default_value_t = false)]
+    #[arg(
+        long,
+        env = "FLOTILLA_KEEP_RESULTS",
+        default_value_t = false,
+        help_heading = "Function defaults"
+    )]
     pub keep_results: bool,
 
     /// Kept answers larger than this are not stored; their status says so.
-    #[arg(long, env = "FLOTILLA_MAX_RESULT_BYTES", default_value_t = flotilla_queue::policy::DEFAULT_MAX_RESULT_BYTES)]
+    #[arg(long, env = "FLOTILLA_MAX_RESULT_BYTES",
+          default_value_t = flotilla_queue::policy::DEFAULT_MAX_RESULT_BYTES,
+          help_heading = "Function defaults")]
     pub max_result_bytes: u64,
 
     /// On SIGTERM, how long in-flight calls and their callbacks may take to finish before the
-    /// rest is handed back to NATS for another replica.
-    #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    /// rest is handed back to NATS for another replica. `--shutdown-grace` is the same flag, the
+    /// gateway's name for it.
+    #[arg(long, env = "FLOTILLA_GRACE", default_value = "30s", value_parser = duration_arg,
+          allow_hyphen_values = true, visible_alias = "shutdown-grace", help_heading = "Shutdown")]
     pub grace: Duration,
 
     /// How often each shard's wait stream is asked which functions have calls waiting there (moved
     /// by another replica, or left by one that stopped), so this replica helps drain them.
     #[arg(long, env = "FLOTILLA_DISCOVERY_INTERVAL", default_value = "250ms",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+          value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Worker")]
     pub discovery_interval: Duration,
 
     /// How long a function's consumer on the wait stream outlives its last waiting call: NATS
     /// removes it after this time unpulled (`inactive_threshold`), so consumers of functions that
     /// no longer reach a limit do not pile up.
-    #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m",
-          value_parser = duration_arg, allow_hyphen_values = true)]
+    #[arg(long, env = "FLOTILLA_CONSUMER_IDLE", default_value = "5m", value_parser = duration_arg,
+          allow_hyphen_values = true, help_heading = "Worker")]
     pub consumer_idle: Duration,
 }
 
@@ -360,6 +428,27 @@ mod tests {
         assert_eq!(p.retry, flotilla_queue::RetryPolicy::default());
         assert_eq!(c.retry_max_waiting, 100_000);
         assert_eq!(c.max_deliveries, 20);
+    }
+
+    #[test]
+    fn help_groups_the_flags_for_operators() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+        let help = Config::command().render_long_help().to_string();
+        for heading in [
+            "NATS:",
+            "Logging and metrics:",
+            "Functions:",
+            "Callbacks:",
+            "Worker:",
+            "Function defaults:",
+            "Retries:",
+            "Shutdown:",
+        ] {
+            assert!(help.contains(heading), "{heading} missing:\n{help}");
+        }
+        // The gateway's name for the grace period works here too.
+        assert_eq!(parse(&["--shutdown-grace", "7s"]).grace, Duration::from_secs(7));
     }
 
     #[test]
