@@ -27,7 +27,7 @@ fn repo_root() -> PathBuf {
         .into()
 }
 
-/// promtool: `PROMTOOL_BIN`, or where `scripts/setup` puts it.
+/// promtool: `PROMTOOL_BIN`, or where `scripts/setup --for-tests` puts it.
 fn promtool() -> PathBuf {
     std::env::var_os("PROMTOOL_BIN").map_or_else(
         || repo_root().join(".tools/prometheus/promtool"),
@@ -150,7 +150,7 @@ fn checked_scrape(what: &str, text: &str) -> BTreeSet<String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup installs it)", promtool().display()));
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup --for-tests installs it)", promtool().display()));
     child
         .stdin
         .take()
