@@ -43,6 +43,39 @@ fn bad_configuration_exits_64_with_one_line() {
     assert!(line.contains("did you mean '--sync-timeout'?"), "{line}");
 }
 
+#[tokio::test]
+async fn an_unreachable_nats_is_one_line_naming_its_url() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    let listen = format!("127.0.0.1:{}", closed_port());
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--nats-url", &url, "--listen", &listen, "--log", "info"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the gateway");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut before = Vec::new();
+    let line = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("NATS connection error") {
+                return line;
+            }
+            before.push(line);
+        }
+        panic!("stderr ended: {before:?}");
+    })
+    .await
+    .expect("a connection error logged in time");
+    assert!(line.contains(&format!("nats_url={url}")), "{line}");
+    // The client library's own line for the same event ("event: ...") is not there.
+    assert!(!before.iter().any(|l| l.contains("event:")), "{before:?}");
+    child.kill().await.expect("kill the gateway");
+}
+
 #[test]
 fn help_and_version_exit_0() {
     assert_help_and_version(BIN, "flotilla-gateway");

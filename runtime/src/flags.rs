@@ -91,7 +91,7 @@ impl NatsArgs {
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5));
         problems
-            .watch(options)
+            .watch(options, &redacted_urls(&self.nats_url))
             .connect(servers)
             .await
             .map_err(crate::NatsConnectError::Connect)

@@ -17,7 +17,8 @@ pub struct LogArgs {
     /// `console` for people, `json` for log collectors.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Console)]
     pub log_format: LogFormat,
-    /// A tracing filter such as `info` or `flotilla_worker=debug,info`.
+    /// A tracing filter such as `info` or `flotilla_worker=debug,info`. The NATS client's own
+    /// lines (`async_nats`) are kept to warnings unless the filter names `async_nats`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
 }
@@ -34,11 +35,7 @@ pub struct LogError {
 impl LogArgs {
     /// Installs the global subscriber on stderr.
     pub fn init(&self) -> Result<(), LogError> {
-        let filter =
-            tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|source| LogError {
-                filter: self.log.clone(),
-                source,
-            })?;
+        let filter = self.filter()?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(stderr_is_colour_terminal())
@@ -49,6 +46,23 @@ impl LogArgs {
             LogFormat::Json => builder.json().try_init(),
         };
         Ok(())
+    }
+
+    /// `--log`, with the NATS client kept to warnings unless the filter names it: the client
+    /// logs every connection event at info without saying which server, and the fleet's own
+    /// line (`NatsProblems::watch`) already reports each event once, with the server.
+    fn filter(&self) -> Result<tracing_subscriber::EnvFilter, LogError> {
+        let mut filter =
+            tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|source| LogError {
+                filter: self.log.clone(),
+                source,
+            })?;
+        if !self.log.contains("async_nats")
+            && let Ok(quiet) = "async_nats=warn".parse::<tracing_subscriber::filter::Directive>()
+        {
+            filter = filter.add_directive(quiet);
+        }
+        Ok(filter)
     }
 }
 
@@ -74,5 +88,22 @@ mod tests {
             "{e}"
         );
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn the_nats_client_is_quiet_unless_named() {
+        let filter = |log: &str| {
+            LogArgs {
+                log_format: LogFormat::Console,
+                log: log.into(),
+            }
+            .filter()
+            .unwrap()
+            .to_string()
+            .to_lowercase()
+        };
+        assert!(filter("info").contains("async_nats=warn"), "{}", filter("info"));
+        let own = filter("async_nats=debug,info");
+        assert!(!own.contains("async_nats=warn"), "{own}");
     }
 }

@@ -192,16 +192,25 @@ impl NatsProblems {
         }
     }
 
-    /// `options` reporting connection events here (and in the log).
-    pub fn watch(&self, options: ConnectOptions) -> ConnectOptions {
+    /// `options` reporting connection events here, and in the log: one line per event, naming
+    /// `servers` (the `--nats-url` list without credentials, from `redacted_urls`), since the
+    /// client's events do not say which server they concern. The client's own event lines
+    /// repeat these without the servers; `LogArgs::init` quiets them.
+    pub fn watch(&self, options: ConnectOptions, servers: &str) -> ConnectOptions {
         let problems = self.clone();
+        let servers: Arc<str> = servers.into();
         options.event_callback(move |event| {
             let problems = problems.clone();
+            let servers = servers.clone();
             async move {
                 match event {
-                    Event::Connected => problems.set(None),
+                    Event::Connected => {
+                        tracing::info!(nats_url = %servers, "NATS connected");
+                        problems.set(None);
+                    }
                     Event::ServerError(ServerError::AuthorizationViolation) => {
                         tracing::error!(
+                            nats_url = %servers,
                             "NATS refused this client's credentials: authorization violation"
                         );
                         problems.set(Some(
@@ -209,14 +218,14 @@ impl NatsProblems {
                         ));
                     }
                     Event::ServerError(error) => {
-                        tracing::warn!(%error, "NATS server error");
+                        tracing::warn!(nats_url = %servers, %error, "NATS server error");
                         problems.set(Some(format!("NATS server error: {error}")));
                     }
                     Event::ClientError(error) => {
-                        tracing::warn!(%error, "NATS connection error");
+                        tracing::warn!(nats_url = %servers, %error, "NATS connection error");
                         problems.set(Some(error.to_string()));
                     }
-                    other => tracing::info!(event = %other, "NATS"),
+                    other => tracing::info!(nats_url = %servers, event = %other, "NATS"),
                 }
             }
         })
