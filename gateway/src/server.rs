@@ -220,16 +220,20 @@ async fn agree_topology(
             let attempt = async {
                 let topology =
                     Topology::agree(&state.js, config.common.nats.shards, &settings).await?;
-                topology.ensure_streams(&state.js, &settings).await?;
-                Ok::<_, TopologyError>(topology)
+                let drifts = topology.ensure_streams(&state.js, &settings).await?;
+                Ok::<_, TopologyError>((topology, drifts))
             };
             let result = tokio::select! {
                 r = attempt => r,
                 () = token.cancelled() => return,
             };
             match result {
-                Ok(topology) => {
+                Ok((topology, drifts)) => {
                     state.topology_problem(None);
+                    // Logged by `ensure_streams`; kept for `/system/info`.
+                    let _ = state
+                        .stream_warnings
+                        .set(drifts.iter().map(ToString::to_string).collect());
                     tracing::info!(
                         shards = topology.shards,
                         "topology agreed; accepting asynchronous calls"
@@ -280,7 +284,7 @@ async fn agree_topology(
         }
         tokio::select! {
             result = topology.ensure_streams(&state.js, &settings) => match result {
-                Ok(()) => tracing::warn!("shard streams were missing; re-created"),
+                Ok(_) => tracing::warn!("shard streams were missing; re-created"),
                 Err(error) => tracing::warn!(%error, "shard streams missing and not re-created yet"),
             },
             () = token.cancelled() => return,

@@ -62,6 +62,9 @@ pub struct State {
     pub bodies: OnceLock<async_nats::jetstream::object_store::ObjectStore>,
     /// The status streams, once the topology task made sure they exist.
     pub status: OnceLock<flotilla_queue::status::Store>,
+    /// Existing streams whose replicas or storage differ from the stream flags, as found when
+    /// the topology was agreed (`/system/info` lists them).
+    pub stream_warnings: OnceLock<Vec<String>>,
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
     stopping: std::sync::atomic::AtomicBool,
     /// Why the latest attempt to agree the topology failed, for `/readyz`.
@@ -140,6 +143,7 @@ impl State {
             call_status: p.call_status,
             tally: flotilla_queue::batch::Tally::new(p.js.clone()),
             status: OnceLock::new(),
+            stream_warnings: OnceLock::new(),
             bodies: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             topology_problem: std::sync::Mutex::new(None),

@@ -69,7 +69,8 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
     })
 }
 
-/// OpenFaaS's `/system/info` shape, plus the shard count and stream names.
+/// OpenFaaS's `/system/info` shape, plus the shard count, stream names, and `warnings`: what the
+/// operator should know of the streams (settings that differ from the flags), empty when none.
 fn info(state: &State) -> Response<Body> {
     let topology = state.topology.get().map(|(t, _)| *t);
     let streams: Vec<String> = topology
@@ -95,6 +96,7 @@ fn info(state: &State) -> Response<Body> {
         "shards": topology.map(|t| t.shards),
         "streams": streams,
         "nats": { "connected": state.nats_connected() },
+        "warnings": state.stream_warnings.get().cloned().unwrap_or_default(),
     });
     let mut resp = Response::new(Body::full(doc.to_string()));
     resp.headers_mut().insert(

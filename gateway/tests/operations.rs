@@ -1,6 +1,6 @@
-//! The operator's side: health and metrics, `/system/info` behind basic auth, the header-read
-//! timeout that frees connections from slow clients, and a shutdown that lets the request in
-//! flight finish before `run` returns.
+//! The operator's side: health and metrics, `/system/info` behind basic auth (and its warnings
+//! about streams made with other settings), the header-read timeout that frees connections from
+//! slow clients, and a shutdown that lets the request in flight finish before `run` returns.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -133,6 +133,40 @@ async fn system_info_is_open_without_credentials_and_get_only() {
     let r = call(gw.addr, "POST", "/healthz", &[], b"").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.header("allow"), "GET, HEAD");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn system_info_warns_of_streams_made_with_other_settings() {
+    let nats = NatsServer::start();
+    let info = |body: &str| -> serde_json::Value { serde_json::from_str(body).expect("JSON") };
+    // The first gateway makes every stream, in memory.
+    let first = Gateway::ready(&nats.url(), &["--shards", "1", "--memory-streams"]).await;
+    let (_, body) = get(first.addr, "/system/info").await;
+    assert_eq!(info(&body)["warnings"], serde_json::json!([]), "{body}");
+    first.stop().await.unwrap();
+
+    // The next is started for file storage: the streams keep theirs, and it says so.
+    let gw = Gateway::ready(&nats.url(), &["--shards", "1"]).await;
+    let (status, body) = get(gw.addr, "/system/info").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let doc = info(&body);
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .expect("a warnings array")
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    let calls = warnings
+        .iter()
+        .find(|w| w.contains("FLOTILLA_CALLS_0"))
+        .unwrap_or_else(|| panic!("no warning for FLOTILLA_CALLS_0: {warnings:?}"));
+    assert!(
+        calls.contains("has replicas 1, memory storage")
+            && calls.contains("ask for replicas 1, file storage"),
+        "{calls}"
+    );
+    assert!(warnings.iter().any(|w| w.contains("FLOTILLA_DEAD")), "{warnings:?}");
     gw.stop().await.unwrap();
 }
 

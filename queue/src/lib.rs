@@ -24,4 +24,4 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use names::{FunctionName, NameError};
 pub use policy::{FunctionPolicy, InvalidPolicy, Policies, PolicyError, RetryPolicy, UrlError};
 pub use shard::ShardMap;
-pub use topology::{Topology, TopologyError};
+pub use topology::{StreamDrift, Topology, TopologyError};

@@ -147,17 +147,21 @@ impl Topology {
 
     /// Creates the shard streams (calls and waiting calls) and the dead-letter stream when absent. Existing streams are
     /// left as they are (an operator may have tuned them), except that a shard stream created
-    /// before retries were kept in it gains the retry subject.
+    /// before retries were kept in it gains the retry subject. An existing stream whose
+    /// replicas or storage differ from `settings` is returned (and logged, one warning each),
+    /// not changed: the stream flags apply only when a stream is created.
     pub async fn ensure_streams(
         &self,
         js: &jetstream::Context,
         settings: &StreamSettings,
-    ) -> Result<(), TopologyError> {
+    ) -> Result<Vec<StreamDrift>, TopologyError> {
+        let mut drifts = Vec::new();
         for shard in 0..self.shards {
             let stream = js
                 .get_or_create_stream(call_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
+            drifts.extend(StreamDrift::of(&stream, settings));
             // Streams made by earlier releases lack the retry subject and direct gets.
             let retry = subjects::retry_wildcard(shard);
             let amended = amend(js, &stream, |c| {
@@ -174,12 +178,17 @@ impl Topology {
                 .get_or_create_stream(wait_stream_config(shard, settings))
                 .await
                 .map_err(js_err)?;
+            drifts.extend(StreamDrift::of(&wait, settings));
             amend(js, &wait, |c| c.allow_direct = true).await?;
         }
-        js.get_or_create_stream(dead_stream_config(settings))
+        let dead = js
+            .get_or_create_stream(dead_stream_config(settings))
             .await
             .map_err(js_err)?;
+        drifts.extend(StreamDrift::of(&dead, settings));
         Self::ensure_bodies(js, settings).await?;
+        let bodies = js.get_stream(BODY_STREAM).await.map_err(js_err)?;
+        drifts.extend(StreamDrift::of(&bodies, settings));
         for config in [
             status_stream_config(settings),
             result_stream_config(settings),
@@ -187,10 +196,19 @@ impl Topology {
             batch_stream_config(settings),
         ] {
             let stream = js.get_or_create_stream(config).await.map_err(js_err)?;
+            drifts.extend(StreamDrift::of(&stream, settings));
             // The retention flag may have changed since the stream was made.
             amend(js, &stream, |c| c.max_age = settings.status_retention).await?;
         }
-        Ok(())
+        for drift in &drifts {
+            tracing::warn!(
+                stream = %drift.stream,
+                has = %drift.has(),
+                asked = %drift.asked(),
+                "existing stream differs from --stream-replicas/--memory-streams, which apply only when a stream is created; it keeps its own"
+            );
+        }
+        Ok(drifts)
     }
 
     /// The object store of large bodies (`FLOTILLA_BODIES`), made when absent. A body is kept
@@ -240,6 +258,71 @@ impl Topology {
         }
         true
     }
+}
+
+/// An existing stream whose replicas or storage differ from what this process was started with
+/// (`--stream-replicas`, `--memory-streams`). Those flags apply only when a stream is created, so
+/// the stream keeps its own; the difference is reported, never fixed behind the operator's back
+/// (JetStream cannot change a stream's storage in place at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDrift {
+    pub stream: String,
+    /// Replicas the stream has.
+    pub replicas: usize,
+    /// Storage the stream has.
+    pub storage: StorageType,
+    /// Replicas the flags ask for.
+    pub asked_replicas: usize,
+    /// Storage the flags ask for.
+    pub asked_storage: StorageType,
+}
+
+impl StreamDrift {
+    /// How `stream` differs from `settings`, if it does.
+    fn of(stream: &jetstream::stream::Stream, settings: &StreamSettings) -> Option<Self> {
+        let config = &stream.cached_info().config;
+        // A replica count of 0 (unset when made) means one, as JetStream reads it.
+        let replicas = config.num_replicas.max(1);
+        let asked_replicas = settings.replicas.max(1);
+        (replicas != asked_replicas || config.storage != settings.storage).then(|| Self {
+            stream: config.name.clone(),
+            replicas,
+            storage: config.storage,
+            asked_replicas,
+            asked_storage: settings.storage,
+        })
+    }
+
+    /// What the stream has, as the log and `/system/info` say it: `replicas 1, file storage`.
+    pub fn has(&self) -> String {
+        describe(self.replicas, self.storage)
+    }
+
+    /// What the flags ask for, in the same words.
+    pub fn asked(&self) -> String {
+        describe(self.asked_replicas, self.asked_storage)
+    }
+}
+
+impl std::fmt::Display for StreamDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stream {} has {}, the flags ask for {} (--stream-replicas and --memory-streams apply \
+             only when a stream is created)",
+            self.stream,
+            self.has(),
+            self.asked()
+        )
+    }
+}
+
+fn describe(replicas: usize, storage: StorageType) -> String {
+    let storage = match storage {
+        StorageType::File => "file",
+        StorageType::Memory => "memory",
+    };
+    format!("replicas {replicas}, {storage} storage")
 }
 
 /// Applies `change` to an existing stream's configuration and updates the stream when that
@@ -375,5 +458,27 @@ fn keyed_stream_config(
         duplicate_window: settings.duplicate_window.min(settings.status_retention),
         allow_direct: true,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drift_names_the_stream_what_it_has_and_what_was_asked() {
+        let drift = StreamDrift {
+            stream: "FLOTILLA_CALLS_0".into(),
+            replicas: 1,
+            storage: StorageType::Memory,
+            asked_replicas: 3,
+            asked_storage: StorageType::File,
+        };
+        assert_eq!(
+            drift.to_string(),
+            "stream FLOTILLA_CALLS_0 has replicas 1, memory storage, the flags ask for replicas 3, \
+             file storage (--stream-replicas and --memory-streams apply only when a stream is \
+             created)"
+        );
     }
 }

@@ -27,7 +27,8 @@ pub struct NatsArgs {
     /// equal the stored count, else the process refuses to start.
     #[arg(long, env = "FLOTILLA_SHARDS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub shards: Option<u32>,
-    /// Replicas of each stream in a NATS cluster; 1 on a single server.
+    /// Replicas of each stream this process creates in a NATS cluster; 1 on a single server. An
+    /// existing stream keeps its own count; a difference is logged at start.
     #[arg(long, env = "FLOTILLA_STREAM_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
@@ -35,7 +36,8 @@ pub struct NatsArgs {
     #[arg(long, env = "FLOTILLA_DUPLICATE_WINDOW", default_value = "2m",
           value_parser = duration_arg, allow_hyphen_values = true)]
     pub duplicate_window: Duration,
-    /// Keep streams in memory instead of on disk: faster, but a NATS restart loses queued calls.
+    /// Create streams in memory instead of on disk: faster, but a NATS restart loses queued
+    /// calls. An existing stream keeps its own storage; a difference is logged at start.
     #[arg(long, env = "FLOTILLA_MEMORY_STREAMS", default_value_t = false)]
     pub memory_streams: bool,
     /// Keep each asynchronous call's status (and, where the policy says so, its result) in NATS
