@@ -221,14 +221,16 @@ async fn agree_topology(
                 let topology =
                     Topology::agree(&state.js, config.common.nats.shards, &settings).await?;
                 let drifts = topology.ensure_streams(&state.js, &settings).await?;
-                Ok::<_, TopologyError>((topology, drifts))
+                // In the attempt, so NATS failing here is retried like the rest.
+                let bodies = Topology::ensure_bodies(&state.js, &settings).await?;
+                Ok::<_, TopologyError>((topology, drifts, bodies))
             };
             let result = tokio::select! {
                 r = attempt => r,
                 () = token.cancelled() => return,
             };
             match result {
-                Ok((topology, drifts)) => {
+                Ok((topology, drifts, bodies)) => {
                     state.topology_problem(None);
                     // Logged by `ensure_streams`; kept for `/system/info`.
                     let _ = state
@@ -239,18 +241,8 @@ async fn agree_topology(
                         "topology agreed; accepting asynchronous calls"
                     );
                     state.metrics.shards(topology.shards);
-                    match state
-                        .js
-                        .get_object_store(flotilla_queue::topology::BODY_BUCKET)
-                        .await
-                    {
-                        Ok(bodies) => {
-                            let _ = state.bodies.set(bodies);
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "object store of large bodies not opened")
-                        }
-                    }
+                    let _ = state.bodies.set(bodies);
+                    // Handles only, no request: this fails only on a bug.
                     match flotilla_queue::status::Store::new(state.js.clone()).await {
                         Ok(store) => {
                             let _ = state.status.set(store);
