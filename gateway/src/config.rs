@@ -357,7 +357,10 @@ mod tests {
         }
         assert!(!help.contains("tests"), "help speaks of tests:\n{help}");
         // The worker's name for the shutdown grace works here too.
-        assert_eq!(parse(&["--grace", "7s"]).shutdown_grace, Duration::from_secs(7));
+        assert_eq!(
+            parse(&["--grace", "7s"]).shutdown_grace,
+            Duration::from_secs(7)
+        );
     }
 
     #[test]

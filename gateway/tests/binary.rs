@@ -102,7 +102,11 @@ async fn a_shard_mismatch_exits_64_and_sigterm_exits_0() {
     assert!(out.stderr.contains("--shards 3"), "{}", out.stderr);
     // Log lines came first; stderr is a pipe here, so they carry no colour.
     assert!(out.stderr.contains("topology disagrees"), "{}", out.stderr);
-    assert!(!out.stderr.contains('\u{1b}'), "ANSI escapes: {:?}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "ANSI escapes: {:?}",
+        out.stderr
+    );
 
     let port = closed_port();
     let mut child = Command::new(BIN)

@@ -166,7 +166,10 @@ async fn system_info_warns_of_streams_made_with_other_settings() {
             && calls.contains("ask for replicas 1, file storage"),
         "{calls}"
     );
-    assert!(warnings.iter().any(|w| w.contains("FLOTILLA_DEAD")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("FLOTILLA_DEAD")),
+        "{warnings:?}"
+    );
     gw.stop().await.unwrap();
 }
 

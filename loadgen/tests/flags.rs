@@ -23,9 +23,15 @@ fn bad_configuration_exits_64_with_one_line() {
     let line = assert_refused(BIN, &["--timeout", "-1s"]);
     assert!(line.contains("a duration cannot be negative"), "{line}");
     let line = assert_refused(BIN, &["--audit", "logs"]);
-    assert!(line.contains("(possible values: callbacks, status)"), "{line}");
+    assert!(
+        line.contains("(possible values: callbacks, status)"),
+        "{line}"
+    );
     let line = assert_refused(BIN, &["ceiling", "--ceiling-duraton", "1s"]);
-    assert!(line.contains("did you mean '--ceiling-duration'?"), "{line}");
+    assert!(
+        line.contains("did you mean '--ceiling-duration'?"),
+        "{line}"
+    );
 }
 
 #[test]

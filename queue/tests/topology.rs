@@ -75,7 +75,12 @@ async fn streams_made_with_other_settings_are_reported_not_changed() {
     }
     let calls = &drifts[0];
     assert_eq!(
-        (calls.storage, calls.asked_storage, calls.replicas, calls.asked_replicas),
+        (
+            calls.storage,
+            calls.asked_storage,
+            calls.replicas,
+            calls.asked_replicas
+        ),
         (StorageType::Memory, StorageType::File, 1, 1)
     );
     // Reported, not changed: the stream keeps its storage.

@@ -15,7 +15,7 @@ pub const EXIT_CONFIG: i32 = 64;
 /// `main` exits with once clap's output is printed: 0 after `--help` or `--version`, 64 after the
 /// one line of an unknown flag, a missing or an unparsable value.
 pub fn parse_args<T: clap::Parser>() -> Result<T, i32> {
-    T::try_parse().map_err(|e| match usage_line(&e, &<T as clap::CommandFactory>::command()) {
+    T::try_parse().map_err(|e| match usage_line(&e) {
         None => {
             // Help and version text go to stdout; an unwritable stdout changes nothing.
             let _ = e.print();
@@ -32,9 +32,9 @@ pub fn config_failure(message: impl Display) -> i32 {
     EXIT_CONFIG
 }
 
-/// The one line an argument error of `cmd` is reported with, or `None` for the help and version
-/// output that clap reports as errors too.
-fn usage_line(e: &clap::Error, cmd: &clap::Command) -> Option<String> {
+/// The one line an argument error is reported with, or `None` for the help and version output
+/// that clap reports as errors too.
+fn usage_line(e: &clap::Error) -> Option<String> {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         return None;
     }
@@ -47,70 +47,29 @@ fn usage_line(e: &clap::Error, cmd: &clap::Command) -> Option<String> {
     {
         line.push_str(&format!(" (possible values: {})", values.join(", ")));
     }
-    if let Some(flag) = meant_flag(e, cmd) {
+    if let Some(flag) = meant_flag(e) {
         line.push_str(&format!("; did you mean '{flag}'?"));
     }
     Some(line)
 }
 
-/// The flag an unknown `--flag` most likely meant: clap's own suggestion when it made one, else
-/// the long flag (or visible alias) of `cmd` or of its subcommands nearest by edit distance, when
-/// near enough to be a typo. clap's suggestions need its `suggestions` feature and the `strsim`
-/// crate, which this tree does not carry; this small search stands in for them.
-fn meant_flag(e: &clap::Error, cmd: &clap::Command) -> Option<String> {
+/// The flag an unknown `--flag` most likely meant, as clap suggests it (its `suggestions`
+/// feature: the nearest long flag by string similarity).
+fn meant_flag(e: &clap::Error) -> Option<String> {
     if !matches!(e.kind(), ErrorKind::UnknownArgument) {
         return None;
     }
-    if let Some(ContextValue::String(flag)) = e.get(ContextKind::SuggestedArg) {
-        return Some(flag.clone());
+    match e.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(flag)) => Some(flag.clone()),
+        _ => None,
     }
-    let Some(ContextValue::String(given)) = e.get(ContextKind::InvalidArg) else {
-        return None;
-    };
-    let given = given.strip_prefix("--")?;
-    let given = given.split_once('=').map_or(given, |(name, _)| name);
-    // A typo changes a few characters, not a quarter of the name.
-    let budget = (given.chars().count() / 4).clamp(1, 3);
-    cmd.get_arguments()
-        .chain(cmd.get_subcommands().flat_map(|sub| sub.get_arguments()))
-        .filter(|arg| !arg.is_hide_set())
-        .filter_map(|arg| arg.get_long_and_visible_aliases())
-        .flatten()
-        .map(|long| (edit_distance(given, long), long))
-        .filter(|&(distance, _)| distance <= budget)
-        .min_by_key(|&(distance, _)| distance)
-        .map(|(_, long)| format!("--{long}"))
-}
-
-/// The fewest one-character insertions, deletions, replacements and swaps of two neighbours that
-/// turn `a` into `b` (optimal string alignment): a swap, the commonest typo, counts as one.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // Rows i-2, i-1 and i of the table: entry j is the distance from the first chars of `a` to
-    // the first j chars of `b`.
-    let mut before: Vec<usize> = Vec::new();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for i in 1..=a.len() {
-        let mut current = vec![i; b.len() + 1];
-        for j in 1..=b.len() {
-            let replace = previous[j - 1] + usize::from(a[i - 1] != b[j - 1]);
-            let mut best = replace.min(previous[j] + 1).min(current[j - 1] + 1);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                best = best.min(before[j - 2] + 1);
-            }
-            current[j] = best;
-        }
-        before = std::mem::replace(&mut previous, current);
-    }
-    previous[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
 
     use super::*;
 
@@ -130,7 +89,7 @@ mod tests {
     fn line(args: &[&str]) -> Option<String> {
         let e = Probe::try_parse_from(std::iter::once("probe").chain(args.iter().copied()))
             .expect_err("an argument error");
-        usage_line(&e, &Probe::command())
+        usage_line(&e)
     }
 
     #[test]
@@ -155,9 +114,15 @@ mod tests {
                 "invalid value 'xml' for '--log-format <LOG_FORMAT>' (possible values: console, json)",
             ),
             (&["--wait", "-1s"], "'-1s': a duration cannot be negative"),
-            (&["--wiat", "1s"], "unexpected argument '--wiat' found; did you mean '--wait'?"),
+            (
+                &["--wiat", "1s"],
+                "unexpected argument '--wiat' found; did you mean '--wait'?",
+            ),
             (&["--log-fromat=json"], "did you mean '--log-format'?"),
-            (&["--shutdown-grase", "3"], "did you mean '--shutdown-grace'?"),
+            (
+                &["--shutdown-grase", "3"],
+                "did you mean '--shutdown-grace'?",
+            ),
         ] {
             let line = line(args).expect("an error line");
             assert!(line.contains(says), "{args:?}: {line}");
@@ -166,16 +131,6 @@ mod tests {
         // Nothing near enough: no guess.
         let line = line(&["--bogus"]).expect("an error line");
         assert!(!line.contains("did you mean"), "{line}");
-    }
-
-    #[test]
-    fn edit_distance_counts_single_character_edits() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("wait", "wait"), 0);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("wiat", "wait"), 1, "a swap is one edit");
-        assert_eq!(edit_distance("log-fromat", "log-format"), 1);
-        assert_eq!(edit_distance("shutdown-grase", "shutdown-grace"), 1);
     }
 
     #[test]

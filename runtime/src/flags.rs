@@ -119,11 +119,12 @@ pub fn nats_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, crate::Na
     }
     list.into_iter()
         .map(|url| {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|source| crate::NatsConnectError::BadNatsUrl {
+            url.parse::<async_nats::ServerAddr>().map_err(|source| {
+                crate::NatsConnectError::BadNatsUrl {
                     url: without_credentials(url),
                     source,
-                })
+                }
+            })
         })
         .collect()
 }
@@ -221,7 +222,10 @@ mod tests {
         let servers = super::nats_servers("nats://a:1, tls://b:2,c").unwrap();
         assert_eq!(servers.len(), 3);
         for (urls, says) in [
-            ("nats://127.0.0.1:42x22", "--nats-url nats://127.0.0.1:42x22: "),
+            (
+                "nats://127.0.0.1:42x22",
+                "--nats-url nats://127.0.0.1:42x22: ",
+            ),
             ("http://127.0.0.1:4222", "invalid scheme"),
             ("nats://a:1,nats://[::1", "--nats-url nats://[::1: "),
             (" , ", "--nats-url names no server"),

@@ -102,7 +102,11 @@ mod tests {
             .to_string()
             .to_lowercase()
         };
-        assert!(filter("info").contains("async_nats=warn"), "{}", filter("info"));
+        assert!(
+            filter("info").contains("async_nats=warn"),
+            "{}",
+            filter("info")
+        );
         let own = filter("async_nats=debug,info");
         assert!(!own.contains("async_nats=warn"), "{own}");
     }

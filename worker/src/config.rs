@@ -475,7 +475,10 @@ mod tests {
             assert!(help.contains(heading), "{heading} missing:\n{help}");
         }
         // The gateway's name for the grace period works here too.
-        assert_eq!(parse(&["--shutdown-grace", "7s"]).grace, Duration::from_secs(7));
+        assert_eq!(
+            parse(&["--shutdown-grace", "7s"]).grace,
+            Duration::from_secs(7)
+        );
     }
 
     #[test]

@@ -469,25 +469,39 @@ mod tests {
         let opened = until_ready(&stop, "a step", TopologyError::is_retryable, || {
             tries += 1;
             let attempt = tries;
-            async move { if attempt < 3 { Err(away()) } else { Ok(attempt) } }
+            async move {
+                if attempt < 3 {
+                    Err(away())
+                } else {
+                    Ok(attempt)
+                }
+            }
         })
         .await;
         assert_eq!(opened.unwrap(), Some(3), "NATS away twice, then back");
 
-        let refused = until_ready(&stop, "a step", TopologyError::is_retryable, || async move {
-            Err::<(), _>(TopologyError::Mismatch {
-                stored: 4,
-                configured: 8,
-            })
-        })
+        let refused = until_ready(
+            &stop,
+            "a step",
+            TopologyError::is_retryable,
+            || async move {
+                Err::<(), _>(TopologyError::Mismatch {
+                    stored: 4,
+                    configured: 8,
+                })
+            },
+        )
         .await;
         let e = WorkerError::Topology(refused.unwrap_err());
         assert!(e.is_config(), "{e}");
 
         stop.cancel();
-        let stopped = until_ready(&stop, "a step", TopologyError::is_retryable, || async move {
-            Err::<(), _>(away())
-        })
+        let stopped = until_ready(
+            &stop,
+            "a step",
+            TopologyError::is_retryable,
+            || async move { Err::<(), _>(away()) },
+        )
         .await;
         assert!(matches!(stopped, Ok(None)));
     }

@@ -150,7 +150,12 @@ fn checked_scrape(what: &str, text: &str) -> BTreeSet<String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup --for-tests installs it)", promtool().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (scripts/setup --for-tests installs it)",
+                promtool().display()
+            )
+        });
     child
         .stdin
         .take()
