@@ -10,16 +10,22 @@
 //! (trailers skipped) or the connection's end; interim 1xx responses are skipped. A connection
 //! goes back to the pool only when its response was read to the end, on HTTP/1.1 without
 //! `Connection: close`.
+//!
+//! Invariant: a request is sent at most once per call of [`Client::send`]. A pooled connection
+//! found closed is replaced by a new one only when none of the request went into it; once a byte
+//! did, the function may have read the call, and a failure is returned (the attempt's outcome).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use flotilla_queue::envelope::HOP_BY_HOP;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -31,6 +37,8 @@ const MAX_HEADERS: usize = 128;
 const MAX_CHUNK_LINE: usize = 4096;
 /// What a response buffer starts with: a function's answer head and a small body fit.
 const FIRST_READ: usize = 1024;
+/// Why an exchange failed when the function closed the connection before its answer began.
+const CLOSED_AFTER_SEND: &str = "the function closed the connection after the request was sent";
 
 /// How the pool keeps connections.
 #[derive(Debug, Clone, Copy)]
@@ -177,8 +185,69 @@ struct Pool {
 }
 
 struct Idle {
-    stream: TcpStream,
+    conn: Sock,
     since: Instant,
+}
+
+/// A socket that remembers whether any byte went into it since it was last told to forget: how
+/// a failed write tells "none of the request left" from "the function may have some of it".
+struct Sock {
+    tcp: TcpStream,
+    sent: bool,
+}
+
+impl Sock {
+    fn note(&mut self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.sent = true;
+        }
+    }
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.note(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.note(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }
 
 impl Client {
@@ -193,33 +262,32 @@ impl Client {
         Self { pool }
     }
 
-    /// Sends `req` and reads the whole response. A pooled connection that turns out closed
-    /// before any byte of the response arrived (the function's server closed it while idle) is
-    /// given up and the request sent again on a new connection: the server did not read it.
+    /// Sends `req` and reads the whole response, sending the request at most once. A pooled
+    /// connection found closed before any byte of the request went into it (the function's
+    /// server closed it while idle; the write failed at once) is given up and another one
+    /// tried: the function cannot have seen the request. Once a byte went in, any failure is
+    /// returned: the function may have read the call, and only a counted attempt may send it
+    /// again.
     pub(crate) async fn send(&self, req: &Request) -> Result<Response, Error> {
         loop {
-            let (mut stream, reused) = match self.pool.checkout(&req.authority) {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.pool.checkout(&req.authority) {
+                Some(c) => (c, true),
                 None => (self.connect(req).await?, false),
             };
-            match exchange(&mut stream, req).await {
+            match exchange(&mut conn, req).await {
                 Ok((resp, reusable)) => {
                     if reusable {
-                        self.pool.checkin(&req.authority, stream);
+                        self.pool.checkin(&req.authority, conn);
                     }
                     return Ok(resp);
                 }
-                Err(Failure { error, answered }) => {
-                    if reused && !answered && is_closed(&error) {
-                        continue;
-                    }
-                    return Err(error);
-                }
+                Err(failure) if reused && failure.never_left() => continue,
+                Err(failure) => return Err(failure.error),
             }
         }
     }
 
-    async fn connect(&self, req: &Request) -> Result<TcpStream, Error> {
+    async fn connect(&self, req: &Request) -> Result<Sock, Error> {
         let s = self.pool.settings;
         let connect = TcpStream::connect((req.host.as_str(), req.port));
         let stream = tokio::time::timeout(s.connect_timeout, connect)
@@ -233,11 +301,14 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(s.tcp_keepalive);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok(stream)
+        Ok(Sock {
+            tcp: stream,
+            sent: false,
+        })
     }
 }
 
-/// Whether an error means the peer had closed the connection before answering.
+/// Whether an error means the peer had closed the connection.
 fn is_closed(error: &Error) -> bool {
     let (Error::Send(e) | Error::Receive(e)) = error else {
         return false;
@@ -253,7 +324,7 @@ fn is_closed(error: &Error) -> bool {
 
 impl Pool {
     /// The most recently used live connection to `authority`, if any; expired ones are closed.
-    fn checkout(&self, authority: &str) -> Option<TcpStream> {
+    fn checkout(&self, authority: &str) -> Option<Sock> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(authority)?;
         let fresh_after = Instant::now().checked_sub(self.settings.idle_timeout);
@@ -264,15 +335,15 @@ impl Pool {
                 break;
             }
             // A closed or chattering connection reads something now; a live idle one would block.
-            match conn.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn.stream),
+            match conn.conn.tcp.try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn.conn),
                 _ => continue,
             }
         }
         None
     }
 
-    fn checkin(&self, authority: &str, stream: TcpStream) {
+    fn checkin(&self, authority: &str, conn: Sock) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = match idle.get_mut(authority) {
             Some(c) => c,
@@ -280,7 +351,7 @@ impl Pool {
         };
         if conns.len() < self.settings.max_idle_per_host {
             conns.push_back(Idle {
-                stream,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -318,37 +389,40 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// A failed exchange, and whether any byte of the response had arrived.
+/// A failed exchange, and whether any byte of the request had gone into the connection.
 struct Failure {
     error: Error,
-    answered: bool,
+    sent: bool,
 }
 
 impl Failure {
-    fn unanswered(error: Error) -> Self {
-        Self {
-            error,
-            answered: false,
-        }
+    /// A failure after the request went out, in part or whole.
+    fn after_send(error: Error) -> Self {
+        Self { error, sent: true }
     }
-    fn answered(error: Error) -> Self {
-        Self {
-            error,
-            answered: true,
-        }
+
+    /// Whether the connection turned out closed before any of the request went into it: the
+    /// one failure another connection may make up for without the function seeing the call
+    /// twice.
+    fn never_left(&self) -> bool {
+        !self.sent && is_closed(&self.error)
     }
 }
 
-/// One request and its whole response on `stream`; the flag says whether the connection may
+/// One request and its whole response on `conn`; the flag says whether the connection may
 /// carry another.
-async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bool), Failure> {
-    write_request(stream, &req.head, &req.body)
-        .await
-        .map_err(|e| Failure::unanswered(Error::Send(e)))?;
+async fn exchange(conn: &mut Sock, req: &Request) -> Result<(Response, bool), Failure> {
+    conn.sent = false;
+    if let Err(e) = write_request(conn, &req.head, &req.body).await {
+        let sent = conn.sent;
+        return Err(Failure {
+            error: Error::Send(e),
+            sent,
+        });
+    }
     let mut buf = BytesMut::with_capacity(FIRST_READ);
-    let mut answered = false;
     let head = loop {
-        match parse_head(&buf).map_err(Failure::answered)? {
+        match parse_head(&buf).map_err(Failure::after_send)? {
             // Interim responses (100 Continue, 103 Early Hints) are read past.
             Some(head)
                 if head.status.is_informational()
@@ -359,28 +433,16 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
             }
             Some(head) => break head,
             None if buf.len() > MAX_HEAD => {
-                return Err(Failure::answered(Error::Malformed(format!(
+                return Err(Failure::after_send(Error::Malformed(format!(
                     "response head over {MAX_HEAD} bytes"
                 ))));
             }
             None => {}
         }
-        match read_more(stream, &mut buf, FIRST_READ).await {
-            Ok(0) => {
-                let eof =
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response");
-                return Err(Failure {
-                    error: Error::Receive(eof),
-                    answered,
-                });
-            }
-            Ok(_) => answered = true,
-            Err(e) => {
-                return Err(Failure {
-                    error: Error::Receive(e),
-                    answered,
-                });
-            }
+        match read_more(conn, &mut buf, FIRST_READ).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) => return Err(Failure::after_send(closed_early(&buf))),
+            Err(e) => return Err(Failure::after_send(Error::Receive(e))),
         }
     };
     buf.advance(head.len);
@@ -393,9 +455,9 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
     } else {
         head.framing
     };
-    let (body, complete) = read_body(stream, buf, framing)
+    let (body, complete) = read_body(conn, buf, framing)
         .await
-        .map_err(Failure::answered)?;
+        .map_err(Failure::after_send)?;
     let reusable = complete && head.keep_alive && head.status != StatusCode::SWITCHING_PROTOCOLS;
     Ok((
         Response {
@@ -407,11 +469,21 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
     ))
 }
 
+/// The connection ended before a whole response head arrived: `buf` holds what did.
+fn closed_early(buf: &[u8]) -> Error {
+    let why = if buf.is_empty() {
+        CLOSED_AFTER_SEND.to_owned()
+    } else {
+        format!("{CLOSED_AFTER_SEND}, inside the response head")
+    };
+    Error::Receive(io::Error::new(io::ErrorKind::UnexpectedEof, why))
+}
+
 /// Writes the head and the body with as few system calls as the socket takes.
-async fn write_request(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+async fn write_request(conn: &mut Sock, head: &[u8], body: &[u8]) -> io::Result<()> {
     let (mut head, mut body) = (head, body);
     while !head.is_empty() {
-        let n = stream
+        let n = conn
             .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
             .await?;
         if n == 0 {
@@ -421,25 +493,25 @@ async fn write_request(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::
         head = &head[from_head..];
         body = &body[n - from_head..];
     }
-    stream.write_all(body).await
+    conn.write_all(body).await
 }
 
 /// Reads what the socket has into `buf`, making room for at least `room` more bytes first.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+async fn read_more(conn: &mut Sock, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
     if buf.capacity() - buf.len() < room {
         buf.reserve(room);
     }
-    stream.read_buf(buf).await
+    conn.read_buf(buf).await
 }
 
 /// Reads more of a response that must go on; the connection's end here is an error.
 async fn read_on(
-    stream: &mut TcpStream,
+    conn: &mut Sock,
     buf: &mut BytesMut,
     room: usize,
     place: &str,
 ) -> Result<(), Error> {
-    match read_more(stream, buf, room).await {
+    match read_more(conn, buf, room).await {
         Ok(0) => Err(Error::Receive(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("closed {place}"),
@@ -527,7 +599,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
 /// Reads the body that follows the head (part of it already in `buf`). The flag says whether it
 /// ended exactly where the response did, so the connection may carry another request.
 async fn read_body(
-    stream: &mut TcpStream,
+    stream: &mut Sock,
     mut buf: BytesMut,
     framing: Framing,
 ) -> Result<(Bytes, bool), Error> {
@@ -657,6 +729,8 @@ mod tests {
     struct Server {
         url: String,
         accepted: Arc<AtomicUsize>,
+        /// Connections the server has closed (its side dropped).
+        closed: Arc<AtomicUsize>,
         requests: Arc<Mutex<Vec<String>>>,
     }
 
@@ -667,37 +741,51 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (acc, reqs) = (accepted.clone(), requests.clone());
+        let (acc, done, reqs) = (accepted.clone(), closed.clone(), requests.clone());
         tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
+            while let Ok((conn, _)) = listener.accept().await {
                 acc.fetch_add(1, Ordering::SeqCst);
-                let reqs = reqs.clone();
+                let (reqs, done) = (reqs.clone(), done.clone());
                 tokio::spawn(async move {
-                    let mut buf = BytesMut::new();
-                    while let Some(req) = read_request(&mut conn, &mut buf).await {
-                        let n = {
-                            let mut r = reqs.lock().unwrap();
-                            r.push(req);
-                            r.len() - 1
-                        };
-                        let (bytes, close) = answer(n);
-                        for part in bytes.chunks(piece) {
-                            if conn.write_all(part).await.is_err() {
-                                return;
-                            }
-                        }
-                        if close {
-                            return;
-                        }
-                    }
+                    answer_all(conn, &reqs, piece, answer).await;
+                    done.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
         Server {
             url,
             accepted,
+            closed,
             requests,
+        }
+    }
+
+    /// Answers the requests of one connection until `answer` says close or the client leaves;
+    /// the connection is closed when this returns.
+    async fn answer_all(
+        mut conn: TcpStream,
+        reqs: &Mutex<Vec<String>>,
+        piece: usize,
+        answer: Answer,
+    ) {
+        let mut buf = BytesMut::new();
+        while let Some(req) = read_request(&mut conn, &mut buf).await {
+            let n = {
+                let mut r = reqs.lock().unwrap();
+                r.push(req);
+                r.len() - 1
+            };
+            let (bytes, close) = answer(n);
+            for part in bytes.chunks(piece) {
+                if conn.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            if close {
+                return;
+            }
         }
     }
 
@@ -838,19 +926,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pooled_connection_the_server_closed_is_replaced_and_the_call_sent_once() {
-        // Answers like a keep-alive server, then closes: the pool holds a dead connection.
+    async fn a_keep_alive_connection_the_server_closed_while_idle_is_replaced_silently() {
+        // Answers like a keep-alive server, then closes: the pool holds a closed connection.
         let s = server(64, |n| (ok(&n.to_string()), true)).await;
         let c = client();
         assert_eq!(c.send(&post(&s.url, "a")).await.unwrap().body, "0");
+        flotilla_testsupport::wait_until(Duration::from_secs(5), "the server closed", || {
+            s.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
         let resp = c.send(&post(&s.url, "b")).await.unwrap();
-        assert_eq!(resp.body, "1");
+        assert_eq!(resp.body, "1", "the call succeeds on a new connection");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(
             s.requests.lock().unwrap().len(),
             2,
             "each call reached the server once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_after_the_request_was_read_is_an_error_not_a_second_send() {
+        // The first request is answered on a keep-alive connection; the second is read, then
+        // the connection dropped without an answer (a function that crashed on the call).
+        let s = server(64, |n| match n {
+            1 => (Vec::new(), true),
+            _ => (ok(&n.to_string()), false),
+        })
+        .await;
+        let c = client();
+        assert_eq!(c.send(&post(&s.url, "a")).await.unwrap().body, "0");
+        let err = c.send(&post(&s.url, "b")).await.unwrap_err();
+        let Error::Receive(cause) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            cause.to_string().contains("after the request was sent"),
+            "{cause}"
+        );
+        assert_eq!(
+            s.requests.lock().unwrap().len(),
+            2,
+            "the call that reached the function was not sent again"
+        );
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        // The next call goes out on a new connection.
+        assert_eq!(c.send(&post(&s.url, "c")).await.unwrap().body, "2");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_before_any_byte_left_is_the_one_replaceable_failure() {
+        // The peer resets the connection before the request: the kernel refuses the first
+        // write, so nothing of it went out.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (peer, _) = listener.accept().await.unwrap();
+            // Linger zero: close with a reset, not a FIN.
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer);
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        accept.await.unwrap();
+        tcp.readable().await.unwrap();
+        let mut conn = Sock { tcp, sent: false };
+        let req = post(&format!("http://{addr}"), "x");
+        let Err(failure) = exchange(&mut conn, &req).await else {
+            panic!("the exchange on a reset connection succeeded")
+        };
+        assert!(!failure.sent, "{:?}", failure.error);
+        assert!(failure.never_left(), "{:?}", failure.error);
+
+        let closed = || Error::Receive(io::ErrorKind::UnexpectedEof.into());
+        assert!(!Failure::after_send(closed()).never_left());
+        let malformed = Failure {
+            error: Error::Malformed("x".into()),
+            sent: false,
+        };
+        assert!(!malformed.never_left());
     }
 
     #[tokio::test]
@@ -899,6 +1055,7 @@ mod tests {
         let s = server(64, |_| (Vec::new(), true)).await;
         let err = client().send(&post(&s.url, "")).await.unwrap_err();
         assert!(is_closed(&err), "{err:?}");
+        assert_eq!(s.requests.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
