@@ -11,6 +11,7 @@ mod enqueue;
 mod error;
 mod forward;
 mod hot;
+mod limits;
 mod metrics;
 mod queues;
 mod routes;

@@ -50,6 +50,13 @@ pub struct QueueRow {
     pub dead: u64,
     /// Age of the oldest pending call; 0 when none is pending.
     pub oldest_pending_age_seconds: f64,
+    /// Calls the workers serving the function may have in flight at once now, summed over the
+    /// replicas that reported it within the last few seconds; `null` when none did.
+    pub concurrency_limit: Option<u64>,
+    /// Whether that limit is learned from the function's refusals (adaptive) or fixed.
+    pub adaptive: Option<bool>,
+    /// Refusals (429, or 503 with `Retry-After`) the reporting replicas met since they started.
+    pub refusals: Option<u64>,
 }
 
 /// Why the queues could not be read.
@@ -340,6 +347,7 @@ pub async fn read(
                 dead: c.dead,
                 oldest_pending_age_seconds: oldest
                     .map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)),
+                ..QueueRow::default()
             });
         }
     }

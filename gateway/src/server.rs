@@ -116,6 +116,10 @@ pub async fn serve(
         fatal_tx,
     ));
     tracker.spawn(metrics_upkeep(state.clone(), token.clone()));
+    {
+        let (state, token) = (state.clone(), token.clone());
+        tracker.spawn(async move { state.limits.follow(state.client.clone(), token).await });
+    }
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");

@@ -55,6 +55,8 @@ pub struct State {
     pub callback_guard: crate::callback_guard::CallbackGuard,
     /// The latest read of every function's queue (`/system/queues`, `flotilla_queue_*`).
     pub queues: crate::queues::Snapshots,
+    /// The workers' latest concurrency limits per function (`/system/queues`).
+    pub limits: crate::limits::Limits,
     /// Whether calls' status is kept (`--call-status`).
     call_status: bool,
     /// What this gateway counted of batches (cancels), written every second.
@@ -138,6 +140,7 @@ impl State {
             nats_problems: p.nats_problems,
             callback_guard: crate::callback_guard::CallbackGuard::new(p.callback_targets),
             queues: crate::queues::Snapshots::default(),
+            limits: crate::limits::Limits::default(),
             call_status: p.call_status,
             tally: flotilla_queue::batch::Tally::new(p.js.clone()),
             status: OnceLock::new(),

@@ -109,6 +109,19 @@ fn info(state: &State) -> Response<Body> {
 /// [`SNAPSHOT_TTL`]: crate::queues::SNAPSHOT_TTL
 async fn queues(state: &State) -> Result<Response<Body>, CallError> {
     let rows = state.queue_rows().await?;
+    let limits = state.limits.summaries();
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(l) = limits.get(&r.function) {
+                r.concurrency_limit = Some(l.limit);
+                r.adaptive = Some(l.adaptive);
+                r.refusals = Some(l.refusals);
+            }
+            r
+        })
+        .collect();
     json_response(StatusCode::OK, &rows.as_slice())
 }
 

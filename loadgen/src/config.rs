@@ -167,6 +167,20 @@ pub struct RunArgs {
     /// workers' policy and then reported to the callback with status 500: they still complete.
     #[arg(long, env = "LOADGEN_FAILURE_RATE", default_value_t = 0.0)]
     pub failure_rate: f64,
+    /// Calls the built-in function takes at once; beyond it it answers 429 at once, as an
+    /// OpenFaaS function at its `max_inflight` does. A schedule changes it during the run:
+    /// `4,16@10s,4@20s` (times from the start of the load, or of the drain with `--backlog`).
+    #[arg(long, env = "LOADGEN_FUNCTION_CAPACITY")]
+    pub function_capacity: Option<crate::capacity::Capacity>,
+    /// The local workers' `--adaptive`: `false` sends each function up to
+    /// `--worker-concurrency` calls whatever it answers.
+    #[arg(long, env = "LOADGEN_ADAPTIVE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub adaptive: bool,
+    /// Run the same load three times against `--function-capacity` (adaptive; greedy: no
+    /// limit; tuned: a fixed concurrency equal to the first capacity) and print one table of
+    /// completion time, ratio to the ideal, 429s and failed calls.
+    #[arg(long, env = "LOADGEN_COMPARE_FLOW", requires = "function_capacity")]
+    pub compare_flow: bool,
     /// Bytes in each built-in function response (what each callback carries).
     #[arg(long, env = "LOADGEN_RESPONSE_SIZE", default_value_t = 64)]
     pub response_size: usize,
@@ -393,6 +407,12 @@ impl RunArgs {
             return Err(
                 "--no-callbacks counts calls at the built-in function; --audit status follows \
                  them through the status API: choose one"
+                    .into(),
+            );
+        }
+        if self.compare_flow && (self.gateway.is_some() || self.function_counts.len() > 1) {
+            return Err(
+                "--compare-flow starts a local fleet three times: no --gateway, one --functions count"
                     .into(),
             );
         }

@@ -3,7 +3,7 @@
 //! functions so a run measures the fleet, not someone's business logic.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::capacity::Capacity;
 use crate::dist::LatencyDist;
 use crate::net::{self, Clock};
 use crate::sink::{Callback, SinkState, header};
@@ -27,6 +28,8 @@ pub struct FunctionSpec {
     /// Bytes in every response body.
     pub response_size: usize,
     pub seed: u64,
+    /// Calls taken at once; beyond it the function answers 429 at once. `None`: no limit.
+    pub capacity: Option<Capacity>,
     /// Record every call's `X-Call-Id` as it arrives (`--no-callbacks`: the function's arrivals
     /// are what the audit counts, as the sink's callbacks are otherwise).
     pub record_arrivals: bool,
@@ -38,6 +41,46 @@ pub struct FunctionStats {
     pub calls: AtomicU64,
     /// Calls answered 500 on purpose.
     pub failures: AtomicU64,
+    /// Calls answered 429 because the function was at its capacity.
+    pub refused: AtomicU64,
+    /// Calls being served now (those within capacity).
+    active: AtomicU32,
+    /// When the capacity schedule began, in nanoseconds of the run's clock; 0 until
+    /// [`FunctionServer::start_capacity_clock`].
+    capacity_epoch_ns: AtomicU64,
+}
+
+/// Takes a call within the function's capacity; gives the place back when dropped.
+struct Taken<'a>(&'a AtomicU32);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl FunctionStats {
+    /// A place for one call within `capacity` now, or `None` when the function is full.
+    fn take(&self, capacity: Option<&Capacity>, clock: &Clock) -> Option<Taken<'_>> {
+        let now = self.active.fetch_add(1, Ordering::Relaxed);
+        let taken = Taken(&self.active);
+        let Some(capacity) = capacity else {
+            return Some(taken);
+        };
+        let now_ns = clock.now_ns().max(1);
+        // The first call starts the schedule unless the run started it already.
+        let epoch = match self.capacity_epoch_ns.compare_exchange(
+            0,
+            now_ns,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now_ns,
+            Err(e) => e,
+        };
+        let since = Duration::from_nanos(now_ns.saturating_sub(epoch));
+        (now < capacity.at(since)).then_some(taken)
+    }
 }
 
 #[derive(Debug)]
@@ -72,9 +115,14 @@ impl FunctionServer {
                 let (st, rng, body, arr) = (st.clone(), rng.clone(), body.clone(), arr.clone());
                 let (latency, failure_rate, record) =
                     (spec.latency, spec.failure_rate, spec.record_arrivals);
+                let capacity = spec.capacity.clone();
                 async move {
                     let (parts, req_body) = req.into_parts();
                     let _ = req_body.collect().await;
+                    let Some(_taken) = st.take(capacity.as_ref(), &clock) else {
+                        st.refused.fetch_add(1, Ordering::Relaxed);
+                        return net::respond(429, Bytes::from_static(b"at capacity\n"));
+                    };
                     let (delay, fail) = match rng.lock() {
                         Ok(mut r) => (latency.sample(&mut r), r.f64() < failure_rate),
                         Err(_) => (Duration::ZERO, false),
@@ -106,6 +154,13 @@ impl FunctionServer {
             arrivals,
             task,
         })
+    }
+
+    /// The capacity schedule's time starts now (the load, or the drain, begins).
+    pub fn start_capacity_clock(&self, clock: &Clock) {
+        self.stats
+            .capacity_epoch_ns
+            .store(clock.now_ns().max(1), Ordering::Relaxed);
     }
 
     /// The URL template that routes `{name}` to this server.

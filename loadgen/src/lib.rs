@@ -2,10 +2,12 @@
 //! the report, so that tests (and other tools) drive a run without going through the binary.
 
 pub mod audit;
+pub mod capacity;
 pub mod ceiling;
 pub mod config;
 pub mod dist;
 pub mod driver;
+pub mod flow;
 pub mod function;
 pub mod local;
 pub mod net;

@@ -69,6 +69,8 @@ pub fn workers(args: &RunArgs) -> Vec<WorkerSpec> {
                         per_replica.to_string(),
                         "--max-in-flight".into(),
                         max_in_flight.to_string(),
+                        "--adaptive".into(),
+                        args.adaptive.to_string(),
                         // Short enough that the end of a run does not wait on an idle drain.
                         "--grace".into(),
                         "5s".into(),

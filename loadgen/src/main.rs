@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
                 flotilla_loadgen::ceiling::run_command(&args).await?;
                 Ok(true)
             }
+            None if cli.run.compare_flow => {
+                let reports = flotilla_loadgen::flow::run(&cli.run).await?;
+                println!("\n{}", flotilla_loadgen::flow::render(&cli.run, &reports));
+                Ok(reports.iter().all(|(_, r)| r.audit.ok))
+            }
             None if cli.run.function_counts.len() > 1 => {
                 let reports = flotilla_loadgen::sweep::run(&cli.run).await?;
                 println!("\n{}", flotilla_loadgen::sweep::render(&reports));

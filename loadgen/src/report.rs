@@ -30,6 +30,8 @@ pub struct Report {
     /// Completed calls by the function's status as the callback reported it
     /// (`X-Function-Status`).
     pub function_status: BTreeMap<String, u64>,
+    /// Calls the built-in function answered 429 for want of capacity (attempts, not calls).
+    pub function_refusals: Option<u64>,
     pub audit: Audit,
     pub ceiling: Option<Ceiling>,
     pub ratios: Option<Ratios>,
@@ -53,6 +55,10 @@ pub struct TargetInfo {
     pub memory_streams: Option<bool>,
     /// Whether the local fleet kept call status.
     pub call_status: Option<bool>,
+    /// The built-in function's capacity schedule (`--function-capacity`).
+    pub function_capacity: Option<String>,
+    /// Whether the local workers learned each function's concurrency.
+    pub adaptive: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -417,6 +423,13 @@ impl Report {
             "callbacks"
         };
         let _ = writeln!(o, "- function status in {source}: {statuses}");
+        if let Some(refused) = self.function_refusals.filter(|r| *r > 0) {
+            let _ = writeln!(
+                o,
+                "- the built-in function refused {} calls at its capacity (429)",
+                thousands(refused as f64)
+            );
+        }
     }
 
     fn render_audit(&self, o: &mut String) {
@@ -565,6 +578,8 @@ mod tests {
                 response_size: Some(128),
                 memory_streams: Some(true),
                 call_status: Some(true),
+                function_capacity: None,
+                adaptive: Some(true),
             },
             load: LoadInfo {
                 model: ModelKind::Open,
@@ -605,6 +620,7 @@ mod tests {
             },
             errors: BTreeMap::from([("status_503".into(), 1), ("timeout".into(), 1)]),
             function_status: BTreeMap::from([("200".into(), 13000), ("500".into(), 4499)]),
+            function_refusals: None,
             audit: Audit {
                 accepted: 17500,
                 completed: 17499,
@@ -639,6 +655,8 @@ mod tests {
             response_size: None,
             memory_streams: None,
             call_status: None,
+            function_capacity: None,
+            adaptive: None,
         };
         r.load.model = ModelKind::Closed;
         r.load.rates = Vec::new();

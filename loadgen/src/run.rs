@@ -163,6 +163,13 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     if !args.no_warmup && !args.backlog {
         warm_up(args, &gateway_url, asked_callback, &completions).await?;
     }
+    // A capacity schedule runs from the load's start; with a backlog, from the drain's first
+    // call, which starts it.
+    if !args.backlog
+        && let Some(fs) = &function_server
+    {
+        fs.start_capacity_clock(&clock);
+    }
 
     let rec = Arc::new(Recorder::new(clock));
     let states = status_audit::States::default();
@@ -213,6 +220,9 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         tracing::warn!(error = %e, "the local fleet did not stop cleanly");
     }
     stop.cancel();
+    let function_refusals = function_server
+        .as_ref()
+        .map(|fs| fs.stats.refused.load(Ordering::Relaxed));
     if let Some(fs) = function_server.take() {
         fs.stopped().await;
     }
@@ -230,7 +240,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     } else {
         sent.start_ns
     };
-    let report = build_report(
+    let mut report = build_report(
         args,
         started_at_unix_s,
         &gateway_url,
@@ -243,6 +253,7 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         ceiling,
     );
 
+    report.report.function_refusals = function_refusals;
     let table = report.report.render();
     if args.json {
         eprintln!("{table}");
@@ -288,6 +299,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
         response_size: args.response_size,
         seed: args.seed,
         record_arrivals: args.no_callbacks,
+        capacity: args.function_capacity.clone(),
     }
 }
 
@@ -454,6 +466,8 @@ fn build_report(
             response_size: local.then_some(args.response_size),
             memory_streams: local.then_some(args.memory_streams),
             call_status: local.then_some(args.call_status),
+            function_capacity: args.function_capacity.as_ref().map(ToString::to_string),
+            adaptive: local.then_some(args.adaptive),
         },
         load: LoadInfo {
             model,
@@ -486,6 +500,7 @@ fn build_report(
         },
         errors: rec.error_kinds(),
         function_status: matched.function_status,
+        function_refusals: None,
         audit,
         ceiling,
         ratios,

@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod duration;
 pub mod envelope;
 pub mod headers;
+pub mod limits;
 pub mod names;
 pub mod policy;
 pub mod report;

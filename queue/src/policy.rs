@@ -58,6 +58,10 @@ pub enum InvalidPolicy {
     },
     #[error("concurrency must be at least 1")]
     ZeroConcurrency,
+    #[error("concurrency and max_concurrency name the same bound: give one")]
+    ConcurrencyTwice,
+    #[error("min_concurrency must be between 1 and the concurrency ceiling {ceiling}, not {min}")]
+    MinConcurrency { min: u32, ceiling: u32 },
     #[error("replica_concurrency {replica} exceeds concurrency {cluster}")]
     ReplicaAboveCluster { replica: u32, cluster: u32 },
     #[error("rate must be at least 1 per second")]
@@ -122,9 +126,17 @@ impl Default for RetryPolicy {
 pub struct FunctionPolicy {
     /// Base URL of the function; `None` means the URL template applies.
     pub url: Option<String>,
-    /// Calls in flight across every replica of the shard: the durable consumer's
-    /// `max_ack_pending`, so NATS enforces it however many replicas run.
+    /// Calls in flight across every replica of the shard: the wait consumer's
+    /// `max_ack_pending`, and the sum of the replicas' shares. Under adaptive control it is the
+    /// ceiling the learned limit never exceeds (`max_concurrency` in the policy file).
     pub concurrency: u32,
+    /// Learn the function's limit from its answers (429, 503 with `Retry-After`) between
+    /// `min_concurrency` and `concurrency`: on unless the policy fixes `concurrency` or says
+    /// `adaptive = false`. A fixed limit set by hand goes stale as replicas come and go.
+    pub adaptive: bool,
+    /// Under adaptive control, the calls in flight each replica keeps trying whatever the
+    /// function answers, so a function that refused everything is found again once it recovers.
+    pub min_concurrency: u32,
     /// Calls in flight in one replica, so one replica cannot take the whole cluster budget
     /// while others idle.
     pub replica_concurrency: u32,
@@ -154,6 +166,8 @@ impl Default for FunctionPolicy {
         Self {
             url: None,
             concurrency: 100,
+            adaptive: true,
+            min_concurrency: 1,
             replica_concurrency: 100,
             rate_per_second: None,
             timeout: Duration::from_secs(60),
@@ -192,6 +206,9 @@ struct FileShape {
 struct Override {
     url: Option<String>,
     concurrency: Option<u32>,
+    adaptive: Option<bool>,
+    min_concurrency: Option<u32>,
+    max_concurrency: Option<u32>,
     replica_concurrency: Option<u32>,
     rate: Option<u32>,
     timeout: Option<String>,
@@ -218,10 +235,23 @@ impl Override {
         if let Some(url) = self.url {
             p.url = Some(url);
         }
-        if let Some(c) = self.concurrency {
+        if self.concurrency.is_some() && self.max_concurrency.is_some() {
+            return Err(InvalidPolicy::ConcurrencyTwice);
+        }
+        if let Some(c) = self.concurrency.or(self.max_concurrency) {
             p.concurrency = c;
             // A lower cluster budget caps the replica one unless that is set too.
             p.replica_concurrency = p.replica_concurrency.min(c);
+        }
+        // A concurrency written down is a fixed limit, unless the same table asks for adaptive
+        // control in so many words (then it is the ceiling).
+        p.adaptive = match (self.adaptive, self.concurrency) {
+            (Some(a), _) => a,
+            (None, Some(_)) => false,
+            (None, None) => p.adaptive,
+        };
+        if let Some(m) = self.min_concurrency {
+            p.min_concurrency = m;
         }
         if let Some(c) = self.replica_concurrency {
             p.replica_concurrency = c;
@@ -275,6 +305,12 @@ impl FunctionPolicy {
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         if self.concurrency == 0 || self.replica_concurrency == 0 {
             return Err(InvalidPolicy::ZeroConcurrency);
+        }
+        if self.min_concurrency == 0 || self.min_concurrency > self.concurrency {
+            return Err(InvalidPolicy::MinConcurrency {
+                min: self.min_concurrency,
+                ceiling: self.concurrency,
+            });
         }
         if self.replica_concurrency > self.concurrency {
             return Err(InvalidPolicy::ReplicaAboveCluster {
@@ -519,6 +555,61 @@ mod tests {
         FunctionName::parse(s).unwrap()
     }
 
+    /// A policy file's text over the built-in defaults.
+    fn parse(text: &str) -> Result<Policies, PolicyError> {
+        Policies::from_toml(
+            "t.toml",
+            text,
+            FunctionPolicy::default(),
+            DEFAULT_URL_TEMPLATE,
+        )
+    }
+
+    #[test]
+    fn adaptive_unless_a_concurrency_is_written_down() {
+        let text = r#"
+            [functions.open]
+            timeout = "5s"
+            [functions.fixed]
+            concurrency = 4
+            [functions.ceiling]
+            max_concurrency = 40
+            min_concurrency = 2
+            [functions.both]
+            concurrency = 8
+            adaptive = true
+            [functions.off]
+            adaptive = false
+        "#;
+        let p = parse(text).unwrap();
+        let of = |n: &str| {
+            let x = p.get(&f(n));
+            (x.adaptive, x.concurrency, x.min_concurrency)
+        };
+        assert_eq!(
+            of("open"),
+            (true, 100, 1),
+            "nothing said: learned, up to the default"
+        );
+        assert_eq!(of("fixed"), (false, 4, 1));
+        assert_eq!(of("ceiling"), (true, 40, 2));
+        assert_eq!(
+            of("both"),
+            (true, 8, 1),
+            "asked for: concurrency is the ceiling"
+        );
+        assert_eq!(of("off"), (false, 100, 1));
+        assert_eq!(p.get(&f("ceiling")).replica_concurrency, 40);
+
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let e = err("[functions.x]\nconcurrency = 4\nmax_concurrency = 8\n");
+        assert!(e.contains("give one"), "{e}");
+        let e = err("[functions.x]\nmax_concurrency = 4\nmin_concurrency = 5\n");
+        assert!(e.contains("min_concurrency must be between 1 and"), "{e}");
+        let e = err("[defaults]\nmin_concurrency = 0\n");
+        assert!(e.contains("defaults: min_concurrency"), "{e}");
+    }
+
     #[test]
     fn urls_from_template_and_file() {
         let text = r#"
@@ -532,13 +623,7 @@ mod tests {
             attempts = 5
             min_backoff = "100ms"
         "#;
-        let p = Policies::from_toml(
-            "t.toml",
-            text,
-            FunctionPolicy::default(),
-            DEFAULT_URL_TEMPLATE,
-        )
-        .unwrap();
+        let p = parse(text).unwrap();
         assert_eq!(
             p.url_for(&f("echo"), "", ""),
             "http://echo.openfaas-fn:8080/"

@@ -27,6 +27,7 @@ pub const DEAD_STREAM: &str = "FLOTILLA_DEAD";
 pub const DEAD_SUBJECT_PREFIX: &str = "flotilla.dead";
 pub const REPORT_SUBJECT_PREFIX: &str = "flotilla.report";
 pub const PRESENCE_SUBJECT_PREFIX: &str = "flotilla.presence";
+pub const LIMITS_SUBJECT_PREFIX: &str = "flotilla.limits";
 /// KV bucket holding the topology (shard count), written once by the first process to start.
 pub const TOPOLOGY_BUCKET: &str = "flotilla_topology";
 
@@ -149,6 +150,17 @@ pub fn presence_subject(shard: u32) -> String {
     format!("{PRESENCE_SUBJECT_PREFIX}.{shard}")
 }
 
+/// The core NATS subject on which each replica of `shard` reports its functions' concurrency
+/// limits, for `/system/queues`: soft state, like presence.
+pub fn limits_subject(shard: u32) -> String {
+    format!("{LIMITS_SUBJECT_PREFIX}.{shard}")
+}
+
+/// Every shard's limit reports.
+pub fn limits_wildcard() -> String {
+    format!("{LIMITS_SUBJECT_PREFIX}.>")
+}
+
 /// Durable consumer name of a function (of its waiting calls). Consumer names may not contain '.', so the namespace dot
 /// becomes '_' and a fingerprint of the full name keeps `a.b` and `a_b` apart.
 pub fn consumer_name(function: &FunctionName) -> String {
@@ -213,6 +225,8 @@ mod tests {
         assert_eq!(function_of_report_subject(&r), Some("a.ns"));
         assert_eq!(function_of_report_subject("flotilla.call.0.a"), None);
         assert_eq!(presence_subject(3), "flotilla.presence.3");
+        assert_eq!(limits_subject(3), "flotilla.limits.3");
+        assert_eq!(limits_wildcard(), "flotilla.limits.>");
     }
 
     #[test]

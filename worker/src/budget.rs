@@ -59,6 +59,20 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// The function refused even this replica's floor of calls: the function slot stays taken
+    /// for `pause`, so the replica sends the function nothing more meanwhile, while the replica
+    /// permit goes back now.
+    pub fn pause_function(mut self, pause: Duration) {
+        if let Some(permit) = self.function.take() {
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.running.calls.fetch_sub(1, Ordering::Relaxed) == 1 {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+use crate::adaptive::Refusal;
 use crate::budget::Slot;
 use crate::callback::CallbackJob;
 use crate::dead;
@@ -294,6 +295,20 @@ pub(crate) async fn handle(
         // Pinned where they are (not moved into the futures that run them, which would hold
         // them twice) and dropped as soon as the attempt ends: a cancel while it runs drops
         // `invoked`, which aborts the function's request.
+        // Counted at the function from before the request to the answer, for adaptive control.
+        let Some(at_function) = func.sending() else {
+            // Its function's limit came down after this call took its slot: it waits again
+            // rather than be refused.
+            let held = Held {
+                attempt,
+                origin,
+                slot,
+                refusal: Refusal::Lowered,
+                delay: Duration::ZERO,
+            };
+            Box::pin(wait_again(&shared, &func, &msg, &env, tracked, held)).await;
+            return;
+        };
         let ran = {
             let invoked = std::pin::pin!(invoke(
                 &shared.http,
@@ -336,6 +351,22 @@ pub(crate) async fn handle(
                 return;
             }
         };
+        if let Some(refusal) = at_function.answered(&outcome) {
+            func.metrics.call_done(outcome.status.as_u16());
+            tracing::debug!(call_id = %env.call_id, function = %func.name, status = outcome.status.as_u16(), "refused for want of room; waiting again");
+            let held = Held {
+                attempt,
+                origin,
+                slot,
+                refusal,
+                // The function may say when to come back.
+                delay: outcome
+                    .retry_after()
+                    .map_or(Duration::ZERO, |d| d.min(retry::RETRY_AFTER_CAP)),
+            };
+            Box::pin(wait_again(&shared, &func, &msg, &env, tracked, held)).await;
+            return;
+        }
         // Recording the outcome and settling a call without a callback are no work of the
         // function's: another call of it may start meanwhile. A call with a callback keeps its
         // function slot until the callback is handed over, so a slow callback receiver slows
@@ -596,6 +627,75 @@ async fn settle_cancelled(shared: &Shared, msg: &jetstream::Message, env: &Envel
     }
     if let Some(object) = &env.body_object {
         forget_body(shared, object).await;
+    }
+}
+
+/// A call the function refused for want of room, and what it holds.
+struct Held<'a> {
+    attempt: Attempt,
+    origin: (&'a str, u64),
+    slot: Slot,
+    refusal: Refusal,
+    /// When it may run again, from now.
+    delay: Duration,
+}
+
+/// The function said it is full (a refusal under adaptive control), or its limit came down
+/// after the call took its slot: backpressure, not a failure.
+/// The call goes back to wait for room, stored with the same attempt number (no attempt used, no
+/// delivery counted), due at once or when the function's `Retry-After` says; its status is
+/// `queued` again. A refusal at the limit's floor keeps the call's function slot for a pause, so
+/// this replica sends the function nothing meanwhile.
+async fn wait_again(
+    shared: &Shared,
+    func: &FunctionRt,
+    msg: &jetstream::Message,
+    env: &Envelope,
+    mut tracked: Option<Tracked<'_>>,
+    held: Held<'_>,
+) {
+    let Held {
+        attempt,
+        origin,
+        slot,
+        refusal,
+        delay,
+    } = held;
+    match refusal {
+        Refusal::Pause(pause) => slot.pause_function(pause),
+        Refusal::Lowered => drop(slot),
+    }
+    if let Some(t) = tracked.as_mut()
+        && t.record(|r| {
+            r.state = CallState::Queued;
+            r.next_attempt_at = None;
+        })
+        .await
+            == Recorded::Cancelled
+    {
+        settle_cancelled(shared, msg, env, "while it waited for room").await;
+        return;
+    }
+    let status_revision = tracked.as_ref().and_then(Tracked::revision);
+    drop(tracked);
+    let stored = Box::pin(retry::schedule(
+        shared,
+        func.shard,
+        env,
+        attempt.earlier,
+        delay,
+        origin,
+        status_revision,
+    ));
+    let on_failure = OnFailure::Nak {
+        step: "store the refused call for later",
+        env,
+        delay: delay.max(Duration::from_secs(1)),
+    };
+    if settle_step(shared, msg, on_failure, stored).await.is_some()
+        && let Err(error) = msg.ack().await
+    {
+        tracing::debug!(%error, "ack after a refusal failed; the call returns and is stored once");
     }
 }
 

@@ -31,10 +31,23 @@ pub struct Config {
     #[arg(long, env = "FLOTILLA_WORKER_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
 
-    /// Default calls in flight per function across every replica (the consumer's
-    /// `max_ack_pending`, enforced by NATS). The policy file overrides it per function.
+    /// Default calls in flight per function across every replica. Under adaptive control (the
+    /// default) the ceiling of the learned limit; with `--adaptive false`, or for a function
+    /// whose policy sets `concurrency`, the fixed limit.
     #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = 100)]
     pub concurrency: u32,
+
+    /// Learn each function's concurrency from its answers (429, 503 with `Retry-After`), so a
+    /// function with bounded capacity gets calls as fast as it takes them. `false` makes
+    /// `--concurrency` a fixed limit for every function; `adaptive` in the policy file decides
+    /// per function.
+    #[arg(long, env = "FLOTILLA_ADAPTIVE", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub adaptive: bool,
+
+    /// Under adaptive control, the calls in flight per function each replica keeps trying
+    /// whatever the function answers.
+    #[arg(long, env = "FLOTILLA_MIN_CONCURRENCY", default_value_t = 1)]
+    pub min_concurrency: u32,
 
     /// Default calls in flight per function in this replica, so one replica cannot take the
     /// whole cluster budget while others idle. Unset: equal to `--concurrency`.
@@ -258,6 +271,8 @@ impl Config {
         FunctionPolicy {
             url: None,
             concurrency: self.concurrency,
+            adaptive: self.adaptive,
+            min_concurrency: self.min_concurrency,
             replica_concurrency: self.replica_concurrency.unwrap_or(self.concurrency),
             rate_per_second: self.rate,
             timeout: self.timeout,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamError;
 use async_nats::jetstream::stream::{InfoError, Stream as JsStream};
-use flotilla_queue::{FunctionName, subjects};
+use flotilla_queue::{FunctionName, limits, subjects};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -54,6 +54,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         shared.budget.clone(),
         membership.clone(),
     ));
+    let limits_task = shared
+        .tracker
+        .spawn(report_limits(shared.clone(), shard, functions.clone()));
     let (waiting_tx, mut waiting_rx) = mpsc::unbounded_channel::<Arc<FunctionRt>>();
 
     let mut dispatch: Option<JoinHandle<Result<(), PullError>>> = None;
@@ -189,6 +192,34 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         shared.metrics.consumers.decrement(1.0);
     }
     let _ = presence_task.await;
+    let _ = limits_task.await;
+}
+
+/// Reports the concurrency limits of the shard's functions in this replica every
+/// [`limits::REPORT_EVERY`], for the gateway's `/system/queues`. Fire and forget: a lost report
+/// only leaves the gateway with the previous one for a while.
+async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions>) {
+    let subject = subjects::limits_subject(shard);
+    let replica = shared.client.new_inbox();
+    let mut tick = tokio::time::interval(limits::REPORT_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let report = limits::LimitReport {
+            replica: replica.clone(),
+            functions: functions.limits(),
+        };
+        if report.functions.is_empty() {
+            continue;
+        }
+        let body = report.encode();
+        if let Err(error) = shared.client.publish(subject.clone(), body.into()).await {
+            tracing::debug!(%error, "limit report not sent");
+        }
+    }
 }
 
 /// Starts `f`'s wait loop unless it runs already or failed too recently.

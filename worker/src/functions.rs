@@ -11,16 +11,19 @@
 //! round trip of one joining, see `discovery::presence`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_queue::policy::expand;
 use flotilla_queue::{FunctionName, FunctionPolicy, Policies};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
+use crate::adaptive::{self, Refusal};
 use crate::budget::{Budget, Running};
 use crate::metrics::FunctionMetrics;
+use crate::outcome::Outcome;
 
 /// Where this replica stands among the replicas of a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +55,16 @@ pub(crate) struct FunctionRt {
     pub policy: FunctionPolicy,
     /// The function's calls this replica may hold at once: [`FunctionRt::limit`] permits.
     pub slots: Arc<Semaphore>,
-    /// The size `slots` is being brought to.
-    limit: Mutex<usize>,
+    /// What sizes `slots`, and the size it is being brought to.
+    sizing: Mutex<Sizing>,
+    /// This replica's calls at the function now (sent, not yet answered).
+    at_function: AtomicU32,
+    /// Answers of the function other than refusals, counted since start.
+    answered: AtomicU64,
+    /// Refusals under adaptive control, counted since start.
+    refused: AtomicU64,
+    /// The size `slots` is being brought to, read without the lock on every call.
+    learned: AtomicUsize,
     pub running: Arc<Running>,
     pub metrics: FunctionMetrics,
     /// The shard's replicas, to split the function's rate and concurrency among them.
@@ -82,11 +93,17 @@ impl FunctionRt {
             .url
             .clone()
             .unwrap_or_else(|| expand(&policies.url_template, &name));
-        let limit = local_limit(&policy, *membership.borrow());
+        let sizing = Sizing::new(&policy, *membership.borrow());
+        let metrics = FunctionMetrics::new(&name);
+        metrics.limit.set(sizing.applied as f64);
         Self {
-            metrics: FunctionMetrics::new(&name),
-            slots: Arc::new(Semaphore::new(limit)),
-            limit: Mutex::new(limit),
+            metrics,
+            slots: Arc::new(Semaphore::new(sizing.applied)),
+            learned: AtomicUsize::new(sizing.applied),
+            sizing: Mutex::new(sizing),
+            at_function: AtomicU32::new(0),
+            answered: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             running: Arc::new(Running::new(budget)),
             name,
             shard,
@@ -117,7 +134,37 @@ impl FunctionRt {
     /// The function's calls this replica may hold at once now.
     #[cfg(test)]
     pub fn limit(&self) -> usize {
-        *self.limit.lock().unwrap_or_else(|e| e.into_inner())
+        self.sizing().applied
+    }
+
+    fn sizing(&self) -> std::sync::MutexGuard<'_, Sizing> {
+        self.sizing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A call is sent to the function now; the guard counts it there until it is answered.
+    /// `None` when the function's learned limit came down after the call took its slot and
+    /// enough calls are at the function already: the function would only refuse it.
+    pub fn sending(&self) -> Option<AtFunction<'_>> {
+        let in_flight = self.at_function.fetch_add(1, Ordering::Relaxed) + 1;
+        let answered = self.answered.load(Ordering::Relaxed);
+        let at = AtFunction {
+            f: self,
+            in_flight,
+            answered,
+        };
+        let beyond =
+            self.policy.adaptive && in_flight as usize > self.learned.load(Ordering::Relaxed);
+        (!beyond).then_some(at)
+    }
+
+    /// Whether an answer is the function saying it is full: under adaptive control, a 429, or a
+    /// 503 that says when to come back.
+    pub fn is_refusal(&self, outcome: &Outcome) -> bool {
+        self.policy.adaptive
+            && outcome.error.is_none()
+            && (outcome.status == http::StatusCode::TOO_MANY_REQUESTS
+                || (outcome.status == http::StatusCode::SERVICE_UNAVAILABLE
+                    && outcome.retry_after().is_some()))
     }
 
     /// Every call of a rate-limited function passes through the wait stream, whose loop starts
@@ -149,13 +196,32 @@ impl FunctionRt {
         self.moving.load(Ordering::SeqCst)
     }
 
-    /// Resizes the slots for a new membership. Slots in use are not taken back: a shrinking
-    /// function starts nothing more until enough of its calls end.
+    /// Resizes the slots for a new membership.
     pub fn rebalance(&self, membership: Membership) {
-        let new = local_limit(&self.policy, membership);
-        let mut limit = self.limit.lock().unwrap_or_else(|e| e.into_inner());
-        let old = std::mem::replace(&mut *limit, new);
-        drop(limit);
+        let mut sizing = self.sizing();
+        sizing.membership = membership;
+        let share = share(&self.policy, membership);
+        if let Some(a) = sizing.adaptive.as_mut() {
+            a.set_max(share);
+        }
+        self.apply(&mut sizing);
+    }
+
+    /// Brings the slots to the size `sizing` says. Slots in use are not taken back: a shrinking
+    /// function starts nothing more until enough of its calls end.
+    fn apply(&self, sizing: &mut Sizing) {
+        let new = sizing.size(&self.policy);
+        let old = std::mem::replace(&mut sizing.applied, new);
+        if new == old {
+            return;
+        }
+        self.metrics.limit.set(new as f64);
+        self.learned.store(new, Ordering::Relaxed);
+        if sizing.adaptive.is_some() && sizing.worth_logging(new) {
+            tracing::info!(function = %self.name, limit = new, was = sizing.logged, "concurrency limit learned anew");
+            sizing.logged = new;
+            sizing.logged_at = Instant::now();
+        }
         if new > old {
             self.slots.add_permits(new - old);
         } else if old > new {
@@ -172,9 +238,107 @@ impl FunctionRt {
                 });
             }
         }
-        if new != old {
-            tracing::debug!(function = %self.name, limit = new, "concurrency shared anew");
+        tracing::debug!(function = %self.name, limit = new, "concurrency limit changed");
+    }
+}
+
+/// One call at the function, counted from its request to its answer.
+pub(crate) struct AtFunction<'a> {
+    f: &'a FunctionRt,
+    /// Calls of this replica at the function when it was sent, itself included.
+    in_flight: u32,
+    /// The function's answers (refusals aside) before it was sent.
+    answered: u64,
+}
+
+impl AtFunction<'_> {
+    /// The function answered: its answer teaches the adaptive limit. `Some` when the answer is
+    /// a refusal, which the call must treat as backpressure rather than as an attempt.
+    pub fn answered(self, outcome: &Outcome) -> Option<Refusal> {
+        let f = self.f;
+        // A fixed limit learns nothing, and its refusals are answers like any other.
+        if !f.policy.adaptive {
+            return None;
         }
+        let refused = f.is_refusal(outcome);
+        if refused {
+            f.metrics.refusals.increment(1);
+            f.refused.fetch_add(1, Ordering::Relaxed);
+        } else {
+            f.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut sizing = f.sizing();
+        let limit = sizing.adaptive.as_mut()?;
+        let refusal = if refused {
+            // What the function held: this call's siblings still at it, and those answered
+            // since it was sent (their answers crossed the refusal).
+            let still = f.at_function.load(Ordering::Relaxed).saturating_sub(1);
+            let crossed = f.answered.load(Ordering::Relaxed) - self.answered;
+            let others = u32::try_from(crossed).map_or(u32::MAX, |c| still.saturating_add(c));
+            Some(limit.refused(Instant::now(), self.in_flight, others))
+        } else {
+            limit.succeeded(Instant::now(), self.in_flight);
+            None
+        };
+        f.apply(&mut sizing);
+        refusal
+    }
+}
+
+impl Drop for AtFunction<'_> {
+    fn drop(&mut self) {
+        self.f.at_function.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What decides the size of a function's slots in this replica.
+#[derive(Debug)]
+struct Sizing {
+    membership: Membership,
+    /// The learned limit, for a function under adaptive control.
+    adaptive: Option<adaptive::Limit>,
+    /// The size the slots are being brought to.
+    applied: usize,
+    /// The limit last logged, and when: a change is logged when it halves or doubles that, at
+    /// most every [`LOG_EVERY`].
+    logged: usize,
+    logged_at: Instant,
+}
+
+/// How often a function's learned limit is logged at most.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Sizing {
+    fn new(policy: &FunctionPolicy, membership: Membership) -> Self {
+        let adaptive = policy.adaptive.then(|| {
+            let ceiling = share(policy, membership);
+            adaptive::Limit::new(policy.min_concurrency, ceiling, membership.replicas)
+        });
+        let mut s = Self {
+            membership,
+            adaptive,
+            applied: 0,
+            logged: 0,
+            logged_at: Instant::now(),
+        };
+        s.applied = s.size(policy);
+        s.logged = s.applied;
+        s
+    }
+
+    /// This replica's limit for the function: its share of the cluster-wide concurrency,
+    /// within the function's per-replica limit, and within the learned limit when adaptive.
+    fn size(&self, policy: &FunctionPolicy) -> usize {
+        let share = share(policy, self.membership);
+        let learned = self
+            .adaptive
+            .as_ref()
+            .map_or(share, adaptive::Limit::current);
+        share.min(learned) as usize
+    }
+
+    fn worth_logging(&self, new: usize) -> bool {
+        (new >= self.logged * 2 || new * 2 <= self.logged) && self.logged_at.elapsed() >= LOG_EVERY
     }
 }
 
@@ -191,12 +355,11 @@ impl Drop for MoveGuard {
     }
 }
 
-/// This replica's limit for a function: its share of the cluster-wide concurrency, within the
-/// function's per-replica limit.
-fn local_limit(policy: &FunctionPolicy, membership: Membership) -> usize {
+/// This replica's share of the function's cluster-wide concurrency, within its per-replica limit.
+fn share(policy: &FunctionPolicy, membership: Membership) -> u32 {
     membership
         .share_of(policy.concurrency)
-        .min(policy.replica_concurrency) as usize
+        .min(policy.replica_concurrency)
 }
 
 /// The functions of one shard that this replica has seen.
@@ -233,6 +396,20 @@ impl Functions {
         ));
         known.insert(name.clone(), f.clone());
         f
+    }
+
+    /// Every known function's limit in this replica, for the limit report.
+    pub fn limits(&self) -> Vec<flotilla_queue::limits::FunctionLimit> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .values()
+            .map(|f| flotilla_queue::limits::FunctionLimit {
+                function: f.name.as_str().to_owned(),
+                limit: u32::try_from(f.learned.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+                adaptive: f.policy.adaptive,
+                refusals: f.refused.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Splits every known function's concurrency anew among the shard's replicas.
@@ -292,6 +469,7 @@ mod tests {
         let mut policies = Policies::default();
         policies.defaults.concurrency = concurrency;
         policies.defaults.replica_concurrency = replica_concurrency;
+        policies.defaults.adaptive = false;
         let (_, rx) = watch::channel(Membership::ALONE);
         Arc::new(FunctionRt::new(
             FunctionName::parse("f").unwrap(),
@@ -315,6 +493,65 @@ mod tests {
         assert_eq!(f.slots.available_permits(), 3);
         f.rebalance(Membership::ALONE);
         assert_eq!(f.slots.available_permits(), 8);
+    }
+
+    #[tokio::test]
+    async fn refusals_shrink_the_slots_of_an_adaptive_function() {
+        let mut policies = Policies::default();
+        policies.defaults.concurrency = 40;
+        policies.defaults.replica_concurrency = 40;
+        let (_, rx) = watch::channel(Membership::ALONE);
+        let name = FunctionName::parse("f").unwrap();
+        let f = FunctionRt::new(name, 0, &policies, Arc::new(Budget::new(100)), rx);
+        assert_eq!(
+            f.limit(),
+            adaptive::INITIAL as usize,
+            "starts below its ceiling"
+        );
+        let answer = |status: u16| Outcome {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            error: None,
+            duration: Duration::ZERO,
+            attempt: crate::outcome::Attempt {
+                earlier: 0,
+                delivered: 1,
+            },
+        };
+        // Six calls at the function; the sixth is refused while five are still there.
+        let mut sent: Vec<_> = (0..6).map(|_| f.sending().unwrap()).collect();
+        let refused = sent.pop().unwrap();
+        assert_eq!(refused.answered(&answer(429)), Some(Refusal::Lowered));
+        assert_eq!(f.limit(), 5);
+        assert_eq!(f.slots.available_permits(), 5, "eleven slots forgotten");
+        // A 503 without Retry-After is an answer, not a refusal; a 500 neither.
+        let other = sent.pop().unwrap();
+        assert_eq!(other.answered(&answer(503)), None);
+        assert_eq!(f.limit(), 5);
+        // Beyond the learned limit, a call is not sent at all.
+        let more: Vec<_> = (0..6).map(|_| f.sending()).collect();
+        assert_eq!(more.iter().filter(|a| a.is_some()).count(), 5 - sent.len());
+        drop((sent, more));
+        assert_eq!(f.at_function.load(Ordering::Relaxed), 0);
+
+        let mut fixed = policies.clone();
+        fixed.defaults.adaptive = false;
+        let (_, rx) = watch::channel(Membership::ALONE);
+        let g = FunctionRt::new(
+            FunctionName::parse("g").unwrap(),
+            0,
+            &fixed,
+            Arc::new(Budget::new(100)),
+            rx,
+        );
+        assert_eq!(g.limit(), 40);
+        assert_eq!(
+            g.sending().unwrap().answered(&answer(429)),
+            None,
+            "a fixed limit learns nothing"
+        );
+        assert_eq!(g.limit(), 40);
     }
 
     #[test]

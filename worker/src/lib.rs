@@ -8,6 +8,7 @@
 //! Entry point: [`run`], with the admin listener and the shutdown future injected so tests can
 //! bind port 0 and stop a worker on demand.
 
+mod adaptive;
 mod admin;
 mod budget;
 mod call;

@@ -13,6 +13,8 @@ pub const IN_FLIGHT: &str = "worker_in_flight";
 pub const PENDING: &str = "worker_pending";
 pub const SHARD_PENDING: &str = "worker_shard_pending";
 pub const WAITED: &str = "worker_calls_waited_total";
+pub const CONCURRENCY_LIMIT: &str = "worker_concurrency_limit";
+pub const REFUSALS: &str = "worker_refusals_total";
 pub const CONSUMERS: &str = "worker_consumers";
 pub const CALLBACK_QUEUE_DEPTH: &str = "worker_callback_queue_depth";
 pub const CALLBACKS_DELIVERED: &str = "worker_callbacks_delivered_total";
@@ -61,6 +63,14 @@ fn describe() {
     describe_counter!(
         WAITED,
         "Calls moved to the wait stream because their function had no room, by function"
+    );
+    describe_gauge!(
+        CONCURRENCY_LIMIT,
+        "Calls of a function this replica may have in flight now: its share of the fixed concurrency, or the limit learned from the function's refusals, by function"
+    );
+    describe_counter!(
+        REFUSALS,
+        "Answers of a function under adaptive control saying it is full (429, or 503 with Retry-After): the call waited again without using an attempt, by function"
     );
     describe_gauge!(
         CONSUMERS,
@@ -129,6 +139,10 @@ pub(crate) struct FunctionMetrics {
     pub duration: Histogram,
     /// Failed attempts stored to be tried again.
     pub retries_scheduled: Counter,
+    /// This replica's limit for the function now.
+    pub limit: Gauge,
+    /// Refusals under adaptive control.
+    pub refusals: Counter,
     /// `worker_calls_total` by status code; a function answers with few distinct codes, so a
     /// short list beats a map. Never held across an await.
     calls: Mutex<Vec<(u16, Counter)>>,
@@ -139,10 +153,13 @@ impl FunctionMetrics {
         let name = flotilla_runtime::function_label(function.as_str());
         // Functions beyond the series cap share `~other`: counters and the in-flight gauge add
         // up there, but a waiting count each function sets would overwrite the others'.
-        let pending = if name == flotilla_runtime::OTHER_FUNCTIONS {
-            Gauge::noop()
+        let (pending, limit) = if name == flotilla_runtime::OTHER_FUNCTIONS {
+            (Gauge::noop(), Gauge::noop())
         } else {
-            gauge!(PENDING, "function_name" => name.clone())
+            (
+                gauge!(PENDING, "function_name" => name.clone()),
+                gauge!(CONCURRENCY_LIMIT, "function_name" => name.clone()),
+            )
         };
         Self {
             in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
@@ -150,6 +167,8 @@ impl FunctionMetrics {
             waited: counter!(WAITED, "function_name" => name.clone()),
             duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
             retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
+            limit,
+            refusals: counter!(REFUSALS, "function_name" => name.clone()),
             calls: Mutex::new(Vec::new()),
             name,
         }

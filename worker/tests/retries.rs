@@ -190,6 +190,8 @@ async fn always_500_ends_in_the_dead_letters_and_replay_runs_it_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_on_429_is_honoured() {
+    // With a fixed limit a 429 is a failed attempt, retried per the policy (under adaptive
+    // control it is a refusal that uses no attempt: tests/adaptive.rs).
     let nats = Nats::start(1).await;
     let function = RecordingServer::start(fails_first(
         1,
@@ -197,7 +199,8 @@ async fn retry_after_on_429_is_honoured() {
     ))
     .await;
     let sink = RecordingServer::answering(200).await;
-    let worker = Worker::start_ready(&nats.url(), &args(&function.url(), &FAST)).await;
+    let fixed = [FAST.as_slice(), &["--adaptive", "false"]].concat();
+    let worker = Worker::start_ready(&nats.url(), &args(&function.url(), &fixed)).await;
     let cb = format!("{}/cb", sink.url());
     nats.publish(&envelope("limited", "l-1", Some(&cb), "x"))
         .await;
