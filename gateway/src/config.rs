@@ -164,6 +164,9 @@ pub enum ConfigError {
     /// The URL template or the policy file.
     #[error(transparent)]
     Policies(#[from] PolicyError),
+    /// A function TLS file (CA, client certificate or key) cannot be read or parsed.
+    #[error(transparent)]
+    FunctionTls(#[from] flotilla_runtime::FunctionTlsError),
 }
 
 /// A configuration that passed every check, with the files it names read once: what `serve`
@@ -174,6 +177,18 @@ pub struct ValidConfig {
     policies: Policies,
     auth: Option<(String, String)>,
     callback_targets: flotilla_runtime::CallbackTargets,
+    function_tls: flotilla_runtime::FunctionTls,
+}
+
+/// A checked configuration taken apart for `serve`.
+pub(crate) struct Parts {
+    pub config: Config,
+    pub policies: Policies,
+    /// The `/system/*` user and password, when configured.
+    pub auth: Option<(String, String)>,
+    pub callback_targets: flotilla_runtime::CallbackTargets,
+    /// How `https://` functions are reached on the synchronous route, their files read once.
+    pub function_tls: flotilla_runtime::FunctionTls,
 }
 
 impl ValidConfig {
@@ -182,17 +197,15 @@ impl ValidConfig {
         &self.config
     }
 
-    /// Everything `serve` needs: the flags, the policy table, and the `/system/*` user and
-    /// password when configured.
-    pub(crate) fn into_parts(
-        self,
-    ) -> (
-        Config,
-        Policies,
-        Option<(String, String)>,
-        flotilla_runtime::CallbackTargets,
-    ) {
-        (self.config, self.policies, self.auth, self.callback_targets)
+    /// Everything `serve` needs, read once.
+    pub(crate) fn into_parts(self) -> Parts {
+        Parts {
+            config: self.config,
+            policies: self.policies,
+            auth: self.auth,
+            callback_targets: self.callback_targets,
+            function_tls: self.function_tls,
+        }
     }
 }
 
@@ -228,11 +241,13 @@ impl Config {
             .map_err(ConfigError::CallbackTargets)?;
         // Synchronous calls use the URLs and timeouts; the defaults are the built-in ones.
         let policies = self.common.functions.load(FunctionPolicy::default())?;
+        let function_tls = self.common.functions.tls()?;
         Ok(ValidConfig {
             config: self,
             policies,
             auth,
             callback_targets,
+            function_tls,
         })
     }
 
@@ -286,8 +301,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.sync_timeout, Duration::from_secs(60));
         assert_eq!(c.max_body_bytes, 1024 * 1024);
-        let (_, _, auth, _) = c.check().unwrap().into_parts();
-        assert_eq!(auth, None);
+        assert_eq!(c.check().unwrap().into_parts().auth, None);
     }
 
     #[test]
@@ -311,6 +325,13 @@ mod tests {
         let e = check(&["--function-url-template", "ftp://{name}"]);
         assert!(matches!(e, ConfigError::Policies(_)), "{e}");
         assert!(e.to_string().contains("http://"), "{e}");
+        let e = check(&["--function-ca-file", "/nonexistent/ca.pem"]);
+        assert!(matches!(e, ConfigError::FunctionTls(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("--function-ca-file /nonexistent/ca.pem"),
+            "{e}"
+        );
         let e = check(&[
             "--basic-auth-user",
             "a",
@@ -383,7 +404,7 @@ mod tests {
         .unwrap();
         // What was read is held: the files may go (or change) without the gateway noticing.
         std::fs::remove_dir_all(&dir).unwrap();
-        let (_, policies, auth, _) = valid.into_parts();
+        let super::Parts { policies, auth, .. } = valid.into_parts();
         let resize = flotilla_queue::FunctionName::parse("resize").unwrap();
         assert_eq!(policies.get(&resize).timeout, Duration::from_secs(90));
         assert_eq!(auth, Some(("admin".into(), "s3cret".into())));

@@ -93,6 +93,11 @@ pub enum CallError {
     Publish(String),
     #[error("function {function} is unreachable")]
     Unreachable { function: String },
+    /// The TLS handshake with an `https://` function failed: its certificate is not trusted, has
+    /// expired or does not cover the URL's host, or the function refused ours. `reason` is
+    /// rustls's own words.
+    #[error("function {function} is unreachable over TLS: {reason}")]
+    FunctionTls { function: String, reason: String },
     #[error("function {function} failed before answering")]
     UpstreamBroken { function: String },
     #[error("function {function} timed out after {after:?}")]
@@ -158,7 +163,9 @@ impl CallError {
             | Self::DeadLetters(_)
             | Self::Queues(_)
             | Self::Status(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unreachable { .. } | Self::UpstreamBroken { .. } => StatusCode::BAD_GATEWAY,
+            Self::Unreachable { .. } | Self::UpstreamBroken { .. } | Self::FunctionTls { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadFunctionUrl(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -207,6 +214,8 @@ impl CallError {
             | Self::Timeout { .. } => (Side::Upstream, true),
             // A broken function URL or a gateway failure stays broken until someone fixes it.
             Self::BadFunctionUrl(_) | Self::Internal(_) => (Side::Internal, false),
+            // So does a certificate the gateway refuses (or one the function refuses).
+            Self::FunctionTls { .. } => (Side::Upstream, false),
         }
     }
 
@@ -230,6 +239,7 @@ impl CallError {
             Self::Publish(_) => "publish_failed",
             Self::Unreachable { .. } => "function_unreachable",
             Self::UpstreamBroken { .. } => "function_broken",
+            Self::FunctionTls { .. } => "function_tls",
             Self::Timeout { .. } => "function_timeout",
             Self::BadFunctionUrl(_) => "bad_function_url",
             Self::BadRequest(_) => "bad_request",
@@ -285,6 +295,7 @@ impl CallError {
             | Self::BadRequest(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
+            | Self::FunctionTls { .. }
             | Self::Timeout { .. }
             | Self::BadFunctionUrl(_)
             | Self::UnknownCall(_)
@@ -469,6 +480,15 @@ mod tests {
                 502,
                 Side::Upstream,
                 true,
+            ),
+            (
+                CallError::FunctionTls {
+                    function: function(),
+                    reason: "invalid peer certificate: certificate expired".into(),
+                },
+                502,
+                Side::Upstream,
+                false,
             ),
             (
                 CallError::Timeout {

@@ -1,7 +1,7 @@
 //! The synchronous path: `/function/<name>[/<path>]` is forwarded to the function through the
-//! pooled client, request and response bodies streamed both ways, never buffered. 502 when the
-//! function cannot be reached, 504 when it sends no response head in time, 400 when it is the
-//! client's body that broke.
+//! pooled client (`http://` or `https://`), request and response bodies streamed both ways, never
+//! buffered. 502 when the function cannot be reached (saying so when TLS is why), 504 when it
+//! sends no response head in time, 400 when it is the client's body that broke.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -77,7 +77,12 @@ pub async fn forward(
                 CallError::BodyRead(reason.clone())
             } else {
                 tracing::warn!(function = %function, %error, "synchronous call failed");
-                if error.is_connect() {
+                if let Some(tls) = flotilla_runtime::tls_cause(&error) {
+                    CallError::FunctionTls {
+                        function: function.to_string(),
+                        reason: tls.to_string(),
+                    }
+                } else if error.is_connect() {
                     CallError::Unreachable {
                         function: function.to_string(),
                     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
 use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
-use flotilla_runtime::{PoolSettings, metrics_handle, pooled_client};
+use flotilla_runtime::{PoolSettings, function_client, metrics_handle};
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -55,7 +55,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let (config, policies, auth, callback_targets) = config.into_parts();
+    let crate::config::Parts {
+        config,
+        policies,
+        auth,
+        callback_targets,
+        function_tls,
+    } = config.into_parts();
+    function_tls.log();
     let auth = auth.map(|(user, password)| basic_token(&user, &password));
     let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
@@ -90,7 +97,7 @@ pub async fn serve(
         client: client.clone(),
         js,
         policies,
-        http: pooled_client(PoolSettings::default()),
+        http: function_client(PoolSettings::default(), &function_tls),
         max_body_bytes: config.max_body_bytes,
         max_delay: config.max_delay,
         sync_timeout: config.sync_timeout,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use flotilla_queue::{FunctionName, Policies, ShardMap, Topology};
+use flotilla_runtime::FunctionClient;
 use http::HeaderValue;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::error::CallError;
@@ -31,7 +31,8 @@ pub struct State {
     /// Set once by the topology task; until then asynchronous calls answer 503.
     pub topology: OnceLock<(Topology, ShardMap)>,
     pub policies: Policies,
-    pub http: Client<HttpConnector, crate::body::ClientBody>,
+    /// The pooled client of the synchronous route, `http://` and `https://` alike.
+    pub http: FunctionClient<crate::body::ClientBody>,
     pub max_body_bytes: usize,
     /// The longest delay an asynchronous call may ask for (`--max-delay`).
     pub max_delay: Duration,
@@ -110,7 +111,7 @@ pub struct StateParts {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub policies: Policies,
-    pub http: Client<HttpConnector, crate::body::ClientBody>,
+    pub http: FunctionClient<crate::body::ClientBody>,
     pub max_body_bytes: usize,
     pub max_delay: Duration,
     pub sync_timeout: Duration,

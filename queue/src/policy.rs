@@ -87,7 +87,7 @@ pub enum UrlError {
         #[source]
         source: http::uri::InvalidUri,
     },
-    #[error("url '{url}' must start with http://")]
+    #[error("url '{url}' must start with http:// or https://")]
     NotHttp { url: String },
     #[error("url '{url}' has no host")]
     NoHost { url: String },
@@ -340,15 +340,15 @@ impl FunctionPolicy {
     }
 }
 
-/// A function base URL must be plain `http://host[:port][/path]`: the pooled client speaks
-/// HTTP/1.1 without TLS, as functions run next to the fleet.
+/// A function base URL must be `http://host[:port][/path]` or `https://...`: the worker and the
+/// gateway speak HTTP/1.1, in the clear or over TLS (`--function-ca-file` and friends).
 pub fn check_base_url(url: &str) -> Result<(), UrlError> {
     let uri: http::Uri = url.parse().map_err(|source| UrlError::Unparsable {
         url: url.to_owned(),
         source,
     })?;
     let url = || url.to_owned();
-    if uri.scheme_str() != Some("http") {
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err(UrlError::NotHttp { url: url() });
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -745,8 +745,12 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let e = Policies::from_toml("p", "[functions.\"a b\"]", d(), t).unwrap_err();
         assert!(e.to_string().contains("a b"), "{e}");
-        let e = Policies::from_toml("p", "[functions.x]\nurl = \"https://x\"", d(), t).unwrap_err();
-        assert!(e.to_string().contains("http://"), "{e}");
+        let e = Policies::from_toml("p", "[functions.x]\nurl = \"ftp://x\"", d(), t).unwrap_err();
+        assert!(e.to_string().contains("http:// or https://"), "{e}");
+        let p =
+            Policies::from_toml("p", "[functions.x]\nurl = \"https://x:8443\"", d(), t).unwrap();
+        assert_eq!(p.url_for(&f("x"), "/a", "b=1"), "https://x:8443/a?b=1");
+        Policies::new(d(), "https://{name}.fn.example").unwrap();
         let e =
             Policies::from_toml("p", "[functions.x]\ntimeout = \"3 days\"", d(), t).unwrap_err();
         assert!(e.to_string().contains("unit"), "{e}");

@@ -179,17 +179,38 @@ pub struct CommonArgs {
     pub max_function_series: usize,
 }
 
-/// Where functions live: the URL template and the optional policy file. Both binaries take these.
+/// Where functions live and how they are reached: the URL template, the optional policy file, and
+/// the TLS of `https://` functions. Both binaries take these.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Functions")]
 pub struct FunctionArgs {
-    /// Base URL of a function: `{name}` is the full name, `{base}` the name without namespace,
-    /// `{namespace}` the namespace. The call's path suffix and query are appended.
+    /// Base URL of a function (`http://` or `https://`): `{name}` is the full name, `{base}` the
+    /// name without namespace, `{namespace}` the namespace. The call's path suffix and query are
+    /// appended.
     #[arg(long, env = "FLOTILLA_FUNCTION_URL_TEMPLATE", default_value = DEFAULT_URL_TEMPLATE)]
     pub function_url_template: String,
     /// TOML file of per-function policies (url, concurrency, rate, timeout, retry).
     #[arg(long, env = "FLOTILLA_POLICIES")]
     pub policies: Option<std::path::PathBuf>,
+    /// PEM file of CA certificates trusted for `https://` functions, on top of the system's roots:
+    /// functions whose certificates a private CA signed.
+    #[arg(long, env = "FLOTILLA_FUNCTION_CA_FILE")]
+    pub function_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate (chain) shown to `https://` functions that ask for one (mutual
+    /// TLS), with `--function-key-file`.
+    #[arg(
+        long,
+        env = "FLOTILLA_FUNCTION_CERT_FILE",
+        requires = "function_key_file"
+    )]
+    pub function_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `--function-cert-file`.
+    #[arg(
+        long,
+        env = "FLOTILLA_FUNCTION_KEY_FILE",
+        requires = "function_cert_file"
+    )]
+    pub function_key_file: Option<std::path::PathBuf>,
 }
 
 impl FunctionArgs {
@@ -203,6 +224,16 @@ impl FunctionArgs {
             ),
             None => Policies::new(defaults, self.function_url_template.clone()),
         }
+    }
+
+    /// The TLS set-up of `https://` functions: the system's roots, the CA file and the client
+    /// certificate, every file read now (an unreadable one is a configuration error).
+    pub fn tls(&self) -> Result<crate::FunctionTls, crate::FunctionTlsError> {
+        let client = self
+            .function_cert_file
+            .as_deref()
+            .zip(self.function_key_file.as_deref());
+        crate::FunctionTls::load(self.function_ca_file.as_deref(), client)
     }
 }
 

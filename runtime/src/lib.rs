@@ -1,7 +1,8 @@
 //! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
-//! set-up, the shutdown signal, the open-files limit, the pooled HTTP client, the Prometheus recorder and the process
-//! edge (one line and exit 64 for a command line or configuration that cannot run). One copy, so
-//! every binary behaves alike; kept out of `flotilla-queue`, which holds only the contract.
+//! set-up, the shutdown signal, the open-files limit, the pooled HTTP client, the TLS set-up of
+//! `https://` functions, the Prometheus recorder and the process edge (one line and exit 64 for
+//! a command line or configuration that cannot run). One copy, so every binary behaves alike;
+//! kept out of `flotilla-queue`, which holds only the contract.
 //!
 //! Nothing here ends the process: functions return errors or exit codes and each binary's `main`
 //! decides.
@@ -9,6 +10,7 @@
 mod callback_targets;
 mod exit;
 mod flags;
+mod function_tls;
 mod http;
 mod limits;
 mod log;
@@ -22,7 +24,8 @@ pub use flags::{
     CommonArgs, FunctionArgs, NatsArgs, duration_arg, nats_servers, redacted_urls, server_list,
     without_credentials,
 };
-pub use http::{PoolSettings, pooled_client};
+pub use function_tls::{FunctionTls, FunctionTlsError, tls_cause};
+pub use http::{FunctionClient, PoolSettings, function_client, pooled_client};
 pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat, stderr_is_colour_terminal};
 pub use nats_auth::{NatsAuthArgs, NatsConnectError, NatsProblems};

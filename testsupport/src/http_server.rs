@@ -1,5 +1,6 @@
 //! A recording HTTP server: plays a scripted function (status, headers, body, delay per request)
-//! or a callback sink, and keeps every request it saw, how many ran at once, and the peak.
+//! or a callback sink, and keeps every request it saw, how many ran at once, and the peak. It
+//! serves `http://`, or `https://` behind a tokio-rustls acceptor ([`RecordingServer::start_tls`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
 
 /// One request as the server received it.
 #[derive(Debug, Clone)]
@@ -84,6 +86,8 @@ struct State {
     count: AtomicUsize,
     /// Requests whose client went away before the answer was sent.
     aborted: AtomicUsize,
+    /// TLS handshakes that failed (the client refused the certificate, or showed none).
+    handshake_failures: AtomicUsize,
 }
 
 /// Counts a request in flight while it is answered; dropped early (the client closed the
@@ -105,6 +109,8 @@ impl Drop for Answering<'_> {
 /// The server; it stops, with every connection, when dropped.
 pub struct RecordingServer {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     state: Arc<State>,
     task: JoinHandle<()>,
 }
@@ -120,27 +126,59 @@ impl std::fmt::Debug for RecordingServer {
 
 impl RecordingServer {
     pub async fn start(handler: Handler) -> Self {
+        Self::listen(handler, None).await
+    }
+
+    /// [`RecordingServer::start`] over TLS with `tls` (see `crate::tls::Certificates`): its URL
+    /// is `https://127.0.0.1:port`. A failed handshake ends that connection and is counted.
+    pub async fn start_tls(handler: Handler, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::listen(handler, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn listen(handler: Handler, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let st = state.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (st, handler) = (st.clone(), handler.clone());
+                let (st, handler, tls) = (st.clone(), handler.clone(), tls.clone());
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| serve(req, st.clone(), handler.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = {
+                        let st = st.clone();
+                        service_fn(move |req| serve(req, st.clone(), handler.clone()))
+                    };
+                    let conn = http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = conn.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        // The handshake runs in the connection's task, so a slow one never
+                        // holds up the accept loop.
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = conn.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                            Err(_) => {
+                                st.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                            }
+                        },
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            scheme,
+            state,
+            task,
+        }
     }
 
     /// Answers 200 with the request's body and content type (a function that echoes).
@@ -164,9 +202,15 @@ impl RecordingServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:port` with no trailing slash.
+    /// `http://127.0.0.1:port` (`https://` when started with TLS) with no trailing slash.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// TLS handshakes that failed so far: the client refused the certificate, or did not show
+    /// one when asked.
+    pub fn handshake_failures(&self) -> usize {
+        self.state.handshake_failures.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {

@@ -26,7 +26,7 @@ use crate::retry::{self, Next};
 use crate::status::{Begin, Recorded, Tracked};
 use flotilla_queue::status::{self, CallState, ResultKept};
 
-/// The pooled client to functions (plain HTTP/1.1: functions run next to the fleet).
+/// The pooled client to functions: HTTP/1.1, in the clear or over TLS (`http1`).
 pub(crate) type FunctionClient = http1::Client;
 
 /// Calls the function once: the envelope's method, headers and body, plus `X-Call-Id` and

@@ -290,11 +290,17 @@ impl Config {
             .callbacks
             .policy()
             .map_err(WorkerError::Config)?;
+        let function_tls = self
+            .common
+            .functions
+            .tls()
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
         Ok(ValidConfig {
             config: self,
             policies,
             signers,
             callback_targets: std::sync::Arc::new(callback_targets),
+            function_tls,
         })
     }
 
@@ -406,6 +412,7 @@ pub struct ValidConfig {
     policies: Policies,
     signers: Signers,
     callback_targets: crate::callback::CallbackPolicy,
+    function_tls: flotilla_runtime::FunctionTls,
 }
 
 impl ValidConfig {
@@ -420,6 +427,7 @@ impl ValidConfig {
             policies: self.policies,
             signers: self.signers,
             callback_targets: self.callback_targets,
+            function_tls: self.function_tls,
         }
     }
 }
@@ -430,6 +438,8 @@ pub(crate) struct Parts {
     pub policies: Policies,
     pub signers: Signers,
     pub callback_targets: crate::callback::CallbackPolicy,
+    /// How `https://` functions are reached, their files read once.
+    pub function_tls: flotilla_runtime::FunctionTls,
 }
 
 #[cfg(test)]
@@ -507,5 +517,21 @@ mod tests {
         assert!(parse(&["--retry-statuses", "503,999"]).check().is_err());
         assert!(parse(&["--retry-max-waiting", "0"]).check().is_err());
         assert!(parse(&["--max-deliveries", "1"]).check().is_err());
+        let e = parse(&["--function-ca-file", "/nonexistent/ca.pem"])
+            .check()
+            .unwrap_err();
+        assert!(
+            e.is_config()
+                && e.to_string()
+                    .contains("--function-ca-file /nonexistent/ca.pem"),
+            "{e}"
+        );
+        assert!(
+            Config::try_parse_from(["flotilla-worker", "--function-cert-file", "c.pem"]).is_err(),
+            "a client certificate needs its key"
+        );
+        parse(&["--function-url-template", "https://{name}.fn:8443"])
+            .check()
+            .unwrap();
     }
 }

@@ -5,23 +5,33 @@
 //! per call in flight; this one holds the socket, the request head and the bytes of the response,
 //! which is what lets 10,000 calls in flight fit in 150 MB (`docs/benchmarks.md`).
 //!
-//! What it speaks: `http://` URLs, one request at a time per connection (no pipelining), bodies
-//! sent with `Content-Length`, responses framed by `Content-Length`, chunked transfer coding
-//! (trailers skipped) or the connection's end; interim 1xx responses are skipped. A connection
-//! goes back to the pool only when its response was read to the end, on HTTP/1.1 without
-//! `Connection: close`.
+//! What it speaks: `http://` and `https://` URLs (TLS through tokio-rustls on the function TLS
+//! set-up, the URL's host as the server name), one request at a time per connection (no
+//! pipelining), bodies sent with `Content-Length`, responses framed by `Content-Length`, chunked
+//! transfer coding (trailers skipped) or the connection's end; interim 1xx responses are skipped.
+//! Connections are pooled by scheme, host and port. A connection goes back to the pool only when
+//! its response was read to the end, on HTTP/1.1 without `Connection: close`.
+//!
+//! Invariant: a request is sent at most once per call of [`Client::send`]. A pooled connection
+//! found closed is replaced by a new one only when none of the request went into it; once a byte
+//! did, the function may have read the call, and a failure is returned (the attempt's outcome).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use flotilla_queue::envelope::HOP_BY_HOP;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Largest response head read; a longer one is malformed.
 const MAX_HEAD: usize = 64 * 1024;
@@ -31,14 +41,17 @@ const MAX_HEADERS: usize = 128;
 const MAX_CHUNK_LINE: usize = 4096;
 /// What a response buffer starts with: a function's answer head and a small body fit.
 const FIRST_READ: usize = 1024;
+/// Why an exchange failed when the function closed the connection before its answer began.
+const CLOSED_AFTER_SEND: &str = "the function closed the connection after the request was sent";
 
 /// How the pool keeps connections.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
-    /// Idle connections kept per `host:port`.
+    /// Idle connections kept per scheme, host and port.
     pub max_idle_per_host: usize,
     /// How long an idle connection is kept.
     pub idle_timeout: Duration,
+    /// Bounds the TCP connect and, for `https://`, the TLS handshake after it (each).
     pub connect_timeout: Duration,
     /// TCP keep-alive probes start after this much silence, so a long call notices a peer gone.
     pub tcp_keepalive: Duration,
@@ -56,7 +69,8 @@ impl Default for Settings {
 }
 
 /// Why an exchange failed. The io errors stay sources, so a worker out of descriptors or ports
-/// is recognised through them (`Exhausted::of`).
+/// is recognised through them (`Exhausted::of`), and a refused certificate through
+/// `flotilla_runtime::tls_cause`.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     #[error("connecting to {authority}")]
@@ -67,6 +81,14 @@ pub(crate) enum Error {
     },
     #[error("connecting to {0}: no answer within {1:?}")]
     ConnectTimeout(String, Duration),
+    /// The TLS handshake failed: an untrusted, expired or misnamed certificate, or the function
+    /// refused ours.
+    #[error("TLS handshake with {authority}")]
+    Tls {
+        authority: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("sending the request")]
     Send(#[source] io::Error),
     #[error("reading the response")]
@@ -86,7 +108,11 @@ pub(crate) struct Response {
 /// A request ready to send: the head written out once, the body beside it.
 #[derive(Debug)]
 pub(crate) struct Request {
-    authority: String,
+    /// `http://host:port` or `https://host:port` as the URL gave it: the pool's key, so a plain
+    /// and a TLS connection to one address never stand in for each other.
+    origin: String,
+    /// `https://`: the connection runs TLS, with `host` as the server name.
+    tls: bool,
     host: String,
     port: u16,
     head: Vec<u8>,
@@ -102,7 +128,7 @@ fn is_own_header(name: &HeaderName) -> bool {
 }
 
 impl Request {
-    /// A request to `url` (`http://host[:port]/path?query`), or why it cannot be made. Header
+    /// A request to `url` (`http[s]://host[:port]/path?query`), or why it cannot be made. Header
     /// fields that are not valid HTTP are skipped: the gateway only stores valid ones.
     pub(crate) fn new<'a>(
         method: &str,
@@ -113,9 +139,15 @@ impl Request {
         let method =
             Method::from_bytes(method.as_bytes()).map_err(|_| format!("method {method:?}"))?;
         let uri: Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!("url {url:?}: only http:// is supported"));
-        }
+        let (tls, default_port) = match uri.scheme_str() {
+            Some("http") => (false, 80),
+            Some("https") => (true, 443),
+            _ => {
+                return Err(format!(
+                    "url {url:?}: only http:// and https:// are supported"
+                ));
+            }
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| format!("url {url:?}: no host"))?;
@@ -123,7 +155,7 @@ impl Request {
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(default_port);
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(method.as_str().as_bytes());
@@ -154,8 +186,13 @@ impl Request {
         }
         head.extend_from_slice(b"\r\n");
         head.shrink_to_fit();
+        let scheme = if tls { "https://" } else { "http://" };
+        let mut origin = String::with_capacity(scheme.len() + authority.as_str().len());
+        origin.push_str(scheme);
+        origin.push_str(authority.as_str());
         Ok(Self {
-            authority: authority.as_str().to_owned(),
+            origin,
+            tls,
             host: host.to_owned(),
             port,
             head,
@@ -163,12 +200,20 @@ impl Request {
             head_only: method == Method::HEAD,
         })
     }
+
+    /// `host:port` as the URL gave it, for messages.
+    fn authority(&self) -> &str {
+        let scheme = if self.tls { "https://" } else { "http://" };
+        &self.origin[scheme.len()..]
+    }
 }
 
 /// The pooled client. Cheap to clone; connections are capped by the callers' own limits.
 #[derive(Clone)]
 pub(crate) struct Client {
     pool: Arc<Pool>,
+    /// The function TLS set-up, shared by every `https://` connection.
+    tls: TlsConnector,
 }
 
 struct Pool {
@@ -177,67 +222,257 @@ struct Pool {
 }
 
 struct Idle {
-    stream: TcpStream,
+    conn: Conn,
     since: Instant,
+}
+
+/// A socket that remembers whether any byte went into it since it was last told to forget: how
+/// a failed write tells "none of the request left" from "the function may have some of it",
+/// also under TLS, whose writes reach the socket in records of their own.
+struct Sock {
+    tcp: TcpStream,
+    sent: bool,
+}
+
+impl Sock {
+    fn note(&mut self, polled: &Poll<io::Result<usize>>) {
+        if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.sent = true;
+        }
+    }
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.note(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.note(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// A connection to a function: plain TCP, or TLS over TCP. The TLS state is boxed, so a plain
+/// connection costs what it did before TLS existed (plus the `sent` flag); a TLS one costs what
+/// rustls keeps per connection.
+enum Conn {
+    Plain(Sock),
+    Tls(Box<TlsStream<Sock>>),
+}
+
+impl Conn {
+    fn sock(&self) -> &Sock {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => t.get_ref().0,
+        }
+    }
+
+    fn sock_mut(&mut self) -> &mut Sock {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(t) => t.get_mut().0,
+        }
+    }
+
+    /// Whether an idle pooled connection may carry a request: the peer has not closed it and
+    /// has sent nothing unasked. A closed or chattering socket reads something now (its end, an
+    /// error, or bytes: a TLS close_notify among them), a live idle one would block; whatever
+    /// is read, the connection is dropped. Under TLS, rustls must also hold no close_notify or
+    /// unread data it took in with the last response.
+    fn is_idle_and_open(&mut self) -> bool {
+        if let Self::Tls(t) = self {
+            match t.get_mut().1.process_new_packets() {
+                Ok(state) if !state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 => {}
+                _ => return false,
+            }
+        }
+        matches!(
+            self.sock().tcp.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(t) => Pin::new(&mut **t).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+        }
+    }
 }
 
 impl Client {
     /// A client whose idle connections are closed after `idle_timeout` by a sweeper that ends
-    /// with the client. Needs a Tokio runtime.
-    pub(crate) fn new(settings: Settings) -> Self {
+    /// with the client, and whose `https://` connections use `tls` (built once at start from
+    /// the function TLS flags). Needs a Tokio runtime.
+    pub(crate) fn new(settings: Settings, tls: Arc<rustls::ClientConfig>) -> Self {
         let pool = Arc::new(Pool {
             settings,
             idle: Mutex::new(HashMap::new()),
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
-        Self { pool }
+        Self {
+            pool,
+            tls: TlsConnector::from(tls),
+        }
     }
 
-    /// Sends `req` and reads the whole response. A pooled connection that turns out closed
-    /// before any byte of the response arrived (the function's server closed it while idle) is
-    /// given up and the request sent again on a new connection: the server did not read it.
+    /// Sends `req` and reads the whole response, sending the request at most once. A pooled
+    /// connection found closed before any byte of the request went into it (the function's
+    /// server closed it while idle; the write failed at once) is given up and another one
+    /// tried: the function cannot have seen the request. Once a byte went in, any failure is
+    /// returned: the function may have read the call, and only a counted attempt may send it
+    /// again.
     pub(crate) async fn send(&self, req: &Request) -> Result<Response, Error> {
         loop {
-            let (mut stream, reused) = match self.pool.checkout(&req.authority) {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.pool.checkout(&req.origin) {
+                Some(c) => (c, true),
                 None => (self.connect(req).await?, false),
             };
-            match exchange(&mut stream, req).await {
+            match exchange(&mut conn, req).await {
                 Ok((resp, reusable)) => {
                     if reusable {
-                        self.pool.checkin(&req.authority, stream);
+                        self.pool.checkin(&req.origin, conn);
                     }
                     return Ok(resp);
                 }
-                Err(Failure { error, answered }) => {
-                    if reused && !answered && is_closed(&error) {
-                        continue;
-                    }
-                    return Err(error);
-                }
+                Err(failure) if reused && failure.never_left() => continue,
+                Err(failure) => return Err(failure.error),
             }
         }
     }
 
-    async fn connect(&self, req: &Request) -> Result<TcpStream, Error> {
+    /// A new connection, TLS set up for `https://`: the TCP connect and the handshake each
+    /// within the connect timeout.
+    async fn connect(&self, req: &Request) -> Result<Conn, Error> {
         let s = self.pool.settings;
         let connect = TcpStream::connect((req.host.as_str(), req.port));
-        let stream = tokio::time::timeout(s.connect_timeout, connect)
+        let tcp = tokio::time::timeout(s.connect_timeout, connect)
             .await
-            .map_err(|_| Error::ConnectTimeout(req.authority.clone(), s.connect_timeout))?
+            .map_err(|_| Error::ConnectTimeout(req.authority().to_owned(), s.connect_timeout))?
             .map_err(|source| Error::Connect {
-                authority: req.authority.clone(),
+                authority: req.authority().to_owned(),
                 source,
             })?;
         // Best effort: a socket without these still works.
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(s.tcp_keepalive);
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok(stream)
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let sock = Sock { tcp, sent: false };
+        if !req.tls {
+            return Ok(Conn::Plain(sock));
+        }
+        // Boxed: the handshake's state is large and comes once per connection; held in place it
+        // would enlarge every call's task, plain ones included.
+        Box::pin(self.handshake(req, sock)).await
+    }
+
+    /// TLS over a new socket. The server name (SNI, and the name the certificate must cover) is
+    /// the URL's host; an IP address is checked against the certificate's IP addresses.
+    async fn handshake(&self, req: &Request, sock: Sock) -> Result<Conn, Error> {
+        let tls_error = |source: io::Error| Error::Tls {
+            authority: req.authority().to_owned(),
+            source,
+        };
+        let name = ServerName::try_from(req.host.clone())
+            .map_err(|e| tls_error(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let timeout = self.pool.settings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, self.tls.connect(name, sock))
+            .await
+            .map_err(|_| Error::ConnectTimeout(req.authority().to_owned(), timeout))?
+            .map_err(tls_error)?;
+        Ok(Conn::Tls(Box::new(stream)))
     }
 }
 
-/// Whether an error means the peer had closed the connection before answering.
+/// Whether an error means the peer had closed the connection.
 fn is_closed(error: &Error) -> bool {
     let (Error::Send(e) | Error::Receive(e)) = error else {
         return false;
@@ -252,35 +487,34 @@ fn is_closed(error: &Error) -> bool {
 }
 
 impl Pool {
-    /// The most recently used live connection to `authority`, if any; expired ones are closed.
-    fn checkout(&self, authority: &str) -> Option<TcpStream> {
+    /// The most recently used live connection to `origin`, if any; expired and closed ones are
+    /// dropped.
+    fn checkout(&self, origin: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.get_mut(authority)?;
+        let conns = idle.get_mut(origin)?;
         let fresh_after = Instant::now().checked_sub(self.settings.idle_timeout);
-        while let Some(conn) = conns.pop_back() {
-            if fresh_after.is_some_and(|t| conn.since < t) {
+        while let Some(mut entry) = conns.pop_back() {
+            if fresh_after.is_some_and(|t| entry.since < t) {
                 // The rest are older still.
                 conns.clear();
                 break;
             }
-            // A closed or chattering connection reads something now; a live idle one would block.
-            match conn.stream.try_read(&mut [0u8; 1]) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn.stream),
-                _ => continue,
+            if entry.conn.is_idle_and_open() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, authority: &str, stream: TcpStream) {
+    fn checkin(&self, origin: &str, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = match idle.get_mut(authority) {
+        let conns = match idle.get_mut(origin) {
             Some(c) => c,
-            None => idle.entry(authority.to_owned()).or_default(),
+            None => idle.entry(origin.to_owned()).or_default(),
         };
         if conns.len() < self.settings.max_idle_per_host {
             conns.push_back(Idle {
-                stream,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -318,37 +552,40 @@ async fn sweep(pool: Weak<Pool>) {
     }
 }
 
-/// A failed exchange, and whether any byte of the response had arrived.
+/// A failed exchange, and whether any byte of the request had gone into the connection.
 struct Failure {
     error: Error,
-    answered: bool,
+    sent: bool,
 }
 
 impl Failure {
-    fn unanswered(error: Error) -> Self {
-        Self {
-            error,
-            answered: false,
-        }
+    /// A failure after the request went out, in part or whole.
+    fn after_send(error: Error) -> Self {
+        Self { error, sent: true }
     }
-    fn answered(error: Error) -> Self {
-        Self {
-            error,
-            answered: true,
-        }
+
+    /// Whether the connection turned out closed before any of the request went into it: the
+    /// one failure another connection may make up for without the function seeing the call
+    /// twice.
+    fn never_left(&self) -> bool {
+        !self.sent && is_closed(&self.error)
     }
 }
 
-/// One request and its whole response on `stream`; the flag says whether the connection may
+/// One request and its whole response on `conn`; the flag says whether the connection may
 /// carry another.
-async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bool), Failure> {
-    write_request(stream, &req.head, &req.body)
-        .await
-        .map_err(|e| Failure::unanswered(Error::Send(e)))?;
+async fn exchange(conn: &mut Conn, req: &Request) -> Result<(Response, bool), Failure> {
+    conn.sock_mut().sent = false;
+    if let Err(e) = write_request(conn, &req.head, &req.body).await {
+        let sent = conn.sock().sent;
+        return Err(Failure {
+            error: Error::Send(e),
+            sent,
+        });
+    }
     let mut buf = BytesMut::with_capacity(FIRST_READ);
-    let mut answered = false;
     let head = loop {
-        match parse_head(&buf).map_err(Failure::answered)? {
+        match parse_head(&buf).map_err(Failure::after_send)? {
             // Interim responses (100 Continue, 103 Early Hints) are read past.
             Some(head)
                 if head.status.is_informational()
@@ -359,28 +596,20 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
             }
             Some(head) => break head,
             None if buf.len() > MAX_HEAD => {
-                return Err(Failure::answered(Error::Malformed(format!(
+                return Err(Failure::after_send(Error::Malformed(format!(
                     "response head over {MAX_HEAD} bytes"
                 ))));
             }
             None => {}
         }
-        match read_more(stream, &mut buf, FIRST_READ).await {
-            Ok(0) => {
-                let eof =
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the response");
-                return Err(Failure {
-                    error: Error::Receive(eof),
-                    answered,
-                });
+        match read_more(conn, &mut buf, FIRST_READ).await {
+            Ok(n) if n > 0 => {}
+            // The end, or a TLS connection's end without close_notify.
+            Ok(_) => return Err(Failure::after_send(closed_early(&buf))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(Failure::after_send(closed_early(&buf)));
             }
-            Ok(_) => answered = true,
-            Err(e) => {
-                return Err(Failure {
-                    error: Error::Receive(e),
-                    answered,
-                });
-            }
+            Err(e) => return Err(Failure::after_send(Error::Receive(e))),
         }
     };
     buf.advance(head.len);
@@ -393,9 +622,9 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
     } else {
         head.framing
     };
-    let (body, complete) = read_body(stream, buf, framing)
+    let (body, complete) = read_body(conn, buf, framing)
         .await
-        .map_err(Failure::answered)?;
+        .map_err(Failure::after_send)?;
     let reusable = complete && head.keep_alive && head.status != StatusCode::SWITCHING_PROTOCOLS;
     Ok((
         Response {
@@ -407,11 +636,22 @@ async fn exchange(stream: &mut TcpStream, req: &Request) -> Result<(Response, bo
     ))
 }
 
-/// Writes the head and the body with as few system calls as the socket takes.
-async fn write_request(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+/// The connection ended before a whole response head arrived: `buf` holds what did.
+fn closed_early(buf: &[u8]) -> Error {
+    let why = if buf.is_empty() {
+        CLOSED_AFTER_SEND.to_owned()
+    } else {
+        format!("{CLOSED_AFTER_SEND}, inside the response head")
+    };
+    Error::Receive(io::Error::new(io::ErrorKind::UnexpectedEof, why))
+}
+
+/// Writes the head and the body with as few system calls as the socket takes, and flushes (TLS
+/// may hold the last record until then).
+async fn write_request(conn: &mut Conn, head: &[u8], body: &[u8]) -> io::Result<()> {
     let (mut head, mut body) = (head, body);
     while !head.is_empty() {
-        let n = stream
+        let n = conn
             .write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
             .await?;
         if n == 0 {
@@ -421,25 +661,26 @@ async fn write_request(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> io::
         head = &head[from_head..];
         body = &body[n - from_head..];
     }
-    stream.write_all(body).await
+    conn.write_all(body).await?;
+    conn.flush().await
 }
 
-/// Reads what the socket has into `buf`, making room for at least `room` more bytes first.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+/// Reads what the connection has into `buf`, making room for at least `room` more bytes first.
+async fn read_more(conn: &mut Conn, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
     if buf.capacity() - buf.len() < room {
         buf.reserve(room);
     }
-    stream.read_buf(buf).await
+    conn.read_buf(buf).await
 }
 
 /// Reads more of a response that must go on; the connection's end here is an error.
 async fn read_on(
-    stream: &mut TcpStream,
+    conn: &mut Conn,
     buf: &mut BytesMut,
     room: usize,
     place: &str,
 ) -> Result<(), Error> {
-    match read_more(stream, buf, room).await {
+    match read_more(conn, buf, room).await {
         Ok(0) => Err(Error::Receive(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("closed {place}"),
@@ -527,7 +768,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, Error> {
 /// Reads the body that follows the head (part of it already in `buf`). The flag says whether it
 /// ended exactly where the response did, so the connection may carry another request.
 async fn read_body(
-    stream: &mut TcpStream,
+    conn: &mut Conn,
     mut buf: BytesMut,
     framing: Framing,
 ) -> Result<(Bytes, bool), Error> {
@@ -537,17 +778,22 @@ async fn read_body(
                 .map_err(|_| Error::Malformed(format!("content-length {n} too large")))?;
             while buf.len() < n {
                 let missing = n - buf.len();
-                read_on(stream, &mut buf, missing, "before the body's end").await?;
+                read_on(conn, &mut buf, missing, "before the body's end").await?;
             }
             let body = buf.split_to(n).freeze();
             Ok((body, buf.is_empty()))
         }
         Framing::Close => {
-            while read_more(stream, &mut buf, FIRST_READ)
-                .await
-                .map_err(Error::Receive)?
-                > 0
-            {}
+            loop {
+                match read_more(conn, &mut buf, FIRST_READ).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    // A TLS server that ends the body by closing without close_notify: the body
+                    // ends there, as the same close would end it over plain TCP.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(Error::Receive(e)),
+                }
+            }
             Ok((buf.freeze(), false))
         }
         Framing::Chunked => {
@@ -558,7 +804,7 @@ async fn read_body(
                 if state == Chunked::Done {
                     return Ok((body.freeze(), buf.is_empty()));
                 }
-                read_on(stream, &mut buf, FIRST_READ, "inside a chunked body").await?;
+                read_on(conn, &mut buf, FIRST_READ, "inside a chunked body").await?;
             }
         }
     }
@@ -657,6 +903,8 @@ mod tests {
     struct Server {
         url: String,
         accepted: Arc<AtomicUsize>,
+        /// Connections the server has closed (its side dropped).
+        closed: Arc<AtomicUsize>,
         requests: Arc<Mutex<Vec<String>>>,
     }
 
@@ -667,37 +915,51 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (acc, reqs) = (accepted.clone(), requests.clone());
+        let (acc, done, reqs) = (accepted.clone(), closed.clone(), requests.clone());
         tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
+            while let Ok((conn, _)) = listener.accept().await {
                 acc.fetch_add(1, Ordering::SeqCst);
-                let reqs = reqs.clone();
+                let (reqs, done) = (reqs.clone(), done.clone());
                 tokio::spawn(async move {
-                    let mut buf = BytesMut::new();
-                    while let Some(req) = read_request(&mut conn, &mut buf).await {
-                        let n = {
-                            let mut r = reqs.lock().unwrap();
-                            r.push(req);
-                            r.len() - 1
-                        };
-                        let (bytes, close) = answer(n);
-                        for part in bytes.chunks(piece) {
-                            if conn.write_all(part).await.is_err() {
-                                return;
-                            }
-                        }
-                        if close {
-                            return;
-                        }
-                    }
+                    answer_all(conn, &reqs, piece, answer).await;
+                    done.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
         Server {
             url,
             accepted,
+            closed,
             requests,
+        }
+    }
+
+    /// Answers the requests of one connection until `answer` says close or the client leaves;
+    /// the connection is closed when this returns.
+    async fn answer_all(
+        mut conn: TcpStream,
+        reqs: &Mutex<Vec<String>>,
+        piece: usize,
+        answer: Answer,
+    ) {
+        let mut buf = BytesMut::new();
+        while let Some(req) = read_request(&mut conn, &mut buf).await {
+            let n = {
+                let mut r = reqs.lock().unwrap();
+                r.push(req);
+                r.len() - 1
+            };
+            let (bytes, close) = answer(n);
+            for part in bytes.chunks(piece) {
+                if conn.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            if close {
+                return;
+            }
         }
     }
 
@@ -725,8 +987,19 @@ mod tests {
         }
     }
 
+    /// A TLS set-up that trusts nothing: these tests speak plain HTTP.
+    fn no_roots() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
     fn client() -> Client {
-        Client::new(Settings::default())
+        Client::new(Settings::default(), no_roots())
     }
 
     fn post(url: &str, body: &'static str) -> Request {
@@ -838,19 +1111,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pooled_connection_the_server_closed_is_replaced_and_the_call_sent_once() {
-        // Answers like a keep-alive server, then closes: the pool holds a dead connection.
+    async fn a_keep_alive_connection_the_server_closed_while_idle_is_replaced_silently() {
+        // Answers like a keep-alive server, then closes: the pool holds a closed connection.
         let s = server(64, |n| (ok(&n.to_string()), true)).await;
         let c = client();
         assert_eq!(c.send(&post(&s.url, "a")).await.unwrap().body, "0");
+        flotilla_testsupport::wait_until(Duration::from_secs(5), "the server closed", || {
+            s.closed.load(Ordering::SeqCst) == 1
+        })
+        .await;
         let resp = c.send(&post(&s.url, "b")).await.unwrap();
-        assert_eq!(resp.body, "1");
+        assert_eq!(resp.body, "1", "the call succeeds on a new connection");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(
             s.requests.lock().unwrap().len(),
             2,
             "each call reached the server once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_after_the_request_was_read_is_an_error_not_a_second_send() {
+        // The first request is answered on a keep-alive connection; the second is read, then
+        // the connection dropped without an answer (a function that crashed on the call).
+        let s = server(64, |n| match n {
+            1 => (Vec::new(), true),
+            _ => (ok(&n.to_string()), false),
+        })
+        .await;
+        let c = client();
+        assert_eq!(c.send(&post(&s.url, "a")).await.unwrap().body, "0");
+        let err = c.send(&post(&s.url, "b")).await.unwrap_err();
+        let Error::Receive(cause) = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            cause.to_string().contains("after the request was sent"),
+            "{cause}"
+        );
+        assert_eq!(
+            s.requests.lock().unwrap().len(),
+            2,
+            "the call that reached the function was not sent again"
+        );
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        // The next call goes out on a new connection.
+        assert_eq!(c.send(&post(&s.url, "c")).await.unwrap().body, "2");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_refused_before_any_byte_left_is_the_one_replaceable_failure() {
+        // The peer resets the connection before the request: the kernel refuses the first
+        // write, so nothing of it went out.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (peer, _) = listener.accept().await.unwrap();
+            // Linger zero: close with a reset, not a FIN.
+            socket2::SockRef::from(&peer)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(peer);
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        accept.await.unwrap();
+        tcp.readable().await.unwrap();
+        let mut conn = Conn::Plain(Sock { tcp, sent: false });
+        let req = post(&format!("http://{addr}"), "x");
+        let Err(failure) = exchange(&mut conn, &req).await else {
+            panic!("the exchange on a reset connection succeeded")
+        };
+        assert!(!failure.sent, "{:?}", failure.error);
+        assert!(failure.never_left(), "{:?}", failure.error);
+
+        let closed = || Error::Receive(io::ErrorKind::UnexpectedEof.into());
+        assert!(!Failure::after_send(closed()).never_left());
+        let malformed = Failure {
+            error: Error::Malformed("x".into()),
+            sent: false,
+        };
+        assert!(!malformed.never_left());
     }
 
     #[tokio::test]
@@ -864,6 +1205,20 @@ mod tests {
         };
         assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_tls_fails_the_handshake_and_says_so() {
+        // A plain HTTP server where TLS is expected: it answers the ClientHello with HTTP.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.unwrap();
+            let _ = peer.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        });
+        let err = client().send(&post(&url, "")).await.unwrap_err();
+        assert!(matches!(err, Error::Tls { .. }), "{err:?}");
+        assert!(flotilla_runtime::tls_cause(&err).is_some(), "{err:?}");
     }
 
     #[tokio::test]
@@ -899,26 +1254,29 @@ mod tests {
         let s = server(64, |_| (Vec::new(), true)).await;
         let err = client().send(&post(&s.url, "")).await.unwrap_err();
         assert!(is_closed(&err), "{err:?}");
+        assert_eq!(s.requests.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn idle_connections_expire_and_the_pool_keeps_at_most_its_share() {
         let s = server(64, |_| (ok("x"), false)).await;
-        let c = Client::new(Settings {
-            max_idle_per_host: 1,
-            ..Settings::default()
-        });
+        let c = Client::new(
+            Settings {
+                max_idle_per_host: 1,
+                ..Settings::default()
+            },
+            no_roots(),
+        );
         let (ra, rb) = (post(&s.url, ""), post(&s.url, ""));
         let (a, b) = tokio::join!(c.send(&ra), c.send(&rb));
         a.unwrap();
         b.unwrap();
-        let authority = s.url.trim_start_matches("http://");
         let idle = |c: &Client| {
             c.pool
                 .idle
                 .lock()
                 .unwrap()
-                .get(authority)
+                .get(&s.url)
                 .map_or(0, VecDeque::len)
         };
         assert_eq!(idle(&c), 1, "two connections were used, one is kept");
@@ -932,11 +1290,22 @@ mod tests {
     #[test]
     fn requests_refuse_what_cannot_be_sent() {
         let r = |m, u| Request::new(m, u, [], Bytes::new()).unwrap_err();
-        assert!(r("POST", "https://f/").contains("only http://"));
+        assert!(r("POST", "ftp://f/").contains("only http:// and https://"));
         assert!(r("BAD METHOD", "http://f/").contains("method"));
-        assert!(r("POST", "/relative").contains("only http://"));
+        assert!(r("POST", "/relative").contains("only http:// and https://"));
         let get = Request::new("GET", "http://[::1]:81", [], Bytes::new()).unwrap();
-        assert_eq!((get.host.as_str(), get.port), ("::1", 81));
+        assert_eq!((get.host.as_str(), get.port, get.tls), ("::1", 81, false));
         assert_eq!(get.head, b"GET / HTTP/1.1\r\nhost: [::1]:81\r\n\r\n");
+        assert_eq!(get.origin, "http://[::1]:81");
+        let tls = Request::new("GET", "https://fn.example/x", [], Bytes::new()).unwrap();
+        assert_eq!(
+            (tls.host.as_str(), tls.port, tls.tls),
+            ("fn.example", 443, true)
+        );
+        assert_eq!(
+            (tls.origin.as_str(), tls.authority()),
+            ("https://fn.example", "fn.example")
+        );
+        assert_eq!(tls.head, b"GET /x HTTP/1.1\r\nhost: fn.example\r\n\r\n");
     }
 }

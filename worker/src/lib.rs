@@ -155,7 +155,9 @@ pub async fn serve(
         policies,
         signers,
         callback_targets,
+        function_tls,
     } = config.into_parts();
+    function_tls.log();
     let prometheus = metrics_handle();
     flotilla_runtime::limit_function_series(config.common.max_function_series);
     let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
@@ -286,10 +288,13 @@ pub async fn serve(
         signers,
         // As many idle connections per function host as calls may be in flight: below that, a
         // replica busy with one host closes and reopens a connection per call.
-        http: http1::Client::new(http1::Settings {
-            max_idle_per_host: config.max_in_flight(),
-            ..http1::Settings::default()
-        }),
+        http: http1::Client::new(
+            http1::Settings {
+                max_idle_per_host: config.max_in_flight(),
+                ..http1::Settings::default()
+            },
+            function_tls.config(),
+        ),
         budget: Arc::new(budget::Budget::new(config.max_in_flight())),
         callbacks,
         reports,
