@@ -29,6 +29,25 @@ pub struct Cli {
 pub enum Command {
     /// Measure the raw pipeline this machine allows, with the fleet's libraries and no features.
     Ceiling(CeilingArgs),
+    /// Serve the built-in function alone until SIGTERM or Ctrl-C: something to call by hand
+    /// (every `/<name>` answers, after `--latency`, with what it was sent).
+    Function(FunctionArgs),
+}
+
+/// Flags of `flotilla-loadgen function`.
+#[derive(Debug, Clone, Args)]
+pub struct FunctionArgs {
+    /// Where the function listens; point the workers' `--function-url-template` at
+    /// `http://ADDR/{name}`.
+    #[arg(
+        long,
+        env = "LOADGEN_FUNCTION_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub listen: SocketAddr,
+    /// How long each call takes: `2s`, `uniform:1s..3s`, `exp:500ms`.
+    #[arg(long, env = "LOADGEN_FUNCTION_LATENCY", default_value = "fixed:2s")]
+    pub latency: LatencyDist,
 }
 
 /// Flags of the ceiling measurement, alone or inside a run.

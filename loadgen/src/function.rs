@@ -30,6 +30,8 @@ pub struct FunctionSpec {
     pub seed: u64,
     /// Calls taken at once; beyond it the function answers 429 at once. `None`: no limit.
     pub capacity: Option<Capacity>,
+    /// Answer each call with its own request body instead of `response_size` bytes.
+    pub echo: bool,
     /// Record every call's `X-Call-Id` as it arrives (`--no-callbacks`: the function's arrivals
     /// are what the audit counts, as the sink's callbacks are otherwise).
     pub record_arrivals: bool,
@@ -116,9 +118,14 @@ impl FunctionServer {
                 let (latency, failure_rate, record) =
                     (spec.latency, spec.failure_rate, spec.record_arrivals);
                 let capacity = spec.capacity.clone();
+                let echo = spec.echo;
                 async move {
                     let (parts, req_body) = req.into_parts();
-                    let _ = req_body.collect().await;
+                    let sent = req_body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
                     let Some(_taken) = st.take(capacity.as_ref(), &clock) else {
                         st.refused.fetch_add(1, Ordering::Relaxed);
                         return net::respond(429, Bytes::from_static(b"at capacity\n"));
@@ -144,7 +151,7 @@ impl FunctionServer {
                         st.failures.fetch_add(1, Ordering::Relaxed);
                         return net::respond(500, Bytes::from_static(b"injected failure\n"));
                     }
-                    net::respond(200, body)
+                    net::respond(200, if echo { sent } else { body })
                 }
             },
         );
@@ -171,4 +178,29 @@ impl FunctionServer {
     pub async fn stopped(self) {
         let _ = self.task.await;
     }
+}
+
+/// `flotilla-loadgen function`: the built-in function alone, answering every call with its own
+/// body after `args.latency`, until SIGTERM or Ctrl-C.
+pub async fn serve_alone(args: &crate::config::FunctionArgs) -> std::io::Result<()> {
+    let listener = TcpListener::bind(args.listen).await?;
+    let stop = CancellationToken::new();
+    let spec = FunctionSpec {
+        latency: args.latency,
+        failure_rate: 0.0,
+        response_size: 0,
+        seed: 1,
+        record_arrivals: false,
+        capacity: None,
+        echo: true,
+    };
+    let server = FunctionServer::start(listener, spec, Clock::new(), stop.clone())?;
+    eprintln!(
+        "flotilla-loadgen: function listening on http://{}/{{name}} (each call takes {})",
+        server.addr, args.latency
+    );
+    flotilla_runtime::shutdown_signal().await;
+    stop.cancel();
+    server.stopped().await;
+    Ok(())
 }

@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
     };
     let checked = match &cli.command {
         Some(Command::Ceiling(args)) => args.validate(),
+        Some(Command::Function(_)) => Ok(()),
         None => cli.run.validate(),
     };
     if let Err(e) = checked {
@@ -40,6 +41,10 @@ fn main() -> std::process::ExitCode {
     };
     let outcome: anyhow::Result<bool> = runtime.block_on(async move {
         match cli.command {
+            Some(Command::Function(args)) => {
+                flotilla_loadgen::function::serve_alone(&args).await?;
+                Ok(true)
+            }
             Some(Command::Ceiling(args)) => {
                 flotilla_loadgen::ceiling::run_command(&args).await?;
                 Ok(true)

@@ -300,6 +300,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
         seed: args.seed,
         record_arrivals: args.no_callbacks,
         capacity: args.function_capacity.clone(),
+        echo: false,
     }
 }
 

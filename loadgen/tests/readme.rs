@@ -1,5 +1,6 @@
 //! The README's "Running a fleet" section runs as written: `scripts/readme-fleet` runs its
-//! commands (on free ports, with this build's binaries) and the loadgen's audit passes.
+//! commands (on free ports, with this build's binaries), the calls at the top of the README
+//! against its example function among them, and the loadgen's audit passes.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,4 +50,11 @@ fn the_readme_fleet_section_runs_and_its_audit_passes() {
         stdout.contains("final states (status API): succeeded × 2,000"),
         "{stdout}"
     );
+    // The calls by hand: the call's status, its result not there yet, its cancel, and the
+    // synchronous call's answer (the example function echoes what it was sent).
+    assert!(
+        stdout.matches(r#""function":"resize""#).count() >= 2,
+        "the status, and the 409 for its result while it runs: {stdout}"
+    );
+    assert!(stdout.contains("photo bytes"), "{stdout}");
 }
