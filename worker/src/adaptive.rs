@@ -115,6 +115,17 @@ impl Limit {
         self.probing = Some(self.limit);
     }
 
+    /// Calls wait for the function's slots while it has never refused one: in slow start the
+    /// limit doubles to meet them (up to the ceiling) rather than send them to wait elsewhere.
+    /// `false` once the function has refused, or at the ceiling.
+    pub fn grow_on_demand(&mut self) -> bool {
+        if !self.slow_start || self.limit >= self.max {
+            return false;
+        }
+        self.limit = (self.limit * 2).min(self.max);
+        true
+    }
+
     /// The function refused a call (429, or 503 with `Retry-After`) that was sent with
     /// `in_flight` calls at it (itself included), while it held `others` more of this
     /// replica's calls: those still at it, and those it answered since the call was sent (their

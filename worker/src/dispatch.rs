@@ -325,16 +325,27 @@ impl Placer {
         }
         let function = match f.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => match self
-                .starved
-                .entry(f.name.clone())
-                .or_default()
-                .hold(&f.slots)
-                .await
-            {
-                Held::Got(p) => p,
-                Held::InVain | Held::Closed => return Place::Wait,
-            },
+            Err(_) => {
+                let starved = self.starved.entry(f.name.clone()).or_default();
+                match starved.hold(&f.slots).await {
+                    Held::Got(p) => p,
+                    Held::Closed => return Place::Wait,
+                    // A function under adaptive control that never refused a call is in slow
+                    // start: its limit grows to meet its calls, once per wait in vain, rather
+                    // than send them through the wait stream.
+                    Held::InVain => match f
+                        .grow_on_demand()
+                        .then(|| f.slots.clone().try_acquire_owned().ok())
+                        .flatten()
+                    {
+                        Some(p) => {
+                            starved.fed();
+                            p
+                        }
+                        None => return Place::Wait,
+                    },
+                }
+            }
         };
         let budget = &shared.budget;
         let replica = match budget.permits().clone().try_acquire_owned() {

@@ -157,6 +157,20 @@ impl FunctionRt {
         (!beyond).then_some(at)
     }
 
+    /// Calls of the function wait for its slots: a function under adaptive control that never
+    /// refused a call (slow start) doubles its limit to meet them. `true` when it grew.
+    pub fn grow_on_demand(&self) -> bool {
+        let mut sizing = self.sizing();
+        let grew = sizing
+            .adaptive
+            .as_mut()
+            .is_some_and(adaptive::Limit::grow_on_demand);
+        if grew {
+            self.apply(&mut sizing);
+        }
+        grew
+    }
+
     /// Whether an answer is the function saying it is full: under adaptive control, a 429, or a
     /// 503 that says when to come back.
     pub fn is_refusal(&self, outcome: &Outcome) -> bool {

@@ -288,3 +288,21 @@ fn a_refusal_lowers_to_what_the_function_held_and_probes_wait_longer_when_refuse
     }
     assert_eq!(l.hold, HOLD_MIN);
 }
+
+#[test]
+fn calls_waiting_for_slots_double_the_limit_only_in_slow_start() {
+    let t = Instant::now();
+    let mut l = Limit::new(1, 20, 1);
+    assert!(l.grow_on_demand());
+    assert_eq!(l.current(), 2 * INITIAL);
+    assert!(l.grow_on_demand());
+    assert_eq!(l.current(), 20, "not above the ceiling");
+    assert!(!l.grow_on_demand(), "at the ceiling");
+    let mut l = Limit::new(1, 100, 1);
+    l.refused(t, INITIAL, 3);
+    assert!(
+        !l.grow_on_demand(),
+        "a function that refused grows only by probing"
+    );
+    assert_eq!(l.current(), 3);
+}
