@@ -678,24 +678,64 @@ async fn wait_again(
     }
     let status_revision = tracked.as_ref().and_then(Tracked::revision);
     drop(tracked);
+    let again = Again {
+        attempt,
+        origin,
+        status_revision,
+        delay,
+    };
+    let nak_after = delay.max(Duration::from_secs(1));
+    store_again(
+        shared,
+        func,
+        msg,
+        env,
+        again,
+        "store the refused call for later",
+        nak_after,
+    )
+    .await;
+}
+
+/// Where a call that runs again with the same attempt number waits, and for how long.
+struct Again<'a> {
+    attempt: Attempt,
+    origin: (&'a str, u64),
+    status_revision: Option<u64>,
+    delay: Duration,
+}
+
+/// Stores the call to run again after `again.delay` with the same attempt number (so it uses no
+/// attempt, and no delivery: it comes back as a new message) and acks its message once JetStream
+/// holds it. When NATS refuses the store, the message comes back after `nak_after` and the
+/// warning names `step`.
+async fn store_again(
+    shared: &Shared,
+    func: &FunctionRt,
+    msg: &jetstream::Message,
+    env: &Envelope,
+    again: Again<'_>,
+    step: &'static str,
+    nak_after: Duration,
+) {
     let stored = Box::pin(retry::schedule(
         shared,
         func.shard,
         env,
-        attempt.earlier,
-        delay,
-        origin,
-        status_revision,
+        again.attempt.earlier,
+        again.delay,
+        again.origin,
+        again.status_revision,
     ));
     let on_failure = OnFailure::Nak {
-        step: "store the refused call for later",
+        step,
         env,
-        delay: delay.max(Duration::from_secs(1)),
+        delay: nak_after,
     };
     if settle_step(shared, msg, on_failure, stored).await.is_some()
         && let Err(error) = msg.ack().await
     {
-        tracing::debug!(%error, "ack after a refusal failed; the call returns and is stored once");
+        tracing::debug!(%error, "ack after storing the call again failed; it returns and is stored once");
     }
 }
 
@@ -722,23 +762,12 @@ async fn exhausted_hand_back(
     } else {
         tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
     }
-    let stored = Box::pin(retry::schedule(
-        shared,
-        func.shard,
-        env,
-        attempt.earlier,
-        EXHAUSTED_PAUSE,
+    let again = Again {
+        attempt,
         origin,
         status_revision,
-    ));
-    let on_failure = OnFailure::Nak {
-        step: "store the call for later",
-        env,
         delay: EXHAUSTED_PAUSE,
     };
-    if settle_step(shared, msg, on_failure, stored).await.is_some()
-        && let Err(error) = msg.ack().await
-    {
-        tracing::debug!(%error, "ack after handing back failed");
-    }
+    let step = "store the call for later";
+    store_again(shared, func, msg, env, again, step, EXHAUSTED_PAUSE).await;
 }
