@@ -1,6 +1,6 @@
-//! Certificates for TLS tests, made by `openssl` in a temporary folder (as
-//! `worker/tests/security.rs` makes those of NATS TLS): a private CA and, signed by it, a function
-//! certificate for 127.0.0.1, one for another host, an expired one, and a client certificate.
+//! Certificates for TLS tests, made by `openssl` in a temporary folder: a private CA and, signed
+//! by it, a function certificate for 127.0.0.1 (also what the NATS TLS tests' server shows), one
+//! for another host, an expired one, and a client certificate.
 //! Plus the rustls server configuration a [`crate::RecordingServer`] serves `https://` with.
 
 use std::path::{Path, PathBuf};

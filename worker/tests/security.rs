@@ -1,7 +1,8 @@
 //! NATS with users, least permissions and mutual TLS, all made here: a nats-server runs with
-//! `docs/nats/permissions.conf` as shipped, certificates come from `openssl`, and the gateway and
-//! the worker connect with their own users over TLS and run a call end to end. A worker's user
-//! cannot publish a call; wrong credentials leave a worker not ready with the reason.
+//! `docs/nats/permissions.conf` as shipped, certificates come from `openssl` (testsupport's
+//! `Certificates`), and the gateway and the worker connect with their own users over TLS and run
+//! a call end to end. A worker's user cannot publish a call; wrong credentials leave a worker not
+//! ready with the reason.
 // A failed unwrap in a helper is the test failure we want, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
@@ -14,101 +15,27 @@ use std::time::Duration;
 use common::{Gateway, Worker, get};
 use flotilla_fleet::NatsServer;
 use flotilla_runtime::NatsAuthArgs;
-use flotilla_testsupport::RecordingServer;
+use flotilla_testsupport::{Certificates, RecordingServer};
 
 const T: Duration = Duration::from_secs(30);
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, P-256 keys, in `dir`.
-fn certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=flotilla-test-ca",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let (key, csr, pem, subj, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("/CN=flotilla-test-{name}"),
-            format!("{name}.ext"),
-        );
-        let mut req = vec!["req", "-subj", subj.as_str()];
-        req.extend(ec);
-        req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                &extfile,
-                "-out",
-                &pem,
-            ],
-        );
-    }
-}
-
 struct Secured {
     server: NatsServer,
-    dir: tempfile::TempDir,
+    /// A private CA; the server shows its `function` certificate (for 127.0.0.1), the binaries
+    /// its `client` one. The password files are written beside them.
+    certs: Certificates,
 }
 
 impl Secured {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        certificates(dir.path());
+        let certs = Certificates::make();
         for (user, password) in [
             ("gateway", "gw-secret"),
             ("worker", "wk-secret"),
             ("wrong", "nope"),
         ] {
             std::fs::write(
-                dir.path().join(format!("{user}.password")),
+                certs.path(&format!("{user}.password")),
                 format!("{password}\n"),
             )
             .unwrap();
@@ -117,7 +44,7 @@ impl Secured {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/nats/permissions.conf"),
         )
         .unwrap();
-        let p = |f: &str| dir.path().join(f).display().to_string();
+        let p = |f: &str| certs.path(f).display().to_string();
         let config = format!(
             "{permissions}\n\
              authorization {{\n  users = [\n\
@@ -125,16 +52,16 @@ impl Secured {
              {{ user: flotilla-worker, password: wk-secret, permissions: $FLOTILLA_WORKER }}\n\
              {{ user: observer, password: ob-secret }}\n  ]\n}}\n\
              tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
-            p("server.pem"),
-            p("server.key"),
+            p("function.pem"),
+            p("function.key"),
             p("ca.pem"),
         );
         let server = NatsServer::start_with_config(&config).unwrap();
-        Self { server, dir }
+        Self { server, certs }
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.certs.path(name)
     }
 
     /// The NATS flags of a binary logging in as `user` with its password file, over mutual TLS.
