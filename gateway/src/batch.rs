@@ -285,7 +285,7 @@ async fn store(
                 Some(enqueue::dedup_key(hot.function(), key)),
             )
         }
-        None => (envelope::new_call_id(), None),
+        None => (state.call_ids.next(), None),
     };
     if let Some(url) = &line.callback_url {
         enqueue::check_callback(state, url).await?;

@@ -100,7 +100,7 @@ pub async fn enqueue(
             (None, key) => {
                 let id = match key {
                     Some(key) => derived_call_id(name, key),
-                    None => envelope::new_call_id(),
+                    None => state.call_ids.next(),
                 };
                 let value = HeaderValue::from_str(&id).map_err(|_| CallError::BadHeader {
                     header: spelled::X_CALL_ID,
@@ -294,31 +294,33 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
         });
     }
 
-    // The queued status first, so the call can carry its sequence and the worker never has to
-    // read it. Created only where no record exists: a retried POST finds its own, and the call
-    // then goes without a sequence (JetStream drops the repeated call anyway).
+    // A numbered call's `queued` record goes to its page while the call is published, the two
+    // awaited together. Any other id's record is stored first, so the call can carry its
+    // sequence and the worker never has to read it; created only where no record exists: a
+    // retried POST finds its own, and the call then goes without a sequence (JetStream drops
+    // the repeated call anyway).
     let mut status_taken = false;
-    let status = match state.keeps_status() {
-        Some(store) => {
-            let mut record = Record::queued(call_id, name, accepted_at, a.batch_id);
-            record.not_before = a.not_before;
-            match store.write(&record, 0).await {
-                Ok(Some(revision)) => {
-                    nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
-                    Some((store, revision))
-                }
-                Ok(None) => {
-                    status_taken = true;
-                    None
-                }
-                Err(error) => {
-                    state.metrics.status_write_failed();
-                    tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
-                    None
-                }
+    let mut queued = Record::queued(call_id, name, accepted_at, a.batch_id);
+    queued.not_before = a.not_before;
+    let store = state.keeps_status();
+    let paged = store.and_then(|store| Some((store, status::pages::page_of(call_id)?)));
+    let status = match store {
+        Some(store) if paged.is_none() => match store.write(&queued, 0).await {
+            Ok(Some(revision)) => {
+                nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+                Some((store, revision))
             }
-        }
-        None => None,
+            Ok(None) => {
+                status_taken = true;
+                None
+            }
+            Err(error) => {
+                state.metrics.status_write_failed();
+                tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
+                None
+            }
+        },
+        _ => None,
     };
 
     // A delayed call waits where retries wait, due at its start time: durable, holding no slot,
@@ -339,7 +341,19 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
             .await?
             .await
     };
-    let ack = match publish.await {
+    let published = match paged {
+        Some((store, page)) => {
+            let record = store.write_paged(page, queued, status::pages::Guard::None);
+            let (published, recorded) = tokio::join!(publish, record);
+            if let Err(error) = recorded {
+                state.metrics.status_write_failed();
+                tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; the call is enqueued without it");
+            }
+            published
+        }
+        None => publish.await,
+    };
+    let ack = match published {
         Ok(ack) => ack,
         Err(e) => {
             if e.kind() == PublishErrorKind::StreamNotFound {

@@ -65,6 +65,8 @@ pub struct State {
     pub bodies: OnceLock<async_nats::jetstream::object_store::ObjectStore>,
     /// The status streams, once the topology task made sure they exist.
     pub status: OnceLock<flotilla_queue::status::Store>,
+    /// Numbers the calls this process accepts: their ids tell where their status is.
+    pub call_ids: flotilla_queue::status::pages::CallIds,
     /// Existing streams whose replicas or storage differ from the stream flags, as found when
     /// the topology was agreed (`/system/info` lists them).
     pub stream_warnings: OnceLock<Vec<String>>,
@@ -147,6 +149,7 @@ impl State {
             call_status: p.call_status,
             tally: flotilla_queue::batch::Tally::new(p.js.clone()),
             status: OnceLock::new(),
+            call_ids: flotilla_queue::status::pages::CallIds::new(),
             stream_warnings: OnceLock::new(),
             bodies: OnceLock::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),

@@ -422,8 +422,8 @@ thread_local! {
 }
 const RANDOM_BYTES: usize = 16 * 64;
 
-/// A fresh call id (UUID v4, as OpenFaaS issues), from operating-system randomness.
-pub fn new_call_id() -> String {
+/// Sixteen bytes of operating-system randomness, taken from a buffer filled 64 ids at a time.
+pub fn random_bytes() -> [u8; 16] {
     let bytes = RANDOM.with_borrow_mut(|(buf, used)| {
         if *used == RANDOM_BYTES {
             if getrandom::fill(buf).is_err() {
@@ -437,10 +437,13 @@ pub fn new_call_id() -> String {
         *used += 16;
         Some(b)
     });
-    let uuid = match bytes {
-        Some(b) => uuid::Builder::from_random_bytes(b).into_uuid(),
-        None => uuid::Uuid::new_v4(),
-    };
+    bytes.unwrap_or_else(|| uuid::Uuid::new_v4().into_bytes())
+}
+
+/// A fresh random id (UUID v4, as OpenFaaS issues): batch ids, object names, and the call ids of
+/// a process that does not number its calls (`status::pages::CallIds` does).
+pub fn new_call_id() -> String {
+    let uuid = uuid::Builder::from_random_bytes(random_bytes()).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid.hyphenated().encode_lower(&mut text).to_owned()
 }

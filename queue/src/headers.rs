@@ -66,6 +66,11 @@ pub use async_nats::header::NATS_MESSAGE_ID;
 pub const NATS_MSG_SIZE: &str = "Nats-Msg-Size";
 /// On a pull request's expiry notice: how many of the messages it asked for it will not deliver.
 pub const NATS_PENDING_MESSAGES: &str = "Nats-Pending-Messages";
+/// The subject whose last sequence `Nats-Expected-Last-Subject-Sequence` is compared with,
+/// instead of the published one (nats-server 2.11): how a status page's two sides guard each
+/// other.
+pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
 
 /// The packed control fields of a call (format in `envelope`).
 pub const FLOTILLA_CALL: &str = "Flotilla-Call";

@@ -18,6 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod pages;
+
+use pages::{Guard, Page, Written};
+
 pub use crate::headers::FLOTILLA_FUNCTION_STATUS as RESULT_STATUS_HEADER;
 
 pub const STATUS_STREAM: &str = "FLOTILLA_STATUS";
@@ -238,6 +242,14 @@ pub enum StoreError {
     Write(#[source] async_nats::jetstream::context::PublishError),
     #[error("call status of {call_id} kept changing under {tries} writes")]
     Contended { call_id: String, tries: u32 },
+    #[error("reading a status page from the stream leader: {0}")]
+    PageLeader(#[source] async_nats::jetstream::stream::RawMessageError),
+    #[error("writing a status page: {0}")]
+    Group(#[source] std::sync::Arc<async_nats::jetstream::context::PublishError>),
+    #[error("writing a status page: {0}")]
+    Page(#[source] std::sync::Arc<StoreError>),
+    #[error("the status writer has stopped")]
+    WriterGone,
 }
 
 /// A record and the stream sequence it was stored at (what the next write must expect).
@@ -276,30 +288,52 @@ pub struct Store {
     js: async_nats::jetstream::Context,
     status: async_nats::jetstream::stream::Stream<()>,
     results: async_nats::jetstream::stream::Stream<()>,
+    pages: async_nats::jetstream::stream::Stream<()>,
+    writer: pages::Writer,
 }
 
 impl Store {
-    /// Handles on the two streams, which `Topology::ensure_streams` made; no request is sent.
+    /// Handles on the streams, which `Topology::ensure_streams` made (no request is sent), and
+    /// the page writer's task.
     pub async fn new(js: async_nats::jetstream::Context) -> Result<Self, StoreError> {
-        let status = js
-            .get_stream_no_info(STATUS_STREAM)
-            .await
-            .map_err(StoreError::Open)?;
-        let results = js
-            .get_stream_no_info(RESULT_STREAM)
-            .await
-            .map_err(StoreError::Open)?;
+        let open = |name: &'static str| {
+            let js = js.clone();
+            async move { js.get_stream_no_info(name).await.map_err(StoreError::Open) }
+        };
+        let status = open(STATUS_STREAM).await?;
+        let results = open(RESULT_STREAM).await?;
+        let pages = open(pages::PAGE_STREAM).await?;
+        let writer = pages::Writer::start(js.clone(), pages.clone());
         Ok(Self {
             js,
             status,
             results,
+            pages,
+            writer,
         })
     }
 
-    /// The call's last record, or `None` when it is unknown (or older than the retention).
+    /// The call's record, or `None` when it is unknown (or older than the retention, or pushed
+    /// out by the budget). For a numbered call the revision is the sequence of the message that
+    /// holds the record.
     pub async fn get(&self, call_id: &str) -> Result<Option<Stored>, StoreError> {
+        if let Some(page) = pages::page_of(call_id) {
+            let read = pages::read(&self.pages, &page, page.all(), false).await?;
+            return Ok(pages::resolve(&read.entries, call_id).map(pages::Entry::stored));
+        }
         let last = last_json(&self.status, status_subject(call_id)).await?;
         Ok(last.map(|(record, revision)| Stored { record, revision }))
+    }
+
+    /// Stores a numbered call's record in its page, grouped with the process's other records.
+    /// `guard`: whether it yields to a cancel ([`Written::Cancelled`]).
+    pub async fn write_paged(
+        &self,
+        page: Page,
+        record: Record,
+        guard: Guard,
+    ) -> Result<Written, StoreError> {
+        self.writer.write(page, record, guard).await
     }
 
     /// Stores `record` when the call's last record is still at `expect` (0: none yet). `Ok(None)`
@@ -325,6 +359,9 @@ impl Store {
         known: Known,
         mut change: impl FnMut(Option<&Record>) -> Option<Record>,
     ) -> Result<Transition, StoreError> {
+        if let Some(page) = pages::page_of(call_id) {
+            return self.transition_paged(page, call_id, change).await;
+        }
         let (mut current, mut expect) = match known {
             Known::Unknown => {
                 let read = self.get(call_id).await?;
@@ -349,6 +386,62 @@ impl Store {
             }
             current = self.get(call_id).await?;
             expect = current.as_ref().map_or(0, |s| s.revision);
+        }
+        Err(StoreError::Contended {
+            call_id: call_id.to_owned(),
+            tries: MAX_TRIES,
+        })
+    }
+
+    /// [`Store::transition`] of a numbered call. A cancel is appended to the page's cancels, then
+    /// the page is read from the stream leader up to it: the cancel stands unless the call's
+    /// end (or an earlier cancel) came first, and a worker's later record fails its compare
+    /// against the cancels. Any other change is stored against the page's cancels, like a
+    /// worker's.
+    async fn transition_paged(
+        &self,
+        page: Page,
+        call_id: &str,
+        mut change: impl FnMut(Option<&Record>) -> Option<Record>,
+    ) -> Result<Transition, StoreError> {
+        for attempt in 0..MAX_TRIES {
+            let read = pages::read(&self.pages, &page, page.all(), attempt > 0).await?;
+            let current = pages::resolve(&read.entries, call_id).map(pages::Entry::stored);
+            let Some(next) = change(current.as_ref().map(|s| &s.record)) else {
+                return Ok(Transition::Declined(current));
+            };
+            let mut payload = next.to_json();
+            payload.push(b'\n');
+            if next.state == CallState::Cancelled {
+                let publish =
+                    async { self.js.publish(page.cancels(), payload.into()).await?.await };
+                let at = publish.await.map_err(StoreError::Write)?.sequence;
+                let mut upto = pages::read(&self.pages, &page, page.all(), true).await?;
+                upto.entries.retain(|e| e.seq <= at);
+                return Ok(match pages::resolve(&upto.entries, call_id) {
+                    Some(first) if first.seq < at => Transition::Declined(Some(first.stored())),
+                    _ => Transition::Written(Stored {
+                        record: next,
+                        revision: at,
+                    }),
+                });
+            }
+            let (records, cancels) = (page.records(), page.cancels());
+            let stored = publish_compared(
+                &self.js,
+                records,
+                payload.into(),
+                read.last_cancel,
+                Some(&cancels),
+            )
+            .await
+            .map_err(StoreError::Write)?;
+            if let Some(revision) = stored {
+                return Ok(Transition::Written(Stored {
+                    record: next,
+                    revision,
+                }));
+            }
         }
         Err(StoreError::Contended {
             call_id: call_id.to_owned(),
@@ -465,11 +558,29 @@ pub async fn publish_expecting(
     payload: bytes::Bytes,
     expect: u64,
 ) -> Result<Option<u64>, async_nats::jetstream::context::PublishError> {
+    publish_compared(js, subject, payload, expect, None).await
+}
+
+/// [`publish_expecting`], comparing the last sequence of `guard` (a subject or a pattern) instead
+/// of `subject`'s when given (`Nats-Expected-Last-Subject-Sequence-Subject`, nats-server 2.11).
+pub async fn publish_compared(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    payload: bytes::Bytes,
+    expect: u64,
+    guard: Option<&str>,
+) -> Result<Option<u64>, async_nats::jetstream::context::PublishError> {
     use async_nats::jetstream::context::PublishErrorKind;
     use async_nats::jetstream::message::PublishMessage;
-    let publish = PublishMessage::build()
+    let mut publish = PublishMessage::build()
         .payload(payload)
         .expected_last_subject_sequence(expect);
+    if let Some(guard) = guard {
+        publish = publish.header(
+            crate::headers::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            guard,
+        );
+    }
     let acked = match js.send_publish(subject, publish).await {
         Ok(ack) => ack.await,
         Err(e) => Err(e),

@@ -57,6 +57,48 @@ pub const BODY_STREAM: &str = "OBJ_FLOTILLA_BODIES";
 /// How long a call's status is kept by default.
 pub const DEFAULT_STATUS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// What the status streams may hold together by default: 1 GiB (see [`StatusBudget`]).
+pub const DEFAULT_STATUS_BUDGET: u64 = 1 << 30;
+
+/// How the status budget (`--status-budget`) is shared among the streams that keep status, and
+/// what each may hold. A stream at its share drops its oldest messages first.
+///
+/// - `FLOTILLA_STATUS_PAGES` (numbered calls, many records a message): three quarters.
+/// - `FLOTILLA_STATUS` (one record per call: ids a client chose or derived from a key):
+///   a sixteenth.
+/// - `FLOTILLA_RESULTS` (kept answers): an eighth.
+/// - `FLOTILLA_CANCELS`: a sixteenth.
+///
+/// The streams with a subject per call are also bounded in messages, a message per 512 bytes of
+/// their share: nats-server keeps about 300 bytes of memory per subject besides the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusBudget {
+    pub bytes: u64,
+}
+
+impl StatusBudget {
+    /// Bytes of the subject-per-call streams' share for each message they may hold.
+    pub const BYTES_PER_KEYED_MESSAGE: u64 = 512;
+
+    /// (max bytes, max messages) of `stream`; `None` for a stream outside the budget.
+    pub fn limits_of(&self, stream: &str) -> Option<(i64, i64)> {
+        let share = match stream {
+            crate::status::pages::PAGE_STREAM => return Some((clamp(self.bytes / 4 * 3), -1)),
+            STATUS_STREAM | CANCEL_STREAM => self.bytes / 16,
+            RESULT_STREAM => self.bytes / 8,
+            _ => return None,
+        };
+        Some((
+            clamp(share),
+            clamp((share / Self::BYTES_PER_KEYED_MESSAGE).max(1)),
+        ))
+    }
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n.max(1)).unwrap_or(i64::MAX)
+}
+
 /// What every stream of the fleet is created with.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
@@ -68,6 +110,8 @@ pub struct StreamSettings {
     pub dead_letter_max_age: Duration,
     /// How long a call's status and kept result are kept after its last change.
     pub status_retention: Duration,
+    /// What the status streams may hold together.
+    pub status_budget: StatusBudget,
     pub storage: StorageType,
 }
 
@@ -78,6 +122,9 @@ impl Default for StreamSettings {
             duplicate_window: Duration::from_secs(120),
             dead_letter_max_age: Duration::from_secs(14 * 24 * 3600),
             status_retention: DEFAULT_STATUS_RETENTION,
+            status_budget: StatusBudget {
+                bytes: DEFAULT_STATUS_BUDGET,
+            },
             storage: StorageType::File,
         }
     }
@@ -191,14 +238,23 @@ impl Topology {
         drifts.extend(StreamDrift::of(&bodies, settings));
         for config in [
             status_stream_config(settings),
+            page_stream_config(settings),
             result_stream_config(settings),
             cancel_stream_config(settings),
             batch_stream_config(settings),
         ] {
             let stream = js.get_or_create_stream(config).await.map_err(js_err)?;
             drifts.extend(StreamDrift::of(&stream, settings));
-            // The retention flag may have changed since the stream was made.
-            amend(js, &stream, |c| c.max_age = settings.status_retention).await?;
+            // The retention and budget flags may have changed since the stream was made.
+            amend(js, &stream, |c| {
+                c.max_age = settings.status_retention;
+                if let Some((bytes, messages)) = settings.status_budget.limits_of(&c.name) {
+                    c.max_bytes = bytes;
+                    c.max_messages = messages;
+                    c.discard = stream::DiscardPolicy::Old;
+                }
+            })
+            .await?;
         }
         for drift in &drifts {
             tracing::warn!(
@@ -247,6 +303,7 @@ impl Topology {
         for name in [
             DEAD_STREAM,
             STATUS_STREAM,
+            crate::status::pages::PAGE_STREAM,
             RESULT_STREAM,
             CANCEL_STREAM,
             crate::batch::BATCH_STREAM,
@@ -409,6 +466,26 @@ pub fn status_stream_config(settings: &StreamSettings) -> stream::Config {
     )
 }
 
+/// Status pages: the records of numbered calls, many to a message, two subjects per 64 calls
+/// (`status::pages`). Each subject keeps every message: a page's records are read together.
+pub fn page_stream_config(settings: &StreamSettings) -> stream::Config {
+    let (max_bytes, max_messages) = settings
+        .status_budget
+        .limits_of(crate::status::pages::PAGE_STREAM)
+        .unwrap_or((-1, -1));
+    stream::Config {
+        max_messages_per_subject: -1,
+        max_bytes,
+        max_messages,
+        ..keyed_stream_config(
+            crate::status::pages::PAGE_STREAM,
+            "Flotilla call status pages: the records of numbered calls, many to a message",
+            crate::status::pages::PAGE_SUBJECT_PREFIX,
+            settings,
+        )
+    }
+}
+
 /// Kept results: the final answer of each call whose function keeps results.
 pub fn result_stream_config(settings: &StreamSettings) -> stream::Config {
     keyed_stream_config(
@@ -446,12 +523,16 @@ fn keyed_stream_config(
     prefix: &str,
     settings: &StreamSettings,
 ) -> stream::Config {
+    let (max_bytes, max_messages) = settings.status_budget.limits_of(name).unwrap_or((-1, -1));
     stream::Config {
         name: name.into(),
         description: Some(description.into()),
         subjects: vec![format!("{prefix}.>")],
         retention: RetentionPolicy::Limits,
         max_messages_per_subject: 1,
+        max_bytes,
+        max_messages,
+        discard: stream::DiscardPolicy::Old,
         max_age: settings.status_retention,
         storage: settings.storage,
         num_replicas: settings.replicas,

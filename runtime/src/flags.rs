@@ -15,6 +15,39 @@ pub fn duration_arg(s: &str) -> Result<Duration, DurationError> {
     parse_duration(s)
 }
 
+/// Why a size flag's value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not a size: give bytes, or a number with KiB, MiB, GiB or TiB (or KB, MB, GB, TB)"
+)]
+pub struct SizeError(String);
+
+/// The clap value parser of size flags: bytes (`1073741824`) or a whole number with a unit
+/// (`512MiB`, `1GiB`, `2GB`).
+pub fn size_arg(s: &str) -> Result<u64, SizeError> {
+    let text = s.trim();
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(SizeError(s.to_owned())),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| SizeError(s.to_owned()))
+}
+
 /// Where NATS is and how the fleet's streams are laid out. In `--help`, under "NATS".
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "NATS")]
@@ -49,6 +82,12 @@ pub struct NatsArgs {
     #[arg(long, env = "FLOTILLA_STATUS_RETENTION", default_value = "24h",
           value_parser = duration_arg, allow_hyphen_values = true)]
     pub status_retention: Duration,
+    /// What NATS may hold for call status, all status streams together (bytes, or `512MiB`,
+    /// `4GiB`): when it is reached, the oldest records go first, whatever the retention.
+    /// Applied to the streams by every process that starts, so gateway and workers should
+    /// agree. Sizing: `docs/call-status.md`.
+    #[arg(long, env = "FLOTILLA_STATUS_BUDGET", default_value = "1GiB", value_parser = size_arg)]
+    pub status_budget: u64,
     #[command(flatten)]
     pub auth: crate::nats_auth::NatsAuthArgs,
 }
@@ -59,6 +98,9 @@ impl NatsArgs {
             replicas: usize::from(self.stream_replicas),
             duplicate_window: self.duplicate_window,
             status_retention: self.status_retention,
+            status_budget: flotilla_queue::topology::StatusBudget {
+                bytes: self.status_budget,
+            },
             storage: if self.memory_streams {
                 async_nats::jetstream::stream::StorageType::Memory
             } else {
@@ -239,6 +281,18 @@ impl FunctionArgs {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_take_bytes_or_a_unit() {
+        use super::size_arg;
+        assert_eq!(size_arg("1GiB"), Ok(1 << 30));
+        assert_eq!(size_arg("512MiB"), Ok(512 << 20));
+        assert_eq!(size_arg("2 GB"), Ok(2_000_000_000));
+        assert_eq!(size_arg("4096"), Ok(4096));
+        for bad in ["", "0", "1.5GiB", "GiB", "1gib", "-1", "99999999999TiB"] {
+            assert!(size_arg(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_cluster_url_list_is_split() {
         assert_eq!(

@@ -5,7 +5,8 @@
 //! an attempt has run a moment, `retrying` when a retry is stored, and the final state before the
 //! callback. When a client's cancel got in first, the write fails, and the worker neither calls
 //! back nor records another state. A cancel heard while the call runs here aborts the function's
-//! request.
+//! request. A numbered call's records go to its status page (`flotilla_queue::status::pages`),
+//! grouped with the replica's other records, each yielding to a cancel stored first.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use flotilla_queue::Envelope;
+use flotilla_queue::status::pages::{self, Guard, Page, Written};
 use flotilla_queue::status::{CANCEL_STREAM, CallState, Cancel, Known, Record, Store, Transition};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -123,10 +125,21 @@ impl CallStatus {
         if let Ok(mut running) = self.running.lock() {
             running.insert(env.call_id.clone(), (env.start_time, token.clone()));
         }
+        let paged = pages::page_of(&env.call_id).map(|page| {
+            let mut base = Record::queued(
+                &env.call_id,
+                env.function.as_str(),
+                env.start_time,
+                env.batch_id.as_deref(),
+            );
+            base.attempts = env.attempt;
+            (page, Box::new(base))
+        });
         Begin::Run(Tracked {
             status: self,
             env,
             known: revision.map_or(Known::Unknown, Known::Revision),
+            paged,
             token,
         })
     }
@@ -211,8 +224,11 @@ fn same_call(record: &Record, env: &Envelope) -> bool {
 pub(crate) struct Tracked<'a> {
     status: &'a CallStatus,
     env: &'a Envelope,
-    /// What is known of the record, to compare-and-set against.
+    /// What is known of the record, to compare-and-set against (a call with a record of its own).
     known: Known,
+    /// A numbered call's page and its record as this replica last wrote it (or as the call's
+    /// message tells, before).
+    paged: Option<(Page, Box<Record>)>,
     /// Fires when a client cancels the call while it runs here.
     token: CancellationToken,
 }
@@ -265,6 +281,28 @@ impl Tracked<'_> {
     pub(crate) async fn record(&mut self, change: impl Fn(&mut Record)) -> Recorded {
         let env = self.env;
         let now = flotilla_queue::time::unix_nanos();
+        if let Some((page, last)) = &mut self.paged {
+            let mut next = Record::clone(last);
+            change(&mut next);
+            next.updated_at = now;
+            return match self
+                .status
+                .store
+                .write_paged(*page, next.clone(), Guard::Cancels)
+                .await
+            {
+                Ok(Written::Stored) => {
+                    **last = next;
+                    Recorded::Done
+                }
+                Ok(Written::Cancelled) => Recorded::Cancelled,
+                Err(error) => {
+                    metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+                    tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
+                    Recorded::Done
+                }
+            };
+        }
         let result = self
             .status
             .store
@@ -313,6 +351,9 @@ impl Tracked<'_> {
 
     /// The revision a retry of this call carries, when the last write is known.
     pub(crate) fn revision(&self) -> Option<u64> {
+        if self.paged.is_some() {
+            return None;
+        }
         match &self.known {
             Known::Stored(s) => Some(s.revision),
             Known::Revision(r) => Some(*r),

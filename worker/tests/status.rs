@@ -1,7 +1,8 @@
 //! Call status, results and cancel against a real nats-server, through the gateway's HTTP API:
 //! every state a call passes through, kept and refused results, cancels that reach a queued call,
-//! a waiting retry and a running call, a cancel racing the end of its call, and a worker killed
-//! mid-call.
+//! a waiting retry and a running call, a cancel racing the end of its call (with an id the client
+//! chose and with a numbered one), a worker killed mid-call, a replayed dead letter, the status
+//! budget bounding what NATS holds, and calls queued before status pages.
 // A failed unwrap in a helper is the test failure we want, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
@@ -346,11 +347,30 @@ async fn a_running_call_cancelled_is_aborted_and_frees_its_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_racing_the_end_of_its_call_leaves_one_outcome() {
+    cancels_race_ends(Ids::Chosen).await;
+}
+
+/// The same race for numbered calls, whose records share status pages: the compare of a page's
+/// cancels against its records decides each race as the record of its own did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_the_end_of_a_numbered_call_leaves_one_outcome() {
+    cancels_race_ends(Ids::Numbered).await;
+}
+
+#[derive(Clone, Copy)]
+enum Ids {
+    /// `X-Call-Id` chosen by the client: a record per call.
+    Chosen,
+    /// Ids the gateway numbers: records in pages.
+    Numbered,
+}
+
+async fn cancels_race_ends(ids: Ids) {
     let nats = Nats::start(1).await;
-    // Every call runs 10 ms; each cancel is sent 0 to 19 ms after its call reached the function,
+    // Every call runs 20 ms; each cancel is sent 0 to 29 ms after its call reached the function,
     // so cancels land before, around and after the ends of their calls.
     let function = RecordingServer::start(Arc::new(|_: &Recorded| {
-        Reply::status(200).delay(Duration::from_millis(10))
+        Reply::status(200).delay(Duration::from_millis(20))
     }))
     .await;
     let function = Arc::new(function);
@@ -363,13 +383,25 @@ async fn a_cancel_racing_the_end_of_its_call_leaves_one_outcome() {
     for i in 0..60u64 {
         let (gw, cb, function) = (gw.clone(), cb.clone(), function.clone());
         tasks.push(tokio::spawn(async move {
-            let id = format!("race-{i}");
-            enqueue(&gw, "racer", &[("x-callback-url", &cb), ("x-call-id", &id)]).await;
+            let id = match ids {
+                Ids::Chosen => {
+                    let id = format!("race-{i}");
+                    enqueue(&gw, "racer", &[("x-callback-url", &cb), ("x-call-id", &id)]).await
+                }
+                Ids::Numbered => {
+                    let id = enqueue(&gw, "racer", &[("x-callback-url", &cb)]).await;
+                    assert!(
+                        flotilla_queue::status::pages::page_of(&id).is_some(),
+                        "{id}"
+                    );
+                    id
+                }
+            };
             wait_until(T, &format!("{id} reaches the function"), || {
                 call_ids(&function).contains(&id)
             })
             .await;
-            tokio::time::sleep(Duration::from_millis(i % 20)).await;
+            tokio::time::sleep(Duration::from_millis(i % 30)).await;
             let a = send(&gw, Method::DELETE, &format!("/async-call/{id}")).await;
             (id, a.status, json(&a)["state"].as_str().unwrap().to_owned())
         }));
@@ -443,4 +475,221 @@ async fn a_worker_killed_mid_call_still_ends_in_the_right_state() {
     assert_eq!(&result.body[..], b"second run");
     assert_eq!(function.count(), 2);
     second.kill().await.expect("stop");
+}
+
+/// More calls than a small status budget holds: the status streams stay within their shares
+/// while every call still runs, the latest calls answer their status, and the earliest, pushed
+/// out, answer 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_store_stays_within_its_budget() {
+    const CALLS: usize = 3_000;
+    const BUDGET: &str = "256KiB";
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::answering(200).await;
+    let gw = gateway_with(&nats, &["--status-budget", BUDGET]).await;
+    let template = format!("{}/{{name}}", function.url());
+    let _worker = Worker::start(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &template,
+            "--status-budget",
+            BUDGET,
+        ],
+    )
+    .await;
+    let mut ids = Vec::with_capacity(CALLS);
+    for chunk in 0..CALLS / 500 {
+        let lines: String = (0..500)
+            .map(|i| format!("{{\"body\":\"call {}\"}}\n", chunk * 500 + i))
+            .collect();
+        let a = gw
+            .post(
+                "/async-batch/budgeted",
+                &[("content-type", "application/x-ndjson")],
+                lines,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        for line in String::from_utf8(a.body.to_vec()).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            ids.push(v["call_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), CALLS);
+    wait_until(T, "every call ran", || function.count() >= CALLS).await;
+    nats.wait_settled(T).await;
+    let last = ids.last().unwrap();
+    wait_state(&gw, last, "succeeded").await;
+
+    let pages = nats
+        .js
+        .get_stream(flotilla_queue::status::pages::PAGE_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let share = (256 * 1024) / 4 * 3;
+    assert_eq!(pages.config.max_bytes, share);
+    assert!(
+        pages.state.bytes <= share as u64,
+        "{} bytes held, over the pages' share of {share}",
+        pages.state.bytes
+    );
+    // What the records of these calls would take unbounded: the budget really bit.
+    assert!(
+        pages.state.first_sequence > 1,
+        "nothing was pushed out: {:?}",
+        pages.state
+    );
+    let first = send(&gw, Method::GET, &format!("/async-call/{}", ids[0])).await;
+    assert_eq!(first.status, 404, "the first call's record was pushed out");
+    for id in ids.iter().rev().take(50) {
+        assert_eq!(status(&gw, id).await["state"], "succeeded", "{id}");
+    }
+    assert_eq!(function.count(), CALLS, "a call ran twice");
+}
+
+async fn status_config(nats: &Nats) -> async_nats::jetstream::stream::Config {
+    let stream = flotilla_queue::status::STATUS_STREAM;
+    let mut stream = nats.js.get_stream(stream).await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
+async fn gateway_with(nats: &Nats, args: &[&str]) -> Gateway {
+    let mut all = vec!["--nats-url", nats.fleet.nats_url()];
+    all.extend_from_slice(args);
+    Gateway::start(&all).await
+}
+
+/// Calls queued by a release that kept one record per call, in streams it made, keep their
+/// status through the upgrade: a gateway and a worker of this release add the status pages
+/// stream and the budget's limits, show those calls `queued`, run them and record their ends
+/// in their own records, while new calls go to pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_before_status_pages_keep_their_status() {
+    use flotilla_queue::status::{self, Record, pages};
+    let nats = Nats::start(1).await;
+    // The earlier release's streams: no status pages, no budget.
+    nats.js.delete_stream(pages::PAGE_STREAM).await.unwrap();
+    let mut old = status_config(&nats).await;
+    old.max_bytes = -1;
+    old.max_messages = -1;
+    nats.js.update_stream(old).await.unwrap();
+
+    // Three calls as that release queued them: a UUID v4 id, its `queued` record first, the
+    // call carrying the record's sequence.
+    let mut old_ids = Vec::new();
+    for n in 0..3 {
+        let id = flotilla_queue::envelope::new_call_id();
+        let env = common::envelope("upgraded", &id, None, &format!("old {n}"));
+        let record = Record::queued(&id, "upgraded", env.start_time, None);
+        let revision = status::publish_expecting(
+            &nats.js,
+            status::status_subject(&id),
+            record.to_json().into(),
+            0,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let shard = nats.topology.shard_map().shard_of("upgraded");
+        let (mut headers, body) = env.to_nats(None);
+        headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+        nats.js
+            .publish_with_headers(
+                flotilla_queue::subjects::call_subject(shard, &env.function),
+                headers,
+                body,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        old_ids.push(id);
+    }
+
+    let gw = gateway(&nats).await;
+    for id in &old_ids {
+        assert_eq!(status(&gw, id).await["state"], "queued", "{id}");
+    }
+    let new_id = enqueue(&gw, "upgraded", &[]).await;
+    assert!(pages::page_of(&new_id).is_some(), "{new_id}");
+    assert_eq!(status(&gw, &new_id).await["state"], "queued");
+    let limited = status_config(&nats).await;
+    assert!(limited.max_bytes > 0, "the budget reached the old stream");
+
+    let function = RecordingServer::answering(200).await;
+    let template = format!("{}/{{name}}", function.url());
+    let _worker = Worker::start(&nats.url(), &["--function-url-template", &template]).await;
+    for id in old_ids.iter().chain([&new_id]) {
+        let done = wait_state(&gw, id, "succeeded").await;
+        assert_eq!(done["attempts"], 1, "{done}");
+    }
+    // The old calls' ends are in their own records, not in a page.
+    for id in &old_ids {
+        let stored = status::last_json::<Record>(
+            &nats
+                .js
+                .get_stream_no_info(status::STATUS_STREAM)
+                .await
+                .unwrap(),
+            status::status_subject(id),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(stored.0.state, status::CallState::Succeeded);
+    }
+    assert_eq!(function.count(), 4);
+}
+
+/// A numbered call dead-lettered, then replayed: its status goes from `dead` back to `queued`
+/// and on to the replayed run's end, though the dead record stays in its page before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_shows_its_new_run() {
+    let nats = Nats::start(1).await;
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failing.clone();
+    let function = RecordingServer::start(Arc::new(move |_: &Recorded| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let gw = gateway(&nats).await;
+    let template = format!("{}/{{name}}", function.url());
+    let _worker = Worker::start(
+        &nats.url(),
+        &[
+            "--function-url-template",
+            &template,
+            "--retry-attempts",
+            "1",
+        ],
+    )
+    .await;
+    let id = enqueue(&gw, "phoenix", &[]).await;
+    assert!(flotilla_queue::status::pages::page_of(&id).is_some());
+    let dead = wait_state(&gw, &id, "dead").await;
+    assert_eq!(dead["attempts"], 1, "{dead}");
+
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let answer = gw
+        .post(
+            "/system/dead-letters/replay",
+            &[("content-type", "application/json")],
+            r#"{"function":"phoenix"}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let done = wait_state(&gw, &id, "succeeded").await;
+    assert_eq!(done["status"], 200, "{done}");
+    assert_eq!(function.count(), 2);
 }
