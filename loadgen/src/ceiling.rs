@@ -16,6 +16,14 @@
 //!   Flotilla code.
 //! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
 //!   both.
+//! - **The full pipeline, every stage at once**: HTTP into JetStream, and at the same time one pull
+//!   consumer on that stream running each message through pull, POST, POST, ack. The yardstick of
+//!   a whole run (the demo): enqueue, dispatch, function and callback sharing the cores. Every call
+//!   answered 202 must be acked, or the measurement fails.
+//!
+//! Invariant: none of the gateway's or the worker's code runs here, only the libraries they are
+//! built on (with the loadgen's own pooled client, `net.rs`). What each yardstick compares with:
+//! `docs/loadgen.md`, "The ceiling"; what they measured: `docs/benchmarks.md`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +37,7 @@ use http::Uri;
 use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,7 +64,7 @@ pub enum CeilingError {
         what: &'static str,
         first_error: String,
     },
-    #[error("{what}: {done} of {expected} messages were processed within 30 s of each other")]
+    #[error("{what}: {done} of {expected} messages were processed in the time allowed")]
     Incomplete {
         what: &'static str,
         done: u64,
@@ -72,7 +80,7 @@ fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
     }
 }
 
-/// The four rates, in calls per second, and how they were measured.
+/// The rates, in calls per second, and how they were measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ceiling {
     /// HTTP POST → JetStream publish → PubAck → 202.
@@ -87,6 +95,10 @@ pub struct Ceiling {
     /// JetStream publishes with their PubAcks pipelined (a window in flight), no HTTP: what
     /// batch enqueue is measured against.
     pub pipelined_publish_per_s: f64,
+    /// HTTP POST → JetStream publish → PubAck → 202 and, at the same time, JetStream pull → HTTP
+    /// POST → second HTTP POST of the answer → ack: calls acked per second with every stage
+    /// sharing the cores, as in a run of the whole fleet with callbacks.
+    pub full_pipeline_per_s: f64,
     /// JetStream pull → HTTP POST → ack with one filtered durable consumer per function, over
     /// `functions` functions sharing one stream.
     pub per_function_pull_post_ack_per_s: f64,
@@ -100,7 +112,8 @@ pub struct Ceiling {
     pub storage: &'static str,
 }
 
-/// Runs the four measurements against the NATS at `nats_url`. Leaves no stream behind.
+/// Runs the measurements one after another against the NATS at `nats_url`. Leaves no stream
+/// behind.
 pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
@@ -126,7 +139,7 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
         },
     );
 
-    // The bare callback receiver of the two-POST measurement: a port of its own, as the sink.
+    // The bare callback receiver of the two-POST measurements: a port of its own, as the sink.
     let second = TcpListener::bind("127.0.0.1:0").await?;
     let second_uri: Uri = format!("http://{}/callback", second.local_addr()?)
         .parse()
@@ -148,16 +161,9 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     // (a) HTTP into JetStream.
     let nats = connect(nats_url, args).await?;
     let js = jetstream::new(nats.clone());
-    let _ = js.delete_stream(STREAM_IN).await;
-    js.create_stream(stream::Config {
-        name: STREAM_IN.into(),
-        subjects: vec![SUBJECT_IN.into()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| nats_err(nats_url, e))?;
+    fresh_work_queue(&js, STREAM_IN, SUBJECT_IN, storage)
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
     let front = TcpListener::bind("127.0.0.1:0").await?;
     let front_uri: Uri = format!("http://{}/", front.local_addr()?)
         .parse()
@@ -197,27 +203,38 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     let pipelined_publish = published as f64 / started.elapsed().as_secs_f64();
     let _ = js.delete_stream(STREAM_IN).await;
 
+    // What a worker does with each message: without a callback, and with one.
+    let one_post = Route {
+        client: client.clone(),
+        function: bare_uri.clone(),
+        callback: None,
+    };
+    let with_callback = Route {
+        callback: Some(second_uri),
+        ..one_post.clone()
+    };
+
     // (b) pull, POST, ack over a backlog sized to last about `duration` at the HTTP rate.
     let backlog = ((http_post * args.duration.as_secs_f64()) as u64).clamp(2_000, 400_000);
-    let pull_post_ack = pull_then_post(
-        nats_url, &js, storage, &client, &bare_uri, None, &body, backlog, args,
-    )
-    .await?;
+    let pull_post_ack =
+        pull_then_post(nats_url, &js, storage, &one_post, &body, backlog, args).await?;
     let _ = js.delete_stream(STREAM_OUT).await;
     // (d) the same with a second POST, over a backlog sized for half the rate.
     let pull_post_post_ack = pull_then_post(
         nats_url,
         &js,
         storage,
-        &client,
-        &bare_uri,
-        Some(&second_uri),
+        &with_callback,
         &body,
         (backlog / 2).max(2_000),
         args,
     )
     .await?;
     let _ = js.delete_stream(STREAM_OUT).await;
+    // (g) (a) and (d) at once: the closed loop into JetStream through the same front server while
+    // a consumer drains that stream through the function and the callback receiver.
+    let all_at_once =
+        full_pipeline(nats_url, storage, &front_uri, &with_callback, &body, args).await?;
     // (e) the backlog of (b) spread over the run's functions, a consumer each.
     // Bounded: with many functions this drain is slow, and its rate settles long before.
     let per_function = if args.functions > 1 {
@@ -254,6 +271,7 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
         pull_post_post_ack_per_s: pull_post_post_ack,
         http_post_per_s: http_post,
         pipelined_publish_per_s: pipelined_publish,
+        full_pipeline_per_s: all_at_once,
         per_function_pull_post_ack_per_s: per_function,
         functions: args.functions,
         duration_s: args.duration.as_secs_f64(),
@@ -337,29 +355,100 @@ async fn hammer(
     }
 }
 
-/// Pulls `backlog` messages, POSTs each to `uri` and, when `second` is given, POSTs that answer's
-/// body to `second`, then acks. Calls per second.
-#[allow(clippy::too_many_arguments)]
+/// What a worker does with a pulled message, with the fleet's libraries and none of its code.
+#[derive(Debug, Clone)]
+struct Route {
+    client: HttpClient,
+    /// Where each message's payload is POSTed: the bare function.
+    function: Uri,
+    /// Where the function's answer is POSTed before the ack, for calls with a callback.
+    callback: Option<Uri>,
+}
+
+impl Route {
+    /// POSTs the message (and its answer, with a callback), then acks it; whether it was acked.
+    /// A message that fails is left unacked.
+    async fn call(&self, msg: jetstream::Message) -> bool {
+        let mut answered = post(&self.client, self.function.clone(), msg.payload.clone()).await;
+        if let Some(callback) = &self.callback
+            && let Some(answer) = answered.take()
+        {
+            answered = post(&self.client, callback.clone(), answer).await;
+        }
+        answered.is_some() && msg.ack().await.is_ok()
+    }
+}
+
+/// What a pull loop achieved.
+struct Drained {
+    /// Messages acked after their route.
+    done: u64,
+    /// From the loop's start until its last call ended.
+    elapsed: Duration,
+}
+
+/// Takes messages from `messages` until `total` of them were taken, each sent down `route` in a
+/// task of its own, `args.concurrency` at most at once. `total` may change while the loop runs,
+/// for a stream that is still being filled: the filler says how many it put in once it knows.
+/// Ends, calls included, by `args.duration` × 5 + 5 s from its start: generous, since what is
+/// drained is sized for about `duration`, yet a slow machine still ends.
+async fn drain(
+    messages: &mut pull::Stream,
+    route: &Route,
+    mut total: watch::Receiver<u64>,
+    args: &CeilingArgs,
+) -> Drained {
+    let done = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(Semaphore::new(args.concurrency));
+    let tracker = TaskTracker::new();
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + args.duration * 5 + Duration::from_secs(5);
+    let expired = tokio::time::sleep_until(deadline);
+    tokio::pin!(expired);
+    let mut taken = 0u64;
+    while taken < *total.borrow_and_update() {
+        let msg = tokio::select! {
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                // A missed heartbeat or a pull status: the stream goes on with a new request.
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            // The filler has told how many there are: look again before waiting on.
+            Ok(()) = total.changed() => continue,
+            () = &mut expired => break,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        taken += 1;
+        let (route, done) = (route.clone(), done.clone());
+        tracker.spawn(async move {
+            if route.call(msg).await {
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    Drained {
+        done: done.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Pulls `backlog` pre-filled messages and sends each down `route`. Calls per second.
 async fn pull_then_post(
     nats_url: &str,
     js: &jetstream::Context,
     storage: stream::StorageType,
-    client: &HttpClient,
-    uri: &Uri,
-    second: Option<&Uri>,
+    route: &Route,
     body: &Bytes,
     backlog: u64,
     args: &CeilingArgs,
 ) -> Result<f64, CeilingError> {
-    let _ = js.delete_stream(STREAM_OUT).await;
-    let stream = js
-        .create_stream(stream::Config {
-            name: STREAM_OUT.into(),
-            subjects: vec![SUBJECT_OUT.into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage,
-            ..Default::default()
-        })
+    let stream = fresh_work_queue(js, STREAM_OUT, SUBJECT_OUT, storage)
         .await
         .map_err(|e| nats_err(nats_url, e))?;
     // Fill from a connection of its own.
@@ -371,55 +460,13 @@ async fn pull_then_post(
     )
     .await
     .map_err(|e| nats_err(nats_url, e))?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some("ceiling".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: args.concurrency as i64,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    let done = Arc::new(AtomicU64::new(0));
-    let slots = Arc::new(Semaphore::new(args.concurrency));
-    let tracker = TaskTracker::new();
-    let start = Instant::now();
-    // Generous: the backlog is sized for `duration`; a slow machine still ends.
-    let deadline = tokio::time::Instant::now() + args.duration * 5 + Duration::from_secs(5);
-    let mut taken = 0u64;
-    while taken < backlog {
-        let next = tokio::time::timeout_at(deadline, messages.next()).await;
-        let Ok(Some(Ok(msg))) = next else { break };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        taken += 1;
-        let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
-        let second = second.cloned();
-        tracker.spawn(async move {
-            let mut answered = post(&client, uri, msg.payload.clone()).await;
-            if let Some(second) = second
-                && let Some(answer) = answered.take()
-            {
-                answered = post(&client, second, answer).await;
-            }
-            if answered.is_some() && msg.ack().await.is_ok() {
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(permit);
-        });
-    }
-    tracker.close();
-    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
-    let elapsed = start.elapsed();
-    let done = done.load(Ordering::Relaxed);
-    if done == 0 {
+    let mut messages = pull_consumer(nats_url, &stream, args).await?;
+    // The count is known and stays.
+    let (_known, total) = watch::channel(backlog);
+    let drained = drain(&mut messages, route, total, args).await;
+    if drained.done == 0 {
         return Err(CeilingError::NothingSucceeded {
-            what: if second.is_some() {
+            what: if route.callback.is_some() {
                 "JetStream pull, POST, POST, ack"
             } else {
                 "JetStream pull, POST, ack"
@@ -427,7 +474,90 @@ async fn pull_then_post(
             first_error: "no message was processed".into(),
         });
     }
-    Ok(done as f64 / elapsed.as_secs_f64())
+    Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
+}
+
+/// The whole pipeline at once: the closed loop POSTs into JetStream through the front server at
+/// `front` (which publishes to `SUBJECT_IN`) for `args.duration` while one pull consumer on that
+/// stream, on a connection of its own as a worker's, sends each message down `route`. Calls acked
+/// per second, from the load's start until the last call ended; every call answered 202 must be
+/// acked within the pull loop's time.
+async fn full_pipeline(
+    nats_url: &str,
+    storage: stream::StorageType,
+    front: &Uri,
+    route: &Route,
+    body: &Bytes,
+    args: &CeilingArgs,
+) -> Result<f64, CeilingError> {
+    const WHAT: &str = "full pipeline";
+    let js = jetstream::new(connect(nats_url, args).await?);
+    let stream = fresh_work_queue(&js, STREAM_IN, SUBJECT_IN, storage)
+        .await
+        .map_err(|e| nats_err(nats_url, e))?;
+    let mut messages = pull_consumer(nats_url, &stream, args).await?;
+    // Unknown until the load ends; until then the loop takes whatever arrives.
+    let (accepted_tx, total) = watch::channel(u64::MAX);
+    let (loaded, drained) = tokio::join!(
+        async {
+            // A client of its own, as the load generator's is apart from the workers'.
+            let loaded = hammer(&net::client(), front, body, args.concurrency, args.duration).await;
+            accepted_tx.send_replace(loaded.ok);
+            loaded
+        },
+        drain(&mut messages, route, total, args),
+    );
+    let _ = js.delete_stream(STREAM_IN).await;
+    let accepted = loaded.ok;
+    // Nothing accepted: the load's first error says why.
+    loaded.rate(WHAT)?;
+    if drained.done < accepted {
+        return Err(CeilingError::Incomplete {
+            what: WHAT,
+            done: drained.done,
+            expected: accepted,
+        });
+    }
+    Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
+}
+
+/// An empty work-queue stream `name` on `subject` (one left by an earlier run is deleted first).
+async fn fresh_work_queue(
+    js: &jetstream::Context,
+    name: &str,
+    subject: &str,
+    storage: stream::StorageType,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let _ = js.delete_stream(name).await;
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage,
+        ..Default::default()
+    })
+    .await
+}
+
+/// The one pull consumer of a single-consumer measurement, its messages flowing: durable,
+/// explicit acks, `args.concurrency` unacked at most.
+async fn pull_consumer(
+    nats_url: &str,
+    stream: &stream::Stream,
+    args: &CeilingArgs,
+) -> Result<pull::Stream, CeilingError> {
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some("ceiling".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: args.concurrency as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_err(nats_url, e))?
+        .messages()
+        .await
+        .map_err(|e| nats_err(nats_url, e))
 }
 
 /// Publishes `backlog` copies of `body`, message `i` to `subject_of(i)`, a window of 1,024
@@ -485,7 +615,8 @@ fn per_function_subject(stream: usize, function: usize) -> String {
 /// Fills `shape.streams` streams with `shape.backlog` messages interleaved over
 /// `shape.functions` subjects, then drains them with one filtered durable consumer per function,
 /// each pulling its equal share of `shape.concurrency`: every message POSTed to `uri`, then acked.
-/// Calls per second. Leaves no stream behind.
+/// Calls per second. Leaves no stream behind. A consumer that waits 30 s for a message gives up;
+/// then the measurement is incomplete.
 pub async fn pull_post_ack_per_function(
     js: &jetstream::Context,
     storage: stream::StorageType,
@@ -501,16 +632,10 @@ pub async fn pull_post_ack_per_function(
     let functions = shape.functions.max(1);
     let streams = shape.streams.clamp(1, functions);
     for s in 0..streams {
-        let _ = js.delete_stream(per_function_stream(s)).await;
-        js.create_stream(stream::Config {
-            name: per_function_stream(s),
-            subjects: vec![format!("loadgen.ceiling.fn.{s}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed(&e))?;
+        let subjects = format!("loadgen.ceiling.fn.{s}.>");
+        fresh_work_queue(js, &per_function_stream(s), &subjects, storage)
+            .await
+            .map_err(|e| failed(&e))?;
     }
     fill(js, shape.backlog, body, |i| {
         let f = i as usize % functions;
@@ -519,6 +644,11 @@ pub async fn pull_post_ack_per_function(
     .await
     .map_err(|e| failed(&e))?;
     let share = (shape.concurrency / functions).max(1);
+    let route = Route {
+        client: client.clone(),
+        function: uri.clone(),
+        callback: None,
+    };
     let slots = Arc::new(Semaphore::new(shape.concurrency.max(1)));
     let done = Arc::new(AtomicU64::new(0));
     let tracker = TaskTracker::new();
@@ -545,13 +675,8 @@ pub async fn pull_post_ack_per_function(
     for (f, consumer) in consumers.into_iter().enumerate() {
         let expected = shape.backlog / functions as u64
             + u64::from((f as u64) < shape.backlog % functions as u64);
-        let (tracker, client, uri, done, slots) = (
-            tracker.clone(),
-            client.clone(),
-            uri.clone(),
-            done.clone(),
-            slots.clone(),
-        );
+        let (tracker, route, done, slots) =
+            (tracker.clone(), route.clone(), done.clone(), slots.clone());
         pullers.push(tokio::spawn(async move {
             let Ok(mut messages) = consumer
                 .stream()
@@ -574,11 +699,9 @@ pub async fn pull_post_ack_per_function(
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (client, uri, done) = (client.clone(), uri.clone(), done.clone());
+                let (route, done) = (route.clone(), done.clone());
                 tracker.spawn(async move {
-                    if post(&client, uri, msg.payload.clone()).await.is_some()
-                        && msg.ack().await.is_ok()
-                    {
+                    if route.call(msg).await {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     drop(permit);
@@ -636,7 +759,8 @@ pub fn render(c: &Ceiling) -> String {
          pull → POST → POST → ack    {:>10}/s\n  \
          pull → POST → ack, {:>5} consumers {:>6}/s\n  \
          pooled HTTP POSTs           {:>10}/s\n  \
-         pipelined JetStream publish {:>10}/s\n",
+         pipelined JetStream publish {:>10}/s\n  \
+         full pipeline, all at once  {:>10}/s\n",
         c.body_size,
         c.concurrency,
         c.storage,
@@ -648,6 +772,7 @@ pub fn render(c: &Ceiling) -> String {
         crate::report::thousands(c.per_function_pull_post_ack_per_s),
         crate::report::thousands(c.http_post_per_s),
         crate::report::thousands(c.pipelined_publish_per_s),
+        crate::report::thousands(c.full_pipeline_per_s),
     )
 }
 

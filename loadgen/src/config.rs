@@ -56,7 +56,8 @@ pub struct CeilingArgs {
     /// NATS to measure against. Unset: a temporary nats-server is started on a free port.
     #[arg(long, env = "LOADGEN_CEILING_NATS_URL", help_heading = "NATS")]
     pub nats_url: Option<String>,
-    /// How long each of the three HTTP-driven measurements runs.
+    /// How long each HTTP-driven measurement runs (the full pipeline's load too); the pull
+    /// measurements' backlogs are sized to last about as long.
     #[arg(long = "ceiling-duration", env = "LOADGEN_CEILING_DURATION", default_value = "2s",
           value_parser = duration_arg, allow_hyphen_values = true, help_heading = "Ceiling")]
     pub duration: Duration,

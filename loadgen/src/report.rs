@@ -170,6 +170,10 @@ pub struct Ratios {
     /// Completion rate / pull → POST → ack with a consumer per function at the run's function
     /// count: how much of what that layout allows on its own the fleet reaches.
     pub completion_vs_per_function_pull_post_ack: f64,
+    /// Completion rate / the full pipeline with every stage at once (HTTP → JetStream while
+    /// pull → POST → POST → ack): the yardstick of a whole run. Like for like when the calls had
+    /// callbacks and enqueue and completion ran at the same time (no `--backlog`).
+    pub completion_vs_full_pipeline: f64,
 }
 
 impl Ratios {
@@ -188,6 +192,7 @@ impl Ratios {
                 completion,
                 c.per_function_pull_post_ack_per_s,
             ),
+            completion_vs_full_pipeline: div(completion, c.full_pipeline_per_s),
         }
     }
 }
@@ -360,8 +365,18 @@ impl Report {
             )
         };
         let vs_out = if self.load.callbacks {
+            // The full pipeline runs enqueue and completion at once, as a run without a backlog.
+            let whole = if self.load.backlog {
+                String::new()
+            } else {
+                format!(
+                    "{:.2} of full pipeline {}/s; ",
+                    r.completion_vs_full_pipeline,
+                    thousands(c.full_pipeline_per_s)
+                )
+            };
             format!(
-                "{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
+                "{whole}{:.2} of pull→POST→POST→ack {}/s ({:.2} of pull→POST→ack {}/s)",
                 r.completion_vs_pull_post_post_ack,
                 thousands(c.pull_post_post_ack_per_s),
                 r.completion_vs_pull_post_ack,
@@ -383,7 +398,7 @@ impl Report {
                 o,
                 "- ceiling (same run, {} B, {} in flight, {} storage): HTTP→JetStream {}/s · \
                  pull→POST→ack {}/s · pull→POST→POST→ack {}/s · pooled HTTP POSTs {}/s · \
-                 pipelined JetStream publish {}/s",
+                 pipelined JetStream publish {}/s · full pipeline {}/s",
                 c.body_size,
                 c.concurrency,
                 c.storage,
@@ -391,7 +406,8 @@ impl Report {
                 thousands(c.pull_post_ack_per_s),
                 thousands(c.pull_post_post_ack_per_s),
                 thousands(c.http_post_per_s),
-                thousands(c.pipelined_publish_per_s)
+                thousands(c.pipelined_publish_per_s),
+                thousands(c.full_pipeline_per_s)
             );
             // Like for like only without callbacks: the measurement makes one POST per call.
             let measured = c.functions > 1 && c.per_function_pull_post_ack_per_s > 0.0;
@@ -554,6 +570,7 @@ mod tests {
             pull_post_post_ack_per_s: 20000.0,
             http_post_per_s: 90000.0,
             pipelined_publish_per_s: 150000.0,
+            full_pipeline_per_s: 12000.0,
             per_function_pull_post_ack_per_s: 30000.0,
             functions: 1,
             duration_s: 2.0,
@@ -700,7 +717,7 @@ mod tests {
                 "| enqueue (202) | 17,500 | 1,750 | 0.90 | 12.3 | 150 | 300 | 1000 | 0.04 of HTTP→JetStream 40,000/s |",
                 "| end to end (callback) | 17,499 | 1,591 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | 0.08 of pull→POST→POST→ack 20,000/s (0.04 of pull→POST→ack 38,000/s) |",
                 "",
-                "- ceiling (same run, 256 B, 64 in flight, memory storage): HTTP→JetStream 40,000/s · pull→POST→ack 38,000/s · pull→POST→POST→ack 20,000/s · pooled HTTP POSTs 90,000/s · pipelined JetStream publish 150,000/s",
+                "- ceiling (same run, 256 B, 64 in flight, memory storage): HTTP→JetStream 40,000/s · pull→POST→ack 38,000/s · pull→POST→POST→ack 20,000/s · pooled HTTP POSTs 90,000/s · pipelined JetStream publish 150,000/s · full pipeline 12,000/s",
                 "- enqueue errors: status_503 1, timeout 1 (of 17,502 sent)",
                 "- function status in callbacks: 200 × 13,000, 500 × 4,499",
                 "- audit: accepted 17,500 · completed 17,499 · lost 1 · duplicates 1 · unexpected 0 (waited 20.0 s for stragglers) → CALLS LOST",
@@ -725,6 +742,22 @@ mod tests {
         }
         assert!(!text.contains("- ceiling"), "{text}");
         assert!(text.trim_end().ends_with("→ OK"), "{text}");
+    }
+
+    #[test]
+    fn the_end_to_end_row_of_a_run_without_backlog_compares_with_the_full_pipeline() {
+        let mut report = local_open();
+        report.load.backlog = false;
+        let text = report.render();
+        let line = "| end to end (callback) | 17,499 | 1,591 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 | \
+                    0.13 of full pipeline 12,000/s; 0.08 of pull→POST→POST→ack 20,000/s \
+                    (0.04 of pull→POST→ack 38,000/s) |";
+        assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        let ratios = serde_json::to_value(report.ratios).unwrap();
+        assert!(
+            (ratios["completion_vs_full_pipeline"].as_f64().unwrap() - 1590.8 / 12000.0).abs()
+                < 1e-9
+        );
     }
 
     #[test]

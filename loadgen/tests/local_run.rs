@@ -106,6 +106,7 @@ fn short_local_run_audits_clean_and_reports_json() {
         "pull_post_ack_per_s",
         "pull_post_post_ack_per_s",
         "http_post_per_s",
+        "full_pipeline_per_s",
     ] {
         assert!(
             field(&report, &format!("ceiling.{k}")).as_f64().unwrap() > 0.0,
@@ -118,6 +119,7 @@ fn short_local_run_audits_clean_and_reports_json() {
         "completion_vs_pull_post_post_ack",
         "completion_vs_matching_ceiling",
         "enqueue_vs_http_post",
+        "completion_vs_full_pipeline",
     ] {
         assert!(
             field(&report, &format!("ratios.{k}")).as_f64().unwrap() > 0.0,
@@ -137,6 +139,7 @@ fn short_local_run_audits_clean_and_reports_json() {
 
     // The table went to stderr, the plot to its file.
     assert!(stderr.contains("| enqueue (202) |"), "{stderr}");
+    assert!(stderr.contains(" of full pipeline "), "{stderr}");
     assert!(stderr.contains("lost 0"), "{stderr}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
