@@ -343,7 +343,7 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     };
     let published = match paged {
         Some((store, page)) => {
-            let record = store.write_paged(page, queued, status::pages::Guard::None);
+            let record = store.write_paged(page, &queued, status::pages::Guard::None);
             let (published, recorded) = tokio::join!(publish, record);
             if let Err(error) = recorded {
                 state.metrics.status_write_failed();

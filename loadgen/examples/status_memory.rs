@@ -123,8 +123,8 @@ async fn write_call(store: &Store, id: &str, layout: Layout) -> Result<(), Error
     match layout {
         Layout::Pages => {
             let page = page_of(id).ok_or("not a numbered id")?;
-            store.write_paged(page, queued, Guard::None).await?;
-            store.write_paged(page, done, Guard::Cancels).await?;
+            store.write_paged(page, &queued, Guard::None).await?;
+            store.write_paged(page, &done, Guard::Cancels).await?;
         }
         Layout::PerCall => {
             let revision = store

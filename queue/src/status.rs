@@ -330,7 +330,7 @@ impl Store {
     pub async fn write_paged(
         &self,
         page: Page,
-        record: Record,
+        record: &Record,
         guard: Guard,
     ) -> Result<Written, StoreError> {
         self.writer.write(page, record, guard).await

@@ -288,7 +288,7 @@ impl Tracked<'_> {
             return match self
                 .status
                 .store
-                .write_paged(*page, next.clone(), Guard::Cancels)
+                .write_paged(*page, &next, Guard::Cancels)
                 .await
             {
                 Ok(Written::Stored) => {

@@ -290,9 +290,13 @@ pub enum Guard {
     Cancels,
 }
 
+/// A record on its way: already a JSON line (made by the caller's task, not the writer's), and
+/// the call it belongs to, which a cancel names.
 struct Pending {
     page: Page,
-    record: Record,
+    line: Vec<u8>,
+    call_id: String,
+    accepted_at: u128,
     guard: Guard,
     done: oneshot::Sender<Result<Written, StoreError>>,
 }
@@ -308,7 +312,7 @@ impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
             .field("page", &self.page)
-            .field("call_id", &self.record.call_id)
+            .field("call_id", &self.call_id)
             .finish_non_exhaustive()
     }
 }
@@ -325,14 +329,18 @@ impl Writer {
     pub async fn write(
         &self,
         page: Page,
-        record: Record,
+        record: &Record,
         guard: Guard,
     ) -> Result<Written, StoreError> {
         let (done, answer) = oneshot::channel();
+        let mut line = record.to_json();
+        line.push(b'\n');
         self.tx
             .send(Pending {
                 page,
-                record,
+                line,
+                call_id: record.call_id.clone(),
+                accepted_at: record.accepted_at,
                 guard,
                 done,
             })
@@ -351,10 +359,10 @@ struct PageCancels {
 }
 
 impl PageCancels {
-    fn cancels(&self, record: &Record) -> bool {
+    fn cancels(&self, call_id: &str, accepted_at: u128) -> bool {
         self.calls
             .iter()
-            .any(|(id, at)| *id == record.call_id && *at == record.accepted_at)
+            .any(|(id, at)| id == call_id && *at == accepted_at)
     }
 }
 
@@ -430,8 +438,9 @@ async fn flush(
             ),
         };
         if let Some(cancels) = &cancels {
-            let (cancelled, rest): (Vec<_>, Vec<_>) =
-                items.into_iter().partition(|p| cancels.cancels(&p.record));
+            let (cancelled, rest): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|p| cancels.cancels(&p.call_id, p.accepted_at));
             for p in cancelled {
                 let _ = p.done.send(Ok(Written::Cancelled));
             }
@@ -440,10 +449,9 @@ async fn flush(
             }
             items = rest;
         }
-        let mut payload = Vec::with_capacity(items.len() * 256);
+        let mut payload = Vec::with_capacity(items.iter().map(|p| p.line.len()).sum());
         for p in &items {
-            payload.extend_from_slice(&p.record.to_json());
-            payload.push(b'\n');
+            payload.extend_from_slice(&p.line);
         }
         let stored = match &cancels {
             None => {
@@ -506,7 +514,7 @@ async fn flush(
     }
     for p in items {
         let _ = p.done.send(Err(StoreError::Contended {
-            call_id: p.record.call_id,
+            call_id: p.call_id,
             tries: MAX_TRIES,
         }));
     }
