@@ -342,12 +342,16 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
             .await
     };
     let published = match paged {
+        // A fresh id: nothing can repeat it, so its record goes with the call.
+        Some((store, page)) if a.dedup_key.is_none() => {
+            tokio::join!(publish, record_queued(state, store, page, &queued)).0
+        }
+        // A key the client sent again (a retried POST) must not record a second acceptance:
+        // the record follows the call, and only when JetStream took it as new.
         Some((store, page)) => {
-            let record = store.write_paged(page, &queued, status::pages::Guard::None);
-            let (published, recorded) = tokio::join!(publish, record);
-            if let Err(error) = recorded {
-                state.metrics.status_write_failed();
-                tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; the call is enqueued without it");
+            let published = publish.await;
+            if published.as_ref().is_ok_and(|ack| !ack.duplicate) {
+                record_queued(state, store, page, &queued).await;
             }
             published
         }
@@ -389,6 +393,23 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
         tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
     }
     Ok(ack)
+}
+
+/// Writes a numbered call's `queued` record to its status page; a failure is logged and counted,
+/// and the call goes on without it.
+async fn record_queued(
+    state: &State,
+    store: &status::Store,
+    page: status::pages::Page,
+    queued: &Record,
+) {
+    if let Err(error) = store
+        .write_paged(page, queued, status::pages::Guard::None)
+        .await
+    {
+        state.metrics.status_write_failed();
+        tracing::warn!(%error, function = %queued.function, call_id = %queued.call_id, "queued status not stored; the call is enqueued without it");
+    }
 }
 
 /// Stores a large body in the object store under a new name, which it returns.

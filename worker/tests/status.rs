@@ -693,3 +693,34 @@ async fn a_replayed_dead_letter_shows_its_new_run() {
     assert_eq!(done["status"], 200, "{done}");
     assert_eq!(function.count(), 2);
 }
+
+/// A retried POST with the same `Idempotency-Key` gets the same id (a UUID v8 derived from the
+/// key, so its status is in a page) and records no second acceptance: the call's status follows
+/// its one run to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_keyed_post_keeps_one_status() {
+    let nats = Nats::start(1).await;
+    let gw = gateway(&nats).await;
+    let key = [("idempotency-key", "order-7")];
+    let first = enqueue(&gw, "keyed", &key).await;
+    assert!(
+        flotilla_queue::status::pages::page_of(&first).is_some(),
+        "{first}"
+    );
+    let queued = status(&gw, &first).await;
+    let again = enqueue(&gw, "keyed", &key).await;
+    assert_eq!(again, first, "the retried POST names the same call");
+    assert_eq!(
+        status(&gw, &first).await["accepted_at"],
+        queued["accepted_at"]
+    );
+
+    let function = RecordingServer::answering(200).await;
+    let template = format!("{}/{{name}}", function.url());
+    let _worker = Worker::start(&nats.url(), &["--function-url-template", &template]).await;
+    let done = wait_state(&gw, &first, "succeeded").await;
+    assert_eq!(done["accepted_at"], queued["accepted_at"], "{done}");
+    nats.wait_settled(T).await;
+    assert_eq!(function.count(), 1);
+    assert_eq!(status(&gw, &first).await["state"], "succeeded");
+}

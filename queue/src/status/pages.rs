@@ -21,8 +21,11 @@
 //! from the stream leader up to it: when the call's end came first, the cancel lost (409 with
 //! that end) and [`resolve`] keeps showing the end, the first final record.
 //!
-//! Ids a client chose, ids derived from an `Idempotency-Key` and ids of earlier releases are not
-//! numbered; their calls keep one record per call in `FLOTILLA_STATUS` (`Store` picks).
+//! The layout follows the id's shape alone, so every reader and writer agrees: any UUID version 8
+//! is read as a page. An id derived from an `Idempotency-Key` is one too (its bits a hash of the
+//! key), so it gets a page of its own; the gateway then records its acceptance only once JetStream
+//! took the call as new, so a retried POST records no second one. Other ids (a client's own, the
+//! UUID v4 ids of earlier releases) keep one record per call in `FLOTILLA_STATUS` (`Store` picks).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
