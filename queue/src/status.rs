@@ -250,6 +250,8 @@ pub enum StoreError {
     Page(#[source] std::sync::Arc<StoreError>),
     #[error("the status writer has stopped")]
     WriterGone,
+    #[error("status page {subject} holds more than {messages} messages")]
+    PageOverflow { subject: String, messages: usize },
 }
 
 /// A record and the stream sequence it was stored at (what the next write must expect).
@@ -419,7 +421,15 @@ impl Store {
                 let mut upto = pages::read(&self.pages, &page, page.all(), true).await?;
                 upto.entries.retain(|e| e.seq <= at);
                 return Ok(match pages::resolve(&upto.entries, call_id) {
-                    Some(first) if first.seq < at => Transition::Declined(Some(first.stored())),
+                    Some(first) if first.seq < at => {
+                        // It lost: removed, so no worker takes it for a cancel of a later run
+                        // (a dead letter replayed). A cancel left behind only costs a worker
+                        // a compare; `resolve` still shows the end that came first.
+                        if let Err(error) = self.pages.delete_message(at).await {
+                            tracing::debug!(%error, call_id, "a cancel that lost was left in its page");
+                        }
+                        Transition::Declined(Some(first.stored()))
+                    }
                     _ => Transition::Written(Stored {
                         record: next,
                         revision: at,

@@ -648,7 +648,8 @@ async fn calls_queued_before_status_pages_keep_their_status() {
 }
 
 /// A numbered call dead-lettered, then replayed: its status goes from `dead` back to `queued`
-/// and on to the replayed run's end, though the dead record stays in its page before them.
+/// and on to the replayed run's end, though the dead record (and a cancel that came too late)
+/// stay in its page before them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_dead_letter_shows_its_new_run() {
     let nats = Nats::start(1).await;
@@ -678,6 +679,9 @@ async fn a_replayed_dead_letter_shows_its_new_run() {
     assert!(flotilla_queue::status::pages::page_of(&id).is_some());
     let dead = wait_state(&gw, &id, "dead").await;
     assert_eq!(dead["attempts"], 1, "{dead}");
+    // A cancel of the dead call loses, and must not stop its replay.
+    let late = send(&gw, Method::DELETE, &format!("/async-call/{id}")).await;
+    assert_eq!(late.status, 409, "{:?}", late.body);
 
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     let answer = gw

@@ -57,11 +57,15 @@ const MAX_ROUND: usize = 4_096;
 const FLIGHTS: usize = 4;
 /// Compare-and-set attempts before a write gives up on a page that keeps changing.
 const MAX_TRIES: u32 = 8;
-/// Messages read from one page at most: a page of 64 calls holds far fewer.
-const MAX_PAGE_MESSAGES: usize = 4_096;
+/// Messages read from one page at most: a page of 64 calls holds far fewer (a few a call). A page
+/// past it is an error, never a partial answer.
+const MAX_PAGE_MESSAGES: usize = 65_536;
 /// Pages whose last cancel a writer remembers; past it, it forgets them all (and learns again
 /// from a failed compare).
 const MAX_REMEMBERED: usize = 16_384;
+/// How long a writer trusts what it read of a page's cancels; then it compares against none, and
+/// a failed compare reads them again.
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a numbered call's records are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,7 +204,7 @@ pub fn resolve<'a>(entries: &'a [Entry], call_id: &str) -> Option<&'a Entry> {
     for (i, e) in mine.iter().enumerate() {
         if e.record.state.is_final() {
             ended = true;
-        } else if ended && e.record.state == CallState::Queued {
+        } else if ended && e.record.state == CallState::Queued && !is_acceptance(&e.record) {
             from = i;
             ended = false;
         }
@@ -212,7 +216,14 @@ pub fn resolve<'a>(entries: &'a [Entry], call_id: &str) -> Option<&'a Entry> {
     round
         .iter()
         .copied()
-        .max_by_key(|e| (e.record.updated_at, e.seq))
+        .max_by_key(|e| (!is_acceptance(&e.record), e.record.updated_at, e.seq))
+}
+
+/// The gateway's record of a call's acceptance, which may land after the worker's records of
+/// the same call (it is written while the call is published): it never outranks them and never
+/// starts a round.
+fn is_acceptance(r: &Record) -> bool {
+    r.state == CallState::Queued && r.updated_at == r.accepted_at
 }
 
 /// Records of one message's payload: one JSON line each; a line that does not parse is skipped.
@@ -235,7 +246,13 @@ pub async fn read(
     let mut read = PageRead::default();
     let mut from = 1;
     let cancels = page.cancels();
-    for _ in 0..MAX_PAGE_MESSAGES {
+    for read_so_far in 0..=MAX_PAGE_MESSAGES {
+        if read_so_far == MAX_PAGE_MESSAGES {
+            return Err(StoreError::PageOverflow {
+                subject,
+                messages: MAX_PAGE_MESSAGES,
+            });
+        }
         let msg = if leader {
             match stream
                 .raw_message_builder()
@@ -354,11 +371,23 @@ impl Writer {
 
 /// The cancels of a page as a writer last read them: a record is compared against the last
 /// one's sequence, so a call among them must never be written after it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct PageCancels {
+    /// When they were read; knowledge older than [`KNOWN_FOR`] is read again.
+    at: std::time::Instant,
     last: u64,
     /// (call id, accepted at) of each.
     calls: Vec<(String, u128)>,
+}
+
+impl Default for PageCancels {
+    fn default() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            last: 0,
+            calls: Vec::new(),
+        }
+    }
 }
 
 impl PageCancels {
@@ -437,6 +466,7 @@ async fn flush(
                     .lock()
                     .ok()
                     .and_then(|k| k.get(&page).cloned())
+                    .filter(|c| c.at.elapsed() < KNOWN_FOR)
                     .unwrap_or_default(),
             ),
         };
@@ -488,6 +518,7 @@ async fn flush(
                     }
                 };
                 let learned = PageCancels {
+                    at: std::time::Instant::now(),
                     last: read.last_cancel,
                     calls: read
                         .entries
@@ -500,10 +531,9 @@ async fn flush(
                     if k.len() >= MAX_REMEMBERED {
                         k.clear();
                     }
-                    let newer = k.get(&page).is_none_or(|had| had.last < learned.last);
-                    if newer {
-                        k.insert(page, learned);
-                    }
+                    // The leader's answer, even when its last is lower than what was known: a
+                    // cancel can leave (the budget, the retention, a cancel that lost).
+                    k.insert(page, learned);
                 }
             }
             Err(error) => {
@@ -588,6 +618,18 @@ mod tests {
             resolve(&early, "a").unwrap().record.state,
             CallState::Running
         );
+        // The acceptance landing after the call's end starts no round: the end stands.
+        let late = vec![
+            e(1, rec("a", CallState::Succeeded, 10, 30)),
+            e(2, rec("a", CallState::Queued, 10, 10)),
+        ];
+        assert_eq!(resolve(&late, "a").unwrap().seq, 1);
+        // A worker's clock behind the gateway's: its change still outranks the acceptance.
+        let skewed = vec![
+            e(1, rec("a", CallState::Queued, 10, 10)),
+            e(2, rec("a", CallState::Running, 10, 5)),
+        ];
+        assert_eq!(resolve(&skewed, "a").unwrap().seq, 2);
         // The first end wins over a later one (a call run twice), and over later changes.
         let mut ended = entries.clone();
         ended.push(e(5, rec("a", CallState::Succeeded, 10, 50)));
