@@ -296,11 +296,7 @@ impl Tracked<'_> {
                     Recorded::Done
                 }
                 Ok(Written::Cancelled) => Recorded::Cancelled,
-                Err(error) => {
-                    metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
-                    tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
-                    Recorded::Done
-                }
+                Err(error) => self.not_recorded(&error),
             };
         }
         let result = self
@@ -341,12 +337,27 @@ impl Tracked<'_> {
                 }
                 Recorded::Cancelled
             }
-            Err(error) => {
-                metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
-                tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
-                Recorded::Done
-            }
+            Err(error) => self.not_recorded(&error),
         }
+    }
+
+    /// A state NATS did not take: the call goes on, unless this replica heard that a client
+    /// cancelled it (the write may have failed on that very cancel).
+    fn not_recorded(&self, error: &flotilla_queue::status::StoreError) -> Recorded {
+        let env = self.env;
+        metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+        let heard = self
+            .status
+            .cancelled
+            .lock()
+            .ok()
+            .and_then(|c| c.by_id.get(&env.call_id).copied());
+        if heard == Some(env.start_time) {
+            tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded, and the call was cancelled: it ends here");
+            return Recorded::Cancelled;
+        }
+        tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
+        Recorded::Done
     }
 
     /// The revision a retry of this call carries, when the last write is known.
