@@ -300,12 +300,16 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     // retried POST finds its own, and the call then goes without a sequence (JetStream drops
     // the repeated call anyway).
     let mut status_taken = false;
-    let mut queued = Record::queued(call_id, name, accepted_at, a.batch_id);
-    queued.not_before = a.not_before;
-    let store = state.keeps_status();
-    let paged = store.and_then(|store| Some((store, status::pages::page_of(call_id)?)));
-    let status = match store {
-        Some(store) if paged.is_none() => match store.write(&queued, 0).await {
+    let kept = state.keeps_status().map(|store| {
+        let mut queued = Record::queued(call_id, name, accepted_at, a.batch_id);
+        queued.not_before = a.not_before;
+        (store, queued)
+    });
+    let paged = kept
+        .as_ref()
+        .and_then(|(store, queued)| Some((*store, status::pages::page_of(call_id)?, queued)));
+    let status = match &kept {
+        Some((store, queued)) if paged.is_none() => match store.write(queued, 0).await {
             Ok(Some(revision)) => {
                 nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
                 Some((store, revision))
@@ -343,15 +347,15 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     };
     let published = match paged {
         // A fresh id: nothing can repeat it, so its record goes with the call.
-        Some((store, page)) if a.dedup_key.is_none() => {
-            tokio::join!(publish, record_queued(state, store, page, &queued)).0
+        Some((store, page, queued)) if a.dedup_key.is_none() => {
+            tokio::join!(publish, record_queued(state, store, page, queued)).0
         }
         // A key the client sent again (a retried POST) must not record a second acceptance:
         // the record follows the call, and only when JetStream took it as new.
-        Some((store, page)) => {
+        Some((store, page, queued)) => {
             let published = publish.await;
             if published.as_ref().is_ok_and(|ack| !ack.duplicate) {
-                record_queued(state, store, page, &queued).await;
+                record_queued(state, store, page, queued).await;
             }
             published
         }
