@@ -113,12 +113,7 @@ impl CallStatus {
     /// Starts tracking a call about to run, whose status record is at `revision` (from the
     /// message's `Flotilla-Status-Rev`), unless a client cancelled it.
     pub(crate) fn begin<'a>(&'a self, env: &'a Envelope, revision: Option<u64>) -> Begin<'a> {
-        let cancelled = self
-            .cancelled
-            .lock()
-            .ok()
-            .and_then(|c| c.by_id.get(&env.call_id).copied());
-        if cancelled == Some(env.start_time) {
+        if self.heard_cancel(env) {
             return Begin::Cancelled;
         }
         let token = CancellationToken::new();
@@ -142,6 +137,16 @@ impl CallStatus {
             paged,
             token,
         })
+    }
+
+    /// Whether a client's cancel of this very call (not an earlier one with its id) was heard.
+    fn heard_cancel(&self, env: &Envelope) -> bool {
+        let heard = self
+            .cancelled
+            .lock()
+            .ok()
+            .and_then(|c| c.by_id.get(&env.call_id).copied());
+        heard == Some(env.start_time)
     }
 
     /// Remembers a cancel and aborts its call if it runs here.
@@ -346,13 +351,7 @@ impl Tracked<'_> {
     fn not_recorded(&self, error: &flotilla_queue::status::StoreError) -> Recorded {
         let env = self.env;
         metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
-        let heard = self
-            .status
-            .cancelled
-            .lock()
-            .ok()
-            .and_then(|c| c.by_id.get(&env.call_id).copied());
-        if heard == Some(env.start_time) {
+        if self.status.heard_cancel(env) {
             tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded, and the call was cancelled: it ends here");
             return Recorded::Cancelled;
         }
