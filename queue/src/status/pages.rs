@@ -242,41 +242,12 @@ pub async fn read(
     subject: String,
     leader: bool,
 ) -> Result<PageRead, StoreError> {
-    use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
     let mut read = PageRead::default();
     let mut from = 1;
     let cancels = page.cancels();
-    for read_so_far in 0..=MAX_PAGE_MESSAGES {
-        if read_so_far == MAX_PAGE_MESSAGES {
-            return Err(StoreError::PageOverflow {
-                subject,
-                messages: MAX_PAGE_MESSAGES,
-            });
-        }
-        let msg = if leader {
-            match stream
-                .raw_message_builder()
-                .next_by_subject(subject.clone())
-                .sequence(from)
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(StoreError::PageLeader(e)),
-            }
-        } else {
-            match stream
-                .direct_get_builder()
-                .next_by_subject(subject.clone())
-                .sequence(from)
-                .send()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(StoreError::Read(e)),
-            }
+    for _ in 0..MAX_PAGE_MESSAGES {
+        let Some(msg) = next_message(stream, &subject, from, leader).await? else {
+            return Ok(read);
         };
         if msg.subject.as_str() == cancels {
             read.last_cancel = msg.sequence;
@@ -290,7 +261,45 @@ pub async fn read(
             }));
         from = msg.sequence + 1;
     }
-    Ok(read)
+    Err(StoreError::PageOverflow {
+        subject,
+        messages: MAX_PAGE_MESSAGES,
+    })
+}
+
+/// The first message on `subject` at or after sequence `from`, if any, from any replica or from
+/// the `leader`.
+async fn next_message(
+    stream: &jetstream::stream::Stream<()>,
+    subject: &str,
+    from: u64,
+    leader: bool,
+) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+    use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
+    if leader {
+        let got = stream
+            .raw_message_builder()
+            .next_by_subject(subject.to_owned())
+            .sequence(from)
+            .send()
+            .await;
+        return match got {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(StoreError::PageLeader(e)),
+        };
+    }
+    let got = stream
+        .direct_get_builder()
+        .next_by_subject(subject.to_owned())
+        .sequence(from)
+        .send()
+        .await;
+    match got {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Read(e)),
+    }
 }
 
 /// What became of a record handed to the [`Writer`].
@@ -474,9 +483,7 @@ async fn flush(
             let (cancelled, rest): (Vec<_>, Vec<_>) = items
                 .into_iter()
                 .partition(|p| cancels.cancels(&p.call_id, p.accepted_at));
-            for p in cancelled {
-                let _ = p.done.send(Ok(Written::Cancelled));
-            }
+            answer(cancelled, |_| Ok(Written::Cancelled));
             if rest.is_empty() {
                 return;
             }
@@ -500,9 +507,7 @@ async fn flush(
         };
         match stored {
             Ok(Some(_)) => {
-                for p in items {
-                    let _ = p.done.send(Ok(Written::Stored));
-                }
+                answer(items, |_| Ok(Written::Stored));
                 return;
             }
             Ok(None) => {
@@ -511,9 +516,7 @@ async fn flush(
                     Ok(read) => read,
                     Err(error) => {
                         let error = Arc::new(error);
-                        for p in items {
-                            let _ = p.done.send(Err(StoreError::Page(error.clone())));
-                        }
+                        answer(items, |_| Err(StoreError::Page(error.clone())));
                         return;
                     }
                 };
@@ -538,18 +541,24 @@ async fn flush(
             }
             Err(error) => {
                 let error = Arc::new(error);
-                for p in items {
-                    let _ = p.done.send(Err(StoreError::Group(error.clone())));
-                }
+                answer(items, |_| Err(StoreError::Group(error.clone())));
                 return;
             }
         }
     }
-    for p in items {
-        let _ = p.done.send(Err(StoreError::Contended {
-            call_id: p.call_id,
+    answer(items, |p| {
+        Err(StoreError::Contended {
+            call_id: p.call_id.clone(),
             tries: MAX_TRIES,
-        }));
+        })
+    });
+}
+
+/// Tells each of `items`' callers what became of its record (a caller gone is no matter).
+fn answer(items: Vec<Pending>, what: impl Fn(&Pending) -> Result<Written, StoreError>) {
+    for p in items {
+        let result = what(&p);
+        let _ = p.done.send(result);
     }
 }
 
