@@ -42,27 +42,11 @@ async fn https_functions_answer_and_a_refused_certificate_is_a_502_that_says_why
     .map(|(f, s)| format!("[functions.{f}]\nurl = \"{}\"\n", s.url()))
     .collect();
     std::fs::write(&policy, text).unwrap();
-    let path = |f: &str| certs.path(f).display().to_string();
-    let (policy, ca, cert, key) = (
-        policy.display().to_string(),
-        path("ca.pem"),
-        path("client.pem"),
-        path("client.key"),
-    );
-    let gw = Gateway::start(
-        &nats.url(),
-        &[
-            "--policies",
-            &policy,
-            "--function-ca-file",
-            &ca,
-            "--function-cert-file",
-            &cert,
-            "--function-key-file",
-            &key,
-        ],
-    )
-    .await;
+    let policy = policy.display().to_string();
+    let flags = certs.function_flags(true);
+    let mut args = vec!["--policies", &policy];
+    args.extend(flags.iter().map(String::as_str));
+    let gw = Gateway::start(&nats.url(), &args).await;
 
     for function in ["good", "mutual"] {
         let r = call(

@@ -147,6 +147,26 @@ impl Certificates {
         self.dir.path().join(file)
     }
 
+    /// The flags that make a gateway or a worker trust the CA (`--function-ca-file`) and, with
+    /// `client`, show the client certificate a function may ask for (`--function-cert-file`,
+    /// `--function-key-file`).
+    pub fn function_flags(&self, client: bool) -> Vec<String> {
+        let mut flags = vec!["--function-ca-file".to_owned(), self.text_path("ca.pem")];
+        if client {
+            flags.extend([
+                "--function-cert-file".to_owned(),
+                self.text_path("client.pem"),
+                "--function-key-file".to_owned(),
+                self.text_path("client.key"),
+            ]);
+        }
+        flags
+    }
+
+    fn text_path(&self, file: &str) -> String {
+        self.path(file).display().to_string()
+    }
+
     /// A server configuration presenting certificate `name` (`function`, `other-host`,
     /// `expired`). With `client_auth`, a client must show a certificate the CA signed.
     pub fn server_config(&self, name: &str, client_auth: bool) -> Arc<ServerConfig> {

@@ -51,22 +51,10 @@ async fn functions_behind_a_private_ca_are_called_over_https_with_and_without_mu
         dir.path(),
         &[("secure", plain.url()), ("mutual", mutual.url())],
     );
-    let path = |f: &str| certs.path(f).display().to_string();
-    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
-    let worker = Worker::start_ready(
-        &nats.url(),
-        &[
-            "--policies",
-            &policy,
-            "--function-ca-file",
-            &ca,
-            "--function-cert-file",
-            &cert,
-            "--function-key-file",
-            &key,
-        ],
-    )
-    .await;
+    let flags = certs.function_flags(true);
+    let mut args = vec!["--policies", &policy];
+    args.extend(flags.iter().map(String::as_str));
+    let worker = Worker::start_ready(&nats.url(), &args).await;
 
     let cb = format!("{}/cb", sink.url());
     for (function, id) in [
@@ -118,20 +106,11 @@ async fn a_certificate_for_another_host_or_expired_ends_in_a_502_whose_dead_lett
             ("mutual", mutual.url()),
         ],
     );
-    let ca = certs.path("ca.pem").display().to_string();
-    let worker = Worker::start_ready(
-        &nats.url(),
-        &[
-            "--policies",
-            &policy,
-            "--function-ca-file",
-            &ca,
-            // One attempt: the first failure is the dead letter.
-            "--retry-attempts",
-            "1",
-        ],
-    )
-    .await;
+    let flags = certs.function_flags(false);
+    // One attempt: the first failure is the dead letter.
+    let mut args = vec!["--policies", &policy, "--retry-attempts", "1"];
+    args.extend(flags.iter().map(String::as_str));
+    let worker = Worker::start_ready(&nats.url(), &args).await;
 
     let cb = format!("{}/cb", sink.url());
     for function in ["misnamed", "expired", "mutual"] {
