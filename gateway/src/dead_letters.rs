@@ -8,9 +8,13 @@
 //! replayed call carries a `Nats-Msg-Id` derived from the letter, so a retried or concurrent
 //! replay of the same letter enqueues the call once (within the shard's duplicate window).
 //!
-//! This file routes and holds what both routes share; `list` shows a page, `replay` replays, and
-//! `scan` reads letters without their bodies for both.
+//! `GET /system/dead-letters/<sequence>` shows one letter with its headers and a body preview,
+//! and `DELETE` on it removes the letter for good.
+//!
+//! This file routes and holds what the routes share; `list` shows a page, `letter` one letter,
+//! `replay` replays, and `scan` reads letters without their bodies for the list and replay.
 
+mod letter;
 pub(crate) mod list;
 mod replay;
 mod scan;
@@ -49,7 +53,13 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
             }
             replay::replay(state, req).await
         }
-        _ => Err(CallError::NotFound),
+        path => match path
+            .strip_prefix(LIST_PATH)
+            .and_then(|p| p.strip_prefix('/'))
+        {
+            Some(rest) => letter::route(state, req.method(), rest).await,
+            None => Err(CallError::NotFound),
+        },
     }
 }
 

@@ -85,6 +85,11 @@ pub enum CallError {
     MessageTooLarge,
     #[error("authentication required")]
     Unauthorized,
+    /// A request that changes state on an operator route came from another site (its `Origin`
+    /// or `Sec-Fetch-Site` says so): refused, so a page elsewhere cannot use the operator's
+    /// credentials that the browser holds.
+    #[error("cross-site request refused: {0}")]
+    CrossSite(&'static str),
     #[error("queue not ready: {0}")]
     NotReady(&'static str),
     #[error("NATS is not connected")]
@@ -120,6 +125,9 @@ pub enum CallError {
     /// the status retention).
     #[error("batch {0} not found (or its request has not ended)")]
     UnknownBatch(String),
+    /// No dead letter has this sequence (replayed, deleted or expired).
+    #[error("no dead letter with sequence {0} (replayed, deleted or expired)")]
+    UnknownLetter(u64),
     /// No status is stored for this call id (unknown, or older than the status retention).
     #[error("call {0} not found")]
     UnknownCall(String),
@@ -144,6 +152,7 @@ impl CallError {
             | Self::UnknownFunction(_)
             | Self::UnknownCall(_)
             | Self::UnknownBatch(_)
+            | Self::UnknownLetter(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -157,6 +166,7 @@ impl CallError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::CrossSite(_) => StatusCode::FORBIDDEN,
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
@@ -197,8 +207,10 @@ impl CallError {
             | Self::HeadersTooLarge { .. }
             | Self::MessageTooLarge
             | Self::Unauthorized
+            | Self::CrossSite(_)
             | Self::UnknownCall(_)
             | Self::UnknownBatch(_)
+            | Self::UnknownLetter(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff
             | Self::UnsupportedMediaType(_)
@@ -234,6 +246,7 @@ impl CallError {
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::MessageTooLarge => "message_too_large",
             Self::Unauthorized => "unauthorized",
+            Self::CrossSite(_) => "cross_site",
             Self::NotReady(_) => "topology_unknown",
             Self::NatsDown => "nats_down",
             Self::Publish(_) => "publish_failed",
@@ -247,6 +260,7 @@ impl CallError {
             Self::Queues(_) => "queues_unavailable",
             Self::UnknownCall(_) => "call_not_found",
             Self::UnknownBatch(_) => "batch_not_found",
+            Self::UnknownLetter(_) => "dead_letter_not_found",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::ResultNotKept { .. } => "result_not_kept",
             Self::StatusOff => "status_off",
@@ -298,8 +312,10 @@ impl CallError {
             | Self::FunctionTls { .. }
             | Self::Timeout { .. }
             | Self::BadFunctionUrl(_)
+            | Self::CrossSite(_)
             | Self::UnknownCall(_)
             | Self::UnknownBatch(_)
+            | Self::UnknownLetter(_)
             | Self::ResultNotKept { .. }
             | Self::StatusOff
             | Self::UnsupportedMediaType(_)
@@ -349,6 +365,13 @@ mod tests {
         let function = || "echo".to_owned();
         vec![
             (CallError::NotFound, 404, Side::Downstream, false),
+            (
+                CallError::CrossSite("Origin is another site"),
+                403,
+                Side::Downstream,
+                false,
+            ),
+            (CallError::UnknownLetter(7), 404, Side::Downstream, false),
             (
                 CallError::UnknownFunction(function()),
                 404,

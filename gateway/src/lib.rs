@@ -6,6 +6,7 @@ mod batch;
 mod body;
 mod callback_guard;
 mod config;
+mod console;
 mod dead_letters;
 mod enqueue;
 mod error;

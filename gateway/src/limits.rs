@@ -20,6 +20,8 @@ pub struct Summary {
     pub adaptive: bool,
     /// Refusals the replicas met since they started.
     pub refusals: u64,
+    /// Calls the replicas settled since they started.
+    pub settled: u64,
 }
 
 /// The latest report of each replica.
@@ -78,6 +80,7 @@ impl Limits {
                 s.limit += u64::from(f.limit);
                 s.adaptive |= f.adaptive;
                 s.refusals += f.refusals;
+                s.settled += f.settled;
             }
         }
         out
@@ -89,7 +92,7 @@ mod tests {
     use super::*;
     use flotilla_queue::limits::FunctionLimit;
 
-    fn report(replica: &str, limit: u32, refusals: u64) -> Vec<u8> {
+    fn report(replica: &str, limit: u32, refusals: u64, settled: u64) -> Vec<u8> {
         LimitReport {
             replica: replica.into(),
             functions: vec![FunctionLimit {
@@ -97,6 +100,7 @@ mod tests {
                 limit,
                 adaptive: true,
                 refusals,
+                settled,
             }],
         }
         .encode()
@@ -106,9 +110,9 @@ mod tests {
     #[test]
     fn replicas_add_up_and_a_newer_report_replaces_an_older() {
         let l = Limits::default();
-        l.heard(&report("a", 3, 10));
-        l.heard(&report("b", 1, 2));
-        l.heard(&report("a", 2, 12));
+        l.heard(&report("a", 3, 10, 100));
+        l.heard(&report("b", 1, 2, 5));
+        l.heard(&report("a", 2, 12, 150));
         l.heard(b"not\na report");
         let s = l.summaries()["narrow"];
         assert_eq!(
@@ -116,7 +120,8 @@ mod tests {
             Summary {
                 limit: 3,
                 adaptive: true,
-                refusals: 14
+                refusals: 14,
+                settled: 155,
             }
         );
     }

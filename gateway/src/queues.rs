@@ -57,6 +57,10 @@ pub struct QueueRow {
     pub adaptive: Option<bool>,
     /// Refusals (429, or 503 with `Retry-After`) the reporting replicas met since they started.
     pub refusals: Option<u64>,
+    /// Calls the reporting replicas settled since they started (a counter: the difference of
+    /// two readings over the time between them is the completion rate; it drops when a replica
+    /// restarts or stops reporting).
+    pub completed: Option<u64>,
 }
 
 /// Why the queues could not be read.

@@ -1,5 +1,6 @@
 //! The operator's routes: `/healthz`, `/readyz`, `/metrics` and `/system/*` (basic auth when
-//! configured; the dead-letter routes live in `dead_letters.rs`). None of them is on the hot
+//! configured, and state changes only from the same site; the dead-letter routes live in
+//! `dead_letters.rs`, the console in `console.rs`). None of them is on the hot
 //! path; they may allocate and speak JSON.
 
 use base64::Engine;
@@ -8,9 +9,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::dead_letters;
 use crate::error::{CallError, json_response, text_response};
 use crate::state::State;
+use crate::{console, dead_letters};
 
 const GET_ONLY: &str = "GET, HEAD";
 
@@ -25,6 +26,12 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
         if !given.is_some_and(|g| authorized(g, expected)) {
             return Err(CallError::Unauthorized);
         }
+    }
+    if is_system && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        console::check_same_site(req.headers())?;
+    }
+    if path == console::PREFIX || path.starts_with("/system/ui/") {
+        return console::serve(req.method(), path);
     }
     if path == "/system/queues" {
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -120,6 +127,7 @@ async fn queues(state: &State) -> Result<Response<Body>, CallError> {
                 r.concurrency_limit = Some(l.limit);
                 r.adaptive = Some(l.adaptive);
                 r.refusals = Some(l.refusals);
+                r.completed = Some(l.settled);
             }
             r
         })

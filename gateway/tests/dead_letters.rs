@@ -1,7 +1,9 @@
 //! The dead-letter API against a real nats-server: letters written into `FLOTILLA_DEAD` the way
 //! the worker writes them are listed with their fields, filtered and paged, and replayed (one, a
 //! function's, all) back onto their shard with the attempt count reset; poison stays put, a
-//! repeated replay enqueues once, and the routes sit behind the `/system` auth.
+//! repeated replay enqueues once; one letter is shown with its headers and body and deleted; the
+//! routes and the console's pages sit behind the `/system` auth, and a cross-site request that
+//! would change state is refused.
 
 // Helpers may unwrap like the tests: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -18,7 +20,7 @@ use bytes::Bytes;
 use flotilla_queue::dead_letter as dl;
 use flotilla_queue::{Envelope, FunctionName, ShardMap, subjects};
 use flotilla_testsupport::NatsServer;
-use harness::{Gateway, Reply, call, envelopes, send, stream_len};
+use harness::{Gateway, Reply, call, envelopes, get, send, stream_len};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -163,6 +165,17 @@ impl Fleet {
             gamma,
             poison,
         }
+    }
+
+    /// A fleet whose `/system` routes need `AUTH`.
+    async fn with_auth() -> Self {
+        Self::start(&[
+            "--basic-auth-user",
+            "admin",
+            "--basic-auth-password",
+            "secret",
+        ])
+        .await
     }
 
     fn all_sequences(&self) -> BTreeSet<u64> {
@@ -576,18 +589,17 @@ async fn a_replay_must_say_what_to_replay() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.header("allow"), "GET, HEAD");
     let r = call(f.gw.addr, "GET", "/system/dead-letters/other", &[], b"").await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text().contains("not a dead-letter sequence"),
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]
 async fn dead_letters_are_behind_the_system_auth() {
-    let f = Fleet::start(&[
-        "--basic-auth-user",
-        "admin",
-        "--basic-auth-password",
-        "secret",
-    ])
-    .await;
+    let f = Fleet::with_auth().await;
     let r = call(f.gw.addr, "GET", "/system/dead-letters", &[], b"").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.header("www-authenticate"), "Basic realm=\"flotilla\"");
@@ -603,6 +615,164 @@ async fn dead_letters_are_behind_the_system_auth() {
     let r = replay(f.gw.addr, &body, &[AUTH]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(f.queued_total().await, 1);
+}
+
+async fn letter(f: &Fleet, method: &str, sequence: u64, headers: &[(&str, &str)]) -> Reply {
+    let path = format!("/system/dead-letters/{sequence}");
+    call(f.gw.addr, method, &path, headers, b"").await
+}
+
+#[tokio::test]
+async fn one_letter_shows_its_headers_and_body_and_can_be_deleted() {
+    let f = Fleet::start(&[]).await;
+    let w = &f.alpha[1];
+    let r = letter(&f, "GET", w.sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["sequence"], w.sequence);
+    assert_eq!(v["function"], "alpha");
+    assert_eq!(v["call_id"], "alpha-call-2");
+    assert_eq!(v["reason"], "function answered 500 on every attempt");
+    assert_eq!(v["attempts"], 3);
+    let headers: Vec<(String, String)> = v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_owned(),
+                h["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        headers.contains(&("x-tenant".into(), "t1".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(dl::H_LAST_STATUS) && v == "500"),
+        "{headers:?}"
+    );
+    let body = "body of alpha 2";
+    assert_eq!(
+        v["body"],
+        json!({ "bytes": body.len(), "preview_bytes": body.len(), "truncated": false,
+                "encoding": "text", "preview": body, "in_object_store": false })
+    );
+    assert_eq!(v["body_bytes"], body.len());
+
+    // The poison letter has no call to show, and is still shown.
+    let r = letter(&f, "GET", f.poison.sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    let r = letter(&f, "DELETE", w.sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap(),
+        json!({ "deleted": w.sequence })
+    );
+    let mut left = f.all_sequences();
+    left.remove(&w.sequence);
+    assert_eq!(f.listed(&[]).await, left);
+    for method in ["GET", "DELETE"] {
+        let r = letter(&f, method, w.sequence, &[]).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{method}: {}", r.text());
+        assert!(
+            r.text().contains("no dead letter with sequence"),
+            "{}",
+            r.text()
+        );
+    }
+    assert_eq!(
+        f.queued_total().await,
+        0,
+        "a deleted letter is not replayed"
+    );
+    for bad in ["abc", "0", "-1", "1.5", "+3"] {
+        let (status, text) = get(f.gw.addr, &format!("/system/dead-letters/{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {text}");
+    }
+    let r = letter(&f, "PUT", f.alpha[0].sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, HEAD, DELETE");
+}
+
+/// A page on another site cannot make the operator's browser replay or delete: a request that
+/// changes state under `/system` with a foreign `Origin` or `Sec-Fetch-Site` is 403 and does
+/// nothing; from the gateway's own origin, or from a client that is no browser, it passes.
+#[tokio::test]
+async fn cross_site_requests_that_change_state_are_refused() {
+    let f = Fleet::start(&[]).await;
+    let own = format!("http://{}", f.gw.addr);
+    let body = json!({ "sequences": [f.alpha[0].sequence] }).to_string();
+    for foreign in [
+        vec![("origin", "http://127.0.0.2:8080")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site"), ("origin", own.as_str())],
+    ] {
+        let r = replay(f.gw.addr, &body, &foreign).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{foreign:?}: {}", r.text());
+        assert!(
+            r.text().starts_with("cross-site request refused"),
+            "{}",
+            r.text()
+        );
+        let r = letter(&f, "DELETE", f.alpha[0].sequence, &foreign).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{foreign:?}");
+    }
+    assert_eq!(f.queued_total().await, 0);
+    assert_eq!(f.listed(&[]).await, f.all_sequences());
+    // Reading is never refused: a cross-site page cannot read the answer anyway.
+    let r = letter(
+        &f,
+        "GET",
+        f.alpha[0].sequence,
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let same = [("origin", own.as_str()), ("sec-fetch-site", "same-origin")];
+    let r = replay(f.gw.addr, &body, &same).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(f.queued_total().await, 1);
+    let r = letter(&f, "DELETE", f.alpha[1].sequence, &same).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+/// The console's page and assets answer only with the `/system` credentials, and carry a
+/// Content-Security-Policy that allows no inline script.
+#[tokio::test]
+async fn the_console_is_behind_the_system_auth() {
+    let f = Fleet::with_auth().await;
+    for path in [
+        "/system/ui",
+        "/system/ui/console.js",
+        "/system/ui/console.css",
+    ] {
+        let r = call(f.gw.addr, "GET", path, &[], b"").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(!r.text().contains("Flotilla console"));
+        let r = call(f.gw.addr, "GET", path, &[AUTH], b"").await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        let csp = r.header("content-security-policy");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+            "{csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), "nosniff");
+    }
+    let page = call(f.gw.addr, "GET", "/system/ui", &[AUTH], b"").await;
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(page.text().contains("/system/ui/console.js"));
+    let r = letter(&f, "GET", f.alpha[0].sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = letter(&f, "DELETE", f.alpha[0].sequence, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(f.listed(&[AUTH]).await, f.all_sequences());
 }
 
 #[tokio::test]

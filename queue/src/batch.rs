@@ -81,6 +81,9 @@ pub struct Progress {
     pub cancelled: u64,
     /// Every call is final.
     pub done: bool,
+    /// Where the batch's own callback goes when every call is final; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl Progress {
@@ -105,6 +108,7 @@ impl Progress {
             dead: cap(c.dead),
             cancelled: cap(c.cancelled),
             done: finished >= meta.total,
+            callback_url: meta.callback_url.clone(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! the replicas learned. Soft state: a report is forgotten [`EXPIRY`] after its replica's last.
 //!
 //! The payload is text, one line for the replica and one per function:
-//! `<replica>\n<function> <limit> <adaptive|fixed> <refusals>\n...`.
+//! `<replica>\n<function> <limit> <adaptive|fixed> <refusals> <settled>\n...`. A line without
+//! `<settled>` (from a replica of an earlier release) reads as none settled.
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub struct FunctionLimit {
     pub adaptive: bool,
     /// Refusals the replica met since it started.
     pub refusals: u64,
+    /// Calls of the function the replica settled (acknowledged with their final outcome) since
+    /// it started: successive reports give the completion rate.
+    pub settled: u64,
 }
 
 /// One replica's report.
@@ -39,7 +43,9 @@ pub enum LimitReportError {
     NotText,
     #[error("limit report names no replica")]
     NoReplica,
-    #[error("limit report line {line:?} is not `<function> <limit> <adaptive|fixed> <refusals>`")]
+    #[error(
+        "limit report line {line:?} is not `<function> <limit> <adaptive|fixed> <refusals> <settled>`"
+    )]
     Line { line: String },
 }
 
@@ -50,8 +56,8 @@ impl LimitReport {
         for f in &self.functions {
             let kind = if f.adaptive { "adaptive" } else { "fixed" };
             out.push_str(&format!(
-                "\n{} {} {kind} {}",
-                f.function, f.limit, f.refusals
+                "\n{} {} {kind} {} {}",
+                f.function, f.limit, f.refusals, f.settled
             ));
         }
         out
@@ -71,7 +77,8 @@ impl LimitReport {
                     line: line.to_owned(),
                 };
                 let mut parts = line.split(' ');
-                let (Some(function), Some(limit), Some(kind), Some(refusals), None) = (
+                let (Some(function), Some(limit), Some(kind), Some(refusals), settled, None) = (
+                    parts.next(),
                     parts.next(),
                     parts.next(),
                     parts.next(),
@@ -89,6 +96,7 @@ impl LimitReport {
                         _ => return Err(bad()),
                     },
                     refusals: refusals.parse().map_err(|_| bad())?,
+                    settled: settled.map_or(Ok(0), str::parse).map_err(|_| bad())?,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -110,12 +118,14 @@ mod tests {
                     limit: 4,
                     adaptive: true,
                     refusals: 17,
+                    settled: 12_345,
                 },
                 FunctionLimit {
                     function: "echo".into(),
                     limit: 50,
                     adaptive: false,
                     refusals: 0,
+                    settled: 0,
                 },
             ],
         };
@@ -132,6 +142,13 @@ mod tests {
         let e = LimitReport::decode(b"r\nf 4 maybe 0").unwrap_err();
         assert!(e.to_string().contains("\"f 4 maybe 0\""), "{e}");
         assert!(LimitReport::decode(b"r\nf x adaptive 0").is_err());
-        assert!(LimitReport::decode(b"r\nf 4 adaptive 0 extra").is_err());
+        assert!(LimitReport::decode(b"r\nf 4 adaptive 0 9 extra").is_err());
+        assert!(LimitReport::decode(b"r\nf 4 adaptive 0 x").is_err());
+        // An earlier release's line, without the settled count.
+        let old = LimitReport::decode(b"r\nf 4 fixed 2").unwrap();
+        assert_eq!(
+            (old.functions[0].refusals, old.functions[0].settled),
+            (2, 0)
+        );
     }
 }

@@ -493,6 +493,7 @@ pub(crate) async fn handle(
         tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
         return;
     }
+    func.settled();
     // Settled: its body is needed no more, unless its dead letter may be replayed.
     if !dead_lettered && let Some(object) = &env.body_object {
         // Boxed: only calls with large bodies take this step.

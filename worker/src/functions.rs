@@ -63,6 +63,9 @@ pub(crate) struct FunctionRt {
     answered: AtomicU64,
     /// Refusals under adaptive control, counted since start.
     refused: AtomicU64,
+    /// Calls acknowledged with their final outcome, counted since start (for the limit report,
+    /// whose successive counts give the console its completion rate).
+    settled: AtomicU64,
     /// The size `slots` is being brought to, read without the lock on every call.
     learned: AtomicUsize,
     pub running: Arc<Running>,
@@ -104,6 +107,7 @@ impl FunctionRt {
             at_function: AtomicU32::new(0),
             answered: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             running: Arc::new(Running::new(budget)),
             name,
             shard,
@@ -129,6 +133,11 @@ impl FunctionRt {
     /// counts as quick).
     pub fn is_quick(&self, within: Duration) -> bool {
         u128::from(self.recent_micros.load(Ordering::Relaxed)) < within.as_micros()
+    }
+
+    /// One of the function's calls was acknowledged with its final outcome.
+    pub fn settled(&self) {
+        self.settled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The function's calls this replica may hold at once now.
@@ -422,6 +431,7 @@ impl Functions {
                 limit: u32::try_from(f.learned.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
                 adaptive: f.policy.adaptive,
                 refusals: f.refused.load(Ordering::Relaxed),
+                settled: f.settled.load(Ordering::Relaxed),
             })
             .collect()
     }

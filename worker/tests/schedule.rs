@@ -205,19 +205,8 @@ async fn a_call_older_than_its_max_age_never_reaches_its_function() {
     let function = RecordingServer::echo().await;
     let sink = RecordingServer::answering(200).await;
     let gw = gateway(&nats).await;
-    let policies = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(policies.path(), "[functions.stale]\nmax_age = \"1s\"\n").unwrap();
-    let template = format!("{}/{{name}}", function.url());
-    let _worker = Worker::start_ready(
-        &nats.url(),
-        &[
-            "--function-url-template",
-            &template,
-            "--policies",
-            policies.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let policies = "[functions.stale]\nmax_age = \"1s\"\n";
+    let _worker = Worker::with_policies(&nats.url(), &function.url(), policies).await;
     let cb = format!("{}/cb", sink.url());
     // Due two seconds after it is accepted: past its one-second maximum age.
     let (old, _, _) = enqueue(&gw, "stale", &[("x-delay", "2s"), ("x-callback-url", &cb)]).await;

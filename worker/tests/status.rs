@@ -137,27 +137,12 @@ async fn retries_failures_dead_letters_and_result_limits_are_recorded() {
         _ => Reply::status(200).body(vec![b'x'; 100]),
     }))
     .await;
-    let policies = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        policies.path(),
-        "[defaults]\nkeep_results = true\nmax_result_bytes = 64\n\
+    let policies = "[defaults]\nkeep_results = true\nmax_result_bytes = 64\n\
          [defaults.retry]\nattempts = 2\nmin_backoff = \"50ms\"\nmax_backoff = \"100ms\"\n\
          [functions.flaky.retry]\nmin_backoff = \"1500ms\"\nmax_backoff = \"1500ms\"\n\
-         [functions.bad]\nkeep_results = false\n",
-    )
-    .unwrap();
+         [functions.bad]\nkeep_results = false\n";
     let gw = gateway(&nats).await;
-    let template = format!("{}/{{name}}", function.url());
-    let _worker = Worker::start(
-        &nats.url(),
-        &[
-            "--function-url-template",
-            &template,
-            "--policies",
-            policies.path().to_str().unwrap(),
-        ],
-    )
-    .await;
+    let _worker = Worker::with_policies(&nats.url(), &function.url(), policies).await;
     let flaky = enqueue(&gw, "flaky", &[]).await;
     let bad = enqueue(&gw, "bad", &[]).await;
     let broken = enqueue(&gw, "broken", &[]).await;

@@ -80,7 +80,7 @@ fn parse_list_query(query: Option<&str>) -> Result<ListQuery, CallError> {
 /// One dead letter as the API shows it. Fields the letter does not carry are `null` (a poison
 /// message may lack any of the envelope's headers).
 #[derive(Debug, Serialize)]
-struct Item {
+pub(super) struct Item {
     /// Sequence in `FLOTILLA_DEAD`: the letter's identity for replay and the paging cursor.
     sequence: u64,
     /// The function of the dead-letter subject (`~invalid` when the message named none).
@@ -101,11 +101,11 @@ struct Item {
     query: Option<String>,
     callback_url: Option<String>,
     /// Size of the stored body (the request body of the call).
-    body_bytes: Option<u64>,
+    pub(super) body_bytes: Option<u64>,
 }
 
 impl Item {
-    fn of(letter: &Letter) -> Self {
+    pub(super) fn of(letter: &Letter) -> Self {
         let text = |name: &str| letter.header(name).map(str::to_owned);
         // A poison letter may have no readable control fields; it is listed without them.
         let call = envelope::Control::of(&letter.headers).ok();

@@ -195,6 +195,21 @@ impl Worker {
         w
     }
 
+    /// Starts a worker that calls each function at `<function_url>/<name>`, with the policy
+    /// file `policies` (TOML, read once at start), and waits until it is ready.
+    pub async fn with_policies(nats_url: &str, function_url: &str, policies: &str) -> Self {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), policies).unwrap();
+        let template = format!("{function_url}/{{name}}");
+        let args = [
+            "--function-url-template",
+            &template,
+            "--policies",
+            file.path().to_str().unwrap(),
+        ];
+        Self::start_ready(nats_url, &args).await
+    }
+
     /// Signals shutdown and waits for `run` to return.
     pub async fn stop(self, within: Duration) -> Result<(), WorkerError> {
         self.inner
