@@ -335,3 +335,59 @@ async fn the_console_shows_queues_letters_batches_and_calls() {
     screenshot(&browser, "queues-phone").await;
     browser.quit().await;
 }
+
+/// The queues page with 1,000 functions: every one listed, sorted by any column, filtered by
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_page_sorts_and_filters_a_thousand_functions() {
+    let browser = match Browser::start().await {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("console browser test skipped: {why}");
+            return;
+        }
+    };
+    let nats = Nats::start(2).await;
+    let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
+    for n in 0..1000 {
+        enqueue(&gw, &format!("f-{n:04}"), &[], "x").await;
+    }
+    for _ in 0..2 {
+        enqueue(&gw, "f-0007", &[], "x").await;
+    }
+    let visible = "return [...document.querySelectorAll('#queues tbody tr')] \
+                     .filter(r => r.offsetParent !== null).map(r => r.dataset.function);";
+    let rows = || async {
+        let v = browser.run(visible, vec![]).await.unwrap();
+        serde_json::from_value::<Vec<String>>(v).unwrap()
+    };
+    browser
+        .open(&format!("http://{}/system/ui#/queues", gw.addr))
+        .await
+        .unwrap();
+    wait_until_async(T, "1,000 functions listed", || async {
+        rows().await.len() == 1000
+    })
+    .await;
+    // Pending, most first, is the default order.
+    assert_eq!(rows().await[0], "f-0007");
+    browser.click("button[data-sort='function']").await.unwrap();
+    let sorted = rows().await;
+    assert_eq!(
+        (sorted[0].as_str(), sorted[999].as_str()),
+        ("f-0000", "f-0999")
+    );
+    browser.click("button[data-sort='function']").await.unwrap();
+    assert_eq!(rows().await[0], "f-0999", "a second click reverses");
+    browser.type_into("#queue-filter", "f-004").await.unwrap();
+    wait_until_async(T, "the filter applied", || async {
+        rows().await.len() == 10
+    })
+    .await;
+    let pending = browser
+        .text("#queues tr[data-function='f-0042'] td[data-field='pending']")
+        .await
+        .unwrap();
+    assert_eq!(pending.as_deref(), Some("1"));
+    browser.quit().await;
+}
