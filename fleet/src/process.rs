@@ -92,6 +92,15 @@ impl<S: Service> InProcess<S> {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
+        Self::start_at(args, (Ipv4Addr::LOCALHOST, 0).into()).await
+    }
+
+    /// Like `start`, listening on `addr` instead (an address of a test's network namespace).
+    pub async fn start_at<I, T>(args: I, addr: SocketAddr) -> Result<Self, FleetError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
         let argv = std::iter::once(OsString::from(S::NAME)).chain(args.into_iter().map(Into::into));
         let config = <S::Config as clap::Parser>::try_parse_from(argv).map_err(|source| {
             FleetError::Config {
@@ -99,14 +108,16 @@ impl<S: Service> InProcess<S> {
                 source,
             }
         })?;
-        Self::start_with(config).await
+        Self::serve(config, addr).await
     }
 
     /// Like `start`, with a configuration already parsed.
     pub async fn start_with(config: S::Config) -> Result<Self, FleetError> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .map_err(FleetError::Bind)?;
+        Self::serve(config, (Ipv4Addr::LOCALHOST, 0).into()).await
+    }
+
+    async fn serve(config: S::Config, addr: SocketAddr) -> Result<Self, FleetError> {
+        let listener = TcpListener::bind(addr).await.map_err(FleetError::Bind)?;
         let addr = listener.local_addr().map_err(FleetError::Bind)?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(S::run(config, listener, stop.clone().cancelled_owned()));

@@ -279,17 +279,34 @@ async fn agree_topology(
         }
     };
     // Streams can vanish after the agreement (deleted by an operator, or lost when a NATS with
-    // memory storage restarts); re-create them when a publish finds none, at most once a second.
+    // memory storage restarts); re-create them when a publish finds none and JetStream confirms
+    // it, at most once a second.
     loop {
         tokio::select! {
             () = state.streams_missing.notified() => {}
             () = token.cancelled() => return,
         }
+        let recreate = async {
+            match topology.missing_streams(&state.js).await {
+                Ok(missing) if missing.is_empty() => {
+                    tracing::debug!(
+                        "a publish found no stream, yet every stream is there (a stream leader was being elected)"
+                    );
+                }
+                Ok(missing) => match topology.ensure_streams(&state.js, &settings).await {
+                    Ok(_) => tracing::warn!(?missing, "shard streams were missing; re-created"),
+                    Err(error) => {
+                        tracing::warn!(%error, ?missing, "shard streams missing and not re-created yet")
+                    }
+                },
+                // JetStream does not answer: nothing tells that a stream is gone.
+                Err(error) => {
+                    tracing::debug!(%error, "streams not checked; JetStream did not answer")
+                }
+            }
+        };
         tokio::select! {
-            result = topology.ensure_streams(&state.js, &settings) => match result {
-                Ok(_) => tracing::warn!("shard streams were missing; re-created"),
-                Err(error) => tracing::warn!(%error, "shard streams missing and not re-created yet"),
-            },
+            () = recreate => {}
             () = token.cancelled() => return,
         }
         tokio::select! {

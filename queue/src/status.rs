@@ -248,6 +248,8 @@ pub enum StoreError {
     Group(#[source] std::sync::Arc<async_nats::jetstream::context::PublishError>),
     #[error("writing a status page: {0}")]
     Page(#[source] std::sync::Arc<StoreError>),
+    #[error("writing a status page: the NATS connection was lost before JetStream answered")]
+    ConnectionLost,
     #[error("the status writer has stopped")]
     WriterGone,
     #[error("status page {subject} holds more than {messages} messages")]
@@ -319,11 +321,25 @@ impl Store {
     /// out by the budget). For a numbered call the revision is the sequence of the message that
     /// holds the record.
     pub async fn get(&self, call_id: &str) -> Result<Option<Stored>, StoreError> {
+        // Any replica answers a direct get, and one still catching up (after a partition or a
+        // restart) answers with what it has, which may be behind. A call that is not final there
+        // (or unknown) is read again from the stream leader, so a call that ended never reads as
+        // still on its way; only a replayed call may briefly read as its previous end.
         if let Some(page) = pages::page_of(call_id) {
             let read = pages::read(&self.pages, &page, page.all(), false).await?;
+            let found = pages::resolve(&read.entries, call_id).map(pages::Entry::stored);
+            if found.as_ref().is_some_and(|s| s.record.state.is_final()) {
+                return Ok(found);
+            }
+            let read = pages::read(&self.pages, &page, page.all(), true).await?;
             return Ok(pages::resolve(&read.entries, call_id).map(pages::Entry::stored));
         }
-        let last = last_json(&self.status, status_subject(call_id)).await?;
+        let subject = status_subject(call_id);
+        let last: Option<(Record, u64)> = last_json(&self.status, subject.clone()).await?;
+        if last.as_ref().is_some_and(|(r, _)| r.state.is_final()) {
+            return Ok(last.map(|(record, revision)| Stored { record, revision }));
+        }
+        let last: Option<(Record, u64)> = last_json_from_leader(&self.status, subject).await?;
         Ok(last.map(|(record, revision)| Stored { record, revision }))
     }
 
@@ -535,6 +551,12 @@ pub enum LastError {
         #[source]
         source: async_nats::jetstream::stream::DirectGetError,
     },
+    #[error("reading {subject} from the stream leader: {source}")]
+    ReadLeader {
+        subject: String,
+        #[source]
+        source: async_nats::jetstream::stream::LastRawMessageError,
+    },
     #[error("{subject} holds unreadable JSON: {source}")]
     Corrupt {
         subject: String,
@@ -556,6 +578,21 @@ pub async fn last_json<T: serde::de::DeserializeOwned>(
             .map_err(|source| LastError::Corrupt { subject, source }),
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(source) => Err(LastError::Read { subject, source }),
+    }
+}
+
+/// [`last_json`], read from the stream leader: never behind the stream's last write.
+pub async fn last_json_from_leader<T: serde::de::DeserializeOwned>(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    subject: String,
+) -> Result<Option<(T, u64)>, LastError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(msg) => serde_json::from_slice(&msg.payload)
+            .map(|value| Some((value, msg.sequence)))
+            .map_err(|source| LastError::Corrupt { subject, source }),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(source) => Err(LastError::ReadLeader { subject, source }),
     }
 }
 

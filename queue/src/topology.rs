@@ -192,6 +192,35 @@ impl Topology {
         Ok(Self { shards: stored })
     }
 
+    /// The shard streams and the dead-letter stream that JetStream says do not exist. A publish
+    /// that finds no responder while a stream's leader is being elected (a partition, a node
+    /// restarting) looks like a missing stream to the client; only JetStream's own "stream not
+    /// found" is taken for one, and a request it does not answer is an error, never "missing".
+    pub async fn missing_streams(
+        &self,
+        js: &jetstream::Context,
+    ) -> Result<Vec<String>, TopologyError> {
+        use async_nats::jetstream::ErrorCode;
+        use async_nats::jetstream::context::GetStreamErrorKind;
+        let names = (0..self.shards)
+            .flat_map(|shard| [subjects::call_stream(shard), subjects::wait_stream(shard)])
+            .chain([DEAD_STREAM.to_owned()]);
+        let mut missing = Vec::new();
+        for name in names {
+            match js.get_stream(&name).await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    missing.push(name);
+                }
+                Err(e) => return Err(js_err(e)),
+            }
+        }
+        Ok(missing)
+    }
+
     /// Creates the shard streams (calls and waiting calls) and the dead-letter stream when absent. Existing streams are
     /// left as they are (an operator may have tuned them), except that a shard stream created
     /// before retries were kept in it gains the retry subject. An existing stream whose

@@ -43,6 +43,8 @@ pub struct NatsAuthArgs {
 pub enum NatsConnectError {
     #[error("--nats-url names no server")]
     NoNatsUrl,
+    #[error("--nats-ping-interval must be above zero")]
+    NoPings,
     /// A server URL the client cannot parse; `url` has any user and password cut out.
     #[error("--nats-url {url}: {source}")]
     BadNatsUrl {

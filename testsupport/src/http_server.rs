@@ -126,17 +126,23 @@ impl std::fmt::Debug for RecordingServer {
 
 impl RecordingServer {
     pub async fn start(handler: Handler) -> Self {
-        Self::listen(handler, None).await
+        Self::listen(handler, None, (std::net::Ipv4Addr::LOCALHOST, 0).into()).await
+    }
+
+    /// [`RecordingServer::start`] on `addr` (a lab host's address, in its namespace's runtime).
+    pub async fn start_at(handler: Handler, addr: SocketAddr) -> Self {
+        Self::listen(handler, None, addr).await
     }
 
     /// [`RecordingServer::start`] over TLS with `tls` (see `crate::tls::Certificates`): its URL
     /// is `https://127.0.0.1:port`. A failed handshake ends that connection and is counted.
     pub async fn start_tls(handler: Handler, tls: Arc<rustls::ServerConfig>) -> Self {
-        Self::listen(handler, Some(TlsAcceptor::from(tls))).await
+        let localhost = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+        Self::listen(handler, Some(TlsAcceptor::from(tls)), localhost).await
     }
 
-    async fn listen(handler: Handler, tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn listen(handler: Handler, tls: Option<TlsAcceptor>, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(State::default());
         let st = state.clone();
@@ -202,7 +208,7 @@ impl RecordingServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:port` (`https://` when started with TLS) with no trailing slash.
+    /// `http://<address>:port` (`https://` when started with TLS) with no trailing slash.
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }

@@ -7,12 +7,14 @@
 mod binary;
 mod browser;
 mod http_server;
+mod lab;
 mod nats;
 mod tls;
 
 pub use binary::{Finished, assert_help_and_version, assert_refused, run_binary};
 pub use browser::{Browser, DriverError, NoBrowser};
 pub use http_server::{Handler, Recorded, RecordingServer, Reply};
+pub use lab::{Host, Lab, LabError, NoLab, NsRuntime};
 pub use nats::{NatsCluster, NatsServer, TestServer};
 pub use tls::Certificates;
 

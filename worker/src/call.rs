@@ -604,7 +604,7 @@ async fn record_end(
             ResultKept::No
         })
     };
-    t.record(|r| {
+    t.record_end(|r| {
         r.state = state;
         r.attempts = attempts;
         r.status = ran.then_some(status);

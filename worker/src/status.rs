@@ -3,8 +3,9 @@
 //! starts it, and writes each state as a compare-and-set on the sequence the call carries
 //! (`Flotilla-Status-Rev`, from the gateway or from the write before). It records `running` once
 //! an attempt has run a moment, `retrying` when a retry is stored, and the final state before the
-//! callback. When a client's cancel got in first, the write fails, and the worker neither calls
-//! back nor records another state. A cancel heard while the call runs here aborts the function's
+//! callback (that one tried again for a while when NATS does not take it, so that status and
+//! callback agree). When a client's cancel got in first, the write fails, and the worker neither
+//! calls back nor records another state. A cancel heard while the call runs here aborts the function's
 //! request. A numbered call's records go to its status page (`flotilla_queue::status::pages`),
 //! grouped with the replica's other records, each yielding to a cancel stored first.
 
@@ -24,6 +25,18 @@ use tokio_util::sync::CancellationToken;
 /// `queued` (or `retrying`) straight to its end, one write instead of two: most calls of a busy
 /// fleet take less, and a client polling a call sees it running well before it could act on it.
 pub(crate) const RUNNING_AFTER: Duration = Duration::from_millis(100);
+
+/// How long the state an attempt ends with is tried again when NATS does not take it: longer
+/// than a stream leader's election, shorter than the call's `ack_wait` (30 s), after which NATS
+/// would hand the call to another replica.
+pub(crate) const END_RECORD_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Between tries of such a write.
+const END_RECORD_BACKOFF: flotilla_queue::Backoff = flotilla_queue::Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(2),
+    flotilla_queue::Jitter::None,
+);
 
 /// Between attempts to follow the cancel stream again.
 const FOLLOW_BACKOFF: flotilla_queue::Backoff = flotilla_queue::Backoff::new(
@@ -282,27 +295,60 @@ impl Tracked<'_> {
         }
     }
 
-    /// Moves the call's record on with `change`, unless a client cancelled it first.
+    /// Moves the call's record on with `change`, unless a client cancelled it first. A write
+    /// NATS does not take is not repeated: the next state replaces it (for `running`).
     pub(crate) async fn record(&mut self, change: impl Fn(&mut Record)) -> Recorded {
+        match self.try_record(&change).await {
+            Ok(recorded) => recorded,
+            Err(error) => self.not_recorded(&error),
+        }
+    }
+
+    /// Records the state an attempt ends with (`retrying`, or the final state before the
+    /// callback). A write NATS does not take (a partition, a leader being elected) is tried
+    /// again for up to [`END_RECORD_PATIENCE`], so that the status a client reads agrees with
+    /// the callback it gets; a cancel heard meanwhile ends the tries.
+    pub(crate) async fn record_end(&mut self, change: impl Fn(&mut Record)) -> Recorded {
+        let deadline = tokio::time::Instant::now() + END_RECORD_PATIENCE;
+        let mut delays = END_RECORD_BACKOFF.delays();
+        loop {
+            match self.try_record(&change).await {
+                Ok(recorded) => return recorded,
+                Err(error)
+                    if tokio::time::Instant::now() < deadline
+                        && !self.status.heard_cancel(self.env) =>
+                {
+                    tracing::debug!(%error, call_id = %self.env.call_id, "call status not recorded yet; trying again");
+                    tokio::time::sleep(delays.next_delay()).await;
+                }
+                Err(error) => return self.not_recorded(&error),
+            }
+        }
+    }
+
+    /// One write of the record moved on with `change`.
+    async fn try_record(
+        &mut self,
+        change: &impl Fn(&mut Record),
+    ) -> Result<Recorded, flotilla_queue::status::StoreError> {
         let env = self.env;
         let now = flotilla_queue::time::unix_nanos();
         if let Some((page, last)) = &mut self.paged {
             let mut next = Record::clone(last);
             change(&mut next);
             next.updated_at = now;
-            return match self
+            let written = self
                 .status
                 .store
                 .write_paged(*page, &next, Guard::Cancels)
-                .await
-            {
-                Ok(Written::Stored) => {
+                .await?;
+            return Ok(match written {
+                Written::Stored => {
                     **last = next;
                     Recorded::Done
                 }
-                Ok(Written::Cancelled) => Recorded::Cancelled,
-                Err(error) => self.not_recorded(&error),
-            };
+                Written::Cancelled => Recorded::Cancelled,
+            });
         }
         let result = self
             .status
@@ -330,20 +376,19 @@ impl Tracked<'_> {
                     Some(next)
                 },
             )
-            .await;
-        match result {
-            Ok(Transition::Written(stored)) => {
+            .await?;
+        Ok(match result {
+            Transition::Written(stored) => {
                 self.known = Known::Stored(Box::new(stored));
                 Recorded::Done
             }
-            Ok(Transition::Declined(current)) => {
+            Transition::Declined(current) => {
                 if let Some(current) = current {
                     self.known = Known::Stored(Box::new(current));
                 }
                 Recorded::Cancelled
             }
-            Err(error) => self.not_recorded(&error),
-        }
+        })
     }
 
     /// A state NATS did not take: the call goes on, unless this replica heard that a client

@@ -493,17 +493,25 @@ async fn flush(
         for p in &items {
             payload.extend_from_slice(&p.line);
         }
-        let stored = match &cancels {
-            None => {
-                let publish = async { js.publish(page.records(), payload.into()).await?.await };
-                publish.await.map(|ack| Some(ack.sequence))
+        let publish = async {
+            match &cancels {
+                None => {
+                    let publish = async { js.publish(page.records(), payload.into()).await?.await };
+                    publish.await.map(|ack| Some(ack.sequence))
+                }
+                Some(cancels) => {
+                    let guard = page.cancels();
+                    let records = page.records();
+                    super::publish_compared(js, records, payload.into(), cancels.last, Some(&guard))
+                        .await
+                }
             }
-            Some(cancels) => {
-                let guard = page.cancels();
-                let records = page.records();
-                super::publish_compared(js, records, payload.into(), cancels.last, Some(&guard))
-                    .await
-            }
+        };
+        // A round whose connection died would wait out the timeout for an answer that cannot
+        // come, holding one of the writer's few flights: every caller waits behind it.
+        let Some(stored) = while_connected(&js.client(), publish).await else {
+            answer(items, |_| Err(StoreError::ConnectionLost));
+            return;
         };
         match stored {
             Ok(Some(_)) => {
@@ -552,6 +560,31 @@ async fn flush(
             tries: MAX_TRIES,
         })
     });
+}
+
+/// `work`, unless the client's connection to NATS drops or is replaced first (`None`): what was
+/// sent on a connection that died is answered on none. Checked every 100 ms.
+pub async fn while_connected<F: std::future::Future>(
+    client: &async_nats::Client,
+    work: F,
+) -> Option<F::Output> {
+    use std::sync::atomic::Ordering;
+    let stats = client.statistics();
+    let connects = stats.connects.load(Ordering::Relaxed);
+    let lost = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if client.connection_state() != async_nats::connection::State::Connected
+                || stats.connects.load(Ordering::Relaxed) != connects
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        out = work => Some(out),
+        () = lost => None,
+    }
 }
 
 /// Tells each of `items`' callers what became of its record (a caller gone is no matter).
