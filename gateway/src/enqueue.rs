@@ -407,14 +407,24 @@ async fn record_queued(
     page: status::pages::Page,
     queued: &Record,
 ) {
-    if let Err(error) = store
-        .write_paged(page, queued, status::pages::Guard::None)
-        .await
-    {
-        state.metrics.status_write_failed();
-        tracing::warn!(%error, function = %queued.function, call_id = %queued.call_id, "queued status not stored; the call is enqueued without it");
+    let write = store.write_paged(page, queued, status::pages::Guard::None);
+    match tokio::time::timeout(QUEUED_RECORD_WAIT, write).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            state.metrics.status_write_failed();
+            tracing::warn!(%error, function = %queued.function, call_id = %queued.call_id, "queued status not stored; the call is enqueued without it");
+        }
+        // The record is still on its way (a status stream electing its leader): the 202 does
+        // not wait for it, and the call's later states do not need it.
+        Err(_) => {
+            tracing::debug!(call_id = %queued.call_id, "queued status not stored yet; answering without waiting for it");
+        }
     }
 }
+
+/// How long a 202 waits for the call's `queued` record. It takes milliseconds; when a status
+/// stream has no leader for a while, the call (already stored) is answered without it.
+const QUEUED_RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Stores a large body in the object store under a new name, which it returns.
 async fn store_body(state: &State, body: &Bytes) -> Result<String, CallError> {

@@ -59,6 +59,14 @@ fn run(program: &str, args: &[&str]) -> Result<(), LabError> {
     }
 }
 
+/// What [`Lab::impair`] could apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Impairment {
+    LossAndDelay,
+    /// The kernel has no netem: packets are lost, none delayed.
+    LossOnly,
+}
+
 /// One host: a namespace, its address, and the bridge side of its link.
 #[derive(Debug, Clone)]
 pub struct Host {
@@ -146,37 +154,83 @@ impl Lab {
     }
 
     /// Loses `loss_percent` of the packets towards every host and delays the rest by `delay_ms`
-    /// (every packet crosses exactly one such link on its way).
-    pub fn impair(&self, loss_percent: u32, delay_ms: u32) -> Result<(), LabError> {
+    /// (`tc netem` on the bridge side of every link: each packet crosses one such link). A
+    /// kernel without netem gets the loss alone, from nftables in each host (`nft`, when
+    /// present); the answer says what was applied.
+    pub fn impair(&self, loss_percent: u32, delay_ms: u32) -> Result<Impairment, LabError> {
+        let loss = format!("{loss_percent}%");
+        let delay = format!("{delay_ms}ms");
+        let mut netem = true;
         for h in &self.hosts {
-            run(
+            let added = run(
                 "tc",
                 &[
-                    "-n",
-                    &self.hub,
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    &h.link,
-                    "root",
-                    "netem",
-                    "loss",
-                    &format!("{loss_percent}%"),
-                    "delay",
-                    &format!("{delay_ms}ms"),
+                    "-n", &self.hub, "qdisc", "replace", "dev", &h.link, "root", "netem", "loss",
+                    &loss, "delay", &delay,
+                ],
+            );
+            match added {
+                Ok(()) => {}
+                Err(e) if e.output.contains("qdisc kind is unknown") => {
+                    netem = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if netem {
+            return Ok(Impairment::LossAndDelay);
+        }
+        let rule = format!("numgen random mod 100 < {loss_percent} drop");
+        for h in &self.hosts {
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &h.ns, "nft", "add", "table", "inet", "impair",
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &h.ns,
+                    "nft",
+                    "add",
+                    "chain",
+                    "inet",
+                    "impair",
+                    "out",
+                    "{ type filter hook output priority 0 ; }",
+                ],
+            )?;
+            run(
+                "ip",
+                &[
+                    "netns", "exec", &h.ns, "nft", "add", "rule", "inet", "impair", "out", &rule,
                 ],
             )?;
         }
-        Ok(())
+        Ok(Impairment::LossOnly)
     }
 
     /// Undoes [`Lab::impair`].
-    pub fn unimpair(&self) -> Result<(), LabError> {
+    pub fn unimpair(&self, applied: Impairment) -> Result<(), LabError> {
         for h in &self.hosts {
-            run(
-                "tc",
-                &["-n", &self.hub, "qdisc", "del", "dev", &h.link, "root"],
-            )?;
+            match applied {
+                Impairment::LossAndDelay => {
+                    run(
+                        "tc",
+                        &["-n", &self.hub, "qdisc", "del", "dev", &h.link, "root"],
+                    )?;
+                }
+                Impairment::LossOnly => run(
+                    "ip",
+                    &[
+                        "netns", "exec", &h.ns, "nft", "delete", "table", "inet", "impair",
+                    ],
+                )?,
+            }
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ mod tls;
 pub use binary::{Finished, assert_help_and_version, assert_refused, run_binary};
 pub use browser::{Browser, DriverError, NoBrowser};
 pub use http_server::{Handler, Recorded, RecordingServer, Reply};
-pub use lab::{Host, Lab, LabError, NoLab, NsRuntime};
+pub use lab::{Host, Impairment, Lab, LabError, NoLab, NsRuntime};
 pub use nats::{NatsCluster, NatsServer, TestServer};
 pub use tls::Certificates;
 
