@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flotilla_runtime::CallbackTargets;
+use flotilla_runtime::{CallbackTargets, Refused};
 
 /// How long a host name's verdict is reused.
 pub const VERDICT_TTL: Duration = Duration::from_secs(30);
@@ -19,7 +19,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 const REMEMBERED: usize = 10_000;
 
 /// A verdict on a host name (the refusal's reason), and when it was reached.
-type Verdict = (Instant, Result<(), String>);
+type Verdict = (Instant, Result<(), Refused>);
 
 #[derive(Debug)]
 pub struct CallbackGuard {
@@ -37,7 +37,7 @@ impl CallbackGuard {
 
     /// Whether a callback may go to `host` (a URL's host, `[v6]` included); the error says why
     /// not. No connection is ever made to the target.
-    pub async fn check(&self, host: &str) -> Result<(), String> {
+    pub async fn check(&self, host: &str) -> Result<(), Refused> {
         if let Some(verdict) = self.policy.check_literal(host) {
             return verdict;
         }
@@ -58,7 +58,7 @@ impl CallbackGuard {
         verdict
     }
 
-    async fn judge(&self, host: &str) -> Result<(), String> {
+    async fn judge(&self, host: &str) -> Result<(), Refused> {
         let named = self.policy.check_name(host)?;
         // A name that does not resolve now (or not quickly) may resolve when the callback is
         // sent: the worker judges its addresses then.

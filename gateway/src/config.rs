@@ -139,8 +139,8 @@ pub enum ConfigError {
     #[error(transparent)]
     Nats(#[from] flotilla_runtime::NatsConnectError),
     /// A `--callback-allow` or `--callback-deny` rule cannot be read.
-    #[error("{0}")]
-    CallbackTargets(String),
+    #[error(transparent)]
+    CallbackTargets(flotilla_runtime::RuleError),
     #[error("{flag} must be at least 1")]
     Zero { flag: &'static str },
     #[error("{flag} must be above zero")]

@@ -75,7 +75,7 @@ pub enum CallError {
     BodyRead(String),
     /// The callback policy refuses the `X-Callback-Url` target.
     #[error("X-Callback-Url refused: {0}")]
-    CallbackRefused(String),
+    CallbackRefused(#[source] flotilla_runtime::Refused),
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     /// The headers a queued call carries would not fit in a JetStream message's header block.
@@ -414,7 +414,10 @@ mod tests {
             ),
             (CallError::MessageTooLarge, 413, Side::Downstream, false),
             (
-                CallError::CallbackRefused("169.254.169.254 is link-local".into()),
+                CallError::CallbackRefused(flotilla_runtime::Refused::BuiltIn {
+                    target: "169.254.169.254".into(),
+                    why: "link-local",
+                }),
                 400,
                 Side::Downstream,
                 false,

@@ -20,6 +20,40 @@ pub struct CallbackTargetArgs {
     pub callback_deny: Vec<String>,
 }
 
+/// A rule of `--callback-allow` or `--callback-deny` that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct RuleError {
+    flag: &'static str,
+    #[source]
+    problem: RuleProblem,
+}
+
+/// What is wrong with one rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleProblem {
+    #[error("an empty rule")]
+    Empty,
+    #[error("{0}: not an address/prefix")]
+    BadNetwork(String),
+    #[error("{rule}: the prefix must be 0..={max}")]
+    BadPrefix { rule: String, max: u8 },
+    #[error("{0}: not a network, an address or a host name")]
+    BadHost(String),
+}
+
+/// Why the callback policy refuses a target (the host name, or the address with the name it was
+/// reached through).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{0} is refused by --callback-deny")]
+    Denied(String),
+    #[error("{0} is not in --callback-allow")]
+    NotAllowed(String),
+    #[error("{target} is {why}, refused unless --callback-allow names it")]
+    BuiltIn { target: String, why: &'static str },
+}
+
 /// One rule: a network, or a host name (exact, or `*.` for any subdomain).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rule {
@@ -29,21 +63,22 @@ enum Rule {
 }
 
 impl Rule {
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, RuleProblem> {
         let raw = raw.trim();
         if raw.is_empty() {
-            return Err("an empty rule".into());
+            return Err(RuleProblem::Empty);
         }
         if let Some((addr, prefix)) = raw.split_once('/') {
             let addr: IpAddr = addr
                 .parse()
-                .map_err(|_| format!("{raw}: not an address/prefix"))?;
+                .map_err(|_| RuleProblem::BadNetwork(raw.to_owned()))?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
-            let prefix: u8 = prefix
-                .parse()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{raw}: the prefix must be 0..={max}"))?;
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
+                RuleProblem::BadPrefix {
+                    rule: raw.to_owned(),
+                    max,
+                }
+            })?;
             return Ok(Self::Net { addr, prefix });
         }
         if let Ok(addr) = raw.trim_matches(['[', ']']).parse::<IpAddr>() {
@@ -63,7 +98,7 @@ impl Rule {
         match host.strip_prefix("*.") {
             Some(domain) if valid(domain) => Ok(Self::AnySubdomainOf(domain.to_owned())),
             None if valid(&host) => Ok(Self::Host(host)),
-            _ => Err(format!("{raw}: not a network, an address or a host name")),
+            _ => Err(RuleProblem::BadHost(raw.to_owned())),
         }
     }
 
@@ -150,11 +185,11 @@ pub struct CallbackTargets {
 
 impl CallbackTargetArgs {
     /// The policy, or why a rule cannot be read.
-    pub fn policy(&self) -> Result<CallbackTargets, String> {
-        let parse = |flag: &str, rules: &[String]| {
+    pub fn policy(&self) -> Result<CallbackTargets, RuleError> {
+        let parse = |flag: &'static str, rules: &[String]| {
             rules
                 .iter()
-                .map(|r| Rule::parse(r).map_err(|e| format!("{flag}: {e}")))
+                .map(|r| Rule::parse(r).map_err(|problem| RuleError { flag, problem }))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(CallbackTargets {
@@ -168,9 +203,9 @@ impl CallbackTargets {
     /// Whether the host name alone decides: refused by a deny rule, or (with an allow list) not
     /// named by it while no allow network could admit its addresses. `Ok(true)`: admitted by
     /// name, its addresses still to be checked; `Ok(false)`: its addresses decide.
-    pub fn check_name(&self, host: &str) -> Result<bool, String> {
+    pub fn check_name(&self, host: &str) -> Result<bool, Refused> {
         if self.deny.iter().any(|r| r.matches_host(host)) {
-            return Err(format!("{host} is refused by --callback-deny"));
+            return Err(Refused::Denied(host.to_owned()));
         }
         if self.allow.is_empty() {
             return Ok(false);
@@ -181,35 +216,33 @@ impl CallbackTargets {
         if self.allow.iter().any(|r| matches!(r, Rule::Net { .. })) {
             return Ok(false);
         }
-        Err(format!("{host} is not in --callback-allow"))
+        Err(Refused::NotAllowed(host.to_owned()))
     }
 
     /// Whether a callback may connect to `ip`, reached through `host` (`None` when the URL names
     /// the address itself). `named` is `check_name`'s verdict for `host`.
-    pub fn check_ip(&self, host: Option<&str>, ip: IpAddr, named: bool) -> Result<(), String> {
+    pub fn check_ip(&self, host: Option<&str>, ip: IpAddr, named: bool) -> Result<(), Refused> {
         let shown = match host {
             Some(h) => format!("{h} ({ip})"),
             None => ip.to_string(),
         };
         if self.deny.iter().any(|r| r.matches_ip(ip)) {
-            return Err(format!("{shown} is refused by --callback-deny"));
+            return Err(Refused::Denied(shown));
         }
         let allowed_net = self.allow.iter().any(|r| r.matches_ip(ip));
         if let Some(why) = built_in_refusal(ip)
             && !allowed_net
         {
-            return Err(format!(
-                "{shown} is {why}, refused unless --callback-allow names it"
-            ));
+            return Err(Refused::BuiltIn { target: shown, why });
         }
         if self.allow.is_empty() || allowed_net || named {
             return Ok(());
         }
-        Err(format!("{shown} is not in --callback-allow"))
+        Err(Refused::NotAllowed(shown))
     }
 
     /// The verdict on a URL host that is an address literal (`[v6]` included); `None` for a name.
-    pub fn check_literal(&self, host: &str) -> Option<Result<(), String>> {
+    pub fn check_literal(&self, host: &str) -> Option<Result<(), Refused>> {
         let literal = host.trim_matches(['[', ']']).parse::<IpAddr>().ok()?;
         Some(self.check_ip(None, literal, false))
     }
@@ -277,13 +310,12 @@ mod tests {
         assert!(p.check_ip(None, ip("127.0.0.1"), false).is_ok());
         assert_eq!(
             p.check_ip(None, ip("127.0.0.2"), false),
-            Err("127.0.0.2 is not in --callback-allow".into())
+            Err(Refused::NotAllowed("127.0.0.2".into()))
         );
         assert!(p.check_ip(None, ip("10.1.1.1"), false).is_ok());
-        assert!(
-            p.check_ip(None, ip("10.9.1.1"), false)
-                .unwrap_err()
-                .contains("--callback-deny")
+        assert_eq!(
+            p.check_ip(None, ip("10.9.1.1"), false),
+            Err(Refused::Denied("10.9.1.1".into()))
         );
         assert_eq!(p.check_name("a.hooks.example.com"), Ok(true));
         assert_eq!(
@@ -295,7 +327,7 @@ mod tests {
         let names_only = policy(&["hooks.example.com"], &[]);
         assert_eq!(
             names_only.check_name("localhost"),
-            Err("localhost is not in --callback-allow".into())
+            Err(Refused::NotAllowed("localhost".into()))
         );
         // `localhost` when only 127.0.0.2 is allowed: its address 127.0.0.1 is not.
         let p = policy(&["127.0.0.2"], &[]);
@@ -306,6 +338,20 @@ mod tests {
         );
         assert!(p.check_literal("[::ffff:127.0.0.2]").unwrap().is_ok());
         assert!(p.check_literal("example.com").is_none());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let p = policy(&[], &["bad.example"]);
+        let text = |r: Result<(), Refused>| r.unwrap_err().to_string();
+        assert_eq!(
+            text(p.check_ip(Some("meta"), ip("169.254.169.254"), false)),
+            "meta (169.254.169.254) is a link-local address (cloud metadata lives there), refused unless --callback-allow names it"
+        );
+        assert_eq!(
+            text(p.check_name("bad.example").map(drop)),
+            "bad.example is refused by --callback-deny"
+        );
     }
 
     #[test]
@@ -329,7 +375,7 @@ mod tests {
                 callback_allow: vec![rule.into()],
                 ..Default::default()
             };
-            assert_eq!(args.policy().unwrap_err(), why);
+            assert_eq!(args.policy().unwrap_err().to_string(), why);
         }
     }
 }

@@ -18,7 +18,7 @@ mod nats_auth;
 mod prometheus;
 mod signal;
 
-pub use callback_targets::{CallbackTargetArgs, CallbackTargets};
+pub use callback_targets::{CallbackTargetArgs, CallbackTargets, Refused, RuleError, RuleProblem};
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{
     CommonArgs, FunctionArgs, NatsArgs, duration_arg, nats_servers, redacted_urls, server_list,

@@ -84,7 +84,7 @@ impl tower_service::Service<Name> for GuardedResolver {
     }
 }
 
-fn refused(why: String) -> std::io::Error {
+fn refused(why: flotilla_runtime::Refused) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::PermissionDenied,
         format!("callback policy: {why}"),

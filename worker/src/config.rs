@@ -289,7 +289,7 @@ impl Config {
             .common
             .callbacks
             .policy()
-            .map_err(WorkerError::Config)?;
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
         let function_tls = self
             .common
             .functions
