@@ -283,13 +283,8 @@ impl Config {
             .check()
             .map_err(|e| WorkerError::Config(e.to_string()))?;
         let policies = self.policies()?;
-        let signers = Signers::load(self.callback_signing_secrets_file.as_deref(), &policies)
-            .map_err(WorkerError::Config)?;
-        let callback_targets = self
-            .common
-            .callbacks
-            .policy()
-            .map_err(|e| WorkerError::Config(e.to_string()))?;
+        let signers = Signers::load(self.callback_signing_secrets_file.as_deref(), &policies)?;
+        let callback_targets = self.common.callbacks.policy()?;
         let function_tls = self
             .common
             .functions

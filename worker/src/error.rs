@@ -16,6 +16,12 @@ pub enum WorkerError {
     /// The policy file cannot be read or holds an invalid policy.
     #[error("{0}")]
     Policy(#[source] PolicyError),
+    /// A callback signing secrets file cannot be read or holds no usable secret.
+    #[error(transparent)]
+    Secrets(#[from] crate::signing::SecretsFileError),
+    /// A `--callback-allow` or `--callback-deny` rule cannot be read.
+    #[error(transparent)]
+    CallbackTargets(#[from] flotilla_runtime::RuleError),
     /// The NATS client could not be created: a `--nats-url` it cannot use (checked already by
     /// `Config::check`), never an unreachable server (the client keeps trying to connect in the
     /// background).
@@ -44,7 +50,12 @@ impl WorkerError {
     /// Exhaustive, so a new variant must be classified here.
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Policy(_) | Self::Connect { .. } | Self::Topology(_) => true,
+            Self::Config(_)
+            | Self::Policy(_)
+            | Self::Secrets(_)
+            | Self::CallbackTargets(_)
+            | Self::Connect { .. }
+            | Self::Topology(_) => true,
             Self::Start { .. } => false,
         }
     }

@@ -46,6 +46,7 @@ pub use budget::default_max_in_flight;
 pub use config::{Config, ValidConfig};
 pub use error::WorkerError;
 pub use outcome::{Attempt, CallError, Exhausted, Outcome};
+pub use signing::{SecretError, SecretsFileError};
 
 use crate::callback::{CallbackSettings, Callbacks};
 use crate::metrics::WorkerMetrics;

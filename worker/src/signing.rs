@@ -17,6 +17,38 @@ pub const WEBHOOK_ID: &str = "webhook-id";
 pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 
+/// Why a secrets file's text holds no usable secret. Never quotes a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("line {line}: a secret starts with whsec_")]
+    NoPrefix { line: usize },
+    #[error("line {line}: the secret after whsec_ is not base64")]
+    NotBase64 { line: usize },
+    #[error("line {line}: the secret is {bytes} bytes; at least 24 are needed")]
+    TooShort { line: usize, bytes: usize },
+    #[error("holds no secret")]
+    Empty,
+}
+
+/// Why a secrets file named by a flag or a policy cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsFileError {
+    #[error("{flag} {path}: {source}")]
+    Unreadable {
+        flag: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{flag} {path}: {source}")]
+    Invalid {
+        flag: &'static str,
+        path: String,
+        #[source]
+        source: SecretError,
+    },
+}
+
 /// The keys callbacks are signed with.
 pub(crate) struct Signer {
     keys: Vec<hmac::Key>,
@@ -34,7 +66,7 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// Secrets, one `whsec_<base64>` per line; blank lines and `#` comments are skipped. The
     /// error never quotes a secret.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SecretError> {
         let mut keys = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -42,22 +74,21 @@ impl Signer {
                 continue;
             }
             let Some(encoded) = line.strip_prefix("whsec_") else {
-                return Err(format!("line {}: a secret starts with whsec_", n + 1));
+                return Err(SecretError::NoPrefix { line: n + 1 });
             };
             let key = BASE64
                 .decode(encoded)
-                .map_err(|_| format!("line {}: the secret after whsec_ is not base64", n + 1))?;
+                .map_err(|_| SecretError::NotBase64 { line: n + 1 })?;
             if key.len() < 24 {
-                return Err(format!(
-                    "line {}: the secret is {} bytes; at least 24 are needed",
-                    n + 1,
-                    key.len()
-                ));
+                return Err(SecretError::TooShort {
+                    line: n + 1,
+                    bytes: key.len(),
+                });
             }
             keys.push(hmac::Key::new(hmac::HMAC_SHA256, &key));
         }
         if keys.is_empty() {
-            return Err("holds no secret".into());
+            return Err(SecretError::Empty);
         }
         Ok(Self { keys })
     }
@@ -91,16 +122,24 @@ pub(crate) struct Signers {
     by_file: HashMap<String, Arc<Signer>>,
 }
 
-fn read(flag: &str, path: &str) -> Result<Arc<Signer>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{flag} {path}: {e}"))?;
+fn read(flag: &'static str, path: &str) -> Result<Arc<Signer>, SecretsFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretsFileError::Unreadable {
+        flag,
+        path: path.to_owned(),
+        source,
+    })?;
     Signer::parse(&text)
         .map(Arc::new)
-        .map_err(|e| format!("{flag} {path}: {e}"))
+        .map_err(|source| SecretsFileError::Invalid {
+            flag,
+            path: path.to_owned(),
+            source,
+        })
 }
 
 impl Signers {
     /// Reads the default secrets file (when given) and every one the policies name.
-    pub fn load(default_file: Option<&str>, policies: &Policies) -> Result<Self, String> {
+    pub fn load(default_file: Option<&str>, policies: &Policies) -> Result<Self, SecretsFileError> {
         let mut signers = Self {
             default: default_file
                 .map(|p| read("--callback-signing-secrets-file", p))
@@ -165,7 +204,7 @@ mod tests {
                 "line 1: the secret is 5 bytes; at least 24 are needed",
             ),
         ] {
-            assert_eq!(Signer::parse(text).unwrap_err(), why);
+            assert_eq!(Signer::parse(text).unwrap_err().to_string(), why);
         }
     }
 }
