@@ -83,7 +83,9 @@ impl Pace {
 }
 
 /// A consumer-info request in progress.
-type InfoCall = Pin<Box<dyn Future<Output = Result<consumer::Info, String>> + Send>>;
+type InfoCall = Pin<
+    Box<dyn Future<Output = Result<consumer::Info, jetstream::context::ConsumerInfoError>> + Send>,
+>;
 /// A wait for one of the replica's permits.
 type PermitWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -265,7 +267,7 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
             // request may take seconds, and messages must not wait behind it.
             _ = tokio::time::sleep_until(next_info), if info_call.is_none() => {
                 let consumer = consumer.clone();
-                info_call = Some(Box::pin(async move { consumer.get_info().await.map_err(|e| e.to_string()) }));
+                info_call = Some(Box::pin(async move { consumer.get_info().await }));
             }
             Some(info) = OptionFuture::from(info_call.as_mut()), if info_call.is_some() => {
                 info_call = None;

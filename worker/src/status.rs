@@ -200,27 +200,16 @@ impl CallStatus {
         }
     }
 
-    async fn follow_once(&self, js: &jetstream::Context) -> Result<(), String> {
-        let mut stream = js
-            .get_stream(CANCEL_STREAM)
-            .await
-            .map_err(|e| e.to_string())?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| e.to_string())?
-            .state
-            .last_sequence;
+    async fn follow_once(&self, js: &jetstream::Context) -> Result<(), FollowError> {
+        let mut stream = js.get_stream(CANCEL_STREAM).await?;
+        let last = stream.info().await?.state.last_sequence;
         if last == 0 {
             self.caught_up.cancel();
         }
-        let consumer = stream
-            .create_consumer(OrderedConfig::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let consumer = stream.create_consumer(OrderedConfig::default()).await?;
+        let mut messages = consumer.messages().await?;
         while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| e.to_string())?;
+            let msg = msg?;
             if let Some(cancel) = Cancel::decode(&msg.payload) {
                 self.heard(cancel);
             }
@@ -230,6 +219,21 @@ impl CallStatus {
         }
         Ok(())
     }
+}
+
+/// Why following the cancel stream stopped (it is followed again after a pause).
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("opening the cancel stream: {0}")]
+    Open(#[from] jetstream::context::GetStreamError),
+    #[error("reading the cancel stream's state: {0}")]
+    Info(#[from] jetstream::context::RequestError),
+    #[error("following the cancel stream: {0}")]
+    Consumer(#[from] jetstream::stream::ConsumerError),
+    #[error("following the cancel stream: {0}")]
+    Messages(#[from] jetstream::consumer::StreamError),
+    #[error("reading a cancel: {0}")]
+    Message(#[from] jetstream::consumer::pull::OrderedError),
 }
 
 /// A record of the same call as `env`: a client may reuse a call id once the duplicate window
