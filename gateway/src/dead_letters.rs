@@ -99,6 +99,14 @@ fn function_of_dead_subject(subject: &str) -> &str {
     subjects::dead_token_of_subject(subject).unwrap_or(subject)
 }
 
+/// Whether a delete failed only because the letter is gone already (replayed or deleted by a
+/// concurrent request, or expired).
+fn already_gone(e: &async_nats::jetstream::stream::DeleteMessageError) -> bool {
+    use async_nats::jetstream::stream::DeleteMessageErrorKind;
+    matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref j)
+        if matches!(j.error_code(), ErrorCode::SEQUENCE_NOT_FOUND | ErrorCode::NO_MESSAGE_FOUND))
+}
+
 fn bad(reason: String) -> CallError {
     CallError::BadRequest(reason)
 }

@@ -2,9 +2,8 @@
 //! preview of its body (text as text, anything else as hex); `DELETE` removes it, and its body
 //! from the object store when the call's body lives there.
 
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::object_store::GetErrorKind;
-use async_nats::jetstream::stream::{DeleteMessageErrorKind, RawMessageErrorKind};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use flotilla_queue::envelope;
 use http::{Method, Response, StatusCode};
 use serde::Serialize;
@@ -12,7 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::list::Item;
 use super::scan::Letter;
-use super::{dead_stream, unavailable};
+use super::{already_gone, dead_stream, unavailable};
 use crate::body::Body;
 use crate::error::{CallError, json_response};
 use crate::state::State;
@@ -128,13 +127,7 @@ fn hex(bytes: &[u8]) -> String {
 
 async fn show(state: &State, sequence: u64) -> Result<Response<Body>, CallError> {
     let stream = dead_stream(state).await?;
-    let raw = match stream.get_raw_message(sequence).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-            return Err(CallError::UnknownLetter(sequence));
-        }
-        Err(e) => return Err(unavailable("reading the dead letter", e)),
-    };
+    let raw = read(&stream, sequence).await?;
     let object = body_object(&raw.headers);
     let body = match &object {
         None => Preview::of(&raw.payload, raw.payload.len() as u64, false),
@@ -166,6 +159,20 @@ async fn show(state: &State, sequence: u64) -> Result<Response<Body>, CallError>
             body,
         },
     )
+}
+
+/// The letter stored at `sequence`, with its headers and body.
+async fn read(
+    stream: &async_nats::jetstream::stream::Stream,
+    sequence: u64,
+) -> Result<async_nats::jetstream::message::StreamMessage, CallError> {
+    match stream.get_raw_message(sequence).await {
+        Ok(m) => Ok(m),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+            Err(CallError::UnknownLetter(sequence))
+        }
+        Err(e) => Err(unavailable("reading the dead letter", e)),
+    }
 }
 
 /// The object holding the call's body, when the letter's envelope names one.
@@ -207,21 +214,10 @@ struct Deleted {
 /// which the bucket's maximum age removes, never a letter without its body.
 async fn delete(state: &State, sequence: u64) -> Result<Response<Body>, CallError> {
     let stream = dead_stream(state).await?;
-    let object = match stream.get_raw_message(sequence).await {
-        Ok(m) => body_object(&m.headers),
-        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
-            return Err(CallError::UnknownLetter(sequence));
-        }
-        Err(e) => return Err(unavailable("reading the dead letter", e)),
-    };
+    let object = body_object(&read(&stream, sequence).await?.headers);
     match stream.delete_message(sequence).await {
         Ok(_) => {}
-        Err(e)
-            if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref j)
-                if matches!(j.error_code(), ErrorCode::SEQUENCE_NOT_FOUND | ErrorCode::NO_MESSAGE_FOUND)) =>
-        {
-            return Err(CallError::UnknownLetter(sequence));
-        }
+        Err(e) if already_gone(&e) => return Err(CallError::UnknownLetter(sequence)),
         Err(e) => return Err(unavailable("deleting the dead letter", e)),
     }
     if let (Some(object), Some(bodies)) = (object, state.bodies.get())

@@ -3,11 +3,8 @@
 //! what was replayed, skipped or failed, and where to continue.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{
-    DeleteMessageErrorKind, RawMessageErrorKind, Stream as JsStream,
-};
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream as JsStream};
 use flotilla_queue::headers::DEAD_TIME;
 use flotilla_queue::status::{Known, REVISION_HEADER, Record, Transition};
 use flotilla_queue::{Envelope, FunctionName, ShardMap, subjects};
@@ -17,7 +14,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use super::scan::scan;
-use super::{bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject};
+use super::{
+    already_gone, bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject,
+};
 use crate::body::Body;
 use crate::enqueue::read_body;
 use crate::error::{CallError, json_response};
@@ -300,10 +299,7 @@ async fn replay_one(
     match stream.delete_message(sequence).await {
         Ok(_) => {}
         // A concurrent replay of the same letter deleted it first.
-        Err(e)
-            if matches!(e.kind(), DeleteMessageErrorKind::JetStream(ref j)
-                if matches!(j.error_code(), ErrorCode::SEQUENCE_NOT_FOUND | ErrorCode::NO_MESSAGE_FOUND)) =>
-            {}
+        Err(e) if already_gone(&e) => {}
         Err(e) => return (function, Err(LetterError::Delete(e.to_string()))),
     }
     (function, Ok(duplicate))
