@@ -381,8 +381,11 @@ impl Store {
             return self.transition_paged(page, call_id, change).await;
         }
         let (mut current, mut expect) = match known {
+            // Any replica's answer will do: a stale one fails the compare and is read again.
             Known::Unknown => {
-                let read = self.get(call_id).await?;
+                let read = last_json(&self.status, status_subject(call_id))
+                    .await?
+                    .map(|(record, revision)| Stored { record, revision });
                 let expect = read.as_ref().map_or(0, |s| s.revision);
                 (read, expect)
             }
