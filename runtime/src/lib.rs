@@ -1,5 +1,5 @@
 //! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
-//! set-up, the shutdown signal, the open-files limit, the pooled HTTP client, the TLS set-up of
+//! set-up, the shutdown signal, the accept loop of every HTTP server, the open-files limit, the pooled HTTP client, the TLS set-up of
 //! `https://` functions, the Prometheus recorder and the process edge (one line and exit 64 for
 //! a command line or configuration that cannot run). One copy, so every binary behaves alike;
 //! kept out of `flotilla-queue`, which holds only the contract.
@@ -7,6 +7,7 @@
 //! Nothing here ends the process: functions return errors or exit codes and each binary's `main`
 //! decides.
 
+mod accept;
 mod callback_targets;
 mod exit;
 mod flags;
@@ -18,6 +19,7 @@ mod nats_auth;
 mod prometheus;
 mod signal;
 
+pub use accept::{accept_until, http1_server};
 pub use callback_targets::{CallbackTargetArgs, CallbackTargets, Refused, RuleError, RuleProblem};
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{
