@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::nats::NatsError;
+use flotilla_natsd::NatsError;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,8 +9,8 @@ use flotilla_queue::Topology;
 use flotilla_queue::topology::StreamSettings;
 
 use crate::error::FleetError;
-use crate::nats::{NatsServer, connect_ready};
 use crate::process::{Gateway, Worker};
+use flotilla_natsd::{NatsServer, connect_ready};
 
 /// What to start. The defaults start a nats-server and agree one shard, with no gateway and no
 /// worker: add what the caller needs.

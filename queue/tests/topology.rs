@@ -2,13 +2,13 @@
 //! count is refused, an unset count adopts what is stored; streams made with other stream
 //! settings are reported, not changed.
 
+use flotilla_natsd::NatsServer;
 use flotilla_queue::topology::{StreamSettings, Topology, TopologyError};
-use flotilla_testsupport::NatsServer;
 
 #[tokio::test]
 async fn shard_count_is_agreed_once() {
-    let nats = NatsServer::start();
-    let js = async_nats::jetstream::new(nats.client().await);
+    let nats = NatsServer::start().expect("start nats-server");
+    let js = async_nats::jetstream::new(nats.client().await.expect("JetStream ready"));
     let s = StreamSettings::default();
 
     let t = Topology::agree(&js, Some(3), &s).await.unwrap();
@@ -47,8 +47,8 @@ async fn shard_count_is_agreed_once() {
 async fn streams_made_with_other_settings_are_reported_not_changed() {
     use async_nats::jetstream::stream::StorageType;
 
-    let nats = NatsServer::start();
-    let js = async_nats::jetstream::new(nats.client().await);
+    let nats = NatsServer::start().expect("start nats-server");
+    let js = async_nats::jetstream::new(nats.client().await.expect("JetStream ready"));
     let memory = StreamSettings {
         storage: StorageType::Memory,
         ..StreamSettings::default()

@@ -58,9 +58,13 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<u8>();
         let server = tokio::spawn(async move {
-            accept_until(&listener, async { stop_rx.await.unwrap() }, |stream, peer| {
-                tx.send((stream, peer)).unwrap();
-            })
+            accept_until(
+                &listener,
+                async { stop_rx.await.unwrap() },
+                |stream, peer| {
+                    tx.send((stream, peer)).unwrap();
+                },
+            )
             .await
         });
         let mut clients = Vec::new();

@@ -1,9 +1,9 @@
-//! nats-server for tests: the fleet's launcher (`flotilla_fleet`), with a server that cannot
+//! nats-server for tests: the launcher of `flotilla_natsd`, with a server that cannot
 //! start or answer being the test's failure, so a test reads `NatsServer::start()` and goes on.
 
 use std::ops::{Deref, DerefMut};
 
-/// A server of the fleet's launcher whose failures panic; everything it does not override
+/// A server of the launcher whose failures panic; everything it does not override
 /// (`url`, `kill`, `pid`, `nodes`, …) is the launcher's own, through `Deref`.
 #[derive(Debug)]
 pub struct TestServer<T>(T);
@@ -24,11 +24,11 @@ impl<T> DerefMut for TestServer<T> {
 
 /// One nats-server with JetStream on a port of its choosing and a temporary store; killed on
 /// drop.
-pub type NatsServer = TestServer<flotilla_fleet::NatsServer>;
+pub type NatsServer = TestServer<flotilla_natsd::NatsServer>;
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self(flotilla_fleet::NatsServer::start().expect("start nats-server"))
+        Self(flotilla_natsd::NatsServer::start().expect("start nats-server"))
     }
 
     /// Starts the process again on the same port and store, after `kill`.
@@ -43,11 +43,11 @@ impl NatsServer {
 }
 
 /// Three nats-servers routed into one JetStream cluster on loopback.
-pub type NatsCluster = TestServer<flotilla_fleet::NatsCluster>;
+pub type NatsCluster = TestServer<flotilla_natsd::NatsCluster>;
 
 impl NatsCluster {
     pub fn start() -> Self {
-        Self(flotilla_fleet::NatsCluster::start().expect("start a nats-server cluster"))
+        Self(flotilla_natsd::NatsCluster::start().expect("start a nats-server cluster"))
     }
 
     /// A client once the cluster is whole (a stream with three replicas can be placed).

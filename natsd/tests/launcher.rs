@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_fleet::NatsServer;
+use flotilla_natsd::NatsServer;
 
 #[tokio::test]
 async fn a_resumed_server_keeps_its_port_and_its_streams() {
@@ -37,7 +37,7 @@ fn resuming_a_running_server_is_an_error() {
     let mut server = NatsServer::start().unwrap();
     let err = server.resume().unwrap_err();
     assert!(
-        matches!(err, flotilla_fleet::NatsError::AlreadyRunning),
+        matches!(err, flotilla_natsd::NatsError::AlreadyRunning),
         "{err}"
     );
 }
