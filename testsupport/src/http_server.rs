@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
+
+/// A test client that connects and sends no request head is dropped after this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One request as the server received it.
 #[derive(Debug, Clone)]
@@ -148,18 +150,16 @@ impl RecordingServer {
         let st = state.clone();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
+            // Dropped with the task, which aborts every connection still open.
             let mut conns = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+            let serve_one = |stream: TcpStream, _| {
                 let (st, handler, tls) = (st.clone(), handler.clone(), tls.clone());
                 conns.spawn(async move {
                     let svc = {
                         let st = st.clone();
                         service_fn(move |req| serve(req, st.clone(), handler.clone()))
                     };
-                    let conn = http1::Builder::new();
+                    let conn = flotilla_runtime::http1_server(HEADER_READ_TIMEOUT);
                     match tls {
                         None => {
                             let _ = conn.serve_connection(TokioIo::new(stream), svc).await;
@@ -177,7 +177,9 @@ impl RecordingServer {
                     }
                 });
                 while conns.try_join_next().is_some() {}
-            }
+            };
+            flotilla_runtime::accept_until(&listener, std::future::pending::<()>(), serve_one)
+                .await;
         });
         Self {
             addr,
@@ -244,7 +246,7 @@ impl RecordingServer {
 
     /// Waits until at least `n` requests have fully arrived, or panics after `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) {
-        crate::wait_until(timeout, &format!("{n} requests at {}", self.addr), || {
+        crate::wait::wait_until(timeout, &format!("{n} requests at {}", self.addr), || {
             self.state.requests.lock().expect("lock").len() >= n
         })
         .await;

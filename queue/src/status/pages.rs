@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{CallState, Record, StoreError};
+use super::keyed::publish_compared;
+use super::record::{CallState, Record, StoreError, Stored};
 
 pub const PAGE_STREAM: &str = "FLOTILLA_STATUS_PAGES";
 pub const PAGE_SUBJECT_PREFIX: &str = "flotilla.page";
@@ -169,8 +170,8 @@ pub struct Entry {
 
 impl Entry {
     /// The record, with the sequence of its message as its revision.
-    pub fn stored(&self) -> super::Stored {
-        super::Stored {
+    pub fn stored(&self) -> Stored {
+        Stored {
             record: self.record.clone(),
             revision: self.seq,
         }
@@ -502,8 +503,7 @@ async fn flush(
                 Some(cancels) => {
                     let guard = page.cancels();
                     let records = page.records();
-                    super::publish_compared(js, records, payload.into(), cancels.last, Some(&guard))
-                        .await
+                    publish_compared(js, records, payload.into(), cancels.last, Some(&guard)).await
                 }
             }
         };
