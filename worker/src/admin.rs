@@ -9,11 +9,10 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,35 +28,22 @@ pub(crate) async fn serve(
     metrics: PrometheusHandle,
     stop: CancellationToken,
 ) {
+    // Dropped on return, which drops every connection still open.
     let mut conns = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let serve_one = |stream: TcpStream, _| {
         let (ready, metrics) = (ready.clone(), metrics.clone());
         conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let (ready, metrics) = (ready.clone(), metrics.clone());
                 async move { Ok::<_, Infallible>(route(&req, &ready, &metrics)) }
             });
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+            let _ = flotilla_runtime::http1_server(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
         while conns.try_join_next().is_some() {}
-    }
+    };
+    flotilla_runtime::accept_until(&listener, stop.cancelled(), serve_one).await;
 }
 
 fn route(
