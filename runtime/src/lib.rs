@@ -9,6 +9,7 @@
 
 mod accept;
 mod callback_targets;
+mod chain;
 mod exit;
 mod flags;
 mod function_tls;
@@ -21,6 +22,7 @@ mod signal;
 
 pub use accept::{accept_until, http1_server};
 pub use callback_targets::{CallbackTargetArgs, CallbackTargets, Refused, RuleError, RuleProblem};
+pub use chain::error_chain;
 pub use exit::{EXIT_CONFIG, config_failure, parse_args};
 pub use flags::{
     CommonArgs, FunctionArgs, NatsArgs, duration_arg, nats_servers, redacted_urls, server_list,

@@ -56,7 +56,7 @@ pub(crate) async fn invoke(
         Ok(Err(e)) => match Exhausted::of(&e) {
             Some(exhausted) => return Err(exhausted),
             None => Outcome::failed(
-                CallError::Unreachable(error_chain(&e)),
+                CallError::Unreachable(flotilla_runtime::error_chain(&e)),
                 started.elapsed(),
                 attempt,
             ),
@@ -80,18 +80,6 @@ fn build_request(url: &str, env: &Envelope) -> Result<http1::Request, CallError>
         (start, start_time.as_str()),
     ]);
     http1::Request::new(&env.method, url, all, env.body.clone()).map_err(CallError::InvalidRequest)
-}
-
-/// The error and its sources on one line ("client error (Connect): tcp connect error: ...").
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 /// Runs `work` while sending a progress ack every `every`, so the message outlives `ack_wait`.

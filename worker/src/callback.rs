@@ -34,9 +34,9 @@ use std::sync::Arc;
 use flotilla_runtime::CallbackTargets;
 
 use crate::budget::Slot;
-use crate::call::error_chain;
 use crate::metrics::WorkerMetrics;
 use crate::signing::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use flotilla_runtime::error_chain;
 
 /// Callback receivers are often `https://`; rustls on ring with the webpki roots. Names resolve
 /// through [`GuardedResolver`], so no connection goes to an address the policy refuses.

@@ -25,17 +25,16 @@ mod outcome;
 mod pull;
 mod report;
 mod retry;
+mod shared;
 mod signing;
 mod status;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use flotilla_queue::{Backoff, Jitter, Policies, Topology, TopologyError};
+use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
 use flotilla_runtime::metrics_handle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -48,88 +47,10 @@ pub use error::WorkerError;
 pub use outcome::{Attempt, CallError, Exhausted, Outcome};
 pub use signing::{SecretError, SecretsFileError};
 
+pub(crate) use shared::{Readiness, Shared};
+
 use crate::callback::{CallbackSettings, Callbacks};
 use crate::metrics::WorkerMetrics;
-use crate::report::ReportQueue;
-
-/// What every task of a running worker shares.
-pub(crate) struct Shared {
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub policies: Policies,
-    /// What each function's callbacks are signed with.
-    pub signers: signing::Signers,
-    pub http: call::FunctionClient,
-    /// The replica's cap on calls in flight across all its functions.
-    pub budget: Arc<budget::Budget>,
-    pub callbacks: Callbacks,
-    pub reports: ReportQueue,
-    pub ack_wait: Duration,
-    /// A third of `ack_wait`: two progress acks may be lost before NATS redelivers.
-    pub progress_every: Duration,
-    pub consumer_idle: Duration,
-    pub discovery_interval: Duration,
-    /// Deliveries after which a message that never settled is dead-lettered (a crash loop).
-    pub max_deliveries: u32,
-    /// `max_ack_pending` of each shard's retry consumer: retries that may wait at once.
-    pub retry_max_waiting: u32,
-    /// Fires on shutdown: stop pulling.
-    pub stop: CancellationToken,
-    /// Fires when the grace period is over: hand back what is still running.
-    pub hard: CancellationToken,
-    /// Supervisors, pull loops and calls; the drain waits on it.
-    pub tracker: TaskTracker,
-    pub metrics: WorkerMetrics,
-    pub ready: Arc<Readiness>,
-    /// Call status (`--call-status`): read before each call starts, written as it moves on.
-    pub status: Option<Arc<status::CallStatus>>,
-    /// What this replica counted of batches, written every second (`flotilla_queue::batch`).
-    pub tally: flotilla_queue::batch::Tally,
-    /// Bodies larger than one NATS message (`FLOTILLA_BODIES`).
-    pub bodies: jetstream::object_store::ObjectStore,
-}
-
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-pub(crate) struct Readiness {
-    client: OnceLock<async_nats::Client>,
-    /// Why NATS last refused or dropped the connection.
-    pub nats_problems: flotilla_runtime::NatsProblems,
-    shards_wanted: AtomicUsize,
-    pub shards_ready: AtomicUsize,
-    started: AtomicBool,
-    stopping: AtomicBool,
-}
-
-impl Readiness {
-    /// Whether the NATS connection is up now (false before the first connection).
-    pub fn nats_connected(&self) -> bool {
-        self.client
-            .get()
-            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
-    }
-
-    pub fn check(&self) -> Result<(), std::borrow::Cow<'static, str>> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err("shutting down\n".into());
-        }
-        if self.client.get().is_none() {
-            return Err("connecting to NATS\n".into());
-        }
-        if !self.nats_connected() {
-            return Err(match self.nats_problems.last() {
-                Some(problem) => format!("NATS disconnected: {problem}\n").into(),
-                None => "NATS disconnected\n".into(),
-            });
-        }
-        if !self.started.load(Ordering::SeqCst)
-            || self.shards_ready.load(Ordering::SeqCst) < self.shards_wanted.load(Ordering::SeqCst)
-        {
-            return Err("consumers starting\n".into());
-        }
-        Ok(())
-    }
-}
 
 /// Runs a worker until `shutdown` resolves, then drains: stops pulling at once, hands back
 /// messages not started, lets in-flight calls and their callbacks finish within `--grace`, hands
@@ -196,7 +117,7 @@ pub async fn serve(
         }
         Err(e) => return Err(WorkerError::Config(e.to_string())),
     };
-    let _ = ready.client.set(client.clone());
+    ready.connected(&client);
     let js = jetstream::new(client.clone());
     let settings = config.common.nats.stream_settings();
     let Some(topology) = until_ready(
@@ -247,7 +168,7 @@ pub async fn serve(
     } else {
         None
     };
-    ready.shards_wanted.store(shards.len(), Ordering::SeqCst);
+    ready.expect_shards(shards.len());
     tracing::info!(shards = ?shards, total = topology.shards, max_in_flight = config.max_in_flight(), "worker starting");
 
     // Report tasks outlive the calls; callbacks are delivered by the calls themselves.
@@ -327,10 +248,10 @@ pub async fn serve(
             .tracker
             .spawn(retry::supervise(shared.clone(), shard));
     }
-    ready.started.store(true, Ordering::SeqCst);
+    ready.started();
 
     stop.cancelled().await;
-    ready.stopping.store(true, Ordering::SeqCst);
+    ready.stopping();
     tracing::info!(grace = ?config.grace, "draining: pulling stopped, finishing calls in flight");
     let grace_over = Instant::now() + config.grace;
     shared.tracker.close();
