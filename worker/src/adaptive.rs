@@ -57,6 +57,16 @@ pub(crate) enum Refusal {
     Pause(Duration),
 }
 
+impl Refusal {
+    /// How long the refused call's function slot stays taken.
+    pub fn pause(&self) -> Duration {
+        match self {
+            Refusal::Lowered => Duration::ZERO,
+            Refusal::Pause(pause) => *pause,
+        }
+    }
+}
+
 impl Limit {
     /// A limit between `min` and `max` for one of `replicas` replicas, which start with an
     /// equal part of [`INITIAL`].

@@ -60,11 +60,13 @@ impl Slot {
 }
 
 impl Slot {
-    /// The function refused even this replica's floor of calls: the function slot stays taken
-    /// for `pause`, so the replica sends the function nothing more meanwhile, while the replica
-    /// permit goes back now.
+    /// The function refused the call: the replica permit goes back now, and the function slot
+    /// stays taken for `pause` (zero: goes back now too), so that after a refusal at the
+    /// limit's floor the replica sends the function nothing more meanwhile.
     pub fn pause_function(mut self, pause: Duration) {
-        if let Some(permit) = self.function.take() {
+        if let Some(permit) = self.function.take()
+            && !pause.is_zero()
+        {
             tokio::spawn(async move {
                 tokio::time::sleep(pause).await;
                 drop(permit);
@@ -224,6 +226,23 @@ pub(crate) mod tests {
             .collect();
         let _calls: Vec<Slot> = fs.iter().map(call).collect();
         assert_eq!(many.share(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_call_gives_its_function_slot_back_after_its_pause() {
+        let running = Arc::new(Running::new(Arc::new(Budget::new(4))));
+        let function = Arc::new(Semaphore::new(1));
+        let replica = Arc::new(Semaphore::new(1));
+        let take = |s: &Arc<Semaphore>| s.clone().try_acquire_owned().unwrap();
+        Slot::new(take(&function), take(&replica), &running).pause_function(Duration::ZERO);
+        assert_eq!(function.available_permits(), 1, "no pause: back at once");
+        assert_eq!((replica.available_permits(), running.calls()), (1, 0));
+        Slot::new(take(&function), take(&replica), &running)
+            .pause_function(Duration::from_secs(2));
+        assert_eq!(replica.available_permits(), 1, "the replica permit is back at once");
+        assert_eq!(function.available_permits(), 0, "the function slot is held");
+        tokio::time::sleep(Duration::from_millis(2001)).await;
+        assert_eq!(function.available_permits(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,18 +1,22 @@
-//! One call, from the pulled message to its ack: decode the envelope, call the function under its
-//! timeout, hand the result to the callback queue, and settle the message only once the outcome
-//! and its callback are settled, keeping the message alive with progress acks meanwhile.
+//! One call, from the pulled message to its ack, as three steps: `prepare` (decode the envelope,
+//! read a large body), `run` (start its status, call the function once under its timeout) and
+//! `settle` (record how it ended, then store its retry, write its dead letter or deliver its
+//! callback, and ack). Invariants: the message is acked only once the outcome and its callback
+//! are settled, and kept alive with progress acks meanwhile; the call's [`Slot`] is owned by the
+//! step that holds it, and a step that ends the call early returns an [`End`] without it, so no
+//! path keeps a slot past its step.
 
-use std::future::Future;
-use std::pin::Pin;
+mod again;
+mod attempt;
+mod body;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
-use bytes::Bytes;
+use async_nats::jetstream;
+use flotilla_queue::Envelope;
 use flotilla_queue::policy::join_url;
-use flotilla_queue::{Envelope, headers};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use flotilla_queue::status::{self, CallState, ResultKept};
 
 use crate::Shared;
 use crate::adaptive::Refusal;
@@ -20,288 +24,226 @@ use crate::budget::Slot;
 use crate::callback::CallbackJob;
 use crate::dead;
 use crate::functions::FunctionRt;
-use crate::http1;
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::retry::{self, Next};
 use crate::status::{Begin, Recorded, Tracked};
-use flotilla_queue::status::{self, CallState, ResultKept};
-
-/// The pooled client to functions: HTTP/1.1, in the clear or over TLS (`http1`).
-pub(crate) type FunctionClient = http1::Client;
-
-/// Calls the function once: the envelope's method, headers and body, plus `X-Call-Id` and
-/// `X-Start-Time`, under `timeout` (which covers the response body too). `Err` when this worker
-/// could not make the call for want of a local resource: that is no outcome of the function.
-pub(crate) async fn invoke(
-    client: &FunctionClient,
-    url: &str,
-    env: &Envelope,
-    timeout: Duration,
-    attempt: Attempt,
-) -> Result<Outcome, Exhausted> {
-    let started = Instant::now();
-    let req = match build_request(url, env) {
-        Ok(r) => r,
-        Err(e) => return Ok(Outcome::failed(e, started.elapsed(), attempt)),
-    };
-    let outcome = match tokio::time::timeout(timeout, client.send(&req)).await {
-        Ok(Ok(resp)) => Outcome {
-            status: resp.status,
-            headers: resp.headers,
-            body: resp.body,
-            error: None,
-            duration: started.elapsed(),
-            attempt,
-        },
-        Ok(Err(e)) => match Exhausted::of(&e) {
-            Some(exhausted) => return Err(exhausted),
-            None => Outcome::failed(
-                CallError::Unreachable(flotilla_runtime::error_chain(&e)),
-                started.elapsed(),
-                attempt,
-            ),
-        },
-        Err(_) => Outcome::failed(CallError::Timeout(timeout), started.elapsed(), attempt),
-    };
-    Ok(outcome)
-}
-
-fn build_request(url: &str, env: &Envelope) -> Result<http1::Request, CallError> {
-    let (call_id, start) = (headers::X_CALL_ID, headers::X_START_TIME);
-    let (call_id, start) = (call_id.as_str(), start.as_str());
-    let start_time = env.start_time.to_string();
-    let forwarded = env
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .filter(|(k, _)| !k.eq_ignore_ascii_case(call_id) && !k.eq_ignore_ascii_case(start));
-    let all = forwarded.chain([
-        (call_id, env.call_id.as_str()),
-        (start, start_time.as_str()),
-    ]);
-    http1::Request::new(&env.method, url, all, env.body.clone()).map_err(CallError::InvalidRequest)
-}
-
-/// Runs `work` while sending a progress ack every `every`, so the message outlives `ack_wait`.
-/// Returns `None`, leaving the message to the caller, when `abandon` fires first. `work` comes
-/// pinned (boxed, or pinned where it lives): a future moved in here would be held twice in the
-/// call's task, which is allocated at the size of its largest state.
-pub(crate) async fn keep_alive<F: Future + Unpin>(
-    msg: &jetstream::Message,
-    every: Duration,
-    abandon: &CancellationToken,
-    mut work: F,
-) -> Option<F::Output> {
-    let mut next = Instant::now() + every;
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return Some(out),
-            _ = abandon.cancelled() => return None,
-            _ = tokio::time::sleep_until(next) => {
-                // Fire and forget: a lost progress ack costs at worst a redelivery. Boxed: it is
-                // rare, and its state would otherwise enlarge every call's task.
-                let _ = Box::pin(msg.ack_with(AckKind::Progress)).await;
-                next = Instant::now() + every;
-            }
-        }
-    }
-}
-
-/// Counts a batch's call as running while it runs, however it ends.
-struct Running<'a> {
-    tally: &'a flotilla_queue::batch::Tally,
-    batch: &'a str,
-}
-
-impl<'a> Running<'a> {
-    fn enter(tally: &'a flotilla_queue::batch::Tally, batch: &'a str) -> Self {
-        tally.count(batch, |c| c.running += 1);
-        Self { tally, batch }
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.tally
-            .count(self.batch, |c| c.running = c.running.saturating_sub(1));
-    }
-}
-
-/// Keeps `worker_in_flight` right however a call ends.
-struct InFlight<'a>(&'a metrics::Gauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(g: &'a metrics::Gauge) -> Self {
-        g.increment(1.0);
-        Self(g)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-/// Hands a message back to NATS for another replica (or this one, later). Boxed: it is rare, and
-/// its state would otherwise enlarge every call's task, which is allocated at the size of its
-/// largest state.
-pub(crate) fn hand_back<'a>(
-    shared: &'a Shared,
-    msg: &'a jetstream::Message,
-) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-    Box::pin(async move {
-        shared.metrics.handed_back.increment(1);
-        if let Err(error) = msg.ack_with(AckKind::Nak(None)).await {
-            tracing::debug!(%error, "nak failed; the message returns after ack_wait");
-        }
-    })
-}
-
-/// How long a replica stops pulling after it ran out of a local resource, and how long the call
-/// it could not make waits before it is tried again.
-const EXHAUSTED_PAUSE: Duration = Duration::from_secs(1);
-
-/// What a settling step does with the message when NATS refused the step.
-enum OnFailure<'a> {
-    /// Negatively acked with `delay`, with a warning naming the step and the call.
-    Nak {
-        step: &'static str,
-        env: &'a Envelope,
-        delay: Duration,
-    },
-    /// Handed back at once, quietly (the worker is stopping).
-    HandBack,
-}
-
-/// Runs one step that settles a call (storing its retry, writing its dead letter, delivering its
-/// callback) while keeping the message alive. `None` when the step did not settle the call and the
-/// message went back to NATS: handed back when the grace period ended, or as `on_failure` says
-/// when the step failed.
-async fn settle_step<T, E: std::fmt::Display>(
-    shared: &Shared,
-    msg: &jetstream::Message,
-    on_failure: OnFailure<'_>,
-    work: impl Future<Output = Result<T, E>> + Unpin,
-) -> Option<T> {
-    match keep_alive(msg, shared.progress_every, &shared.hard, work).await {
-        Some(Ok(v)) => Some(v),
-        Some(Err(error)) => {
-            match on_failure {
-                OnFailure::Nak { step, env, delay } => {
-                    tracing::warn!(call_id = %env.call_id, function = %env.function, %error, ?delay, "cannot {step}; handing the call back");
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-                }
-                OnFailure::HandBack => hand_back(shared, msg).await,
-            }
-            None
-        }
-        None => {
-            hand_back(shared, msg).await;
-            None
-        }
-    }
-}
+pub(crate) use again::hand_back;
+use again::{Held, OnFailure, exhausted_hand_back, settle_step, wait_again};
+use attempt::{BatchRunning, InFlight, expired, invoke, keep_alive};
+use body::BodyMissing;
 
 /// The task of one call. `slot` is the call's place in its function and in the replica; it is
 /// released as soon as the function has answered and the callback (if any) is handed over (the
-/// function's part of it at the answer when there is no callback), while
-/// the message stays unacked until the outcome is settled: stored as a retry, dead-lettered, or
-/// delivered to the callback.
+/// function's part of it at the answer when there is no callback), while the message stays
+/// unacked until the outcome is settled: stored as a retry, dead-lettered, or delivered to the
+/// callback.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     func: Arc<FunctionRt>,
     msg: jetstream::Message,
-    mut slot: Slot,
+    slot: Slot,
 ) {
-    // The stream the message came from (the calls', or the waiting calls'), and its place there.
-    let (delivered, origin) = match msg.info() {
-        Ok(info) => (
-            u32::try_from(info.delivered).unwrap_or(u32::MAX),
-            (info.stream, info.stream_sequence),
-        ),
-        Err(_) => (1, ("", 0)),
+    let call = Call::new(&shared, &func, &msg);
+    let Some(env) = call.prepare().await else {
+        return;
     };
-    // The message's subject names the function, which is where the envelope's function is.
-    let decoded = Envelope::from_nats(func.name.clone(), msg.headers.as_ref(), msg.payload.clone());
-    let mut env = match decoded {
-        Ok(env) => env,
-        Err(e) => {
-            Box::pin(dead::poison(&shared, &msg, func.shard, &e.to_string())).await;
-            return;
-        }
-    };
-    if let Some(object) = env.body_object.clone() {
-        match Box::pin(fetch_body(&shared, &object)).await {
-            Ok(body) => env.body = body,
-            Err(BodyMissing::Gone) => {
-                let reason = format!("its body ({object}) is no longer in the object store");
-                Box::pin(dead::poison(&shared, &msg, func.shard, &reason)).await;
-                return;
-            }
-            Err(BodyMissing::Unreadable(error)) => {
-                tracing::warn!(call_id = %env.call_id, %error, object, "body not read from the object store; the call returns shortly");
-                let _ = msg.ack_with(AckKind::Nak(Some(BODY_RETRY_AFTER))).await;
-                return;
-            }
+    let end = call.lifecycle(&env, slot).await;
+    call.finish(&env, end).await;
+}
+
+/// How a call's steps ended. A step returning anything but [`End::Settled`] has let go of the
+/// call's slot; [`Call::finish`] then does what is left.
+#[derive(Debug)]
+enum End {
+    /// Nothing is left to do: settled and acked, handed back, or stored to run again.
+    Settled,
+    /// A client's cancel stopped it (`when` says where): acked, no callback.
+    Cancelled(&'static str),
+    /// The worker is stopping: the message goes back to NATS.
+    HandBack,
+    /// This worker ran out of a local resource before the function was reached.
+    Exhausted {
+        exhausted: Exhausted,
+        status_revision: Option<u64>,
+    },
+}
+
+/// What the end of an attempt leaves to do, and whether that still needs the call's slot.
+#[derive(Debug)]
+enum Settling {
+    /// Stored as a retry: the function is done with this attempt, so no slot.
+    Retry(Duration),
+    /// Written to the dead letters, then its callback (which holds the slot).
+    DeadLetter(Slot),
+    /// Its callback, then the ack.
+    Settle(Slot),
+}
+
+impl Settling {
+    fn of(next: Next, slot: Slot) -> Self {
+        match next {
+            Next::Retry(delay) => Settling::Retry(delay),
+            Next::DeadLetter => Settling::DeadLetter(slot),
+            Next::Settle => Settling::Settle(slot),
         }
     }
-    let mut tracked = match &shared.status {
-        Some(status) => match status.begin(&env, status::revision_of(msg.headers.as_ref())) {
-            Begin::Cancelled => {
-                drop(slot);
-                Box::pin(settle_cancelled(&shared, &msg, &env, "before it started")).await;
-                return;
-            }
-            Begin::Run(tracked) => Some(tracked),
-        },
-        None => None,
-    };
-    let _in_flight = InFlight::enter(&func.metrics.in_flight);
-    let batch = env.batch_id.as_deref();
-    if let Some(batch) = batch
-        && env.attempt > 0
-    {
-        shared.tally.count(batch, |c| c.retries_started += 1);
+}
+
+/// One call's message and what every step needs to handle it.
+struct Call<'a> {
+    shared: &'a Shared,
+    func: &'a FunctionRt,
+    msg: &'a jetstream::Message,
+    attempt_of_delivery: u32,
+    /// The stream the message came from (the calls', or the waiting calls'), and its place there.
+    origin: (&'a str, u64),
+}
+
+impl<'a> Call<'a> {
+    fn new(shared: &'a Shared, func: &'a FunctionRt, msg: &'a jetstream::Message) -> Self {
+        let (attempt_of_delivery, origin) = match msg.info() {
+            Ok(info) => (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                (info.stream, info.stream_sequence),
+            ),
+            Err(_) => (1, ("", 0)),
+        };
+        Self {
+            shared,
+            func,
+            msg,
+            attempt_of_delivery,
+            origin,
+        }
     }
-    let attempt = Attempt {
-        earlier: env.attempt,
-        delivered,
-    };
-    let outcome = if delivered > shared.max_deliveries {
-        // A crash loop: every earlier delivery ended without a settlement (the worker died, hung
-        // until killed, or lost the ack). The function is not called again; the retry policy
-        // sends this outcome to the dead letters and the callback gets it as the last failure.
-        Outcome::failed(CallError::Redelivered(delivered), Duration::ZERO, attempt)
-    } else if let Some(expired) = expired(&func, &env, attempt) {
-        // Too old to matter: never started, dead-lettered as `expired`, a 410 to the callback.
-        expired
-    } else {
+
+    /// Step 1: the envelope, with its large body read from the object store. `None` when the
+    /// call cannot run and is already settled (poison: dead-lettered) or handed back (the body
+    /// could not be read now).
+    async fn prepare(&self) -> Option<Envelope> {
+        let (shared, msg) = (self.shared, self.msg);
+        // The message's subject names the function, which is where the envelope's function is.
+        let decoded = Envelope::from_nats(
+            self.func.name.clone(),
+            msg.headers.as_ref(),
+            msg.payload.clone(),
+        );
+        let mut env = match decoded {
+            Ok(env) => env,
+            Err(e) => {
+                // Boxed, like every rare branch: a call's task is allocated at the size of its
+                // largest state, and every call pays for it.
+                Box::pin(dead::poison(shared, msg, self.func.shard, &e.to_string())).await;
+                return None;
+            }
+        };
+        if let Some(object) = env.body_object.clone() {
+            match Box::pin(body::fetch_body(shared, &object)).await {
+                Ok(body) => env.body = body,
+                Err(BodyMissing::Gone) => {
+                    let reason = format!("its body ({object}) is no longer in the object store");
+                    Box::pin(dead::poison(shared, msg, self.func.shard, &reason)).await;
+                    return None;
+                }
+                Err(BodyMissing::Unreadable(error)) => {
+                    tracing::warn!(call_id = %env.call_id, %error, object, "body not read from the object store; the call returns shortly");
+                    let delay = Some(body::BODY_RETRY_AFTER);
+                    let _ = msg.ack_with(jetstream::AckKind::Nak(delay)).await;
+                    return None;
+                }
+            }
+        }
+        Some(env)
+    }
+
+    /// Steps 2 and 3 for a prepared call, holding its slot as long as they need it.
+    async fn lifecycle(&self, env: &Envelope, slot: Slot) -> End {
+        let mut tracked = match &self.shared.status {
+            Some(status) => match status.begin(env, status::revision_of(self.msg.headers.as_ref()))
+            {
+                Begin::Cancelled => return End::Cancelled("before it started"),
+                Begin::Run(tracked) => Some(tracked),
+            },
+            None => None,
+        };
+        let _in_flight = InFlight::enter(&self.func.metrics.in_flight);
+        let attempt = Attempt {
+            earlier: env.attempt,
+            delivered: self.attempt_of_delivery,
+        };
+        if let Some(batch) = env.batch_id.as_deref()
+            && attempt.earlier > 0
+        {
+            self.shared.tally.count(batch, |c| c.retries_started += 1);
+        }
+        match self.run(env, attempt, &mut tracked, slot).await {
+            Ok((outcome, slot)) => self.settle(env, attempt, tracked, outcome, slot).await,
+            Err(end) => end,
+        }
+    }
+
+    /// Step 2: the call's one attempt, or the outcome that stands for it when it must not run
+    /// (a crash loop, too old). `Err` when the attempt did not end in an answer to settle.
+    async fn run(
+        &self,
+        env: &Envelope,
+        attempt: Attempt,
+        tracked: &mut Option<Tracked<'_>>,
+        slot: Slot,
+    ) -> Result<(Outcome, Slot), End> {
+        if attempt.delivered > self.shared.max_deliveries {
+            // A crash loop: every earlier delivery ended without a settlement (the worker died,
+            // hung until killed, or lost the ack). The function is not called again; the retry
+            // policy sends this outcome to the dead letters and the callback gets it as the last
+            // failure.
+            let redelivered = CallError::Redelivered(attempt.delivered);
+            return Ok((Outcome::failed(redelivered, Duration::ZERO, attempt), slot));
+        }
+        if let Some(expired) = expired(self.func, env, attempt) {
+            // Too old to matter: never started, dead-lettered as `expired`, a 410 to the
+            // callback.
+            return Ok((expired, slot));
+        }
+        self.attempt(env, attempt, tracked, slot).await
+    }
+
+    /// Calls the function once, counted at the function for adaptive control, and reads its
+    /// answer: a refusal sends the call back to wait for room.
+    async fn attempt(
+        &self,
+        env: &Envelope,
+        attempt: Attempt,
+        tracked: &mut Option<Tracked<'_>>,
+        mut slot: Slot,
+    ) -> Result<(Outcome, Slot), End> {
+        let (shared, func) = (self.shared, self.func);
         let url = join_url(&func.base_url, &env.path, &env.query);
-        let _running = batch.map(|b| Running::enter(&shared.tally, b));
-        // Pinned where they are (not moved into the futures that run them, which would hold
-        // them twice) and dropped as soon as the attempt ends: a cancel while it runs drops
-        // `invoked`, which aborts the function's request.
-        // Counted at the function from before the request to the answer, for adaptive control.
+        let _running = env
+            .batch_id
+            .as_deref()
+            .map(|b| BatchRunning::enter(&shared.tally, b));
         let Some(at_function) = func.sending() else {
             // Its function's limit came down after this call took its slot: it waits again
             // rather than be refused.
-            let held = Held {
-                attempt,
-                origin,
-                slot,
-                refusal: Refusal::Lowered,
-                delay: Duration::ZERO,
-            };
-            Box::pin(wait_again(&shared, &func, &msg, &env, tracked, held)).await;
-            return;
+            return Err(self
+                .wait_again(
+                    env,
+                    attempt,
+                    tracked,
+                    slot,
+                    Refusal::Lowered,
+                    Duration::ZERO,
+                )
+                .await);
         };
         let ran = {
+            // Pinned where they are (not moved into the futures that run them, which would hold
+            // them twice) and dropped as soon as the attempt ends: a cancel while it runs drops
+            // `invoked`, which aborts the function's request.
             let invoked = std::pin::pin!(invoke(
                 &shared.http,
                 &url,
-                &env,
+                env,
                 func.policy.timeout,
                 attempt
             ));
@@ -311,49 +253,30 @@ pub(crate) async fn handle(
                     None => Some(invoked.await),
                 }
             });
-            keep_alive(&msg, shared.progress_every, &shared.hard, work).await
+            keep_alive(self.msg, shared.progress_every, &shared.hard, work).await
         };
         let outcome = match ran {
             Some(Some(Ok(outcome))) => outcome,
-            Some(None) => {
-                drop(slot);
-                Box::pin(settle_cancelled(&shared, &msg, &env, "while it ran")).await;
-                return;
-            }
+            Some(None) => return Err(End::Cancelled("while it ran")),
             Some(Some(Err(exhausted))) => {
-                drop(slot);
                 let status_revision = tracked.as_ref().and_then(Tracked::revision);
-                Box::pin(exhausted_hand_back(
-                    &shared,
-                    &func,
-                    &msg,
-                    &env,
-                    (attempt, origin, status_revision),
+                return Err(End::Exhausted {
                     exhausted,
-                ))
-                .await;
-                return;
+                    status_revision,
+                });
             }
-            None => {
-                hand_back(&shared, &msg).await;
-                return;
-            }
+            None => return Err(End::HandBack),
         };
         if let Some(refusal) = at_function.answered(&outcome) {
             func.metrics.call_done(outcome.status.as_u16());
             tracing::debug!(call_id = %env.call_id, function = %func.name, status = outcome.status.as_u16(), "refused for want of room; waiting again");
-            let held = Held {
-                attempt,
-                origin,
-                slot,
-                refusal,
-                // The function may say when to come back.
-                delay: outcome
-                    .retry_after()
-                    .map_or(Duration::ZERO, |d| d.min(retry::RETRY_AFTER_CAP)),
-            };
-            Box::pin(wait_again(&shared, &func, &msg, &env, tracked, held)).await;
-            return;
+            // The function may say when to come back.
+            let delay = outcome
+                .retry_after()
+                .map_or(Duration::ZERO, |d| d.min(retry::RETRY_AFTER_CAP));
+            return Err(self
+                .wait_again(env, attempt, tracked, slot, refusal, delay)
+                .await);
         }
         // Recording the outcome and settling a call without a callback are no work of the
         // function's: another call of it may start meanwhile. A call with a callback keeps its
@@ -368,94 +291,179 @@ pub(crate) async fn handle(
         if let Some(error) = &outcome.error {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
         }
-        shared.reports.send(&env, &outcome);
-        outcome
-    };
-    let code = outcome.status.as_u16();
-
-    let policy = &func.policy.retry;
-    let next = retry::next(policy, &outcome, retry::jitter());
-    // The state is recorded before the step it names (retry stored, dead letter written,
-    // callback sent): a client's cancel that got in first stops that step.
-    if let Some(t) = tracked.as_mut()
-        && Box::pin(record_end(t, &func, &outcome, &next)).await == Recorded::Cancelled
-    {
-        drop(slot);
-        Box::pin(settle_cancelled(&shared, &msg, &env, "before it ended")).await;
-        return;
+        shared.reports.send(env, &outcome);
+        Ok((outcome, slot))
     }
-    let status_revision = tracked.as_ref().and_then(Tracked::revision);
-    drop(tracked);
-    if let Some(batch) = env.batch_id.as_deref() {
-        match end_state(&outcome, &next) {
-            CallState::Retrying => shared.tally.count(batch, |c| c.retries_stored += 1),
-            end => shared.tally.ended(batch, end),
+
+    /// The function had no room for the call: it goes back to wait, keeping its attempt.
+    async fn wait_again(
+        &self,
+        env: &Envelope,
+        attempt: Attempt,
+        tracked: &mut Option<Tracked<'_>>,
+        slot: Slot,
+        refusal: Refusal,
+        delay: Duration,
+    ) -> End {
+        let held = Held {
+            attempt,
+            origin: self.origin,
+            slot,
+            refusal,
+            delay,
+        };
+        // Boxed, like the other rare branches: a call's task is allocated at the size of its
+        // largest state, and every call pays for it.
+        let waited = Box::pin(wait_again(
+            self.shared,
+            self.func,
+            self.msg,
+            env,
+            tracked.take(),
+            held,
+        ));
+        match waited.await {
+            Recorded::Cancelled => End::Cancelled("while it waited for room"),
+            Recorded::Done => End::Settled,
         }
     }
-    let dead_lettered = next == Next::DeadLetter;
-    match next {
-        Next::Settle => {}
-        Next::Retry(delay) => {
-            // The function is done with this attempt; storing the retry needs no slot.
-            drop(slot);
-            // Boxed, like the other rare branches: a call's task is allocated at the size of
-            // its largest state, and every call pays for it. When NATS takes no retry, the
-            // message itself waits out the delay (holding its place in max_ack_pending) and
-            // this attempt runs again.
-            let stored = Box::pin(retry::schedule(
-                &shared,
-                func.shard,
-                &env,
-                attempt.number(),
-                delay,
-                origin,
-                status_revision,
-            ));
-            let on_failure = OnFailure::Nak {
-                step: "store the retry",
-                env: &env,
-                delay,
-            };
-            let step = settle_step(&shared, &msg, on_failure, stored);
-            if Box::pin(step).await.is_some() {
-                func.metrics.retries_scheduled.increment(1);
-                tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
-                if let Err(error) = msg.ack().await {
-                    // The message returns after ack_wait and stores the same retry again,
-                    // which JetStream drops as a duplicate (same Nats-Msg-Id).
-                    tracing::debug!(%error, "ack after scheduling a retry failed");
+
+    /// Step 3: records how the attempt ended, then stores the retry, or writes the dead letter
+    /// and delivers the callback, and acks. The state is recorded before the step it names
+    /// (retry stored, dead letter written, callback sent): a client's cancel that got in first
+    /// stops that step.
+    async fn settle(
+        &self,
+        env: &Envelope,
+        attempt: Attempt,
+        mut tracked: Option<Tracked<'_>>,
+        outcome: Outcome,
+        slot: Slot,
+    ) -> End {
+        let next = retry::next(&self.func.policy.retry, &outcome, retry::jitter());
+        if let Some(t) = tracked.as_mut()
+            && Box::pin(record_outcome(t, self.func, &outcome, &next)).await == Recorded::Cancelled
+        {
+            return End::Cancelled("before it ended");
+        }
+        let status_revision = tracked.as_ref().and_then(Tracked::revision);
+        // No longer followed for cancels: from here on the call's end is recorded.
+        drop(tracked);
+        if let Some(batch) = env.batch_id.as_deref() {
+            match end_state(&outcome, &next) {
+                CallState::Retrying => self.shared.tally.count(batch, |c| c.retries_stored += 1),
+                end => self.shared.tally.ended(batch, end),
+            }
+        }
+        let slot = match Settling::of(next, slot) {
+            Settling::Retry(delay) => {
+                let code = outcome.status.as_u16();
+                let retry =
+                    Box::pin(self.store_retry(env, (attempt, code), delay, status_revision));
+                retry.await;
+                return End::Settled;
+            }
+            Settling::DeadLetter(slot) => {
+                if !Box::pin(self.write_dead_letter(env, &outcome)).await {
+                    return End::Settled;
                 }
+                slot
             }
-            return;
+            Settling::Settle(slot) => slot,
+        };
+        let dead_lettered = matches!(next, Next::DeadLetter);
+        if !self.deliver(env, attempt, outcome, slot).await {
+            return End::Settled;
         }
-        Next::DeadLetter => {
-            let written = Box::pin(dead::exhausted(
-                &shared,
-                &msg,
-                func.shard,
-                origin,
-                &outcome,
-                policy.attempts,
-            ));
-            let on_failure = OnFailure::Nak {
-                step: "write the dead letter",
-                env: &env,
-                delay: Duration::from_secs(5),
-            };
-            let step = settle_step(&shared, &msg, on_failure, written);
-            if Box::pin(step).await.is_none() {
-                return;
+        if let Err(error) = self.msg.ack().await {
+            tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
+            return End::Settled;
+        }
+        self.func.settled();
+        // Settled: its body is needed no more, unless its dead letter may be replayed.
+        if !dead_lettered && let Some(object) = &env.body_object {
+            // Boxed: only calls with large bodies take this step.
+            Box::pin(body::forget_body(self.shared, object)).await;
+        }
+        End::Settled
+    }
+
+    /// Stores the call's next attempt, due after `delay`, and acks this one. When NATS takes no
+    /// retry, the message itself waits out the delay (holding its place in max_ack_pending) and
+    /// this attempt runs again.
+    async fn store_retry(
+        &self,
+        env: &Envelope,
+        (attempt, code): (Attempt, u16),
+        delay: Duration,
+        status_revision: Option<u64>,
+    ) {
+        let stored = Box::pin(retry::schedule(
+            self.shared,
+            self.func.shard,
+            env,
+            attempt.number(),
+            delay,
+            self.origin,
+            status_revision,
+        ));
+        let on_failure = OnFailure::Nak {
+            step: "store the retry",
+            env,
+            delay,
+        };
+        if settle_step(self.shared, self.msg, on_failure, stored)
+            .await
+            .is_some()
+        {
+            self.func.metrics.retries_scheduled.increment(1);
+            tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), status = code, ?delay, "retry scheduled");
+            if let Err(error) = self.msg.ack().await {
+                // The message returns after ack_wait and stores the same retry again, which
+                // JetStream drops as a duplicate (same Nats-Msg-Id).
+                tracing::debug!(%error, "ack after scheduling a retry failed");
             }
         }
     }
 
-    if let Some(url) = env.callback_url {
-        let retry_max = policy.attempts.saturating_sub(1);
+    /// Writes the call's dead letter; false when it was not written and the message went back.
+    async fn write_dead_letter(&self, env: &Envelope, outcome: &Outcome) -> bool {
+        let written = Box::pin(dead::exhausted(
+            self.shared,
+            self.msg,
+            self.func.shard,
+            self.origin,
+            outcome,
+            self.func.policy.retry.attempts,
+        ));
+        let on_failure = OnFailure::Nak {
+            step: "write the dead letter",
+            env,
+            delay: Duration::from_secs(5),
+        };
+        settle_step(self.shared, self.msg, on_failure, written)
+            .await
+            .is_some()
+    }
+
+    /// Hands the outcome to the callback queue, which takes the slot; without a callback the
+    /// slot goes back here. False when the worker is stopping and the message went back.
+    async fn deliver(
+        &self,
+        env: &Envelope,
+        attempt: Attempt,
+        outcome: Outcome,
+        slot: Slot,
+    ) -> bool {
+        let Some(url) = env.callback_url.clone() else {
+            return true;
+        };
+        let retry_max = self.func.policy.retry.attempts.saturating_sub(1);
         let job = CallbackJob {
             url,
-            call_id: env.call_id,
-            function: env.function,
-            status: code,
+            call_id: env.call_id.clone(),
+            function: env.function.clone(),
+            status: outcome.status.as_u16(),
             content_type: outcome.content_type().cloned(),
             body: outcome.body,
             duration: outcome.duration,
@@ -463,80 +471,46 @@ pub(crate) async fn handle(
             // A call replayed or re-published under a lowered budget may have made more.
             retry: attempt.retries().min(retry_max),
             retry_max,
-            signer: shared.signers.for_policy(&func.policy),
+            signer: self.shared.signers.for_policy(&self.func.policy),
         };
         // A full callback queue blocks in here while this call still holds its slot: pulling
         // slows down. Boxed: delivery's state would otherwise enlarge every call's task, callback
         // or not. `None` from delivery means the worker is stopping: hand the call back.
-        let delivery =
-            Box::pin(async { shared.callbacks.deliver(job, slot).await.ok_or("stopping") });
-        let step = settle_step(&shared, &msg, OnFailure::HandBack, delivery);
-        if Box::pin(step).await.is_none() {
-            return;
+        let callbacks = &self.shared.callbacks;
+        let delivery = Box::pin(async { callbacks.deliver(job, slot).await.ok_or("stopping") });
+        let step = settle_step(self.shared, self.msg, OnFailure::HandBack, delivery);
+        Box::pin(step).await.is_some()
+    }
+
+    /// Does what an early end leaves to do, once the call's slot is released.
+    async fn finish(&self, env: &Envelope, end: End) {
+        match end {
+            End::Settled => {}
+            End::Cancelled(when) => {
+                Box::pin(settle_cancelled(self.shared, self.msg, env, when)).await;
+            }
+            End::HandBack => hand_back(self.shared, self.msg).await,
+            End::Exhausted {
+                exhausted,
+                status_revision,
+            } => {
+                let attempt = Attempt {
+                    earlier: env.attempt,
+                    delivered: self.attempt_of_delivery,
+                };
+                let at = (attempt, self.origin, status_revision);
+                Box::pin(exhausted_hand_back(
+                    self.shared,
+                    self.func,
+                    self.msg,
+                    env,
+                    at,
+                    exhausted,
+                ))
+                .await;
+            }
         }
-    } else {
-        drop(slot);
     }
-    if let Err(error) = msg.ack().await {
-        tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
-        return;
-    }
-    func.settled();
-    // Settled: its body is needed no more, unless its dead letter may be replayed.
-    if !dead_lettered && let Some(object) = &env.body_object {
-        // Boxed: only calls with large bodies take this step.
-        Box::pin(forget_body(&shared, object)).await;
-    }
-}
-
-/// How long a call whose body could not be read waits before it is tried again.
-const BODY_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Why a large body was not read.
-enum BodyMissing {
-    /// The object is gone: the call can never run.
-    Gone,
-    /// NATS did not answer; trying again may help.
-    Unreadable(String),
-}
-
-/// Reads a body kept in the object store, whole (it is held once, in this buffer, for every
-/// attempt of this delivery).
-async fn fetch_body(shared: &Shared, object: &str) -> Result<Bytes, BodyMissing> {
-    use async_nats::jetstream::object_store::GetErrorKind;
-    use tokio::io::AsyncReadExt;
-    let mut reader = match shared.bodies.get(object).await {
-        Ok(r) => r,
-        Err(e) if e.kind() == GetErrorKind::NotFound => return Err(BodyMissing::Gone),
-        Err(e) => return Err(BodyMissing::Unreadable(e.to_string())),
-    };
-    let mut body = Vec::new();
-    reader
-        .read_to_end(&mut body)
-        .await
-        .map_err(|e| BodyMissing::Unreadable(e.to_string()))?;
-    Ok(Bytes::from(body))
-}
-
-/// Removes a settled call's body from the object store; a failure leaves it until the bucket's
-/// maximum age.
-async fn forget_body(shared: &Shared, object: &str) {
-    if let Err(error) = shared.bodies.delete(object).await {
-        tracing::debug!(%error, object, "body of a settled call left in the object store until it expires");
-    }
-}
-
-/// The outcome of a call its function's `max_age` says is too old to start: only a call never
-/// started (its first attempt, first delivery) expires; one that ran goes on.
-fn expired(func: &FunctionRt, env: &Envelope, attempt: Attempt) -> Option<Outcome> {
-    let max_age = func.policy.max_age?;
-    if attempt.earlier > 0 || attempt.is_redelivery() {
-        return None;
-    }
-    let age_nanos = flotilla_queue::time::unix_nanos().saturating_sub(env.start_time);
-    let age = Duration::from_nanos(u64::try_from(age_nanos).unwrap_or(u64::MAX));
-    (age > max_age)
-        .then(|| Outcome::failed(CallError::Expired { age, max_age }, Duration::ZERO, attempt))
 }
 
 /// The state an attempt's end puts its call in: `retrying`, or the final `succeeded`, `failed`
@@ -552,7 +526,7 @@ fn end_state(outcome: &Outcome, next: &Next) -> CallState {
 
 /// Records how the attempt ended: `retrying` with its due time, or the final state (`succeeded`,
 /// `failed`, `dead`) with the answer kept when the function's policy keeps results.
-async fn record_end(
+async fn record_outcome(
     t: &mut Tracked<'_>,
     func: &FunctionRt,
     outcome: &Outcome,
@@ -615,148 +589,9 @@ async fn settle_cancelled(shared: &Shared, msg: &jetstream::Message, env: &Envel
         return;
     }
     if let Some(object) = &env.body_object {
-        forget_body(shared, object).await;
+        body::forget_body(shared, object).await;
     }
 }
 
-/// A call the function refused for want of room, and what it holds.
-struct Held<'a> {
-    attempt: Attempt,
-    origin: (&'a str, u64),
-    slot: Slot,
-    refusal: Refusal,
-    /// When it may run again, from now.
-    delay: Duration,
-}
-
-/// The function said it is full (a refusal under adaptive control), or its limit came down
-/// after the call took its slot: backpressure, not a failure.
-/// The call goes back to wait for room, stored with the same attempt number (no attempt used, no
-/// delivery counted), due at once or when the function's `Retry-After` says; its status is
-/// `queued` again. A refusal at the limit's floor keeps the call's function slot for a pause, so
-/// this replica sends the function nothing meanwhile.
-async fn wait_again(
-    shared: &Shared,
-    func: &FunctionRt,
-    msg: &jetstream::Message,
-    env: &Envelope,
-    mut tracked: Option<Tracked<'_>>,
-    held: Held<'_>,
-) {
-    let Held {
-        attempt,
-        origin,
-        slot,
-        refusal,
-        delay,
-    } = held;
-    match refusal {
-        Refusal::Pause(pause) => slot.pause_function(pause),
-        Refusal::Lowered => drop(slot),
-    }
-    if let Some(t) = tracked.as_mut()
-        && t.record(|r| {
-            r.state = CallState::Queued;
-            r.next_attempt_at = None;
-        })
-        .await
-            == Recorded::Cancelled
-    {
-        settle_cancelled(shared, msg, env, "while it waited for room").await;
-        return;
-    }
-    let status_revision = tracked.as_ref().and_then(Tracked::revision);
-    drop(tracked);
-    let again = Again {
-        attempt,
-        origin,
-        status_revision,
-        delay,
-    };
-    let nak_after = delay.max(Duration::from_secs(1));
-    store_again(
-        shared,
-        func,
-        msg,
-        env,
-        again,
-        "store the refused call for later",
-        nak_after,
-    )
-    .await;
-}
-
-/// Where a call that runs again with the same attempt number waits, and for how long.
-struct Again<'a> {
-    attempt: Attempt,
-    origin: (&'a str, u64),
-    status_revision: Option<u64>,
-    delay: Duration,
-}
-
-/// Stores the call to run again after `again.delay` with the same attempt number (so it uses no
-/// attempt, and no delivery: it comes back as a new message) and acks its message once JetStream
-/// holds it. When NATS refuses the store, the message comes back after `nak_after` and the
-/// warning names `step`.
-async fn store_again(
-    shared: &Shared,
-    func: &FunctionRt,
-    msg: &jetstream::Message,
-    env: &Envelope,
-    again: Again<'_>,
-    step: &'static str,
-    nak_after: Duration,
-) {
-    let stored = Box::pin(retry::schedule(
-        shared,
-        func.shard,
-        env,
-        again.attempt.earlier,
-        again.delay,
-        again.origin,
-        again.status_revision,
-    ));
-    let on_failure = OnFailure::Nak {
-        step,
-        env,
-        delay: nak_after,
-    };
-    if settle_step(shared, msg, on_failure, stored).await.is_some()
-        && let Err(error) = msg.ack().await
-    {
-        tracing::debug!(%error, "ack after storing the call again failed; it returns and is stored once");
-    }
-}
-
-/// The worker ran out of a local resource before the function was reached: the call goes back,
-/// stored to run again after a pause with the same attempt number (so it uses no attempt and no
-/// delivery), the replica stops pulling for the pause, and an operator hears of it.
-async fn exhausted_hand_back(
-    shared: &Shared,
-    func: &FunctionRt,
-    msg: &jetstream::Message,
-    env: &Envelope,
-    (attempt, origin, status_revision): (Attempt, (&str, u64), Option<u64>),
-    exhausted: Exhausted,
-) {
-    shared.metrics.exhausted(exhausted).increment(1);
-    if shared.budget.pause(EXHAUSTED_PAUSE) {
-        tracing::error!(
-            call_id = %env.call_id,
-            function = %func.name,
-            resource = exhausted.label(),
-            in_flight_cap = shared.budget.cap(),
-            "this worker is {exhausted}: its calls go back without using an attempt and pulling pauses; lower --max-in-flight or raise the limit"
-        );
-    } else {
-        tracing::debug!(call_id = %env.call_id, function = %func.name, resource = exhausted.label(), "handed back: {exhausted}");
-    }
-    let again = Again {
-        attempt,
-        origin,
-        status_revision,
-        delay: EXHAUSTED_PAUSE,
-    };
-    let step = "store the call for later";
-    store_again(shared, func, msg, env, again, step, EXHAUSTED_PAUSE).await;
-}
+#[cfg(test)]
+mod tests;

@@ -127,7 +127,27 @@ fn is_own_header(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str()) || name == http::header::EXPECT
 }
 
+/// Why a call's method or URL cannot form a request; trying again cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("method {0:?}")]
+    Method(String),
+    /// `reason` is http's own text: its error is not `Clone`, and an outcome is cloned.
+    #[error("url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("url {0:?}: only http:// and https:// are supported")]
+    Scheme(String),
+    #[error("url {0:?}: no host")]
+    NoHost(String),
+}
+
 impl Request {
+    /// The request line and header fields as they go on the wire.
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head
+    }
+
     /// A request to `url` (`http[s]://host[:port]/path?query`), or why it cannot be made. Header
     /// fields that are not valid HTTP are skipped: the gateway only stores valid ones.
     pub(crate) fn new<'a>(
@@ -135,22 +155,23 @@ impl Request {
         url: &str,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
         body: Bytes,
-    ) -> Result<Self, String> {
-        let method =
-            Method::from_bytes(method.as_bytes()).map_err(|_| format!("method {method:?}"))?;
-        let uri: Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+    ) -> Result<Self, RequestError> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| RequestError::Method(method.to_owned()))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| RequestError::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         let (tls, default_port) = match uri.scheme_str() {
             Some("http") => (false, 80),
             Some("https") => (true, 443),
-            _ => {
-                return Err(format!(
-                    "url {url:?}: only http:// and https:// are supported"
-                ));
-            }
+            _ => return Err(RequestError::Scheme(url.to_owned())),
         };
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("url {url:?}: no host"))?;
+            .ok_or_else(|| RequestError::NoHost(url.to_owned()))?;
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -1289,7 +1310,11 @@ mod tests {
 
     #[test]
     fn requests_refuse_what_cannot_be_sent() {
-        let r = |m, u| Request::new(m, u, [], Bytes::new()).unwrap_err();
+        let r = |m, u| {
+            Request::new(m, u, [], Bytes::new())
+                .unwrap_err()
+                .to_string()
+        };
         assert!(r("POST", "ftp://f/").contains("only http:// and https://"));
         assert!(r("BAD METHOD", "http://f/").contains("method"));
         assert!(r("POST", "/relative").contains("only http:// and https://"));

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use budget::default_max_in_flight;
 pub use config::{Config, ValidConfig};
 pub use error::WorkerError;
+pub use http1::RequestError;
 pub use outcome::{Attempt, CallError, Exhausted, Outcome};
 pub use signing::{SecretError, SecretsFileError};
 

@@ -52,7 +52,7 @@ pub enum CallError {
     Timeout(Duration),
     /// The envelope's method or URL cannot form a request; trying again cannot help.
     #[error("invalid request: {0}")]
-    InvalidRequest(String),
+    InvalidRequest(#[source] crate::http1::RequestError),
     /// JetStream delivered the message this many times and no run settled it (`--max-deliveries`):
     /// the function was not called again.
     #[error("delivered {0} times without settling: the worker crashed or lost the ack each time")]

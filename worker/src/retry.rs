@@ -461,7 +461,7 @@ mod tests {
         };
         assert_eq!(next(&no, &timeout, 0.0), Next::Settle);
         let invalid = Outcome::failed(
-            CallError::InvalidRequest("x".into()),
+            CallError::InvalidRequest(crate::http1::RequestError::Method("x".into())),
             Duration::ZERO,
             attempt,
         );
