@@ -43,6 +43,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CeilingArgs;
 use crate::net::{self, HttpClient};
+use crate::numbers::thousands;
 
 const STREAM_IN: &str = "LOADGEN_CEILING_IN";
 const SUBJECT_IN: &str = "loadgen.ceiling.in";
@@ -765,14 +766,14 @@ pub fn render(c: &Ceiling) -> String {
         c.concurrency,
         c.storage,
         c.duration_s,
-        crate::report::thousands(c.http_to_jetstream_per_s),
-        crate::report::thousands(c.pull_post_ack_per_s),
-        crate::report::thousands(c.pull_post_post_ack_per_s),
+        thousands(c.http_to_jetstream_per_s),
+        thousands(c.pull_post_ack_per_s),
+        thousands(c.pull_post_post_ack_per_s),
         c.functions,
-        crate::report::thousands(c.per_function_pull_post_ack_per_s),
-        crate::report::thousands(c.http_post_per_s),
-        crate::report::thousands(c.pipelined_publish_per_s),
-        crate::report::thousands(c.full_pipeline_per_s),
+        thousands(c.per_function_pull_post_ack_per_s),
+        thousands(c.http_post_per_s),
+        thousands(c.pipelined_publish_per_s),
+        thousands(c.full_pipeline_per_s),
     )
 }
 
