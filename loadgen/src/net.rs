@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -47,6 +47,15 @@ where
             tokio::spawn(serve_connection(stream, handler.clone(), stop.clone()));
         })
         .await;
+    })
+}
+
+/// Serves the barest HTTP server on `listener` until `stop` fires: each request's body is read
+/// and answered 200 with an empty body. What the ceiling and the examples POST to.
+pub fn serve_bare(listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
+    serve(listener, stop, |req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        respond(200, Bytes::new())
     })
 }
 
