@@ -1,28 +1,8 @@
-//! The yardstick: what this machine allows with the fleet's own libraries and none of its
-//! features, measured in the same run as the fleet so results print as ratios, never bare times.
-//!
-//! - **HTTP into JetStream**: a bare hyper server that publishes each body and answers 202 after
-//!   the PubAck, driven by a closed-loop pooled hyper client. The gateway's async path minus
-//!   validation, envelope and metrics.
-//! - **Pull, POST, ack**: a pre-filled stream, one pull consumer's `messages()` stream, each
-//!   message POSTed to a bare HTTP server and then acked. The worker's path minus policies,
-//!   retries, envelope and callbacks: the yardstick of calls without a callback URL.
-//! - **Pull, POST, POST, ack**: the same, with the first answer's body POSTed to a second bare
-//!   server before the ack. A worker delivering callbacks makes two HTTP requests per call and
-//!   acks after the second, so this is the yardstick of calls with a callback URL.
-//! - **Pull, POST, ack with a consumer per function**: the same backlog spread evenly over the
-//!   run's functions, one filtered durable consumer each (Flotilla's layout), the in-flight budget
-//!   shared equally among them. What that layout costs NATS at this function count, with no
-//!   Flotilla code.
-//! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
-//!   both.
-//! - **The full pipeline, every stage at once**: HTTP into JetStream, and at the same time one pull
-//!   consumer on that stream running each message through pull, POST, POST, ack. The yardstick of
-//!   a whole run (the demo): enqueue, dispatch, function and callback sharing the cores. Every call
-//!   answered 202 must be acked, or the measurement fails.
-//!
-//! Invariant: none of the gateway's or the worker's code runs here, only the libraries they are
-//! built on (with the loadgen's own pooled client, `net.rs`). What each yardstick compares with:
+//! The yardstick: what this machine allows with the fleet's own libraries and none of its code,
+//! each stage alone and then every stage at once, measured in the same run as the fleet so a
+//! run's rates print as ratios. `Bench` holds what the measurements share; one method each.
+//! Invariant: none of the gateway's or the worker's code runs here, and every measurement ends by
+//! a time bound of its own. What each measures and why: `docs/ARCHITECTURE.md` (loadgen) and
 //! `docs/loadgen.md`, "The ceiling"; what they measured: `docs/benchmarks.md`.
 
 use std::sync::Arc;
