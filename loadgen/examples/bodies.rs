@@ -39,14 +39,7 @@ async fn main() -> anyhow::Result<()> {
     // The bare function: drains the body.
     let function = TcpListener::bind("127.0.0.1:0").await?;
     let function_uri: Uri = format!("http://{}/", function.local_addr()?).parse()?;
-    net::serve(
-        function,
-        stop.clone(),
-        |req: hyper::Request<hyper::body::Incoming>| async move {
-            let _ = req.into_body().collect().await;
-            net::respond(200, Bytes::new())
-        },
-    );
+    net::serve_bare(function, stop.clone());
     // The bare front: stores the body as an object named by the path.
     let front = TcpListener::bind("127.0.0.1:0").await?;
     let front_addr = front.local_addr()?;

@@ -87,14 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let bare = TcpListener::bind("127.0.0.1:0").await?;
     let uri: http::Uri = format!("http://{}/", bare.local_addr()?).parse()?;
-    net::serve(
-        bare,
-        stop.clone(),
-        |req: hyper::Request<hyper::body::Incoming>| async move {
-            let _ = req.into_body().collect().await;
-            net::respond(200, Bytes::new())
-        },
-    );
+    net::serve_bare(bare, stop.clone());
     let client = net::client();
 
     println!(

@@ -2,10 +2,11 @@
 //! changes during a run (`4`, or `4,16@10s,4@20s`). Beyond it the function answers 429 at once,
 //! as an OpenFaaS function does at its `max_inflight`.
 
+use std::num::ParseIntError;
 use std::str::FromStr;
 use std::time::Duration;
 
-use flotilla_queue::duration::parse_duration;
+use flotilla_queue::{DurationError, parse_duration};
 
 /// Calls the function takes at once, from offsets since the load began.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,35 +63,63 @@ impl std::fmt::Display for Capacity {
     }
 }
 
-impl FromStr for Capacity {
-    type Err = String;
+/// Why a text is not a capacity schedule (`--function-capacity`); each message quotes the part
+/// at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapacityError {
+    #[error("{0:?}: every capacity after the first needs @<time>")]
+    MissingTime(String),
+    #[error("{0:?}: the first capacity applies from the start (no @)")]
+    FirstWithTime(String),
+    #[error("{part:?}: {source}")]
+    Time {
+        part: String,
+        #[source]
+        source: DurationError,
+    },
+    #[error("{part:?}: capacity must be a whole number of calls")]
+    NotWhole {
+        part: String,
+        #[source]
+        source: ParseIntError,
+    },
+    #[error("{0:?}: capacity must be at least 1")]
+    Zero(String),
+    #[error("{0:?}: times must increase")]
+    TimesNotIncreasing(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Capacity {
+    type Err = CapacityError;
+
+    fn from_str(s: &str) -> Result<Self, CapacityError> {
         let mut steps = Vec::new();
         for (i, part) in s.split(',').enumerate() {
+            let owned = || part.to_owned();
             let (calls, from) = match part.split_once('@') {
                 None if i == 0 => (part, Duration::ZERO),
-                None => {
-                    return Err(format!(
-                        "{part:?}: every capacity after the first needs @<time>"
-                    ));
-                }
-                Some(_) if i == 0 => {
-                    return Err(format!(
-                        "{part:?}: the first capacity applies from the start (no @)"
-                    ));
-                }
-                Some((c, at)) => (c, parse_duration(at).map_err(|e| format!("{part:?}: {e}"))?),
+                None => return Err(CapacityError::MissingTime(owned())),
+                Some(_) if i == 0 => return Err(CapacityError::FirstWithTime(owned())),
+                Some((c, at)) => (
+                    c,
+                    parse_duration(at).map_err(|source| CapacityError::Time {
+                        part: owned(),
+                        source,
+                    })?,
+                ),
             };
             let calls: u32 = calls
                 .trim()
                 .parse()
-                .map_err(|_| format!("{part:?}: capacity must be a whole number of calls"))?;
+                .map_err(|source| CapacityError::NotWhole {
+                    part: owned(),
+                    source,
+                })?;
             if calls == 0 {
-                return Err(format!("{part:?}: capacity must be at least 1"));
+                return Err(CapacityError::Zero(owned()));
             }
             if steps.last().is_some_and(|(prev, _)| from <= *prev) {
-                return Err(format!("{part:?}: times must increase"));
+                return Err(CapacityError::TimesNotIncreasing(owned()));
             }
             steps.push((from, calls));
         }
@@ -119,8 +148,25 @@ mod tests {
             flat.ideal(2_000, Duration::from_millis(50)),
             Duration::from_secs(25)
         );
-        for bad in ["0", "4@1s", "4,8", "4,8@2s,2@1s", "x", "4,8@soon"] {
-            assert!(bad.parse::<Capacity>().is_err(), "{bad}");
+        for (bad, says) in [
+            ("0", r#""0": capacity must be at least 1"#),
+            (
+                "4@1s",
+                r#""4@1s": the first capacity applies from the start (no @)"#,
+            ),
+            (
+                "4,8",
+                r#""8": every capacity after the first needs @<time>"#,
+            ),
+            ("4,8@2s,2@1s", r#""2@1s": times must increase"#),
+            ("x", r#""x": capacity must be a whole number of calls"#),
+            (
+                "4,8@soon",
+                r#""8@soon": 'soon' is not a duration (e.g. 250ms, 30s, 1m30s)"#,
+            ),
+        ] {
+            let e = bad.parse::<Capacity>().unwrap_err();
+            assert_eq!(e.to_string(), says, "{bad}");
         }
     }
 }

@@ -1,28 +1,8 @@
-//! The yardstick: what this machine allows with the fleet's own libraries and none of its
-//! features, measured in the same run as the fleet so results print as ratios, never bare times.
-//!
-//! - **HTTP into JetStream**: a bare hyper server that publishes each body and answers 202 after
-//!   the PubAck, driven by a closed-loop pooled hyper client. The gateway's async path minus
-//!   validation, envelope and metrics.
-//! - **Pull, POST, ack**: a pre-filled stream, one pull consumer's `messages()` stream, each
-//!   message POSTed to a bare HTTP server and then acked. The worker's path minus policies,
-//!   retries, envelope and callbacks: the yardstick of calls without a callback URL.
-//! - **Pull, POST, POST, ack**: the same, with the first answer's body POSTed to a second bare
-//!   server before the ack. A worker delivering callbacks makes two HTTP requests per call and
-//!   acks after the second, so this is the yardstick of calls with a callback URL.
-//! - **Pull, POST, ack with a consumer per function**: the same backlog spread evenly over the
-//!   run's functions, one filtered durable consumer each (Flotilla's layout), the in-flight budget
-//!   shared equally among them. What that layout costs NATS at this function count, with no
-//!   Flotilla code.
-//! - **Pooled HTTP POSTs**: the closed-loop client against the bare server: the HTTP floor under
-//!   both.
-//! - **The full pipeline, every stage at once**: HTTP into JetStream, and at the same time one pull
-//!   consumer on that stream running each message through pull, POST, POST, ack. The yardstick of
-//!   a whole run (the demo): enqueue, dispatch, function and callback sharing the cores. Every call
-//!   answered 202 must be acked, or the measurement fails.
-//!
-//! Invariant: none of the gateway's or the worker's code runs here, only the libraries they are
-//! built on (with the loadgen's own pooled client, `net.rs`). What each yardstick compares with:
+//! The yardstick: what this machine allows with the fleet's own libraries and none of its code,
+//! each stage alone and then every stage at once, measured in the same run as the fleet so a
+//! run's rates print as ratios. `Bench` holds what the measurements share; one method each.
+//! Invariant: none of the gateway's or the worker's code runs here, and every measurement ends by
+//! a time bound of its own. What each measures and why: `docs/ARCHITECTURE.md` (loadgen) and
 //! `docs/loadgen.md`, "The ceiling"; what they measured: `docs/benchmarks.md`.
 
 use std::sync::Arc;
@@ -43,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CeilingArgs;
 use crate::net::{self, HttpClient};
+use crate::numbers::thousands;
 
 const STREAM_IN: &str = "LOADGEN_CEILING_IN";
 const SUBJECT_IN: &str = "loadgen.ceiling.in";
@@ -51,19 +32,32 @@ const STREAM_OUT: &str = "LOADGEN_CEILING_OUT";
 const PER_FUNCTION_BACKLOG_MAX: u64 = 60_000;
 const SUBJECT_OUT: &str = "loadgen.ceiling.out";
 
+/// An error that caused another, kept whole for whoever walks the chain.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CeilingError {
     #[error("cannot bind a local port: {0}")]
     Bind(#[from] std::io::Error),
-    #[error("NATS at {url}: {message}")]
-    Nats { url: String, message: String },
+    #[error("NATS at {url}: {source}")]
+    Nats {
+        url: String,
+        #[source]
+        source: Cause,
+    },
     #[error("cannot start nats-server: {0}")]
     NatsServer(#[from] NatsError),
-    #[error("{what}: no request succeeded (first error: {first_error})")]
+    #[error(
+        "{what}: no request succeeded (first error: {})",
+        .first_error.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string)
+    )]
     NothingSucceeded {
         what: &'static str,
-        first_error: String,
+        #[source]
+        first_error: Option<RequestFailure>,
     },
+    #[error("{what}: no request succeeded (first error: no message was processed)")]
+    NothingProcessed { what: &'static str },
     #[error("{what}: {done} of {expected} messages were processed in the time allowed")]
     Incomplete {
         what: &'static str,
@@ -72,11 +66,22 @@ pub enum CeilingError {
     },
 }
 
-fn nats_err(url: &str, e: impl std::fmt::Display) -> CeilingError {
+/// Why one request of a closed loop failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestFailure {
+    #[error("status {0}")]
+    Status(http::StatusCode),
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    #[error("timeout")]
+    Timeout,
+}
+
+fn nats_err(url: &str, source: impl Into<Cause>) -> CeilingError {
     CeilingError::Nats {
         // The URL may carry a user and password; the line must not.
         url: flotilla_runtime::redacted_urls(url),
-        message: e.to_string(),
+        source: source.into(),
     }
 }
 
@@ -117,161 +122,42 @@ pub struct Ceiling {
 pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, CeilingError> {
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
-    let body = Bytes::from(vec![b'c'; args.body_size]);
-    let client = net::client();
-    let storage = if args.memory_streams {
-        stream::StorageType::Memory
-    } else {
-        stream::StorageType::File
-    };
-
-    // The bare function the POSTs land on.
-    let bare = TcpListener::bind("127.0.0.1:0").await?;
-    let bare_uri: Uri = format!("http://{}/", bare.local_addr()?)
-        .parse()
-        .expect("a socket address makes a valid URI");
-    net::serve(
-        bare,
-        stop.clone(),
-        |req: hyper::Request<hyper::body::Incoming>| async move {
-            let _ = req.into_body().collect().await;
-            net::respond(200, Bytes::new())
-        },
-    );
-
-    // The bare callback receiver of the two-POST measurements: a port of its own, as the sink.
-    let second = TcpListener::bind("127.0.0.1:0").await?;
-    let second_uri: Uri = format!("http://{}/callback", second.local_addr()?)
-        .parse()
-        .expect("a socket address makes a valid URI");
-    net::serve(
-        second,
-        stop.clone(),
-        |req: hyper::Request<hyper::body::Incoming>| async move {
-            let _ = req.into_body().collect().await;
-            net::respond(200, Bytes::new())
-        },
-    );
-
+    let bench = Bench::start(nats_url, args, &stop).await?;
     // (c) pooled POSTs.
-    let http_post = hammer(&client, &bare_uri, &body, args.concurrency, args.duration)
+    let http_post = bench
+        .hammer(&bench.function.function)
         .await
         .rate("pooled HTTP POSTs")?;
-
-    // (a) HTTP into JetStream.
-    let nats = connect(nats_url, args).await?;
-    let js = jetstream::new(nats.clone());
-    fresh_work_queue(&js, STREAM_IN, SUBJECT_IN, storage)
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    let front = TcpListener::bind("127.0.0.1:0").await?;
-    let front_uri: Uri = format!("http://{}/", front.local_addr()?)
-        .parse()
-        .expect("a socket address makes a valid URI");
-    let publisher = js.clone();
-    net::serve(
-        front,
-        stop.clone(),
-        move |req: hyper::Request<hyper::body::Incoming>| {
-            let js = publisher.clone();
-            async move {
-                let body = match req.into_body().collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(_) => return net::respond(400, Bytes::new()),
-                };
-                match js.publish(SUBJECT_IN, body).await {
-                    Ok(ack) => match ack.await {
-                        Ok(_) => net::respond(202, Bytes::new()),
-                        Err(_) => net::respond(503, Bytes::new()),
-                    },
-                    Err(_) => net::respond(503, Bytes::new()),
-                }
-            }
-        },
-    );
-    let http_to_js = hammer(&client, &front_uri, &body, args.concurrency, args.duration)
-        .await
-        .rate("HTTP into JetStream")?;
-    // (f) JetStream alone, publishes pipelined: as many as HTTP into JetStream took twice the
-    // time for, so the measurement lasts about as long.
-    let published =
-        ((http_to_js * args.duration.as_secs_f64() * 2.0) as u64).clamp(5_000, 2_000_000);
-    let started = std::time::Instant::now();
-    fill(&js, published, &body, |_| SUBJECT_IN.to_owned())
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    let pipelined_publish = published as f64 / started.elapsed().as_secs_f64();
+    // (a) HTTP into JetStream, then (f) JetStream alone.
+    let js = jetstream::new(bench.connect().await?);
+    let (front, http_to_js) = bench.http_into_jetstream(&js, &stop).await?;
+    let pipelined_publish = bench.pipelined_publish(&js, http_to_js).await?;
     let _ = js.delete_stream(STREAM_IN).await;
-
-    // What a worker does with each message: without a callback, and with one.
-    let one_post = Route {
-        client: client.clone(),
-        function: bare_uri.clone(),
-        callback: None,
-    };
-    let with_callback = Route {
-        callback: Some(second_uri),
-        ..one_post.clone()
-    };
-
     // (b) pull, POST, ack over a backlog sized to last about `duration` at the HTTP rate.
     let backlog = ((http_post * args.duration.as_secs_f64()) as u64).clamp(2_000, 400_000);
-    let pull_post_ack =
-        pull_then_post(nats_url, &js, storage, &one_post, &body, backlog, args).await?;
+    let pull_post_ack = bench.pull_then_post(&js, &bench.function, backlog).await?;
     let _ = js.delete_stream(STREAM_OUT).await;
     // (d) the same with a second POST, over a backlog sized for half the rate.
-    let pull_post_post_ack = pull_then_post(
-        nats_url,
-        &js,
-        storage,
-        &with_callback,
-        &body,
-        (backlog / 2).max(2_000),
-        args,
-    )
-    .await?;
+    let pull_post_post_ack = bench
+        .pull_then_post(&js, &bench.with_callback, (backlog / 2).max(2_000))
+        .await?;
     let _ = js.delete_stream(STREAM_OUT).await;
     // (g) (a) and (d) at once: the closed loop into JetStream through the same front server while
     // a consumer drains that stream through the function and the callback receiver.
-    let all_at_once =
-        full_pipeline(nats_url, storage, &front_uri, &with_callback, &body, args).await?;
+    let full_pipeline = bench.full_pipeline(&front).await?;
     // (e) the backlog of (b) spread over the run's functions, a consumer each.
-    // Bounded: with many functions this drain is slow, and its rate settles long before.
     let per_function = if args.functions > 1 {
-        let measured = pull_post_ack_per_function(
-            &jetstream::new(connect(nats_url, args).await?),
-            storage,
-            &client,
-            &bare_uri,
-            &body,
-            PerFunction {
-                backlog: backlog.min(PER_FUNCTION_BACKLOG_MAX),
-                functions: args.functions,
-                streams: 1,
-                concurrency: args.concurrency,
-            },
-        )
-        .await;
-        match measured {
-            Ok(rate) => rate,
-            // The yardstick beside the others: its failure leaves it out (0, no ratio) rather
-            // than ending the run.
-            Err(error) => {
-                tracing::warn!(%error, "the consumer-per-function ceiling is left out");
-                0.0
-            }
-        }
+        bench.per_function(backlog).await?
     } else {
         pull_post_ack
     };
-
     Ok(Ceiling {
         http_to_jetstream_per_s: http_to_js,
         pull_post_ack_per_s: pull_post_ack,
         pull_post_post_ack_per_s: pull_post_post_ack,
         http_post_per_s: http_post,
         pipelined_publish_per_s: pipelined_publish,
-        full_pipeline_per_s: all_at_once,
+        full_pipeline_per_s: full_pipeline,
         per_function_pull_post_ack_per_s: per_function,
         functions: args.functions,
         duration_s: args.duration.as_secs_f64(),
@@ -285,11 +171,179 @@ pub async fn measure(nats_url: &str, args: &CeilingArgs) -> Result<Ceiling, Ceil
     })
 }
 
+/// What every measurement of one [`measure`] shares: the NATS under measurement, the flags, the
+/// client and body of every request, and the two bare servers a worker's requests land on.
+struct Bench<'a> {
+    nats_url: &'a str,
+    args: &'a CeilingArgs,
+    storage: stream::StorageType,
+    client: HttpClient,
+    body: Bytes,
+    /// What a worker does with each message without a callback: POST it to the bare function.
+    function: Route,
+    /// The same, then the answer POSTed to the bare callback receiver before the ack.
+    with_callback: Route,
+}
+
+impl<'a> Bench<'a> {
+    /// Starts the bare function and the bare callback receiver (a port each, as the sink), both
+    /// serving until `stop`.
+    async fn start(
+        nats_url: &'a str,
+        args: &'a CeilingArgs,
+        stop: &CancellationToken,
+    ) -> Result<Self, CeilingError> {
+        let client = net::client();
+        let function = Route {
+            client: client.clone(),
+            function: bare_server("/", stop).await?,
+            callback: None,
+        };
+        let with_callback = Route {
+            callback: Some(bare_server("/callback", stop).await?),
+            ..function.clone()
+        };
+        Ok(Self {
+            nats_url,
+            args,
+            storage: if args.memory_streams {
+                stream::StorageType::Memory
+            } else {
+                stream::StorageType::File
+            },
+            client,
+            body: Bytes::from(vec![b'c'; args.body_size]),
+            function,
+            with_callback,
+        })
+    }
+
+    /// A connection of its own to the NATS under measurement, with the credentials and TLS of
+    /// the flags.
+    async fn connect(&self) -> Result<async_nats::Client, CeilingError> {
+        self.args
+            .auth
+            .apply(async_nats::ConnectOptions::new())
+            .map_err(|e| nats_err(self.nats_url, e))?
+            .connect(flotilla_runtime::server_list(self.nats_url))
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))
+    }
+
+    /// The closed loop of the flags against `uri` with the shared client.
+    async fn hammer(&self, uri: &Uri) -> Hammered {
+        hammer(
+            &self.client,
+            uri,
+            &self.body,
+            self.args.concurrency,
+            self.args.duration,
+        )
+        .await
+    }
+
+    /// (a): a front server that publishes each body to a fresh `STREAM_IN` and answers 202 after
+    /// the PubAck, under the closed loop. The front server's URI (it serves until `stop`) and the
+    /// rate.
+    async fn http_into_jetstream(
+        &self,
+        js: &jetstream::Context,
+        stop: &CancellationToken,
+    ) -> Result<(Uri, f64), CeilingError> {
+        fresh_work_queue(js, STREAM_IN, SUBJECT_IN, self.storage)
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?;
+        let front = TcpListener::bind("127.0.0.1:0").await?;
+        let front_uri = uri_of(&front, "/")?;
+        let publisher = js.clone();
+        net::serve(front, stop.clone(), move |req| {
+            publish_one(publisher.clone(), req)
+        });
+        let rate = self.hammer(&front_uri).await.rate("HTTP into JetStream")?;
+        Ok((front_uri, rate))
+    }
+
+    /// (f): JetStream alone, publishes pipelined into `STREAM_IN`: as many as HTTP into JetStream
+    /// (at `http_to_js`) took twice the time for, so the measurement lasts about as long.
+    async fn pipelined_publish(
+        &self,
+        js: &jetstream::Context,
+        http_to_js: f64,
+    ) -> Result<f64, CeilingError> {
+        let published =
+            ((http_to_js * self.args.duration.as_secs_f64() * 2.0) as u64).clamp(5_000, 2_000_000);
+        let started = Instant::now();
+        fill(js, published, &self.body, |_| SUBJECT_IN.to_owned())
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?;
+        Ok(published as f64 / started.elapsed().as_secs_f64())
+    }
+
+    /// (e): the pull backlog spread over the run's functions, a consumer each. Bounded: with
+    /// many functions this drain is slow, and its rate settles long before. The yardstick beside
+    /// the others: a failure of the measurement itself leaves it out (0, no ratio) rather than
+    /// ending the run.
+    async fn per_function(&self, backlog: u64) -> Result<f64, CeilingError> {
+        let js = jetstream::new(self.connect().await?);
+        let shape = PerFunction {
+            backlog: backlog.min(PER_FUNCTION_BACKLOG_MAX),
+            functions: self.args.functions,
+            streams: 1,
+            concurrency: self.args.concurrency,
+        };
+        let uri = &self.function.function;
+        let measured =
+            pull_post_ack_per_function(&js, self.storage, &self.client, uri, &self.body, shape);
+        Ok(match measured.await {
+            Ok(rate) => rate,
+            Err(error) => {
+                tracing::warn!(%error, "the consumer-per-function ceiling is left out");
+                0.0
+            }
+        })
+    }
+}
+
+/// A bare HTTP server on a port of its own that reads each body and answers 200, until `stop`;
+/// its URI with `path`.
+async fn bare_server(path: &str, stop: &CancellationToken) -> Result<Uri, CeilingError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let uri = uri_of(&listener, path)?;
+    net::serve_bare(listener, stop.clone());
+    Ok(uri)
+}
+
+/// `http://<listener's address><path>`.
+fn uri_of(listener: &TcpListener, path: &str) -> Result<Uri, CeilingError> {
+    Ok(format!("http://{}{path}", listener.local_addr()?)
+        .parse()
+        .expect("a socket address makes a valid URI"))
+}
+
+/// One request to the front server: publishes its body to `SUBJECT_IN` and answers 202 once
+/// JetStream acknowledged it, 503 when it did not.
+async fn publish_one(
+    js: jetstream::Context,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return net::respond(400, Bytes::new()),
+    };
+    match js.publish(SUBJECT_IN, body).await {
+        Ok(ack) => match ack.await {
+            Ok(_) => net::respond(202, Bytes::new()),
+            Err(_) => net::respond(503, Bytes::new()),
+        },
+        Err(_) => net::respond(503, Bytes::new()),
+    }
+}
+
 /// What a closed loop achieved.
 struct Hammered {
     ok: u64,
     elapsed: Duration,
-    first_error: Option<String>,
+    first_error: Option<RequestFailure>,
 }
 
 impl Hammered {
@@ -297,7 +351,7 @@ impl Hammered {
         if self.ok == 0 {
             return Err(CeilingError::NothingSucceeded {
                 what,
-                first_error: self.first_error.unwrap_or_else(|| "none".into()),
+                first_error: self.first_error,
             });
         }
         Ok(self.ok as f64 / self.elapsed.as_secs_f64())
@@ -313,7 +367,7 @@ async fn hammer(
     duration: Duration,
 ) -> Hammered {
     let ok = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<RequestFailure>));
     let tracker = TaskTracker::new();
     let start = Instant::now();
     let deadline = start + duration;
@@ -333,9 +387,9 @@ async fn hammer(
                         ok.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    Ok(Ok(resp)) => format!("status {}", resp.status()),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "timeout".to_owned(),
+                    Ok(Ok(resp)) => RequestFailure::Status(resp.status()),
+                    Ok(Err(e)) => RequestFailure::Client(e),
+                    Err(_) => RequestFailure::Timeout,
                 };
                 if let Ok(mut f) = first_error.lock() {
                     f.get_or_insert(err);
@@ -347,7 +401,7 @@ async fn hammer(
     }
     tracker.close();
     tracker.wait().await;
-    let first_error = first_error.lock().ok().and_then(|f| f.clone());
+    let first_error = first_error.lock().ok().and_then(|mut f| f.take());
     Hammered {
         ok: ok.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
@@ -377,6 +431,63 @@ impl Route {
         }
         answered.is_some() && msg.ack().await.is_ok()
     }
+
+    /// The pull measurement this route makes, as its errors name it.
+    fn what(&self) -> &'static str {
+        if self.callback.is_some() {
+            "JetStream pull, POST, POST, ack"
+        } else {
+            "JetStream pull, POST, ack"
+        }
+    }
+}
+
+/// Messages on their way down a route: each in a task of its own, at most as many at once as
+/// there are slots, the acked ones counted.
+#[derive(Clone)]
+struct InFlight {
+    route: Route,
+    slots: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+    tracker: TaskTracker,
+}
+
+impl InFlight {
+    fn new(route: Route, slots: usize) -> Self {
+        Self {
+            route,
+            slots: Arc::new(Semaphore::new(slots)),
+            acked: Arc::new(AtomicU64::new(0)),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Waits for a free slot, then sends `msg` down the route in a task that holds the slot
+    /// until the call ends. False when no slot can be had any more.
+    async fn send(&self, msg: jetstream::Message) -> bool {
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return false;
+        };
+        let (route, acked) = (self.route.clone(), self.acked.clone());
+        self.tracker.spawn(async move {
+            let _slot = slot;
+            if route.call(msg).await {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        true
+    }
+
+    /// Takes no more calls and waits for those sent to end.
+    async fn finish(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Messages acked so far.
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
 }
 
 /// What a pull loop achieved.
@@ -398,9 +509,7 @@ async fn drain(
     mut total: watch::Receiver<u64>,
     args: &CeilingArgs,
 ) -> Drained {
-    let done = Arc::new(AtomicU64::new(0));
-    let slots = Arc::new(Semaphore::new(args.concurrency));
-    let tracker = TaskTracker::new();
+    let in_flight = InFlight::new(route.clone(), args.concurrency);
     let start = Instant::now();
     let deadline = tokio::time::Instant::now() + args.duration * 5 + Duration::from_secs(5);
     let expired = tokio::time::sleep_until(deadline);
@@ -418,107 +527,101 @@ async fn drain(
             Ok(()) = total.changed() => continue,
             () = &mut expired => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
+        if !in_flight.send(msg).await {
             break;
-        };
+        }
         taken += 1;
-        let (route, done) = (route.clone(), done.clone());
-        tracker.spawn(async move {
-            if route.call(msg).await {
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(permit);
-        });
     }
-    tracker.close();
-    let _ = tokio::time::timeout_at(deadline, tracker.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, in_flight.finish()).await;
     Drained {
-        done: done.load(Ordering::Relaxed),
+        done: in_flight.acked(),
         elapsed: start.elapsed(),
     }
 }
 
-/// Pulls `backlog` pre-filled messages and sends each down `route`. Calls per second.
-async fn pull_then_post(
-    nats_url: &str,
-    js: &jetstream::Context,
-    storage: stream::StorageType,
-    route: &Route,
-    body: &Bytes,
-    backlog: u64,
-    args: &CeilingArgs,
-) -> Result<f64, CeilingError> {
-    let stream = fresh_work_queue(js, STREAM_OUT, SUBJECT_OUT, storage)
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    // Fill from a connection of its own.
-    fill(
-        &jetstream::new(connect(nats_url, args).await?),
-        backlog,
-        body,
-        |_| SUBJECT_OUT.to_owned(),
-    )
-    .await
-    .map_err(|e| nats_err(nats_url, e))?;
-    let mut messages = pull_consumer(nats_url, &stream, args).await?;
-    // The count is known and stays.
-    let (_known, total) = watch::channel(backlog);
-    let drained = drain(&mut messages, route, total, args).await;
-    if drained.done == 0 {
-        return Err(CeilingError::NothingSucceeded {
-            what: if route.callback.is_some() {
-                "JetStream pull, POST, POST, ack"
-            } else {
-                "JetStream pull, POST, ack"
-            },
-            first_error: "no message was processed".into(),
-        });
+impl Bench<'_> {
+    /// (b) and (d): pulls `backlog` messages pre-filled into a fresh `STREAM_OUT` (from a
+    /// connection of its own) and sends each down `route`. Calls per second.
+    async fn pull_then_post(
+        &self,
+        js: &jetstream::Context,
+        route: &Route,
+        backlog: u64,
+    ) -> Result<f64, CeilingError> {
+        let stream = fresh_work_queue(js, STREAM_OUT, SUBJECT_OUT, self.storage)
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?;
+        let filler = jetstream::new(self.connect().await?);
+        fill(&filler, backlog, &self.body, |_| SUBJECT_OUT.to_owned())
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?;
+        let mut messages = self.pull_consumer(&stream).await?;
+        // The count is known and stays.
+        let (_known, total) = watch::channel(backlog);
+        let drained = drain(&mut messages, route, total, self.args).await;
+        if drained.done == 0 {
+            return Err(CeilingError::NothingProcessed { what: route.what() });
+        }
+        Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
     }
-    Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
-}
 
-/// The whole pipeline at once: the closed loop POSTs into JetStream through the front server at
-/// `front` (which publishes to `SUBJECT_IN`) for `args.duration` while one pull consumer on that
-/// stream, on a connection of its own as a worker's, sends each message down `route`. Calls acked
-/// per second, from the load's start until the last call ended; every call answered 202 must be
-/// acked within the pull loop's time.
-async fn full_pipeline(
-    nats_url: &str,
-    storage: stream::StorageType,
-    front: &Uri,
-    route: &Route,
-    body: &Bytes,
-    args: &CeilingArgs,
-) -> Result<f64, CeilingError> {
-    const WHAT: &str = "full pipeline";
-    let js = jetstream::new(connect(nats_url, args).await?);
-    let stream = fresh_work_queue(&js, STREAM_IN, SUBJECT_IN, storage)
-        .await
-        .map_err(|e| nats_err(nats_url, e))?;
-    let mut messages = pull_consumer(nats_url, &stream, args).await?;
-    // Unknown until the load ends; until then the loop takes whatever arrives.
-    let (accepted_tx, total) = watch::channel(u64::MAX);
-    let (loaded, drained) = tokio::join!(
-        async {
-            // A client of its own, as the load generator's is apart from the workers'.
-            let loaded = hammer(&net::client(), front, body, args.concurrency, args.duration).await;
-            accepted_tx.send_replace(loaded.ok);
-            loaded
-        },
-        drain(&mut messages, route, total, args),
-    );
-    let _ = js.delete_stream(STREAM_IN).await;
-    let accepted = loaded.ok;
-    // Nothing accepted: the load's first error says why.
-    loaded.rate(WHAT)?;
-    if drained.done < accepted {
-        return Err(CeilingError::Incomplete {
-            what: WHAT,
-            done: drained.done,
-            expected: accepted,
-        });
+    /// (g), the whole pipeline at once: the closed loop POSTs into JetStream through the front
+    /// server at `front` (which publishes to `SUBJECT_IN`) for `args.duration` while one pull
+    /// consumer on that stream, on a connection of its own as a worker's, sends each message
+    /// through the function and the callback receiver. Calls acked per second, from the load's
+    /// start until the last call ended; every call answered 202 must be acked within the pull
+    /// loop's time.
+    async fn full_pipeline(&self, front: &Uri) -> Result<f64, CeilingError> {
+        const WHAT: &str = "full pipeline";
+        let args = self.args;
+        let js = jetstream::new(self.connect().await?);
+        let stream = fresh_work_queue(&js, STREAM_IN, SUBJECT_IN, self.storage)
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?;
+        let mut messages = self.pull_consumer(&stream).await?;
+        // Unknown until the load ends; until then the loop takes whatever arrives.
+        let (accepted_tx, total) = watch::channel(u64::MAX);
+        let (loaded, drained) = tokio::join!(
+            async {
+                // A client of its own, as the load generator's is apart from the workers'.
+                let client = net::client();
+                let loaded = hammer(&client, front, &self.body, args.concurrency, args.duration);
+                let loaded = loaded.await;
+                accepted_tx.send_replace(loaded.ok);
+                loaded
+            },
+            drain(&mut messages, &self.with_callback, total, args),
+        );
+        let _ = js.delete_stream(STREAM_IN).await;
+        let accepted = loaded.ok;
+        // Nothing accepted: the load's first error says why.
+        loaded.rate(WHAT)?;
+        if drained.done < accepted {
+            return Err(CeilingError::Incomplete {
+                what: WHAT,
+                done: drained.done,
+                expected: accepted,
+            });
+        }
+        Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
     }
-    Ok(drained.done as f64 / drained.elapsed.as_secs_f64())
+
+    /// The one pull consumer of a single-consumer measurement, its messages flowing: durable,
+    /// explicit acks, `args.concurrency` unacked at most.
+    async fn pull_consumer(&self, stream: &stream::Stream) -> Result<pull::Stream, CeilingError> {
+        stream
+            .create_consumer(pull::Config {
+                durable_name: Some("ceiling".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: self.args.concurrency as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))?
+            .messages()
+            .await
+            .map_err(|e| nats_err(self.nats_url, e))
+    }
 }
 
 /// An empty work-queue stream `name` on `subject` (one left by an earlier run is deleted first).
@@ -539,27 +642,6 @@ async fn fresh_work_queue(
     .await
 }
 
-/// The one pull consumer of a single-consumer measurement, its messages flowing: durable,
-/// explicit acks, `args.concurrency` unacked at most.
-async fn pull_consumer(
-    nats_url: &str,
-    stream: &stream::Stream,
-    args: &CeilingArgs,
-) -> Result<pull::Stream, CeilingError> {
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some("ceiling".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            max_ack_pending: args.concurrency as i64,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| nats_err(nats_url, e))?
-        .messages()
-        .await
-        .map_err(|e| nats_err(nats_url, e))
-}
-
 /// Publishes `backlog` copies of `body`, message `i` to `subject_of(i)`, a window of 1,024
 /// PubAcks awaited at a time: the pre-filled backlog of every pull measurement.
 pub async fn fill(
@@ -578,17 +660,6 @@ pub async fn fill(
         }
     }
     Ok(())
-}
-
-/// A connection of its own to the NATS under measurement, with the credentials and TLS of
-/// `args`.
-async fn connect(nats_url: &str, args: &CeilingArgs) -> Result<async_nats::Client, CeilingError> {
-    args.auth
-        .apply(async_nats::ConnectOptions::new())
-        .map_err(|e| nats_err(nats_url, e))?
-        .connect(flotilla_runtime::server_list(nats_url))
-        .await
-        .map_err(|e| nats_err(nats_url, e))
 }
 
 /// The shape of a per-function measurement.
@@ -625,100 +696,37 @@ pub async fn pull_post_ack_per_function(
     body: &Bytes,
     shape: PerFunction,
 ) -> Result<f64, CeilingError> {
-    let failed = |e: &dyn std::fmt::Display| CeilingError::Nats {
-        url: "(per-function measurement)".into(),
-        message: e.to_string(),
-    };
     let functions = shape.functions.max(1);
     let streams = shape.streams.clamp(1, functions);
-    for s in 0..streams {
-        let subjects = format!("loadgen.ceiling.fn.{s}.>");
-        fresh_work_queue(js, &per_function_stream(s), &subjects, storage)
-            .await
-            .map_err(|e| failed(&e))?;
-    }
-    fill(js, shape.backlog, body, |i| {
-        let f = i as usize % functions;
-        per_function_subject(f % streams, f)
-    })
-    .await
-    .map_err(|e| failed(&e))?;
+    fill_per_function(js, storage, body, shape.backlog, functions, streams).await?;
     let share = (shape.concurrency / functions).max(1);
+    // Consumers first: creating hundreds of them is set-up, not what a drain costs.
+    let consumers = per_function_consumers(js, functions, streams, share).await?;
     let route = Route {
         client: client.clone(),
         function: uri.clone(),
         callback: None,
     };
-    let slots = Arc::new(Semaphore::new(shape.concurrency.max(1)));
-    let done = Arc::new(AtomicU64::new(0));
-    let tracker = TaskTracker::new();
-    // Consumers first: creating hundreds of them is set-up, not what a drain costs.
-    let mut consumers = Vec::with_capacity(functions);
-    for f in 0..functions {
-        let consumer: jetstream::consumer::PullConsumer = js
-            .get_stream(per_function_stream(f % streams))
-            .await
-            .map_err(|e| failed(&e))?
-            .create_consumer(pull::Config {
-                durable_name: Some(format!("f{f}")),
-                filter_subject: per_function_subject(f % streams, f),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                max_ack_pending: share as i64,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        consumers.push(consumer);
-    }
+    let in_flight = InFlight::new(route, shape.concurrency.max(1));
     let start = Instant::now();
-    let mut pullers = Vec::with_capacity(functions);
-    for (f, consumer) in consumers.into_iter().enumerate() {
-        let expected = shape.backlog / functions as u64
-            + u64::from((f as u64) < shape.backlog % functions as u64);
-        let (tracker, route, done, slots) =
-            (tracker.clone(), route.clone(), done.clone(), slots.clone());
-        pullers.push(tokio::spawn(async move {
-            let Ok(mut messages) = consumer
-                .stream()
-                .max_messages_per_batch(share)
-                .messages()
-                .await
-            else {
-                return;
-            };
-            let mut taken = 0;
-            while taken < expected {
-                let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await
-                {
-                    Ok(Some(Ok(msg))) => msg,
-                    // A missed heartbeat or a pull status: the stream goes on with a new request.
-                    Ok(Some(Err(_))) => continue,
-                    Ok(None) | Err(_) => return,
-                };
-                taken += 1;
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let (route, done) = (route.clone(), done.clone());
-                tracker.spawn(async move {
-                    if route.call(msg).await {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(permit);
-                });
-            }
-        }));
-    }
+    let pullers: Vec<_> = consumers
+        .into_iter()
+        .enumerate()
+        .map(|(f, consumer)| {
+            let expected = shape.backlog / functions as u64
+                + u64::from((f as u64) < shape.backlog % functions as u64);
+            tokio::spawn(pull_share(consumer, expected, share, in_flight.clone()))
+        })
+        .collect();
     for p in pullers {
         let _ = p.await;
     }
-    tracker.close();
-    tracker.wait().await;
+    in_flight.finish().await;
     let elapsed = start.elapsed();
     for s in 0..streams {
         let _ = js.delete_stream(per_function_stream(s)).await;
     }
-    let done = done.load(Ordering::Relaxed);
+    let done = in_flight.acked();
     if done < shape.backlog {
         return Err(CeilingError::Incomplete {
             what: "JetStream pull, POST, ack with a consumer per function",
@@ -727,6 +735,96 @@ pub async fn pull_post_ack_per_function(
         });
     }
     Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// A failure of NATS in the per-function measurement.
+fn per_function_failed(source: impl Into<Cause>) -> CeilingError {
+    CeilingError::Nats {
+        url: "(per-function measurement)".into(),
+        source: source.into(),
+    }
+}
+
+/// Fresh `streams` streams holding `backlog` messages, round robin over `functions` subjects
+/// (function `f` on stream `f % streams`).
+async fn fill_per_function(
+    js: &jetstream::Context,
+    storage: stream::StorageType,
+    body: &Bytes,
+    backlog: u64,
+    functions: usize,
+    streams: usize,
+) -> Result<(), CeilingError> {
+    for s in 0..streams {
+        let subjects = format!("loadgen.ceiling.fn.{s}.>");
+        fresh_work_queue(js, &per_function_stream(s), &subjects, storage)
+            .await
+            .map_err(per_function_failed)?;
+    }
+    fill(js, backlog, body, |i| {
+        let f = i as usize % functions;
+        per_function_subject(f % streams, f)
+    })
+    .await
+    .map_err(per_function_failed)
+}
+
+/// One filtered durable consumer per function, each with `share` messages unacked at most.
+async fn per_function_consumers(
+    js: &jetstream::Context,
+    functions: usize,
+    streams: usize,
+    share: usize,
+) -> Result<Vec<jetstream::consumer::PullConsumer>, CeilingError> {
+    let mut consumers = Vec::with_capacity(functions);
+    for f in 0..functions {
+        let consumer = js
+            .get_stream(per_function_stream(f % streams))
+            .await
+            .map_err(per_function_failed)?
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("f{f}")),
+                filter_subject: per_function_subject(f % streams, f),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: share as i64,
+                ..Default::default()
+            })
+            .await
+            .map_err(per_function_failed)?;
+        consumers.push(consumer);
+    }
+    Ok(consumers)
+}
+
+/// Takes `expected` messages from one function's consumer, `batch` per pull, and sends each down
+/// `in_flight`. Gives up when a message takes 30 s to come.
+async fn pull_share(
+    consumer: jetstream::consumer::PullConsumer,
+    expected: u64,
+    batch: usize,
+    in_flight: InFlight,
+) {
+    let Ok(mut messages) = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await
+    else {
+        return;
+    };
+    let mut taken = 0;
+    while taken < expected {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            // A missed heartbeat or a pull status: the stream goes on with a new request.
+            Ok(Some(Err(_))) => continue,
+            Ok(None) | Err(_) => return,
+        };
+        taken += 1;
+        if !in_flight.send(msg).await {
+            return;
+        }
+    }
 }
 
 /// POSTs `body` to `uri` through the pooled client; the answer's body, or `None` on any failure.
@@ -765,14 +863,14 @@ pub fn render(c: &Ceiling) -> String {
         c.concurrency,
         c.storage,
         c.duration_s,
-        crate::report::thousands(c.http_to_jetstream_per_s),
-        crate::report::thousands(c.pull_post_ack_per_s),
-        crate::report::thousands(c.pull_post_post_ack_per_s),
+        thousands(c.http_to_jetstream_per_s),
+        thousands(c.pull_post_ack_per_s),
+        thousands(c.pull_post_post_ack_per_s),
         c.functions,
-        crate::report::thousands(c.per_function_pull_post_ack_per_s),
-        crate::report::thousands(c.http_post_per_s),
-        crate::report::thousands(c.pipelined_publish_per_s),
-        crate::report::thousands(c.full_pipeline_per_s),
+        thousands(c.per_function_pull_post_ack_per_s),
+        thousands(c.http_post_per_s),
+        thousands(c.pipelined_publish_per_s),
+        thousands(c.full_pipeline_per_s),
     )
 }
 

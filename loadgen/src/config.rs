@@ -102,20 +102,26 @@ pub struct CeilingArgs {
 }
 
 impl CeilingArgs {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.duration < Duration::from_millis(100) || self.duration > Duration::from_secs(600) {
-            return Err("--ceiling-duration must be between 100ms and 10m".into());
+            return Err(ConfigError::bound(
+                "--ceiling-duration",
+                "between 100ms and 10m",
+            ));
         }
         if !(1..=10_000).contains(&self.concurrency) {
-            return Err("--ceiling-concurrency must be between 1 and 10000".into());
+            return Err(ConfigError::bound(
+                "--ceiling-concurrency",
+                "between 1 and 10000",
+            ));
         }
         if self.body_size > 8 << 20 {
-            return Err("--ceiling-body-size must be at most 8 MiB".into());
+            return Err(ConfigError::bound("--ceiling-body-size", "at most 8 MiB"));
         }
         if let Some(urls) = &self.nats_url {
-            flotilla_runtime::nats_servers(urls).map_err(|e| e.to_string())?;
+            flotilla_runtime::nats_servers(urls)?;
         }
-        self.auth.check().map_err(|e| e.to_string())?;
+        self.auth.check()?;
         Ok(())
     }
 }
@@ -533,127 +539,224 @@ impl RunArgs {
         !self.no_callbacks && self.audit == AuditBy::Callbacks
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        if self.batch > 1 && !self.rate.is_empty() {
-            return Err("--batch sends in a closed loop: give --concurrency, not --rate".into());
-        }
-        if self.no_callbacks && self.audit == AuditBy::Status {
-            return Err(
-                "--no-callbacks counts calls at the built-in function; --audit status follows \
-                 them through the status API: choose one"
-                    .into(),
-            );
-        }
-        if self.compare_flow && (self.gateway.is_some() || self.function_counts.len() > 1) {
-            return Err(
-                "--compare-flow starts a local fleet three times: no --gateway, one --functions count"
-                    .into(),
-            );
-        }
-        if let Some(g) = &self.gateway {
-            let uri: http::Uri = g.parse().map_err(|e| format!("--gateway {g:?}: {e}"))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(format!("--gateway {g:?} must be http://host[:port]"));
-            }
-            if self.callback_listen.is_none() && self.callbacks_asked() {
-                return Err(
-                    "--gateway needs --callback-listen ADDR, an address the workers can reach \
-                     (the audit counts callbacks)"
-                        .into(),
-                );
-            }
-            if self.backlog {
-                return Err("--backlog needs --local: it starts the workers itself".into());
-            }
-            if self.no_callbacks && self.function_listen.is_none() {
-                return Err(
-                    "--no-callbacks with --gateway needs --function-listen: completions are then \
-                     counted where the built-in function receives the calls"
-                        .into(),
-                );
-            }
-        }
-        if let Some(u) = &self.callback_url {
-            let uri: http::Uri = u
-                .parse()
-                .map_err(|e| format!("--callback-url {u:?}: {e}"))?;
-            if uri.scheme_str() != Some("http") || uri.host().is_none() {
-                return Err(format!(
-                    "--callback-url {u:?} must be http://host[:port]/path"
-                ));
-            }
-        }
-        if !(1..=64).contains(&self.shards) {
-            return Err("--shards must be between 1 and 64".into());
-        }
-        if !(1..=16).contains(&self.replicas) {
-            return Err("--replicas must be between 1 and 16".into());
-        }
-        if self.worker_concurrency == 0 {
-            return Err("--worker-concurrency must be at least 1".into());
-        }
-        if self.worker_max_in_flight == 0 {
-            return Err("--worker-max-in-flight must be at least 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.failure_rate) {
-            return Err("--failure-rate must be between 0 and 1".into());
-        }
-        // Bodies above one NATS message travel through the fleet's object store (give the
-        // gateway a --max-body-bytes that large, FLOTILLA_MAX_BODY_BYTES with --local).
-        if self.body_size > 64 << 20 {
-            return Err("--body-size must be at most 64 MiB".into());
-        }
-        if self.response_size > 8 << 20 {
-            return Err("--response-size must be at most 8 MiB".into());
-        }
-        for &r in &self.rate {
-            if !(r.is_finite() && r > 0.0 && r <= 1e7) {
-                return Err(format!(
-                    "--rate {r}: must be above 0 and at most 10,000,000"
-                ));
-            }
-        }
-        if self.step.is_some_and(|s| s.is_zero()) {
-            return Err("--step must be above zero".into());
-        }
-        if let Some(c) = self.concurrency
-            && !(1..=100_000).contains(&c)
-        {
-            return Err("--concurrency must be between 1 and 100000".into());
-        }
-        if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
-            return Err("--duration must be above zero and at most 24h".into());
-        }
-        if self.count == Some(0) {
-            return Err("--count must be at least 1".into());
-        }
-        if self.function_counts.is_empty()
-            || !self
-                .function_counts
-                .iter()
-                .all(|n| (1..=10_000).contains(n))
-        {
-            return Err("--functions must be between 1 and 10000 (or a comma list of such)".into());
-        }
-        if !(self.skew.is_finite() && (0.0..=10.0).contains(&self.skew)) {
-            return Err("--skew must be between 0 and 10".into());
-        }
-        if self.max_in_flight == 0 {
-            return Err("--max-in-flight must be at least 1".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("--timeout must be above zero".into());
-        }
+    /// Refuses a combination of flags or a value that cannot run, with the first problem found
+    /// in the order the checks are listed here.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_combinations()?;
+        self.check_target()?;
+        self.check_fleet_bounds()?;
+        self.check_load_bounds()?;
         if self.no_ceiling {
             return Ok(());
         }
         if self.body_size > 8 << 20 {
-            return Err(
-                "the ceiling measures bodies of at most 8 MiB: add --no-ceiling for larger ones"
-                    .into(),
-            );
+            return Err(ConfigError::CeilingBodySize);
         }
         self.ceiling_args().validate()
+    }
+
+    /// Flags that exclude each other whatever the target.
+    fn check_combinations(&self) -> Result<(), ConfigError> {
+        if self.batch > 1 && !self.rate.is_empty() {
+            return Err(ConfigError::BatchWithRate);
+        }
+        if self.no_callbacks && self.audit == AuditBy::Status {
+            return Err(ConfigError::NoCallbacksWithStatusAudit);
+        }
+        if self.compare_flow && (self.gateway.is_some() || self.function_counts.len() > 1) {
+            return Err(ConfigError::CompareFlowNotLocal);
+        }
+        Ok(())
+    }
+
+    /// `--gateway` and `--callback-url`: usable URLs, and what a remote fleet needs besides.
+    fn check_target(&self) -> Result<(), ConfigError> {
+        if let Some(g) = &self.gateway {
+            let uri: http::Uri = g.parse().map_err(|source| ConfigError::GatewayUrl {
+                url: g.clone(),
+                source,
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(ConfigError::GatewayNotHttp(g.clone()));
+            }
+            if self.callback_listen.is_none() && self.callbacks_asked() {
+                return Err(ConfigError::GatewayWithoutCallbackListen);
+            }
+            if self.backlog {
+                return Err(ConfigError::BacklogNotLocal);
+            }
+            if self.no_callbacks && self.function_listen.is_none() {
+                return Err(ConfigError::NoCallbacksWithoutFunctionListen);
+            }
+        }
+        if let Some(u) = &self.callback_url {
+            let uri: http::Uri = u.parse().map_err(|source| ConfigError::CallbackUrl {
+                url: u.clone(),
+                source,
+            })?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() {
+                return Err(ConfigError::CallbackUrlNotHttp(u.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The local fleet's and the built-in function's numbers.
+    fn check_fleet_bounds(&self) -> Result<(), ConfigError> {
+        let bounds = [
+            (
+                !(1..=64).contains(&self.shards),
+                "--shards",
+                "between 1 and 64",
+            ),
+            (
+                !(1..=16).contains(&self.replicas),
+                "--replicas",
+                "between 1 and 16",
+            ),
+            (
+                self.worker_concurrency == 0,
+                "--worker-concurrency",
+                "at least 1",
+            ),
+            (
+                self.worker_max_in_flight == 0,
+                "--worker-max-in-flight",
+                "at least 1",
+            ),
+            (
+                !(0.0..=1.0).contains(&self.failure_rate),
+                "--failure-rate",
+                "between 0 and 1",
+            ),
+            // Bodies above one NATS message travel through the fleet's object store (give the
+            // gateway a --max-body-bytes that large, FLOTILLA_MAX_BODY_BYTES with --local).
+            (self.body_size > 64 << 20, "--body-size", "at most 64 MiB"),
+            (
+                self.response_size > 8 << 20,
+                "--response-size",
+                "at most 8 MiB",
+            ),
+        ];
+        first_broken(bounds)
+    }
+
+    /// The load's numbers.
+    fn check_load_bounds(&self) -> Result<(), ConfigError> {
+        if let Some(&r) = self
+            .rate
+            .iter()
+            .find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1e7))
+        {
+            return Err(ConfigError::Rate(r));
+        }
+        let bounds = [
+            (
+                self.step.is_some_and(|s| s.is_zero()),
+                "--step",
+                "above zero",
+            ),
+            (
+                self.concurrency
+                    .is_some_and(|c| !(1..=100_000).contains(&c)),
+                "--concurrency",
+                "between 1 and 100000",
+            ),
+            (
+                self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600),
+                "--duration",
+                "above zero and at most 24h",
+            ),
+            (self.count == Some(0), "--count", "at least 1"),
+            (
+                self.function_counts.is_empty()
+                    || !self
+                        .function_counts
+                        .iter()
+                        .all(|n| (1..=10_000).contains(n)),
+                "--functions",
+                "between 1 and 10000 (or a comma list of such)",
+            ),
+            (
+                !(self.skew.is_finite() && (0.0..=10.0).contains(&self.skew)),
+                "--skew",
+                "between 0 and 10",
+            ),
+            (self.max_in_flight == 0, "--max-in-flight", "at least 1"),
+            (self.timeout.is_zero(), "--timeout", "above zero"),
+        ];
+        first_broken(bounds)
+    }
+}
+
+/// The first of `(broken, flag, bound)` that is broken, as its error.
+fn first_broken<const N: usize>(
+    bounds: [(bool, &'static str, &'static str); N],
+) -> Result<(), ConfigError> {
+    match bounds.into_iter().find(|(broken, _, _)| *broken) {
+        Some((_, flag, bound)) => Err(ConfigError::bound(flag, bound)),
+        None => Ok(()),
+    }
+}
+
+/// Why the flags cannot run: one line, which `main` prints before exiting 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value out of its range: `{flag} must be {bound}`.
+    #[error("{flag} must be {bound}")]
+    OutOfBounds {
+        flag: &'static str,
+        bound: &'static str,
+    },
+    #[error("--rate {0}: must be above 0 and at most 10,000,000")]
+    Rate(f64),
+    #[error("--batch sends in a closed loop: give --concurrency, not --rate")]
+    BatchWithRate,
+    #[error(
+        "--no-callbacks counts calls at the built-in function; --audit status follows them \
+         through the status API: choose one"
+    )]
+    NoCallbacksWithStatusAudit,
+    #[error("--compare-flow starts a local fleet three times: no --gateway, one --functions count")]
+    CompareFlowNotLocal,
+    #[error("--gateway {url:?}: {source}")]
+    GatewayUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("--gateway {0:?} must be http://host[:port]")]
+    GatewayNotHttp(String),
+    #[error(
+        "--gateway needs --callback-listen ADDR, an address the workers can reach (the audit \
+         counts callbacks)"
+    )]
+    GatewayWithoutCallbackListen,
+    #[error("--backlog needs --local: it starts the workers itself")]
+    BacklogNotLocal,
+    #[error(
+        "--no-callbacks with --gateway needs --function-listen: completions are then counted \
+         where the built-in function receives the calls"
+    )]
+    NoCallbacksWithoutFunctionListen,
+    #[error("--callback-url {url:?}: {source}")]
+    CallbackUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("--callback-url {0:?} must be http://host[:port]/path")]
+    CallbackUrlNotHttp(String),
+    #[error("the ceiling measures bodies of at most 8 MiB: add --no-ceiling for larger ones")]
+    CeilingBodySize,
+    /// `--nats-url` or the NATS credentials and TLS flags of the ceiling; their own message.
+    #[error(transparent)]
+    Nats(#[from] flotilla_runtime::NatsConnectError),
+}
+
+impl ConfigError {
+    fn bound(flag: &'static str, bound: &'static str) -> Self {
+        Self::OutOfBounds { flag, bound }
     }
 }
 
@@ -727,10 +830,114 @@ mod tests {
             cli.run
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("--callback-listen")
         );
         assert!(
             Cli::try_parse_from(["flotilla-loadgen", "--rate", "5", "--concurrency", "2"]).is_err()
+        );
+    }
+
+    #[test]
+    fn each_refusal_is_one_line_naming_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--batch", "8", "--rate", "10"],
+                "--batch sends in a closed loop: give --concurrency, not --rate",
+            ),
+            (
+                &["--no-callbacks", "--audit", "status"],
+                "--no-callbacks counts calls at the built-in function; --audit status follows \
+                 them through the status API: choose one",
+            ),
+            (
+                &[
+                    "--compare-flow",
+                    "--function-capacity",
+                    "4",
+                    "--functions",
+                    "1,2",
+                ],
+                "--compare-flow starts a local fleet three times: no --gateway, one --functions \
+                 count",
+            ),
+            (
+                &["--gateway", "ftp://gw"],
+                r#"--gateway "ftp://gw" must be http://host[:port]"#,
+            ),
+            (
+                &[
+                    "--gateway",
+                    "http://gw",
+                    "--callback-listen",
+                    "0.0.0.0:9",
+                    "--backlog",
+                ],
+                "--backlog needs --local: it starts the workers itself",
+            ),
+            (
+                &["--gateway", "http://gw", "--no-callbacks"],
+                "--no-callbacks with --gateway needs --function-listen: completions are then \
+                 counted where the built-in function receives the calls",
+            ),
+            (
+                &["--callback-url", "https://me/cb"],
+                r#"--callback-url "https://me/cb" must be http://host[:port]/path"#,
+            ),
+            (&["--shards", "65"], "--shards must be between 1 and 64"),
+            (
+                &["--worker-concurrency", "0"],
+                "--worker-concurrency must be at least 1",
+            ),
+            (
+                &["--failure-rate", "2"],
+                "--failure-rate must be between 0 and 1",
+            ),
+            (
+                &["--rate", "0"],
+                "--rate 0: must be above 0 and at most 10,000,000",
+            ),
+            (
+                &["--rate", "5", "--step", "0s"],
+                "--step must be above zero",
+            ),
+            (
+                &["--duration", "0s"],
+                "--duration must be above zero and at most 24h",
+            ),
+            (
+                &["--functions", "8,0"],
+                "--functions must be between 1 and 10000 (or a comma list of such)",
+            ),
+            (&["--timeout", "0s"], "--timeout must be above zero"),
+            (
+                &["--body-size", "9000000"],
+                "the ceiling measures bodies of at most 8 MiB: add --no-ceiling for larger ones",
+            ),
+            (
+                &["--ceiling-duration", "50ms"],
+                "--ceiling-duration must be between 100ms and 10m",
+            ),
+        ];
+        for (args, says) in cases {
+            let cli = Cli::try_parse_from(
+                std::iter::once("flotilla-loadgen").chain(args.iter().copied()),
+            )
+            .unwrap();
+            let refused = cli.run.validate().unwrap_err();
+            assert_eq!(refused.to_string(), *says, "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["flotilla-loadgen", "--gateway", "http://g w"]).unwrap();
+        let refused = cli.run.validate().unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with(r#"--gateway "http://g w": "#),
+            "{refused}"
+        );
+        assert!(
+            std::error::Error::source(&refused).is_some(),
+            "the URI's own error is kept"
         );
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use flotilla_queue::parse_duration;
+use flotilla_queue::{DurationError, parse_duration};
 
 /// How long the built-in function takes to answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,31 +45,42 @@ impl LatencyDist {
     }
 }
 
+/// Why a text is not a latency distribution (`--function-latency`, `--latency`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LatencyDistError {
+    /// A duration in it does not parse; the duration's own message says why.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error("'{0}': uniform needs MIN..MAX, e.g. uniform:1ms..20ms")]
+    UniformWithoutRange(String),
+    #[error("'{0}': MIN exceeds MAX")]
+    MinAboveMax(String),
+    #[error("'{0}': expected fixed:D, uniform:MIN..MAX or exp:MEAN (e.g. exp:10ms)")]
+    UnknownShape(String),
+}
+
 impl FromStr for LatencyDist {
-    type Err = String;
+    type Err = LatencyDistError;
 
     /// `5ms`, `fixed:5ms`, `uniform:1ms..20ms`, `exp:10ms`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, LatencyDistError> {
         let (kind, arg) = s.split_once(':').unwrap_or(("fixed", s));
-        let parse_duration = |d: &str| parse_duration(d).map_err(|e| e.to_string());
         match kind {
             "fixed" => Ok(Self::Fixed(parse_duration(arg)?)),
             "uniform" => {
-                let (a, b) = arg.split_once("..").ok_or_else(|| {
-                    format!("'{s}': uniform needs MIN..MAX, e.g. uniform:1ms..20ms")
-                })?;
+                let (a, b) = arg
+                    .split_once("..")
+                    .ok_or_else(|| LatencyDistError::UniformWithoutRange(s.to_owned()))?;
                 let (min, max) = (parse_duration(a)?, parse_duration(b)?);
                 if min > max {
-                    return Err(format!("'{s}': MIN exceeds MAX"));
+                    return Err(LatencyDistError::MinAboveMax(s.to_owned()));
                 }
                 Ok(Self::Uniform { min, max })
             }
             "exp" | "exponential" => Ok(Self::Exponential {
                 mean: parse_duration(arg)?,
             }),
-            _ => Err(format!(
-                "'{s}': expected fixed:D, uniform:MIN..MAX or exp:MEAN (e.g. exp:10ms)"
-            )),
+            _ => Err(LatencyDistError::UnknownShape(s.to_owned())),
         }
     }
 }
@@ -156,9 +167,24 @@ mod tests {
                 mean: Duration::from_millis(10)
             }
         );
-        assert!("uniform:5ms..1ms".parse::<LatencyDist>().is_err());
-        assert!("normal:5ms".parse::<LatencyDist>().is_err());
-        assert!("uniform:5ms".parse::<LatencyDist>().is_err());
+        for (bad, says) in [
+            ("uniform:5ms..1ms", "'uniform:5ms..1ms': MIN exceeds MAX"),
+            (
+                "normal:5ms",
+                "'normal:5ms': expected fixed:D, uniform:MIN..MAX or exp:MEAN (e.g. exp:10ms)",
+            ),
+            (
+                "uniform:5ms",
+                "'uniform:5ms': uniform needs MIN..MAX, e.g. uniform:1ms..20ms",
+            ),
+            (
+                "exp:soon",
+                "'soon' is not a duration (e.g. 250ms, 30s, 1m30s)",
+            ),
+        ] {
+            let e = bad.parse::<LatencyDist>().unwrap_err();
+            assert_eq!(e.to_string(), says);
+        }
     }
 
     #[test]

@@ -21,12 +21,39 @@ use crate::stats::Recorder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("gateway URL {0:?} is not usable: {1}")]
-    BadUrl(String, String),
-    #[error("callback URL {0:?} is not a valid header value")]
-    BadCallback(String),
+    #[error("gateway URL {url:?} is not usable: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("callback URL {url:?} is not a valid header value")]
+    BadCallback {
+        url: String,
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
     #[error("warm-up call to {function} failed: {reason}")]
-    WarmUp { function: String, reason: String },
+    WarmUp {
+        function: String,
+        #[source]
+        reason: WarmUpFailure,
+    },
+}
+
+/// Why one warm-up call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmUpFailure {
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    #[error("timeout")]
+    Timeout,
+    #[error(transparent)]
+    Client(#[from] hyper_util::client::legacy::Error),
+    #[error("202 without X-Call-Id")]
+    NoCallId,
+    #[error("status {0}")]
+    Status(u16),
 }
 
 /// Name of the k-th function a run calls.
@@ -81,7 +108,12 @@ pub async fn drive(
     let base = gateway.trim_end_matches('/');
     let uris = function_uris(base, gateway, "async-function", load.functions)?;
     let callback = callback_url
-        .map(|u| HeaderValue::from_str(u).map_err(|_| DriverError::BadCallback(u.to_owned())))
+        .map(|u| {
+            HeaderValue::from_str(u).map_err(|source| DriverError::BadCallback {
+                url: u.to_owned(),
+                source,
+            })
+        })
         .transpose()?;
     let batch = (load.batch > 1)
         .then(|| batch_target(base, gateway, callback_url, load))
@@ -193,7 +225,7 @@ pub async fn warm_up(
         let uri = format!("{base}/async-function/{function}");
         let client = client.clone();
         async move {
-            let fail = |reason: String| DriverError::WarmUp {
+            let fail = |reason: WarmUpFailure| DriverError::WarmUp {
                 function: function.clone(),
                 reason,
             };
@@ -203,11 +235,11 @@ pub async fn warm_up(
             }
             let req = req
                 .body(Full::new(Bytes::from_static(b"warm-up")))
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail(e.into()))?;
             let resp = tokio::time::timeout(timeout, client.request(req))
                 .await
-                .map_err(|_| fail("timeout".into()))?
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|_| fail(WarmUpFailure::Timeout))?
+                .map_err(|e| fail(e.into()))?;
             let status = resp.status();
             let id = resp
                 .headers()
@@ -217,8 +249,8 @@ pub async fn warm_up(
             let _ = resp.into_body().collect().await;
             match (status.as_u16(), id) {
                 (202, Some(id)) => Ok(id),
-                (202, None) => Err(fail("202 without X-Call-Id".into())),
-                (s, _) => Err(fail(format!("status {s}"))),
+                (202, None) => Err(fail(WarmUpFailure::NoCallId)),
+                (s, _) => Err(fail(WarmUpFailure::Status(s))),
             }
         }
     });
@@ -236,7 +268,10 @@ fn function_uris(
         .map(|k| {
             format!("{base}/{route}/{}", function_name(k))
                 .parse::<Uri>()
-                .map_err(|e| DriverError::BadUrl(gateway.to_owned(), e.to_string()))
+                .map_err(|source| DriverError::BadUrl {
+                    url: gateway.to_owned(),
+                    source,
+                })
         })
         .collect()
 }

@@ -11,6 +11,7 @@ pub mod flow;
 pub mod function;
 pub mod local;
 pub mod net;
+pub mod numbers;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -69,8 +69,49 @@ fn main() -> std::process::ExitCode {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("flotilla-loadgen: {e:#}");
+            eprintln!("flotilla-loadgen: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The one line a failed run ends with: the error's message, then each cause in its chain that
+/// the message does not already quote. The fleet's errors write their cause into their own
+/// message and keep it as their source too, so printing the whole chain would repeat it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot bind the sink: {0}")]
+        Quoting(#[source] std::io::Error),
+        #[error("cannot bind the sink")]
+        Silent(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let refused = || std::io::Error::other("refused");
+        assert_eq!(
+            error_line(&Outer::Quoting(refused()).into()),
+            "cannot bind the sink: refused"
+        );
+        assert_eq!(
+            error_line(&Outer::Silent(refused()).into()),
+            "cannot bind the sink: refused"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The bare HTTP plumbing every part of the loadgen shares: a hyper/1 server loop over an injected
-//! listener that stops on a token, a pooled client, and a shared clock. The ceiling uses the very
-//! same pieces, so the fleet and its yardstick pay the same HTTP costs.
+//! The bare HTTP plumbing every part of the loadgen shares: a hyper/1 server over an injected
+//! listener (the fleet's one accept loop, `flotilla_runtime::accept_until`) that stops on a token,
+//! a pooled client, and a shared clock. The ceiling uses the very same pieces, so the fleet and
+//! its yardstick pay the same HTTP costs.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,15 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,9 @@ pub fn client() -> HttpClient {
     })
 }
 
+/// How long a connection may take to send a request head before it is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `handler` on `listener` until `stop` fires; connections still open then are dropped.
 pub fn serve<F, Fut>(listener: TcpListener, stop: CancellationToken, handler: F) -> JoinHandle<()>
 where
@@ -39,37 +42,40 @@ where
 {
     let handler = Arc::new(handler);
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-            };
+        flotilla_runtime::accept_until(&listener, stop.cancelled(), |stream, _peer| {
             let _ = stream.set_nodelay(true);
-            let (handler, stop) = (handler.clone(), stop.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = stop.cancelled() => {}
-                }
-            });
-        }
+            tokio::spawn(serve_connection(stream, handler.clone(), stop.clone()));
+        })
+        .await;
     })
+}
+
+/// Serves the barest HTTP server on `listener` until `stop` fires: each request's body is read
+/// and answered 200 with an empty body. What the ceiling and the examples POST to.
+pub fn serve_bare(listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
+    serve(listener, stop, |req: Request<Incoming>| async move {
+        let _ = req.into_body().collect().await;
+        respond(200, Bytes::new())
+    })
+}
+
+/// One connection of [`serve`]: its requests go to `handler` until the client closes it or
+/// `stop` fires.
+async fn serve_connection<F, Fut>(stream: TcpStream, handler: Arc<F>, stop: CancellationToken)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req).await) }
+    });
+    let conn = flotilla_runtime::http1_server(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        _ = conn => {}
+        _ = stop.cancelled() => {}
+    }
 }
 
 /// A response with a status and a body.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::numbers::thousands;
 use crate::sink::SinkState;
 use crate::stats::Recorder;
 
@@ -90,8 +91,8 @@ pub fn start(
             let line = format!(
                 "{phase} {:>5.1}s  202 {:>8}/s  done {:>8}/s  sending {:>6}  queued {:>8}  errors {}",
                 start.elapsed().as_secs_f64(),
-                crate::report::thousands(rate(now.accepted, first.accepted)),
-                crate::report::thousands(rate(now.completed, first.completed)),
+                thousands(rate(now.accepted, first.accepted)),
+                thousands(rate(now.completed, first.completed)),
                 sent.saturating_sub(answered),
                 now.accepted.saturating_sub(now.completed),
                 rec.errors.load(std::sync::atomic::Ordering::Relaxed),

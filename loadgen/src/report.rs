@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::audit::Audit;
 use crate::ceiling::Ceiling;
 use crate::config::{ModelKind, TargetKind};
+use crate::numbers::thousands;
 
 /// Bumped when a field changes meaning or disappears; new fields do not bump it.
 pub const SCHEMA: u32 = 1;
@@ -240,20 +241,6 @@ impl Series {
             completion_per_s: fill(completion_ns),
         }
     }
-}
-
-/// `12345.6` → `12,346`.
-pub fn thousands(v: f64) -> String {
-    let n = v.round() as i64;
-    let s = n.unsigned_abs().to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3 + 1);
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if n < 0 { format!("-{out}") } else { out }
 }
 
 fn ms(v: f64) -> String {
@@ -779,15 +766,6 @@ mod tests {
         let gateway = serde_json::to_value(gateway_closed()).unwrap();
         assert_eq!(gateway["target"]["kind"], "gateway");
         assert_eq!(gateway["load"]["model"], "closed");
-    }
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0.0), "0");
-        assert_eq!(thousands(999.4), "999");
-        assert_eq!(thousands(1000.0), "1,000");
-        assert_eq!(thousands(1234567.0), "1,234,567");
-        assert_eq!(thousands(-4200.0), "-4,200");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_fleet::{Fleet, FleetError};
+use flotilla_fleet::{Fleet, FleetError, NatsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -52,94 +52,270 @@ fn bind_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RunError {
 /// Runs the load `args` describes, prints the summary (and JSON, and the plot) and returns the
 /// report. `report.audit.ok` is false when calls were lost.
 pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
-    let quiet = args.quiet;
     let clock = Clock::new();
     let started_at_unix_s = (flotilla_queue::time::unix_nanos() / 1_000_000_000) as u64;
-    let local = args.is_local();
-
-    // NATS for the local fleet and for the ceiling.
-    let nats = if local || !args.no_ceiling {
-        note(quiet, "starting nats-server (temporary store)…");
-        Some(ceiling::start_nats().await?)
-    } else {
-        None
-    };
-    let ceiling: Option<Ceiling> = match (&nats, args.no_ceiling) {
-        (Some(server), false) => {
-            let c_args = args.ceiling_args();
-            note(
-                quiet,
-                &format!(
-                    "measuring the ceiling ({:.1} s per measurement)…",
-                    c_args.duration.as_secs_f64()
-                ),
-            );
-            let c = ceiling::measure(&server.url(), &c_args).await?;
-            note(quiet, ceiling::render(&c).trim_end());
-            Some(c)
-        }
-        _ => None,
-    };
-
+    let (nats, ceiling) = start_nats_and_measure(args).await?;
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
-    let sink_addr = args
-        .callback_listen
-        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let sink_listener = TcpListener::bind(sink_addr)
+    let mut stage = Stage::start(args, nats.as_ref(), clock, &stop).await?;
+    let offered = offer_load(args, &mut stage, clock).await?;
+    let (gateway_url, callback_url) = (stage.gateway_url.clone(), stage.callback_url.clone());
+    let function_refusals = stage.stop(&stop).await;
+    drop(nats);
+    let mut built = build_report(
+        args,
+        Context {
+            started_at_unix_s,
+            gateway_url: &gateway_url,
+            callback_url: &callback_url,
+            ceiling,
+        },
+        offered,
+    );
+    built.report.function_refusals = function_refusals;
+    print_report(args, &built.report);
+    if let Some(path) = &args.plot {
+        write_plot(args, &built, &gateway_url, path)?;
+    }
+    Ok(built.report)
+}
+
+/// The nats-server of the local fleet and of the ceiling (none when neither is wanted), and the
+/// ceiling measured on it unless `--no-ceiling`.
+async fn start_nats_and_measure(
+    args: &RunArgs,
+) -> Result<(Option<NatsServer>, Option<Ceiling>), RunError> {
+    let quiet = args.quiet;
+    if !args.is_local() && args.no_ceiling {
+        return Ok((None, None));
+    }
+    note(quiet, "starting nats-server (temporary store)…");
+    let server = ceiling::start_nats().await?;
+    if args.no_ceiling {
+        return Ok((Some(server), None));
+    }
+    let c_args = args.ceiling_args();
+    note(
+        quiet,
+        &format!(
+            "measuring the ceiling ({:.1} s per measurement)…",
+            c_args.duration.as_secs_f64()
+        ),
+    );
+    let c = ceiling::measure(&server.url(), &c_args).await?;
+    note(quiet, ceiling::render(&c).trim_end());
+    Ok((Some(server), Some(c)))
+}
+
+/// What a run stands up around the load: the callback sink, the built-in function (with
+/// `--local`, or `--gateway` with `--function-listen`) and, with `--local`, the fleet.
+struct Stage {
+    sink: CallbackSink,
+    /// What calls name as their callback URL when they ask for one.
+    callback_url: String,
+    function_server: Option<FunctionServer>,
+    /// With `--local`; its workers start later with `--backlog`.
+    fleet: Option<Fleet>,
+    /// The base URL the load is sent to.
+    gateway_url: String,
+}
+
+impl Stage {
+    /// Starts the sink, then the built-in function and the fleet the flags ask for, all of them
+    /// serving until `stop`. A local run needs `nats`.
+    async fn start(
+        args: &RunArgs,
+        nats: Option<&NatsServer>,
+        clock: Clock,
+        stop: &CancellationToken,
+    ) -> Result<Self, RunError> {
+        let sink_addr = args
+            .callback_listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let sink_listener = TcpListener::bind(sink_addr)
+            .await
+            .map_err(bind_err("the callback sink"))?;
+        let sink = CallbackSink::start(sink_listener, clock, stop.clone())
+            .map_err(bind_err("the callback sink"))?;
+        let callback_url = args
+            .callback_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/callback", sink.addr));
+        let mut stage = Self {
+            sink,
+            callback_url,
+            function_server: None,
+            fleet: None,
+            gateway_url: String::new(),
+        };
+        match (&args.gateway, nats) {
+            (Some(g), _) => {
+                if let Some(addr) = args.function_listen {
+                    let fs = start_function(args, addr, clock, stop).await?;
+                    stage.function_server = Some(fs);
+                }
+                stage.gateway_url = g.trim_end_matches('/').to_owned();
+            }
+            (None, Some(server)) => stage.start_local(args, server, clock, stop).await?,
+            (None, None) => unreachable!("a local run always starts nats-server"),
+        }
+        Ok(stage)
+    }
+
+    /// `--local`: the built-in function on a port of its own, then the gateway and (unless
+    /// `--backlog`) the workers, on `server`.
+    async fn start_local(
+        &mut self,
+        args: &RunArgs,
+        server: &NatsServer,
+        clock: Clock,
+        stop: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let fs = start_function(args, loopback, clock, stop).await?;
+        note(
+            args.quiet,
+            &format!(
+                "starting a gateway and {} × {} worker(s)…",
+                args.shards, args.replicas
+            ),
+        );
+        let mut options = local::fleet_options(args, server.url(), fs.url_template());
+        if !args.backlog {
+            options.workers = local::workers(args);
+        }
+        let fleet = Fleet::start(options).await?;
+        let Some(url) = fleet.gateway().map(flotilla_fleet::Gateway::url) else {
+            unreachable!("the local fleet always has a gateway")
+        };
+        self.gateway_url = url;
+        self.fleet = Some(fleet);
+        self.function_server = Some(fs);
+        Ok(())
+    }
+
+    /// Where completions are counted: callbacks at the sink, or, without callbacks, calls as
+    /// they reach the built-in function. With `--audit status`, calls as the status API reports
+    /// them final (filled by the follower).
+    fn completions(&self, args: &RunArgs) -> Arc<SinkState> {
+        match (&self.function_server, args.no_callbacks, args.audit) {
+            (_, _, AuditBy::Status) => Arc::new(SinkState::default()),
+            (Some(fs), true, _) => fs.arrivals.clone(),
+            _ => self.sink.state.clone(),
+        }
+    }
+
+    /// Stops the fleet (workers drained first), then everything serving until `stop`. The calls
+    /// the built-in function refused at its capacity, when it ran.
+    async fn stop(mut self, stop: &CancellationToken) -> Option<u64> {
+        if let Some(f) = self.fleet.take()
+            && let Err(e) = f.stop(Duration::from_secs(10)).await
+        {
+            tracing::warn!(error = %e, "the local fleet did not stop cleanly");
+        }
+        stop.cancel();
+        let refusals = self
+            .function_server
+            .as_ref()
+            .map(|fs| fs.stats.refused.load(Ordering::Relaxed));
+        if let Some(fs) = self.function_server.take() {
+            fs.stopped().await;
+        }
+        self.sink.stopped().await;
+        refusals
+    }
+}
+
+/// The built-in function of this run on `addr`, serving until `stop`.
+async fn start_function(
+    args: &RunArgs,
+    addr: std::net::SocketAddr,
+    clock: Clock,
+    stop: &CancellationToken,
+) -> Result<FunctionServer, RunError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(bind_err("the callback sink"))?;
-    let sink = CallbackSink::start(sink_listener, clock, stop.clone())
-        .map_err(bind_err("the callback sink"))?;
-    let callback_url = args
-        .callback_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/callback", sink.addr));
+        .map_err(bind_err("the function server"))?;
+    FunctionServer::start(listener, function_spec(args), clock, stop.clone())
+        .map_err(bind_err("the function server"))
+}
 
-    let mut fleet = None;
-    let mut function_server = None;
-    let gateway_url = match (&args.gateway, &nats) {
-        (Some(g), _) => {
-            if let Some(addr) = args.function_listen {
-                let fs_listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(bind_err("the function server"))?;
-                function_server = Some(
-                    FunctionServer::start(fs_listener, function_spec(args), clock, stop.clone())
-                        .map_err(bind_err("the function server"))?,
-                );
-            }
-            g.trim_end_matches('/').to_owned()
-        }
-        (None, Some(server)) => {
-            let fs_listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(bind_err("the function server"))?;
-            let fs = FunctionServer::start(fs_listener, function_spec(args), clock, stop.clone())
-                .map_err(bind_err("the function server"))?;
-            note(
-                quiet,
-                &format!(
-                    "starting a gateway and {} × {} worker(s)…",
-                    args.shards, args.replicas
-                ),
-            );
-            let mut options = local::fleet_options(args, server.url(), fs.url_template());
-            if !args.backlog {
-                options.workers = local::workers(args);
-            }
-            let f = Fleet::start(options).await?;
-            let Some(url) = f.gateway().map(flotilla_fleet::Gateway::url) else {
-                unreachable!("the local fleet always has a gateway")
-            };
-            fleet = Some(f);
-            function_server = Some(fs);
-            url
-        }
-        (None, None) => unreachable!("a local run always starts nats-server"),
+/// What the load and the wait for stragglers left to report.
+struct Offered {
+    rec: Arc<Recorder>,
+    sent: driver::Sent,
+    matched: Matched,
+    drain_wait_s: f64,
+    /// Where the completion rate is timed from, as an offset from the clock origin.
+    completion_start_ns: u64,
+}
+
+/// Warms up, offers the load, starts the workers of a backlog run, and waits (bounded) for the
+/// calls to complete.
+async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<Offered, RunError> {
+    let completions = stage.completions(args);
+    let asked_callback = args
+        .callbacks_asked()
+        .then_some(stage.callback_url.as_str());
+    if !args.no_warmup && !args.backlog {
+        warm_up(args, &stage.gateway_url, asked_callback, &completions).await?;
+    }
+    // A capacity schedule runs from the load's start; with a backlog, from the drain's first
+    // call, which starts it.
+    if !args.backlog
+        && let Some(fs) = &stage.function_server
+    {
+        fs.start_capacity_clock(&clock);
+    }
+    let rec = Arc::new(Recorder::new(clock));
+    let follower = StatusFollower::start(args, &stage.gateway_url, &rec, &completions);
+    let shown = progress::start(rec.clone(), completions.clone(), "load ", args.quiet);
+    let load = load_of(args);
+    let client = net::client();
+    let sent = driver::drive(
+        &stage.gateway_url,
+        asked_callback,
+        &load,
+        client,
+        rec.clone(),
+    )
+    .await;
+    shown.finish().await;
+    let sent = sent?;
+    if args.backlog
+        && let Some(f) = stage.fleet.as_mut()
+    {
+        note(args.quiet, "backlog enqueued; starting the workers…");
+        f.start_workers(local::workers(args)).await?;
+    }
+    let shown = progress::start(rec.clone(), completions.clone(), "drain", args.quiet);
+    let drain_started = std::time::Instant::now();
+    let mut matched =
+        wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
+    shown.finish().await;
+    if let Some(follower) = follower {
+        matched.audit.states = follower.stop().await;
+    }
+    let drain_wait_s = drain_started.elapsed().as_secs_f64();
+    // A backlog drain is timed from its first completion, so worker start-up (consumer discovery)
+    // does not count against the workers' throughput.
+    let first_completion = matched.completions_ns.first().copied();
+    let completion_start_ns = match (args.backlog, first_completion) {
+        (true, Some(first)) => first,
+        _ => sent.start_ns,
     };
+    Ok(Offered {
+        rec,
+        sent,
+        matched,
+        drain_wait_s,
+        completion_start_ns,
+    })
+}
 
-    let load = Load {
+/// The load the driver offers, from the flags.
+fn load_of(args: &RunArgs) -> Load {
+    Load {
         model: args.load_model(),
         duration: args.duration,
         count: args.count,
@@ -150,146 +326,93 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
         timeout: args.timeout,
         seed: args.seed,
         batch: args.batch,
-    };
-    // Where completions are counted: callbacks at the sink, or, without callbacks, calls as they
-    // reach the built-in function.
-    // With `--audit status`, calls as the status API reports them final.
-    let completions: Arc<SinkState> = match (&function_server, args.no_callbacks, args.audit) {
-        (_, _, AuditBy::Status) => Arc::new(SinkState::default()),
-        (Some(fs), true, _) => fs.arrivals.clone(),
-        _ => sink.state.clone(),
-    };
-    let asked_callback = args.callbacks_asked().then_some(callback_url.as_str());
-    if !args.no_warmup && !args.backlog {
-        warm_up(args, &gateway_url, asked_callback, &completions).await?;
     }
-    // A capacity schedule runs from the load's start; with a backlog, from the drain's first
-    // call, which starts it.
-    if !args.backlog
-        && let Some(fs) = &function_server
-    {
-        fs.start_capacity_clock(&clock);
-    }
+}
 
-    let rec = Arc::new(Recorder::new(clock));
-    let states = status_audit::States::default();
-    let follow_stop = CancellationToken::new();
-    let following = (args.audit == AuditBy::Status).then(|| {
-        tokio::spawn(status_audit::follow(
-            gateway_url.clone(),
+/// `--audit status`: the task following every accepted call through the status API.
+struct StatusFollower {
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    states: status_audit::States,
+}
+
+impl StatusFollower {
+    /// Starts following with `--audit status`; `None` otherwise.
+    fn start(
+        args: &RunArgs,
+        gateway_url: &str,
+        rec: &Arc<Recorder>,
+        completions: &Arc<SinkState>,
+    ) -> Option<Self> {
+        if args.audit != AuditBy::Status {
+            return None;
+        }
+        let states = status_audit::States::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(status_audit::follow(
+            gateway_url.to_owned(),
             rec.clone(),
             completions.clone(),
             states.clone(),
-            follow_stop.clone(),
-        ))
-    });
-    let shown = progress::start(rec.clone(), completions.clone(), "load ", quiet);
-    let sent = driver::drive(
-        &gateway_url,
-        asked_callback,
-        &load,
-        net::client(),
-        rec.clone(),
-    )
-    .await;
-    shown.finish().await;
-    let sent = sent?;
-
-    if args.backlog
-        && let Some(f) = fleet.as_mut()
-    {
-        note(quiet, "backlog enqueued; starting the workers…");
-        f.start_workers(local::workers(args)).await?;
+            stop.clone(),
+        ));
+        Some(Self { task, stop, states })
     }
 
-    let shown = progress::start(rec.clone(), completions.clone(), "drain", quiet);
-    let drain_started = std::time::Instant::now();
-    let mut matched =
-        wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
-    shown.finish().await;
-    if let Some(following) = following {
-        follow_stop.cancel();
-        let _ = following.await;
-        matched.audit.states = states.lock().ok().map(|s| s.clone());
+    /// Stops following; the calls counted by final state.
+    async fn stop(self) -> Option<std::collections::BTreeMap<String, u64>> {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.states.lock().ok().map(|s| s.clone())
     }
-    let drain_wait_s = drain_started.elapsed().as_secs_f64();
+}
 
-    if let Some(f) = fleet.take()
-        && let Err(e) = f.stop(Duration::from_secs(10)).await
-    {
-        tracing::warn!(error = %e, "the local fleet did not stop cleanly");
-    }
-    stop.cancel();
-    let function_refusals = function_server
-        .as_ref()
-        .map(|fs| fs.stats.refused.load(Ordering::Relaxed));
-    if let Some(fs) = function_server.take() {
-        fs.stopped().await;
-    }
-    sink.stopped().await;
-    drop(nats);
-
-    // A backlog drain is timed from its first completion, so worker start-up (consumer discovery)
-    // does not count against the workers' throughput.
-    let completion_start_ns = if args.backlog {
-        matched
-            .completions_ns
-            .first()
-            .copied()
-            .unwrap_or(sent.start_ns)
-    } else {
-        sent.start_ns
-    };
-    let mut report = build_report(
-        args,
-        started_at_unix_s,
-        &gateway_url,
-        &callback_url,
-        &rec,
-        sent,
-        completion_start_ns,
-        matched,
-        drain_wait_s,
-        ceiling,
-    );
-
-    report.report.function_refusals = function_refusals;
-    let table = report.report.render();
+/// The summary on stdout, or with `--json` the report on stdout and the summary on stderr.
+fn print_report(args: &RunArgs, report: &Report) {
+    let table = report.render();
     if args.json {
         eprintln!("{table}");
         println!(
             "{}",
-            serde_json::to_string_pretty(&report.report).expect("plain data serializes")
+            serde_json::to_string_pretty(report).expect("plain data serializes")
         );
     } else {
         println!("{table}");
     }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "flotilla-loadgen: {} · {} B bodies · {}",
-            report.report.load.model.describe(),
-            args.body_size,
-            if local {
-                "local fleet"
-            } else {
-                gateway_url.as_str()
-            }
-        );
-        let svg = crate::plot::svg(&crate::plot::PlotInput {
-            title: &title,
-            bucket_s: report.report.series.bucket_s,
-            enqueue_per_s: &report.report.series.enqueue_per_s,
-            completion_per_s: &report.report.series.completion_per_s,
-            enqueue_latency: &report.enqueue_us,
-            end_to_end_latency: &report.end_to_end_us,
-        });
-        std::fs::write(path, svg).map_err(|source| RunError::Plot {
-            path: path.display().to_string(),
-            source,
-        })?;
-        note(quiet, &format!("plot written to {}", path.display()));
-    }
-    Ok(report.report)
+}
+
+/// `--plot`: the SVG of the run, written to `path`.
+fn write_plot(
+    args: &RunArgs,
+    built: &Built,
+    gateway_url: &str,
+    path: &std::path::Path,
+) -> Result<(), RunError> {
+    let report = &built.report;
+    let title = format!(
+        "flotilla-loadgen: {} · {} B bodies · {}",
+        report.load.model.describe(),
+        args.body_size,
+        if args.is_local() {
+            "local fleet"
+        } else {
+            gateway_url
+        }
+    );
+    let svg = crate::plot::svg(&crate::plot::PlotInput {
+        title: &title,
+        bucket_s: report.series.bucket_s,
+        enqueue_per_s: &report.series.enqueue_per_s,
+        completion_per_s: &report.series.completion_per_s,
+        enqueue_latency: &built.enqueue_us,
+        end_to_end_latency: &built.end_to_end_us,
+    });
+    std::fs::write(path, svg).map_err(|source| RunError::Plot {
+        path: path.display().to_string(),
+        source,
+    })?;
+    note(args.quiet, &format!("plot written to {}", path.display()));
+    Ok(())
 }
 
 fn function_spec(args: &RunArgs) -> FunctionSpec {
@@ -397,20 +520,22 @@ struct Built {
     end_to_end_us: hdrhistogram::Histogram<u64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_report(
-    args: &RunArgs,
+/// What the report says about the run besides what the load measured.
+struct Context<'a> {
     started_at_unix_s: u64,
-    gateway_url: &str,
-    callback_url: &str,
-    rec: &Recorder,
-    sent: driver::Sent,
-    completion_start_ns: u64,
-    matched: Matched,
-    drain_wait_s: f64,
+    gateway_url: &'a str,
+    callback_url: &'a str,
     ceiling: Option<Ceiling>,
-) -> Built {
-    let local = args.is_local();
+}
+
+fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built {
+    let Offered {
+        rec,
+        sent,
+        matched,
+        drain_wait_s,
+        completion_start_ns,
+    } = offered;
     let enqueue_us = rec.enqueue_histogram();
     let accepted = rec.accepted_calls();
     let enqueue_window_s = (sent.end_ns.saturating_sub(sent.start_ns) as f64 / 1e9).max(1e-9);
@@ -431,60 +556,18 @@ fn build_report(
     let mut accepted_ns: Vec<u64> = accepted.iter().map(|a| a.at_ns).collect();
     accepted_ns.sort_unstable();
     let series = Series::build(sent.start_ns, &accepted_ns, &matched.completions_ns);
+    let ceiling = context.ceiling;
     let ratios = ceiling
         .as_ref()
         .map(|c| Ratios::of(enqueue_rate, completion_rate, c, args.callbacks_asked()));
-    let (model, rates, step_s, concurrency) = match args.load_model() {
-        LoadModel::Open { steps } => (
-            ModelKind::Open,
-            steps.iter().map(|s| s.rate).collect(),
-            steps
-                .first()
-                .and_then(|s| s.duration)
-                .map(|d| d.as_secs_f64()),
-            None,
-        ),
-        LoadModel::Closed { concurrency } => {
-            (ModelKind::Closed, Vec::new(), None, Some(concurrency))
-        }
-    };
     let mut audit = matched.audit;
     audit.drain_wait_s = drain_wait_s;
     let report = Report {
         schema: SCHEMA,
         loadgen_version: env!("CARGO_PKG_VERSION"),
-        started_at_unix_s,
-        target: TargetInfo {
-            kind: args.target_kind(),
-            gateway: gateway_url.to_owned(),
-            callback_url: callback_url.to_owned(),
-            shards: local.then_some(args.shards),
-            replicas: local.then_some(args.replicas),
-            worker_concurrency: local.then_some(args.worker_concurrency),
-            worker_max_in_flight: local.then(|| crate::local::max_in_flight(args)),
-            function_latency: local.then(|| args.function_latency.to_string()),
-            failure_rate: local.then_some(args.failure_rate),
-            response_size: local.then_some(args.response_size),
-            memory_streams: local.then_some(args.memory_streams),
-            call_status: local.then_some(args.call_status),
-            function_capacity: args.function_capacity.as_ref().map(ToString::to_string),
-            adaptive: local.then_some(args.adaptive),
-        },
-        load: LoadInfo {
-            model,
-            rates,
-            step_s,
-            concurrency,
-            duration_s: args.duration.as_secs_f64(),
-            count: args.count,
-            functions: args.functions(),
-            skew: args.skew,
-            body_size: args.body_size,
-            backlog: args.backlog,
-            callbacks: args.callbacks_asked(),
-            status_api: args.audit == AuditBy::Status,
-            batch: args.batch,
-        },
+        started_at_unix_s: context.started_at_unix_s,
+        target: target_info(args, context.gateway_url, context.callback_url),
+        load: load_info(args),
         enqueue: Enqueue {
             sent: rec.sent.load(Ordering::Relaxed),
             accepted: accepted.len() as u64,
@@ -511,5 +594,59 @@ fn build_report(
         report,
         enqueue_us,
         end_to_end_us: matched.end_to_end_us,
+    }
+}
+
+/// The report's `target`: which fleet, and with `--local` what it was made of.
+fn target_info(args: &RunArgs, gateway_url: &str, callback_url: &str) -> TargetInfo {
+    let local = args.is_local();
+    TargetInfo {
+        kind: args.target_kind(),
+        gateway: gateway_url.to_owned(),
+        callback_url: callback_url.to_owned(),
+        shards: local.then_some(args.shards),
+        replicas: local.then_some(args.replicas),
+        worker_concurrency: local.then_some(args.worker_concurrency),
+        worker_max_in_flight: local.then(|| local::max_in_flight(args)),
+        function_latency: local.then(|| args.function_latency.to_string()),
+        failure_rate: local.then_some(args.failure_rate),
+        response_size: local.then_some(args.response_size),
+        memory_streams: local.then_some(args.memory_streams),
+        call_status: local.then_some(args.call_status),
+        function_capacity: args.function_capacity.as_ref().map(ToString::to_string),
+        adaptive: local.then_some(args.adaptive),
+    }
+}
+
+/// The report's `load`: the model and the flags that shaped it.
+fn load_info(args: &RunArgs) -> LoadInfo {
+    let (model, rates, step_s, concurrency) = match args.load_model() {
+        LoadModel::Open { steps } => (
+            ModelKind::Open,
+            steps.iter().map(|s| s.rate).collect(),
+            steps
+                .first()
+                .and_then(|s| s.duration)
+                .map(|d| d.as_secs_f64()),
+            None,
+        ),
+        LoadModel::Closed { concurrency } => {
+            (ModelKind::Closed, Vec::new(), None, Some(concurrency))
+        }
+    };
+    LoadInfo {
+        model,
+        rates,
+        step_s,
+        concurrency,
+        duration_s: args.duration.as_secs_f64(),
+        count: args.count,
+        functions: args.functions(),
+        skew: args.skew,
+        body_size: args.body_size,
+        backlog: args.backlog,
+        callbacks: args.callbacks_asked(),
+        status_api: args.audit == AuditBy::Status,
+        batch: args.batch,
     }
 }

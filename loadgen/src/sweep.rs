@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::config::RunArgs;
+use crate::numbers::thousands;
 use crate::report::Report;
 use crate::run::{self, RunError};
 
@@ -52,7 +53,7 @@ pub fn render(reports: &[Report]) -> String {
             o,
             "| {} | {} | {single} | {per_function} | {} |",
             r.load.functions,
-            crate::report::thousands(r.completion.rate_per_s),
+            thousands(r.completion.rate_per_s),
             if r.audit.ok { "OK" } else { "CALLS LOST" }
         );
     }
