@@ -33,7 +33,7 @@ mod pace;
 mod state;
 
 use ledger::{Ledger, Plan, RateShare};
-pub(crate) use pace::BUSY;
+pub(crate) use pace::{BUSY, Silence};
 use state::WaitState;
 
 /// A consumer-info request in progress.
