@@ -59,18 +59,22 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
     let mut supervisor = Supervisor::new(shared.clone(), shard, functions, waiting_tx);
     let mut tick = tokio::time::interval(shared.discovery_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut watch_replicas = true;
 
     loop {
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => break,
             Some(f) = waiting_rx.recv() => supervisor.start_wait_loop(f),
-            changed = membership.changed() => {
-                if changed.is_ok() {
+            changed = membership.changed(), if watch_replicas => match changed {
+                Ok(()) => {
                     let m = *membership.borrow_and_update();
                     supervisor.functions.rebalance(m);
                 }
-            }
+                // The presence heartbeat ended (it could not subscribe): the split stays as it
+                // is, and an arm that is ready at once must not starve the discovery tick.
+                Err(_) => watch_replicas = false,
+            },
             _ = tick.tick() => supervisor.pass().await,
         }
     }
