@@ -6,7 +6,6 @@
 //! Invariant: at most one wait loop per function in a replica, and a failed loop restarts only
 //! after a wait. The why: `docs/ARCHITECTURE.md`, "Partitioning and limits".
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,14 +22,14 @@ use crate::dispatch;
 use crate::functions::{FunctionRt, Functions, Membership};
 use crate::pull;
 
+mod roster;
 mod state;
 
+use roster::Roster;
 use state::{DispatchLoop, Health, WaitLoops};
 
 /// How often a replica announces that it serves a shard.
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
-/// A replica not heard from for this long (three missed heartbeats and a half) no longer counts.
-const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
 
 /// Why one discovery pass failed; the next pass asks the stream again.
 #[derive(Debug, thiserror::Error)]
@@ -264,11 +263,11 @@ async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions
 }
 
 /// The shard's presence heartbeat: announces this replica every `PRESENCE_EVERY` and tells
-/// `membership` how many replicas were heard from within `PRESENCE_EXPIRY`, itself included, and
-/// its place among them (by id, so every replica orders them alike). A replica says
+/// `membership` how many replicas were heard from within [`roster::PRESENCE_EXPIRY`], itself
+/// included, and its place among them (by id, so every replica orders them alike). A replica says
 /// `hello` when it starts (the others answer at once, so it knows them within a round trip) and
 /// `bye` when it stops pulling (the others take over its share at once). One that dies silently
-/// drops out after `PRESENCE_EXPIRY`. No other coordination between replicas exists.
+/// drops out after that expiry. No other coordination between replicas exists.
 async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Membership>) {
     let subject = subjects::presence_subject(shard);
     // Unique per connection, hence per replica and shard.
@@ -293,7 +292,7 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
         }
     };
     announce("hello").await;
-    let mut others: HashMap<String, Instant> = HashMap::new();
+    let mut roster = Roster::new(me.clone());
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -302,38 +301,16 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
             _ = shared.stop.cancelled() => break,
             m = sub.next() => {
                 let Some(m) = m else { break };
-                let Some((kind, who)) = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|t| t.split_once(' '))
-                else {
-                    continue;
-                };
-                if who == me {
-                    continue;
-                }
-                match kind {
-                    "bye" => {
-                        others.remove(who);
-                    }
-                    "hello" => {
-                        others.insert(who.to_owned(), Instant::now());
-                        announce("beat").await;
-                    }
-                    _ => {
-                        others.insert(who.to_owned(), Instant::now());
-                    }
+                if roster.heard(&m.payload) {
+                    announce("beat").await;
                 }
             }
             _ = tick.tick() => {
                 announce("beat").await;
-                others.retain(|_, seen| seen.elapsed() < PRESENCE_EXPIRY);
+                roster.expire();
             }
         }
-        let now = Membership {
-            replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
-            index: u32::try_from(others.keys().filter(|o| o.as_str() < me.as_str()).count())
-                .unwrap_or(u32::MAX),
-        };
+        let now = roster.membership();
         membership.send_if_modified(|m| {
             let changed = *m != now;
             if changed {
