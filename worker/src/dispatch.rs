@@ -28,9 +28,8 @@ use tokio::time::{Instant, Interval};
 use crate::budget::Slot;
 use crate::call;
 use crate::dead;
-use crate::error::PullError;
 use crate::functions::{FunctionRt, Functions};
-use crate::pull::{Arrival, InfoCall};
+use crate::pull::{Arrival, InfoCall, PullError};
 use crate::{Shared, pull, retry};
 
 mod requests;
@@ -68,23 +67,25 @@ pub(crate) fn consumer_config(shard: u32, ack_wait: Duration) -> consumer::pull:
 /// consumer whose filter overlaps another's, and the calls those consumers had delivered and not
 /// acknowledged return to the stream when they go, to be dispatched like any other.
 pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer, PullError> {
-    let create = |message: String, retryable: bool| PullError::Create {
-        consumer: DISPATCH_CONSUMER.into(),
-        message,
-        retryable,
-    };
+    let consumer = || DISPATCH_CONSUMER.to_owned();
     let stream_name = subjects::call_stream(shard);
     let stream = shared
         .js
         .get_stream(stream_name.as_str())
         .await
-        .map_err(|e| create(e.to_string(), true))?;
+        .map_err(|source| PullError::Stream {
+            consumer: consumer(),
+            source,
+        })?;
     let mut earlier = Vec::new();
     let mut list = stream.consumers();
     while let Some(info) = list
         .try_next()
         .await
-        .map_err(|e| create(e.to_string(), true))?
+        .map_err(|source| PullError::ListConsumers {
+            consumer: consumer(),
+            source,
+        })?
     {
         if info.name != DISPATCH_CONSUMER
             && info.name != RETRY_CONSUMER
@@ -97,18 +98,25 @@ pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer,
         stream
             .delete_consumer(name)
             .await
-            .map_err(|e| create(format!("removing consumer {name}: {e}"), true))?;
+            .map_err(|source| PullError::RemoveEarlier {
+                consumer: consumer(),
+                earlier: name.clone(),
+                source,
+            })?;
         tracing::info!(
             shard,
             consumer = %name,
             "removed a per-function consumer of the earlier layout; its calls are dispatched"
         );
     }
-    let consumer = stream
+    let created = stream
         .create_consumer(consumer_config(shard, shared.ack_wait))
         .await
-        .map_err(|e| PullError::creating(DISPATCH_CONSUMER.into(), &e))?;
-    Ok(consumer)
+        .map_err(|source| PullError::Create {
+            consumer: consumer(),
+            source,
+        })?;
+    Ok(created)
 }
 
 /// Dispatches the shard's calls until the worker stops (`Ok`) or the consumer fails. `waiting`
@@ -234,7 +242,7 @@ impl Dispatcher {
         self.consumer
             .request_batch(batch, self.inbox.clone().into())
             .await
-            .map_err(|e| PullError::Request(e.to_string()))?;
+            .map_err(PullError::Request)?;
         self.requests.requested(n);
         Ok(())
     }

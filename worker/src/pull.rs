@@ -25,13 +25,16 @@ use tokio::time::Instant;
 use crate::Shared;
 use crate::budget::Slot;
 use crate::call;
-use crate::error::PullError;
 use crate::functions::{FunctionRt, Membership};
 
+mod error;
 mod ledger;
 mod pace;
 mod state;
 
+pub(crate) use error::PullError;
+#[cfg(test)]
+pub(crate) use error::tests::refused;
 use ledger::{Ledger, Plan, RateShare};
 pub(crate) use pace::{BUSY, Silence};
 use state::WaitState;
@@ -99,7 +102,10 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         .js
         .create_consumer_on_stream(config, stream.as_str())
         .await
-        .map_err(|e| PullError::creating(subjects::consumer_name(&f.name), &e))?;
+        .map_err(|source| PullError::Create {
+            consumer: subjects::consumer_name(&f.name),
+            source,
+        })?;
     let (inbox, mut sub) = open_inbox(&shared).await?;
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
     let mut wait = WaitLoop::new(shared.clone(), f.clone(), consumer, inbox);
@@ -190,7 +196,7 @@ impl WaitLoop {
         self.consumer
             .request_batch(batch, self.inbox.clone().into())
             .await
-            .map_err(|e| PullError::Request(e.to_string()))?;
+            .map_err(PullError::Request)?;
         self.state.requested(n, &pace);
         Ok(())
     }
@@ -372,7 +378,7 @@ pub(crate) async fn open_inbox(
         .client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+        .map_err(PullError::Subscribe)?;
     Ok((inbox, sub))
 }
 

@@ -13,8 +13,7 @@ use metrics::Gauge;
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
-use crate::error::PullError;
-use crate::pull::Ended;
+use crate::pull::{Ended, PullError};
 
 /// Wait before restarting a loop that failed with a retryable error.
 pub(crate) const RESTART_AFTER: Duration = Duration::from_secs(1);

@@ -1,15 +1,8 @@
 use super::*;
+use crate::pull::refused;
 
 fn name(n: &str) -> FunctionName {
     FunctionName::parse(n).unwrap()
-}
-
-fn refused() -> PullError {
-    PullError::Create {
-        consumer: "c".into(),
-        message: "maximum consumers limit reached".into(),
-        retryable: false,
-    }
 }
 
 /// A loop that has ended with `result`.
