@@ -1,10 +1,11 @@
-//! One supervisor per served shard: it prepares and runs the shard's dispatch loop, and runs a
-//! wait loop for each function whose calls wait in the shard's wait stream, found when the
-//! dispatch loop moves a call there and, for calls left by other replicas, from the subjects of
-//! the wait stream that hold messages (polled every `--discovery-interval`). It restarts failed
-//! loops, and keeps each function's concurrency split among the shard's replicas.
+//! One supervisor per served shard: it runs the shard's dispatch loop, a wait loop for each
+//! function whose calls wait (told by the dispatch loop, or found among the wait stream's subjects
+//! every `--discovery-interval`), the presence heartbeat that counts the shard's replicas, and the
+//! limit reports. Its select only dispatches events; the bookkeeping is in `discovery/state.rs`.
+//!
+//! Invariant: at most one wait loop per function in a replica, and a failed loop restarts only
+//! after a wait. The why: `docs/ARCHITECTURE.md`, "Partitioning and limits".
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,23 +15,21 @@ use async_nats::jetstream::stream::{InfoError, Stream as JsStream};
 use flotilla_queue::{FunctionName, limits, subjects};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::Shared;
 use crate::dispatch;
-use crate::error::PullError;
 use crate::functions::{FunctionRt, Functions, Membership};
-use crate::pull::{self, Ended};
+use crate::pull;
 
-/// Wait before restarting a loop that failed with a retryable error.
-const RESTART_AFTER: Duration = Duration::from_secs(1);
-/// Wait before retrying a consumer that NATS refused (an operator must act first).
-const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(30);
+mod roster;
+mod state;
+
+use roster::Roster;
+use state::{DispatchLoop, Health, WaitLoops};
+
 /// How often a replica announces that it serves a shard.
 const PRESENCE_EVERY: Duration = Duration::from_secs(1);
-/// A replica not heard from for this long (three missed heartbeats and a half) no longer counts.
-const PRESENCE_EXPIRY: Duration = Duration::from_millis(3500);
 
 /// Why one discovery pass failed; the next pass asks the stream again.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +39,6 @@ enum DiscoveryError {
     #[error("listing the subjects that hold messages: {0}")]
     Subjects(#[source] InfoError),
 }
-
-type Loop = JoinHandle<Result<Ended, PullError>>;
 
 /// Runs one shard's dispatch and wait loops until the worker stops.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
@@ -58,141 +55,184 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         .tracker
         .spawn(report_limits(shared.clone(), shard, functions.clone()));
     let (waiting_tx, mut waiting_rx) = mpsc::unbounded_channel::<Arc<FunctionRt>>();
-
-    let mut dispatch: Option<JoinHandle<Result<(), PullError>>> = None;
-    let mut dispatch_not_before = Instant::now();
-    let mut ready = false;
-    let mut wait_stream: Option<JsStream> = None;
-    let mut running: HashMap<FunctionName, Loop> = HashMap::new();
-    let mut not_before: HashMap<FunctionName, Instant> = HashMap::new();
-    let mut healthy = true;
+    let mut supervisor = Supervisor::new(shared.clone(), shard, functions, waiting_tx);
     let mut tick = tokio::time::interval(shared.discovery_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut watch_replicas = true;
 
     loop {
         tokio::select! {
             biased;
             _ = shared.stop.cancelled() => break,
-            Some(f) = waiting_rx.recv() => {
-                start_wait_loop(&shared, &mut running, &not_before, f);
-                continue;
-            }
-            changed = membership.changed() => {
-                if changed.is_ok() {
+            Some(f) = waiting_rx.recv() => supervisor.start_wait_loop(f),
+            changed = membership.changed(), if watch_replicas => match changed {
+                Ok(()) => {
                     let m = *membership.borrow_and_update();
-                    functions.rebalance(m);
+                    supervisor.functions.rebalance(m);
                 }
-                continue;
-            }
-            _ = tick.tick() => {}
+                // The presence heartbeat ended (it could not subscribe): the split stays as it
+                // is, and an arm that is ready at once must not starve the discovery tick.
+                Err(_) => watch_replicas = false,
+            },
+            _ = tick.tick() => supervisor.pass().await,
         }
-        reap(&shared, &mut running, &mut not_before, shard).await;
+    }
+    // The loops see the same stop signal; wait for them so the pending gauges settle.
+    supervisor.stop().await;
+    let _ = presence_task.await;
+    let _ = limits_task.await;
+}
 
-        // The dispatch loop: prepared once, restarted when it fails.
-        if dispatch.as_ref().is_none_or(JoinHandle::is_finished)
-            && Instant::now() >= dispatch_not_before
-        {
-            if let Some(handle) = dispatch.take() {
-                match handle.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(shard, %error, "dispatch loop failed; restarting")
-                    }
-                    Err(error) => {
-                        tracing::error!(shard, %error, "dispatch loop panicked; restarting")
-                    }
-                }
-            }
-            match dispatch::prepare(&shared, shard).await {
-                Ok(consumer) => {
-                    dispatch = Some(shared.tracker.spawn(dispatch::run(
-                        shared.clone(),
-                        shard,
-                        consumer,
-                        functions.clone(),
-                        waiting_tx.clone(),
-                    )));
-                    if !ready {
-                        ready = true;
-                        shared.ready.shards_ready.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-                Err(error) => {
-                    let retryable = error.is_retryable();
-                    if retryable {
-                        tracing::warn!(shard, %error, "cannot dispatch the shard's calls yet; retrying");
-                    } else {
-                        tracing::error!(shard, %error, "NATS refused the shard's dispatch consumer");
-                    }
-                    dispatch_not_before = Instant::now()
-                        + if retryable {
-                            RESTART_AFTER
-                        } else {
-                            REFUSED_RETRY_AFTER
-                        };
-                }
-            }
-        }
+/// One shard's supervisor: the state of its loops and of discovery, and the I/O they ask for.
+/// Each event (a function whose calls start waiting, a change of replicas, a discovery tick) is
+/// one method.
+struct Supervisor {
+    shared: Arc<Shared>,
+    shard: u32,
+    functions: Arc<Functions>,
+    /// Handed to each dispatch loop, which tells of every function whose calls start waiting.
+    waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
+    dispatch: DispatchLoop,
+    loops: WaitLoops,
+    /// The shard's wait stream, looked up once and again after a failed pass.
+    wait_stream: Option<JsStream>,
+    discovery: Health,
+}
 
-        // Calls waiting in the wait stream, whoever moved them there.
-        let found = async {
-            let s = match wait_stream.take() {
-                Some(s) => s,
-                None => shared
-                    .js
-                    .get_stream(subjects::wait_stream(shard))
-                    .await
-                    .map_err(DiscoveryError::Stream)?,
-            };
-            let s = &*wait_stream.insert(s);
-            let mut subjects_info = s
-                .info_with_subjects(subjects::wait_wildcard(shard))
-                .await
-                .map_err(DiscoveryError::Subjects)?;
-            let mut found = Vec::new();
-            while let Some(entry) = subjects_info.next().await {
-                let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
-                if count > 0
-                    && let Some(f) = subjects::function_of_wait_subject(shard, &subject)
-                {
-                    found.push(f);
+impl Supervisor {
+    fn new(
+        shared: Arc<Shared>,
+        shard: u32,
+        functions: Arc<Functions>,
+        waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
+    ) -> Self {
+        Self {
+            shared,
+            shard,
+            functions,
+            waiting,
+            dispatch: DispatchLoop::new(),
+            loops: WaitLoops::default(),
+            wait_stream: None,
+            discovery: Health::new(),
+        }
+    }
+
+    /// Starts `f`'s wait loop unless it runs already or failed too recently.
+    fn start_wait_loop(&mut self, f: Arc<FunctionRt>) {
+        if !self.loops.may_start(&f.name, Instant::now()) {
+            return;
+        }
+        let name = f.name.clone();
+        let handle = self.shared.tracker.spawn(pull::run(self.shared.clone(), f));
+        self.loops.started(name, handle);
+        self.shared.metrics.consumers.increment(1.0);
+    }
+
+    /// A discovery tick: collects finished wait loops, restarts the dispatch loop if it is due,
+    /// and starts a wait loop for each function whose calls wait.
+    async fn pass(&mut self) {
+        let consumers = &self.shared.metrics.consumers;
+        self.loops.reap(self.shard, consumers).await;
+        self.keep_dispatching().await;
+        self.discover().await;
+    }
+
+    /// Prepares and starts the dispatch loop when none runs and no wait after a failure is under
+    /// way.
+    async fn keep_dispatching(&mut self) {
+        let shard = self.shard;
+        if !self.dispatch.due(Instant::now()) {
+            return;
+        }
+        self.dispatch.reap(shard).await;
+        match dispatch::prepare(&self.shared, shard).await {
+            Ok(consumer) => {
+                let handle = self.shared.tracker.spawn(dispatch::run(
+                    self.shared.clone(),
+                    shard,
+                    consumer,
+                    self.functions.clone(),
+                    self.waiting.clone(),
+                ));
+                if self.dispatch.started(handle) {
+                    self.shared
+                        .ready
+                        .shards_ready
+                        .fetch_add(1, Ordering::SeqCst);
                 }
             }
-            Ok::<_, DiscoveryError>(found)
+            Err(error) => {
+                let retryable = error.is_retryable();
+                if retryable {
+                    tracing::warn!(shard, %error, "cannot dispatch the shard's calls yet; retrying");
+                } else {
+                    tracing::error!(shard, %error, "NATS refused the shard's dispatch consumer");
+                }
+                self.dispatch.failed(retryable, Instant::now());
+            }
         }
-        .await;
-        match found {
+    }
+
+    /// Starts a wait loop for each function with calls in the wait stream, whoever moved them
+    /// there.
+    async fn discover(&mut self) {
+        let shard = self.shard;
+        match self.waiting_functions().await {
             Ok(found) => {
-                if !healthy {
+                if self.discovery.worked() {
                     tracing::info!(shard, "discovery works again");
-                    healthy = true;
                 }
                 for name in found {
-                    if !running.contains_key(&name) {
-                        let f = functions.get(&name, &shared.policies);
-                        start_wait_loop(&shared, &mut running, &not_before, f);
+                    if !self.loops.runs(&name) {
+                        let f = self.functions.get(&name, &self.shared.policies);
+                        self.start_wait_loop(f);
                     }
                 }
             }
             Err(error) => {
-                wait_stream = None;
-                if healthy {
+                self.wait_stream = None;
+                if self.discovery.failed() {
                     tracing::warn!(shard, %error, "discovery failed; retrying");
-                    healthy = false;
                 }
             }
         }
     }
-    // The loops see the same stop signal; wait for them so the pending gauges settle.
-    if let Some(handle) = dispatch {
-        let _ = handle.await;
+
+    /// The functions whose calls wait in the shard's wait stream.
+    async fn waiting_functions(&mut self) -> Result<Vec<FunctionName>, DiscoveryError> {
+        let shard = self.shard;
+        let s = match self.wait_stream.take() {
+            Some(s) => s,
+            None => self
+                .shared
+                .js
+                .get_stream(subjects::wait_stream(shard))
+                .await
+                .map_err(DiscoveryError::Stream)?,
+        };
+        let s = &*self.wait_stream.insert(s);
+        let mut subjects_info = s
+            .info_with_subjects(subjects::wait_wildcard(shard))
+            .await
+            .map_err(DiscoveryError::Subjects)?;
+        let mut found = Vec::new();
+        while let Some(entry) = subjects_info.next().await {
+            let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
+            if count > 0
+                && let Some(f) = subjects::function_of_wait_subject(shard, &subject)
+            {
+                found.push(f);
+            }
+        }
+        Ok(found)
     }
-    for (_, handle) in running.drain() {
-        let _ = handle.await;
-        shared.metrics.consumers.decrement(1.0);
+
+    /// Waits for the shard's loops to end.
+    async fn stop(mut self) {
+        self.dispatch.stop().await;
+        self.loops.stop(&self.shared.metrics.consumers).await;
     }
-    let _ = presence_task.await;
-    let _ = limits_task.await;
 }
 
 /// Reports the concurrency limits of the shard's functions in this replica every
@@ -222,30 +262,12 @@ async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions
     }
 }
 
-/// Starts `f`'s wait loop unless it runs already or failed too recently.
-fn start_wait_loop(
-    shared: &Arc<Shared>,
-    running: &mut HashMap<FunctionName, Loop>,
-    not_before: &HashMap<FunctionName, Instant>,
-    f: Arc<FunctionRt>,
-) {
-    // A loop that ended and is not yet reaped is started again by the next pass, which finds its
-    // calls in the wait stream, once `reap` has seen how it ended.
-    if running.contains_key(&f.name) || not_before.get(&f.name).is_some_and(|t| *t > Instant::now())
-    {
-        return;
-    }
-    let name = f.name.clone();
-    running.insert(name, shared.tracker.spawn(pull::run(shared.clone(), f)));
-    shared.metrics.consumers.increment(1.0);
-}
-
 /// The shard's presence heartbeat: announces this replica every `PRESENCE_EVERY` and tells
-/// `membership` how many replicas were heard from within `PRESENCE_EXPIRY`, itself included, and
-/// its place among them (by id, so every replica orders them alike). A replica says
+/// `membership` how many replicas were heard from within [`roster::PRESENCE_EXPIRY`], itself
+/// included, and its place among them (by id, so every replica orders them alike). A replica says
 /// `hello` when it starts (the others answer at once, so it knows them within a round trip) and
 /// `bye` when it stops pulling (the others take over its share at once). One that dies silently
-/// drops out after `PRESENCE_EXPIRY`. No other coordination between replicas exists.
+/// drops out after that expiry. No other coordination between replicas exists.
 async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Membership>) {
     let subject = subjects::presence_subject(shard);
     // Unique per connection, hence per replica and shard.
@@ -270,7 +292,7 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
         }
     };
     announce("hello").await;
-    let mut others: HashMap<String, Instant> = HashMap::new();
+    let mut roster = Roster::new(me.clone());
     let mut tick = tokio::time::interval(PRESENCE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -279,38 +301,16 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
             _ = shared.stop.cancelled() => break,
             m = sub.next() => {
                 let Some(m) = m else { break };
-                let Some((kind, who)) = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|t| t.split_once(' '))
-                else {
-                    continue;
-                };
-                if who == me {
-                    continue;
-                }
-                match kind {
-                    "bye" => {
-                        others.remove(who);
-                    }
-                    "hello" => {
-                        others.insert(who.to_owned(), Instant::now());
-                        announce("beat").await;
-                    }
-                    _ => {
-                        others.insert(who.to_owned(), Instant::now());
-                    }
+                if roster.heard(&m.payload) {
+                    announce("beat").await;
                 }
             }
             _ = tick.tick() => {
                 announce("beat").await;
-                others.retain(|_, seen| seen.elapsed() < PRESENCE_EXPIRY);
+                roster.expire();
             }
         }
-        let now = Membership {
-            replicas: u32::try_from(others.len() + 1).unwrap_or(u32::MAX),
-            index: u32::try_from(others.keys().filter(|o| o.as_str() < me.as_str()).count())
-                .unwrap_or(u32::MAX),
-        };
+        let now = roster.membership();
         membership.send_if_modified(|m| {
             let changed = *m != now;
             if changed {
@@ -327,42 +327,4 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
     }
     announce("bye").await;
     let _ = sub.unsubscribe().await;
-}
-
-/// Collects finished wait loops, logging why they ended and when they may start again.
-async fn reap(
-    shared: &Shared,
-    running: &mut HashMap<FunctionName, Loop>,
-    not_before: &mut HashMap<FunctionName, Instant>,
-    shard: u32,
-) {
-    let done: Vec<FunctionName> = running
-        .iter()
-        .filter(|(_, h)| h.is_finished())
-        .map(|(f, _)| f.clone())
-        .collect();
-    for f in done {
-        let Some(handle) = running.remove(&f) else {
-            continue;
-        };
-        shared.metrics.consumers.decrement(1.0);
-        match handle.await {
-            Ok(Ok(Ended::Drained)) => {
-                tracing::debug!(function = %f, shard, "no call of the function waits any more");
-            }
-            Ok(Ok(Ended::Stopped)) => {}
-            Ok(Err(error)) if error.is_retryable() => {
-                tracing::warn!(function = %f, shard, %error, "pull loop failed; restarting");
-                not_before.insert(f, Instant::now() + RESTART_AFTER);
-            }
-            Ok(Err(error)) => {
-                tracing::error!(function = %f, shard, %error, "NATS refused the function's consumer");
-                not_before.insert(f, Instant::now() + REFUSED_RETRY_AFTER);
-            }
-            Err(error) => {
-                tracing::error!(function = %f, shard, %error, "pull loop panicked; restarting");
-                not_before.insert(f, Instant::now() + RESTART_AFTER);
-            }
-        }
-    }
 }

@@ -1,28 +1,16 @@
-//! A shard's dispatch loop: one durable consumer reads every call of the shard, shared by the
-//! shard's replicas like a queue group, and each call either starts at once or, when its function
-//! has no room, moves to the shard's wait stream. Reading calls in arrival order costs nats-server
-//! the same whatever the number of functions, where one filtered consumer per function on a shared
-//! stream made it skip the other functions' messages (see `docs/ARCHITECTURE.md`).
+//! A shard's dispatch loop: the shard's one durable dispatch consumer, shared by its replicas like
+//! a queue group, and a loop that starts each call at once or, when its function has no room
+//! (no free slot within [`HOLD`], a rate, calls of it waiting already, or too large a part of the
+//! replica's cap), moves it to the shard's wait stream. The loop only dispatches events; its
+//! requests are kept in `dispatch/requests.rs` and where a call goes is decided by [`Placer`].
 //!
-//! A call starts when its function has a free slot (its share of the function's cluster-wide
-//! concurrency, see `functions`) and the replica a free permit (`--max-in-flight`). Otherwise:
-//! - its function has no free slot: the loop waits for one a few milliseconds ([`HOLD`]), long
-//!   enough for a fast function, and otherwise moves the call to the wait stream under its
-//!   function's subject, so a saturated function never holds back another;
-//! - the replica is at its cap: a function with no call in flight takes one of the permits kept
-//!   for quiet functions, so it is never stuck behind other functions' calls; a function holding
-//!   twice its share of the cap or more (and at least [`MOVE_AT_CAP_FROM`] calls) moves the call
-//!   to the wait stream, where it takes its turn among the waiting functions, unless its recent
-//!   calls were quick (under [`HOLD`] on average): then it waits up to [`HOLD`] for a permit
-//!   first, like a slot; any other waits for the next free permit.
-//!
-//! Calls also move at once when the function is rate-limited (all its calls start from the wait
-//! stream, at the rate) or calls of the function wait already (a new one queues behind them).
-//!
-//! A move publishes a copy (de-duplicated on the call's stream sequence) and acks the call only
-//! once JetStream holds the copy, so a crash in between runs the call at most twice, never zero.
+//! Invariant: a moved call is acked only once JetStream holds its copy (de-duplicated on the
+//! call's stream sequence), so a crash in between runs it at most twice, never zero times. The
+//! rules for placing a call, and why one consumer per shard: `docs/ARCHITECTURE.md`,
+//! "Partitioning and limits".
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +19,23 @@ use async_nats::jetstream::consumer::{self, PullConsumer};
 use flotilla_queue::FunctionName;
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
+use futures_util::future::OptionFuture;
 use futures_util::{StreamExt, TryStreamExt};
+use metrics::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 
 use crate::budget::Slot;
 use crate::call;
 use crate::dead;
-use crate::error::PullError;
 use crate::functions::{FunctionRt, Functions};
-use crate::pull::Arrival;
-use crate::{Shared, metrics, pull, retry};
+use crate::pull::{Arrival, InfoCall, PullError};
+use crate::{Shared, pull, retry};
 
-/// Messages asked for at once. Each is started, moved or (at the replica's cap) waits a moment
-/// for a permit, so few wait in the inbox.
-const BATCH: usize = 256;
+mod requests;
+
+use requests::Requests;
+
 /// Moves to the wait stream in progress at once per shard (each waits for a PubAck).
 const MOVES: usize = 256;
 /// How long a call whose move failed waits before it is dispatched again.
@@ -77,23 +67,25 @@ pub(crate) fn consumer_config(shard: u32, ack_wait: Duration) -> consumer::pull:
 /// consumer whose filter overlaps another's, and the calls those consumers had delivered and not
 /// acknowledged return to the stream when they go, to be dispatched like any other.
 pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer, PullError> {
-    let create = |message: String, retryable: bool| PullError::Create {
-        consumer: DISPATCH_CONSUMER.into(),
-        message,
-        retryable,
-    };
+    let consumer = || DISPATCH_CONSUMER.to_owned();
     let stream_name = subjects::call_stream(shard);
     let stream = shared
         .js
         .get_stream(stream_name.as_str())
         .await
-        .map_err(|e| create(e.to_string(), true))?;
+        .map_err(|source| PullError::Stream {
+            consumer: consumer(),
+            source,
+        })?;
     let mut earlier = Vec::new();
     let mut list = stream.consumers();
     while let Some(info) = list
         .try_next()
         .await
-        .map_err(|e| create(e.to_string(), true))?
+        .map_err(|source| PullError::ListConsumers {
+            consumer: consumer(),
+            source,
+        })?
     {
         if info.name != DISPATCH_CONSUMER
             && info.name != RETRY_CONSUMER
@@ -106,18 +98,25 @@ pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer,
         stream
             .delete_consumer(name)
             .await
-            .map_err(|e| create(format!("removing consumer {name}: {e}"), true))?;
+            .map_err(|source| PullError::RemoveEarlier {
+                consumer: consumer(),
+                earlier: name.clone(),
+                source,
+            })?;
         tracing::info!(
             shard,
             consumer = %name,
             "removed a per-function consumer of the earlier layout; its calls are dispatched"
         );
     }
-    let consumer = stream
+    let created = stream
         .create_consumer(consumer_config(shard, shared.ack_wait))
         .await
-        .map_err(|e| PullError::creating(DISPATCH_CONSUMER.into(), &e))?;
-    Ok(consumer)
+        .map_err(|source| PullError::Create {
+            consumer: consumer(),
+            source,
+        })?;
+    Ok(created)
 }
 
 /// Dispatches the shard's calls until the worker stops (`Ok`) or the consumer fails. `waiting`
@@ -130,105 +129,198 @@ pub(crate) async fn run(
     waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
 ) -> Result<(), PullError> {
     let (inbox, mut sub) = pull::open_inbox(&shared).await?;
-    let puller = format!("dispatch of shard {shard}");
-    let moves = Arc::new(Semaphore::new(MOVES));
-    let mut placer = Placer::default();
-    let pending = metrics::shard_pending(shard);
-    let mut info_tick = tokio::time::interval(INFO_EVERY);
-    info_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Messages asked for and not yet delivered, and when the requests count as lost.
-    let mut outstanding = 0usize;
-    let mut lost_at = Instant::now();
+    let mut dispatcher =
+        Dispatcher::new(shared.clone(), shard, consumer, inbox, functions, waiting);
     tracing::debug!(shard, "dispatching");
     let result = loop {
-        let paused = shared.budget.paused_until();
-        // Ask again once half a batch has arrived, so calls keep flowing without a gap.
-        if paused.is_none() && outstanding <= BATCH / 2 {
-            let want = BATCH - outstanding;
-            let batch = consumer::pull::BatchConfig {
-                batch: want,
-                expires: Some(pull::BUSY.expires),
-                idle_heartbeat: pull::BUSY.heartbeat,
-                ..Default::default()
-            };
-            if let Err(e) = consumer.request_batch(batch, inbox.clone().into()).await {
-                break Err(PullError::Request(e.to_string()));
-            }
-            outstanding += want;
-            lost_at = Instant::now() + pull::BUSY.lost_after;
-        }
-        let m = tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break Ok(()),
-            m = sub.next() => m,
-            // The replica ran out of a local resource: ask for nothing new until the pause ends.
-            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => continue,
-            _ = tokio::time::sleep_until(lost_at), if outstanding > 0 => {
-                outstanding = 0;
-                continue;
-            }
-            _ = info_tick.tick() => {
-                if let Ok(info) = consumer.get_info().await {
-                    pending.set(info.num_pending as f64);
-                }
-                continue;
-            }
-        };
-        let Some(m) = m else {
-            break Err(PullError::Closed);
-        };
-        // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
-        lost_at = Instant::now() + pull::BUSY.lost_after;
-        let msg = match pull::arrival(&shared, m, &puller).await {
-            Ok(Arrival::Message(msg)) => {
-                outstanding = outstanding.saturating_sub(1);
-                msg
-            }
-            Ok(Arrival::Expired(unfulfilled)) => {
-                outstanding = unfulfilled.map_or(0, |n| outstanding.saturating_sub(n));
-                continue;
-            }
-            Ok(Arrival::Heartbeat) => continue,
-            Ok(Arrival::Stopping) => break Ok(()),
+        match dispatcher.turn(&mut sub).await {
+            Ok(ControlFlow::Continue(())) => {}
+            Ok(ControlFlow::Break(())) => break Ok(()),
             Err(e) => break Err(e),
-        };
-        let Some(name) = subjects::function_of_subject(shard, &msg.subject) else {
-            let shared2 = shared.clone();
-            shared.tracker.spawn(async move {
-                dead::poison(&shared2, &msg, shard, "subject names no valid function").await;
-            });
-            continue;
-        };
-        let f = functions.get(&name, &shared.policies);
-        match placer.place(&shared, &f).await {
-            Place::Start(slot) => {
-                shared
-                    .tracker
-                    .spawn(call::handle(shared.clone(), f, msg, slot));
-            }
-            Place::Stopping => {
-                call::hand_back(&shared, &msg).await;
-                break Ok(());
-            }
-            Place::Wait => {
-                let guard = f.moving();
-                if guard.began {
-                    let _ = waiting.send(f.clone());
-                }
-                let Ok(permit) = moves.clone().acquire_owned().await else {
-                    call::hand_back(&shared, &msg).await;
-                    break Ok(());
-                };
-                let shared2 = shared.clone();
-                shared.tracker.spawn(async move {
-                    move_to_wait(&shared2, &f, msg).await;
-                    drop((guard, permit));
-                });
-            }
         }
     };
     pull::hand_back_inbox(&shared, sub).await;
     result
+}
+
+/// A shard's dispatch loop: its open [`Requests`], the [`Placer`] that decides where each call
+/// goes, and the I/O they ask for. Each turn asks for more calls when due and handles one event.
+struct Dispatcher {
+    shared: Arc<Shared>,
+    shard: u32,
+    consumer: PullConsumer,
+    inbox: String,
+    /// Names the loop in the log.
+    puller: String,
+    functions: Arc<Functions>,
+    /// Hears of every function whose calls start waiting.
+    waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
+    /// Moves to the wait stream in progress; a full set holds the loop back.
+    moves: Arc<Semaphore>,
+    placer: Placer,
+    requests: Requests,
+    /// `worker_shard_pending`.
+    pending: Gauge,
+    info_tick: Interval,
+    /// The consumer is read beside the loop, not in it: during a NATS disruption the request may
+    /// take seconds, and calls must not wait behind it.
+    info_call: Option<InfoCall>,
+}
+
+impl Dispatcher {
+    fn new(
+        shared: Arc<Shared>,
+        shard: u32,
+        consumer: PullConsumer,
+        inbox: String,
+        functions: Arc<Functions>,
+        waiting: mpsc::UnboundedSender<Arc<FunctionRt>>,
+    ) -> Self {
+        let mut info_tick = tokio::time::interval(INFO_EVERY);
+        info_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            shared,
+            shard,
+            consumer,
+            inbox,
+            puller: format!("dispatch of shard {shard}"),
+            functions,
+            waiting,
+            moves: Arc::new(Semaphore::new(MOVES)),
+            placer: Placer::default(),
+            requests: Requests::new(),
+            pending: crate::metrics::shard_pending(shard),
+            info_tick,
+            info_call: None,
+        }
+    }
+
+    /// Asks for more calls when due, then waits for one event and hands it to its method.
+    async fn turn(
+        &mut self,
+        sub: &mut async_nats::Subscriber,
+    ) -> Result<ControlFlow<()>, PullError> {
+        let paused = self.shared.budget.paused_until();
+        self.request(self.requests.want(paused.is_some())).await?;
+        tokio::select! {
+            biased;
+            _ = self.shared.stop.cancelled() => Ok(ControlFlow::Break(())),
+            m = sub.next() => self.on_inbox(m).await,
+            // The replica ran out of a local resource: ask for nothing new until the pause ends.
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = tokio::time::sleep_until(self.requests.lost_at()), if self.requests.outstanding() > 0 => {
+                self.requests.lost();
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = self.info_tick.tick(), if self.info_call.is_none() => {
+                self.info_call = Some(pull::read_info(&self.consumer));
+                Ok(ControlFlow::Continue(()))
+            }
+            Some(info) = OptionFuture::from(self.info_call.as_mut()), if self.info_call.is_some() => {
+                self.info_call = None;
+                if let Ok(info) = info {
+                    self.pending.set(info.num_pending as f64);
+                }
+                Ok(ControlFlow::Continue(()))
+            }
+        }
+    }
+
+    /// Asks NATS for `n` more calls (none when 0).
+    async fn request(&mut self, n: usize) -> Result<(), PullError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let batch = consumer::pull::BatchConfig {
+            batch: n,
+            expires: Some(pull::BUSY.expires),
+            idle_heartbeat: pull::BUSY.heartbeat,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(batch, self.inbox.clone().into())
+            .await
+            .map_err(PullError::Request)?;
+        self.requests.requested(n);
+        Ok(())
+    }
+
+    /// Something arrived on the pull inbox.
+    async fn on_inbox(
+        &mut self,
+        m: Option<async_nats::Message>,
+    ) -> Result<ControlFlow<()>, PullError> {
+        let Some(m) = m else {
+            return Err(PullError::Closed);
+        };
+        // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
+        self.requests.heard();
+        match pull::arrival(&self.shared, m, &self.puller).await? {
+            Arrival::Message(msg) => {
+                self.requests.arrived();
+                Ok(self.dispatch(msg).await)
+            }
+            Arrival::Expired(unfulfilled) => {
+                self.requests.expired(unfulfilled);
+                Ok(ControlFlow::Continue(()))
+            }
+            Arrival::Heartbeat => Ok(ControlFlow::Continue(())),
+            Arrival::Stopping => Ok(ControlFlow::Break(())),
+        }
+    }
+
+    /// Starts a call, or moves it to the wait stream; a call whose subject names no valid
+    /// function is a poison message.
+    async fn dispatch(&mut self, msg: jetstream::Message) -> ControlFlow<()> {
+        let shard = self.shard;
+        let Some(name) = subjects::function_of_subject(shard, &msg.subject) else {
+            let shared = self.shared.clone();
+            self.shared.tracker.spawn(async move {
+                dead::poison(&shared, &msg, shard, "subject names no valid function").await;
+            });
+            return ControlFlow::Continue(());
+        };
+        let f = self.functions.get(&name, &self.shared.policies);
+        match self.placer.place(&self.shared, &f).await {
+            Place::Start(slot) => {
+                let shared = self.shared.clone();
+                self.shared
+                    .tracker
+                    .spawn(call::handle(shared, f, msg, slot));
+                ControlFlow::Continue(())
+            }
+            Place::Stopping => {
+                call::hand_back(&self.shared, &msg).await;
+                ControlFlow::Break(())
+            }
+            Place::Wait => self.move_to_wait(f, msg).await,
+        }
+    }
+
+    /// Moves a call to its function's wait stream in a task of its own, once a move is free;
+    /// tells the supervisor when this move makes the function waiting.
+    async fn move_to_wait(
+        &mut self,
+        f: Arc<FunctionRt>,
+        msg: jetstream::Message,
+    ) -> ControlFlow<()> {
+        let guard = f.moving();
+        if guard.began {
+            let _ = self.waiting.send(f.clone());
+        }
+        let Ok(permit) = self.moves.clone().acquire_owned().await else {
+            call::hand_back(&self.shared, &msg).await;
+            return ControlFlow::Break(());
+        };
+        let shared = self.shared.clone();
+        self.shared.tracker.spawn(async move {
+            move_to_wait(&shared, &f, msg).await;
+            drop((guard, permit));
+        });
+        ControlFlow::Continue(())
+    }
 }
 
 /// Where a dispatched call goes.

@@ -1,6 +1,6 @@
 //! The worker's errors, classified so callers know whether to fix configuration or wait:
-//! `WorkerError::is_config` maps to exit status 64 (else 1), `PullError::is_retryable` to
-//! "restart the loop soon".
+//! `WorkerError::is_config` maps to exit status 64 (else 1). A pull loop's errors, and whether
+//! restarting it may help, are `pull::PullError`.
 
 use flotilla_queue::{PolicyError, TopologyError};
 
@@ -57,53 +57,6 @@ impl WorkerError {
             | Self::Connect { .. }
             | Self::Topology(_) => true,
             Self::Start { .. } => false,
-        }
-    }
-}
-
-/// Why one pull loop ended; its supervisor restarts it when the function still has work.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PullError {
-    #[error("creating consumer {consumer}: {message}")]
-    Create {
-        consumer: String,
-        message: String,
-        /// False when the server refused the consumer's configuration (an operator must act,
-        /// for example raise the account's consumer limit).
-        retryable: bool,
-    },
-    #[error("subscribing to the pull inbox: {0}")]
-    Subscribe(String),
-    #[error("the consumer was deleted on the server")]
-    ConsumerDeleted,
-    #[error("pull subscription closed")]
-    Closed,
-    #[error("pull request failed: {0}")]
-    Request(String),
-}
-
-impl PullError {
-    /// NATS did not create `consumer`: retryable unless the server refused its configuration.
-    pub(crate) fn creating(
-        consumer: String,
-        e: &async_nats::jetstream::stream::ConsumerError,
-    ) -> Self {
-        Self::Create {
-            consumer,
-            retryable: !matches!(
-                e.kind(),
-                async_nats::jetstream::stream::ConsumerErrorKind::JetStream(_)
-            ),
-            message: e.to_string(),
-        }
-    }
-
-    /// Whether restarting the loop may help: NATS may come back and a deleted consumer is
-    /// recreated on the next start, but a refused configuration stays refused.
-    pub(crate) fn is_retryable(&self) -> bool {
-        match self {
-            Self::Create { retryable, .. } => *retryable,
-            Self::Subscribe(_) | Self::ConsumerDeleted | Self::Closed | Self::Request(_) => true,
         }
     }
 }

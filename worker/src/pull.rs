@@ -1,14 +1,15 @@
-//! One function's wait loop: while calls of the function wait in the shard's wait stream (it was
-//! at its concurrency, its rate, or its share of the replica when they were dispatched), its
-//! durable consumer there, and a loop that asks NATS for exactly as many messages as the function
-//! has free slots, so no message waits in a local buffer while its `ack_wait` clock runs. Each
-//! waiting function has its own loop, consumer and slots, so a slow or saturated function never
-//! holds back another (no head-of-line blocking). A rate-limited function asks only for messages
-//! it may start now, so its backlog waits in the stream without burning delivery attempts. The
-//! loop ends once nothing waits.
+//! One waiting function's durable consumer on the shard's wait stream, and its pull loop: it asks
+//! NATS for exactly as many calls as the function can start now (free slots, replica permits, rate
+//! tokens) and ends once nothing waits. The loop only dispatches events; the bookkeeping lives in
+//! `pull/state.rs` and `pull/ledger.rs`.
+//!
+//! Invariant: nothing is requested that could not start at once, so no message waits in a local
+//! buffer while its `ack_wait` clock runs. Why a loop per waiting function: `docs/ARCHITECTURE.md`,
+//! "Partitioning and limits".
 
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,72 +19,28 @@ use async_nats::{HeaderMap, StatusCode};
 use flotilla_queue::{FunctionName, FunctionPolicy, subjects};
 use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::budget::Slot;
 use crate::call;
-use crate::error::PullError;
-use crate::functions::FunctionRt;
+use crate::functions::{FunctionRt, Membership};
 
+mod error;
 mod ledger;
+mod pace;
+mod state;
 
-use ledger::{Ledger, RateShare};
-
-/// How a pull loop paces its requests to NATS. A busy function renews its pull request often and
-/// notices a lost one quickly; a quiet one (nothing delivered or waiting for `QUIET_AFTER`) asks
-/// rarely, so thousands of idle functions cost NATS and the worker little.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Pace {
-    /// How long a pull request waits at the server for messages before it expires and is renewed.
-    pub expires: Duration,
-    /// While a pull request waits, the server sends a heartbeat this often...
-    pub heartbeat: Duration,
-    /// ...so when nothing at all arrived for this long, the request is lost (this replica
-    /// reconnected to another node, or the consumer's leader died with it) and is sent again.
-    pub lost_after: Duration,
-    /// How often the consumer is read (for `worker_pending` and idle detection).
-    info_every: Duration,
-}
-
-pub(crate) const BUSY: Pace = Pace {
-    expires: Duration::from_secs(5),
-    heartbeat: Duration::from_secs(1),
-    lost_after: Duration::from_millis(2500),
-    info_every: Duration::from_secs(1),
-};
-const QUIET: Pace = Pace {
-    expires: Duration::from_secs(30),
-    heartbeat: Duration::from_secs(5),
-    lost_after: Duration::from_millis(11_000),
-    info_every: Duration::from_secs(30),
-};
-/// A function with nothing delivered for this long is quiet.
-const QUIET_AFTER: Duration = Duration::from_secs(10);
-
-impl Pace {
-    fn of(last_activity: Instant, consumer_idle: Duration) -> Self {
-        let mut pace = if last_activity.elapsed() < QUIET_AFTER {
-            BUSY
-        } else {
-            QUIET
-        };
-        // Idle detection must be able to act within `--consumer-idle`, and a released consumer
-        // must not be kept alive by its last request for much longer than that.
-        pace.info_every = pace.info_every.min(consumer_idle / 2);
-        if pace.expires > consumer_idle.max(BUSY.expires) {
-            pace = Pace {
-                info_every: pace.info_every,
-                ..BUSY
-            };
-        }
-        pace
-    }
-}
+pub(crate) use error::PullError;
+#[cfg(test)]
+pub(crate) use error::tests::refused;
+use ledger::{Ledger, Plan, RateShare};
+pub(crate) use pace::{BUSY, Silence};
+use state::WaitState;
 
 /// A consumer-info request in progress.
-type InfoCall = Pin<
+pub(crate) type InfoCall = Pin<
     Box<dyn Future<Output = Result<consumer::Info, jetstream::context::ConsumerInfoError>> + Send>,
 >;
 /// A wait for one of the replica's permits.
@@ -145,155 +102,243 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         .js
         .create_consumer_on_stream(config, stream.as_str())
         .await
-        .map_err(|e| PullError::creating(subjects::consumer_name(&f.name), &e))?;
+        .map_err(|source| PullError::Create {
+            consumer: subjects::consumer_name(&f.name),
+            source,
+        })?;
     let (inbox, mut sub) = open_inbox(&shared).await?;
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
-
-    let mut ledger = Ledger::new(
-        f.policy.replica_concurrency as usize,
-        f.slots.clone(),
-        f.running.clone(),
-    );
-    let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
-    let mut membership = f.membership.clone();
-    let mut watch_replicas = rate.is_some();
-    let mut share = rate.map(|r| RateShare::new(r, membership.borrow_and_update().replicas));
-    let mut lost_at = Instant::now();
-    let mut lost_after = BUSY.lost_after;
-    let mut last_activity = Instant::now();
-    let mut next_info = Instant::now();
-    let mut info_call: Option<InfoCall> = None;
-    // Waiting for a replica permit keeps its place in the queue across turns of the loop.
-    let mut permit_wait: Option<PermitWait> = None;
-
-    let ended = loop {
-        // Nothing waits any more (see the consumer reading below) and no request of this loop is
-        // open at the server: a message sent to an inbox nobody reads would wait out `ack_wait`.
-        // The end does not hang on reading the consumer again, which NATS may have removed.
-        if f.is_waiting() {
-            ledger.set_busy(last_activity.elapsed() < QUIET_AFTER);
-            ledger.reserve();
-        } else if ledger.outstanding() == 0 {
-            break Ended::Drained;
-        } else {
-            // The open request runs out holding nothing back: the function's new calls start
-            // directly, and other functions and the dispatch loop get the replica's permits
-            // (holding them until the request expired stalled a replica for seconds).
-            ledger.stand_down();
-        }
-        let paused = shared.budget.paused_until();
-        let plan = ledger.plan(share.as_ref(), paused.is_some());
-        // Once nothing waits, no new request: the loop ends when its last one is closed.
-        if plan.request > 0 && f.is_waiting() {
-            let pace = Pace::of(last_activity, shared.consumer_idle);
-            let batch = consumer::pull::BatchConfig {
-                batch: plan.request,
-                expires: Some(pace.expires),
-                idle_heartbeat: pace.heartbeat,
-                ..Default::default()
-            };
-            consumer
-                .request_batch(batch, inbox.clone().into())
-                .await
-                .map_err(|e| PullError::Request(e.to_string()))?;
-            lost_after = pace.lost_after;
-            ledger.requested(plan.request, share.is_some());
-            lost_at = Instant::now() + lost_after;
-        }
-        if plan.budget_blocked && permit_wait.is_none() {
-            permit_wait = Some(Box::pin(shared.budget.permits().clone().acquire_owned()));
-        }
-
-        tokio::select! {
-            biased;
-            _ = shared.stop.cancelled() => break Ended::Stopped,
-            m = sub.next() => {
-                let Some(m) = m else { return Err(PullError::Closed) };
-                // Anything on the inbox (a message, a status, a heartbeat) shows the requests
-                // are alive.
-                lost_at = Instant::now() + lost_after;
-                match arrival(&shared, m, &f.name).await? {
-                    Arrival::Message(msg) => {
-                        last_activity = Instant::now();
-                        let slot = match ledger.arrived() {
-                            Some(slot) => slot,
-                            None => match wait_for_slot(&shared, &f, &mut ledger).await {
-                                Some(slot) => slot,
-                                None => {
-                                    call::hand_back(&shared, &msg).await;
-                                    break Ended::Stopped;
-                                }
-                            },
-                        };
-                        shared.tracker.spawn(call::handle(shared.clone(), f.clone(), msg, slot));
-                    }
-                    Arrival::Expired(unfulfilled) => ledger.expired(unfulfilled),
-                    Arrival::Heartbeat => {}
-                    Arrival::Stopping => {
-                        ledger.expired(None);
-                        break Ended::Stopped;
-                    }
-                }
-            }
-            slot = f.slots.clone().acquire_many_owned(plan.wake_at), if f.is_waiting() => {
-                // Calls released their slots.
-                if let Ok(slot) = slot {
-                    ledger.add_slots(slot);
-                }
-            }
-            Some(permit) = OptionFuture::from(permit_wait.as_mut()), if permit_wait.is_some() => {
-                permit_wait = None;
-                if let Ok(permit) = permit {
-                    ledger.add_permit(permit);
-                }
-            }
-            _ = until_ready(share.as_ref()), if plan.rate_blocked => ledger.rate_token(),
-            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {}
-            changed = membership.changed(), if watch_replicas => match (changed, rate) {
-                (Ok(()), Some(rate)) => {
-                    let n = membership.borrow_and_update().replicas;
-                    if share.as_ref().is_some_and(|s| s.replicas != n) {
-                        tracing::debug!(function = %f.name, replicas = n, "rate shared anew");
-                        share = Some(RateShare::new(rate, n));
-                    }
-                }
-                // The shard's heartbeat ended (shutdown): keep the last share.
-                _ => watch_replicas = false,
-            },
-            _ = tokio::time::sleep_until(lost_at), if ledger.outstanding() > 0 => {
-                ledger.expired(None);
-            }
-            // The consumer is read beside the loop, not in it: during a NATS disruption the
-            // request may take seconds, and messages must not wait behind it.
-            _ = tokio::time::sleep_until(next_info), if info_call.is_none() => {
-                let consumer = consumer.clone();
-                info_call = Some(Box::pin(async move { consumer.get_info().await }));
-            }
-            Some(info) = OptionFuture::from(info_call.as_mut()), if info_call.is_some() => {
-                info_call = None;
-                next_info = Instant::now() + Pace::of(last_activity, shared.consumer_idle).info_every;
-                match info {
-                    Ok(info) => {
-                        f.metrics.pending.set(info.num_pending as f64);
-                        // A rate-limited function's calls all pass through here: its loop stays
-                        // for as long as they keep coming, rather than start over for each.
-                        let lingering = f.always_waits() && last_activity.elapsed() < QUIET_AFTER;
-                        if info.num_pending == 0 && f.moves_in_progress() == 0 && !lingering {
-                            // New calls start directly again; a move that begins from now on
-                            // sets the function waiting again and is delivered to this loop, or
-                            // restarts it (see `dispatch`).
-                            f.set_waiting(false);
-                        }
-                    }
-                    Err(error) => tracing::debug!(function = %f.name, %error, "consumer info"),
-                }
-            }
-        }
-    };
-    drop(ledger);
+    let mut wait = WaitLoop::new(shared.clone(), f.clone(), consumer, inbox);
+    let ended = wait.run(&mut sub).await?;
+    drop(wait);
     hand_back_inbox(&shared, sub).await;
     f.metrics.pending.set(0.0);
     Ok(ended)
+}
+
+/// A waiting function's pull loop: its [`WaitState`] and the I/O it asks for. Each turn plans,
+/// sends the request the plan asks for, and waits for one event, which one method handles.
+struct WaitLoop {
+    shared: Arc<Shared>,
+    f: Arc<FunctionRt>,
+    consumer: consumer::PullConsumer,
+    inbox: String,
+    membership: watch::Receiver<Membership>,
+    state: WaitState,
+    /// The consumer is read beside the loop, not in it: during a NATS disruption the request may
+    /// take seconds, and messages must not wait behind it.
+    info_call: Option<InfoCall>,
+    /// Waiting for a replica permit keeps its place in the queue across turns of the loop.
+    permit_wait: Option<PermitWait>,
+}
+
+impl WaitLoop {
+    fn new(
+        shared: Arc<Shared>,
+        f: Arc<FunctionRt>,
+        consumer: consumer::PullConsumer,
+        inbox: String,
+    ) -> Self {
+        let ledger = Ledger::new(
+            f.policy.replica_concurrency as usize,
+            f.slots.clone(),
+            f.running.clone(),
+        );
+        let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
+        let mut membership = f.membership.clone();
+        let replicas = membership.borrow_and_update().replicas;
+        let state = WaitState::new(ledger, rate, replicas, shared.consumer_idle);
+        Self {
+            shared,
+            f,
+            consumer,
+            inbox,
+            membership,
+            state,
+            info_call: None,
+            permit_wait: None,
+        }
+    }
+
+    /// Turns until the loop ends: nothing waits any more (see [`WaitLoop::on_info`]) and no
+    /// request of the loop is open, the worker stops, or pulling fails. The end does not hang on
+    /// reading the consumer again, which NATS may have removed.
+    async fn run(&mut self, sub: &mut async_nats::Subscriber) -> Result<Ended, PullError> {
+        loop {
+            let paused = self.shared.budget.paused_until();
+            let Some(plan) = self.state.plan(self.f.is_waiting(), paused.is_some()) else {
+                return Ok(Ended::Drained);
+            };
+            self.request(plan.request).await?;
+            if plan.budget_blocked && self.permit_wait.is_none() {
+                let permits = self.shared.budget.permits().clone();
+                self.permit_wait = Some(Box::pin(permits.acquire_owned()));
+            }
+            if let ControlFlow::Break(ended) = self.next_event(sub, plan, paused).await? {
+                return Ok(ended);
+            }
+        }
+    }
+
+    /// Asks NATS for `n` messages, unless nothing waits any more: then the loop ends when its last
+    /// request is closed.
+    async fn request(&mut self, n: usize) -> Result<(), PullError> {
+        if n == 0 || !self.f.is_waiting() {
+            return Ok(());
+        }
+        let pace = self.state.pace();
+        let batch = consumer::pull::BatchConfig {
+            batch: n,
+            expires: Some(pace.expires),
+            idle_heartbeat: pace.heartbeat,
+            ..Default::default()
+        };
+        self.consumer
+            .request_batch(batch, self.inbox.clone().into())
+            .await
+            .map_err(PullError::Request)?;
+        self.state.requested(n, &pace);
+        Ok(())
+    }
+
+    /// Waits for the next event and hands it to its method.
+    async fn next_event(
+        &mut self,
+        sub: &mut async_nats::Subscriber,
+        plan: Plan,
+        paused: Option<Instant>,
+    ) -> Result<ControlFlow<Ended>, PullError> {
+        tokio::select! {
+            biased;
+            _ = self.shared.stop.cancelled() => Ok(ControlFlow::Break(Ended::Stopped)),
+            m = sub.next() => self.on_inbox(m).await,
+            slot = self.f.slots.clone().acquire_many_owned(plan.wake_at), if self.f.is_waiting() => {
+                // Calls released their slots.
+                if let Ok(slot) = slot {
+                    self.state.ledger_mut().add_slots(slot);
+                }
+                Ok(ControlFlow::Continue(()))
+            }
+            Some(permit) = OptionFuture::from(self.permit_wait.as_mut()), if self.permit_wait.is_some() => {
+                self.on_permit(permit);
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = until_ready(self.state.share()), if plan.rate_blocked => {
+                self.state.rate_token();
+                Ok(ControlFlow::Continue(()))
+            }
+            // The replica ran out of a local resource: nothing new is asked for until the pause
+            // ends.
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
+                Ok(ControlFlow::Continue(()))
+            }
+            changed = self.membership.changed(), if self.state.watch_replicas() => {
+                self.on_membership(changed.is_ok());
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = tokio::time::sleep_until(self.state.lost_at()), if self.state.outstanding() > 0 => {
+                self.state.lost();
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = tokio::time::sleep_until(self.state.next_info()), if self.info_call.is_none() => {
+                self.info_call = Some(read_info(&self.consumer));
+                Ok(ControlFlow::Continue(()))
+            }
+            Some(info) = OptionFuture::from(self.info_call.as_mut()), if self.info_call.is_some() => {
+                self.on_info(info);
+                Ok(ControlFlow::Continue(()))
+            }
+        }
+    }
+
+    /// Something arrived on the pull inbox.
+    async fn on_inbox(
+        &mut self,
+        m: Option<async_nats::Message>,
+    ) -> Result<ControlFlow<Ended>, PullError> {
+        let Some(m) = m else {
+            return Err(PullError::Closed);
+        };
+        // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
+        self.state.heard();
+        match arrival(&self.shared, m, &self.f.name).await? {
+            Arrival::Message(msg) => return Ok(self.start(msg).await),
+            Arrival::Expired(unfulfilled) => self.state.expired(unfulfilled),
+            Arrival::Heartbeat => {}
+            Arrival::Stopping => {
+                self.state.expired(None);
+                return Ok(ControlFlow::Break(Ended::Stopped));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Starts a delivered call in the slot set aside for it, or in one it waits for when it came
+    /// beyond what was asked for; hands it back when the worker stops first.
+    async fn start(&mut self, msg: jetstream::Message) -> ControlFlow<Ended> {
+        let slot = match self.state.delivered() {
+            Some(slot) => slot,
+            None => match wait_for_slot(&self.shared, &self.f, self.state.ledger_mut()).await {
+                Some(slot) => slot,
+                None => {
+                    call::hand_back(&self.shared, &msg).await;
+                    return ControlFlow::Break(Ended::Stopped);
+                }
+            },
+        };
+        let (shared, f) = (self.shared.clone(), self.f.clone());
+        self.shared
+            .tracker
+            .spawn(call::handle(shared, f, msg, slot));
+        ControlFlow::Continue(())
+    }
+
+    /// The replica permit waited for came (or the budget closed: the worker stops).
+    fn on_permit(&mut self, permit: Result<OwnedSemaphorePermit, AcquireError>) {
+        self.permit_wait = None;
+        if let Ok(permit) = permit {
+            self.state.ledger_mut().add_permit(permit);
+        }
+    }
+
+    /// The shard's replicas changed, or (`changed` false) its heartbeat ended.
+    fn on_membership(&mut self, changed: bool) {
+        let replicas = changed.then(|| self.membership.borrow_and_update().replicas);
+        if self.state.replicas(replicas)
+            && let Some(n) = replicas
+        {
+            tracing::debug!(function = %self.f.name, replicas = n, "rate shared anew");
+        }
+    }
+
+    /// The consumer was read: `worker_pending`, and whether the function's calls may start
+    /// directly again.
+    fn on_info(&mut self, info: Result<consumer::Info, jetstream::context::ConsumerInfoError>) {
+        self.info_call = None;
+        self.state.info_read();
+        match info {
+            Ok(info) => {
+                self.f.metrics.pending.set(info.num_pending as f64);
+                let f = &self.f;
+                if self
+                    .state
+                    .drained(info.num_pending, f.always_waits(), f.moves_in_progress())
+                {
+                    // New calls start directly again; a move that begins from now on sets the
+                    // function waiting again and is delivered to this loop, or restarts it (see
+                    // `dispatch`).
+                    f.set_waiting(false);
+                }
+            }
+            Err(error) => tracing::debug!(function = %self.f.name, %error, "consumer info"),
+        }
+    }
+}
+
+/// Reads `consumer` beside a loop: the future owns its own handle.
+pub(crate) fn read_info(consumer: &consumer::PullConsumer) -> InfoCall {
+    let consumer = consumer.clone();
+    Box::pin(async move { consumer.get_info().await })
 }
 
 /// How long a stopping pull loop waits for its inbox to drain. A message that arrives later is
@@ -333,7 +378,7 @@ pub(crate) async fn open_inbox(
         .client
         .subscribe(inbox.clone())
         .await
-        .map_err(|e| PullError::Subscribe(e.to_string()))?;
+        .map_err(PullError::Subscribe)?;
     Ok((inbox, sub))
 }
 
@@ -436,26 +481,6 @@ mod tests {
             Some(subjects::consumer_name(&f).as_str())
         );
         assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
-    }
-
-    #[test]
-    fn quiet_functions_ask_rarely_but_within_the_idle_time() {
-        let now = Instant::now();
-        let five_minutes = Duration::from_secs(300);
-        assert_eq!(Pace::of(now, five_minutes).expires, BUSY.expires);
-        let long_ago = now - Duration::from_secs(60);
-        let quiet = Pace::of(long_ago, five_minutes);
-        assert_eq!(
-            (quiet.expires, quiet.info_every),
-            (QUIET.expires, QUIET.info_every)
-        );
-        let short_idle = Pace::of(long_ago, Duration::from_secs(2));
-        assert_eq!(short_idle.expires, BUSY.expires);
-        assert_eq!(short_idle.info_every, Duration::from_secs(1));
-        for p in [BUSY, QUIET] {
-            // The server refuses a heartbeat above half the expiry; two may be lost.
-            assert!(p.heartbeat * 2 <= p.expires && p.lost_after > p.heartbeat * 2);
-        }
     }
 
     #[test]
