@@ -31,8 +31,9 @@ pub enum TopologyError {
     Mismatch { stored: u32, configured: u32 },
     #[error("topology bucket {TOPOLOGY_BUCKET} holds an unreadable shard count {0:?}")]
     Corrupt(String),
+    /// JetStream did not answer or refused a request; the request's own error is the source.
     #[error("JetStream: {0}")]
-    JetStream(String),
+    JetStream(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl TopologyError {
@@ -45,8 +46,8 @@ impl TopologyError {
     }
 }
 
-fn js_err(e: impl std::fmt::Display) -> TopologyError {
-    TopologyError::JetStream(e.to_string())
+fn js_err(e: impl std::error::Error + Send + Sync + 'static) -> TopologyError {
+    TopologyError::JetStream(Box::new(e))
 }
 
 /// The object store bucket of bodies larger than one NATS message.

@@ -13,16 +13,45 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::Readiness;
 
 /// A client that has not sent its request headers within this time is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The admin server while it runs; stopped when dropped.
+pub(crate) struct AdminServer {
+    stop: DropGuard,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until stopped or dropped.
+    pub(crate) fn start(
+        listener: TcpListener,
+        ready: Arc<Readiness>,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, ready, metrics, stop.clone()));
+        Self {
+            stop: stop.drop_guard(),
+            task,
+        }
+    }
+
+    /// Stops serving and waits until the listener is closed.
+    pub(crate) async fn stop(self) {
+        self.stop.disarm().cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// Serves until `stop` fires, then drops every open connection.
-pub(crate) async fn serve(
+async fn serve(
     listener: TcpListener,
     ready: Arc<Readiness>,
     metrics: PrometheusHandle,

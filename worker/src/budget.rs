@@ -237,9 +237,12 @@ pub(crate) mod tests {
         Slot::new(take(&function), take(&replica), &running).pause_function(Duration::ZERO);
         assert_eq!(function.available_permits(), 1, "no pause: back at once");
         assert_eq!((replica.available_permits(), running.calls()), (1, 0));
-        Slot::new(take(&function), take(&replica), &running)
-            .pause_function(Duration::from_secs(2));
-        assert_eq!(replica.available_permits(), 1, "the replica permit is back at once");
+        Slot::new(take(&function), take(&replica), &running).pause_function(Duration::from_secs(2));
+        assert_eq!(
+            replica.available_permits(),
+            1,
+            "the replica permit is back at once"
+        );
         assert_eq!(function.available_permits(), 0, "the function slot is held");
         tokio::time::sleep(Duration::from_millis(2001)).await;
         assert_eq!(function.available_permits(), 1);

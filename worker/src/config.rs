@@ -278,18 +278,11 @@ impl Config {
     /// what `run` needs, in a value that cannot hold an unchecked setting.
     pub fn check(self) -> Result<ValidConfig, WorkerError> {
         self.validate_flags()?;
-        self.common
-            .nats
-            .check()
-            .map_err(|e| WorkerError::Config(e.to_string()))?;
+        self.common.nats.check()?;
         let policies = self.policies()?;
         let signers = Signers::load(self.callback_signing_secrets_file.as_deref(), &policies)?;
         let callback_targets = self.common.callbacks.policy()?;
-        let function_tls = self
-            .common
-            .functions
-            .tls()
-            .map_err(|e| WorkerError::Config(e.to_string()))?;
+        let function_tls = self.common.functions.tls()?;
         Ok(ValidConfig {
             config: self,
             policies,

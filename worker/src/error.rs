@@ -13,6 +13,12 @@ pub enum WorkerError {
     /// Bad flags, or served shards outside the agreed topology.
     #[error("{0}")]
     Config(String),
+    /// The NATS flags cannot form a client (a URL, credentials or TLS files it cannot use).
+    #[error(transparent)]
+    Nats(#[from] flotilla_runtime::NatsConnectError),
+    /// The function TLS flags name files that cannot be used.
+    #[error(transparent)]
+    FunctionTls(#[from] flotilla_runtime::FunctionTlsError),
     /// The policy file cannot be read or holds an invalid policy.
     #[error("{0}")]
     Policy(#[source] PolicyError),
@@ -34,7 +40,7 @@ pub enum WorkerError {
     /// NATS holds a topology this worker cannot serve: another shard count than `--shards`, or
     /// an unreadable one.
     #[error("{0}")]
-    Topology(#[source] TopologyError),
+    Topology(#[from] TopologyError),
     /// A start-up step failed for a reason that is neither the configuration nor NATS being away
     /// (those are waited out): `what` names the step.
     #[error("{what}: {source}")]
@@ -51,6 +57,8 @@ impl WorkerError {
     pub fn is_config(&self) -> bool {
         match self {
             Self::Config(_)
+            | Self::Nats(_)
+            | Self::FunctionTls(_)
             | Self::Policy(_)
             | Self::Secrets(_)
             | Self::CallbackTargets(_)
