@@ -1,6 +1,6 @@
 //! `POST /async-batch/<name>`: many asynchronous calls to one function in one request, one JSON
 //! object a line (NDJSON). The body streams through: lines are read as they arrive, each is
-//! stored like a single call (`enqueue::accept`: its status, then the call, awaiting the PubAck)
+//! stored like a single call (`accept::accept`: its status, then the call, awaiting the PubAck)
 //! with at most [`OUTSTANDING`] stored at once, and the answer streams back one JSON result a
 //! line, in the lines' order, as each line is stored: `{"call_id"}` or `{"error", "status"}`. A
 //! batch of any size is never held whole in memory.
@@ -23,10 +23,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use crate::accept::{Accepting, accept};
 use crate::body::Body;
-use crate::enqueue::{self, Accepting, accept, derived_call_id};
 use crate::error::{CallError, json_response};
 use crate::hot::Hot;
+use crate::request::{
+    callback_header, check_callback, check_client_key, dedup_key, delayed, derived_call_id,
+    is_control_header,
+};
 use crate::state::State;
 
 pub const PREFIX: &str = "/async-batch/";
@@ -97,7 +101,7 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         return Err(CallError::NatsDown);
     }
     // The batch's own callback, when every call is final.
-    let callback_url = enqueue::callback_header(&state, &parts.headers)
+    let callback_url = callback_header(&state.callback_guard, &parts.headers)
         .await?
         .map(str::to_owned);
     let hot = match state.hot.get(name) {
@@ -268,7 +272,7 @@ async fn store(
             .map_err(|_| CallError::BadRequest(format!("header {name:?} is not a header name")))?;
         HeaderValue::from_str(value)
             .map_err(|_| CallError::BadRequest(format!("header {name} has an invalid value")))?;
-        if enqueue::is_control_header(&parsed) {
+        if is_control_header(&parsed) {
             return Err(CallError::BadRequest(format!(
                 "header {name} is a line field here (idempotency_key, callback_url, delay)"
             )));
@@ -279,16 +283,16 @@ async fn store(
     }
     let (call_id, dedup_key) = match &line.idempotency_key {
         Some(key) => {
-            enqueue::check_client_key(key, "idempotency_key")?;
+            check_client_key(key, "idempotency_key")?;
             (
                 derived_call_id(hot.function(), key),
-                Some(enqueue::dedup_key(hot.function(), key)),
+                Some(dedup_key(hot.function(), key)),
             )
         }
         None => (state.call_ids.next(), None),
     };
     if let Some(url) = &line.callback_url {
-        enqueue::check_callback(state, url).await?;
+        check_callback(&state.callback_guard, url).await?;
     }
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
@@ -297,7 +301,7 @@ async fn store(
             let delay = parse_duration(text).map_err(|_| {
                 CallError::BadRequest("delay must be a duration such as 90s, 1m30s or 2h".into())
             })?;
-            enqueue::delayed(accepted_at, delay, state.max_delay, "delay")?
+            delayed(accepted_at, delay, state.max_delay, "delay")?
         }
     };
     let ack = accept(

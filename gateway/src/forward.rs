@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::{Body, ClientBody};
 use crate::error::CallError;
-use crate::routes::split_name;
+use crate::request::split_name;
 use crate::state::State;
 
 pub const PREFIX: &str = "/function/";

@@ -10,9 +10,10 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::body::Body;
-use crate::dead_letters::list::rfc3339;
 use crate::error::{CallError, json_response};
+use crate::request::check_client_key;
 use crate::state::State;
+use crate::times::rfc3339;
 
 pub const PREFIX: &str = "/async-call/";
 const RESULT_SUFFIX: &str = "/result";
@@ -44,7 +45,7 @@ fn call_id(raw: &str) -> Result<String, CallError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| CallError::BadRequest("call id is not valid percent-encoded text".into()))?;
-    crate::enqueue::check_client_key(decoded.as_bytes(), "call id")?;
+    check_client_key(decoded.as_bytes(), "call id")?;
     Ok(decoded.into_owned())
 }
 

@@ -9,9 +9,9 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
+use super::common::{already_gone, dead_stream, unavailable};
 use super::list::Item;
 use super::scan::Letter;
-use super::{already_gone, dead_stream, unavailable};
 use crate::body::Body;
 use crate::error::{CallError, json_response};
 use crate::state::State;

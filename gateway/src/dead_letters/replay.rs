@@ -13,13 +13,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::scan::scan;
-use super::{
+use super::common::{
     already_gone, bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject,
 };
+use super::scan::scan;
 use crate::body::Body;
-use crate::enqueue::read_body;
 use crate::error::{CallError, json_response};
+use crate::request::read_body;
 use crate::state::State;
 
 /// Most letters one replay request handles; the client repeats with the returned `next` cursor.
