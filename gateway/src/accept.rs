@@ -24,7 +24,7 @@ async fn requeue_status(
     accepted_at: u128,
     batch_id: Option<&str>,
 ) {
-    let Some(store) = state.keeps_status() else {
+    let Some(store) = state.status.kept() else {
         return;
     };
     let written = store
@@ -80,7 +80,7 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
         (body, None)
     };
     let forget_body = || async {
-        if let (Some(object), Some(bodies)) = (&object, state.bodies.get())
+        if let (Some(object), Some(bodies)) = (&object, state.streams.bodies.get())
             && let Err(error) = bodies.delete(object).await
         {
             tracing::warn!(%error, object, "body of a call not accepted left in the object store until it expires");
@@ -101,7 +101,7 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     // retried POST finds its own, and the call then goes without a sequence (JetStream drops
     // the repeated call anyway).
     let mut status_taken = false;
-    let kept = state.keeps_status().map(|store| {
+    let kept = state.status.kept().map(|store| {
         let mut queued = Record::queued(call_id, name, accepted_at, a.batch_id);
         queued.not_before = a.not_before;
         (store, queued)
@@ -141,6 +141,7 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     // ack window fails at once (MaxAckPending) instead of waiting.
     let publish = async {
         state
+            .nats
             .js
             .publish_with_headers(subject, nats_headers, body)
             .await?
@@ -229,7 +230,7 @@ const QUEUED_RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Stores a large body in the object store under a new name, which it returns.
 async fn store_body(state: &State, body: &Bytes) -> Result<String, CallError> {
-    let Some(bodies) = state.bodies.get() else {
+    let Some(bodies) = state.streams.bodies.get() else {
         return Err(CallError::NotReady(
             "object store of large bodies not opened yet",
         ));

@@ -53,10 +53,10 @@ pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response
 
 /// `GET /async-batch/<id>`: the batch's calls by state, summed from the counters.
 async fn progress(state: &State, batch_id: &str) -> Result<Response<Body>, CallError> {
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
-    match batch::read(&state.js, batch_id).await {
+    match batch::read(&state.nats.js, batch_id).await {
         Ok(Some((_, progress))) => json_response(StatusCode::OK, &progress),
         Ok(None) => Err(CallError::UnknownBatch(batch_id.to_owned())),
         Err(e) => Err(CallError::Status(e.to_string())),
@@ -84,7 +84,7 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let (parts, body) = req.into_parts();
     let name = &parts.uri.path()[PREFIX.len()..];
     let function = FunctionName::parse(name)?;
-    state.check_known(&function)?;
+    state.functions.check_known(&function)?;
     let media = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -94,19 +94,19 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     if !media.is_some_and(|m| m.eq_ignore_ascii_case(NDJSON)) {
         return Err(CallError::UnsupportedMediaType(NDJSON));
     }
-    let Some((_, shards)) = state.topology.get() else {
+    let Some((_, shards)) = state.streams.topology.get() else {
         return Err(CallError::NotReady("shard topology not agreed yet"));
     };
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     // The batch's own callback, when every call is final.
-    let callback_url = callback_header(&state.callback_guard, &parts.headers)
+    let callback_url = callback_header(&state.admission.callback_guard, &parts.headers)
         .await?
         .map(str::to_owned);
-    let hot = match state.hot.get(name) {
+    let hot = match state.functions.hot.get(name) {
         Some(hot) => hot,
-        None => state.hot.make(&function, shards),
+        None => state.functions.hot.make(&function, shards),
     };
     let meta = Meta {
         batch_id: envelope::new_call_id(),
@@ -178,7 +178,7 @@ async fn run(
     // The batch is known from here on: its progress can be read and its end seen.
     let mut delays = META_BACKOFF.delays();
     for attempt in 1..=META_ATTEMPTS {
-        match batch::write_meta(&state.js, &meta).await {
+        match batch::write_meta(&state.nats.js, &meta).await {
             Ok(()) => return,
             Err(error) if attempt == META_ATTEMPTS => {
                 tracing::error!(%error, batch_id = %meta.batch_id, "batch stored, its progress not: GET /async-batch and its callback will not know it");
@@ -289,10 +289,10 @@ async fn store(
                 Some(dedup_key(hot.function(), key)),
             )
         }
-        None => (state.call_ids.next(), None),
+        None => (state.status.ids.next(), None),
     };
     if let Some(url) = &line.callback_url {
-        check_callback(&state.callback_guard, url).await?;
+        check_callback(&state.admission.callback_guard, url).await?;
     }
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
@@ -301,7 +301,7 @@ async fn store(
             let delay = parse_duration(text).map_err(|_| {
                 CallError::BadRequest("delay must be a duration such as 90s, 1m30s or 2h".into())
             })?;
-            delayed(accepted_at, delay, state.max_delay, "delay")?
+            delayed(accepted_at, delay, state.admission.max_delay, "delay")?
         }
     };
     let ack = accept(

@@ -37,36 +37,36 @@ pub async fn enqueue(
     }
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
     // A function seen before has a valid name and its subject and metrics ready.
-    let hot = state.hot.get(name);
+    let hot = state.functions.hot.get(name);
     // Only a function that passed every check becomes hot.
     let parsed = match hot {
         Some(_) => None,
         None => {
             let f = FunctionName::parse(name)?;
-            state.check_known(&f)?;
+            state.functions.check_known(&f)?;
             Some(f)
         }
     };
     let headers = &parts.headers;
 
-    let callback_url = callback_header(&state.callback_guard, headers).await?;
+    let callback_url = callback_header(&state.admission.callback_guard, headers).await?;
     let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
     let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
 
     // Up to the flag; a body larger than one NATS message holds goes to the object store.
-    let limit = state.max_body_bytes;
+    let limit = state.admission.max_body_bytes;
     if content_length(headers).is_some_and(|n| n > limit as u64) {
         return Err(CallError::BodyTooLarge { limit });
     }
-    let Some((_, shards)) = state.topology.get() else {
+    let Some((_, shards)) = state.streams.topology.get() else {
         return Err(CallError::NotReady("shard topology not agreed yet"));
     };
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     let hot = match (hot, &parsed) {
         (Some(hot), _) => hot,
-        (None, Some(function)) => state.hot.make(function, shards),
+        (None, Some(function)) => state.functions.hot.make(function, shards),
         (None, None) => unreachable!("a name not in the cache was parsed"),
     };
 
@@ -82,7 +82,7 @@ pub async fn enqueue(
             (None, key) => {
                 let id = match key {
                     Some(key) => derived_call_id(name, key),
-                    None => state.call_ids.next(),
+                    None => state.status.ids.next(),
                 };
                 let value = HeaderValue::from_str(&id).map_err(|_| CallError::BadHeader {
                     header: spelled::X_CALL_ID,
@@ -93,7 +93,7 @@ pub async fn enqueue(
         };
 
     let accepted_at = flotilla_queue::time::unix_nanos();
-    let not_before = not_before(headers, accepted_at, state.max_delay)?;
+    let not_before = not_before(headers, accepted_at, state.admission.max_delay)?;
     accept(
         state,
         &hot,

@@ -27,8 +27,9 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
     let function = FunctionName::parse(name)?;
-    state.check_known(&function)?;
+    state.functions.check_known(&function)?;
     let url = state
+        .functions
         .policies
         .url_for(&function, path, parts.uri.query().unwrap_or(""));
     let uri: Uri = url
@@ -54,9 +55,10 @@ pub async fn forward(
     let out = Request::from_parts(parts, body);
 
     let timeout = state
+        .functions
         .sync_timeout
-        .min(state.policies.get(&function).timeout);
-    let result = tokio::time::timeout(timeout, state.http.request(out)).await;
+        .min(state.functions.policies.get(&function).timeout);
+    let result = tokio::time::timeout(timeout, state.functions.http.request(out)).await;
     let seconds = started.elapsed().as_secs_f64();
     let failure = match result {
         Ok(Ok(resp)) => {
@@ -107,7 +109,7 @@ pub async fn forward(
     state
         .metrics
         .error(failure.status().as_u16(), failure.reason());
-    let mut resp = failure.into_response(&state.retry_after);
+    let mut resp = failure.into_response(&state.admission.retry_after);
     resp.headers_mut().insert(&X_CALL_ID, call_id);
     Ok(resp)
 }

@@ -3,6 +3,7 @@
 //! in `main.rs` is a thin shell around `run`.
 
 mod accept;
+mod auth;
 mod batch;
 mod body;
 mod callback_guard;

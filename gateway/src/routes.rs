@@ -41,7 +41,7 @@ pub async fn handle(
                 Side::Internal => tracing::error!(status, %error, "request failed in the gateway"),
             }
             state.metrics.error(status, error.reason());
-            error.into_response(&state.retry_after)
+            error.into_response(&state.admission.retry_after)
         }
     })
 }

@@ -18,11 +18,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
+use crate::callback_guard::CallbackGuard;
 use crate::config::{Config, ValidConfig};
 use crate::error::GatewayError;
+use crate::hot::HotFunctions;
+use crate::metrics::Metrics;
 use crate::routes;
-use crate::state::{State, StateParts};
-use crate::system::basic_token;
+use crate::state::{Admission, CallStatus, Functions, Nats, State};
 
 /// How often idle histogram data is folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -63,17 +66,15 @@ pub async fn serve(
         function_tls,
     } = config.into_parts();
     function_tls.log();
-    let auth = auth.map(|(user, password)| basic_token(&user, &password));
-    let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
     let prometheus = metrics_handle();
     flotilla_runtime::limit_function_series(config.common.max_function_series);
 
-    let nats_problems = flotilla_runtime::NatsProblems::default();
+    let problems = flotilla_runtime::NatsProblems::default();
     let client = match config
         .common
         .nats
-        .connect("flotilla-gateway", &nats_problems)
+        .connect("flotilla-gateway", &problems)
         .await
     {
         Ok(client) => client,
@@ -89,22 +90,30 @@ pub async fn serve(
         // instead of queueing without bound inside the gateway.
         .backpressure_on_inflight(false)
         .build(client.clone());
-    let state = Arc::new(State::new(StateParts {
-        callback_targets,
-        nats_problems,
-        known_only: config.known_functions_only,
-        call_status: config.common.nats.call_status,
-        client: client.clone(),
-        js,
-        policies,
-        http: function_client(PoolSettings::default(), &function_tls),
-        max_body_bytes: config.max_body_bytes,
-        max_delay: config.max_delay,
-        sync_timeout: config.sync_timeout,
-        retry_after,
-        auth,
-        prometheus,
-    }));
+    let metrics = Metrics::new(prometheus, policies.configured().map(|(f, _)| f));
+    let state = Arc::new(State::new(
+        Nats {
+            client: client.clone(),
+            js: js.clone(),
+            problems,
+        },
+        Functions {
+            policies,
+            known_only: config.known_functions_only,
+            http: function_client(PoolSettings::default(), &function_tls),
+            sync_timeout: config.sync_timeout,
+            hot: HotFunctions::default(),
+        },
+        Admission {
+            max_body_bytes: config.max_body_bytes,
+            max_delay: config.max_delay,
+            callback_guard: CallbackGuard::new(callback_targets),
+            retry_after: HeaderValue::from(config.retry_after_seconds),
+        },
+        Auth::basic(auth),
+        CallStatus::new(config.common.nats.call_status, js),
+        metrics,
+    ));
 
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -118,7 +127,7 @@ pub async fn serve(
     tracker.spawn(metrics_upkeep(state.clone(), token.clone()));
     {
         let (state, token) = (state.clone(), token.clone());
-        tracker.spawn(async move { state.limits.follow(state.client.clone(), token).await });
+        tracker.spawn(async move { state.limits.follow(state.nats.client.clone(), token).await });
     }
 
     let addr = listener.local_addr()?;
@@ -227,13 +236,13 @@ async fn agree_topology(
     let settings = config.common.nats.stream_settings();
     let mut delays = AGREE_BACKOFF.delays();
     let topology = loop {
-        if state.nats_connected() {
+        if state.nats.connected() {
             let attempt = async {
                 let topology =
-                    Topology::agree(&state.js, config.common.nats.shards, &settings).await?;
-                let drifts = topology.ensure_streams(&state.js, &settings).await?;
+                    Topology::agree(&state.nats.js, config.common.nats.shards, &settings).await?;
+                let drifts = topology.ensure_streams(&state.nats.js, &settings).await?;
                 // In the attempt, so NATS failing here is retried like the rest.
-                let bodies = Topology::ensure_bodies(&state.js, &settings).await?;
+                let bodies = Topology::ensure_bodies(&state.nats.js, &settings).await?;
                 Ok::<_, TopologyError>((topology, drifts, bodies))
             };
             let result = tokio::select! {
@@ -245,22 +254,23 @@ async fn agree_topology(
                     state.topology_problem(None);
                     // Logged by `ensure_streams`; kept for `/system/info`.
                     let _ = state
-                        .stream_warnings
+                        .streams
+                        .warnings
                         .set(drifts.iter().map(ToString::to_string).collect());
                     tracing::info!(
                         shards = topology.shards,
                         "topology agreed; accepting asynchronous calls"
                     );
                     state.metrics.shards(topology.shards);
-                    let _ = state.bodies.set(bodies);
+                    let _ = state.streams.bodies.set(bodies);
                     // Handles only, no request: this fails only on a bug.
-                    match flotilla_queue::status::Store::new(state.js.clone()).await {
+                    match flotilla_queue::status::Store::new(state.nats.js.clone()).await {
                         Ok(store) => {
-                            let _ = state.status.set(store);
+                            state.status.opened(store);
                         }
                         Err(error) => tracing::error!(%error, "call status streams not opened"),
                     }
-                    let _ = state.topology.set((topology, topology.shard_map()));
+                    let _ = state.streams.topology.set((topology, topology.shard_map()));
                     break topology;
                 }
                 Err(error) if error.is_retryable() => {
@@ -283,17 +293,17 @@ async fn agree_topology(
     // it, at most once a second.
     loop {
         tokio::select! {
-            () = state.streams_missing.notified() => {}
+            () = state.streams.missing.notified() => {}
             () = token.cancelled() => return,
         }
         let recreate = async {
-            match topology.missing_streams(&state.js).await {
+            match topology.missing_streams(&state.nats.js).await {
                 Ok(missing) if missing.is_empty() => {
                     tracing::debug!(
                         "a publish found no stream, yet every stream is there (a stream leader was being elected)"
                     );
                 }
-                Ok(missing) => match topology.ensure_streams(&state.js, &settings).await {
+                Ok(missing) => match topology.ensure_streams(&state.nats.js, &settings).await {
                     Ok(_) => tracing::warn!(?missing, "shard streams were missing; re-created"),
                     Err(error) => {
                         tracing::warn!(%error, ?missing, "shard streams missing and not re-created yet")
@@ -322,16 +332,16 @@ async fn metrics_upkeep(state: Arc<State>, token: CancellationToken) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                state.prometheus.run_upkeep();
-                state.metrics.nats_connected(state.nats_connected());
+                state.metrics.upkeep();
+                state.metrics.nats_connected(state.nats.connected());
             }
             _ = tally.tick() => {
-                if let Err(error) = state.tally.write().await {
+                if let Err(error) = state.status.tally.write().await {
                     tracing::debug!(%error, "batch counts not written; trying again");
                 }
             }
             () = token.cancelled() => {
-                let _ = state.tally.write().await;
+                let _ = state.status.tally.write().await;
                 return;
             }
         }

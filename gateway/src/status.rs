@@ -93,7 +93,7 @@ async fn cancel(state: &State, store: &Store, call_id: &str) -> Result<Response<
             }
             state.metrics.cancelled();
             if let Some(batch) = &stored.record.batch_id {
-                state.tally.ended(batch, CallState::Cancelled);
+                state.status.tally.ended(batch, CallState::Cancelled);
             }
             stored.record
         }

@@ -12,6 +12,7 @@ use crate::state::State;
 /// The dead-letter stream, with its info. A missing stream has the topology task re-create it.
 pub(super) async fn dead_stream(state: &State) -> Result<JsStream, CallError> {
     state
+        .nats
         .js
         .get_stream(subjects::DEAD_STREAM)
         .await

@@ -36,7 +36,7 @@ pub(super) async fn route(
                 "{rest:?} is not a dead-letter sequence (a positive integer)"
             ))
         })?;
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     match *method {
@@ -186,7 +186,7 @@ fn body_object(headers: &async_nats::HeaderMap) -> Option<String> {
 /// The first [`PREVIEW_BYTES`] of a body kept in the object store; an object already gone
 /// previews as empty (the letter can then not be replayed, and says so when it is).
 async fn object_preview(state: &State, object: &str) -> Result<Preview, CallError> {
-    let Some(bodies) = state.bodies.get() else {
+    let Some(bodies) = state.streams.bodies.get() else {
         return Err(CallError::NotReady("the bodies store is not open yet"));
     };
     let mut reader = match bodies.get(object).await {
@@ -220,7 +220,7 @@ async fn delete(state: &State, sequence: u64) -> Result<Response<Body>, CallErro
         Err(e) if already_gone(&e) => return Err(CallError::UnknownLetter(sequence)),
         Err(e) => return Err(unavailable("deleting the dead letter", e)),
     }
-    if let (Some(object), Some(bodies)) = (object, state.bodies.get())
+    if let (Some(object), Some(bodies)) = (object, state.streams.bodies.get())
         && let Err(error) = bodies.delete(&object).await
     {
         tracing::debug!(%error, object, "body of a deleted dead letter left in the object store until it expires");

@@ -145,7 +145,7 @@ struct Page {
 
 pub(super) async fn list(state: &State, query: Option<&str>) -> Result<Response<Body>, CallError> {
     let q = parse_list_query(query)?;
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     let stream = dead_stream(state).await?;

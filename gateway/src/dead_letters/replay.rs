@@ -154,10 +154,10 @@ pub(super) async fn replay(
 ) -> Result<Response<Body>, CallError> {
     let body = read_body(req.into_body(), MAX_SELECTOR_BYTES).await?;
     let selection = parse_selector(&body)?;
-    let Some((_, shards)) = state.topology.get() else {
+    let Some((_, shards)) = state.streams.topology.get() else {
         return Err(CallError::NotReady("shard topology not agreed yet"));
     };
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     let stream = &dead_stream(state).await?;
@@ -255,7 +255,7 @@ async fn replay_one(
     let shard = shards.shard_of(call.function.as_str());
     let (mut headers, payload) = call.to_nats(Some(&msg_id));
     // Its status is `queued` again, with the sequence the worker then writes against.
-    if let Some(store) = state.keeps_status() {
+    if let Some(store) = state.status.kept() {
         let now = flotilla_queue::time::unix_nanos();
         let requeued = store
             .transition(&call.call_id, Known::Unknown, |_| {
@@ -278,6 +278,7 @@ async fn replay_one(
     }
     let publish = async {
         state
+            .nats
             .js
             .publish_with_headers(
                 subjects::call_subject(shard, &call.function),
