@@ -3,12 +3,13 @@
 //! awaiting the PubAck. Invariant: a call JetStream would not take leaves no status and no body
 //! behind.
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use flotilla_queue::envelope::{self, Control, H_RETRY_AT};
 use flotilla_queue::headers;
-use flotilla_queue::status::{self, Record};
+use flotilla_queue::status::pages::Page;
+use flotilla_queue::status::{self, Record, Store};
 use flotilla_queue::subjects;
 
 use crate::error::CallError;
@@ -65,138 +66,213 @@ pub(crate) async fn accept<K: AsRef<str>, V: AsRef<str>>(
     forwarded: impl IntoIterator<Item = (K, V)>,
     body: Bytes,
 ) -> Result<PublishAck, CallError> {
-    let (name, call_id, accepted_at) = (a.function, a.control.call_id, a.control.start_time);
-    let mut nats_headers = a.control.to_nats_headers(a.dedup_key, forwarded);
-    if let Some(batch) = a.batch_id {
-        nats_headers.insert(headers::FLOTILLA_BATCH, batch);
-    }
-    // A body larger than one message holds is stored first, in the object store; the call
-    // carries its name. Removed again if the call is not accepted after all.
-    let (body, object) = if body.len() > state.inline_limit() {
-        let object = store_body(state, &body).await?;
-        nats_headers.insert(headers::FLOTILLA_BODY_OBJECT, object.as_str());
-        (Bytes::new(), Some(object))
-    } else {
-        (body, None)
-    };
-    let forget_body = || async {
-        if let (Some(object), Some(bodies)) = (&object, state.streams.bodies.get())
+    let Prepared {
+        mut headers,
+        payload,
+        body,
+    } = prepare(state, &a, forwarded, body).await?;
+    let queued = record_before(state, &a, &mut headers).await;
+    let published = publish(state, hot, &a, headers, payload, &queued).await;
+    settle(state, hot, &a, published, queued, &body).await
+}
+
+/// The call as NATS stores it, and where its body went.
+struct Prepared<'s> {
+    headers: async_nats::HeaderMap,
+    /// The body, or nothing when it went to the object store.
+    payload: Bytes,
+    body: BodyObject<'s>,
+}
+
+/// A body stored in the object store ahead of its call (the call carries its name), or none.
+struct BodyObject<'s> {
+    state: &'s State,
+    name: Option<String>,
+}
+
+impl BodyObject<'_> {
+    /// Removes the object: the call was not stored after all, or JetStream held it already.
+    async fn forget(&self) {
+        if let (Some(object), Some(bodies)) = (&self.name, self.state.streams.bodies.get())
             && let Err(error) = bodies.delete(object).await
         {
             tracing::warn!(%error, object, "body of a call not accepted left in the object store until it expires");
         }
+    }
+}
+
+/// The call's NATS headers and payload; a body larger than one message holds is stored first, in
+/// the object store. Refuses headers JetStream could not store.
+async fn prepare<'s, K: AsRef<str>, V: AsRef<str>>(
+    state: &'s State,
+    a: &Accepting<'_>,
+    forwarded: impl IntoIterator<Item = (K, V)>,
+    body: Bytes,
+) -> Result<Prepared<'s>, CallError> {
+    let mut headers = a.control.to_nats_headers(a.dedup_key, forwarded);
+    if let Some(batch) = a.batch_id {
+        headers.insert(headers::FLOTILLA_BATCH, batch);
+    }
+    let (payload, name) = if body.len() > state.inline_limit() {
+        let object = store_body(state, &body).await?;
+        headers.insert(headers::FLOTILLA_BODY_OBJECT, object.as_str());
+        (Bytes::new(), Some(object))
+    } else {
+        (body, None)
     };
-    let size = nats_header_bytes(&nats_headers) + STATUS_HEADER_ROOM;
+    let body = BodyObject { state, name };
+    let size = nats_header_bytes(&headers) + STATUS_HEADER_ROOM;
     if size > MAX_NATS_HEADER_BYTES {
-        forget_body().await;
+        body.forget().await;
         return Err(CallError::HeadersTooLarge {
             size,
             limit: MAX_NATS_HEADER_BYTES,
         });
     }
+    Ok(Prepared {
+        headers,
+        payload,
+        body,
+    })
+}
 
-    // A numbered call's `queued` record goes to its page while the call is published, the two
-    // awaited together. Any other id's record is stored first, so the call can carry its
-    // sequence and the worker never has to read it; created only where no record exists: a
-    // retried POST finds its own, and the call then goes without a sequence (JetStream drops
-    // the repeated call anyway).
-    let mut status_taken = false;
-    let kept = state.status.kept().map(|store| {
-        let mut queued = Record::queued(call_id, name, accepted_at, a.batch_id);
-        queued.not_before = a.not_before;
-        (store, queued)
-    });
-    let paged = kept
-        .as_ref()
-        .and_then(|(store, queued)| Some((*store, status::pages::page_of(call_id)?, queued)));
-    let status = match &kept {
-        Some((store, queued)) if paged.is_none() => match store.write(queued, 0).await {
-            Ok(Some(revision)) => {
-                nats_headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
-                Some((store, revision))
-            }
-            Ok(None) => {
-                status_taken = true;
-                None
-            }
-            Err(error) => {
-                state.metrics.status_write_failed();
-                tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
-                None
-            }
-        },
-        _ => None,
+/// The call's `queued` record, as far as it went before the publish.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per call, held in the call's own future; boxing the record would allocate on the hot path"
+)]
+enum Queued<'s> {
+    /// None: status is not kept (or not open yet), or its write failed (logged and counted).
+    Off,
+    /// A numbered call's, written to its page alongside the publish.
+    Paged(&'s Store, Page, Record),
+    /// The call's own, stored at this revision, which the call carries.
+    Stored(&'s Store, u64),
+    /// A record of this id exists already: an earlier call's, or this retried call's own.
+    Taken,
+}
+
+/// A numbered call's `queued` record goes to its page while the call is published. Any other id's
+/// record is stored first, so the call can carry its sequence and the worker never has to read
+/// it; created only where no record exists: a retried POST finds its own, and the call then goes
+/// without a sequence (JetStream drops the repeated call anyway).
+async fn record_before<'s>(
+    state: &'s State,
+    a: &Accepting<'_>,
+    headers: &mut async_nats::HeaderMap,
+) -> Queued<'s> {
+    let Some(store) = state.status.kept() else {
+        return Queued::Off;
     };
+    let (name, call_id) = (a.function, a.control.call_id);
+    let mut queued = Record::queued(call_id, name, a.control.start_time, a.batch_id);
+    queued.not_before = a.not_before;
+    if let Some(page) = status::pages::page_of(call_id) {
+        return Queued::Paged(store, page, queued);
+    }
+    match store.write(&queued, 0).await {
+        Ok(Some(revision)) => {
+            headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
+            Queued::Stored(store, revision)
+        }
+        Ok(None) => Queued::Taken,
+        Err(error) => {
+            state.metrics.status_write_failed();
+            tracing::warn!(%error, function = %name, call_id = %call_id, "queued status not stored; enqueueing the call without it");
+            Queued::Off
+        }
+    }
+}
 
+/// Publishes the call and awaits its PubAck, a numbered call's record written alongside. No timer
+/// of our own: the context's timeout bounds the send and the PubAck, and a full ack window fails
+/// at once (MaxAckPending) instead of waiting.
+async fn publish(
+    state: &State,
+    hot: &Hot,
+    a: &Accepting<'_>,
+    mut headers: async_nats::HeaderMap,
+    payload: Bytes,
+    queued: &Queued<'_>,
+) -> Result<PublishAck, PublishError> {
     // A delayed call waits where retries wait, due at its start time: durable, holding no slot,
     // moved to its function's wait subject when due (see `docs/delivery.md`).
     let subject = match a.not_before {
         None => hot.subject.clone(),
         Some(at) => {
-            nats_headers.insert(H_RETRY_AT, at.to_string().as_str());
+            headers.insert(H_RETRY_AT, at.to_string().as_str());
             subjects::retry_subject(hot.shard, &hot.function).into()
         }
     };
-    // No timer of our own: the context's timeout bounds the send and the PubAck, and a full
-    // ack window fails at once (MaxAckPending) instead of waiting.
     let publish = async {
         state
             .nats
             .js
-            .publish_with_headers(subject, nats_headers, body)
+            .publish_with_headers(subject, headers, payload)
             .await?
             .await
     };
-    let published = match paged {
+    match queued {
         // A fresh id: nothing can repeat it, so its record goes with the call.
-        Some((store, page, queued)) if a.dedup_key.is_none() => {
-            tokio::join!(publish, record_queued(state, store, page, queued)).0
+        Queued::Paged(store, page, record) if a.dedup_key.is_none() => {
+            tokio::join!(publish, record_queued(state, store, *page, record)).0
         }
         // A key the client sent again (a retried POST) must not record a second acceptance:
         // the record follows the call, and only when JetStream took it as new.
-        Some((store, page, queued)) => {
+        Queued::Paged(store, page, record) => {
             let published = publish.await;
             if published.as_ref().is_ok_and(|ack| !ack.duplicate) {
-                record_queued(state, store, page, queued).await;
+                record_queued(state, store, *page, record).await;
             }
             published
         }
-        None => publish.await,
-    };
+        Queued::Off | Queued::Stored(..) | Queued::Taken => publish.await,
+    }
+}
+
+/// What follows the PubAck. A call not stored leaves no status and no body saying it was; a
+/// duplicate's body goes (the call it repeats carries its own); a new call whose id an earlier
+/// call's record holds takes that record over.
+async fn settle(
+    state: &State,
+    hot: &Hot,
+    a: &Accepting<'_>,
+    published: Result<PublishAck, PublishError>,
+    queued: Queued<'_>,
+    body: &BodyObject<'_>,
+) -> Result<PublishAck, CallError> {
+    let (name, call_id) = (a.function, a.control.call_id);
     let ack = match published {
         Ok(ack) => ack,
         Err(e) => {
             if e.kind() == PublishErrorKind::StreamNotFound {
                 state.stream_missing();
             }
-            if let Some((store, revision)) = status {
+            if let Queued::Stored(store, revision) = queued {
                 // Not accepted: no status may say it was. A record left behind only shows a
                 // call that never ran, for the status retention.
                 store.forget(revision).await;
             }
-            forget_body().await;
+            body.forget().await;
             return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
         }
     };
     if ack.duplicate {
         // The call it repeats carries its own body.
-        forget_body().await;
-    }
-    if status_taken && !ack.duplicate {
+        body.forget().await;
+        state.metrics.duplicate(name);
+        tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
+    } else if let Queued::Taken = queued {
         // The id names an earlier call, past the duplicate window: this new call takes its
         // record over.
         Box::pin(requeue_status(
             state,
             call_id,
             name,
-            accepted_at,
+            a.control.start_time,
             a.batch_id,
         ))
         .await;
-    }
-    if ack.duplicate {
-        state.metrics.duplicate(name);
-        tracing::debug!(function = %name, call_id = %call_id, "duplicate call dropped by JetStream");
     }
     Ok(ack)
 }

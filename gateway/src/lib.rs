@@ -24,6 +24,7 @@ mod state;
 mod status;
 mod system;
 mod times;
+mod topology;
 
 pub use config::{Config, ConfigError, ValidConfig};
 pub use error::{CallError, GatewayError, Side};
