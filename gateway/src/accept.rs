@@ -12,7 +12,7 @@ use flotilla_queue::status::pages::Page;
 use flotilla_queue::status::{self, Record, Store};
 use flotilla_queue::subjects;
 
-use crate::error::CallError;
+use crate::error::{CallError, EnqueueError};
 use crate::hot::Hot;
 use crate::state::State;
 
@@ -254,7 +254,7 @@ async fn settle(
                 store.forget(revision).await;
             }
             body.forget().await;
-            return Err(publish_error(e.kind(), &e.to_string(), hot.shard));
+            return Err(publish_error(e, hot.shard));
         }
     };
     if ack.duplicate {
@@ -316,7 +316,12 @@ async fn store_body(state: &State, body: &Bytes) -> Result<String, CallError> {
     bodies
         .put(name.as_str(), &mut reader)
         .await
-        .map_err(|e| CallError::Publish(format!("storing a {} byte body: {e}", body.len())))?;
+        .map_err(|source| {
+            CallError::Publish(EnqueueError::Body {
+                bytes: body.len(),
+                source,
+            })
+        })?;
     Ok(name)
 }
 
@@ -339,17 +344,22 @@ fn nats_header_bytes(headers: &async_nats::HeaderMap) -> usize {
     "NATS/1.0\r\n".len() + fields + 2
 }
 
-fn publish_error(kind: PublishErrorKind, text: &str, shard: u32) -> CallError {
-    match kind {
-        PublishErrorKind::MaxPayloadExceeded => CallError::MessageTooLarge,
-        PublishErrorKind::StreamNotFound => CallError::Publish(format!(
-            "no stream for shard {shard} ({})",
-            subjects::call_stream(shard)
-        )),
-        PublishErrorKind::TimedOut => CallError::Publish("no PubAck from JetStream in time".into()),
-        PublishErrorKind::MaxAckPending => {
-            CallError::Publish("too many calls awaiting JetStream's PubAck".into())
-        }
-        _ => CallError::Publish(text.to_owned()),
-    }
+/// What the client hears when JetStream did not take the call; every kind is named, so a new one
+/// is classified here on purpose.
+fn publish_error(e: PublishError, shard: u32) -> CallError {
+    let failed = match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => return CallError::MessageTooLarge,
+        PublishErrorKind::StreamNotFound => EnqueueError::NoStream {
+            shard,
+            stream: subjects::call_stream(shard),
+            source: e,
+        },
+        PublishErrorKind::TimedOut => EnqueueError::NoAck(e),
+        PublishErrorKind::MaxAckPending => EnqueueError::AckWindowFull(e),
+        PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::Other => EnqueueError::Other(e),
+    };
+    CallError::Publish(failed)
 }

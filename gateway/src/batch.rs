@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::accept::{Accepting, accept};
 use crate::body::Body;
-use crate::error::{CallError, json_response};
+use crate::error::{CallError, Invalid, json_response};
 use crate::hot::Hot;
 use crate::request::{
     callback_header, check_callback, check_client_key, dedup_key, delayed, derived_call_id,
@@ -59,7 +59,7 @@ async fn progress(state: &State, batch_id: &str) -> Result<Response<Body>, CallE
     match batch::read(&state.nats.js, batch_id).await {
         Ok(Some((_, progress))) => json_response(StatusCode::OK, &progress),
         Ok(None) => Err(CallError::UnknownBatch(batch_id.to_owned())),
-        Err(e) => Err(CallError::Status(e.to_string())),
+        Err(e) => Err(CallError::Status(e.into())),
     }
 }
 
@@ -233,8 +233,10 @@ async fn store(
     batch_id: &str,
     raw: &[u8],
 ) -> Result<(String, bool), CallError> {
-    let line: Line = serde_json::from_slice(raw)
-        .map_err(|e| CallError::BadRequest(format!("line is not a call: {e}")))?;
+    let line: Line = serde_json::from_slice(raw).map_err(|source| Invalid::Json {
+        what: "line is not a call",
+        source,
+    })?;
     let body = match (line.body, line.body_base64) {
         (Some(_), Some(_)) => {
             return Err(CallError::BadRequest(
@@ -242,11 +244,16 @@ async fn store(
             ));
         }
         (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => Bytes::from(
-            BASE64
-                .decode(b64.as_bytes())
-                .map_err(|e| CallError::BadRequest(format!("body_base64: {e}")))?,
-        ),
+        (None, Some(b64)) => {
+            Bytes::from(
+                BASE64
+                    .decode(b64.as_bytes())
+                    .map_err(|source| Invalid::Base64 {
+                        what: "body_base64",
+                        source,
+                    })?,
+            )
+        }
         (None, None) => Bytes::new(),
     };
     let limit = state.inline_limit();
@@ -268,14 +275,19 @@ async fn store(
     }
     let mut headers = Vec::with_capacity(line.headers.len());
     for (name, value) in &line.headers {
-        let parsed = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| CallError::BadRequest(format!("header {name:?} is not a header name")))?;
-        HeaderValue::from_str(value)
-            .map_err(|_| CallError::BadRequest(format!("header {name} has an invalid value")))?;
+        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            CallError::BadRequest(format!("header {name:?} is not a header name").into())
+        })?;
+        HeaderValue::from_str(value).map_err(|_| {
+            CallError::BadRequest(format!("header {name} has an invalid value").into())
+        })?;
         if is_control_header(&parsed) {
-            return Err(CallError::BadRequest(format!(
-                "header {name} is a line field here (idempotency_key, callback_url, delay)"
-            )));
+            return Err(CallError::BadRequest(
+                format!(
+                    "header {name} is a line field here (idempotency_key, callback_url, delay)"
+                )
+                .into(),
+            ));
         }
         if !is_dropped_header(parsed.as_str()) {
             headers.push((parsed.as_str().to_owned(), value.as_str()));
@@ -396,7 +408,7 @@ impl Lines {
                     self.done = true;
                     self.buf.clear();
                     self.skipping = false;
-                    return Some(Err(CallError::BodyRead(e.to_string())));
+                    return Some(Err(CallError::BodyRead(e.into())));
                 }
                 None => self.done = true,
             }

@@ -3,7 +3,6 @@
 //! buffered. 502 when the function cannot be reached (saying so when TLS is why), 504 when it
 //! sends no response head in time, 400 when it is the client's body that broke.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use flotilla_queue::FunctionName;
@@ -12,7 +11,7 @@ use flotilla_queue::headers::{X_CALL_ID, X_DURATION_SECONDS, X_START_TIME};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::body::{Body, ClientBody};
+use crate::body::{Body, Broken, ClientBody};
 use crate::error::CallError;
 use crate::request::split_name;
 use crate::state::State;
@@ -32,14 +31,15 @@ pub async fn forward(
         .functions
         .policies
         .url_for(&function, path, parts.uri.query().unwrap_or(""));
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| CallError::BadFunctionUrl(format!("{url}: {e}")))?;
+    let uri: Uri = match url.parse() {
+        Ok(uri) => uri,
+        Err(source) => return Err(CallError::BadFunctionUrl { url, source }),
+    };
 
     let call_id = match parts.headers.get(&X_CALL_ID) {
         Some(v) if !v.is_empty() => v.clone(),
         _ => HeaderValue::try_from(envelope::new_call_id())
-            .map_err(|e| CallError::BadFunctionUrl(e.to_string()))?,
+            .map_err(|e| CallError::Internal(e.into()))?,
     };
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(&X_CALL_ID, call_id.clone());
@@ -50,7 +50,7 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    let broken = Arc::new(OnceLock::new());
+    let broken = Broken::default();
     let body = ClientBody::new(body, broken.clone());
     let out = Request::from_parts(parts, body);
 
@@ -74,15 +74,15 @@ pub async fn forward(
             return Ok(Response::from_parts(rp, Body::Upstream(rbody)));
         }
         Ok(Err(error)) => {
-            if let Some(reason) = broken.get() {
+            if let Some(reason) = broken.take() {
                 tracing::debug!(function = %function, %reason, "the client's request body broke");
-                CallError::BodyRead(reason.clone())
+                CallError::BodyRead(reason.into())
             } else {
                 tracing::warn!(function = %function, %error, "synchronous call failed");
                 if let Some(tls) = flotilla_runtime::tls_cause(&error) {
                     CallError::FunctionTls {
                         function: function.to_string(),
-                        reason: tls.to_string(),
+                        source: tls.clone().into(),
                     }
                 } else if error.is_connect() {
                     CallError::Unreachable {

@@ -63,18 +63,35 @@ pub struct QueueRow {
     pub completed: Option<u64>,
 }
 
-/// Why the queues could not be read.
+/// Why the queues could not be read: `what` names what was being read.
 #[derive(Debug, thiserror::Error)]
-#[error("reading {what} from JetStream: {reason}")]
-pub struct QueuesError {
-    what: String,
-    reason: String,
+pub enum QueuesError {
+    /// JetStream refused or did not answer; `source` is NATS's error (one of several types).
+    #[error("reading {what} from JetStream: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// JetStream answered something the read cannot use.
+    #[error("reading {what} from JetStream: {answer}")]
+    Answer { what: String, answer: String },
 }
 
-fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> QueuesError {
-    QueuesError {
+fn failed(
+    what: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> QueuesError {
+    QueuesError::Nats {
         what: what.into(),
-        reason: e.to_string(),
+        source: e.into(),
+    }
+}
+
+fn bad_answer(what: String, answer: impl Into<String>) -> QueuesError {
+    QueuesError::Answer {
+        what,
+        answer: answer.into(),
     }
 }
 
@@ -244,7 +261,7 @@ async fn pending_after(
     match reply.status {
         Some(s) if s.as_u16() == 404 => return Ok(None),
         Some(s) if s.as_u16() >= 300 => {
-            return Err(failed(
+            return Err(bad_answer(
                 what(),
                 format!("status {s}: {:?}", reply.description),
             ));
@@ -255,10 +272,10 @@ async fn pending_after(
         .and_then(|t| {
             time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
         })
-        .ok_or_else(|| failed(what(), "an answer without Nats-Time-Stamp"))?;
+        .ok_or_else(|| bad_answer(what(), "an answer without Nats-Time-Stamp"))?;
     let left: u64 = header("Nats-Num-Pending")
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| failed(what(), "an answer without Nats-Num-Pending"))?;
+        .ok_or_else(|| bad_answer(what(), "an answer without Nats-Num-Pending"))?;
     Ok(Some((stored, left + 1)))
 }
 

@@ -61,7 +61,7 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, CallError>
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(CallError::BodyTooLarge { limit })
         }
-        Err(e) => Err(CallError::BodyRead(e.to_string())),
+        Err(e) => Err(CallError::BodyRead(e)),
     }
 }
 
@@ -243,11 +243,14 @@ pub fn delayed(
         return Ok(None);
     }
     if ahead > max {
-        return Err(CallError::BadRequest(format!(
-            "{shown} asks for a start {}s from now; at most {}s (--max-delay)",
-            ahead.as_secs(),
-            max.as_secs()
-        )));
+        return Err(CallError::BadRequest(
+            format!(
+                "{shown} asks for a start {}s from now; at most {}s (--max-delay)",
+                ahead.as_secs(),
+                max.as_secs()
+            )
+            .into(),
+        ));
     }
     Ok(Some(accepted_at + ahead.as_nanos()))
 }

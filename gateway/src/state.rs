@@ -12,7 +12,7 @@ use async_nats::jetstream::object_store::ObjectStore;
 use flotilla_queue::batch::Tally;
 use flotilla_queue::status::Store;
 use flotilla_queue::status::pages::CallIds;
-use flotilla_queue::{FunctionName, Policies, ShardMap, Topology};
+use flotilla_queue::{FunctionName, Policies, ShardMap, Topology, TopologyError};
 use flotilla_runtime::{FunctionClient, NatsProblems};
 use http::HeaderValue;
 
@@ -23,7 +23,7 @@ use crate::error::CallError;
 use crate::hot::HotFunctions;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::queues::{QueueRow, Snapshots};
+use crate::queues::{QueueRow, QueuesError, Snapshots};
 
 /// Room left in a NATS message for the envelope's headers when capping the body limit: control
 /// fields plus typical request headers. A request whose headers need more is still refused
@@ -152,11 +152,34 @@ struct Readiness {
     /// Set on shutdown: `/readyz` fails from then on while requests are still served.
     stopping: AtomicBool,
     /// Why the latest attempt to agree the topology failed.
-    topology_problem: std::sync::Mutex<Option<String>>,
+    topology_problem: std::sync::Mutex<Option<Arc<TopologyError>>>,
+}
+
+/// Why the queues cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum NoQueues {
+    /// Nothing to read yet: NATS is down.
+    #[error("NATS is not connected")]
+    NatsDown,
+    /// Nothing to read yet: the topology is not agreed.
+    #[error("shard topology not agreed yet")]
+    NotAgreed,
+    #[error(transparent)]
+    Read(#[from] QueuesError),
+}
+
+impl From<NoQueues> for CallError {
+    fn from(e: NoQueues) -> Self {
+        match e {
+            NoQueues::NatsDown => CallError::NatsDown,
+            NoQueues::NotAgreed => CallError::NotReady("shard topology not agreed yet"),
+            NoQueues::Read(e) => CallError::Queues(e),
+        }
+    }
 }
 
 /// Why `/readyz` answers 503; the text is the answer's body.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NotReady {
     #[error("shutting down")]
     ShuttingDown,
@@ -165,7 +188,10 @@ pub enum NotReady {
     NatsDown { problem: Option<String> },
     /// `last_error` is why the latest attempt to agree failed, when one did.
     #[error("topology not agreed yet{}", last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
-    NoTopology { last_error: Option<String> },
+    NoTopology {
+        #[source]
+        last_error: Option<Arc<TopologyError>>,
+    },
     #[error("streams of the {shards}-shard topology are not all present")]
     StreamsMissing { shards: u32 },
 }
@@ -224,17 +250,14 @@ impl State {
 
     /// Every function's queue (see `queues.rs`): read from NATS at most every few seconds, the
     /// `flotilla_queue_*` gauges set from each fresh read.
-    pub async fn queue_rows(&self) -> Result<Arc<Vec<QueueRow>>, CallError> {
+    pub async fn queue_rows(&self) -> Result<Arc<Vec<QueueRow>>, NoQueues> {
         if !self.nats.connected() {
-            return Err(CallError::NatsDown);
+            return Err(NoQueues::NatsDown);
         }
         let Some((topology, _)) = self.streams.topology.get() else {
-            return Err(CallError::NotReady("shard topology not agreed yet"));
+            return Err(NoQueues::NotAgreed);
         };
-        self.queues
-            .get(&self.nats.js, topology)
-            .await
-            .map_err(|e| CallError::Queues(e.to_string()))
+        Ok(self.queues.get(&self.nats.js, topology).await?)
     }
 
     /// The status store for `/async-call/<id>`: refused when status is off, not ready before the
@@ -258,9 +281,9 @@ impl State {
     }
 
     /// Records why agreeing the topology failed (`None` once it succeeded).
-    pub fn topology_problem(&self, problem: Option<String>) {
+    pub fn topology_problem(&self, problem: Option<TopologyError>) {
         if let Ok(mut p) = self.readiness.topology_problem.lock() {
-            *p = problem;
+            *p = problem.map(Arc::new);
         }
     }
 

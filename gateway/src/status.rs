@@ -4,7 +4,9 @@
 //! unless the client chose it.
 
 use flotilla_queue::headers::X_FUNCTION_STATUS;
-use flotilla_queue::status::{CallState, Cancel, Known, Record, ResultKept, Store, Transition};
+use flotilla_queue::status::{
+    CallState, Cancel, Known, Record, ResultKept, Store, StoreError, Transition,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -49,8 +51,8 @@ fn call_id(raw: &str) -> Result<String, CallError> {
     Ok(decoded.into_owned())
 }
 
-fn unavailable(e: impl std::fmt::Display) -> CallError {
-    CallError::Status(e.to_string())
+fn unavailable(e: StoreError) -> CallError {
+    CallError::Status(e.into())
 }
 
 async fn status(store: &Store, call_id: &str) -> Result<Response<Body>, CallError> {

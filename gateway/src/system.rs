@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::{CallError, json_response, text_response};
-use crate::state::State;
+use crate::state::{NoQueues, State};
 use crate::{console, dead_letters};
 
 const GET_ONLY: &str = "GET, HEAD";
@@ -132,7 +132,10 @@ async fn queues(state: &State) -> Result<Response<Body>, CallError> {
 /// their last values (and the log says why).
 async fn refresh_queue_gauges(state: &State) {
     match state.queue_rows().await {
-        Ok(_) | Err(CallError::NatsDown | CallError::NotReady(_)) => {}
-        Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
+        Ok(_) | Err(NoQueues::NatsDown | NoQueues::NotAgreed) => {}
+        Err(NoQueues::Read(e)) => {
+            let error = CallError::Queues(e);
+            tracing::warn!(%error, "queue gauges not refreshed");
+        }
     }
 }

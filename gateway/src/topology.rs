@@ -67,7 +67,7 @@ async fn agree(
                 Ok(agreed) => return Some(open(state, agreed).await),
                 Err(error) if error.is_retryable() => {
                     tracing::warn!(%error, "topology not agreed yet; retrying");
-                    state.topology_problem(Some(error.to_string()));
+                    state.topology_problem(Some(error));
                 }
                 Err(error) => {
                     let _ = fatal.send(error).await;

@@ -6,7 +6,7 @@ use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::Stream as JsStream;
 use flotilla_queue::{FunctionName, subjects};
 
-use crate::error::CallError;
+use crate::error::{BoxError, CallError};
 use crate::state::State;
 
 /// The dead-letter stream, with its info. A missing stream has the topology task re-create it.
@@ -52,11 +52,14 @@ pub(super) fn already_gone(e: &async_nats::jetstream::stream::DeleteMessageError
 }
 
 pub(super) fn bad(reason: String) -> CallError {
-    CallError::BadRequest(reason)
+    CallError::BadRequest(reason.into())
 }
 
-pub(super) fn unavailable(doing: &str, e: impl std::fmt::Display) -> CallError {
-    CallError::DeadLetters(format!("{doing}: {e}"))
+pub(super) fn unavailable(doing: &'static str, e: impl Into<BoxError>) -> CallError {
+    CallError::DeadLetters {
+        doing,
+        source: e.into(),
+    }
 }
 
 #[cfg(test)]

@@ -32,9 +32,9 @@ pub(super) async fn route(
         .ok()
         .filter(|s| *s > 0 && rest.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {
-            CallError::BadRequest(format!(
-                "{rest:?} is not a dead-letter sequence (a positive integer)"
-            ))
+            CallError::BadRequest(
+                format!("{rest:?} is not a dead-letter sequence (a positive integer)").into(),
+            )
         })?;
     if !state.nats.connected() {
         return Err(CallError::NatsDown);
