@@ -33,10 +33,16 @@ pub enum GatewayError {
     /// An operator must act; `main` exits 64.
     #[error(transparent)]
     Topology(TopologyError),
-    /// The NATS client could not be created although `--nats-url` passed `Config::check` (an
-    /// unreachable server is not this: the client reconnects in the background).
-    #[error("NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    /// The NATS client could not be created: a `--nats-url` it cannot use (checked already by
+    /// `Config::check`), never an unreachable server (the client keeps trying to connect in the
+    /// background). An operator must act; `main` exits 64, as the worker does.
+    #[error("--nats-url {url}: {source}")]
+    Connect {
+        /// The URLs without any user or password.
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -46,8 +52,8 @@ impl GatewayError {
     /// True for problems the operator fixes in the configuration (exit 64).
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Topology(_) => true,
-            Self::Nats(_) | Self::Io(_) => false,
+            Self::Config(_) | Self::Topology(_) | Self::Connect { .. } => true,
+            Self::Io(_) => false,
         }
     }
 }

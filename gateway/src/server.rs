@@ -126,7 +126,10 @@ async fn connect(config: &Config) -> Result<Nats, GatewayError> {
         .connect("flotilla-gateway", &problems)
         .await
         .map_err(|e| match e {
-            NatsConnectError::Connect(e) => GatewayError::Nats(e),
+            NatsConnectError::Connect(source) => GatewayError::Connect {
+                url: flotilla_runtime::redacted_urls(&config.common.nats.nats_url),
+                source,
+            },
             e => GatewayError::Config(e.into()),
         })?;
     let js = ContextBuilder::new()

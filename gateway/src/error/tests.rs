@@ -318,3 +318,20 @@ fn texts_stay_and_causes_are_kept() {
         assert_eq!(error.source().is_some(), caused, "{error:?}");
     }
 }
+
+#[test]
+fn a_nats_client_that_cannot_be_made_is_a_configuration_error() {
+    let e = GatewayError::Connect {
+        url: "nats://exa mple:4222".into(),
+        source: async_nats::ConnectError::new(async_nats::ConnectErrorKind::ServerParse),
+    };
+    assert!(e.is_config());
+    assert!(
+        e.to_string()
+            .starts_with("--nats-url nats://exa mple:4222: "),
+        "{e}"
+    );
+    assert!(e.source().is_some());
+    let io = GatewayError::Io(std::io::Error::other("listener gone"));
+    assert!(!io.is_config());
+}
