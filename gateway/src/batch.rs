@@ -1,9 +1,7 @@
-//! `POST /async-batch/<name>`: many asynchronous calls to one function in one request, one JSON
-//! object a line (NDJSON). The body streams through: lines are read as they arrive, each is
-//! stored like a single call (`accept::accept`: its status, then the call, awaiting the PubAck)
-//! with at most [`OUTSTANDING`] stored at once, and the answer streams back one JSON result a
-//! line, in the lines' order, as each line is stored: `{"call_id"}` or `{"error", "status"}`. A
-//! batch of any size is never held whole in memory.
+//! `/async-batch/<name>`: `POST` stores many asynchronous calls to one function, one JSON object
+//! a line (NDJSON), each as a single call is stored (`accept::accept`), at most [`OUTSTANDING`]
+//! at once, and streams one result a line back in the lines' order; `GET` reads its progress.
+//! Invariant: a batch is never held whole in memory, in either direction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,18 +1,8 @@
-//! The dead-letter API: `GET /system/dead-letters` lists the letters in `FLOTILLA_DEAD` a page at
-//! a time, and `POST /system/dead-letters/replay` puts selected calls back on their function's
-//! shard with a fresh retry budget, then removes the letters. Operator routes, behind the
-//! `/system` auth; they speak JSON and may allocate, but a page never reads more of the stream
-//! than it shows, and one replay request does bounded work.
-//!
-//! Invariant: a letter is deleted only after JetStream acknowledged its replayed call, and the
-//! replayed call carries a `Nats-Msg-Id` derived from the letter, so a retried or concurrent
-//! replay of the same letter enqueues the call once (within the shard's duplicate window).
-//!
-//! `GET /system/dead-letters/<sequence>` shows one letter with its headers and a body preview,
-//! and `DELETE` on it removes the letter for good.
-//!
-//! This file routes and holds what the routes share; `list` shows a page, `letter` one letter,
-//! `replay` replays, and `scan` reads letters without their bodies for the list and replay.
+//! The dead-letter API under `/system/dead-letters` (auth checked by `system`): routes to `list`
+//! (a page of letters), `letter` (one letter: show, delete) and `replay` (selected calls back on
+//! their shard); `scan` reads letters without their bodies, `common` holds what they share.
+//! Invariant: a letter is deleted only after JetStream acknowledged its replayed call, whose
+//! `Nats-Msg-Id` is derived from the letter, so a repeated replay enqueues the call once.
 
 mod common;
 mod letter;

@@ -1,19 +1,7 @@
-//! Queue visibility: per function, how many calls are pending, running, waiting to retry and
-//! dead, and how old the oldest pending one is, read from JetStream alone so it holds while no
-//! worker runs. `GET /system/queues` answers it as JSON and `/metrics` as the `flotilla_queue_*`
-//! gauges; one snapshot serves both for [`SNAPSHOT_TTL`], so probes and scrapes cost NATS little.
-//!
-//! Where the numbers come from, per shard:
-//! - per-subject message counts of the call stream (`flotilla.call.k.*`, and the waiting retries
-//!   under `flotilla.retry.k.*`), the wait stream and `FLOTILLA_DEAD`;
-//! - the dispatch consumer's delivered sequence: a stored call at or below it is held by a worker
-//!   (running, or handed back and about to be delivered again); above it, it is pending. One
-//!   batched direct get per function finds its first call above it, whose `Nats-Num-Pending`
-//!   counts the rest, and whose time is the oldest pending call's;
-//! - each waiting function's wait consumer, which says the same for its waiting calls.
-//!
-//! A read costs a few JetStream API requests per shard plus one or two per function with calls
-//! stored, hence the snapshot.
+//! Queue visibility: per function, calls pending, in flight, retrying and dead, and the oldest
+//! pending call's age, read from JetStream alone, so it holds while no worker runs. One snapshot,
+//! kept [`SNAPSHOT_TTL`], answers `GET /system/queues` and sets the `flotilla_queue_*` gauges.
+//! Where each number comes from and what a read costs: `docs/ARCHITECTURE.md`, gateway.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
