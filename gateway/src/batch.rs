@@ -78,6 +78,70 @@ struct Line {
     delay: Option<String>,
 }
 
+impl Line {
+    /// The call's body, from `body` or `body_base64` (not both), at most `limit` bytes.
+    fn take_body(&mut self, limit: usize) -> Result<Bytes, CallError> {
+        let body = match (self.body.take(), self.body_base64.take()) {
+            (Some(_), Some(_)) => {
+                return Err(CallError::BadRequest(
+                    "give body or body_base64, not both".into(),
+                ));
+            }
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(b64)) => decode_base64(&b64)?,
+            (None, None) => Bytes::new(),
+        };
+        if body.len() > limit {
+            return Err(CallError::BodyTooLarge { limit });
+        }
+        Ok(body)
+    }
+
+    /// Refuses a path or query that a call cannot carry.
+    fn check_target(&self) -> Result<(), CallError> {
+        if !(self.path.is_empty() || self.path.starts_with('/'))
+            || !visible(&self.path)
+            || self.path.contains(['?', '#'])
+        {
+            return Err(CallError::BadRequest(
+                "path must be empty or start with '/', without '?' or '#'".into(),
+            ));
+        }
+        if !visible(&self.query) || self.query.contains('#') {
+            return Err(CallError::BadRequest(
+                "query must be visible ASCII without '#'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The headers that travel to the function; refuses names and values HTTP cannot carry, and
+    /// the gateway's own control fields.
+    fn forwarded_headers(&self) -> Result<Vec<(String, &str)>, CallError> {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                CallError::BadRequest(format!("header {name:?} is not a header name").into())
+            })?;
+            HeaderValue::from_str(value).map_err(|_| {
+                CallError::BadRequest(format!("header {name} has an invalid value").into())
+            })?;
+            if is_control_header(&parsed) {
+                return Err(CallError::BadRequest(
+                    format!(
+                        "header {name} is a line field here (idempotency_key, callback_url, delay)"
+                    )
+                    .into(),
+                ));
+            }
+            if !is_dropped_header(parsed.as_str()) {
+                headers.push((parsed.as_str().to_owned(), value.as_str()));
+            }
+        }
+        Ok(headers)
+    }
+}
+
 async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, CallError> {
     let (parts, body) = req.into_parts();
     let name = &parts.uri.path()[PREFIX.len()..];
@@ -231,66 +295,13 @@ async fn store(
     batch_id: &str,
     raw: &[u8],
 ) -> Result<(String, bool), CallError> {
-    let line: Line = serde_json::from_slice(raw).map_err(|source| Invalid::Json {
+    let mut line: Line = serde_json::from_slice(raw).map_err(|source| Invalid::Json {
         what: "line is not a call",
         source,
     })?;
-    let body = match (line.body, line.body_base64) {
-        (Some(_), Some(_)) => {
-            return Err(CallError::BadRequest(
-                "give body or body_base64, not both".into(),
-            ));
-        }
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => {
-            Bytes::from(
-                BASE64
-                    .decode(b64.as_bytes())
-                    .map_err(|source| Invalid::Base64 {
-                        what: "body_base64",
-                        source,
-                    })?,
-            )
-        }
-        (None, None) => Bytes::new(),
-    };
-    let limit = state.inline_limit();
-    if body.len() > limit {
-        return Err(CallError::BodyTooLarge { limit });
-    }
-    if !(line.path.is_empty() || line.path.starts_with('/'))
-        || !visible(&line.path)
-        || line.path.contains(['?', '#'])
-    {
-        return Err(CallError::BadRequest(
-            "path must be empty or start with '/', without '?' or '#'".into(),
-        ));
-    }
-    if !visible(&line.query) || line.query.contains('#') {
-        return Err(CallError::BadRequest(
-            "query must be visible ASCII without '#'".into(),
-        ));
-    }
-    let mut headers = Vec::with_capacity(line.headers.len());
-    for (name, value) in &line.headers {
-        let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-            CallError::BadRequest(format!("header {name:?} is not a header name").into())
-        })?;
-        HeaderValue::from_str(value).map_err(|_| {
-            CallError::BadRequest(format!("header {name} has an invalid value").into())
-        })?;
-        if is_control_header(&parsed) {
-            return Err(CallError::BadRequest(
-                format!(
-                    "header {name} is a line field here (idempotency_key, callback_url, delay)"
-                )
-                .into(),
-            ));
-        }
-        if !is_dropped_header(parsed.as_str()) {
-            headers.push((parsed.as_str().to_owned(), value.as_str()));
-        }
-    }
+    let body = line.take_body(state.inline_limit())?;
+    line.check_target()?;
+    let headers = line.forwarded_headers()?;
     let (call_id, dedup_key) = match &line.idempotency_key {
         Some(key) => {
             check_client_key(key, "idempotency_key")?;
@@ -337,6 +348,17 @@ async fn store(
     )
     .await?;
     Ok((call_id, ack.duplicate))
+}
+
+/// A line's `body_base64`.
+fn decode_base64(text: &str) -> Result<Bytes, Invalid> {
+    match BASE64.decode(text.as_bytes()) {
+        Ok(bytes) => Ok(Bytes::from(bytes)),
+        Err(source) => Err(Invalid::Base64 {
+            what: "body_base64",
+            source,
+        }),
+    }
 }
 
 fn visible(s: &str) -> bool {
