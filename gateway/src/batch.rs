@@ -1,9 +1,7 @@
-//! `POST /async-batch/<name>`: many asynchronous calls to one function in one request, one JSON
-//! object a line (NDJSON). The body streams through: lines are read as they arrive, each is
-//! stored like a single call (`enqueue::accept`: its status, then the call, awaiting the PubAck)
-//! with at most [`OUTSTANDING`] stored at once, and the answer streams back one JSON result a
-//! line, in the lines' order, as each line is stored: `{"call_id"}` or `{"error", "status"}`. A
-//! batch of any size is never held whole in memory.
+//! `/async-batch/<name>`: `POST` stores many asynchronous calls to one function, one JSON object
+//! a line (NDJSON), each as a single call is stored (`accept::accept`), at most [`OUTSTANDING`]
+//! at once, and streams one result a line back in the lines' order; `GET` reads its progress.
+//! Invariant: a batch is never held whole in memory, in either direction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +21,14 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use crate::accept::{Accepting, accept};
 use crate::body::Body;
-use crate::enqueue::{self, Accepting, accept, derived_call_id};
-use crate::error::{CallError, json_response};
+use crate::error::{CallError, Invalid, json_response};
 use crate::hot::Hot;
+use crate::request::{
+    callback_header, check_callback, check_client_key, dedup_key, delayed, derived_call_id,
+    is_control_header,
+};
 use crate::state::State;
 
 pub const PREFIX: &str = "/async-batch/";
@@ -49,13 +51,13 @@ pub async fn route(state: Arc<State>, req: Request<Incoming>) -> Result<Response
 
 /// `GET /async-batch/<id>`: the batch's calls by state, summed from the counters.
 async fn progress(state: &State, batch_id: &str) -> Result<Response<Body>, CallError> {
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
-    match batch::read(&state.js, batch_id).await {
+    match batch::read(&state.nats.js, batch_id).await {
         Ok(Some((_, progress))) => json_response(StatusCode::OK, &progress),
         Ok(None) => Err(CallError::UnknownBatch(batch_id.to_owned())),
-        Err(e) => Err(CallError::Status(e.to_string())),
+        Err(e) => Err(CallError::Status(e.into())),
     }
 }
 
@@ -76,11 +78,75 @@ struct Line {
     delay: Option<String>,
 }
 
+impl Line {
+    /// The call's body, from `body` or `body_base64` (not both), at most `limit` bytes.
+    fn take_body(&mut self, limit: usize) -> Result<Bytes, CallError> {
+        let body = match (self.body.take(), self.body_base64.take()) {
+            (Some(_), Some(_)) => {
+                return Err(CallError::BadRequest(
+                    "give body or body_base64, not both".into(),
+                ));
+            }
+            (Some(text), None) => Bytes::from(text),
+            (None, Some(b64)) => decode_base64(&b64)?,
+            (None, None) => Bytes::new(),
+        };
+        if body.len() > limit {
+            return Err(CallError::BodyTooLarge { limit });
+        }
+        Ok(body)
+    }
+
+    /// Refuses a path or query that a call cannot carry.
+    fn check_target(&self) -> Result<(), CallError> {
+        if !(self.path.is_empty() || self.path.starts_with('/'))
+            || !visible(&self.path)
+            || self.path.contains(['?', '#'])
+        {
+            return Err(CallError::BadRequest(
+                "path must be empty or start with '/', without '?' or '#'".into(),
+            ));
+        }
+        if !visible(&self.query) || self.query.contains('#') {
+            return Err(CallError::BadRequest(
+                "query must be visible ASCII without '#'".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The headers that travel to the function; refuses names and values HTTP cannot carry, and
+    /// the gateway's own control fields.
+    fn forwarded_headers(&self) -> Result<Vec<(String, &str)>, CallError> {
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                CallError::BadRequest(format!("header {name:?} is not a header name").into())
+            })?;
+            HeaderValue::from_str(value).map_err(|_| {
+                CallError::BadRequest(format!("header {name} has an invalid value").into())
+            })?;
+            if is_control_header(&parsed) {
+                return Err(CallError::BadRequest(
+                    format!(
+                        "header {name} is a line field here (idempotency_key, callback_url, delay)"
+                    )
+                    .into(),
+                ));
+            }
+            if !is_dropped_header(parsed.as_str()) {
+                headers.push((parsed.as_str().to_owned(), value.as_str()));
+            }
+        }
+        Ok(headers)
+    }
+}
+
 async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, CallError> {
     let (parts, body) = req.into_parts();
     let name = &parts.uri.path()[PREFIX.len()..];
     let function = FunctionName::parse(name)?;
-    state.check_known(&function)?;
+    state.functions.check_known(&function)?;
     let media = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -90,19 +156,19 @@ async fn submit(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     if !media.is_some_and(|m| m.eq_ignore_ascii_case(NDJSON)) {
         return Err(CallError::UnsupportedMediaType(NDJSON));
     }
-    let Some((_, shards)) = state.topology.get() else {
+    let Some((_, shards)) = state.streams.topology.get() else {
         return Err(CallError::NotReady("shard topology not agreed yet"));
     };
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     // The batch's own callback, when every call is final.
-    let callback_url = enqueue::callback_header(&state, &parts.headers)
+    let callback_url = callback_header(&state.admission.callback_guard, &parts.headers)
         .await?
         .map(str::to_owned);
-    let hot = match state.hot.get(name) {
+    let hot = match state.functions.hot.get(name) {
         Some(hot) => hot,
-        None => state.hot.make(&function, shards),
+        None => state.functions.hot.make(&function, shards),
     };
     let meta = Meta {
         batch_id: envelope::new_call_id(),
@@ -174,7 +240,7 @@ async fn run(
     // The batch is known from here on: its progress can be read and its end seen.
     let mut delays = META_BACKOFF.delays();
     for attempt in 1..=META_ATTEMPTS {
-        match batch::write_meta(&state.js, &meta).await {
+        match batch::write_meta(&state.nats.js, &meta).await {
             Ok(()) => return,
             Err(error) if attempt == META_ATTEMPTS => {
                 tracing::error!(%error, batch_id = %meta.batch_id, "batch stored, its progress not: GET /async-batch and its callback will not know it");
@@ -229,66 +295,25 @@ async fn store(
     batch_id: &str,
     raw: &[u8],
 ) -> Result<(String, bool), CallError> {
-    let line: Line = serde_json::from_slice(raw)
-        .map_err(|e| CallError::BadRequest(format!("line is not a call: {e}")))?;
-    let body = match (line.body, line.body_base64) {
-        (Some(_), Some(_)) => {
-            return Err(CallError::BadRequest(
-                "give body or body_base64, not both".into(),
-            ));
-        }
-        (Some(text), None) => Bytes::from(text),
-        (None, Some(b64)) => Bytes::from(
-            BASE64
-                .decode(b64.as_bytes())
-                .map_err(|e| CallError::BadRequest(format!("body_base64: {e}")))?,
-        ),
-        (None, None) => Bytes::new(),
-    };
-    let limit = state.inline_limit();
-    if body.len() > limit {
-        return Err(CallError::BodyTooLarge { limit });
-    }
-    if !(line.path.is_empty() || line.path.starts_with('/'))
-        || !visible(&line.path)
-        || line.path.contains(['?', '#'])
-    {
-        return Err(CallError::BadRequest(
-            "path must be empty or start with '/', without '?' or '#'".into(),
-        ));
-    }
-    if !visible(&line.query) || line.query.contains('#') {
-        return Err(CallError::BadRequest(
-            "query must be visible ASCII without '#'".into(),
-        ));
-    }
-    let mut headers = Vec::with_capacity(line.headers.len());
-    for (name, value) in &line.headers {
-        let parsed = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| CallError::BadRequest(format!("header {name:?} is not a header name")))?;
-        HeaderValue::from_str(value)
-            .map_err(|_| CallError::BadRequest(format!("header {name} has an invalid value")))?;
-        if enqueue::is_control_header(&parsed) {
-            return Err(CallError::BadRequest(format!(
-                "header {name} is a line field here (idempotency_key, callback_url, delay)"
-            )));
-        }
-        if !is_dropped_header(parsed.as_str()) {
-            headers.push((parsed.as_str().to_owned(), value.as_str()));
-        }
-    }
+    let mut line: Line = serde_json::from_slice(raw).map_err(|source| Invalid::Json {
+        what: "line is not a call",
+        source,
+    })?;
+    let body = line.take_body(state.inline_limit())?;
+    line.check_target()?;
+    let headers = line.forwarded_headers()?;
     let (call_id, dedup_key) = match &line.idempotency_key {
         Some(key) => {
-            enqueue::check_client_key(key, "idempotency_key")?;
+            check_client_key(key, "idempotency_key")?;
             (
                 derived_call_id(hot.function(), key),
-                Some(enqueue::dedup_key(hot.function(), key)),
+                Some(dedup_key(hot.function(), key)),
             )
         }
-        None => (state.call_ids.next(), None),
+        None => (state.status.ids.next(), None),
     };
     if let Some(url) = &line.callback_url {
-        enqueue::check_callback(state, url).await?;
+        check_callback(&state.admission.callback_guard, url).await?;
     }
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
@@ -297,7 +322,7 @@ async fn store(
             let delay = parse_duration(text).map_err(|_| {
                 CallError::BadRequest("delay must be a duration such as 90s, 1m30s or 2h".into())
             })?;
-            enqueue::delayed(accepted_at, delay, state.max_delay, "delay")?
+            delayed(accepted_at, delay, state.admission.max_delay, "delay")?
         }
     };
     let ack = accept(
@@ -323,6 +348,17 @@ async fn store(
     )
     .await?;
     Ok((call_id, ack.duplicate))
+}
+
+/// A line's `body_base64`.
+fn decode_base64(text: &str) -> Result<Bytes, Invalid> {
+    match BASE64.decode(text.as_bytes()) {
+        Ok(bytes) => Ok(Bytes::from(bytes)),
+        Err(source) => Err(Invalid::Base64 {
+            what: "body_base64",
+            source,
+        }),
+    }
 }
 
 fn visible(s: &str) -> bool {
@@ -392,7 +428,7 @@ impl Lines {
                     self.done = true;
                     self.buf.clear();
                     self.skipping = false;
-                    return Some(Err(CallError::BodyRead(e.to_string())));
+                    return Some(Err(CallError::BodyRead(e.into())));
                 }
                 None => self.done = true,
             }

@@ -1,10 +1,10 @@
 //! The gateway's body types. `Body`, the one response body: a buffer the gateway wrote, or a
 //! function's response streamed through unbuffered (an enum instead of a boxed body keeps the hot
 //! path free of an allocation). `ClientBody`, a synchronous call's request body on its way to the
-//! function, which remembers whether the client's bytes were at fault.
+//! function, which keeps the client's read error (`Broken`) when the client's bytes were at fault.
 
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -72,30 +72,58 @@ impl hyper::body::Body for Body {
 #[derive(Debug)]
 pub struct ClientBody {
     inner: Incoming,
-    broken: Arc<OnceLock<String>>,
+    broken: Broken,
+}
+
+/// Where a [`ClientBody`] leaves its first read error, for the request's owner to take.
+#[derive(Debug, Clone, Default)]
+pub struct Broken(Arc<Mutex<Option<hyper::Error>>>);
+
+impl Broken {
+    /// The client body's read error, when it broke.
+    pub fn take(&self) -> Option<hyper::Error> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn set(&self, error: hyper::Error) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+    }
 }
 
 impl ClientBody {
     /// `inner`, whose first read error lands in `broken`.
-    pub fn new(inner: Incoming, broken: Arc<OnceLock<String>>) -> Self {
+    pub fn new(inner: Incoming, broken: Broken) -> Self {
         Self { inner, broken }
     }
 }
 
+/// What the function's client hears when the client's body broke; the error itself waits in
+/// [`Broken`].
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body broke")]
+pub struct BodyBroke;
+
 impl hyper::body::Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyBroke;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyBroke>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(error))) = &polled {
-            let _ = this.broken.set(error.to_string());
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(error))) => {
+                this.broken.set(error);
+                Poll::Ready(Some(Err(BodyBroke)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

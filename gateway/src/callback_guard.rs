@@ -1,9 +1,7 @@
-//! The gateway's check of a callback URL's target against the callback policy, at enqueue: an
-//! address literal is judged at once; a host name by its rules, then by every address it
-//! resolves to (any refused address refuses it; a name that does not resolve yet is left to the
-//! worker). Verdicts on names are remembered for
-//! [`VERDICT_TTL`], so a busy receiver's name costs one lookup per period, not one per call. The
-//! worker checks again right before it connects, so a name whose answer changes cannot slip past.
+//! The gateway's check of an `X-Callback-Url` target against the callback policy, at enqueue: an
+//! address at once, a host name by its rules and then by every address it resolves to, verdicts
+//! on names kept [`VERDICT_TTL`]. Invariant: no connection is made to the target; a name that
+//! does not resolve yet is left to the worker, which checks again right before it connects.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

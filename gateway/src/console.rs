@@ -1,13 +1,8 @@
-//! The operator console, `GET /system/ui`: one page, its script and its style sheet, embedded in
-//! the binary at build time (`gateway/console/`), behind `/system`'s auth like the routes it
-//! reads. The page only calls the gateway's own JSON routes; it is plain HTML, CSS and
-//! JavaScript, with no build step and nothing fetched from elsewhere.
-//!
-//! Safe by construction: the page writes every value it shows as text, never as HTML; the
-//! Content-Security-Policy allows scripts and styles from the gateway's own files only (no inline
-//! script, no inline style, no frame around it); and a request that changes state under
-//! `/system` must come from the gateway's own pages ([`check_same_site`]), so a page on another
-//! site cannot act with the operator's credentials that the browser remembers.
+//! The operator console at `/system/ui`: one page, script and style sheet embedded at build time
+//! (`gateway/console/`), behind `/system`'s auth, and the same-site check ([`check_same_site`])
+//! that every state-changing `/system` request passes.
+//! Invariant: the page only calls the gateway's own routes and writes values as text, never as
+//! HTML; its Content-Security-Policy allows the gateway's own files only (`docs/console.md`).
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};

@@ -4,12 +4,23 @@
 
 use std::time::Duration;
 
+use std::borrow::Cow;
+
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::object_store::PutError;
 use bytes::Bytes;
+use flotilla_queue::batch::BatchError;
+use flotilla_queue::status::StoreError;
 use flotilla_queue::{NameError, TopologyError};
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::Body;
 use crate::config::ConfigError;
+use crate::queues::QueuesError;
+
+/// An error as a library hands it over boxed, or one of several NATS error types a route
+/// reports alike: the cause is kept (and can be downcast), its type is not spelled out.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why `run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +33,16 @@ pub enum GatewayError {
     /// An operator must act; `main` exits 64.
     #[error(transparent)]
     Topology(TopologyError),
-    /// The NATS client could not be created although `--nats-url` passed `Config::check` (an
-    /// unreachable server is not this: the client reconnects in the background).
-    #[error("NATS: {0}")]
-    Nats(#[from] async_nats::ConnectError),
+    /// The NATS client could not be created: a `--nats-url` it cannot use (checked already by
+    /// `Config::check`), never an unreachable server (the client keeps trying to connect in the
+    /// background). An operator must act; `main` exits 64, as the worker does.
+    #[error("--nats-url {url}: {source}")]
+    Connect {
+        /// The URLs without any user or password.
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -35,8 +52,8 @@ impl GatewayError {
     /// True for problems the operator fixes in the configuration (exit 64).
     pub fn is_config(&self) -> bool {
         match self {
-            Self::Config(_) | Self::Topology(_) => true,
-            Self::Nats(_) | Self::Io(_) => false,
+            Self::Config(_) | Self::Topology(_) | Self::Connect { .. } => true,
+            Self::Io(_) => false,
         }
     }
 }
@@ -71,8 +88,10 @@ pub enum CallError {
         header: &'static str,
         reason: &'static str,
     },
+    /// The client's body broke off or was malformed; the cause is hyper's error, boxed as
+    /// `http_body_util::Limited` hands it over.
     #[error("request body could not be read: {0}")]
-    BodyRead(String),
+    BodyRead(#[source] BoxError),
     /// The callback policy refuses the `X-Callback-Url` target.
     #[error("X-Callback-Url refused: {0}")]
     CallbackRefused(#[source] flotilla_runtime::Refused),
@@ -95,29 +114,43 @@ pub enum CallError {
     #[error("NATS is not connected")]
     NatsDown,
     #[error("enqueue failed: {0}")]
-    Publish(String),
+    Publish(#[source] EnqueueError),
     #[error("function {function} is unreachable")]
     Unreachable { function: String },
     /// The TLS handshake with an `https://` function failed: its certificate is not trusted, has
-    /// expired or does not cover the URL's host, or the function refused ours. `reason` is
-    /// rustls's own words.
-    #[error("function {function} is unreachable over TLS: {reason}")]
-    FunctionTls { function: String, reason: String },
+    /// expired or does not cover the URL's host, or the function refused ours. `source` is
+    /// rustls's error (as `flotilla_runtime::tls_cause` finds it), boxed: the gateway names no
+    /// rustls type.
+    #[error("function {function} is unreachable over TLS: {source}")]
+    FunctionTls {
+        function: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("function {function} failed before answering")]
     UpstreamBroken { function: String },
     #[error("function {function} timed out after {after:?}")]
     Timeout { function: String, after: Duration },
-    #[error("function URL is invalid: {0}")]
-    BadFunctionUrl(String),
-    /// An operator route's parameters or JSON body are not acceptable.
-    #[error("{0}")]
-    BadRequest(String),
-    /// JetStream did not answer a dead-letter request (timeout, stream missing, API error).
-    #[error("dead letters unavailable: {0}")]
-    DeadLetters(String),
+    #[error("function URL is invalid: {url}: {source}")]
+    BadFunctionUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// A request's parameters, JSON body or batch line are not acceptable.
+    #[error(transparent)]
+    BadRequest(#[from] Invalid),
+    /// JetStream did not answer a dead-letter request (timeout, stream missing, API error):
+    /// `doing` says what the route was doing, `source` is NATS's error (one of several types).
+    #[error("dead letters unavailable: {doing}: {source}")]
+    DeadLetters {
+        doing: &'static str,
+        #[source]
+        source: BoxError,
+    },
     /// JetStream did not answer while reading the queues.
     #[error("queues unavailable: {0}")]
-    Queues(String),
+    Queues(#[from] QueuesError),
     /// A request body in a media type the route does not take.
     #[error("Content-Type must be {0}")]
     UnsupportedMediaType(&'static str),
@@ -139,10 +172,86 @@ pub enum CallError {
     StatusOff,
     /// JetStream did not answer while reading or writing a call's status.
     #[error("call status unavailable: {0}")]
-    Status(String),
+    Status(#[source] StatusError),
     /// The gateway failed on its own (a response it could not encode).
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] InternalError),
+}
+
+/// What is wrong with a request's parameters, a JSON body or a batch line: the gateway's own
+/// words, or what a parser said after naming what it parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0}")]
+    Said(Cow<'static, str>),
+    #[error("{what}: {source}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what}: {source}")]
+    Base64 {
+        what: &'static str,
+        #[source]
+        source: base64::DecodeError,
+    },
+}
+
+impl From<String> for Invalid {
+    fn from(said: String) -> Self {
+        Self::Said(said.into())
+    }
+}
+
+impl From<&'static str> for Invalid {
+    fn from(said: &'static str) -> Self {
+        Self::Said(said.into())
+    }
+}
+
+/// Why JetStream did not take a call (or its large body).
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("no stream for shard {shard} ({stream})")]
+    NoStream {
+        shard: u32,
+        stream: String,
+        #[source]
+        source: PublishError,
+    },
+    #[error("no PubAck from JetStream in time")]
+    NoAck(#[source] PublishError),
+    #[error("too many calls awaiting JetStream's PubAck")]
+    AckWindowFull(#[source] PublishError),
+    #[error(transparent)]
+    Other(PublishError),
+    #[error("storing a {bytes} byte body: {source}")]
+    Body {
+        bytes: usize,
+        #[source]
+        source: PutError,
+    },
+}
+
+/// Why a call's status, or a batch's progress, could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+}
+
+/// How the gateway failed on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    /// A response it could not encode.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A call id it made that is no header value.
+    #[error(transparent)]
+    CallId(#[from] http::header::InvalidHeaderValue),
 }
 
 impl CallError {
@@ -170,14 +279,14 @@ impl CallError {
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
-            | Self::DeadLetters(_)
+            | Self::DeadLetters { .. }
             | Self::Queues(_)
             | Self::Status(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unreachable { .. } | Self::UpstreamBroken { .. } | Self::FunctionTls { .. } => {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadFunctionUrl(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadFunctionUrl { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -218,14 +327,14 @@ impl CallError {
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
-            | Self::DeadLetters(_)
+            | Self::DeadLetters { .. }
             | Self::Queues(_)
             | Self::Status(_)
             | Self::Unreachable { .. }
             | Self::UpstreamBroken { .. }
             | Self::Timeout { .. } => (Side::Upstream, true),
             // A broken function URL or a gateway failure stays broken until someone fixes it.
-            Self::BadFunctionUrl(_) | Self::Internal(_) => (Side::Internal, false),
+            Self::BadFunctionUrl { .. } | Self::Internal(_) => (Side::Internal, false),
             // So does a certificate the gateway refuses (or one the function refuses).
             Self::FunctionTls { .. } => (Side::Upstream, false),
         }
@@ -254,9 +363,9 @@ impl CallError {
             Self::UpstreamBroken { .. } => "function_broken",
             Self::FunctionTls { .. } => "function_tls",
             Self::Timeout { .. } => "function_timeout",
-            Self::BadFunctionUrl(_) => "bad_function_url",
+            Self::BadFunctionUrl { .. } => "bad_function_url",
             Self::BadRequest(_) => "bad_request",
-            Self::DeadLetters(_) => "dead_letters_unavailable",
+            Self::DeadLetters { .. } => "dead_letters_unavailable",
             Self::Queues(_) => "queues_unavailable",
             Self::UnknownCall(_) => "call_not_found",
             Self::UnknownBatch(_) => "batch_not_found",
@@ -289,7 +398,7 @@ impl CallError {
             Self::NotReady(_)
             | Self::NatsDown
             | Self::Publish(_)
-            | Self::DeadLetters(_)
+            | Self::DeadLetters { .. }
             | Self::Queues(_)
             | Self::Status(_) => {
                 h.insert(header::RETRY_AFTER, retry_after.clone());
@@ -311,7 +420,7 @@ impl CallError {
             | Self::UpstreamBroken { .. }
             | Self::FunctionTls { .. }
             | Self::Timeout { .. }
-            | Self::BadFunctionUrl(_)
+            | Self::BadFunctionUrl { .. }
             | Self::CrossSite(_)
             | Self::UnknownCall(_)
             | Self::UnknownBatch(_)
@@ -330,7 +439,7 @@ pub fn json_response(
     status: StatusCode,
     value: &impl serde::Serialize,
 ) -> Result<Response<Body>, CallError> {
-    let bytes = serde_json::to_vec(value).map_err(|e| CallError::Internal(e.to_string()))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| CallError::Internal(e.into()))?;
     let mut resp = Response::new(Body::full(bytes));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -352,221 +461,4 @@ pub fn text_response(status: StatusCode, text: Bytes) -> Response<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use flotilla_queue::FunctionName;
-
-    use super::*;
-
-    /// One error of every kind, with the status, side and retryability it must have.
-    fn every_kind() -> Vec<(CallError, u16, Side, bool)> {
-        let name_error = FunctionName::parse("no/slash").unwrap_err();
-        let function = || "echo".to_owned();
-        vec![
-            (CallError::NotFound, 404, Side::Downstream, false),
-            (
-                CallError::CrossSite("Origin is another site"),
-                403,
-                Side::Downstream,
-                false,
-            ),
-            (CallError::UnknownLetter(7), 404, Side::Downstream, false),
-            (
-                CallError::UnknownFunction(function()),
-                404,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::MethodNotAllowed { allow: "GET" },
-                405,
-                Side::Downstream,
-                false,
-            ),
-            (CallError::BadName(name_error), 400, Side::Downstream, false),
-            (
-                CallError::BadCallbackUrl("is not a URL"),
-                400,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::BadHeader {
-                    header: "X-Call-Id",
-                    reason: "is too long",
-                },
-                400,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::BodyRead("reset".into()),
-                400,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::BodyTooLarge { limit: 10 },
-                413,
-                Side::Downstream,
-                false,
-            ),
-            (CallError::MessageTooLarge, 413, Side::Downstream, false),
-            (
-                CallError::CallbackRefused(flotilla_runtime::Refused::BuiltIn {
-                    target: "169.254.169.254".into(),
-                    why: "link-local",
-                }),
-                400,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::HeadersTooLarge {
-                    size: 70_000,
-                    limit: 65_535,
-                },
-                431,
-                Side::Downstream,
-                false,
-            ),
-            (CallError::Unauthorized, 401, Side::Downstream, false),
-            (
-                CallError::BadRequest("limit".into()),
-                400,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::NotReady("topology not agreed"),
-                503,
-                Side::Upstream,
-                true,
-            ),
-            (CallError::NatsDown, 503, Side::Upstream, true),
-            (
-                CallError::UnknownCall("c1".into()),
-                404,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::ResultNotKept {
-                    call_id: "c1".into(),
-                    why: "not kept".into(),
-                },
-                404,
-                Side::Downstream,
-                false,
-            ),
-            (CallError::StatusOff, 404, Side::Downstream, false),
-            (
-                CallError::UnknownBatch("b1".into()),
-                404,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::UnsupportedMediaType("application/x-ndjson"),
-                415,
-                Side::Downstream,
-                false,
-            ),
-            (
-                CallError::Status("timed out".into()),
-                503,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::Publish("timed out".into()),
-                503,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::DeadLetters("timed out".into()),
-                503,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::Unreachable {
-                    function: function(),
-                },
-                502,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::UpstreamBroken {
-                    function: function(),
-                },
-                502,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::FunctionTls {
-                    function: function(),
-                    reason: "invalid peer certificate: certificate expired".into(),
-                },
-                502,
-                Side::Upstream,
-                false,
-            ),
-            (
-                CallError::Timeout {
-                    function: function(),
-                    after: Duration::from_secs(1),
-                },
-                504,
-                Side::Upstream,
-                true,
-            ),
-            (
-                CallError::BadFunctionUrl("no host".into()),
-                500,
-                Side::Internal,
-                false,
-            ),
-            (
-                CallError::Internal("encoding".into()),
-                500,
-                Side::Internal,
-                false,
-            ),
-        ]
-    }
-
-    #[test]
-    fn every_error_has_its_status_side_and_retryability() {
-        for (error, status, side, retryable) in every_kind() {
-            assert_eq!(error.status().as_u16(), status, "{error:?}");
-            assert_eq!(error.side(), side, "{error:?}");
-            assert_eq!(error.is_retryable(), retryable, "{error:?}");
-        }
-    }
-
-    #[test]
-    fn classifications_agree_with_each_other() {
-        let mut reasons = HashSet::new();
-        for (error, ..) in every_kind() {
-            let status = error.status();
-            match error.side() {
-                Side::Downstream => assert!(status.is_client_error(), "{error:?}"),
-                Side::Upstream | Side::Internal => assert!(status.is_server_error(), "{error:?}"),
-            }
-            assert!(reasons.insert(error.reason()), "reason reused: {error:?}");
-            let resp = error.into_response(&HeaderValue::from_static("7"));
-            // Retry-After exactly where the gateway (not the function) is briefly unavailable.
-            assert_eq!(
-                resp.headers().contains_key(header::RETRY_AFTER),
-                resp.status() == StatusCode::SERVICE_UNAVAILABLE,
-                "{}",
-                resp.status()
-            );
-        }
-    }
-}
+mod tests;

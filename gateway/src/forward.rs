@@ -3,7 +3,6 @@
 //! buffered. 502 when the function cannot be reached (saying so when TLS is why), 504 when it
 //! sends no response head in time, 400 when it is the client's body that broke.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use flotilla_queue::FunctionName;
@@ -12,9 +11,9 @@ use flotilla_queue::headers::{X_CALL_ID, X_DURATION_SECONDS, X_START_TIME};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::body::{Body, ClientBody};
+use crate::body::{Body, Broken, ClientBody};
 use crate::error::CallError;
-use crate::routes::split_name;
+use crate::request::split_name;
 use crate::state::State;
 
 pub const PREFIX: &str = "/function/";
@@ -27,18 +26,20 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let (name, path) = split_name(&parts.uri.path()[PREFIX.len()..]);
     let function = FunctionName::parse(name)?;
-    state.check_known(&function)?;
+    state.functions.check_known(&function)?;
     let url = state
+        .functions
         .policies
         .url_for(&function, path, parts.uri.query().unwrap_or(""));
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| CallError::BadFunctionUrl(format!("{url}: {e}")))?;
+    let uri: Uri = match url.parse() {
+        Ok(uri) => uri,
+        Err(source) => return Err(CallError::BadFunctionUrl { url, source }),
+    };
 
     let call_id = match parts.headers.get(&X_CALL_ID) {
         Some(v) if !v.is_empty() => v.clone(),
         _ => HeaderValue::try_from(envelope::new_call_id())
-            .map_err(|e| CallError::BadFunctionUrl(e.to_string()))?,
+            .map_err(|e| CallError::Internal(e.into()))?,
     };
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(&X_CALL_ID, call_id.clone());
@@ -49,14 +50,15 @@ pub async fn forward(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
-    let broken = Arc::new(OnceLock::new());
+    let broken = Broken::default();
     let body = ClientBody::new(body, broken.clone());
     let out = Request::from_parts(parts, body);
 
     let timeout = state
+        .functions
         .sync_timeout
-        .min(state.policies.get(&function).timeout);
-    let result = tokio::time::timeout(timeout, state.http.request(out)).await;
+        .min(state.functions.policies.get(&function).timeout);
+    let result = tokio::time::timeout(timeout, state.functions.http.request(out)).await;
     let seconds = started.elapsed().as_secs_f64();
     let failure = match result {
         Ok(Ok(resp)) => {
@@ -72,15 +74,15 @@ pub async fn forward(
             return Ok(Response::from_parts(rp, Body::Upstream(rbody)));
         }
         Ok(Err(error)) => {
-            if let Some(reason) = broken.get() {
+            if let Some(reason) = broken.take() {
                 tracing::debug!(function = %function, %reason, "the client's request body broke");
-                CallError::BodyRead(reason.clone())
+                CallError::BodyRead(reason.into())
             } else {
                 tracing::warn!(function = %function, %error, "synchronous call failed");
                 if let Some(tls) = flotilla_runtime::tls_cause(&error) {
                     CallError::FunctionTls {
                         function: function.to_string(),
-                        reason: tls.to_string(),
+                        source: tls.clone().into(),
                     }
                 } else if error.is_connect() {
                     CallError::Unreachable {
@@ -107,7 +109,7 @@ pub async fn forward(
     state
         .metrics
         .error(failure.status().as_u16(), failure.reason());
-    let mut resp = failure.into_response(&state.retry_after);
+    let mut resp = failure.into_response(&state.admission.retry_after);
     resp.headers_mut().insert(&X_CALL_ID, call_id);
     Ok(resp)
 }

@@ -2,6 +2,8 @@
 //! into the JetStream shard streams, answering 202 only once JetStream holds the call. The binary
 //! in `main.rs` is a thin shell around `run`.
 
+mod accept;
+mod auth;
 mod batch;
 mod body;
 mod callback_guard;
@@ -15,11 +17,14 @@ mod hot;
 mod limits;
 mod metrics;
 mod queues;
+mod request;
 mod routes;
 mod server;
 mod state;
 mod status;
 mod system;
+mod times;
+mod topology;
 
 pub use config::{Config, ConfigError, ValidConfig};
 pub use error::{CallError, GatewayError, Side};

@@ -4,6 +4,7 @@
 //! not a registry lookup with label allocation.
 
 use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const INVOCATIONS: &str = "gateway_function_invocation_total";
 pub const FUNCTION_SECONDS: &str = "gateway_functions_seconds";
@@ -41,6 +42,8 @@ impl Accepted {
 /// the recorder, or every handle is a no-op.
 pub struct Metrics {
     enqueue_seconds: Histogram,
+    /// The recorder's handle: renders a scrape, folds idle histogram data in.
+    prometheus: PrometheusHandle,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -52,7 +55,10 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     /// The handles, after describing every metric. Each function the policy file names gets its
     /// accepted-call and duplicate counters at once (at 0), so `increase()` sees its first event.
-    pub fn new<'a>(named: impl Iterator<Item = &'a flotilla_queue::FunctionName>) -> Self {
+    pub fn new<'a>(
+        prometheus: PrometheusHandle,
+        named: impl Iterator<Item = &'a flotilla_queue::FunctionName>,
+    ) -> Self {
         metrics::describe_counter!(
             INVOCATIONS,
             "Function calls by function and response code (202 for accepted asynchronous calls)"
@@ -100,7 +106,18 @@ impl Metrics {
         }
         Self {
             enqueue_seconds: metrics::histogram!(ENQUEUE_SECONDS),
+            prometheus,
         }
+    }
+
+    /// The scrape `/metrics` answers.
+    pub fn render(&self) -> String {
+        flotilla_runtime::render(&self.prometheus, "flotilla-gateway")
+    }
+
+    /// Folds idle histogram data in, so memory stays flat between scrapes.
+    pub fn upkeep(&self) {
+        self.prometheus.run_upkeep();
     }
 
     /// An asynchronous call was enqueued (`seconds` from request to PubAck); `function` holds

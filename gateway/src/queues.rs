@@ -1,19 +1,7 @@
-//! Queue visibility: per function, how many calls are pending, running, waiting to retry and
-//! dead, and how old the oldest pending one is, read from JetStream alone so it holds while no
-//! worker runs. `GET /system/queues` answers it as JSON and `/metrics` as the `flotilla_queue_*`
-//! gauges; one snapshot serves both for [`SNAPSHOT_TTL`], so probes and scrapes cost NATS little.
-//!
-//! Where the numbers come from, per shard:
-//! - per-subject message counts of the call stream (`flotilla.call.k.*`, and the waiting retries
-//!   under `flotilla.retry.k.*`), the wait stream and `FLOTILLA_DEAD`;
-//! - the dispatch consumer's delivered sequence: a stored call at or below it is held by a worker
-//!   (running, or handed back and about to be delivered again); above it, it is pending. One
-//!   batched direct get per function finds its first call above it, whose `Nats-Num-Pending`
-//!   counts the rest, and whose time is the oldest pending call's;
-//! - each waiting function's wait consumer, which says the same for its waiting calls.
-//!
-//! A read costs a few JetStream API requests per shard plus one or two per function with calls
-//! stored, hence the snapshot.
+//! Queue visibility: per function, calls pending, in flight, retrying and dead, and the oldest
+//! pending call's age, read from JetStream alone, so it holds while no worker runs. One snapshot,
+//! kept [`SNAPSHOT_TTL`], answers `GET /system/queues` and sets the `flotilla_queue_*` gauges.
+//! Where each number comes from and what a read costs: `docs/ARCHITECTURE.md`, gateway.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,18 +51,35 @@ pub struct QueueRow {
     pub completed: Option<u64>,
 }
 
-/// Why the queues could not be read.
+/// Why the queues could not be read: `what` names what was being read.
 #[derive(Debug, thiserror::Error)]
-#[error("reading {what} from JetStream: {reason}")]
-pub struct QueuesError {
-    what: String,
-    reason: String,
+pub enum QueuesError {
+    /// JetStream refused or did not answer; `source` is NATS's error (one of several types).
+    #[error("reading {what} from JetStream: {source}")]
+    Nats {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// JetStream answered something the read cannot use.
+    #[error("reading {what} from JetStream: {answer}")]
+    Answer { what: String, answer: String },
 }
 
-fn failed(what: impl Into<String>, e: impl std::fmt::Display) -> QueuesError {
-    QueuesError {
+fn failed(
+    what: impl Into<String>,
+    e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> QueuesError {
+    QueuesError::Nats {
         what: what.into(),
-        reason: e.to_string(),
+        source: e.into(),
+    }
+}
+
+fn bad_answer(what: String, answer: impl Into<String>) -> QueuesError {
+    QueuesError::Answer {
+        what,
+        answer: answer.into(),
     }
 }
 
@@ -244,7 +249,7 @@ async fn pending_after(
     match reply.status {
         Some(s) if s.as_u16() == 404 => return Ok(None),
         Some(s) if s.as_u16() >= 300 => {
-            return Err(failed(
+            return Err(bad_answer(
                 what(),
                 format!("status {s}: {:?}", reply.description),
             ));
@@ -255,10 +260,10 @@ async fn pending_after(
         .and_then(|t| {
             time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
         })
-        .ok_or_else(|| failed(what(), "an answer without Nats-Time-Stamp"))?;
+        .ok_or_else(|| bad_answer(what(), "an answer without Nats-Time-Stamp"))?;
     let left: u64 = header("Nats-Num-Pending")
         .and_then(|n| n.parse().ok())
-        .ok_or_else(|| failed(what(), "an answer without Nats-Num-Pending"))?;
+        .ok_or_else(|| bad_answer(what(), "an answer without Nats-Num-Pending"))?;
     Ok(Some((stored, left + 1)))
 }
 

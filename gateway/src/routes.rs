@@ -6,8 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::AsHeaderName;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
@@ -42,35 +41,7 @@ pub async fn handle(
                 Side::Internal => tracing::error!(status, %error, "request failed in the gateway"),
             }
             state.metrics.error(status, error.reason());
-            error.into_response(&state.retry_after)
+            error.into_response(&state.admission.retry_after)
         }
     })
-}
-
-/// Splits `<name>[/<path>]` into the name and the path suffix (empty or starting with '/').
-pub fn split_name(rest: &str) -> (&str, &str) {
-    match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    }
-}
-
-/// A header's value as text: `None` when absent, `Err` when it is not UTF-8.
-pub fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<Result<&str, ()>> {
-    headers
-        .get(name)
-        .map(|v| std::str::from_utf8(v.as_bytes()).map_err(|_| ()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_suffixes() {
-        assert_eq!(split_name("echo"), ("echo", ""));
-        assert_eq!(split_name("echo/"), ("echo", "/"));
-        assert_eq!(split_name("echo.ns/a/b"), ("echo.ns", "/a/b"));
-        assert_eq!(split_name(""), ("", ""));
-    }
 }

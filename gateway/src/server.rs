@@ -1,40 +1,41 @@
-//! `run`: connects NATS, agrees the topology in the background, serves HTTP/1.1 until the
-//! shutdown future resolves, then drains. One shutdown shape: a cancellation token tells every
-//! task to stop, a task tracker says when they have, and the grace period bounds the wait.
+//! `run` and `serve`: build the shared state, start the background tasks, accept connections
+//! until the shutdown future resolves or the topology disagrees, then drain. One shutdown shape:
+//! a cancellation token tells every task and connection to stop, a task tracker says when they
+//! have, and `--shutdown-grace` bounds the wait.
+//! Invariant: during `--drain-delay` the gateway still accepts, but `/readyz` fails.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::ContextBuilder;
-use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
-use flotilla_runtime::{PoolSettings, function_client, metrics_handle};
+use flotilla_queue::TopologyError;
+use flotilla_runtime::{
+    NatsConnectError, NatsProblems, PoolSettings, accept_until, function_client, http1_server,
+    metrics_handle,
+};
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ValidConfig};
+use crate::auth::Auth;
+use crate::callback_guard::CallbackGuard;
+use crate::config::{Config, Parts, ValidConfig};
 use crate::error::GatewayError;
+use crate::hot::HotFunctions;
+use crate::metrics::Metrics;
 use crate::routes;
-use crate::state::{State, StateParts};
-use crate::system::basic_token;
+use crate::state::{Admission, CallStatus, Functions, Nats, State};
 
 /// How often idle histogram data is folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-/// Waits between tries of agreeing the topology while NATS is unreachable or not ready: 100 ms
-/// doubling up to 2 s, so a gateway started just before NATS takes calls soon after it comes up.
-/// No jitter: each try is a few cheap requests, so even a fleet that starts at once does not
-/// crowd NATS.
-const AGREE_BACKOFF: Backoff = Backoff::new(
-    Duration::from_millis(100),
-    Duration::from_secs(2),
-    Jitter::None,
-);
+/// How often batch counts are written.
+const TALLY_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish within `--shutdown-grace`, and returns. Returns early with
@@ -55,31 +56,82 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let crate::config::Parts {
+    let addr = listener.local_addr()?;
+    let (config, state) = build_state(config.into_parts()).await?;
+    let (tasks, fatal) = Tasks::start(&state, &config);
+    tracing::info!(%addr, "gateway listening");
+    let connections = Connections {
+        http: http1_server(config.header_read_timeout),
+        state: &state,
+        tasks: &tasks,
+    };
+    let outcome = accept_until(&listener, until_stopped(shutdown, fatal), |stream, _| {
+        connections.serve(stream);
+    })
+    .await;
+    // Readiness fails at once; requests are still served until load balancers have seen it.
+    state.stop_being_ready();
+    if outcome.is_ok() && !config.drain_delay.is_zero() {
+        tracing::info!(drain_delay = ?config.drain_delay, "shutting down: not ready, still serving for the drain delay");
+        let delay = tokio::time::sleep(config.drain_delay);
+        accept_until(&listener, delay, |stream, _| connections.serve(stream)).await;
+    }
+    drop(listener);
+    tasks.drain(config.shutdown_grace).await;
+    outcome
+}
+
+/// The shared state, from the checked configuration: the metrics recorder, the NATS client (which
+/// connects in the background) and every group of `State`.
+async fn build_state(parts: Parts) -> Result<(Config, Arc<State>), GatewayError> {
+    let Parts {
         config,
         policies,
         auth,
         callback_targets,
         function_tls,
-    } = config.into_parts();
+    } = parts;
     function_tls.log();
-    let auth = auth.map(|(user, password)| basic_token(&user, &password));
-    let retry_after = HeaderValue::from(config.retry_after_seconds);
     // Before any metric handle is made, or the handles are no-ops.
     let prometheus = metrics_handle();
     flotilla_runtime::limit_function_series(config.common.max_function_series);
+    let metrics = Metrics::new(prometheus, policies.configured().map(|(f, _)| f));
+    let nats = connect(&config).await?;
+    let status = CallStatus::new(config.common.nats.call_status, nats.js.clone());
+    let functions = Functions {
+        policies,
+        known_only: config.known_functions_only,
+        http: function_client(PoolSettings::default(), &function_tls),
+        sync_timeout: config.sync_timeout,
+        hot: HotFunctions::default(),
+    };
+    let admission = Admission {
+        max_body_bytes: config.max_body_bytes,
+        max_delay: config.max_delay,
+        callback_guard: CallbackGuard::new(callback_targets),
+        retry_after: HeaderValue::from(config.retry_after_seconds),
+    };
+    let auth = Auth::basic(auth);
+    let state = State::new(nats, functions, admission, auth, status, metrics);
+    Ok((config, Arc::new(state)))
+}
 
-    let nats_problems = flotilla_runtime::NatsProblems::default();
-    let client = match config
+/// The NATS client and its one JetStream context. The client returns at once and connects in the
+/// background, so an unreachable NATS is waited out, never an error here.
+async fn connect(config: &Config) -> Result<Nats, GatewayError> {
+    let problems = NatsProblems::default();
+    let client = config
         .common
         .nats
-        .connect("flotilla-gateway", &nats_problems)
+        .connect("flotilla-gateway", &problems)
         .await
-    {
-        Ok(client) => client,
-        Err(flotilla_runtime::NatsConnectError::Connect(e)) => return Err(GatewayError::Nats(e)),
-        Err(e) => return Err(GatewayError::Config(e.into())),
-    };
+        .map_err(|e| match e {
+            NatsConnectError::Connect(source) => GatewayError::Connect {
+                url: flotilla_runtime::redacted_urls(&config.common.nats.nats_url),
+                source,
+            },
+            e => GatewayError::Config(e.into()),
+        })?;
     let js = ContextBuilder::new()
         .timeout(config.publish_timeout)
         // A call abandoned by its client still holds an ack slot until this passes.
@@ -89,107 +141,96 @@ pub async fn serve(
         // instead of queueing without bound inside the gateway.
         .backpressure_on_inflight(false)
         .build(client.clone());
-    let state = Arc::new(State::new(StateParts {
-        callback_targets,
-        nats_problems,
-        known_only: config.known_functions_only,
-        call_status: config.common.nats.call_status,
-        client: client.clone(),
+    Ok(Nats {
+        client,
         js,
-        policies,
-        http: function_client(PoolSettings::default(), &function_tls),
-        max_body_bytes: config.max_body_bytes,
-        max_delay: config.max_delay,
-        sync_timeout: config.sync_timeout,
-        retry_after,
-        auth,
-        prometheus,
-    }));
+        problems,
+    })
+}
 
-    let token = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let (fatal_tx, mut fatal_rx) = mpsc::channel::<TopologyError>(1);
-    tracker.spawn(agree_topology(
-        state.clone(),
-        config.clone(),
-        token.clone(),
-        fatal_tx,
-    ));
-    tracker.spawn(metrics_upkeep(state.clone(), token.clone()));
-    {
-        let (state, token) = (state.clone(), token.clone());
-        tracker.spawn(async move { state.limits.follow(state.client.clone(), token).await });
-    }
-
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "gateway listening");
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
-
-    let accept = |accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>| {
-        let (builder, state, token) = (&builder, &state, &token);
-        let tracker = &tracker;
-        async move {
-            match accepted {
-                Ok((stream, _)) => {
-                    tracker.spawn(serve_connection(
-                        stream,
-                        builder.clone(),
-                        state.clone(),
-                        token.clone(),
-                    ));
-                }
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    };
-    tokio::pin!(shutdown);
-    let outcome = loop {
-        tokio::select! {
-            () = &mut shutdown => break Ok(()),
-            Some(error) = fatal_rx.recv() => {
-                tracing::error!(%error, "topology disagrees with this gateway's configuration");
-                break Err(GatewayError::Topology(error));
-            }
-            accepted = listener.accept() => accept(accepted).await,
-        }
-    };
-    // Readiness fails at once; requests are still served until load balancers have seen it.
-    state.stop_being_ready();
-    if outcome.is_ok() && !config.drain_delay.is_zero() {
-        tracing::info!(drain_delay = ?config.drain_delay, "shutting down: not ready, still serving for the drain delay");
-        let delay = tokio::time::sleep(config.drain_delay);
-        tokio::pin!(delay);
-        loop {
-            tokio::select! {
-                () = &mut delay => break,
-                accepted = listener.accept() => accept(accepted).await,
-            }
+/// Resolves with `Ok` when `shutdown` does, or with the error of a topology that disagrees with
+/// this gateway's configuration.
+async fn until_stopped(
+    shutdown: impl Future<Output = ()>,
+    mut fatal: mpsc::Receiver<TopologyError>,
+) -> Result<(), GatewayError> {
+    tokio::select! {
+        () = shutdown => Ok(()),
+        Some(error) = fatal.recv() => {
+            tracing::error!(%error, "topology disagrees with this gateway's configuration");
+            Err(GatewayError::Topology(error))
         }
     }
-    drop(listener);
-    token.cancel();
-    tracker.close();
-    if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace = ?config.shutdown_grace,
-            remaining = tracker.len(),
-            "shutdown grace period over; abandoning unfinished requests"
-        );
-    } else {
-        tracing::info!("gateway stopped");
+}
+
+/// Every background task and connection: one token tells them to stop, one tracker says when
+/// they have.
+struct Tasks {
+    token: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Tasks {
+    /// Starts the topology task, the metrics upkeep and the follower of the workers' limits.
+    /// The receiver hears of a topology that disagrees with the configuration.
+    fn start(state: &Arc<State>, config: &Config) -> (Self, mpsc::Receiver<TopologyError>) {
+        let tasks = Self {
+            token: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        let (fatal_tx, fatal_rx) = mpsc::channel(1);
+        tasks.tracker.spawn(crate::topology::run(
+            state.clone(),
+            config.common.nats.shards,
+            config.common.nats.stream_settings(),
+            tasks.token.clone(),
+            fatal_tx,
+        ));
+        tasks
+            .tracker
+            .spawn(metrics_upkeep(state.clone(), tasks.token.clone()));
+        let (state, token) = (state.clone(), tasks.token.clone());
+        tasks
+            .tracker
+            .spawn(async move { state.limits.follow(state.nats.client.clone(), token).await });
+        (tasks, fatal_rx)
     }
-    outcome
+
+    /// Tells every task and connection to stop and waits for them, at most `grace`.
+    async fn drain(self, grace: Duration) {
+        self.token.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                remaining = self.tracker.len(),
+                "shutdown grace period over; abandoning unfinished requests"
+            );
+        } else {
+            tracing::info!("gateway stopped");
+        }
+    }
+}
+
+/// What each accepted connection is served with.
+struct Connections<'a> {
+    http: http1::Builder,
+    state: &'a Arc<State>,
+    tasks: &'a Tasks,
+}
+
+impl Connections<'_> {
+    fn serve(&self, stream: TcpStream) {
+        self.tasks.tracker.spawn(serve_connection(
+            stream,
+            self.http.clone(),
+            self.state.clone(),
+            self.tasks.token.clone(),
+        ));
+    }
 }
 
 async fn serve_connection(
@@ -216,127 +257,24 @@ async fn serve_connection(
     }
 }
 
-/// Agrees the shard count and makes sure the streams exist, retrying while NATS is unreachable.
-/// A mismatch or a corrupt topology is reported through `fatal` and ends `run`.
-async fn agree_topology(
-    state: Arc<State>,
-    config: Config,
-    token: CancellationToken,
-    fatal: mpsc::Sender<TopologyError>,
-) {
-    let settings = config.common.nats.stream_settings();
-    let mut delays = AGREE_BACKOFF.delays();
-    let topology = loop {
-        if state.nats_connected() {
-            let attempt = async {
-                let topology =
-                    Topology::agree(&state.js, config.common.nats.shards, &settings).await?;
-                let drifts = topology.ensure_streams(&state.js, &settings).await?;
-                // In the attempt, so NATS failing here is retried like the rest.
-                let bodies = Topology::ensure_bodies(&state.js, &settings).await?;
-                Ok::<_, TopologyError>((topology, drifts, bodies))
-            };
-            let result = tokio::select! {
-                r = attempt => r,
-                () = token.cancelled() => return,
-            };
-            match result {
-                Ok((topology, drifts, bodies)) => {
-                    state.topology_problem(None);
-                    // Logged by `ensure_streams`; kept for `/system/info`.
-                    let _ = state
-                        .stream_warnings
-                        .set(drifts.iter().map(ToString::to_string).collect());
-                    tracing::info!(
-                        shards = topology.shards,
-                        "topology agreed; accepting asynchronous calls"
-                    );
-                    state.metrics.shards(topology.shards);
-                    let _ = state.bodies.set(bodies);
-                    // Handles only, no request: this fails only on a bug.
-                    match flotilla_queue::status::Store::new(state.js.clone()).await {
-                        Ok(store) => {
-                            let _ = state.status.set(store);
-                        }
-                        Err(error) => tracing::error!(%error, "call status streams not opened"),
-                    }
-                    let _ = state.topology.set((topology, topology.shard_map()));
-                    break topology;
-                }
-                Err(error) if error.is_retryable() => {
-                    tracing::warn!(%error, "topology not agreed yet; retrying");
-                    state.topology_problem(Some(error.to_string()));
-                }
-                Err(error) => {
-                    let _ = fatal.send(error).await;
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delays.next_delay()) => {}
-            () = token.cancelled() => return,
-        }
-    };
-    // Streams can vanish after the agreement (deleted by an operator, or lost when a NATS with
-    // memory storage restarts); re-create them when a publish finds none and JetStream confirms
-    // it, at most once a second.
-    loop {
-        tokio::select! {
-            () = state.streams_missing.notified() => {}
-            () = token.cancelled() => return,
-        }
-        let recreate = async {
-            match topology.missing_streams(&state.js).await {
-                Ok(missing) if missing.is_empty() => {
-                    tracing::debug!(
-                        "a publish found no stream, yet every stream is there (a stream leader was being elected)"
-                    );
-                }
-                Ok(missing) => match topology.ensure_streams(&state.js, &settings).await {
-                    Ok(_) => tracing::warn!(?missing, "shard streams were missing; re-created"),
-                    Err(error) => {
-                        tracing::warn!(%error, ?missing, "shard streams missing and not re-created yet")
-                    }
-                },
-                // JetStream does not answer: nothing tells that a stream is gone.
-                Err(error) => {
-                    tracing::debug!(%error, "streams not checked; JetStream did not answer")
-                }
-            }
-        };
-        tokio::select! {
-            () = recreate => {}
-            () = token.cancelled() => return,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = token.cancelled() => return,
-        }
-    }
-}
-
 async fn metrics_upkeep(state: Arc<State>, token: CancellationToken) {
     let mut tick = tokio::time::interval(METRICS_UPKEEP);
     let mut tally = tokio::time::interval(TALLY_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                state.prometheus.run_upkeep();
-                state.metrics.nats_connected(state.nats_connected());
+                state.metrics.upkeep();
+                state.metrics.nats_connected(state.nats.connected());
             }
             _ = tally.tick() => {
-                if let Err(error) = state.tally.write().await {
+                if let Err(error) = state.status.tally.write().await {
                     tracing::debug!(%error, "batch counts not written; trying again");
                 }
             }
             () = token.cancelled() => {
-                let _ = state.tally.write().await;
+                let _ = state.status.tally.write().await;
                 return;
             }
         }
     }
 }
-
-/// How often batch counts are written.
-const TALLY_EVERY: Duration = Duration::from_secs(1);

@@ -4,15 +4,18 @@
 //! unless the client chose it.
 
 use flotilla_queue::headers::X_FUNCTION_STATUS;
-use flotilla_queue::status::{CallState, Cancel, Known, Record, ResultKept, Store, Transition};
+use flotilla_queue::status::{
+    CallState, Cancel, Known, Record, ResultKept, Store, StoreError, Transition,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::body::Body;
-use crate::dead_letters::list::rfc3339;
 use crate::error::{CallError, json_response};
+use crate::request::check_client_key;
 use crate::state::State;
+use crate::times::rfc3339;
 
 pub const PREFIX: &str = "/async-call/";
 const RESULT_SUFFIX: &str = "/result";
@@ -44,12 +47,12 @@ fn call_id(raw: &str) -> Result<String, CallError> {
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| CallError::BadRequest("call id is not valid percent-encoded text".into()))?;
-    crate::enqueue::check_client_key(decoded.as_bytes(), "call id")?;
+    check_client_key(decoded.as_bytes(), "call id")?;
     Ok(decoded.into_owned())
 }
 
-fn unavailable(e: impl std::fmt::Display) -> CallError {
-    CallError::Status(e.to_string())
+fn unavailable(e: StoreError) -> CallError {
+    CallError::Status(e.into())
 }
 
 async fn status(store: &Store, call_id: &str) -> Result<Response<Body>, CallError> {
@@ -92,7 +95,7 @@ async fn cancel(state: &State, store: &Store, call_id: &str) -> Result<Response<
             }
             state.metrics.cancelled();
             if let Some(batch) = &stored.record.batch_id {
-                state.tally.ended(batch, CallState::Cancelled);
+                state.status.tally.ended(batch, CallState::Cancelled);
             }
             stored.record
         }

@@ -3,14 +3,12 @@
 //! `dead_letters.rs`, the console in `console.rs`). None of them is on the hot
 //! path; they may allocate and speak JSON.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::{CallError, json_response, text_response};
-use crate::state::State;
+use crate::state::{NoQueues, State};
 use crate::{console, dead_letters};
 
 const GET_ONLY: &str = "GET, HEAD";
@@ -21,11 +19,8 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
     if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/system/info") && !is_system {
         return Err(CallError::NotFound);
     }
-    if is_system && let Some(expected) = &state.auth {
-        let given = req.headers().get(header::AUTHORIZATION);
-        if !given.is_some_and(|g| authorized(g, expected)) {
-            return Err(CallError::Unauthorized);
-        }
+    if is_system {
+        state.auth.check(req.headers())?;
     }
     if is_system && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         console::check_same_site(req.headers())?;
@@ -55,17 +50,14 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
                     format!("{reason}\n").into(),
                 );
                 resp.headers_mut()
-                    .insert(header::RETRY_AFTER, state.retry_after.clone());
+                    .insert(header::RETRY_AFTER, state.admission.retry_after.clone());
                 resp
             }
         },
         "/metrics" => {
-            state.metrics.nats_connected(state.nats_connected());
+            state.metrics.nats_connected(state.nats.connected());
             refresh_queue_gauges(state).await;
-            let mut resp = Response::new(Body::full(flotilla_runtime::render(
-                &state.prometheus,
-                "flotilla-gateway",
-            )));
+            let mut resp = Response::new(Body::full(state.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -79,7 +71,7 @@ pub async fn route(state: &State, req: Request<Incoming>) -> Result<Response<Bod
 /// OpenFaaS's `/system/info` shape, plus the shard count, stream names, and `warnings`: what the
 /// operator should know of the streams (settings that differ from the flags), empty when none.
 fn info(state: &State) -> Response<Body> {
-    let topology = state.topology.get().map(|(t, _)| *t);
+    let topology = state.streams.topology.get().map(|(t, _)| *t);
     let streams: Vec<String> = topology
         .map(|t| {
             (0..t.shards)
@@ -102,8 +94,8 @@ fn info(state: &State) -> Response<Body> {
         "arch": std::env::consts::ARCH,
         "shards": topology.map(|t| t.shards),
         "streams": streams,
-        "nats": { "connected": state.nats_connected() },
-        "warnings": state.stream_warnings.get().cloned().unwrap_or_default(),
+        "nats": { "connected": state.nats.connected() },
+        "warnings": state.streams.warnings.get().cloned().unwrap_or_default(),
     });
     let mut resp = Response::new(Body::full(doc.to_string()));
     resp.headers_mut().insert(
@@ -140,58 +132,10 @@ async fn queues(state: &State) -> Result<Response<Body>, CallError> {
 /// their last values (and the log says why).
 async fn refresh_queue_gauges(state: &State) {
     match state.queue_rows().await {
-        Ok(_) | Err(CallError::NatsDown | CallError::NotReady(_)) => {}
-        Err(error) => tracing::warn!(%error, "queue gauges not refreshed"),
-    }
-}
-
-/// `Authorization: Basic <base64(user:password)>`, compared in constant time.
-fn authorized(given: &HeaderValue, expected: &str) -> bool {
-    let given = given.as_bytes();
-    let Some(token) = given
-        .get(..6)
-        .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
-        .map(|_| given[6..].trim_ascii())
-    else {
-        return false;
-    };
-    constant_time_eq(token, expected.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The base64 of `user:password` (standard alphabet, padded) that a client's
-/// `Authorization: Basic` must carry. Encoded once at start, so a request is checked without
-/// decoding anything.
-pub fn basic_token(user: &str, password: &str) -> String {
-    BASE64.encode(format!("{user}:{password}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_padded_standard_base64() {
-        assert_eq!(basic_token("admin", "secret"), "YWRtaW46c2VjcmV0");
-        assert_eq!(basic_token("a", "b"), "YTpi");
-        assert_eq!(basic_token("ab", "c"), "YWI6Yw==");
-        assert_eq!(basic_token("u", "p>?"), "dTpwPj8=");
-    }
-
-    #[test]
-    fn basic_auth_checks() {
-        let t = basic_token("admin", "secret");
-        let ok = |v: &str| authorized(&HeaderValue::from_str(v).unwrap(), &t);
-        assert!(ok("Basic YWRtaW46c2VjcmV0"));
-        assert!(ok("basic YWRtaW46c2VjcmV0"));
-        assert!(!ok("Basic YWRtaW46c2VjcmV1"));
-        assert!(!ok("Bearer YWRtaW46c2VjcmV0"));
-        assert!(!ok("Basic"));
+        Ok(_) | Err(NoQueues::NatsDown | NoQueues::NotAgreed) => {}
+        Err(NoQueues::Read(e)) => {
+            let error = CallError::Queues(e);
+            tracing::warn!(%error, "queue gauges not refreshed");
+        }
     }
 }

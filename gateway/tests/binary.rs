@@ -1,5 +1,6 @@
-//! The `flotilla-gateway` binary as an operator runs it: bad configuration exits 64 with one
-//! line, `--help` and `--version` exit 0, a shard-count mismatch exits 64 (its log lines without
+//! The `flotilla-gateway` binary as an operator runs it: bad configuration (a malformed
+//! `--nats-url` included) exits 64 with one line, an unreachable NATS is waited out, `--help` and
+//! `--version` exit 0, a shard-count mismatch exits 64 (its log lines without
 //! colour, stderr being no terminal), SIGTERM drains and exits 0.
 
 #[path = "support/harness.rs"]
@@ -43,6 +44,25 @@ fn bad_configuration_exits_64_with_one_line() {
     assert!(line.contains("did you mean '--sync-timeout'?"), "{line}");
 }
 
+/// A `--nats-url` the NATS client cannot parse is the operator's to fix: exit 64 with one line
+/// that names the flag and the URL, as the worker does.
+#[test]
+fn a_malformed_nats_url_exits_64_naming_it() {
+    let line = assert_refused(BIN, &["--nats-url", "nats://exa mple:4222"]);
+    assert!(
+        line.starts_with("configuration error: --nats-url nats://exa mple:4222: "),
+        "{line}"
+    );
+    assert!(line.contains("invalid"), "{line}");
+    let line = assert_refused(BIN, &["--nats-url", ""]);
+    assert_eq!(line, "configuration error: --nats-url names no server");
+    let line = assert_refused(BIN, &["--nats-url", "nats://127.0.0.1:4222,nats://[::1"]);
+    assert!(
+        line.starts_with("configuration error: --nats-url nats://[::1: "),
+        "{line}"
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_nats_is_one_line_naming_its_url() {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -73,6 +93,14 @@ async fn an_unreachable_nats_is_one_line_naming_its_url() {
     assert!(line.contains(&format!("nats_url={url}")), "{line}");
     // The client library's own line for the same event ("event: ...") is not there.
     assert!(!before.iter().any(|l| l.contains("event:")), "{before:?}");
+    // An outage at start is waited out: the gateway serves, not ready, and keeps trying.
+    let addr = listen.parse().unwrap();
+    eventually("the gateway answering while NATS is away", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+            && get(addr, "/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(child.try_wait().expect("wait").is_none(), "exited");
     child.kill().await.expect("kill the gateway");
 }
 

@@ -9,9 +9,9 @@ use http::{Method, Response, StatusCode};
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
+use super::common::{already_gone, dead_stream, unavailable};
 use super::list::Item;
 use super::scan::Letter;
-use super::{already_gone, dead_stream, unavailable};
 use crate::body::Body;
 use crate::error::{CallError, json_response};
 use crate::state::State;
@@ -32,11 +32,11 @@ pub(super) async fn route(
         .ok()
         .filter(|s| *s > 0 && rest.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| {
-            CallError::BadRequest(format!(
-                "{rest:?} is not a dead-letter sequence (a positive integer)"
-            ))
+            CallError::BadRequest(
+                format!("{rest:?} is not a dead-letter sequence (a positive integer)").into(),
+            )
         })?;
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     match *method {
@@ -186,7 +186,7 @@ fn body_object(headers: &async_nats::HeaderMap) -> Option<String> {
 /// The first [`PREVIEW_BYTES`] of a body kept in the object store; an object already gone
 /// previews as empty (the letter can then not be replayed, and says so when it is).
 async fn object_preview(state: &State, object: &str) -> Result<Preview, CallError> {
-    let Some(bodies) = state.bodies.get() else {
+    let Some(bodies) = state.streams.bodies.get() else {
         return Err(CallError::NotReady("the bodies store is not open yet"));
     };
     let mut reader = match bodies.get(object).await {
@@ -220,7 +220,7 @@ async fn delete(state: &State, sequence: u64) -> Result<Response<Body>, CallErro
         Err(e) if already_gone(&e) => return Err(CallError::UnknownLetter(sequence)),
         Err(e) => return Err(unavailable("deleting the dead letter", e)),
     }
-    if let (Some(object), Some(bodies)) = (object, state.bodies.get())
+    if let (Some(object), Some(bodies)) = (object, state.streams.bodies.get())
         && let Err(error) = bodies.delete(&object).await
     {
         tracing::debug!(%error, object, "body of a deleted dead letter left in the object store until it expires");

@@ -10,14 +10,15 @@ use flotilla_queue::headers::{
 use futures_util::StreamExt;
 use http::{Response, StatusCode};
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Iso8601;
 
+use super::common::{
+    bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject, unavailable,
+};
 use super::scan::{Letter, scan};
-use super::{bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject, unavailable};
 use crate::body::Body;
 use crate::error::{CallError, json_response};
 use crate::state::State;
+use crate::times::rfc3339;
 
 /// Letters on a page when the client names no `limit`.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -144,7 +145,7 @@ struct Page {
 
 pub(super) async fn list(state: &State, query: Option<&str>) -> Result<Response<Body>, CallError> {
     let q = parse_list_query(query)?;
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     let stream = dead_stream(state).await?;
@@ -177,38 +178,9 @@ async fn count_subject(stream: &JsStream, subject: &str) -> Result<u64, CallErro
     Ok(total)
 }
 
-/// Unix nanoseconds as RFC 3339 in UTC with all nine fractional digits
-/// (`2024-05-01T12:00:00.123456789Z`, which is also `time`'s default ISO 8601); `None` past 9999.
-pub(crate) fn rfc3339(unix_nanos: u128) -> Option<String> {
-    let nanos = i128::try_from(unix_nanos).ok()?;
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()?
-        .format(&Iso8601::DEFAULT)
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(
-            rfc3339(951_782_400_000_000_001).unwrap(),
-            "2000-02-29T00:00:00.000000001Z"
-        );
-        assert_eq!(
-            rfc3339(1_700_000_000_123_456_789).unwrap(),
-            "2023-11-14T22:13:20.123456789Z"
-        );
-        assert_eq!(
-            rfc3339(4_107_542_399_000_000_000).unwrap(),
-            "2100-02-28T23:59:59.000000000Z"
-        );
-        assert!(rfc3339(253_402_300_800_000_000_000).is_none(), "year 10000");
-        assert!(rfc3339(u128::MAX).is_none());
-    }
 
     #[test]
     fn list_queries() {

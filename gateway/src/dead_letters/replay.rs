@@ -3,8 +3,10 @@
 //! what was replayed, skipped or failed, and where to continue.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{RawMessageErrorKind, Stream as JsStream};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::stream::{
+    DeleteMessageError, RawMessageError, RawMessageErrorKind, Stream as JsStream,
+};
 use flotilla_queue::headers::DEAD_TIME;
 use flotilla_queue::status::{Known, REVISION_HEADER, Record, Transition};
 use flotilla_queue::{Envelope, FunctionName, ShardMap, subjects};
@@ -13,13 +15,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::scan::scan;
-use super::{
+use super::common::{
     already_gone, bad, dead_filter, dead_stream, filter_subject, function_of_dead_subject,
 };
+use super::scan::scan;
 use crate::body::Body;
-use crate::enqueue::read_body;
-use crate::error::{CallError, json_response};
+use crate::error::{CallError, Invalid, json_response};
+use crate::request::read_body;
 use crate::state::State;
 
 /// Most letters one replay request handles; the client repeats with the returned `next` cursor.
@@ -59,8 +61,10 @@ fn parse_selector(body: &[u8]) -> Result<Selection, CallError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad(SELECT_HINT.into()));
     }
-    let s: SelectorBody = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("replay selector is not valid: {e}")))?;
+    let s: SelectorBody = serde_json::from_slice(body).map_err(|source| Invalid::Json {
+        what: "replay selector is not valid",
+        source,
+    })?;
     let chosen =
         usize::from(s.sequences.is_some()) + usize::from(s.function.is_some()) + usize::from(s.all);
     if chosen != 1 {
@@ -134,17 +138,32 @@ enum LetterError {
     #[error("not replayable: its subject names no valid function")]
     NoFunction,
     #[error("dead letter could not be read: {0}")]
-    Read(String),
+    Read(#[source] RawMessageError),
     #[error("enqueue failed: {0}")]
-    Publish(String),
+    Publish(#[source] PublishError),
     #[error("enqueued, but the dead letter could not be removed: {0}")]
-    Delete(String),
+    Delete(#[source] DeleteMessageError),
 }
 
 impl LetterError {
     /// Skipped letters need no retry; failed ones may succeed when asked again.
     fn is_skip(&self) -> bool {
-        matches!(self, Self::NotFound | Self::Poison(_) | Self::NoFunction)
+        match self {
+            Self::NotFound | Self::Poison(_) | Self::NoFunction => true,
+            Self::Read(_) | Self::Publish(_) | Self::Delete(_) => false,
+        }
+    }
+
+    /// Whether the call is back on its shard although the letter failed.
+    fn enqueued(&self) -> bool {
+        match self {
+            Self::Delete(_) => true,
+            Self::NotFound
+            | Self::Poison(_)
+            | Self::NoFunction
+            | Self::Read(_)
+            | Self::Publish(_) => false,
+        }
     }
 }
 
@@ -154,10 +173,10 @@ pub(super) async fn replay(
 ) -> Result<Response<Body>, CallError> {
     let body = read_body(req.into_body(), MAX_SELECTOR_BYTES).await?;
     let selection = parse_selector(&body)?;
-    let Some((_, shards)) = state.topology.get() else {
+    let Some((_, shards)) = state.streams.topology.get() else {
         return Err(CallError::NotReady("shard topology not agreed yet"));
     };
-    if !state.nats_connected() {
+    if !state.nats.connected() {
         return Err(CallError::NatsDown);
     }
     let stream = &dead_stream(state).await?;
@@ -204,7 +223,7 @@ pub(super) async fn replay(
                 tracing::warn!(sequence, %function, error = %e, "dead letter not replayed");
                 report.failed.push(Failed {
                     sequence,
-                    enqueued: matches!(e, LetterError::Delete(_)),
+                    enqueued: e.enqueued(),
                     reason: e.to_string(),
                 });
             }
@@ -233,7 +252,7 @@ async fn replay_one(
         Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
             return ("unknown".into(), Err(LetterError::NotFound));
         }
-        Err(e) => return ("unknown".into(), Err(LetterError::Read(e.to_string()))),
+        Err(e) => return ("unknown".into(), Err(LetterError::Read(e))),
     };
     let msg_id = replay_msg_id(sequence, &letter.headers);
     // The dead-letter subject names the function (`~invalid` when the message named none).
@@ -255,7 +274,7 @@ async fn replay_one(
     let shard = shards.shard_of(call.function.as_str());
     let (mut headers, payload) = call.to_nats(Some(&msg_id));
     // Its status is `queued` again, with the sequence the worker then writes against.
-    if let Some(store) = state.keeps_status() {
+    if let Some(store) = state.status.kept() {
         let now = flotilla_queue::time::unix_nanos();
         let requeued = store
             .transition(&call.call_id, Known::Unknown, |_| {
@@ -278,6 +297,7 @@ async fn replay_one(
     }
     let publish = async {
         state
+            .nats
             .js
             .publish_with_headers(
                 subjects::call_subject(shard, &call.function),
@@ -293,14 +313,14 @@ async fn replay_one(
             if e.kind() == PublishErrorKind::StreamNotFound {
                 state.stream_missing();
             }
-            return (function, Err(LetterError::Publish(e.to_string())));
+            return (function, Err(LetterError::Publish(e)));
         }
     };
     match stream.delete_message(sequence).await {
         Ok(_) => {}
         // A concurrent replay of the same letter deleted it first.
         Err(e) if already_gone(&e) => {}
-        Err(e) => return (function, Err(LetterError::Delete(e.to_string()))),
+        Err(e) => return (function, Err(LetterError::Delete(e))),
     }
     (function, Ok(duplicate))
 }

@@ -8,7 +8,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::stream::Stream as JsStream;
 use futures_util::StreamExt;
 
-use super::unavailable;
+use super::common::unavailable;
 use crate::error::CallError;
 
 /// Letters fetched per pull request while scanning.
