@@ -116,14 +116,15 @@ impl Progress {
 /// Why batch progress could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// JetStream did not answer or refused; its own error is the source.
     #[error("batch progress: {0}")]
-    Nats(String),
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("batch progress: {0}")]
     Last(#[from] crate::status::LastError),
 }
 
-fn nats(e: impl std::fmt::Display) -> BatchError {
-    BatchError::Nats(e.to_string())
+fn nats(e: impl std::error::Error + Send + Sync + 'static) -> BatchError {
+    BatchError::Nats(Box::new(e))
 }
 
 fn subject(batch_id: &str, part: &str) -> String {

@@ -1,6 +1,6 @@
 //! Real servers for Flotilla's tests: a `nats-server` with JetStream on a port of its choosing and
-//! a temporary store (alone or as a cluster of three; the fleet's launcher, failing the test when
-//! it cannot start), and a recording HTTP server that plays a scripted function or a callback
+//! a temporary store (alone or as a cluster of three; `flotilla-natsd`'s launcher, failing the test
+//! when it cannot start), and a recording HTTP server that plays a scripted function or a callback
 //! sink, in the clear or over TLS with certificates `openssl` makes for the test; and a headless
 //! browser driven over WebDriver. Everything binds 127.0.0.1 and stops in `Drop`.
 

@@ -15,7 +15,7 @@ pub(super) enum BodyMissing {
     /// The object is gone: the call can never run.
     Gone,
     /// NATS did not answer; trying again may help.
-    Unreadable(String),
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Reads a body kept in the object store, whole (it is held once, in this buffer, for every
@@ -26,13 +26,13 @@ pub(super) async fn fetch_body(shared: &Shared, object: &str) -> Result<Bytes, B
     let mut reader = match shared.bodies.get(object).await {
         Ok(r) => r,
         Err(e) if e.kind() == GetErrorKind::NotFound => return Err(BodyMissing::Gone),
-        Err(e) => return Err(BodyMissing::Unreadable(e.to_string())),
+        Err(e) => return Err(BodyMissing::Unreadable(e.into())),
     };
     let mut body = Vec::new();
     reader
         .read_to_end(&mut body)
         .await
-        .map_err(|e| BodyMissing::Unreadable(e.to_string()))?;
+        .map_err(|e| BodyMissing::Unreadable(e.into()))?;
     Ok(Bytes::from(body))
 }
 
