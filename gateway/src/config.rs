@@ -410,3 +410,20 @@ mod tests {
         assert_eq!(auth, Some(("admin".into(), "s3cret".into())));
     }
 }
+
+impl flotilla_runtime::ServerConfig for Config {
+    type Checked = ValidConfig;
+    type Error = ConfigError;
+
+    fn check(self) -> Result<ValidConfig, ConfigError> {
+        Config::check(self)
+    }
+
+    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
+        &checked.config().common.log
+    }
+
+    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
+        checked.config().listen
+    }
+}

@@ -5,8 +5,54 @@
 //! meant) is folded into that line.
 
 use std::fmt::Display;
+use std::net::SocketAddr;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use tokio::net::TcpListener;
+
+use crate::LogArgs;
+
+/// A server binary's configuration, as its `main` needs it: parsed from the command line (and
+/// the `env` twins), checked once, with the logging flags and the address its listener binds.
+pub trait ServerConfig: clap::Parser {
+    /// The configuration once checked, which the server runs on.
+    type Checked;
+    type Error: Display;
+    fn check(self) -> Result<Self::Checked, Self::Error>;
+    fn log(checked: &Self::Checked) -> &LogArgs;
+    fn listen(checked: &Self::Checked) -> SocketAddr;
+}
+
+/// The start of every server binary: parses and checks the configuration, starts logging and
+/// binds the listener. `Err` carries the status `main` exits with, the line already printed: 0
+/// after `--help` or `--version`, 64 for anything that keeps the server from starting.
+pub async fn start_server<C: ServerConfig>() -> Result<(C::Checked, TcpListener), i32> {
+    let config = C::check(parse_args::<C>()?).map_err(config_failure)?;
+    C::log(&config).init().map_err(config_failure)?;
+    let listen = C::listen(&config);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| config_failure(format!("--listen {listen}: {e}")))?;
+    Ok((config, listener))
+}
+
+/// The status a server binary exits with once it stopped: 0 after a drain, 64 (one line on
+/// stderr) for a configuration the server found it cannot run, 1 (logged as `failed`) for the
+/// rest.
+pub fn exit_status<E: Display>(
+    stopped: Result<(), E>,
+    is_config: impl Fn(&E) -> bool,
+    failed: &str,
+) -> i32 {
+    match stopped {
+        Ok(()) => 0,
+        Err(e) if is_config(&e) => config_failure(e),
+        Err(error) => {
+            tracing::error!(%error, "{failed}");
+            1
+        }
+    }
+}
 
 /// Exit status for bad configuration (sysexits `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;

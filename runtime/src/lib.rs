@@ -23,7 +23,7 @@ mod signal;
 pub use accept::{accept_until, http1_server};
 pub use callback_targets::{CallbackTargetArgs, CallbackTargets, Refused, RuleError, RuleProblem};
 pub use chain::error_chain;
-pub use exit::{EXIT_CONFIG, config_failure, parse_args};
+pub use exit::{EXIT_CONFIG, ServerConfig, config_failure, exit_status, parse_args, start_server};
 pub use flags::{
     CommonArgs, FunctionArgs, NatsArgs, duration_arg, nats_servers, redacted_urls, server_list,
     without_credentials,

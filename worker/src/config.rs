@@ -523,3 +523,20 @@ mod tests {
             .unwrap();
     }
 }
+
+impl flotilla_runtime::ServerConfig for Config {
+    type Checked = ValidConfig;
+    type Error = WorkerError;
+
+    fn check(self) -> Result<ValidConfig, WorkerError> {
+        Config::check(self)
+    }
+
+    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
+        &checked.config().common.log
+    }
+
+    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
+        checked.config().listen
+    }
+}

@@ -35,6 +35,30 @@ pub(crate) struct Letter<'a> {
     pub last_status: Option<u16>,
 }
 
+impl<'a> Letter<'a> {
+    /// A dead letter copying `msg`, read from `origin` (stream and sequence) of `shard`.
+    fn of(
+        msg: &'a jetstream::Message,
+        shard: u32,
+        (stream, sequence): (&'a str, u64),
+        kind: &'static str,
+        reason: &'a str,
+    ) -> Self {
+        Self {
+            subject: msg.subject.as_str(),
+            headers: msg.headers.as_ref(),
+            payload: msg.payload.clone(),
+            shard,
+            stream,
+            sequence,
+            kind,
+            reason,
+            attempts: None,
+            last_status: None,
+        }
+    }
+}
+
 /// Why a dead letter was not written; the message it copies is handed back and tried again.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeadLetterError {
@@ -121,21 +145,11 @@ fn header_text(text: &str) -> String {
 /// Dead-letters a pulled message as poison, then terminates it. When NATS does not take the
 /// dead letter, the message is handed back with a delay and tried again.
 pub(crate) async fn poison(shared: &Shared, msg: &jetstream::Message, shard: u32, reason: &str) {
-    let (stream, sequence) = msg
+    let origin = msg
         .info()
         .map_or(("", 0), |i| (i.stream, i.stream_sequence));
-    let letter = Letter {
-        subject: msg.subject.as_str(),
-        headers: msg.headers.as_ref(),
-        payload: msg.payload.clone(),
-        shard,
-        stream,
-        sequence,
-        kind: dl::KIND_POISON,
-        reason,
-        attempts: None,
-        last_status: None,
-    };
+    let sequence = origin.1;
+    let letter = Letter::of(msg, shard, origin, dl::KIND_POISON, reason);
     match write(shared, letter).await {
         Ok(()) => {
             if let Err(error) = msg.ack_with(AckKind::Term).await {
@@ -157,23 +171,16 @@ pub(crate) async fn exhausted(
     shared: &Shared,
     msg: &jetstream::Message,
     shard: u32,
-    (stream, sequence): (&str, u64),
+    origin: (&str, u64),
     outcome: &Outcome,
     allowed: u32,
 ) -> Result<(), DeadLetterError> {
     let reason = exhausted_reason(outcome, allowed);
     let letter = Letter {
-        subject: msg.subject.as_str(),
-        headers: msg.headers.as_ref(),
-        payload: msg.payload.clone(),
-        shard,
-        stream,
-        sequence,
-        kind: kind_of(outcome),
-        reason: &reason,
         attempts: Some(outcome.attempts_made()),
         // A crash loop has no status: no run of it ever ended.
         last_status: outcome.ran().then(|| outcome.status.as_u16()),
+        ..Letter::of(msg, shard, origin, kind_of(outcome), &reason)
     };
     write(shared, letter).await
 }
