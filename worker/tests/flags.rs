@@ -1,5 +1,11 @@
 //! The `flotilla-worker` binary's process edge: an unknown flag, an unparsable value or a value
-//! the worker refuses is one line on stderr and exit 64; `--help` and `--version` exit 0.
+//! the worker refuses is one line on stderr and exit 64; an unreachable NATS is waited out, not
+//! an exit; `--help` and `--version` exit 0.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
 
 use flotilla_testsupport::{assert_help_and_version, assert_refused};
 
@@ -36,4 +42,43 @@ fn bad_configuration_exits_64_with_one_line() {
 #[test]
 fn help_and_version_exit_0() {
     assert_help_and_version(BIN, "flotilla-worker");
+}
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn an_unreachable_nats_is_waited_out_not_an_exit() {
+    let url = format!("nats://127.0.0.1:{}", closed_port());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--nats-url", &url, "--listen", &admin.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the worker");
+    flotilla_testsupport::wait_until_async(
+        Duration::from_secs(20),
+        "/readyz saying why",
+        || async {
+            let (status, body) = common::get(admin, "/readyz").await;
+            status == 503 && body.contains("NATS disconnected")
+        },
+    )
+    .await;
+    assert_eq!(
+        common::get(admin, "/healthz").await.0,
+        200,
+        "alive while NATS is away"
+    );
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the worker exited"
+    );
+    child.kill().await.expect("kill the worker");
 }
