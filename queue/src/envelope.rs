@@ -2,9 +2,7 @@
 //! travel packed in one NATS header, `Flotilla-Call`; the request's own headers travel as NATS
 //! headers under their own names; the body is the raw NATS payload; the function is the subject's
 //! last token (`flotilla.call.<shard>.<function>`), so it is not repeated. No JSON, no copy of the
-//! body. `benches/` measured this against a JSON envelope and against one header per control
-//! field (see `docs/benchmarks.md`): nats-server and async-nats parse and allocate per header,
-//! so fewer headers is what makes the envelope cheap.
+//! body (measured against the alternatives: `docs/benchmarks.md`).
 //!
 //! `Flotilla-Call` (version 2) is
 //! `2 <start> <attempt> <call-id> <path> <query> <callback> <method>`, one space between fields:

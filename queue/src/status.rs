@@ -4,12 +4,10 @@
 //! when a client cancels one; workers write the rest. Every write is a compare-and-set on the
 //! subject's last sequence, so a cancel that races a call's end leaves one state, never both.
 //!
-//! Keeping status must cost little, so nothing on a call's way reads it: the gateway stores the
-//! `queued` record first and hands its sequence to the worker in the call's
-//! `Flotilla-Status-Rev` header, and each later write expects the sequence of the one before (a
-//! waiting retry carries it too). Only a write that finds another writer got there first reads
-//! the record. Cancels are also appended to `FLOTILLA_CANCELS`, which every worker follows, so a
-//! queued call is never started once cancelled and a running one is aborted.
+//! Invariant: nothing on a call's way reads its status. The gateway hands the `queued` record's
+//! sequence to the worker in `Flotilla-Status-Rev`, and each later write expects the sequence of
+//! the one before; only a write that finds another writer got there first reads the record.
+//! Cancels are also appended to `FLOTILLA_CANCELS`, which every worker follows.
 //!
 //! Kept results live in `FLOTILLA_RESULTS`, keyed like the status.
 //!

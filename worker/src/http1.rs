@@ -1,9 +1,6 @@
 //! The worker's HTTP/1.1 client to functions. Each call drives its own pooled connection from its
 //! own task: no connection task, no channel between the two, no buffer the exchange does not
-//! need. hyper's pooled client spends about 33 KB on every open connection (a spawned connection
-//! task, a dispatch channel, 8 KiB write and 8 KiB read buffers), and a worker holds one connection
-//! per call in flight; this one holds the socket, the request head and the bytes of the response,
-//! which is what lets 10,000 calls in flight fit in 150 MB (`docs/benchmarks.md`).
+//! need (why, against hyper's pooled client: `docs/dependencies.md`, httparse).
 //!
 //! What it speaks: `http://` and `https://` URLs (TLS through tokio-rustls on the function TLS
 //! set-up, the URL's host as the server name), one request at a time per connection (no

@@ -9,9 +9,8 @@
 //!   holds many records (one JSON line each): what the writer had for that page at that moment.
 //! - `flotilla.page.<instance>.<page>.c`: cancels.
 //!
-//! So a call that ends at its first attempt costs a share of two stored messages, not two of its
-//! own, and nats-server keeps two subjects per 64 calls instead of one per call. `GET` reads the
-//! page's few messages and picks the call's record ([`resolve`]).
+//! `GET` reads the page's few messages and picks the call's record ([`resolve`]). (What this saves:
+//! `docs/call-status.md`.)
 //!
 //! **A cancel and a call's end cannot both win**, as with one record per call. The stream's order
 //! decides: a worker's records are stored only if the page's cancels are those it knows
