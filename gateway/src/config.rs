@@ -284,6 +284,23 @@ impl Config {
     }
 }
 
+impl flotilla_runtime::ServerConfig for Config {
+    type Checked = ValidConfig;
+    type Error = ConfigError;
+
+    fn check(self) -> Result<ValidConfig, ConfigError> {
+        Config::check(self)
+    }
+
+    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
+        &checked.config().common.log
+    }
+
+    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
+        checked.config().listen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,22 +425,5 @@ mod tests {
         let resize = flotilla_queue::FunctionName::parse("resize").unwrap();
         assert_eq!(policies.get(&resize).timeout, Duration::from_secs(90));
         assert_eq!(auth, Some(("admin".into(), "s3cret".into())));
-    }
-}
-
-impl flotilla_runtime::ServerConfig for Config {
-    type Checked = ValidConfig;
-    type Error = ConfigError;
-
-    fn check(self) -> Result<ValidConfig, ConfigError> {
-        Config::check(self)
-    }
-
-    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
-        &checked.config().common.log
-    }
-
-    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
-        checked.config().listen
     }
 }

@@ -158,7 +158,7 @@ impl<'a> Call<'a> {
 
     /// Steps 2 and 3 for a prepared call, holding its slot as long as they need it.
     async fn lifecycle(&self, env: &Envelope, slot: Slot) -> End {
-        let mut tracked = match &self.shared.status {
+        let mut tracked = match &self.shared.results.status {
             Some(status) => match status.begin(env, status::revision_of(self.msg.headers.as_ref()))
             {
                 Begin::Cancelled => return End::Cancelled("before it started"),
@@ -174,7 +174,10 @@ impl<'a> Call<'a> {
         if let Some(batch) = env.batch_id.as_deref()
             && attempt.earlier > 0
         {
-            self.shared.tally.count(batch, |c| c.retries_started += 1);
+            self.shared
+                .results
+                .tally
+                .count(batch, |c| c.retries_started += 1);
         }
         match self.run(env, attempt, &mut tracked, slot).await {
             Ok((outcome, slot)) => self.settle(env, attempt, tracked, outcome, slot).await,
@@ -191,7 +194,7 @@ impl<'a> Call<'a> {
         tracked: &mut Option<Tracked<'_>>,
         slot: Slot,
     ) -> Result<(Outcome, Slot), End> {
-        if attempt.delivered > self.shared.max_deliveries {
+        if attempt.delivered > self.shared.settings.max_deliveries {
             // A crash loop: every earlier delivery ended without a settlement (the worker died,
             // hung until killed, or lost the ack). The function is not called again; the retry
             // policy sends this outcome to the dead letters and the callback gets it as the last
@@ -221,7 +224,7 @@ impl<'a> Call<'a> {
         let _running = env
             .batch_id
             .as_deref()
-            .map(|b| BatchRunning::enter(&shared.tally, b));
+            .map(|b| BatchRunning::enter(&shared.results.tally, b));
         let Some(at_function) = func.sending() else {
             // Its function's limit came down after this call took its slot: it waits again
             // rather than be refused.
@@ -241,7 +244,7 @@ impl<'a> Call<'a> {
             // them twice) and dropped as soon as the attempt ends: a cancel while it runs drops
             // `invoked`, which aborts the function's request.
             let invoked = std::pin::pin!(invoke(
-                &shared.http,
+                &shared.calls.http,
                 &url,
                 env,
                 func.policy.timeout,
@@ -253,7 +256,13 @@ impl<'a> Call<'a> {
                     None => Some(invoked.await),
                 }
             });
-            keep_alive(self.msg, shared.progress_every, &shared.hard, work).await
+            keep_alive(
+                self.msg,
+                shared.settings.progress_every,
+                &shared.life.hard,
+                work,
+            )
+            .await
         };
         let outcome = match ran {
             Some(Some(Ok(outcome))) => outcome,
@@ -291,7 +300,7 @@ impl<'a> Call<'a> {
         if let Some(error) = &outcome.error {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = attempt.number(), %error, "call failed");
         }
-        shared.reports.send(env, &outcome);
+        shared.results.reports.send(env, &outcome);
         Ok((outcome, slot))
     }
 
@@ -351,8 +360,12 @@ impl<'a> Call<'a> {
         drop(tracked);
         if let Some(batch) = env.batch_id.as_deref() {
             match end_state(&outcome, &next) {
-                CallState::Retrying => self.shared.tally.count(batch, |c| c.retries_stored += 1),
-                end => self.shared.tally.ended(batch, end),
+                CallState::Retrying => self
+                    .shared
+                    .results
+                    .tally
+                    .count(batch, |c| c.retries_stored += 1),
+                end => self.shared.results.tally.ended(batch, end),
             }
         }
         let slot = match Settling::of(next, slot) {
@@ -471,12 +484,12 @@ impl<'a> Call<'a> {
             // A call replayed or re-published under a lowered budget may have made more.
             retry: attempt.retries().min(retry_max),
             retry_max,
-            signer: self.shared.signers.for_policy(&self.func.policy),
+            signer: self.shared.calls.signers.for_policy(&self.func.policy),
         };
         // A full callback queue blocks in here while this call still holds its slot: pulling
         // slows down. Boxed: delivery's state would otherwise enlarge every call's task, callback
         // or not. `None` from delivery means the worker is stopping: hand the call back.
-        let callbacks = &self.shared.callbacks;
+        let callbacks = &self.shared.results.callbacks;
         let delivery = Box::pin(async { callbacks.deliver(job, slot).await.ok_or("stopping") });
         let step = settle_step(self.shared, self.msg, OnFailure::HandBack, delivery);
         Box::pin(step).await.is_some()

@@ -430,6 +430,23 @@ pub(crate) struct Parts {
     pub function_tls: flotilla_runtime::FunctionTls,
 }
 
+impl flotilla_runtime::ServerConfig for Config {
+    type Checked = ValidConfig;
+    type Error = WorkerError;
+
+    fn check(self) -> Result<ValidConfig, WorkerError> {
+        Config::check(self)
+    }
+
+    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
+        &checked.config().common.log
+    }
+
+    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
+        checked.config().listen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,22 +538,5 @@ mod tests {
         parse(&["--function-url-template", "https://{name}.fn:8443"])
             .check()
             .unwrap();
-    }
-}
-
-impl flotilla_runtime::ServerConfig for Config {
-    type Checked = ValidConfig;
-    type Error = WorkerError;
-
-    fn check(self) -> Result<ValidConfig, WorkerError> {
-        Config::check(self)
-    }
-
-    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
-        &checked.config().common.log
-    }
-
-    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
-        checked.config().listen
     }
 }

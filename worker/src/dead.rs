@@ -88,6 +88,7 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLett
     headers.insert(NATS_MESSAGE_ID, dl::dedup_id(stream, l.sequence).as_str());
     let dead_subject = subjects::dead_subject(&function);
     shared
+        .nats
         .js
         .publish_with_headers(dead_subject, headers, l.payload)
         .await?

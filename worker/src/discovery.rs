@@ -44,26 +44,29 @@ enum DiscoveryError {
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
     let (membership_tx, mut membership) = watch::channel(Membership::ALONE);
     let presence_task = shared
+        .life
         .tracker
         .spawn(presence(shared.clone(), shard, membership_tx));
     let functions = Arc::new(Functions::new(
         shard,
-        shared.budget.clone(),
+        shared.calls.budget.clone(),
         membership.clone(),
     ));
-    let limits_task = shared
-        .tracker
-        .spawn(report_limits(shared.clone(), shard, functions.clone()));
+    let limits_task =
+        shared
+            .life
+            .tracker
+            .spawn(report_limits(shared.clone(), shard, functions.clone()));
     let (waiting_tx, mut waiting_rx) = mpsc::unbounded_channel::<Arc<FunctionRt>>();
     let mut supervisor = Supervisor::new(shared.clone(), shard, functions, waiting_tx);
-    let mut tick = tokio::time::interval(shared.discovery_interval);
+    let mut tick = tokio::time::interval(shared.settings.discovery_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut watch_replicas = true;
 
     loop {
         tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break,
+            _ = shared.life.stop.cancelled() => break,
             Some(f) = waiting_rx.recv() => supervisor.start_wait_loop(f),
             changed = membership.changed(), if watch_replicas => match changed {
                 Ok(()) => {
@@ -124,7 +127,11 @@ impl Supervisor {
             return;
         }
         let name = f.name.clone();
-        let handle = self.shared.tracker.spawn(pull::run(self.shared.clone(), f));
+        let handle = self
+            .shared
+            .life
+            .tracker
+            .spawn(pull::run(self.shared.clone(), f));
         self.loops.started(name, handle);
         self.shared.metrics.consumers.increment(1.0);
     }
@@ -148,7 +155,7 @@ impl Supervisor {
         self.dispatch.reap(shard).await;
         match dispatch::prepare(&self.shared, shard).await {
             Ok(consumer) => {
-                let handle = self.shared.tracker.spawn(dispatch::run(
+                let handle = self.shared.life.tracker.spawn(dispatch::run(
                     self.shared.clone(),
                     shard,
                     consumer,
@@ -157,6 +164,7 @@ impl Supervisor {
                 ));
                 if self.dispatch.started(handle) {
                     self.shared
+                        .life
                         .ready
                         .shards_ready
                         .fetch_add(1, Ordering::SeqCst);
@@ -185,7 +193,7 @@ impl Supervisor {
                 }
                 for name in found {
                     if !self.loops.runs(&name) {
-                        let f = self.functions.get(&name, &self.shared.policies);
+                        let f = self.functions.get(&name, &self.shared.calls.policies);
                         self.start_wait_loop(f);
                     }
                 }
@@ -206,6 +214,7 @@ impl Supervisor {
             Some(s) => s,
             None => self
                 .shared
+                .nats
                 .js
                 .get_stream(subjects::wait_stream(shard))
                 .await
@@ -240,12 +249,12 @@ impl Supervisor {
 /// only leaves the gateway with the previous one for a while.
 async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions>) {
     let subject = subjects::limits_subject(shard);
-    let replica = shared.client.new_inbox();
+    let replica = shared.nats.client.new_inbox();
     let mut tick = tokio::time::interval(limits::REPORT_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shared.stop.cancelled() => return,
+            _ = shared.life.stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let report = limits::LimitReport {
@@ -256,7 +265,12 @@ async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions
             continue;
         }
         let body = report.encode();
-        if let Err(error) = shared.client.publish(subject.clone(), body.into()).await {
+        if let Err(error) = shared
+            .nats
+            .client
+            .publish(subject.clone(), body.into())
+            .await
+        {
             tracing::debug!(%error, "limit report not sent");
         }
     }
@@ -271,10 +285,10 @@ async fn report_limits(shared: Arc<Shared>, shard: u32, functions: Arc<Functions
 async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Membership>) {
     let subject = subjects::presence_subject(shard);
     // Unique per connection, hence per replica and shard.
-    let me = shared.client.new_inbox();
+    let me = shared.nats.client.new_inbox();
     let announce = |kind: &str| {
         let (client, subject, body) = (
-            shared.client.clone(),
+            shared.nats.client.clone(),
             subject.clone(),
             format!("{kind} {me}"),
         );
@@ -284,7 +298,7 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
             }
         }
     };
-    let mut sub = match shared.client.subscribe(subject.clone()).await {
+    let mut sub = match shared.nats.client.subscribe(subject.clone()).await {
         Ok(sub) => sub,
         Err(error) => {
             tracing::warn!(shard, %error, "no presence heartbeat: rates and concurrency are not split among replicas");
@@ -298,7 +312,7 @@ async fn presence(shared: Arc<Shared>, shard: u32, membership: watch::Sender<Mem
     loop {
         tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break,
+            _ = shared.life.stop.cancelled() => break,
             m = sub.next() => {
                 let Some(m) = m else { break };
                 if roster.heard(&m.payload) {

@@ -70,6 +70,7 @@ pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer,
     let consumer = || DISPATCH_CONSUMER.to_owned();
     let stream_name = subjects::call_stream(shard);
     let stream = shared
+        .nats
         .js
         .get_stream(stream_name.as_str())
         .await
@@ -110,7 +111,7 @@ pub(crate) async fn prepare(shared: &Shared, shard: u32) -> Result<PullConsumer,
         );
     }
     let created = stream
-        .create_consumer(consumer_config(shard, shared.ack_wait))
+        .create_consumer(consumer_config(shard, shared.settings.ack_wait))
         .await
         .map_err(|source| PullError::Create {
             consumer: consumer(),
@@ -200,11 +201,11 @@ impl Dispatcher {
         &mut self,
         sub: &mut async_nats::Subscriber,
     ) -> Result<ControlFlow<()>, PullError> {
-        let paused = self.shared.budget.paused_until();
+        let paused = self.shared.calls.budget.paused_until();
         self.request(self.requests.want(paused.is_some())).await?;
         tokio::select! {
             biased;
-            _ = self.shared.stop.cancelled() => Ok(ControlFlow::Break(())),
+            _ = self.shared.life.stop.cancelled() => Ok(ControlFlow::Break(())),
             m = sub.next() => self.on_inbox(m).await,
             // The replica ran out of a local resource: ask for nothing new until the pause ends.
             _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
@@ -277,16 +278,17 @@ impl Dispatcher {
         let shard = self.shard;
         let Some(name) = subjects::function_of_subject(shard, &msg.subject) else {
             let shared = self.shared.clone();
-            self.shared.tracker.spawn(async move {
+            self.shared.life.tracker.spawn(async move {
                 dead::poison(&shared, &msg, shard, "subject names no valid function").await;
             });
             return ControlFlow::Continue(());
         };
-        let f = self.functions.get(&name, &self.shared.policies);
+        let f = self.functions.get(&name, &self.shared.calls.policies);
         match self.placer.place(&self.shared, &f).await {
             Place::Start(slot) => {
                 let shared = self.shared.clone();
                 self.shared
+                    .life
                     .tracker
                     .spawn(call::handle(shared, f, msg, slot));
                 ControlFlow::Continue(())
@@ -315,7 +317,7 @@ impl Dispatcher {
             return ControlFlow::Break(());
         };
         let shared = self.shared.clone();
-        self.shared.tracker.spawn(async move {
+        self.shared.life.tracker.spawn(async move {
             move_to_wait(&shared, &f, msg).await;
             drop((guard, permit));
         });
@@ -439,7 +441,7 @@ impl Placer {
                 }
             }
         };
-        let budget = &shared.budget;
+        let budget = &shared.calls.budget;
         let replica = match budget.permits().clone().try_acquire_owned() {
             Ok(p) => p,
             // The replica is at its cap. A function with no call in flight takes a permit kept
@@ -468,7 +470,7 @@ impl Placer {
                         Ok(p) => p,
                         Err(_) => return Place::Stopping,
                     },
-                    _ = shared.stop.cancelled() => return Place::Stopping,
+                    _ = shared.life.stop.cancelled() => return Place::Stopping,
                 },
             },
         };

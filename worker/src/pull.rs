@@ -95,10 +95,11 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
         &f.name,
         f.shard,
         &f.policy,
-        shared.ack_wait,
-        shared.consumer_idle,
+        shared.settings.ack_wait,
+        shared.settings.consumer_idle,
     );
     let consumer: consumer::PullConsumer = shared
+        .nats
         .js
         .create_consumer_on_stream(config, stream.as_str())
         .await
@@ -147,7 +148,7 @@ impl WaitLoop {
         let rate = f.policy.rate_per_second.and_then(NonZeroU32::new);
         let mut membership = f.membership.clone();
         let replicas = membership.borrow_and_update().replicas;
-        let state = WaitState::new(ledger, rate, replicas, shared.consumer_idle);
+        let state = WaitState::new(ledger, rate, replicas, shared.settings.consumer_idle);
         Self {
             shared,
             f,
@@ -165,13 +166,13 @@ impl WaitLoop {
     /// reading the consumer again, which NATS may have removed.
     async fn run(&mut self, sub: &mut async_nats::Subscriber) -> Result<Ended, PullError> {
         loop {
-            let paused = self.shared.budget.paused_until();
+            let paused = self.shared.calls.budget.paused_until();
             let Some(plan) = self.state.plan(self.f.is_waiting(), paused.is_some()) else {
                 return Ok(Ended::Drained);
             };
             self.request(plan.request).await?;
             if plan.budget_blocked && self.permit_wait.is_none() {
-                let permits = self.shared.budget.permits().clone();
+                let permits = self.shared.calls.budget.permits().clone();
                 self.permit_wait = Some(Box::pin(permits.acquire_owned()));
             }
             if let ControlFlow::Break(ended) = self.next_event(sub, plan, paused).await? {
@@ -210,7 +211,7 @@ impl WaitLoop {
     ) -> Result<ControlFlow<Ended>, PullError> {
         tokio::select! {
             biased;
-            _ = self.shared.stop.cancelled() => Ok(ControlFlow::Break(Ended::Stopped)),
+            _ = self.shared.life.stop.cancelled() => Ok(ControlFlow::Break(Ended::Stopped)),
             m = sub.next() => self.on_inbox(m).await,
             slot = self.f.slots.clone().acquire_many_owned(plan.wake_at), if self.f.is_waiting() => {
                 // Calls released their slots.
@@ -288,6 +289,7 @@ impl WaitLoop {
         };
         let (shared, f) = (self.shared.clone(), self.f.clone());
         self.shared
+            .life
             .tracker
             .spawn(call::handle(shared, f, msg, slot));
         ControlFlow::Continue(())
@@ -354,7 +356,7 @@ pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscr
             if m.status.is_none() || m.status == Some(StatusCode::OK) {
                 let msg = jetstream::Message {
                     message: m,
-                    context: shared.js.clone(),
+                    context: shared.nats.js.clone(),
                 };
                 call::hand_back(shared, &msg).await;
             }
@@ -373,8 +375,9 @@ pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscr
 pub(crate) async fn open_inbox(
     shared: &Shared,
 ) -> Result<(String, async_nats::Subscriber), PullError> {
-    let inbox = shared.client.new_inbox();
+    let inbox = shared.nats.client.new_inbox();
     let sub = shared
+        .nats
         .client
         .subscribe(inbox.clone())
         .await
@@ -407,7 +410,7 @@ pub(crate) async fn arrival(
     match m.status {
         None | Some(StatusCode::OK) => Ok(Arrival::Message(jetstream::Message {
             message: m,
-            context: shared.js.clone(),
+            context: shared.nats.js.clone(),
         })),
         Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED) => {
             if m.description.as_deref() == Some("Consumer Deleted") {
@@ -421,7 +424,7 @@ pub(crate) async fn arrival(
             if status == StatusCode::NO_RESPONDERS {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = shared.stop.cancelled() => return Ok(Arrival::Stopping),
+                    _ = shared.life.stop.cancelled() => return Ok(Arrival::Stopping),
                 }
             }
             Ok(Arrival::Expired(None))
@@ -438,9 +441,9 @@ async fn wait_for_slot(shared: &Shared, f: &FunctionRt, ledger: &mut Ledger) -> 
         }
         let (needs_slot, needs_permit) = ledger.lacks();
         tokio::select! {
-            _ = shared.stop.cancelled() => return None,
+            _ = shared.life.stop.cancelled() => return None,
             p = f.slots.clone().acquire_owned(), if needs_slot => ledger.add_slots(p.ok()?),
-            p = shared.budget.permits().clone().acquire_owned(), if needs_permit => ledger.add_permit(p.ok()?),
+            p = shared.calls.budget.permits().clone().acquire_owned(), if needs_permit => ledger.add_permit(p.ok()?),
         }
     }
 }

@@ -161,7 +161,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
             Err(error) => tracing::warn!(shard, %error, "retry loop failed; restarting"),
         }
         tokio::select! {
-            _ = shared.stop.cancelled() => return,
+            _ = shared.life.stop.cancelled() => return,
             _ = tokio::time::sleep(RESTART_AFTER) => {}
         }
     }
@@ -173,8 +173,13 @@ async fn run(
     waiting: &metrics::Gauge,
 ) -> Result<(), RetryLoopError> {
     let stream_name = subjects::call_stream(shard);
-    let config = consumer_config(shard, shared.ack_wait, shared.retry_max_waiting);
+    let config = consumer_config(
+        shard,
+        shared.settings.ack_wait,
+        shared.settings.retry_max_waiting,
+    );
     let consumer: PullConsumer = shared
+        .nats
         .js
         .create_consumer_on_stream(config, stream_name.as_str())
         .await
@@ -195,7 +200,7 @@ async fn run(
     loop {
         tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => return Ok(()),
+            _ = shared.life.stop.cancelled() => return Ok(()),
             m = messages.next() => {
                 let msg = match m {
                     Some(Ok(msg)) => msg,
@@ -219,14 +224,14 @@ async fn run(
                         };
                         let shared2 = shared.clone();
                         let stream_name = stream_name.clone();
-                        shared.tracker.spawn(async move {
+                        shared.life.tracker.spawn(async move {
                             move_due(&shared2, msg, *env, shard, &stream_name, sequence).await;
                             drop(permit);
                         });
                     }
                     Waiting::Poison(reason) => {
                         let shared2 = shared.clone();
-                        shared.tracker.spawn(async move {
+                        shared.life.tracker.spawn(async move {
                             dead::poison(&shared2, &msg, shard, &reason).await;
                         });
                     }
@@ -327,6 +332,7 @@ pub(crate) async fn relay(
 ) -> Result<(), PublishError> {
     let published = async {
         shared
+            .nats
             .js
             .publish_with_headers(subject, headers, body)
             .await?
@@ -370,6 +376,7 @@ pub(crate) async fn schedule(
         headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
     }
     shared
+        .nats
         .js
         .publish_with_headers(subjects::retry_subject(shard, &env.function), headers, body)
         .await?

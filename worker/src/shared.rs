@@ -16,18 +16,46 @@ use crate::metrics::WorkerMetrics;
 use crate::report::ReportQueue;
 use crate::{budget, http1, signing, status};
 
-/// What every task of a running worker shares.
+/// What every task of a running worker shares, grouped by concern.
 pub(crate) struct Shared {
+    pub nats: Nats,
+    pub calls: Calls,
+    pub results: Results,
+    pub settings: Settings,
+    pub life: Life,
+    pub metrics: WorkerMetrics,
+}
+
+/// The NATS connection and what the worker reads and writes through it.
+pub(crate) struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
+    /// Bodies larger than one NATS message (`FLOTILLA_BODIES`).
+    pub bodies: jetstream::object_store::ObjectStore,
+}
+
+/// How the replica calls functions: their policies, its client and its cap.
+pub(crate) struct Calls {
     pub policies: Policies,
     /// What each function's callbacks are signed with.
     pub signers: signing::Signers,
     pub http: http1::Client,
     /// The replica's cap on calls in flight across all its functions.
     pub budget: Arc<budget::Budget>,
+}
+
+/// Where what becomes of a call goes.
+pub(crate) struct Results {
     pub callbacks: Callbacks,
     pub reports: ReportQueue,
+    /// Call status (`--call-status`): read before each call starts, written as it moves on.
+    pub status: Option<Arc<status::CallStatus>>,
+    /// What this replica counted of batches, written every second (`flotilla_queue::batch`).
+    pub tally: flotilla_queue::batch::Tally,
+}
+
+/// Timings and bounds from the flags.
+pub(crate) struct Settings {
     pub ack_wait: Duration,
     /// A third of `ack_wait`: two progress acks may be lost before NATS redelivers.
     pub progress_every: Duration,
@@ -37,20 +65,17 @@ pub(crate) struct Shared {
     pub max_deliveries: u32,
     /// `max_ack_pending` of each shard's retry consumer: retries that may wait at once.
     pub retry_max_waiting: u32,
+}
+
+/// The worker's life: when to stop pulling, when to hand back, what the drain waits on.
+pub(crate) struct Life {
     /// Fires on shutdown: stop pulling.
     pub stop: CancellationToken,
     /// Fires when the grace period is over: hand back what is still running.
     pub hard: CancellationToken,
     /// Supervisors, pull loops and calls; the drain waits on it.
     pub tracker: TaskTracker,
-    pub metrics: WorkerMetrics,
     pub ready: Arc<Readiness>,
-    /// Call status (`--call-status`): read before each call starts, written as it moves on.
-    pub status: Option<Arc<status::CallStatus>>,
-    /// What this replica counted of batches, written every second (`flotilla_queue::batch`).
-    pub tally: flotilla_queue::batch::Tally,
-    /// Bodies larger than one NATS message (`FLOTILLA_BODIES`).
-    pub bodies: jetstream::object_store::ObjectStore,
 }
 
 /// What `/readyz` reports.

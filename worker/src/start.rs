@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::callback::{self, CallbackSettings, Callbacks};
 use crate::config::{Config, Parts};
 use crate::metrics::WorkerMetrics;
-use crate::shared::{Readiness, Shared};
+use crate::shared::{Calls, Life, Nats, Readiness, Results, Settings, Shared};
 use crate::{WorkerError, budget, discovery, http1, report, retry, status};
 
 /// Connects to NATS. The client keeps trying in the background while no server answers; only a
@@ -145,9 +145,11 @@ impl Started {
         aux.spawn(batches(shared.clone(), retention, aux_closed.clone()));
         for &shard in &found.shards {
             shared
+                .life
                 .tracker
                 .spawn(discovery::supervise(shared.clone(), shard));
             shared
+                .life
                 .tracker
                 .spawn(retry::supervise(shared.clone(), shard));
         }
@@ -171,26 +173,26 @@ impl Started {
             client,
             grace,
         } = self;
-        shared.ready.stopping();
+        shared.life.ready.stopping();
         tracing::info!(
             ?grace,
             "draining: pulling stopped, finishing calls in flight"
         );
         let grace_over = Instant::now() + grace;
-        shared.tracker.close();
-        if tokio::time::timeout_at(grace_over, shared.tracker.wait())
+        shared.life.tracker.close();
+        if tokio::time::timeout_at(grace_over, shared.life.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("grace period over; handing back the calls still running");
-            shared.hard.cancel();
+            shared.life.hard.cancel();
         }
         // Handing back, the last reports and the final flush need NATS. Whatever NATS does, the
         // worker exits shortly after its grace period; a call it could not hand back returns to
         // another replica after ack_wait.
         let give_up = Instant::now().max(grace_over) + AFTER_GRACE;
         let finished = async {
-            shared.tracker.wait().await;
+            shared.life.tracker.wait().await;
             aux_closed.cancel();
             aux.close();
             aux.wait().await;
@@ -253,36 +255,46 @@ async fn shared(
         status.caught_up(CANCELS_CATCH_UP).await;
     }
     Shared {
-        client: client.clone(),
-        tally: flotilla_queue::batch::Tally::new(js.clone()),
-        js,
-        policies,
-        signers,
-        // As many idle connections per function host as calls may be in flight: below that, a
-        // replica busy with one host closes and reopens a connection per call.
-        http: http1::Client::new(
-            http1::Settings {
-                max_idle_per_host: config.max_in_flight(),
-                ..http1::Settings::default()
-            },
-            function_tls.config(),
-        ),
-        budget: Arc::new(budget::Budget::new(config.max_in_flight())),
-        callbacks,
-        reports,
-        ack_wait: config.ack_wait,
-        progress_every: config.ack_wait / 3,
-        consumer_idle: config.consumer_idle,
-        discovery_interval: config.discovery_interval,
-        retry_max_waiting: config.retry_max_waiting,
-        max_deliveries: config.max_deliveries,
-        stop,
-        hard: CancellationToken::new(),
-        tracker: TaskTracker::new(),
+        nats: Nats {
+            client: client.clone(),
+            js: js.clone(),
+            bodies,
+        },
+        calls: Calls {
+            policies,
+            signers,
+            // As many idle connections per function host as calls may be in flight: below that,
+            // a replica busy with one host closes and reopens a connection per call.
+            http: http1::Client::new(
+                http1::Settings {
+                    max_idle_per_host: config.max_in_flight(),
+                    ..http1::Settings::default()
+                },
+                function_tls.config(),
+            ),
+            budget: Arc::new(budget::Budget::new(config.max_in_flight())),
+        },
+        results: Results {
+            callbacks,
+            reports,
+            status,
+            tally: flotilla_queue::batch::Tally::new(js),
+        },
+        settings: Settings {
+            ack_wait: config.ack_wait,
+            progress_every: config.ack_wait / 3,
+            consumer_idle: config.consumer_idle,
+            discovery_interval: config.discovery_interval,
+            retry_max_waiting: config.retry_max_waiting,
+            max_deliveries: config.max_deliveries,
+        },
+        life: Life {
+            stop,
+            hard: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            ready,
+        },
         metrics,
-        ready,
-        status,
-        bodies,
     }
 }
 
@@ -295,15 +307,15 @@ async fn batches(shared: Arc<Shared>, forget_after: Duration, stop: Cancellation
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => {
-                let _ = shared.tally.write().await;
+                let _ = shared.results.tally.write().await;
                 return;
             }
         }
-        if let Err(error) = shared.tally.write().await {
+        if let Err(error) = shared.results.tally.write().await {
             tracing::debug!(%error, "batch counts not written; trying again");
             continue;
         }
-        let ended = match shared.tally.done(forget_after).await {
+        let ended = match shared.results.tally.done(forget_after).await {
             Ok(ended) => ended,
             Err(error) => {
                 tracing::debug!(%error, "batch ends not read; trying again");
@@ -317,7 +329,12 @@ async fn batches(shared: Arc<Shared>, forget_after: Duration, stop: Cancellation
             };
             let signer = flotilla_queue::FunctionName::parse(&meta.function)
                 .ok()
-                .and_then(|f| shared.signers.for_policy(shared.policies.get(&f)));
+                .and_then(|f| {
+                    shared
+                        .calls
+                        .signers
+                        .for_policy(shared.calls.policies.get(&f))
+                });
             let job = callback::BatchCallback {
                 url,
                 batch_id: meta.batch_id.clone(),
@@ -326,7 +343,7 @@ async fn batches(shared: Arc<Shared>, forget_after: Duration, stop: Cancellation
             };
             let shared = shared.clone();
             // Its own task: a slow receiver must not hold up the counts.
-            tokio::spawn(async move { shared.callbacks.deliver_batch(job).await });
+            tokio::spawn(async move { shared.results.callbacks.deliver_batch(job).await });
         }
     }
 }

@@ -60,7 +60,7 @@ pub(super) async fn settle_step<T, E: std::fmt::Display>(
     on_failure: OnFailure<'_>,
     work: impl Future<Output = Result<T, E>> + Unpin,
 ) -> Option<T> {
-    match keep_alive(msg, shared.progress_every, &shared.hard, work).await {
+    match keep_alive(msg, shared.settings.progress_every, &shared.life.hard, work).await {
         Some(Ok(v)) => Some(v),
         Some(Err(error)) => {
             match on_failure {
@@ -198,12 +198,12 @@ pub(super) async fn exhausted_hand_back(
     exhausted: Exhausted,
 ) {
     shared.metrics.exhausted(exhausted).increment(1);
-    if shared.budget.pause(EXHAUSTED_PAUSE) {
+    if shared.calls.budget.pause(EXHAUSTED_PAUSE) {
         tracing::error!(
             call_id = %env.call_id,
             function = %func.name,
             resource = exhausted.label(),
-            in_flight_cap = shared.budget.cap(),
+            in_flight_cap = shared.calls.budget.cap(),
             "this worker is {exhausted}: its calls go back without using an attempt and pulling pauses; lower --max-in-flight or raise the limit"
         );
     } else {

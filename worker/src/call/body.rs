@@ -23,7 +23,7 @@ pub(super) enum BodyMissing {
 pub(super) async fn fetch_body(shared: &Shared, object: &str) -> Result<Bytes, BodyMissing> {
     use async_nats::jetstream::object_store::GetErrorKind;
     use tokio::io::AsyncReadExt;
-    let mut reader = match shared.bodies.get(object).await {
+    let mut reader = match shared.nats.bodies.get(object).await {
         Ok(r) => r,
         Err(e) if e.kind() == GetErrorKind::NotFound => return Err(BodyMissing::Gone),
         Err(e) => return Err(BodyMissing::Unreadable(e.into())),
@@ -39,7 +39,7 @@ pub(super) async fn fetch_body(shared: &Shared, object: &str) -> Result<Bytes, B
 /// Removes a settled call's body from the object store; a failure leaves it until the bucket's
 /// maximum age.
 pub(super) async fn forget_body(shared: &Shared, object: &str) {
-    if let Err(error) = shared.bodies.delete(object).await {
+    if let Err(error) = shared.nats.bodies.delete(object).await {
         tracing::debug!(%error, object, "body of a settled call left in the object store until it expires");
     }
 }
