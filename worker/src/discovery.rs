@@ -50,6 +50,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         shard,
         shared.budget.clone(),
         membership.clone(),
+        shared.metrics.clone(),
     ));
     let limits_task = shared
         .tracker
