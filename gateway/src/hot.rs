@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use async_nats::Subject;
 use flotilla_queue::{FunctionName, ShardMap, subjects};
+use flotilla_runtime::Telemetry;
 
 use crate::metrics::Accepted;
 
@@ -24,13 +25,13 @@ pub struct Hot {
 }
 
 impl Hot {
-    fn new(function: &FunctionName, shards: &ShardMap) -> Self {
+    fn new(function: &FunctionName, shards: &ShardMap, telemetry: &Telemetry) -> Self {
         let shard = shards.shard_of(function.as_str());
         Self {
             function: function.clone(),
             shard,
             subject: Subject::from(subjects::call_subject(shard, function)),
-            accepted: Accepted::new(function.as_str()),
+            accepted: Accepted::new(telemetry, function.as_str()),
         }
     }
 }
@@ -44,9 +45,10 @@ impl Hot {
 
 /// The cache. Entries are made only for valid names, after the topology is agreed, and never
 /// change: a function's shard is fixed for the topology's life.
-#[derive(Default)]
 pub struct HotFunctions {
     map: RwLock<HashMap<Box<str>, Arc<Hot>>>,
+    /// The gateway's recorder, which the entries' handles are registered with.
+    telemetry: Telemetry,
 }
 
 impl std::fmt::Debug for HotFunctions {
@@ -56,6 +58,14 @@ impl std::fmt::Debug for HotFunctions {
 }
 
 impl HotFunctions {
+    /// An empty cache whose entries count into `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self {
+            map: RwLock::default(),
+            telemetry,
+        }
+    }
+
     /// The entry of `name`, when it was made before (so `name` is a valid function name).
     pub fn get(&self, name: &str) -> Option<Arc<Hot>> {
         self.map.read().ok()?.get(name).cloned()
@@ -63,7 +73,7 @@ impl HotFunctions {
 
     /// Makes the entry of `function`, keeping it while the cache has room.
     pub fn make(&self, function: &FunctionName, shards: &ShardMap) -> Arc<Hot> {
-        let hot = Arc::new(Hot::new(function, shards));
+        let hot = Arc::new(Hot::new(function, shards, &self.telemetry));
         if let Ok(mut map) = self.map.write()
             && map.len() < MAX_CACHED
         {
@@ -81,7 +91,7 @@ mod tests {
     fn entries_hold_the_shard_and_subject() {
         let shards = ShardMap::new(4);
         let f = FunctionName::parse("echo.ns").unwrap();
-        let cache = HotFunctions::default();
+        let cache = HotFunctions::new(Telemetry::new(1));
         assert!(cache.get("echo.ns").is_none());
         let made = cache.make(&f, &shards);
         let k = shards.shard_of("echo.ns");

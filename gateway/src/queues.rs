@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use flotilla_queue::subjects::{self, DEAD_STREAM, DISPATCH_CONSUMER};
 use flotilla_queue::{FunctionName, Topology};
+use flotilla_runtime::Telemetry;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 
@@ -84,14 +85,25 @@ fn bad_answer(what: String, answer: impl Into<String>) -> QueuesError {
 }
 
 /// The latest snapshot and when it was taken.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshots {
     latest: tokio::sync::Mutex<Option<(Instant, Arc<Vec<QueueRow>>)>>,
     /// Functions that have had gauges, so a queue that empties shows 0 instead of its last value.
     seen: std::sync::Mutex<std::collections::BTreeSet<(String, u32)>>,
+    /// The gateway's recorder and series cap, which the gauges go to.
+    telemetry: Telemetry,
 }
 
 impl Snapshots {
+    /// No snapshot yet; the gauges will be set in `telemetry`.
+    pub fn new(telemetry: Telemetry) -> Self {
+        Self {
+            latest: tokio::sync::Mutex::default(),
+            seen: std::sync::Mutex::default(),
+            telemetry,
+        }
+    }
+
     /// The queues, read from NATS at most every [`SNAPSHOT_TTL`]; each fresh read also sets the
     /// gauges.
     pub async fn get(
@@ -119,7 +131,7 @@ impl Snapshots {
         };
         let mut labelled: BTreeMap<(String, u32), QueueRow> = BTreeMap::new();
         for r in rows {
-            let label = flotilla_runtime::function_label(&r.function);
+            let label = self.telemetry.function_label(&r.function);
             let sum = labelled
                 .entry((label.clone(), r.shard))
                 .or_insert_with(|| QueueRow {
@@ -135,19 +147,21 @@ impl Snapshots {
                 .oldest_pending_age_seconds
                 .max(r.oldest_pending_age_seconds);
         }
-        for key in seen.iter().filter(|k| !labelled.contains_key(*k)) {
-            set_gauges(&QueueRow {
-                function: key.0.clone(),
-                shard: key.1,
-                ..QueueRow::default()
-            });
-        }
-        labelled.values().for_each(set_gauges);
+        self.telemetry.register(|| {
+            for key in seen.iter().filter(|k| !labelled.contains_key(*k)) {
+                set_gauges(&QueueRow {
+                    function: key.0.clone(),
+                    shard: key.1,
+                    ..QueueRow::default()
+                });
+            }
+            labelled.values().for_each(set_gauges);
+        });
         seen.extend(labelled.into_keys());
     }
 }
 
-/// Describes the gauges; call once before the first scrape.
+/// Describes the gauges; call once before the first scrape, inside [`Telemetry::register`].
 pub fn describe() {
     use metrics::describe_gauge;
     describe_gauge!(

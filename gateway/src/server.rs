@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::context::ContextBuilder;
 use flotilla_queue::TopologyError;
 use flotilla_runtime::{
-    NatsConnectError, NatsProblems, PoolSettings, accept_until, function_client, http1_server,
-    metrics_handle,
+    NatsConnectError, NatsProblems, PoolSettings, Telemetry, accept_until, function_client,
+    http1_server,
 };
 use http::HeaderValue;
 use hyper::server::conn::http1;
@@ -92,10 +92,9 @@ async fn build_state(parts: Parts) -> Result<(Config, Arc<State>), GatewayError>
         function_tls,
     } = parts;
     function_tls.log();
-    // Before any metric handle is made, or the handles are no-ops.
-    let prometheus = metrics_handle();
-    flotilla_runtime::limit_function_series(config.common.max_function_series);
-    let metrics = Metrics::new(prometheus, policies.configured().map(|(f, _)| f));
+    // This gateway's own recorder: another server in the process keeps its series apart.
+    let telemetry = Telemetry::new(config.common.max_function_series);
+    let metrics = Metrics::new(telemetry.clone(), policies.configured().map(|(f, _)| f));
     let nats = connect(&config).await?;
     let status = CallStatus::new(config.common.nats.call_status, nats.js.clone());
     let functions = Functions {
@@ -103,7 +102,7 @@ async fn build_state(parts: Parts) -> Result<(Config, Arc<State>), GatewayError>
         known_only: config.known_functions_only,
         http: function_client(PoolSettings::default(), &function_tls),
         sync_timeout: config.sync_timeout,
-        hot: HotFunctions::default(),
+        hot: HotFunctions::new(telemetry),
     };
     let admission = Admission {
         max_body_bytes: config.max_body_bytes,

@@ -214,6 +214,7 @@ impl State {
         status: CallStatus,
         metrics: Metrics,
     ) -> Self {
+        let queues = Snapshots::new(metrics.telemetry().clone());
         Self {
             nats,
             streams: Streams::default(),
@@ -222,7 +223,7 @@ impl State {
             auth,
             status,
             metrics,
-            queues: Snapshots::default(),
+            queues,
             limits: Limits::default(),
             readiness: Readiness::default(),
         }

@@ -447,14 +447,15 @@ async fn replaying_one_letter_requeues_exactly_that_call() {
     want.remove(&target.sequence);
     assert_eq!(f.listed(&[]).await, want);
 
-    // The recorder is process-wide and other tests replay too: presence, not a count.
+    // Each gateway has its own recorder, so other tests' replays do not count here.
     let r = call(f.gw.addr, "GET", "/metrics", &[], b"").await;
     assert!(
         r.text()
             .lines()
             .any(|l| l.starts_with("gateway_dead_letter_replays_total{")
                 && l.contains("function_name=\"alpha\"")
-                && l.contains("outcome=\"replayed\"")),
+                && l.contains("outcome=\"replayed\"")
+                && l.ends_with(" 1")),
         "{}",
         r.text()
     );

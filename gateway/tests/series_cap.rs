@@ -1,6 +1,5 @@
 //! Per-function metric series are bounded: with `--max-function-series 3`, calls to ten
 //! functions leave three names in the labels and count the rest under `function_name="~other"`.
-//! Alone in its test binary: the cap is process-wide, as the metrics registry is.
 
 #[path = "support/harness.rs"]
 mod harness;

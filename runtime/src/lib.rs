@@ -1,6 +1,6 @@
 //! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
 //! set-up, the shutdown signal, the accept loop of every HTTP server, the open-files limit, the pooled HTTP client, the TLS set-up of
-//! `https://` functions, the Prometheus recorder and the process edge (one line and exit 64 for
+//! `https://` functions, each server's Prometheus recorder and the process edge (one line and exit 64 for
 //! a command line or configuration that cannot run). One copy, so every binary behaves alike;
 //! kept out of `flotilla-queue`, which holds only the contract.
 //!
@@ -34,7 +34,6 @@ pub use limits::{open_files_limit, raise_open_files_limit};
 pub use log::{LogArgs, LogError, LogFormat, stderr_is_colour_terminal};
 pub use nats_auth::{NatsAuthArgs, NatsConnectError, NatsProblems};
 pub use prometheus::{
-    DEFAULT_FUNCTION_SERIES, LATENCY_BUCKETS, OTHER_FUNCTIONS, function_label,
-    limit_function_series, metrics_handle, render,
+    DEFAULT_FUNCTION_SERIES, LATENCY_BUCKETS, OTHER_FUNCTIONS, Telemetry, render,
 };
 pub use signal::shutdown_signal;

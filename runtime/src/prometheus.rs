@@ -1,30 +1,100 @@
-//! The process-wide Prometheus recorder and the latency buckets every histogram shares, so the
-//! gateway's and the workers' histograms line up on one dashboard.
+//! Each server's Prometheus recorder and series cap ([`Telemetry`]), the latency buckets every
+//! histogram shares (so the gateway's and the workers' histograms line up on one dashboard), and
+//! the scrape. Invariant: no recorder is installed process-wide.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Latency buckets (seconds) for every histogram, from 1 ms to 5 minutes.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// Installs the Prometheus recorder once per process and returns its handle; later calls (tests
-/// start several servers in one process) return the same handle.
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(LATENCY_BUCKETS)
-                .expect("non-empty buckets")
-                .build_recorder();
-            let handle = recorder.handle();
-            // Fails only when another recorder is installed; then ours renders nothing, which the
-            // metrics tests would show.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
+/// One server's metrics: its own Prometheus recorder, the handle that renders it, and its cap on
+/// distinct `function_name` label values. Each gateway and each worker makes one, so servers
+/// that share a process (tests, `flotilla_fleet`, loadgen `--local`) keep separate series and
+/// separate caps. No recorder is installed globally: handles are made through
+/// [`Telemetry::register`] and stay bound to this recorder after. Clones share it.
+#[derive(Clone)]
+pub struct Telemetry(Arc<Registry>);
+
+struct Registry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    functions: FunctionLabels,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("max_function_series", &self.0.functions.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Telemetry {
+    /// A recorder with [`LATENCY_BUCKETS`], admitting at most `max_function_series` distinct
+    /// function names to labels.
+    pub fn new(max_function_series: usize) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        Self(Arc::new(Registry {
+            recorder,
+            handle,
+            functions: FunctionLabels {
+                cap: max_function_series,
+                admitted: RwLock::default(),
+            },
+        }))
+    }
+
+    /// Runs `register` with this recorder behind the `metrics` macros (`counter!`, `gauge!`,
+    /// `histogram!`, `describe_*!`): what it describes and the handles it makes belong to this
+    /// server, and the handles keep recording here wherever they are used later. The recorder
+    /// is set for this thread only while `register` runs, so make handles inside, never await.
+    pub fn register<T>(&self, register: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(&self.0.recorder, register)
+    }
+
+    /// The handle that renders this server's scrape (see [`render`]) and runs its upkeep.
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.0.handle
+    }
+
+    /// The `function_name` label of `function`: its name while the cap allows (a name admitted
+    /// once keeps its series), else [`OTHER_FUNCTIONS`].
+    pub fn function_label(&self, function: &str) -> String {
+        let labels = &self.0.functions;
+        if labels.admitted.read().is_ok_and(|a| a.contains(function)) {
+            return function.to_owned();
+        }
+        match labels.admitted.write() {
+            Ok(mut a) if a.len() < labels.cap || a.contains(function) => {
+                a.insert(function.into());
+                function.to_owned()
+            }
+            _ => OTHER_FUNCTIONS.to_owned(),
+        }
+    }
+}
+
+/// The `function_name` value of functions beyond the series cap.
+pub const OTHER_FUNCTIONS: &str = "~other";
+
+/// Default of `--max-function-series`.
+pub const DEFAULT_FUNCTION_SERIES: usize = 1000;
+
+/// A server's cap on distinct `function_name` label values, and the names admitted so far.
+/// Calls to new names cost no new series once the cap is reached: they count under
+/// [`OTHER_FUNCTIONS`].
+struct FunctionLabels {
+    cap: usize,
+    admitted: RwLock<HashSet<Box<str>>>,
 }
 
 /// The scrape: the recorder's metrics, then `flotilla_build_info` and the process metrics that
@@ -175,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_scrape_carries_build_info_and_this_process() {
-        let text = render(&metrics_handle(), "flotilla-test");
+        let text = render(Telemetry::new(1).handle(), "flotilla-test");
         assert!(text.contains(&format!(
             "flotilla_build_info{{binary=\"flotilla-test\",version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")
@@ -202,49 +272,44 @@ mod tests {
             assert!(value >= least, "{name} {value}");
         }
     }
-}
 
-/// The `function_name` value of functions beyond the series cap.
-pub const OTHER_FUNCTIONS: &str = "~other";
-
-/// The process's cap on distinct `function_name` label values, and the names admitted so far.
-/// Calls to new names cost no new series once the cap is reached: they count under
-/// [`OTHER_FUNCTIONS`]. One per process, as the metrics registry is.
-#[derive(Debug)]
-struct FunctionLabels {
-    cap: usize,
-    admitted: std::sync::RwLock<std::collections::HashSet<Box<str>>>,
-}
-
-static FUNCTION_LABELS: std::sync::OnceLock<FunctionLabels> = std::sync::OnceLock::new();
-
-/// Default of `--max-function-series`.
-pub const DEFAULT_FUNCTION_SERIES: usize = 1000;
-
-/// Sets the cap on distinct function names in metric labels; the first call in a process wins
-/// (processes that run a gateway and workers together share one registry).
-pub fn limit_function_series(cap: usize) {
-    let _ = FUNCTION_LABELS.set(FunctionLabels {
-        cap,
-        admitted: std::sync::RwLock::default(),
-    });
-}
-
-/// The `function_name` label of `function`: its name while the cap allows (a name admitted once
-/// keeps its series), else [`OTHER_FUNCTIONS`].
-pub fn function_label(function: &str) -> String {
-    let labels = FUNCTION_LABELS.get_or_init(|| FunctionLabels {
-        cap: DEFAULT_FUNCTION_SERIES,
-        admitted: std::sync::RwLock::default(),
-    });
-    if labels.admitted.read().is_ok_and(|a| a.contains(function)) {
-        return function.to_owned();
-    }
-    match labels.admitted.write() {
-        Ok(mut a) if a.len() < labels.cap || a.contains(function) => {
-            a.insert(function.into());
-            function.to_owned()
-        }
-        _ => OTHER_FUNCTIONS.to_owned(),
+    #[test]
+    fn two_servers_keep_their_own_series_and_their_own_cap() {
+        let (one, two) = (Telemetry::new(1), Telemetry::new(2));
+        let count = |t: &Telemetry, function: &str| {
+            let label = t.function_label(function);
+            t.register(|| metrics::counter!("calls_total", "function_name" => label))
+        };
+        // Handles keep recording into their server's recorder once the closure has returned.
+        let (a, b) = (count(&one, "a"), count(&two, "a"));
+        a.increment(3);
+        b.increment(5);
+        count(&one, "b").increment(1);
+        count(&two, "b").increment(1);
+        count(&two, "c").increment(1);
+        let one = one.handle().render();
+        let two = two.handle().render();
+        assert!(
+            one.contains("calls_total{function_name=\"a\"} 3\n"),
+            "{one}"
+        );
+        assert!(
+            two.contains("calls_total{function_name=\"a\"} 5\n"),
+            "{two}"
+        );
+        // The cap of one admitted `a` alone; the cap of two admitted `a` and `b`.
+        assert!(
+            one.contains("calls_total{function_name=\"~other\"} 1\n"),
+            "{one}"
+        );
+        assert!(!one.contains("function_name=\"b\""), "{one}");
+        assert!(
+            two.contains("calls_total{function_name=\"b\"} 1\n"),
+            "{two}"
+        );
+        assert!(
+            two.contains("calls_total{function_name=\"~other\"} 1\n"),
+            "{two}"
+        );
     }
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_runtime::Telemetry;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use metrics::Gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -29,12 +31,17 @@ pub(crate) struct AdminServer {
 }
 
 impl AdminServer {
-    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until stopped or dropped.
+    /// Serves `/healthz`, `/readyz` and `/metrics` (this worker's `telemetry`) on `listener`
+    /// until stopped or dropped.
     pub(crate) fn start(
         listener: TcpListener,
         ready: Arc<Readiness>,
-        metrics: PrometheusHandle,
+        telemetry: &Telemetry,
     ) -> Self {
+        let metrics = Scrape {
+            handle: telemetry.handle().clone(),
+            nats_connected: crate::metrics::nats_connected(telemetry),
+        };
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, ready, metrics, stop.clone()));
         Self {
@@ -50,11 +57,18 @@ impl AdminServer {
     }
 }
 
+/// What `/metrics` reads: the recorder's handle, and the gauge set from readiness first.
+#[derive(Clone)]
+struct Scrape {
+    handle: PrometheusHandle,
+    nats_connected: Gauge,
+}
+
 /// Serves until `stop` fires, then drops every open connection.
 async fn serve(
     listener: TcpListener,
     ready: Arc<Readiness>,
-    metrics: PrometheusHandle,
+    metrics: Scrape,
     stop: CancellationToken,
 ) {
     // Dropped on return, which drops every connection still open.
@@ -75,11 +89,7 @@ async fn serve(
     flotilla_runtime::accept_until(&listener, stop.cancelled(), serve_one).await;
 }
 
-fn route(
-    req: &Request<Incoming>,
-    ready: &Readiness,
-    metrics: &PrometheusHandle,
-) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, ready: &Readiness, metrics: &Scrape) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -90,8 +100,9 @@ fn route(
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, why.into_owned()),
         },
         "/metrics" => {
-            crate::metrics::nats_connected(ready.nats_connected());
-            let body = flotilla_runtime::render(metrics, "flotilla-worker");
+            let up = ready.nats_connected();
+            metrics.nats_connected.set(if up { 1.0 } else { 0.0 });
+            let body = flotilla_runtime::render(&metrics.handle, "flotilla-worker");
             let mut r = Response::new(Full::new(Bytes::from(body)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

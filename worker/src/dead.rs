@@ -15,7 +15,6 @@ use flotilla_queue::headers::{NATS_MESSAGE_ID, NATS_PREFIX};
 use flotilla_queue::{subjects, time};
 
 use crate::Shared;
-use crate::metrics;
 use crate::outcome::{CallError, Outcome};
 
 /// What a dead letter is made of.
@@ -94,8 +93,8 @@ pub(crate) async fn write(shared: &Shared, l: Letter<'_>) -> Result<(), DeadLett
         .await?
         .await?;
     // Labelled like the dead-letter subject: `~invalid` when the message named no valid function.
-    let label = subjects::dead_token(&function).to_owned();
-    metrics::dead_letter(l.kind, label);
+    let label = subjects::dead_token(&function);
+    shared.metrics.dead_letter(l.kind, label);
     tracing::warn!(
         kind = l.kind,
         function = %function,

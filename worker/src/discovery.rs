@@ -51,6 +51,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
         shard,
         shared.calls.budget.clone(),
         membership.clone(),
+        shared.metrics.clone(),
     ));
     let limits_task =
         shared

@@ -179,6 +179,7 @@ impl Dispatcher {
     ) -> Self {
         let mut info_tick = tokio::time::interval(INFO_EVERY);
         info_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pending = shared.metrics.shard_pending(shard);
         Self {
             shared,
             shard,
@@ -190,7 +191,7 @@ impl Dispatcher {
             moves: Arc::new(Semaphore::new(MOVES)),
             placer: Placer::default(),
             requests: Requests::new(),
-            pending: crate::metrics::shard_pending(shard),
+            pending,
             info_tick,
             info_call: None,
         }

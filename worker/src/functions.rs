@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::{self, Refusal};
 use crate::budget::{Budget, Running};
-use crate::metrics::FunctionMetrics;
+use crate::metrics::{FunctionMetrics, WorkerMetrics};
 use crate::outcome::Outcome;
 
 /// Where this replica stands among the replicas of a shard.
@@ -90,6 +90,7 @@ impl FunctionRt {
         policies: &Policies,
         budget: Arc<Budget>,
         membership: watch::Receiver<Membership>,
+        metrics: FunctionMetrics,
     ) -> Self {
         let policy = policies.get(&name).clone();
         let base_url = policy
@@ -97,7 +98,6 @@ impl FunctionRt {
             .clone()
             .unwrap_or_else(|| expand(&policies.url_template, &name));
         let sizing = Sizing::new(&policy, *membership.borrow());
-        let metrics = FunctionMetrics::new(&name);
         metrics.limit.set(sizing.applied as f64);
         Self {
             metrics,
@@ -392,15 +392,23 @@ pub(crate) struct Functions {
     budget: Arc<Budget>,
     membership: watch::Receiver<Membership>,
     known: Mutex<HashMap<FunctionName, Arc<FunctionRt>>>,
+    /// Where a function's handles are registered when it is first seen.
+    metrics: WorkerMetrics,
 }
 
 impl Functions {
-    pub fn new(shard: u32, budget: Arc<Budget>, membership: watch::Receiver<Membership>) -> Self {
+    pub fn new(
+        shard: u32,
+        budget: Arc<Budget>,
+        membership: watch::Receiver<Membership>,
+        metrics: WorkerMetrics,
+    ) -> Self {
         Self {
             shard,
             budget,
             membership,
             known: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -416,6 +424,7 @@ impl Functions {
             policies,
             self.budget.clone(),
             self.membership.clone(),
+            self.metrics.function(name),
         ));
         known.insert(name.clone(), f.clone());
         f
@@ -495,13 +504,22 @@ mod tests {
         policies.defaults.replica_concurrency = replica_concurrency;
         policies.defaults.adaptive = false;
         let (_, rx) = watch::channel(Membership::ALONE);
+        let name = FunctionName::parse("f").unwrap();
+        let metrics = handles(&name);
         Arc::new(FunctionRt::new(
-            FunctionName::parse("f").unwrap(),
+            name,
             0,
             &policies,
             Arc::new(Budget::new(100)),
             rx,
+            metrics,
         ))
+    }
+
+    /// Handles in a recorder of the test's own.
+    fn handles(function: &FunctionName) -> FunctionMetrics {
+        let telemetry = flotilla_runtime::Telemetry::new(flotilla_runtime::DEFAULT_FUNCTION_SERIES);
+        FunctionMetrics::new(&telemetry, function)
     }
 
     #[tokio::test]
@@ -526,7 +544,8 @@ mod tests {
         policies.defaults.replica_concurrency = 40;
         let (_, rx) = watch::channel(Membership::ALONE);
         let name = FunctionName::parse("f").unwrap();
-        let f = FunctionRt::new(name, 0, &policies, Arc::new(Budget::new(100)), rx);
+        let metrics = handles(&name);
+        let f = FunctionRt::new(name, 0, &policies, Arc::new(Budget::new(100)), rx, metrics);
         assert_eq!(
             f.limit(),
             adaptive::INITIAL as usize,
@@ -562,13 +581,9 @@ mod tests {
         let mut fixed = policies.clone();
         fixed.defaults.adaptive = false;
         let (_, rx) = watch::channel(Membership::ALONE);
-        let g = FunctionRt::new(
-            FunctionName::parse("g").unwrap(),
-            0,
-            &fixed,
-            Arc::new(Budget::new(100)),
-            rx,
-        );
+        let name = FunctionName::parse("g").unwrap();
+        let metrics = handles(&name);
+        let g = FunctionRt::new(name, 0, &fixed, Arc::new(Budget::new(100)), rx, metrics);
         assert_eq!(g.limit(), 40);
         assert_eq!(
             g.sending().unwrap().answered(&answer(429)),

@@ -33,7 +33,7 @@ mod status;
 use std::future::Future;
 use std::sync::Arc;
 
-use flotilla_runtime::metrics_handle;
+use flotilla_runtime::Telemetry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -70,11 +70,11 @@ pub async fn serve(
 ) -> Result<(), WorkerError> {
     let parts = config.into_parts();
     parts.function_tls.log();
-    let prometheus = metrics_handle();
-    flotilla_runtime::limit_function_series(parts.config.common.max_function_series);
+    // This worker's own recorder: another server in the process keeps its series apart.
+    let telemetry = Telemetry::new(parts.config.common.max_function_series);
     let ready = Arc::new(Readiness::default());
     // Stopped on every return path below, when it is dropped.
-    let admin = admin::AdminServer::start(admin_listener, ready.clone(), prometheus);
+    let admin = admin::AdminServer::start(admin_listener, ready.clone(), &telemetry);
     let stop = CancellationToken::new();
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -85,7 +85,7 @@ pub async fn serve(
     let Some(found) = start::find_streams(&parts.config, &client, &stop).await? else {
         return Ok(());
     };
-    let worker = start::Started::start(parts, found, client, ready, stop.clone()).await;
+    let worker = start::Started::start(parts, found, client, ready, stop.clone(), telemetry).await;
     stop.cancelled().await;
     worker.drain().await;
     admin.stop().await;

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 
 use flotilla_queue::FunctionName;
+use flotilla_runtime::Telemetry;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 pub const CALLS_TOTAL: &str = "worker_calls_total";
@@ -31,7 +32,8 @@ pub const NATS_CONNECTED: &str = "worker_nats_connected";
 pub const CANCELLED: &str = "worker_calls_cancelled_total";
 pub const STATUS_WRITE_FAILURES: &str = "worker_status_write_failures_total";
 
-/// Gives every metric its HELP text (and histograms their unit). Safe to call more than once.
+/// Gives every metric its HELP text (and histograms their unit), in the recorder
+/// [`Telemetry::register`] runs it with. Safe to call more than once.
 fn describe() {
     describe_counter!(
         CANCELLED,
@@ -114,9 +116,9 @@ fn describe() {
     describe_gauge!(NATS_CONNECTED, "1 while the NATS connection is up");
 }
 
-/// Sets `worker_nats_connected`; read at every scrape.
-pub(crate) fn nats_connected(up: bool) {
-    gauge!(NATS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+/// `worker_nats_connected`, set at every scrape.
+pub(crate) fn nats_connected(telemetry: &Telemetry) -> Gauge {
+    telemetry.register(|| gauge!(NATS_CONNECTED))
 }
 
 /// Dead-letter kinds a worker writes, for the series made at start.
@@ -146,32 +148,38 @@ pub(crate) struct FunctionMetrics {
     /// `worker_calls_total` by status code; a function answers with few distinct codes, so a
     /// short list beats a map. Never held across an await.
     calls: Mutex<Vec<(u16, Counter)>>,
+    /// Where the counter of a status code not seen before is registered.
+    telemetry: Telemetry,
 }
 
 impl FunctionMetrics {
-    pub fn new(function: &FunctionName) -> Self {
-        let name = flotilla_runtime::function_label(function.as_str());
-        // Functions beyond the series cap share `~other`: counters and the in-flight gauge add
-        // up there, but a waiting count each function sets would overwrite the others'.
-        let (pending, limit) = if name == flotilla_runtime::OTHER_FUNCTIONS {
-            (Gauge::noop(), Gauge::noop())
-        } else {
-            (
-                gauge!(PENDING, "function_name" => name.clone()),
-                gauge!(CONCURRENCY_LIMIT, "function_name" => name.clone()),
-            )
-        };
-        Self {
-            in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
-            pending,
-            waited: counter!(WAITED, "function_name" => name.clone()),
-            duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
-            retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
-            limit,
-            refusals: counter!(REFUSALS, "function_name" => name.clone()),
-            calls: Mutex::new(Vec::new()),
-            name,
-        }
+    /// The handles of `function`, registered with `telemetry`.
+    pub fn new(telemetry: &Telemetry, function: &FunctionName) -> Self {
+        let name = telemetry.function_label(function.as_str());
+        telemetry.register(|| {
+            // Functions beyond the series cap share `~other`: counters and the in-flight gauge
+            // add up there, but a waiting count each function sets would overwrite the others'.
+            let (pending, limit) = if name == flotilla_runtime::OTHER_FUNCTIONS {
+                (Gauge::noop(), Gauge::noop())
+            } else {
+                (
+                    gauge!(PENDING, "function_name" => name.clone()),
+                    gauge!(CONCURRENCY_LIMIT, "function_name" => name.clone()),
+                )
+            };
+            Self {
+                in_flight: gauge!(IN_FLIGHT, "function_name" => name.clone()),
+                pending,
+                waited: counter!(WAITED, "function_name" => name.clone()),
+                duration: histogram!(CALL_DURATION, "function_name" => name.clone()),
+                retries_scheduled: counter!(RETRIES_SCHEDULED, "function_name" => name.clone()),
+                limit,
+                refusals: counter!(REFUSALS, "function_name" => name.clone()),
+                calls: Mutex::new(Vec::new()),
+                telemetry: telemetry.clone(),
+                name,
+            }
+        })
     }
 
     pub fn call_done(&self, code: u16) {
@@ -182,14 +190,15 @@ impl FunctionMetrics {
             c.increment(1);
             return;
         }
-        let c =
-            counter!(CALLS_TOTAL, "function_name" => self.name.clone(), "code" => code.to_string());
+        let c = self.telemetry.register(|| {
+            counter!(CALLS_TOTAL, "function_name" => self.name.clone(), "code" => code.to_string())
+        });
         c.increment(1);
         calls.push((code, c));
     }
 }
 
-/// Process-wide series without labels.
+/// The worker's series without labels, and its recorder for the rest.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerMetrics {
     pub consumers: Gauge,
@@ -203,25 +212,32 @@ pub(crate) struct WorkerMetrics {
     pub cancelled: Counter,
     /// Calls handed back because this replica ran out of a local resource, by resource.
     pub exhausted: [Counter; 3],
+    /// Call status changes JetStream did not store.
+    pub status_write_failures: Counter,
+    /// This worker's recorder and series cap, for the series made as functions and shards come.
+    telemetry: Telemetry,
 }
 
 impl WorkerMetrics {
-    /// The process-wide handles, after describing every metric. Each function the policy file
-    /// names gets its series at once (counters at 0), so `increase()` sees its first event.
-    pub fn new<'a>(named: impl Iterator<Item = &'a FunctionName>) -> Self {
-        describe();
-        nats_connected(false);
-        // Incremented where it happens (`status.rs`); registered now so it is scraped at 0.
-        counter!(STATUS_WRITE_FAILURES).increment(0);
+    /// The worker's handles in `telemetry`, after describing every metric. Each function the
+    /// policy file names gets its series at once (counters at 0), so `increase()` sees its first
+    /// event.
+    pub fn new<'a>(telemetry: Telemetry, named: impl Iterator<Item = &'a FunctionName>) -> Self {
+        telemetry.register(describe);
+        nats_connected(&telemetry).set(0.0);
         for function in named {
             // Registering is enough: the recorder keeps the series from now on.
-            drop(FunctionMetrics::new(function));
+            drop(FunctionMetrics::new(&telemetry, function));
+            let label = telemetry.function_label(function.as_str());
             for kind in DEAD_LETTER_KINDS {
-                counter!(DEAD_LETTERS, "kind" => kind, "function_name" => flotilla_runtime::function_label(function.as_str()))
+                telemetry
+                    .register(
+                        || counter!(DEAD_LETTERS, "kind" => kind, "function_name" => label.clone()),
+                    )
                     .increment(0);
             }
         }
-        Self {
+        let metrics = telemetry.register(|| Self {
             consumers: gauge!(CONSUMERS),
             callback_queue_depth: gauge!(CALLBACK_QUEUE_DEPTH),
             callbacks_delivered: counter!(CALLBACKS_DELIVERED),
@@ -236,7 +252,43 @@ impl WorkerMetrics {
                 crate::outcome::Exhausted::Ports,
             ]
             .map(|r| counter!(RESOURCE_EXHAUSTED, "resource" => r.label())),
-        }
+            status_write_failures: counter!(STATUS_WRITE_FAILURES),
+            telemetry: telemetry.clone(),
+        });
+        // Incremented where it happens (`status.rs`); registered now so it is scraped at 0.
+        metrics.status_write_failures.increment(0);
+        metrics
+    }
+
+    /// The handles of `function`, made when this replica first sees it.
+    pub fn function(&self, function: &FunctionName) -> FunctionMetrics {
+        FunctionMetrics::new(&self.telemetry, function)
+    }
+
+    /// Calls of `shard` not yet dispatched.
+    pub fn shard_pending(&self, shard: u32) -> Gauge {
+        self.telemetry
+            .register(|| gauge!(SHARD_PENDING, "shard" => shard.to_string()))
+    }
+
+    /// Stored retries of `shard` not yet due.
+    pub fn retries_waiting(&self, shard: u32) -> Gauge {
+        self.telemetry
+            .register(|| gauge!(RETRIES_WAITING, "shard" => shard.to_string()))
+    }
+
+    /// Stored retries of `shard` that came due.
+    pub fn retries_due(&self, shard: u32) -> Counter {
+        self.telemetry
+            .register(|| counter!(RETRIES_DUE, "shard" => shard.to_string()))
+    }
+
+    /// Counts a dead letter; rare, so the label lookup is fine here.
+    pub fn dead_letter(&self, kind: &'static str, function: &str) {
+        let label = self.telemetry.function_label(function);
+        self.telemetry
+            .register(|| counter!(DEAD_LETTERS, "kind" => kind, "function_name" => label))
+            .increment(1);
     }
 }
 
@@ -249,14 +301,4 @@ impl WorkerMetrics {
             Exhausted::Ports => &self.exhausted[2],
         }
     }
-}
-
-/// Calls of a shard not yet dispatched.
-pub(crate) fn shard_pending(shard: u32) -> Gauge {
-    gauge!(SHARD_PENDING, "shard" => shard.to_string())
-}
-
-/// Counts a dead letter; rare, so the label lookup is fine here.
-pub(crate) fn dead_letter(kind: &'static str, function: String) {
-    counter!(DEAD_LETTERS, "kind" => kind, "function_name" => flotilla_runtime::function_label(&function)).increment(1);
 }

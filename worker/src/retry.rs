@@ -22,7 +22,6 @@ use tokio::time::MissedTickBehavior;
 
 use crate::Shared;
 use crate::dead;
-use crate::metrics::{RETRIES_DUE, RETRIES_WAITING};
 use crate::outcome::{CallError, Outcome};
 
 /// The longest `Retry-After` honoured. A function asking for more is waited on this long: a
@@ -154,7 +153,7 @@ pub(crate) enum ScheduleError {
 
 /// Runs the retry loop of `shard` until the worker stops, restarting it after failures.
 pub(crate) async fn supervise(shared: Arc<Shared>, shard: u32) {
-    let waiting = metrics::gauge!(RETRIES_WAITING, "shard" => shard.to_string());
+    let waiting = shared.metrics.retries_waiting(shard);
     loop {
         match run(&shared, shard, &waiting).await {
             Ok(()) => return,
@@ -193,7 +192,7 @@ async fn run(
         .await
         .map_err(RetryLoopError::Subscribe)?;
     let moves = Arc::new(Semaphore::new(MOVE_CONCURRENCY));
-    let due_total = metrics::counter!(RETRIES_DUE, "shard" => shard.to_string());
+    let due_total = shared.metrics.retries_due(shard);
     let mut info_tick = tokio::time::interval(INFO_EVERY);
     info_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::debug!(shard, "retry loop pulling");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
+use flotilla_runtime::Telemetry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -125,6 +126,7 @@ impl Started {
         client: async_nats::Client,
         ready: Arc<Readiness>,
         stop: CancellationToken,
+        telemetry: Telemetry,
     ) -> Self {
         let config = &parts.config;
         let (grace, retention) = (config.grace, config.common.nats.status_retention);
@@ -134,7 +136,7 @@ impl Started {
         let aux_closed = CancellationToken::new();
         let stores = (found.bodies, found.status_store);
         let shared = shared(
-            parts,
+            (parts, telemetry),
             stores,
             &client,
             ready.clone(),
@@ -212,7 +214,7 @@ impl Started {
 /// The state every task shares, with the report queue and the status follower started on `aux`
 /// (reports outlive the calls; callbacks are delivered by the calls themselves).
 async fn shared(
-    parts: Parts,
+    (parts, telemetry): (Parts, Telemetry),
     (bodies, status_store): (
         jetstream::object_store::ObjectStore,
         Option<flotilla_queue::status::Store>,
@@ -230,7 +232,7 @@ async fn shared(
         function_tls,
     } = parts;
     let js = jetstream::new(client.clone());
-    let metrics = WorkerMetrics::new(policies.configured().map(|(f, _)| f));
+    let metrics = WorkerMetrics::new(telemetry, policies.configured().map(|(f, _)| f));
     let callbacks = Callbacks::new(
         CallbackSettings {
             capacity: config.callback_queue,
@@ -249,7 +251,10 @@ async fn shared(
         aux_closed.clone(),
     );
     let retention = config.common.nats.status_retention;
-    let status = status_store.map(|store| Arc::new(status::CallStatus::new(store, retention)));
+    let status = status_store.map(|store| {
+        let write_failures = metrics.status_write_failures.clone();
+        Arc::new(status::CallStatus::new(store, retention, write_failures))
+    });
     if let Some(status) = &status {
         aux.spawn(status.clone().follow(js.clone(), aux_closed.clone()));
         status.caught_up(CANCELS_CATCH_UP).await;

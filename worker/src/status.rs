@@ -59,6 +59,8 @@ pub(crate) struct CallStatus {
     cancelled: Mutex<Cancels>,
     /// Fires once every cancel stored when the worker started has been heard.
     caught_up: CancellationToken,
+    /// `worker_status_write_failures_total`.
+    write_failures: metrics::Counter,
 }
 
 /// Cancels heard, oldest first.
@@ -101,10 +103,11 @@ pub(crate) enum Recorded {
 }
 
 impl CallStatus {
-    pub(crate) fn new(store: Store, retention: Duration) -> Self {
+    pub(crate) fn new(store: Store, retention: Duration, write_failures: metrics::Counter) -> Self {
         Self {
             store,
             retention,
+            write_failures,
             running: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(Cancels::default()),
             caught_up: CancellationToken::new(),
@@ -399,7 +402,7 @@ impl Tracked<'_> {
     /// cancelled it (the write may have failed on that very cancel).
     fn not_recorded(&self, error: &flotilla_queue::status::StoreError) -> Recorded {
         let env = self.env;
-        metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+        self.status.write_failures.increment(1);
         if self.status.heard_cancel(env) {
             tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded, and the call was cancelled: it ends here");
             return Recorded::Cancelled;
@@ -436,7 +439,7 @@ impl Tracked<'_> {
         {
             Ok(()) => true,
             Err(error) => {
-                metrics::counter!(crate::metrics::STATUS_WRITE_FAILURES).increment(1);
+                self.status.write_failures.increment(1);
                 tracing::warn!(%error, call_id = %self.env.call_id, "result not kept");
                 false
             }

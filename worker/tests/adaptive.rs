@@ -112,20 +112,43 @@ async fn a_batch_fits_a_function_of_bounded_capacity_without_tuning() {
         "{refused} refusals for {CALLS} calls: the limit did not settle near the capacity"
     );
 
-    // The limit and the refusals are scraped. Both replicas run in this process and share its
-    // recorder, so one scrape shows both replicas' refusals.
-    let (status, metrics) = get(a.admin, "/metrics").await;
+    // The limits and the refusals are scraped. Both replicas and the gateway run in this
+    // process, each with its own recorder: a scrape shows its own server's series alone, so the
+    // replicas' counts add up to the fleet's.
+    let mut scrapes = Vec::new();
+    for admin in [a.admin, b.admin] {
+        let (status, scrape) = get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(!scrape.contains("gateway_"), "a worker's scrape: {scrape}");
+        scrapes.push(scrape);
+    }
+    let (status, scrape) = get(gateway.addr, "/metrics").await;
     assert_eq!(status, 200);
-    let limit = metric(
-        &metrics,
-        "worker_concurrency_limit{function_name=\"narrow\"}",
-    );
     assert!(
-        (1.0..=CAPACITY as f64 + 2.0).contains(&limit),
-        "limit {limit} far from the capacity"
+        !scrape.contains("worker_"),
+        "the gateway's scrape: {scrape}"
     );
-    let counted = metric(&metrics, "worker_refusals_total{function_name=\"narrow\"}");
+    let series =
+        |name: &str| -> Vec<f64> { scrapes.iter().filter_map(|s| metric(s, name)).collect() };
+    let limits = series("worker_concurrency_limit{function_name=\"narrow\"}");
+    assert!(!limits.is_empty(), "no replica shows a limit");
+    for limit in limits {
+        assert!(
+            (1.0..=CAPACITY as f64 + 2.0).contains(&limit),
+            "limit {limit} far from the capacity"
+        );
+    }
+    let counted: f64 = series("worker_refusals_total{function_name=\"narrow\"}")
+        .iter()
+        .sum();
     assert_eq!(counted, refused as f64, "every 429 counted once");
+    let succeeded: f64 = series("worker_calls_total{function_name=\"narrow\",code=\"200\"}")
+        .iter()
+        .sum();
+    assert_eq!(
+        succeeded, CALLS as f64,
+        "every call counted once, by its replica"
+    );
     a.stop(Duration::from_secs(10)).await.unwrap();
     b.stop(Duration::from_secs(10)).await.unwrap();
 }
@@ -202,10 +225,9 @@ async fn a_503_with_retry_after_is_waited_out_without_using_an_attempt() {
     w.stop(Duration::from_secs(10)).await.unwrap();
 }
 
-/// The value of the series `name` (with its labels) in a scrape.
-fn metric(scrape: &str, name: &str) -> f64 {
+/// The value of the series `name` (with its labels) in a scrape, if it has it.
+fn metric(scrape: &str, name: &str) -> Option<f64> {
     scrape
         .lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in the scrape"))
 }

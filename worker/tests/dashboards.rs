@@ -1,7 +1,7 @@
 //! The shipped dashboard, alert rules and autoscaling queries name only metrics a running fleet
 //! exports, and both scrapes pass `promtool check metrics`. A gateway (in-process) and a worker
-//! (its binary, so each scrape holds only its own process's metrics) run calls that succeed, fail,
-//! retry, die and call back, then both are scraped.
+//! (its binary, as deployed) run calls that succeed, fail, retry, die and call back, then both
+//! are scraped.
 // A failed unwrap in a helper is the test failure we want, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
