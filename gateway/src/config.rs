@@ -284,22 +284,7 @@ impl Config {
     }
 }
 
-impl flotilla_runtime::ServerConfig for Config {
-    type Checked = ValidConfig;
-    type Error = ConfigError;
-
-    fn check(self) -> Result<ValidConfig, ConfigError> {
-        Config::check(self)
-    }
-
-    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
-        &checked.config().common.log
-    }
-
-    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
-        checked.config().listen
-    }
-}
+flotilla_runtime::server_config!(Config, ValidConfig, ConfigError);
 
 #[cfg(test)]
 mod tests {

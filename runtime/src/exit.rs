@@ -23,6 +23,31 @@ pub trait ServerConfig: clap::Parser {
     fn listen(checked: &Self::Checked) -> SocketAddr;
 }
 
+/// Implements [`ServerConfig`] for a binary's `Config` whose checked form has `config()`, with
+/// the logging flags in `common.log` and the listener's address in `listen`, as the gateway's
+/// and the worker's do.
+#[macro_export]
+macro_rules! server_config {
+    ($config:ty, $checked:ty, $error:ty) => {
+        impl $crate::ServerConfig for $config {
+            type Checked = $checked;
+            type Error = $error;
+
+            fn check(self) -> Result<$checked, $error> {
+                <$config>::check(self)
+            }
+
+            fn log(checked: &$checked) -> &$crate::LogArgs {
+                &checked.config().common.log
+            }
+
+            fn listen(checked: &$checked) -> std::net::SocketAddr {
+                checked.config().listen
+            }
+        }
+    };
+}
+
 /// The start of every server binary: parses and checks the configuration, starts logging and
 /// binds the listener. `Err` carries the status `main` exits with, the line already printed: 0
 /// after `--help` or `--version`, 64 for anything that keeps the server from starting.

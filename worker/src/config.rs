@@ -430,22 +430,7 @@ pub(crate) struct Parts {
     pub function_tls: flotilla_runtime::FunctionTls,
 }
 
-impl flotilla_runtime::ServerConfig for Config {
-    type Checked = ValidConfig;
-    type Error = WorkerError;
-
-    fn check(self) -> Result<ValidConfig, WorkerError> {
-        Config::check(self)
-    }
-
-    fn log(checked: &ValidConfig) -> &flotilla_runtime::LogArgs {
-        &checked.config().common.log
-    }
-
-    fn listen(checked: &ValidConfig) -> std::net::SocketAddr {
-        checked.config().listen
-    }
-}
+flotilla_runtime::server_config!(Config, ValidConfig, WorkerError);
 
 #[cfg(test)]
 mod tests {
