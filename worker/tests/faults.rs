@@ -25,6 +25,9 @@ use flotilla_testsupport::{Host, Impairment, Lab, NsRuntime, RecordingServer, Re
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
+/// How long the audit asks again for a call's status while the gateway answers 503.
+const STATUS_PATIENCE: Duration = Duration::from_secs(20);
+
 const STREAM: &str = "FLOTILLA_CALLS_0";
 const FUNCTION: &str = "work";
 const GATEWAY_PORT: u16 = 8080;
@@ -637,8 +640,19 @@ async fn audit(fleet: &Fleet, fault: &str, sent: &Sent, since: Instant) -> Audit
         .client
         .run(async move {
             let mut wrong = 0;
+            // A 503 tells the client to ask again: right after a fault the status stream may
+            // still be electing its leader. The audit asks again as a client would, within a
+            // bound; only another answer, or a 503 past the bound, disagrees.
+            let patience = tokio::time::Instant::now() + STATUS_PATIENCE;
             for (id, want) in checks {
-                let answer = http(gateway, "GET", &format!("/async-call/{id}"), None).await;
+                let answer = loop {
+                    let answer = http(gateway, "GET", &format!("/async-call/{id}"), None).await;
+                    if matches!(answer, Ok((503, _))) && tokio::time::Instant::now() < patience {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                    break answer;
+                };
                 let v: Value = answer
                     .as_ref()
                     .ok()
