@@ -72,7 +72,10 @@ fn trim(v: f64) -> String {
 }
 
 /// A panel's frame, grid and axis labels; returns the y-axis maximum it chose.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a panel's geometry and labels, each a plain number or text; a struct would only rename them"
+)]
 fn frame(
     o: &mut String,
     top: f64,

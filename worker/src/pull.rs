@@ -385,9 +385,11 @@ pub(crate) async fn open_inbox(
     Ok((inbox, sub))
 }
 
-/// What arrived on a pull inbox. Matched at once and never stored, so the message is not boxed:
-/// that would cost an allocation per call.
-#[allow(clippy::large_enum_variant)]
+/// What arrived on a pull inbox. Matched at once and never stored, so the message is not boxed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing the message would cost an allocation per call"
+)]
 pub(crate) enum Arrival {
     /// A message asked for.
     Message(jetstream::Message),
