@@ -1,4 +1,7 @@
-//! An error and its causes on one line, for logs and for reasons stored with a call.
+//! An error and its causes on one line, for logs and for reasons stored with a call. For errors
+//! whose own message does not quote their cause: many of the fleet's errors (`PullError`,
+//! `TopologyError`, the gateway's `CallError`) quote it and keep it as their source, and are
+//! shown with `Display` alone.
 
 /// The error and its sources on one line ("client error (Connect): tcp connect error: ...").
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

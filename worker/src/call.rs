@@ -47,8 +47,10 @@ pub(crate) async fn handle(
     let Some(env) = call.prepare().await else {
         return;
     };
-    let end = call.lifecycle(&env, slot).await;
-    call.finish(&env, end).await;
+    match call.begin(&env, slot) {
+        Ok((tracked, slot)) => call.lifecycle(&env, tracked, slot).await,
+        Err(end) => call.finish(&env, end).await,
+    }
 }
 
 /// How a call's steps ended. A step returning anything but [`End::Settled`] has let go of the
@@ -156,16 +158,21 @@ impl<'a> Call<'a> {
         Some(env)
     }
 
-    /// Steps 2 and 3 for a prepared call, holding its slot as long as they need it.
-    async fn lifecycle(&self, env: &Envelope, slot: Slot) -> End {
-        let mut tracked = match &self.shared.results.status {
-            Some(status) => match status.begin(env, status::revision_of(self.msg.headers.as_ref()))
-            {
-                Begin::Cancelled => return End::Cancelled("before it started"),
-                Begin::Run(tracked) => Some(tracked),
-            },
-            None => None,
+    /// The call's status from here on (`None` without call status); `Err` when a client
+    /// cancelled it before it started, the slot let go.
+    fn begin(&self, env: &'a Envelope, slot: Slot) -> Result<(Option<Tracked<'a>>, Slot), End> {
+        let Some(status) = &self.shared.results.status else {
+            return Ok((None, slot));
         };
+        match status.begin(env, status::revision_of(self.msg.headers.as_ref())) {
+            Begin::Cancelled => Err(End::Cancelled("before it started")),
+            Begin::Run(tracked) => Ok((Some(tracked), slot)),
+        }
+    }
+
+    /// Steps 2 and 3 for a started call, holding its slot as long as they need it, then what an
+    /// early end leaves to do; the call counts as in flight until all is done.
+    async fn lifecycle(&self, env: &Envelope, mut tracked: Option<Tracked<'_>>, slot: Slot) {
         let _in_flight = InFlight::enter(&self.func.metrics.in_flight);
         let attempt = Attempt {
             earlier: env.attempt,
@@ -179,10 +186,11 @@ impl<'a> Call<'a> {
                 .tally
                 .count(batch, |c| c.retries_started += 1);
         }
-        match self.run(env, attempt, &mut tracked, slot).await {
+        let end = match self.run(env, attempt, &mut tracked, slot).await {
             Ok((outcome, slot)) => self.settle(env, attempt, tracked, outcome, slot).await,
             Err(end) => end,
-        }
+        };
+        self.finish(env, end).await;
     }
 
     /// Step 2: the call's one attempt, or the outcome that stands for it when it must not run

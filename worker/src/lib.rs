@@ -72,6 +72,10 @@ pub async fn serve(
     parts.function_tls.log();
     // This worker's own recorder: another server in the process keeps its series apart.
     let telemetry = Telemetry::new(parts.config.common.max_function_series);
+    // Every series described (and the configured functions' at 0) before the first scrape, even
+    // while NATS is away.
+    let configured = parts.policies.configured().map(|(f, _)| f);
+    let metrics = metrics::WorkerMetrics::new(telemetry.clone(), configured);
     let ready = Arc::new(Readiness::default());
     // Stopped on every return path below, when it is dropped.
     let admin = admin::AdminServer::start(admin_listener, ready.clone(), &telemetry);
@@ -85,7 +89,7 @@ pub async fn serve(
     let Some(found) = start::find_streams(&parts.config, &client, &stop).await? else {
         return Ok(());
     };
-    let worker = start::Started::start(parts, found, client, ready, stop.clone(), telemetry).await;
+    let worker = start::Started::start(parts, found, client, ready, stop.clone(), metrics).await;
     stop.cancelled().await;
     worker.drain().await;
     admin.stop().await;

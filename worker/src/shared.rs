@@ -1,5 +1,5 @@
 //! What every task of a running worker shares, and what `/readyz` reports. Built once by
-//! [`crate::serve`]; tasks hold it through an `Arc`.
+//! `start::Started::start`; tasks hold it through an `Arc`.
 
 use std::sync::Arc;
 use std::sync::OnceLock;

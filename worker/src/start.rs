@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use flotilla_queue::{Backoff, Jitter, Topology, TopologyError};
-use flotilla_runtime::Telemetry;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -126,7 +125,7 @@ impl Started {
         client: async_nats::Client,
         ready: Arc<Readiness>,
         stop: CancellationToken,
-        telemetry: Telemetry,
+        metrics: WorkerMetrics,
     ) -> Self {
         let config = &parts.config;
         let (grace, retention) = (config.grace, config.common.nats.status_retention);
@@ -136,7 +135,7 @@ impl Started {
         let aux_closed = CancellationToken::new();
         let stores = (found.bodies, found.status_store);
         let shared = shared(
-            (parts, telemetry),
+            (parts, metrics),
             stores,
             &client,
             ready.clone(),
@@ -214,7 +213,7 @@ impl Started {
 /// The state every task shares, with the report queue and the status follower started on `aux`
 /// (reports outlive the calls; callbacks are delivered by the calls themselves).
 async fn shared(
-    (parts, telemetry): (Parts, Telemetry),
+    (parts, metrics): (Parts, WorkerMetrics),
     (bodies, status_store): (
         jetstream::object_store::ObjectStore,
         Option<flotilla_queue::status::Store>,
@@ -232,7 +231,6 @@ async fn shared(
         function_tls,
     } = parts;
     let js = jetstream::new(client.clone());
-    let metrics = WorkerMetrics::new(telemetry, policies.configured().map(|(f, _)| f));
     let callbacks = Callbacks::new(
         CallbackSettings {
             capacity: config.callback_queue,
