@@ -79,7 +79,10 @@ async fn an_unreachable_nats_is_waited_out_not_an_exit() {
     // Every series is described from the start, NATS or not.
     let (status, scrape) = common::get(admin, "/metrics").await;
     assert_eq!(status, 200);
-    assert!(scrape.contains("# HELP worker_handed_back_total "), "{scrape}");
+    assert!(
+        scrape.contains("# HELP worker_handed_back_total "),
+        "{scrape}"
+    );
     assert!(scrape.contains("worker_nats_connected 0"), "{scrape}");
     assert!(
         child.try_wait().expect("wait").is_none(),
