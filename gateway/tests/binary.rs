@@ -9,8 +9,10 @@ mod harness;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_testsupport::{NatsServer, assert_help_and_version, assert_refused, run_binary};
-use harness::{Gateway, closed_port, eventually, get};
+use flotilla_testsupport::{
+    NatsServer, assert_help_and_version, assert_refused, closed_port, run_binary,
+};
+use harness::{Gateway, eventually, get};
 use http::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla-gateway");

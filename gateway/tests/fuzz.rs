@@ -9,8 +9,8 @@ mod harness;
 
 use bytes::Bytes;
 use flotilla_queue::subjects;
-use flotilla_testsupport::NatsServer;
-use harness::{Gateway, closed_port, get, send};
+use flotilla_testsupport::{NatsServer, closed_port};
+use harness::{Gateway, get, send};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_queue::subjects;
-use flotilla_testsupport::{NatsServer, Recorded, RecordingServer, Reply};
-use harness::{Gateway, call, closed_port};
+use flotilla_testsupport::{NatsServer, Recorded, RecordingServer, Reply, closed_port};
+use harness::{Gateway, call};
 use http::StatusCode;
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod browser;
 mod http_server;
 mod lab;
 mod nats;
+mod port;
 mod tls;
 mod wait;
 
@@ -17,5 +18,6 @@ pub use browser::{Browser, DriverError, NoBrowser};
 pub use http_server::{Handler, Recorded, RecordingServer, Reply};
 pub use lab::{Host, Impairment, Lab, LabError, NoLab, NsRuntime};
 pub use nats::{NatsCluster, NatsServer, TestServer};
+pub use port::closed_port;
 pub use tls::Certificates;
 pub use wait::{wait_until, wait_until_async};

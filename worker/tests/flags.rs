@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use flotilla_testsupport::{assert_help_and_version, assert_refused};
+use flotilla_testsupport::{assert_help_and_version, assert_refused, closed_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla-worker");
 
@@ -42,12 +42,6 @@ fn bad_configuration_exits_64_with_one_line() {
 #[test]
 fn help_and_version_exit_0() {
     assert_help_and_version(BIN, "flotilla-worker");
-}
-
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 #[tokio::test]

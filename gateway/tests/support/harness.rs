@@ -214,9 +214,3 @@ pub async fn stream_len(client: &async_nats::Client, stream: &str) -> u64 {
     let mut stream = js.get_stream(stream).await.expect("stream exists");
     stream.info().await.expect("stream info").state.messages
 }
-
-/// A local port with nothing listening on it.
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
