@@ -158,6 +158,14 @@ impl<'a> Call<'a> {
         Some(env)
     }
 
+    /// Which attempt this delivery of the call is.
+    fn attempt_of(&self, env: &Envelope) -> Attempt {
+        Attempt {
+            earlier: env.attempt,
+            delivered: self.attempt_of_delivery,
+        }
+    }
+
     /// The call's status from here on (`None` without call status); `Err` when a client
     /// cancelled it before it started, the slot let go.
     fn begin(&self, env: &'a Envelope, slot: Slot) -> Result<(Option<Tracked<'a>>, Slot), End> {
@@ -174,10 +182,7 @@ impl<'a> Call<'a> {
     /// early end leaves to do; the call counts as in flight until all is done.
     async fn lifecycle(&self, env: &Envelope, mut tracked: Option<Tracked<'_>>, slot: Slot) {
         let _in_flight = InFlight::enter(&self.func.metrics.in_flight);
-        let attempt = Attempt {
-            earlier: env.attempt,
-            delivered: self.attempt_of_delivery,
-        };
+        let attempt = self.attempt_of(env);
         if let Some(batch) = env.batch_id.as_deref()
             && attempt.earlier > 0
         {
@@ -515,11 +520,7 @@ impl<'a> Call<'a> {
                 exhausted,
                 status_revision,
             } => {
-                let attempt = Attempt {
-                    earlier: env.attempt,
-                    delivered: self.attempt_of_delivery,
-                };
-                let at = (attempt, self.origin, status_revision);
+                let at = (self.attempt_of(env), self.origin, status_revision);
                 Box::pin(exhausted_hand_back(
                     self.shared,
                     self.func,
