@@ -128,6 +128,7 @@ fn from_json<B>(j: JsonEnvelope<B>, body: impl FnOnce(B) -> Bytes) -> Envelope {
         body: body(j.body),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     }
 }
 

@@ -25,5 +25,6 @@ pub fn sample_call(body: usize) -> Envelope {
         body: Bytes::from(vec![b'x'; body]),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     }
 }

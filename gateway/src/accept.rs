@@ -7,10 +7,10 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::publish::PublishAck;
 use bytes::Bytes;
 use flotilla_queue::envelope::{self, Control, H_RETRY_AT};
-use flotilla_queue::headers;
 use flotilla_queue::status::pages::Page;
 use flotilla_queue::status::{self, Record, Store};
 use flotilla_queue::subjects;
+use flotilla_queue::{Priority, headers};
 
 use crate::error::{CallError, EnqueueError};
 use crate::hot::Hot;
@@ -24,6 +24,7 @@ async fn requeue_status(
     function: &str,
     accepted_at: u128,
     batch_id: Option<&str>,
+    priority: Priority,
 ) {
     let Some(store) = state.status.kept() else {
         return;
@@ -31,7 +32,9 @@ async fn requeue_status(
     let written = store
         .transition(call_id, status::Known::Unknown, |current| match current {
             Some(r) if r.accepted_at == accepted_at => None,
-            _ => Some(Record::queued(call_id, function, accepted_at, batch_id)),
+            _ => Some(
+                Record::queued(call_id, function, accepted_at, batch_id).with_priority(priority),
+            ),
         })
         .await;
     if let Err(error) = written {
@@ -53,6 +56,8 @@ pub(crate) struct Accepting<'a> {
     /// When a delayed call may start (Unix nanoseconds).
     pub not_before: Option<u128>,
     pub batch_id: Option<&'a str>,
+    /// Written as `Flotilla-Priority` when not normal; the worker's lane.
+    pub priority: Priority,
 }
 
 /// Stores one accepted call: its `queued` status first (so the call carries the record's
@@ -113,6 +118,7 @@ async fn prepare<'s, K: AsRef<str>, V: AsRef<str>>(
     if let Some(batch) = a.batch_id {
         headers.insert(headers::FLOTILLA_BATCH, batch);
     }
+    a.priority.mark(&mut headers);
     let (payload, name) = if body.len() > state.inline_limit() {
         let object = store_body(state, &body).await?;
         headers.insert(headers::FLOTILLA_BODY_OBJECT, object.as_str());
@@ -165,7 +171,8 @@ async fn record_before<'s>(
         return Queued::Off;
     };
     let (name, call_id) = (a.function, a.control.call_id);
-    let mut queued = Record::queued(call_id, name, a.control.start_time, a.batch_id);
+    let mut queued =
+        Record::queued(call_id, name, a.control.start_time, a.batch_id).with_priority(a.priority);
     queued.not_before = a.not_before;
     if let Some(page) = status::pages::page_of(call_id) {
         return Queued::Paged(store, page, queued);
@@ -271,6 +278,7 @@ async fn settle(
             name,
             a.control.start_time,
             a.batch_id,
+            a.priority,
         ))
         .await;
     }

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use flotilla_queue::batch::{self, Meta};
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
 use flotilla_queue::headers::X_BATCH_ID;
-use flotilla_queue::{FunctionName, parse_duration};
+use flotilla_queue::{FunctionName, Priority, parse_duration};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -76,6 +76,7 @@ struct Line {
     idempotency_key: Option<String>,
     callback_url: Option<String>,
     delay: Option<String>,
+    priority: Option<String>,
 }
 
 impl Line {
@@ -129,7 +130,7 @@ impl Line {
             if is_control_header(&parsed) {
                 return Err(CallError::BadRequest(
                     format!(
-                        "header {name} is a line field here (idempotency_key, callback_url, delay)"
+                        "header {name} is a line field here (idempotency_key, callback_url, delay, priority)"
                     )
                     .into(),
                 ));
@@ -315,6 +316,12 @@ async fn store(
     if let Some(url) = &line.callback_url {
         check_callback(&state.admission.callback_guard, url).await?;
     }
+    let priority = match &line.priority {
+        None => Priority::Normal,
+        Some(text) => Priority::parse(text).map_err(|_| {
+            CallError::BadRequest("priority must be one of high, normal or low".into())
+        })?,
+    };
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
         None => None,
@@ -342,6 +349,7 @@ async fn store(
             dedup_key: dedup_key.as_deref(),
             not_before,
             batch_id: Some(batch_id),
+            priority,
         },
         headers,
         body,

@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::error::CallError;
 use crate::request::{
     callback_header, client_key, content_length, dedup_key, derived_call_id, forwarded_headers,
-    not_before, read_body, split_name,
+    not_before, priority, read_body, split_name,
 };
 use crate::state::State;
 
@@ -52,6 +52,7 @@ pub async fn enqueue(
     let callback_url = callback_header(&state.admission.callback_guard, headers).await?;
     let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
     let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
+    let priority = priority(headers)?;
 
     // Up to the flag; a body larger than one NATS message holds goes to the object store.
     let limit = state.admission.max_body_bytes;
@@ -111,6 +112,7 @@ pub async fn enqueue(
             dedup_key: dedup.as_deref(),
             not_before,
             batch_id: None,
+            priority,
         },
         forwarded_headers(headers),
         body,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use flotilla_queue::subjects::{self, DEAD_STREAM, DISPATCH_CONSUMER};
-use flotilla_queue::{FunctionName, Topology};
+use flotilla_queue::{FunctionName, Priority, Topology};
 use flotilla_runtime::Telemetry;
 use futures_util::TryStreamExt;
 use serde::Serialize;
@@ -284,7 +284,8 @@ async fn pending_after(
 #[derive(Debug, Default)]
 struct Counts {
     calls: u64,
-    waiting: u64,
+    /// Calls in each priority's wait lane, in `Priority::ALL` order.
+    waiting: [u64; 3],
     retrying: u64,
     dead: u64,
 }
@@ -327,8 +328,8 @@ pub async fn read(
         for (subject, n) in
             subject_counts(js, &wait_stream, &subjects::wait_wildcard(shard)).await?
         {
-            if let Some(f) = subjects::function_of_wait_subject(shard, &subject) {
-                counts.entry(f).or_default().waiting += n;
+            if let Some((f, lane)) = subjects::lane_of_wait_subject(shard, &subject) {
+                counts.entry(f).or_default().waiting[lane.index()] += n;
             }
         }
         for (f, n) in dead_by_shard.remove(&shard).unwrap_or_default() {
@@ -345,27 +346,29 @@ pub async fn read(
                 pending_after(js, &calls_stream, &call_subject, dispatched).await?
             };
             let calls_pending = first_call.map_or(0, |(_, n)| n.min(c.calls));
-            let waited = if c.waiting == 0 {
-                0
-            } else {
-                delivered(js, &wait_stream, &subjects::consumer_name(&f)).await?
-            };
-            let first_waiting = if c.waiting == 0 {
-                None
-            } else {
-                let wait_subject = subjects::wait_subject(shard, &f);
-                pending_after(js, &wait_stream, &wait_subject, waited).await?
-            };
-            let waiting_pending = first_waiting.map_or(0, |(_, n)| n.min(c.waiting));
-            let oldest = match (first_call, first_waiting) {
-                (Some((a, _)), Some((b, _))) => Some(a.min(b)),
-                (a, b) => a.or(b).map(|(t, _)| t),
-            };
+            // Each priority's lane has a consumer of its own: above its delivered sequence the
+            // lane's calls are pending.
+            let (mut waiting_pending, mut oldest) = (0, first_call.map(|(t, _)| t));
+            for lane in Priority::ALL {
+                let waiting = c.waiting[lane.index()];
+                if waiting == 0 {
+                    continue;
+                }
+                let consumer = subjects::lane_consumer_name(&f, lane);
+                let waited = delivered(js, &wait_stream, &consumer).await?;
+                let lane_subject = subjects::wait_lane_subject(shard, &f, lane);
+                if let Some((t, n)) = pending_after(js, &wait_stream, &lane_subject, waited).await?
+                {
+                    waiting_pending += n.min(waiting);
+                    oldest = Some(oldest.map_or(t, |o: time::OffsetDateTime| o.min(t)));
+                }
+            }
+            let waited_total: u64 = c.waiting.iter().sum();
             rows.push(QueueRow {
                 function: f.as_str().to_owned(),
                 shard,
                 pending: calls_pending + waiting_pending,
-                in_flight: (c.calls - calls_pending) + (c.waiting - waiting_pending),
+                in_flight: (c.calls - calls_pending) + (waited_total - waiting_pending),
                 retrying: c.retrying,
                 dead: c.dead,
                 oldest_pending_age_seconds: oldest

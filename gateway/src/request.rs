@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_queue::Priority;
 use flotilla_queue::envelope::is_dropped_header;
 use flotilla_queue::headers::{self, X_CALL_ID, X_CALLBACK_URL, X_DELAY, X_NOT_BEFORE, spelled};
 use http::header::AsHeaderName;
@@ -21,12 +22,13 @@ pub const MAX_KEY_LEN: usize = 128;
 
 /// Request headers that travel as envelope control fields (or are set again by the worker), so
 /// they are not copied among the forwarded headers.
-static CONTROL_HEADERS: [HeaderName; 5] = [
+static CONTROL_HEADERS: [HeaderName; 6] = [
     X_CALL_ID,
     X_CALLBACK_URL,
     headers::X_START_TIME,
     headers::X_DELAY,
     headers::X_NOT_BEFORE,
+    headers::X_PRIORITY,
 ];
 
 /// Splits `<name>[/<path>]` into the name and the path suffix (empty or starting with '/').
@@ -133,8 +135,22 @@ pub fn derived_call_id(function: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The request's `X-Priority`: `normal` when absent, 400 naming the allowed values when it is
+/// none of them.
+pub fn priority(headers: &HeaderMap) -> Result<Priority, CallError> {
+    let bad = CallError::BadHeader {
+        header: spelled::X_PRIORITY,
+        reason: "must be one of high, normal or low",
+    };
+    match header_text(headers, &headers::X_PRIORITY) {
+        None => Ok(Priority::Normal),
+        Some(Ok(text)) => Priority::parse(text).map_err(|_| bad),
+        Some(Err(())) => Err(bad),
+    }
+}
+
 /// Whether a request header is one the gateway consumes itself (call id, callback, delay, start
-/// time) rather than forwards.
+/// time, priority) rather than forwards.
 pub fn is_control_header(name: &HeaderName) -> bool {
     CONTROL_HEADERS.contains(name)
 }

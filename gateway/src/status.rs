@@ -3,6 +3,7 @@
 //! `flotilla_queue::status`). Public like the invocation routes: a call id is an unguessable UUID
 //! unless the client chose it.
 
+use flotilla_queue::Priority;
 use flotilla_queue::headers::X_FUNCTION_STATUS;
 use flotilla_queue::status::{
     CallState, Cancel, Known, Record, ResultKept, Store, StoreError, Transition,
@@ -174,6 +175,7 @@ struct View<'a> {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_id: Option<&'a str>,
+    priority: Priority,
 }
 
 impl<'a> View<'a> {
@@ -196,6 +198,7 @@ impl<'a> View<'a> {
             next_attempt_at: r.next_attempt_at.and_then(time),
             reason,
             batch_id: r.batch_id.as_deref(),
+            priority: r.priority,
         }
     }
 }
@@ -225,5 +228,11 @@ mod tests {
         assert_eq!(v["accepted_at"], "2023-11-14T22:13:20.000000000Z");
         assert_eq!(v["reason"], "exhausted: function answered 500");
         assert!(v.get("status").is_none() && v.get("batch_id").is_none());
+        assert_eq!(
+            v["priority"], "normal",
+            "shown even when the record leaves it out"
+        );
+        let high = serde_json::to_value(View::of(&r.with_priority(Priority::High))).unwrap();
+        assert_eq!(high["priority"], "high");
     }
 }

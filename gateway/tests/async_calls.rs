@@ -187,6 +187,24 @@ async fn malformed_requests_are_refused_with_the_reason() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.text().contains("Idempotency-Key"), "{}", r.text());
 
+    for priority in ["urgent", "", "high,low"] {
+        let r = call(
+            a,
+            "POST",
+            "/async-function/f",
+            &[("x-priority", priority)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{priority:?}");
+        assert!(
+            r.text()
+                .contains("X-Priority must be one of high, normal or low"),
+            "{priority:?}: {}",
+            r.text()
+        );
+    }
+
     let r = call(a, "OPTIONS", "/async-function/f", &[], b"").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.header("allow"), "GET, POST, PUT, PATCH, DELETE");

@@ -53,6 +53,7 @@ fn call_of(function: &str, n: u32) -> Envelope {
         body: Bytes::from(format!("body of {function} {n}")),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     }
 }
 

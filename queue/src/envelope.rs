@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use crate::headers;
 use crate::names::FunctionName;
+use crate::priority::Priority;
 
 /// The envelope's header names, declared with every other in `headers`.
 pub use crate::headers::{FLOTILLA_CALL as H_CALL, FLOTILLA_RETRY_AT as H_RETRY_AT, v1};
@@ -86,6 +87,8 @@ pub struct Envelope {
     /// Where a body too large for one NATS message is kept (an object of `FLOTILLA_BODIES`),
     /// carried in `Flotilla-Body-Object`; `body` is then empty until the worker fetches it.
     pub body_object: Option<String>,
+    /// The call's priority within its function, carried in `Flotilla-Priority` when not normal.
+    pub priority: Priority,
 }
 
 /// Why a message is not a valid envelope; the worker dead-letters it with this text.
@@ -203,6 +206,7 @@ impl Envelope {
         if let Some(batch) = &self.batch_id {
             h.insert(crate::headers::FLOTILLA_BATCH, batch.as_str());
         }
+        self.priority.mark(&mut h);
         match &self.body_object {
             // The body stays in the object store; the message carries its name.
             Some(object) => {
@@ -252,6 +256,7 @@ impl Envelope {
             body_object: h
                 .get(crate::headers::FLOTILLA_BODY_OBJECT)
                 .map(|v| v.as_str().to_owned()),
+            priority: Priority::of_headers(Some(h)),
         })
     }
 }
@@ -472,6 +477,7 @@ mod tests {
             body: Bytes::from_static(b"hello"),
             batch_id: None,
             body_object: None,
+            priority: Priority::Normal,
         }
     }
 
@@ -548,6 +554,18 @@ mod tests {
                 .iter()
                 .all(|(k, _)| !k.starts_with("Flotilla-"))
         );
+    }
+
+    #[test]
+    fn a_priority_travels_only_when_it_is_not_normal() {
+        let (h, _) = sample().to_nats(None);
+        assert!(h.get(headers::FLOTILLA_PRIORITY).is_none());
+        let mut e = sample();
+        e.priority = Priority::High;
+        let (h, body) = e.to_nats(None);
+        assert_eq!(h.get(headers::FLOTILLA_PRIORITY).unwrap().as_str(), "high");
+        let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
+        assert_eq!(sorted(back), sorted(e));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use http::HeaderName;
 pub const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 /// Makes a retried POST enqueue once, like a client's own `X-Call-Id`.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// A call's priority within its function: `high`, `normal` (the default) or `low`.
+pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
 /// Where the worker POSTs the call's outcome.
 pub const X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 /// Unix nanoseconds at which the gateway accepted the call (sent to function and callback).
@@ -49,6 +51,7 @@ pub mod spelled {
     pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
     pub const X_DELAY: &str = "X-Delay";
     pub const X_NOT_BEFORE: &str = "X-Not-Before";
+    pub const X_PRIORITY: &str = "X-Priority";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -82,6 +85,8 @@ pub const FLOTILLA_RETRY_AT: &str = "Flotilla-Retry-At";
 pub const FLOTILLA_BODY_OBJECT: &str = "Flotilla-Body-Object";
 /// On a call enqueued in a batch: the batch's id.
 pub const FLOTILLA_BATCH: &str = "Flotilla-Batch";
+/// On a call whose priority is not `normal`: `high` or `low` (see `priority`).
+pub const FLOTILLA_PRIORITY: &str = "Flotilla-Priority";
 /// On a queued call: the stream sequence of its status record when it was queued, so the worker
 /// can write the next state as a compare-and-set without reading the record first.
 pub const FLOTILLA_STATUS_REV: &str = "Flotilla-Status-Rev";
@@ -134,6 +139,7 @@ mod tests {
         for (name, text) in [
             (X_CALL_ID, spelled::X_CALL_ID),
             (IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY),
+            (X_PRIORITY, spelled::X_PRIORITY),
         ] {
             assert_eq!(HeaderName::from_bytes(text.as_bytes()).unwrap(), name);
         }
@@ -144,6 +150,7 @@ mod tests {
         let stored = [
             FLOTILLA_CALL,
             FLOTILLA_RETRY_AT,
+            FLOTILLA_PRIORITY,
             DEAD_REASON,
             DEAD_KIND,
             DEAD_STREAM,

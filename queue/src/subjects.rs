@@ -6,7 +6,9 @@
 //! `flotilla.retry.k.<function>`, a prefix the dispatch consumer's filter does not match, and are
 //! read by the shard's one retry consumer. Calls of a function that is at its limit wait in the
 //! shard's second stream `FLOTILLA_WAIT_k` under `flotilla.wait.k.<function>`, read by one
-//! consumer per function. Dead letters go to the one stream `FLOTILLA_DEAD` under
+//! consumer per function; calls of another priority than normal wait in lanes of their own,
+//! `flotilla.wait.k.~high.<function>` and `flotilla.wait.k.~low.<function>`, each with its own
+//! consumer. Dead letters go to the one stream `FLOTILLA_DEAD` under
 //! `flotilla.dead.<function>`.
 //!
 //! On core NATS, outside any stream: completion reports on `flotilla.report.<function>` and the
@@ -14,6 +16,7 @@
 //! fleet sends to itself (a pull request) is built here too.
 
 use crate::names::FunctionName;
+use crate::priority::Priority;
 use crate::shard::fingerprint;
 
 pub const CALL_SUBJECT_PREFIX: &str = "flotilla.call";
@@ -50,10 +53,41 @@ pub fn wait_subject(shard: u32, function: &FunctionName) -> String {
     format!("{WAIT_SUBJECT_PREFIX}.{shard}.{function}")
 }
 
-/// The function a wait subject belongs to, or `None` when the subject is not a wait subject of
-/// `shard` (or names an invalid function).
+/// Where a call of `priority` waits while its function is at its limit: its lane. The normal
+/// lane is the function's wait subject itself, so calls stored before priorities existed wait in
+/// it unchanged.
+pub fn wait_lane_subject(shard: u32, function: &FunctionName, priority: Priority) -> String {
+    match priority.lane_token() {
+        None => wait_subject(shard, function),
+        Some(lane) => format!("{WAIT_SUBJECT_PREFIX}.{shard}.{lane}.{function}"),
+    }
+}
+
+/// The function and lane a wait subject belongs to, or `None` when the subject is not a wait
+/// subject of `shard` (or names an invalid function).
+pub fn lane_of_wait_subject(shard: u32, subject: &str) -> Option<(FunctionName, Priority)> {
+    let rest = subject
+        .strip_prefix(WAIT_SUBJECT_PREFIX)?
+        .strip_prefix('.')?;
+    let (k, rest) = rest.split_once('.')?;
+    if k.parse::<u32>().ok()? != shard {
+        return None;
+    }
+    for p in [Priority::High, Priority::Low] {
+        if let Some(name) = p
+            .lane_token()
+            .and_then(|lane| rest.strip_prefix(lane)?.strip_prefix('.'))
+        {
+            return Some((FunctionName::parse(name).ok()?, p));
+        }
+    }
+    Some((FunctionName::parse(rest).ok()?, Priority::Normal))
+}
+
+/// The function a wait subject (of any lane) belongs to, or `None` when the subject is not a wait
+/// subject of `shard` (or names an invalid function).
 pub fn function_of_wait_subject(shard: u32, subject: &str) -> Option<FunctionName> {
-    of_subject(WAIT_SUBJECT_PREFIX, shard, subject)
+    lane_of_wait_subject(shard, subject).map(|(f, _)| f)
 }
 
 /// The function any of a shard's call, wait or retry subjects names.
@@ -171,6 +205,16 @@ pub fn consumer_name(function: &FunctionName) -> String {
     )
 }
 
+/// Durable consumer name of a function's lane of `priority`: the normal lane's is the function's
+/// own ([`consumer_name`]), the others add the lane.
+pub fn lane_consumer_name(function: &FunctionName, priority: Priority) -> String {
+    let name = consumer_name(function);
+    match priority {
+        Priority::Normal => name,
+        other => format!("{name}-{other}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +245,35 @@ mod tests {
         for s in [&w, &r, &call_subject(3, &f("fn.ns"))] {
             assert_eq!(function_of_any_subject(3, s), Some(f("fn.ns")));
         }
+    }
+
+    #[test]
+    fn lanes_are_subjects_of_the_wait_stream_that_no_function_shares() {
+        for name in ["echo", "fn.ns"] {
+            for p in Priority::ALL {
+                let s = wait_lane_subject(3, &f(name), p);
+                assert!(s.starts_with("flotilla.wait.3."), "{s}");
+                assert_eq!(lane_of_wait_subject(3, &s), Some((f(name), p)), "{s}");
+                assert_eq!(function_of_wait_subject(3, &s), Some(f(name)));
+                assert_eq!(lane_of_wait_subject(2, &s), None);
+            }
+        }
+        assert_eq!(
+            wait_lane_subject(0, &f("echo"), Priority::Normal),
+            wait_subject(0, &f("echo"))
+        );
+        assert_eq!(
+            wait_lane_subject(0, &f("echo"), Priority::High),
+            "flotilla.wait.0.~high.echo"
+        );
+        assert_eq!(lane_of_wait_subject(0, "flotilla.wait.0.~high"), None);
+        assert_eq!(lane_of_wait_subject(0, "flotilla.wait.0.~mid.echo"), None);
+        let names: Vec<_> = Priority::ALL
+            .map(|p| lane_consumer_name(&f("a.b"), p))
+            .into();
+        assert_eq!(names[1], consumer_name(&f("a.b")));
+        assert!(names.iter().all(|n| !n.contains('.')));
+        assert!(names[0] != names[1] && names[1] != names[2] && names[0] != names[2]);
     }
 
     #[test]

@@ -99,6 +99,7 @@ async fn main() {
             body: Bytes::from_static(b"{}"),
             batch_id: None,
             body_object: None,
+            priority: Default::default(),
         };
         let (h, b) = env.to_nats(None);
         let subject = subjects::call_subject(map.shard_of(&name), &env.function);

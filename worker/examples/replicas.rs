@@ -57,6 +57,7 @@ async fn main() {
         body: Bytes::from_static(br#"{"hello":"world"}"#),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     };
 
     let mut rates = Vec::new();

@@ -154,6 +154,7 @@ async fn main() {
         body: Bytes::from_static(br#"{"hello":"world","n":12345}"#),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     };
 
     // Ceilings: the same messages on a stream of their own, pulled, POSTed and acked bare; with

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::GetStreamError;
 use async_nats::jetstream::stream::{InfoError, Stream as JsStream};
-use flotilla_queue::{FunctionName, limits, subjects};
+use flotilla_queue::{FunctionName, Priority, limits, subjects};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -192,9 +192,11 @@ impl Supervisor {
                 if self.discovery.worked() {
                     tracing::info!(shard, "discovery works again");
                 }
-                for name in found {
+                for (name, lane) in found {
+                    let f = self.functions.get(&name, &self.shared.calls.policies);
+                    // Another replica may have moved them: the loop asks that lane again.
+                    f.lanes.mark(lane);
                     if !self.loops.runs(&name) {
-                        let f = self.functions.get(&name, &self.shared.calls.policies);
                         self.start_wait_loop(f);
                     }
                 }
@@ -208,8 +210,8 @@ impl Supervisor {
         }
     }
 
-    /// The functions whose calls wait in the shard's wait stream.
-    async fn waiting_functions(&mut self) -> Result<Vec<FunctionName>, DiscoveryError> {
+    /// The functions whose calls wait in the shard's wait stream, and in which lanes.
+    async fn waiting_functions(&mut self) -> Result<Vec<(FunctionName, Priority)>, DiscoveryError> {
         let shard = self.shard;
         let s = match self.wait_stream.take() {
             Some(s) => s,
@@ -230,9 +232,9 @@ impl Supervisor {
         while let Some(entry) = subjects_info.next().await {
             let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
             if count > 0
-                && let Some(f) = subjects::function_of_wait_subject(shard, &subject)
+                && let Some(lane) = subjects::lane_of_wait_subject(shard, &subject)
             {
-                found.push(f);
+                found.push(lane);
             }
         }
         Ok(found)

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, PullConsumer};
-use flotilla_queue::FunctionName;
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
+use flotilla_queue::{FunctionName, Priority};
 use futures_util::future::OptionFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use metrics::Gauge;
@@ -479,7 +479,7 @@ impl Placer {
     }
 }
 
-/// Moves a call to its function's wait subject.
+/// Moves a call to its function's wait subject, in the lane of its priority.
 async fn move_to_wait(shared: &Shared, f: &FunctionRt, msg: jetstream::Message) {
     let (stream, sequence) = msg
         .info()
@@ -489,10 +489,14 @@ async fn move_to_wait(shared: &Shared, f: &FunctionRt, msg: jetstream::Message) 
         NATS_MESSAGE_ID,
         retry::dedup_id("wait", stream, sequence).as_str(),
     );
-    let subject = subjects::wait_subject(f.shard, &f.name);
+    let priority = Priority::of_headers(msg.headers.as_ref());
+    let subject = subjects::wait_lane_subject(f.shard, &f.name, priority);
     let payload = msg.payload.clone();
     match retry::relay(shared, &msg, subject, headers, payload, MOVE_RETRY_AFTER).await {
-        Ok(()) => f.metrics.waited.increment(1),
+        Ok(()) => {
+            f.lanes.mark(priority);
+            f.metrics.waited.increment(1);
+        }
         Err(error) => {
             tracing::warn!(function = %f.name, %error, "cannot move a call to the wait stream; dispatching it again")
         }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_queue::policy::expand;
-use flotilla_queue::{FunctionName, FunctionPolicy, Policies};
+use flotilla_queue::{FunctionName, FunctionPolicy, Policies, Priority};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -81,6 +81,8 @@ pub(crate) struct FunctionRt {
     moving: AtomicUsize,
     /// How long its recent calls took, in microseconds: a moving average, 0 before the first.
     recent_micros: AtomicU64,
+    /// Its calls' priority lanes in the wait stream (see `pull/lanes.rs`).
+    pub lanes: LaneMarks,
 }
 
 impl FunctionRt {
@@ -117,6 +119,7 @@ impl FunctionRt {
             waiting: AtomicBool::new(false),
             moving: AtomicUsize::new(0),
             recent_micros: AtomicU64::new(0),
+            lanes: LaneMarks::default(),
         }
     }
 
@@ -362,6 +365,35 @@ impl Sizing {
 
     fn worth_logging(&self, new: usize) -> bool {
         (new >= self.logged * 2 || new * 2 <= self.logged) && self.logged_at.elapsed() >= LOG_EVERY
+    }
+}
+
+/// What a replica knows about a function's lanes, shared by its dispatch loop (which moves calls
+/// into them), discovery (which finds calls other replicas moved) and its wait loop.
+#[derive(Debug, Default)]
+pub(crate) struct LaneMarks {
+    /// A call of another priority than normal was seen: the wait loop serves lanes from now on.
+    used: AtomicBool,
+    /// Moves into each lane (and discoveries of calls in it), counted.
+    marks: [AtomicU64; 3],
+}
+
+impl LaneMarks {
+    /// Calls of `priority` wait in its lane now.
+    pub fn mark(&self, priority: Priority) {
+        if !priority.is_normal() {
+            self.used.store(true, Ordering::SeqCst);
+        }
+        self.marks[priority.index()].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether the function's calls wait by priority.
+    pub fn used(&self) -> bool {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_of(&self, priority: Priority) -> u64 {
+        self.marks[priority.index()].load(Ordering::SeqCst)
     }
 }
 

@@ -1,7 +1,8 @@
-//! One waiting function's durable consumer on the shard's wait stream, and its pull loop: it asks
-//! NATS for exactly as many calls as the function can start now (free slots, replica permits, rate
-//! tokens) and ends once nothing waits. The loop only dispatches events; the bookkeeping lives in
-//! `pull/state.rs` and `pull/ledger.rs`.
+//! One waiting function's durable consumers on the shard's wait stream (one per priority lane it
+//! uses), and its pull loop: it asks NATS for exactly as many calls as the function can start now
+//! (free slots, replica permits, rate tokens), of the highest lane with calls waiting, and ends
+//! once nothing waits. The loop only dispatches events; the bookkeeping lives in `pull/state.rs`,
+//! `pull/ledger.rs` and `pull/lanes.rs`.
 //!
 //! Invariant: nothing is requested that could not start at once, so no message waits in a local
 //! buffer while its `ack_wait` clock runs. Why a loop per waiting function: `docs/ARCHITECTURE.md`,
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
-use flotilla_queue::{FunctionName, FunctionPolicy, subjects};
+use flotilla_queue::{FunctionName, FunctionPolicy, Priority, subjects};
 use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, watch};
@@ -28,6 +29,7 @@ use crate::call;
 use crate::functions::{FunctionRt, Membership};
 
 mod error;
+mod lanes;
 mod ledger;
 mod pace;
 mod state;
@@ -35,6 +37,7 @@ mod state;
 pub(crate) use error::PullError;
 #[cfg(test)]
 pub(crate) use error::tests::refused;
+use lanes::{Ask, LANE_POLL, Lanes};
 use ledger::{Ledger, Plan, RateShare};
 pub(crate) use pace::{BUSY, Silence};
 use state::WaitState;
@@ -55,24 +58,29 @@ pub(crate) enum Ended {
     Drained,
 }
 
-/// The durable consumer of a function's waiting calls.
+/// The durable consumer of a function's waiting calls of one priority (its lane).
 pub(crate) fn consumer_config(
     function: &FunctionName,
+    lane: Priority,
     shard: u32,
     policy: &FunctionPolicy,
     ack_wait: Duration,
     inactive: Duration,
 ) -> consumer::pull::Config {
+    let description = match lane {
+        Priority::Normal => format!("Flotilla calls of {function} waiting for room"),
+        lane => format!("Flotilla {lane} calls of {function} waiting for room"),
+    };
     consumer::pull::Config {
-        durable_name: Some(subjects::consumer_name(function)),
-        description: Some(format!("Flotilla calls of {function} waiting for room")),
-        filter_subject: subjects::wait_subject(shard, function),
+        durable_name: Some(subjects::lane_consumer_name(function, lane)),
+        description: Some(description),
+        filter_subject: subjects::wait_lane_subject(shard, function, lane),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         // The worker settles every call itself (ack, term to the dead letters, or nak); NATS
         // must never drop one silently after some number of deliveries.
         max_deliver: -1,
-        // The cluster-wide concurrency: NATS enforces it across every replica.
+        // The cluster-wide concurrency: NATS enforces it across every replica (for each lane).
         max_ack_pending: i64::from(policy.concurrency),
         // A function whose calls no longer wait loses its consumer; the next call that has to
         // wait makes it again.
@@ -86,28 +94,39 @@ pub(crate) fn consumer_config(
     }
 }
 
-/// Creates (or updates) the function's consumer and pulls until stopped, drained, or broken.
-pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended, PullError> {
-    // New calls queue behind those found waiting, rather than overtake them.
-    f.set_waiting(true);
+/// Creates (or updates) the consumer of the function's lane of `lane`.
+async fn lane_consumer(
+    shared: &Shared,
+    f: &FunctionRt,
+    lane: Priority,
+) -> Result<consumer::PullConsumer, PullError> {
     let stream = subjects::wait_stream(f.shard);
     let config = consumer_config(
         &f.name,
+        lane,
         f.shard,
         &f.policy,
         shared.settings.ack_wait,
         shared.settings.consumer_idle,
     );
-    let consumer: consumer::PullConsumer = shared
+    shared
         .nats
         .js
         .create_consumer_on_stream(config, stream.as_str())
         .await
         .map_err(|source| PullError::Create {
-            consumer: subjects::consumer_name(&f.name),
+            consumer: subjects::lane_consumer_name(&f.name, lane),
             source,
-        })?;
-    let (inbox, mut sub) = open_inbox(&shared).await?;
+        })
+}
+
+/// Creates (or updates) the function's consumer and pulls until stopped, drained, or broken.
+pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended, PullError> {
+    // New calls queue behind those found waiting, rather than overtake them.
+    f.set_waiting(true);
+    let consumer = lane_consumer(&shared, &f, Priority::Normal).await?;
+    // One inbox for every lane: a request's answer comes to `<inbox>.<lane>`.
+    let (inbox, mut sub) = open_inbox_for(&shared, |inbox| format!("{inbox}.*")).await?;
     tracing::debug!(function = %f.name, shard = f.shard, "pulling");
     let mut wait = WaitLoop::new(shared.clone(), f.clone(), consumer, inbox);
     let ended = wait.run(&mut sub).await?;
@@ -122,13 +141,16 @@ pub(crate) async fn run(shared: Arc<Shared>, f: Arc<FunctionRt>) -> Result<Ended
 struct WaitLoop {
     shared: Arc<Shared>,
     f: Arc<FunctionRt>,
-    consumer: consumer::PullConsumer,
+    /// Each lane's consumer, in `Priority::ALL` order, made when the lane is first asked.
+    consumers: [Option<consumer::PullConsumer>; 3],
+    /// Which lane to ask next, and what each lane was asked.
+    lanes: Lanes,
     inbox: String,
     membership: watch::Receiver<Membership>,
     state: WaitState,
-    /// The consumer is read beside the loop, not in it: during a NATS disruption the request may
-    /// take seconds, and messages must not wait behind it.
-    info_call: Option<InfoCall>,
+    /// The consumers are read beside the loop, not in it: during a NATS disruption the request
+    /// may take seconds, and messages must not wait behind it.
+    info_call: Option<LanesInfoCall>,
     /// Waiting for a replica permit keeps its place in the queue across turns of the loop.
     permit_wait: Option<PermitWait>,
 }
@@ -152,7 +174,8 @@ impl WaitLoop {
         Self {
             shared,
             f,
-            consumer,
+            consumers: [None, Some(consumer), None],
+            lanes: Lanes::new(),
             inbox,
             membership,
             state,
@@ -181,23 +204,55 @@ impl WaitLoop {
         }
     }
 
-    /// Asks NATS for `n` messages, unless nothing waits any more: then the loop ends when its last
-    /// request is closed.
+    /// Asks NATS for `n` messages of the lane to serve next (see `pull/lanes.rs`), unless nothing
+    /// waits any more: then the loop ends when its last request is closed.
     async fn request(&mut self, n: usize) -> Result<(), PullError> {
         if n == 0 || !self.f.is_waiting() {
             return Ok(());
         }
-        let pace = self.state.pace();
-        let batch = consumer::pull::BatchConfig {
-            batch: n,
-            expires: Some(pace.expires),
-            idle_heartbeat: pace.heartbeat,
-            ..Default::default()
+        let mut pace = self.state.pace();
+        let (lane, batch) = match self.lanes.ask(&self.f.lanes) {
+            Ask::Hold => return Ok(()),
+            Ask::Normal => {
+                let batch = consumer::pull::BatchConfig {
+                    batch: n,
+                    expires: Some(pace.expires),
+                    idle_heartbeat: pace.heartbeat,
+                    ..Default::default()
+                };
+                (Priority::Normal, batch)
+            }
+            Ask::Poll => {
+                pace.expires = LANE_POLL;
+                let batch = consumer::pull::BatchConfig {
+                    batch: n,
+                    expires: Some(LANE_POLL),
+                    ..Default::default()
+                };
+                (Priority::Normal, batch)
+            }
+            Ask::Lane(lane) => {
+                let batch = consumer::pull::BatchConfig {
+                    batch: n,
+                    no_wait: true,
+                    ..Default::default()
+                };
+                (lane, batch)
+            }
         };
-        self.consumer
-            .request_batch(batch, self.inbox.clone().into())
+        let consumer = match &self.consumers[lane.index()] {
+            Some(c) => c,
+            None => {
+                let made = lane_consumer(&self.shared, &self.f, lane).await?;
+                self.consumers[lane.index()].insert(made)
+            }
+        };
+        let reply = format!("{}.{}", self.inbox, lane.index());
+        consumer
+            .request_batch(batch, reply.into())
             .await
             .map_err(PullError::Request)?;
+        self.lanes.requested(lane, n, &self.f.lanes);
         self.state.requested(n, &pace);
         Ok(())
     }
@@ -239,10 +294,11 @@ impl WaitLoop {
             }
             _ = tokio::time::sleep_until(self.state.lost_at()), if self.state.outstanding() > 0 => {
                 self.state.lost();
+                self.lanes.lost();
                 Ok(ControlFlow::Continue(()))
             }
             _ = tokio::time::sleep_until(self.state.next_info()), if self.info_call.is_none() => {
-                self.info_call = Some(read_info(&self.consumer));
+                self.info_call = Some(read_lanes(&self.consumers));
                 Ok(ControlFlow::Continue(()))
             }
             Some(info) = OptionFuture::from(self.info_call.as_mut()), if self.info_call.is_some() => {
@@ -262,12 +318,27 @@ impl WaitLoop {
         };
         // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
         self.state.heard();
+        // A message names its lane in its subject; a status comes to the lane's reply subject.
+        let lane = match m.status {
+            None | Some(StatusCode::OK) => {
+                subjects::lane_of_wait_subject(self.f.shard, &m.subject).map(|(_, lane)| lane)
+            }
+            Some(_) => lane_of_reply(&self.inbox, &m.subject),
+        }
+        .unwrap_or_default();
         match arrival(&self.shared, m, &self.f.name).await? {
-            Arrival::Message(msg) => return Ok(self.start(msg).await),
-            Arrival::Expired(unfulfilled) => self.state.expired(unfulfilled),
+            Arrival::Message(msg) => {
+                self.lanes.arrived(lane);
+                return Ok(self.start(msg).await);
+            }
+            Arrival::Expired(unfulfilled) => {
+                let given_up = self.lanes.ended(lane, unfulfilled);
+                self.state.expired(Some(given_up));
+            }
             Arrival::Heartbeat => {}
             Arrival::Stopping => {
                 self.state.expired(None);
+                self.lanes.lost();
                 return Ok(ControlFlow::Break(Ended::Stopped));
             }
         }
@@ -313,18 +384,24 @@ impl WaitLoop {
         }
     }
 
-    /// The consumer was read: `worker_pending`, and whether the function's calls may start
-    /// directly again.
-    fn on_info(&mut self, info: Result<consumer::Info, jetstream::context::ConsumerInfoError>) {
+    /// The consumers were read: `worker_pending`, the lanes that hold calls, and whether the
+    /// function's calls may start directly again.
+    fn on_info(&mut self, info: Result<[u64; 3], jetstream::context::ConsumerInfoError>) {
         self.info_call = None;
         self.state.info_read();
         match info {
-            Ok(info) => {
-                self.f.metrics.pending.set(info.num_pending as f64);
+            Ok(pending) => {
+                for lane in Priority::ALL {
+                    if pending[lane.index()] > 0 {
+                        self.lanes.pending(lane);
+                    }
+                }
+                let num_pending = pending.iter().sum();
+                self.f.metrics.pending.set(num_pending as f64);
                 let f = &self.f;
                 if self
                     .state
-                    .drained(info.num_pending, f.always_waits(), f.moves_in_progress())
+                    .drained(num_pending, f.always_waits(), f.moves_in_progress())
                 {
                     // New calls start directly again; a move that begins from now on sets the
                     // function waiting again and is delivered to this loop, or restarts it (see
@@ -341,6 +418,34 @@ impl WaitLoop {
 pub(crate) fn read_info(consumer: &consumer::PullConsumer) -> InfoCall {
     let consumer = consumer.clone();
     Box::pin(async move { consumer.get_info().await })
+}
+
+/// A reading of a wait loop's consumers in progress: the calls pending in each lane.
+type LanesInfoCall =
+    Pin<Box<dyn Future<Output = Result<[u64; 3], jetstream::context::ConsumerInfoError>> + Send>>;
+
+/// Reads every lane's consumer beside a loop (a lane without one has nothing pending).
+fn read_lanes(consumers: &[Option<consumer::PullConsumer>; 3]) -> LanesInfoCall {
+    let consumers = consumers.clone();
+    Box::pin(async move {
+        let mut pending = [0; 3];
+        for (n, consumer) in pending.iter_mut().zip(consumers) {
+            if let Some(c) = consumer {
+                *n = c.get_info().await?.num_pending;
+            }
+        }
+        Ok(pending)
+    })
+}
+
+/// The lane whose reply subject (`<inbox>.<lane>`) a status came to.
+fn lane_of_reply(inbox: &str, subject: &str) -> Option<Priority> {
+    let index: usize = subject
+        .strip_prefix(inbox)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()?;
+    Priority::ALL.get(index).copied()
 }
 
 /// How long a stopping pull loop waits for its inbox to drain. A message that arrives later is
@@ -375,11 +480,19 @@ pub(crate) async fn hand_back_inbox(shared: &Shared, mut sub: async_nats::Subscr
 pub(crate) async fn open_inbox(
     shared: &Shared,
 ) -> Result<(String, async_nats::Subscriber), PullError> {
+    open_inbox_for(shared, Clone::clone).await
+}
+
+/// A fresh pull inbox and a subscription to the subject `subject` makes of it.
+async fn open_inbox_for(
+    shared: &Shared,
+    subject: impl FnOnce(&String) -> String,
+) -> Result<(String, async_nats::Subscriber), PullError> {
     let inbox = shared.nats.client.new_inbox();
     let sub = shared
         .nats
         .client
-        .subscribe(inbox.clone())
+        .subscribe(subject(&inbox))
         .await
         .map_err(PullError::Subscribe)?;
     Ok((inbox, sub))
@@ -477,7 +590,14 @@ mod tests {
             concurrency: 7,
             ..FunctionPolicy::default()
         };
-        let c = consumer_config(&f, 2, &p, Duration::from_secs(3), Duration::from_secs(60));
+        let c = consumer_config(
+            &f,
+            Priority::Normal,
+            2,
+            &p,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
         assert_eq!(c.max_ack_pending, 7);
         assert_eq!(c.max_deliver, -1);
         assert_eq!(c.filter_subject, "flotilla.wait.2.echo.ns");
@@ -486,6 +606,28 @@ mod tests {
             Some(subjects::consumer_name(&f).as_str())
         );
         assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
+        let high = consumer_config(
+            &f,
+            Priority::High,
+            2,
+            &p,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        );
+        assert_eq!(high.filter_subject, "flotilla.wait.2.~high.echo.ns");
+        assert_eq!(high.max_ack_pending, 7);
+        assert_ne!(high.durable_name, c.durable_name);
+    }
+
+    #[test]
+    fn statuses_name_the_lane_they_answer_for() {
+        assert_eq!(
+            lane_of_reply("_INBOX.x", "_INBOX.x.0"),
+            Some(Priority::High)
+        );
+        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.x.2"), Some(Priority::Low));
+        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.x.3"), None);
+        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.y.1"), None);
     }
 
     #[test]

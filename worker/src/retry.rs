@@ -289,7 +289,7 @@ fn classify(msg: &jetstream::Message, shard: u32, now: u128) -> Waiting {
     }
 }
 
-/// Publishes a due retry to its function's wait subject, waits for the PubAck, then acks it.
+/// Publishes a due retry to its function's wait subject (the lane of its priority), waits for the PubAck, then acks it.
 /// The function's wait loop (started by discovery when it finds the call there) runs it, at the
 /// function's concurrency and rate like any call waiting for room. Not the call subject: only
 /// the gateway takes calls in, so a worker's NATS user needs no right to publish calls.
@@ -306,7 +306,7 @@ async fn move_due(
     if let Some(revision) = status::revision_of(msg.headers.as_ref()) {
         headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
     }
-    let subject = subjects::wait_subject(shard, &env.function);
+    let subject = subjects::wait_lane_subject(shard, &env.function, env.priority);
     match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
         Ok(()) => {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");

@@ -142,7 +142,8 @@ impl CallStatus {
                 env.function.as_str(),
                 env.start_time,
                 env.batch_id.as_deref(),
-            );
+            )
+            .with_priority(env.priority);
             base.attempts = env.attempt;
             (page, Box::new(base))
         });
@@ -376,7 +377,8 @@ impl Tracked<'_> {
                             env.function.as_str(),
                             env.start_time,
                             env.batch_id.as_deref(),
-                        ),
+                        )
+                        .with_priority(env.priority),
                     };
                     change(&mut next);
                     next.updated_at = now;

@@ -8,26 +8,17 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Nats, Worker, envelope};
+use common::{Nats, Worker, envelope, function_taking as function};
 use flotilla_queue::{FunctionName, subjects};
-use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
+use flotilla_testsupport::{RecordingServer, wait_until, wait_until_async};
 
 const T: Duration = Duration::from_secs(30);
 
 /// The latency test runs alone; the other tests of this file may share the machine with each
 /// other, but not with it.
 static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// A function that answers 200 after `delay`.
-async fn function(delay: Duration) -> RecordingServer {
-    RecordingServer::start(Arc::new(move |_: &Recorded| {
-        Reply::status(200).delay(delay)
-    }))
-    .await
-}
 
 fn policy_file(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("policies.toml");

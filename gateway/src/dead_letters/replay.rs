@@ -279,7 +279,8 @@ async fn replay_one(
         let requeued = store
             .transition(&call.call_id, Known::Unknown, |_| {
                 let batch = call.batch_id.as_deref();
-                let mut next = Record::queued(&call.call_id, &function, call.start_time, batch);
+                let mut next = Record::queued(&call.call_id, &function, call.start_time, batch)
+                    .with_priority(call.priority);
                 next.updated_at = now;
                 Some(next)
             })

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keyed::LastError;
+use crate::priority::Priority;
 
 pub use crate::headers::FLOTILLA_FUNCTION_STATUS as RESULT_STATUS_HEADER;
 
@@ -111,6 +112,9 @@ pub struct Record {
     pub batch_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<ResultKept>,
+    /// Stored only when not normal, so a default call's record is no larger than before.
+    #[serde(default, skip_serializing_if = "Priority::is_normal")]
+    pub priority: Priority,
 }
 
 impl Record {
@@ -135,7 +139,14 @@ impl Record {
             dead_kind: None,
             batch_id: batch_id.map(str::to_owned),
             result: None,
+            priority: Priority::Normal,
         }
+    }
+
+    /// The same record for a call of `priority`.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -28,6 +28,7 @@ fn envelope() -> Envelope {
         body: Bytes::from_static(b"hi"),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     }
 }
 

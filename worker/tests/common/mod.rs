@@ -100,6 +100,15 @@ impl Nats {
     }
 }
 
+/// A function that answers 200 after `delay`.
+pub async fn function_taking(delay: Duration) -> flotilla_testsupport::RecordingServer {
+    use flotilla_testsupport::{Recorded, RecordingServer, Reply};
+    RecordingServer::start(std::sync::Arc::new(move |_: &Recorded| {
+        Reply::status(200).delay(delay)
+    }))
+    .await
+}
+
 /// Letters stored in the dead-letter stream now.
 pub async fn dead_letter_count(js: &jetstream::Context) -> u64 {
     js.get_stream(subjects::DEAD_STREAM)
@@ -155,6 +164,7 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
         body: Bytes::from(body.to_owned()),
         batch_id: None,
         body_object: None,
+        priority: Default::default(),
     }
 }
 

@@ -1,0 +1,226 @@
+//! Which of a waiting function's priority lanes its pull loop asks next, as a plain struct. Calls
+//! of each priority wait in a lane of their own (`subjects::wait_lane_subject`), each with its own
+//! consumer; every free slot goes to the highest lane with calls waiting, so a `high` call starts
+//! before any waiting `normal` one, and a `low` one only once no `normal` one waits.
+//!
+//! A function whose calls never asked for a priority (this replica has seen none: [`LaneMarks`])
+//! is pulled exactly as before lanes existed: long polls on the normal lane, several open at once.
+//! Once it has, the loop asks the highest lane it believes holds calls with a request that answers
+//! at once (`no_wait`), one open request per lane, so no slot is promised to a lane that turns
+//! out empty; when it believes every lane empty it polls the normal lane briefly ([`LANE_POLL`]),
+//! where most calls arrive. A lane is believed to hold calls from the moment a call is moved to
+//! it (a mark, counted so a mark made while a request was out is not forgotten), or its consumer
+//! or the wait stream shows calls in it, until a request to it ends with nothing to deliver.
+//!
+//! Invariant: no I/O and no clock; the loop in `pull.rs` does what it says.
+
+use std::time::Duration;
+
+use flotilla_queue::Priority;
+
+use crate::functions::LaneMarks;
+
+/// How long the normal lane is polled when every lane seems empty, once lanes are in use: a call
+/// moved to another lane meanwhile waits at most this long for the next request.
+pub(crate) const LANE_POLL: Duration = Duration::from_millis(250);
+
+/// The request the loop sends next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ask {
+    /// No call asked for a priority: long polls on the normal lane, as many open as the plan says.
+    Normal,
+    /// A request that answers at once, to this lane.
+    Lane(Priority),
+    /// Every lane seems empty: a short poll of the normal lane.
+    Poll,
+    /// The lane to serve next has a request open: wait for its answer.
+    Hold,
+}
+
+/// One wait loop's view of its function's lanes.
+#[derive(Debug)]
+pub(crate) struct Lanes {
+    /// Messages asked of each lane and neither arrived nor given up by the server.
+    out: [usize; 3],
+    /// The lane's mark when a request to it last found nothing (`None`: it may hold calls).
+    empty_at: [Option<u64>; 3],
+    /// The lane's mark when the last request to it was sent.
+    sent_mark: [u64; 3],
+}
+
+impl Lanes {
+    /// Calls are known to wait in the normal lane only (the lane every earlier release used);
+    /// the others count from their first mark.
+    pub fn new() -> Self {
+        Self {
+            out: [0; 3],
+            empty_at: [Some(0), None, Some(0)],
+            sent_mark: [0; 3],
+        }
+    }
+
+    fn may_hold_calls(&self, p: Priority, marks: &LaneMarks) -> bool {
+        self.empty_at[p.index()] != Some(marks.mark_of(p))
+    }
+
+    /// What to ask next.
+    pub fn ask(&self, marks: &LaneMarks) -> Ask {
+        if !marks.used() {
+            return Ask::Normal;
+        }
+        for p in Priority::ALL {
+            if self.may_hold_calls(p, marks) {
+                return if self.out[p.index()] > 0 {
+                    Ask::Hold
+                } else {
+                    Ask::Lane(p)
+                };
+            }
+        }
+        if self.out[Priority::Normal.index()] > 0 {
+            Ask::Hold
+        } else {
+            Ask::Poll
+        }
+    }
+
+    /// `n` messages were asked of lane `p`.
+    pub fn requested(&mut self, p: Priority, n: usize, marks: &LaneMarks) {
+        self.out[p.index()] += n;
+        self.sent_mark[p.index()] = marks.mark_of(p);
+    }
+
+    /// A message of lane `p` arrived.
+    pub fn arrived(&mut self, p: Priority) {
+        let out = &mut self.out[p.index()];
+        *out = out.saturating_sub(1);
+    }
+
+    /// A request to lane `p` ended with `unfulfilled` messages it will not deliver (`None`: every
+    /// message still asked of the lane, which is what a request that answers at once leaves).
+    /// Returns the messages given up. A lane that had less than was asked is taken for empty,
+    /// whatever the server's reason (nothing there, other requests first, the consumer at its
+    /// limit): asking again at once would spin, and the next mark or reading asks again.
+    pub fn ended(&mut self, p: Priority, unfulfilled: Option<usize>) -> usize {
+        let i = p.index();
+        let given_up = unfulfilled.unwrap_or(self.out[i]).min(self.out[i]);
+        self.out[i] -= given_up;
+        if given_up > 0 {
+            self.empty_at[i] = Some(self.sent_mark[i]);
+        }
+        given_up
+    }
+
+    /// The open requests are gone (NATS went away): nothing is asked of any lane.
+    pub fn lost(&mut self) {
+        self.out = [0; 3];
+    }
+
+    /// The lane's consumer shows calls not yet delivered.
+    pub fn pending(&mut self, p: Priority) {
+        self.empty_at[p.index()] = None;
+    }
+
+    /// Messages asked of lane `p` and not yet arrived.
+    #[cfg(test)]
+    pub fn outstanding(&self, p: Priority) -> usize {
+        self.out[p.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Priority::{High, Low, Normal};
+
+    #[test]
+    fn without_a_priority_the_loop_pulls_as_before() {
+        let (lanes, marks) = (Lanes::new(), LaneMarks::default());
+        marks.mark(Normal);
+        assert_eq!(lanes.ask(&marks), Ask::Normal);
+    }
+
+    #[test]
+    fn the_highest_lane_with_calls_is_asked_first_and_low_last() {
+        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
+        marks.mark(Low);
+        assert_eq!(
+            lanes.ask(&marks),
+            Ask::Lane(Normal),
+            "normal calls may wait"
+        );
+        marks.mark(High);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+        lanes.requested(High, 2, &marks);
+        assert_eq!(lanes.ask(&marks), Ask::Hold, "one open request a lane");
+        lanes.arrived(High);
+        assert_eq!(lanes.ended(High, None), 1);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
+        lanes.requested(Normal, 4, &marks);
+        for _ in 0..4 {
+            lanes.arrived(Normal);
+        }
+        assert_eq!(
+            lanes.ask(&marks),
+            Ask::Lane(Normal),
+            "a request answered in full leaves the lane as it was"
+        );
+        lanes.requested(Normal, 4, &marks);
+        assert_eq!(lanes.ended(Normal, None), 4);
+        assert_eq!(
+            lanes.ask(&marks),
+            Ask::Lane(Low),
+            "low only once normal is empty"
+        );
+        lanes.requested(Low, 1, &marks);
+        assert_eq!(lanes.ended(Low, None), 1);
+        assert_eq!(lanes.ask(&marks), Ask::Poll);
+        lanes.requested(Normal, 3, &marks);
+        assert_eq!(lanes.ask(&marks), Ask::Hold, "the poll is open");
+        assert_eq!(lanes.ended(Normal, Some(3)), 3);
+        assert_eq!(lanes.ask(&marks), Ask::Poll);
+    }
+
+    #[test]
+    fn a_mark_made_while_a_request_was_out_is_not_forgotten() {
+        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
+        marks.mark(High);
+        lanes.requested(High, 1, &marks);
+        // A call lands in the lane after the server looked, before its answer arrived.
+        marks.mark(High);
+        lanes.ended(High, None);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+    }
+
+    #[test]
+    fn a_lane_is_asked_again_once_marked_or_read_with_calls() {
+        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
+        marks.mark(High);
+        lanes.requested(High, 3, &marks);
+        assert_eq!(
+            lanes.ended(High, Some(0)),
+            0,
+            "a stray notice empties nothing"
+        );
+        assert_eq!(lanes.ask(&marks), Ask::Hold);
+        lanes.lost();
+        assert_eq!(lanes.outstanding(High), 0);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+        lanes.requested(High, 3, &marks);
+        assert_eq!(lanes.ended(High, None), 3);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
+        lanes.requested(Normal, 1, &marks);
+        assert_eq!(lanes.ended(Normal, None), 1);
+        assert_eq!(lanes.ask(&marks), Ask::Poll);
+        lanes.pending(High);
+        assert_eq!(
+            lanes.ask(&marks),
+            Ask::Lane(High),
+            "its consumer shows calls"
+        );
+        lanes.requested(High, 1, &marks);
+        lanes.ended(High, None);
+        marks.mark(High);
+        assert_eq!(lanes.ask(&marks), Ask::Lane(High), "a call moved into it");
+    }
+}

@@ -1,0 +1,331 @@
+//! Priority within a function, against a real nats-server: behind a backlog of normal calls held
+//! back by the function's concurrency, a `high` call starts within a second; a `low` call starts
+//! only once no `normal` one waits; a `high` call that failed and waits for its retry, or was
+//! delayed, keeps its priority; with two replicas the lanes hold the function's concurrency; and
+//! through the gateway, `X-Priority` and a batch line's `priority` show in the call's status.
+// A failed unwrap in a helper is the test failure we want, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Nats, Worker, envelope, function_taking};
+use flotilla_queue::{Envelope, Priority};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
+use http::Method;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn call(id: &str, priority: Priority) -> Envelope {
+    let mut env = envelope("busy", id, None, "x");
+    env.priority = priority;
+    env
+}
+
+/// A worker calling `function` for `busy`, at a fixed concurrency of `concurrency`.
+async fn worker(nats: &Nats, function: &RecordingServer, concurrency: u32, extra: &str) -> Worker {
+    let policies = format!(
+        "[functions.busy]\nurl = \"{}\"\nconcurrency = {concurrency}\n{extra}",
+        function.url()
+    );
+    Worker::with_policies(&nats.url(), &function.url(), &policies).await
+}
+
+/// Waits until every published call left the dispatch consumer: started, or moved to its lane.
+async fn dispatched(nats: &Nats) {
+    wait_until_async(T, "the backlog dispatched", || async {
+        nats.undispatched(0).await == 0
+    })
+    .await;
+}
+
+/// When the function saw call `id` start, each attempt.
+fn starts_of(function: &RecordingServer, id: &str) -> Vec<Instant> {
+    let mut at: Vec<Instant> = function
+        .requests()
+        .iter()
+        .filter(|r| r.header("x-call-id") == id)
+        .map(|r| r.at)
+        .collect();
+    at.sort_unstable();
+    at
+}
+
+/// Start order of the calls the function saw, by call id.
+fn starts(function: &RecordingServer) -> Vec<String> {
+    let mut seen = function.requests();
+    seen.sort_by_key(|r| r.at);
+    seen.iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_calls_start_within_a_second_behind_3000_normal_ones() {
+    const BACKLOG: usize = 3_000;
+    const HIGH: usize = 8;
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(200)).await;
+    let w = worker(&nats, &function, 2, "").await;
+    for i in 0..BACKLOG {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    dispatched(&nats).await;
+    assert!(function.count() < 100, "five minutes of work still wait");
+
+    let mut sent = HashMap::new();
+    for i in 0..HIGH {
+        let id = format!("high-{i}");
+        sent.insert(id.clone(), Instant::now());
+        nats.publish(&call(&id, Priority::High)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until(T, "every high call started", || {
+        function
+            .requests()
+            .iter()
+            .filter(|r| r.header("x-call-id").starts_with("high-"))
+            .count()
+            == HIGH
+    })
+    .await;
+    let mut waits: Vec<Duration> = function
+        .requests()
+        .iter()
+        .filter_map(|r| Some(r.at - *sent.get(r.header("x-call-id"))?))
+        .collect();
+    waits.sort_unstable();
+    let (p50, max) = (waits[HIGH / 2], waits[HIGH - 1]);
+    eprintln!("high calls behind {BACKLOG} normal ones: start p50 {p50:?}, max {max:?}");
+    assert!(p50 <= Duration::from_secs(1), "p50 {p50:?}");
+    assert!(max <= Duration::from_secs(2), "max {max:?}");
+    assert_eq!(function.max_in_flight(), 2, "lanes share the concurrency");
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_calls_start_after_every_waiting_normal_one() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(40)).await;
+    let w = worker(&nats, &function, 2, "").await;
+    // Half a second of normal work waits, so the function's calls go through its lanes.
+    for i in 0..24 {
+        nats.publish(&call(&format!("first-{i}"), Priority::Normal))
+            .await;
+    }
+    dispatched(&nats).await;
+    // Then low and normal calls arrive interleaved, a low one first.
+    for i in 0..30 {
+        let (id, p) = if i % 3 == 0 {
+            (format!("low-{i}"), Priority::Low)
+        } else {
+            (format!("normal-{i}"), Priority::Normal)
+        };
+        nats.publish(&call(&id, p)).await;
+    }
+    function.wait_for(54, T).await;
+    let order = starts(&function);
+    let first_low = order.iter().position(|id| id.starts_with("low-")).unwrap();
+    let last_normal = order
+        .iter()
+        .rposition(|id| !id.starts_with("low-"))
+        .unwrap();
+    assert!(
+        last_normal < first_low,
+        "a low call started before a waiting normal one: {order:?}"
+    );
+    nats.wait_settled(T).await;
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_call_waiting_for_its_retry_keeps_its_priority() {
+    let nats = Nats::start(1).await;
+    let failed_once = Arc::new(AtomicBool::new(false));
+    let seen = failed_once.clone();
+    let function = RecordingServer::start(Arc::new(move |r: &Recorded| {
+        if r.header("x-call-id") == "high-retried" && !seen.swap(true, Ordering::SeqCst) {
+            return Reply::status(500);
+        }
+        Reply::status(200).delay(Duration::from_millis(200))
+    }))
+    .await;
+    let retry =
+        "[functions.busy.retry]\nattempts = 2\nmin_backoff = \"100ms\"\nmax_backoff = \"100ms\"\n";
+    let w = worker(&nats, &function, 2, retry).await;
+    for i in 0..400 {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    dispatched(&nats).await;
+    let sent = Instant::now();
+    nats.publish(&call("high-retried", Priority::High)).await;
+    wait_until(T, "the high call ran twice", || {
+        starts_of(&function, "high-retried").len() == 2
+    })
+    .await;
+    let second = starts_of(&function, "high-retried")[1];
+    assert!(failed_once.load(Ordering::SeqCst));
+    let took = second - sent;
+    eprintln!("a high call's retry started {took:?} after it was sent, behind 400 normal calls");
+    // 400 normal calls are 40 s of work: only its lane explains a start within seconds.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_the_lanes_within_the_functions_concurrency() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(30)).await;
+    let a = worker(&nats, &function, 4, "").await;
+    let b = worker(&nats, &function, 4, "").await;
+    let priorities = [Priority::High, Priority::Normal, Priority::Low];
+    for i in 0..300 {
+        let p = priorities[i % 3];
+        nats.publish(&call(&format!("{p}-{i}"), p)).await;
+    }
+    function.wait_for(300, T).await;
+    nats.wait_settled(T).await;
+    assert_eq!(function.count(), 300, "each call ran once");
+    assert!(
+        function.max_in_flight() <= 4,
+        "{} at once",
+        function.max_in_flight()
+    );
+    a.stop(T).await.unwrap();
+    b.stop(T).await.unwrap();
+}
+
+async fn status(gw: &Gateway, id: &str) -> Value {
+    let a = gw
+        .send(Method::GET, &format!("/async-call/{id}"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    serde_json::from_slice(&a.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_takes_a_priority_from_the_header_or_the_batch_line_and_shows_it() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(300)).await;
+    let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
+    let post = |headers: &'static [(&'static str, &'static str)]| {
+        gw.post("/async-function/busy", headers, "in")
+    };
+
+    let refused = post(&[("x-priority", "urgent")]).await.unwrap();
+    assert_eq!(refused.status, 400);
+    let reason = String::from_utf8_lossy(&refused.body);
+    assert!(
+        reason.contains("X-Priority must be one of high, normal or low"),
+        "{reason}"
+    );
+
+    // Numbered ids (status pages), a client's own id (a record of its own), and the default.
+    let high = post(&[("x-priority", "high")])
+        .await
+        .unwrap()
+        .call_id
+        .unwrap();
+    let own = post(&[("x-priority", "LOW"), ("x-call-id", "my-own-low")])
+        .await
+        .unwrap()
+        .call_id
+        .unwrap();
+    let plain = post(&[]).await.unwrap().call_id.unwrap();
+    let batch = gw
+        .post(
+            "/async-batch/busy",
+            &[("content-type", "application/x-ndjson")],
+            "{\"body\":\"a\",\"priority\":\"low\"}\n{\"body\":\"b\",\"priority\":\"soon\"}\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.status, 200, "{:?}", batch.body);
+    let lines: Vec<Value> = batch
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines[1]["status"], 400, "{lines:?}");
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("priority must be one of high, normal or low"),
+        "{lines:?}"
+    );
+    let from_batch = lines[0]["call_id"].as_str().unwrap().to_owned();
+
+    let expected = [
+        (&high, "high"),
+        (&own, "low"),
+        (&plain, "normal"),
+        (&from_batch, "low"),
+    ];
+    for (id, priority) in expected {
+        let s = status(&gw, id).await;
+        assert_eq!(
+            (s["state"].as_str(), s["priority"].as_str()),
+            (Some("queued"), Some(priority)),
+            "{id}"
+        );
+    }
+    // The worker's records keep it: running, then the final state.
+    let w = worker(&nats, &function, 4, "").await;
+    for (id, priority) in expected {
+        wait_until_async(T, &format!("{id} succeeded"), || async {
+            status(&gw, id).await["state"] == "succeeded"
+        })
+        .await;
+        assert_eq!(status(&gw, id).await["priority"], priority, "{id}");
+    }
+    assert_eq!(function.count(), 4);
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_high_call_starts_before_the_normal_backlog_when_due() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(200)).await;
+    let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
+    let w = worker(&nats, &function, 2, "").await;
+    for i in 0..300 {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    dispatched(&nats).await;
+    let sent = Instant::now();
+    let delayed = gw
+        .post(
+            "/async-function/busy",
+            &[("x-priority", "high"), ("x-delay", "1s")],
+            "in",
+        )
+        .await
+        .unwrap();
+    assert_eq!(delayed.status, 202);
+    let id = delayed.call_id.unwrap();
+    wait_until(T, "the delayed high call started", || {
+        !starts_of(&function, &id).is_empty()
+    })
+    .await;
+    let started = starts_of(&function, &id)[0];
+    let took = started - sent;
+    eprintln!("a high call delayed by 1 s started after {took:?}, behind 300 normal calls");
+    assert!(
+        took >= Duration::from_secs(1),
+        "not before its delay: {took:?}"
+    );
+    // 300 normal calls are 30 s of work.
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    w.stop(T).await.unwrap();
+}
