@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use flotilla_queue::Priority;
+
 use crate::net::Clock;
 use crate::sink::Callback;
 use crate::stats::{Accepted, latency_histogram};
@@ -122,6 +124,42 @@ pub fn reconcile(clock: &Clock, accepted: &[Accepted], callbacks: &[Callback]) -
     }
 }
 
+/// Each priority's start latency, microseconds: from the gateway's acceptance (`X-Start-Time`) to
+/// the call's first start at the function, for the accepted calls sent with a priority. A retried
+/// call counts once, by its first attempt.
+pub fn start_latency(
+    clock: &Clock,
+    accepted: &[Accepted],
+    starts: &[Callback],
+) -> BTreeMap<Priority, Histogram<u64>> {
+    let priority: HashMap<&str, Priority> = accepted
+        .iter()
+        .filter_map(|a| Some((a.call_id.as_str(), a.priority?)))
+        .collect();
+    let mut first: HashMap<&str, u128> = HashMap::new();
+    for s in starts {
+        let Some(start) = s.start_unix_ns else {
+            continue;
+        };
+        if !priority.contains_key(s.call_id.as_str()) {
+            continue;
+        }
+        let waited = clock.unix_ns_of(s.arrived_ns).saturating_sub(start);
+        first
+            .entry(s.call_id.as_str())
+            .and_modify(|w| *w = (*w).min(waited))
+            .or_insert(waited);
+    }
+    let mut by_priority: BTreeMap<Priority, Histogram<u64>> = BTreeMap::new();
+    for (id, waited) in first {
+        let h = by_priority
+            .entry(priority[id])
+            .or_insert_with(latency_histogram);
+        h.saturating_record(u64::try_from(waited / 1000).unwrap_or(u64::MAX));
+    }
+    by_priority
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +168,7 @@ mod tests {
         Accepted {
             call_id: id.into(),
             at_ns: at,
+            priority: None,
         }
     }
 
@@ -165,5 +204,40 @@ mod tests {
         // 1 ms and 2 ms from the 202.
         assert_eq!(m.end_to_end_us.max() / 100, 20);
         assert_eq!(m.function_status.get("200"), Some(&2));
+    }
+
+    #[test]
+    fn start_latency_counts_each_call_once_by_its_first_start_and_its_priority() {
+        let clock = Clock::new();
+        let accepted_at = clock.unix_ns_of(0);
+        let with = |id: &str, p: Option<Priority>| Accepted {
+            call_id: id.into(),
+            at_ns: 0,
+            priority: p,
+        };
+        let accepted = [
+            with("h", Some(Priority::High)),
+            with("l", Some(Priority::Low)),
+            with("plain", None),
+        ];
+        let start = |id: &str, after_ms: u64| Callback {
+            call_id: id.into(),
+            arrived_ns: after_ms * 1_000_000,
+            status: 0,
+            start_unix_ns: Some(accepted_at),
+        };
+        // `h` retried: its first start counts. `plain` had no priority; `x` was never accepted.
+        let starts = [
+            start("h", 30),
+            start("l", 900),
+            start("h", 10),
+            start("plain", 5),
+            start("x", 1),
+        ];
+        let by = start_latency(&clock, &accepted, &starts);
+        assert_eq!(by.len(), 2);
+        let high = &by[&Priority::High];
+        assert_eq!((high.len(), high.max() / 1000), (1, 10));
+        assert_eq!(by[&Priority::Low].max() / 1000, 900);
     }
 }

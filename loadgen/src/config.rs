@@ -165,6 +165,17 @@ pub struct RunArgs {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000),
           help_heading = "Load")]
     pub batch: usize,
+    /// The share of calls sent with each `X-Priority` (batch line `priority`), as weights:
+    /// `high=1,normal=90,low=9`. With the built-in function, the report gives each priority's
+    /// start latency (accepted by the gateway to the call's arrival at the function). Default:
+    /// no priority sent.
+    #[arg(
+        long,
+        env = "LOADGEN_PRIORITY_MIX",
+        value_name = "MIX",
+        help_heading = "Load"
+    )]
+    pub priority_mix: Option<crate::mix::PriorityMix>,
     /// How the audit learns that a call ended: `callbacks` (each call carries the built-in
     /// sink's URL, and must reach it exactly once) or `status` (calls carry no callback; each is
     /// followed through `GET /async-call/<id>` until it is final, and counted by final state).

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_queue::headers::{X_CALL_ID, X_CALLBACK_URL};
+use flotilla_queue::Priority;
+use flotilla_queue::headers::{X_CALL_ID, X_CALLBACK_URL, X_PRIORITY};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::LoadModel;
 use crate::dist::KeySkew;
+use crate::mix::PriorityMix;
 use crate::net::HttpClient;
 use crate::schedule::OpenLoop;
 use crate::stats::Recorder;
@@ -75,6 +77,8 @@ pub struct Load {
     pub seed: u64,
     /// Calls per request: above 1, through `/async-batch/<name>`.
     pub batch: usize,
+    /// `--priority-mix`: each call's `X-Priority` (batch line `priority`); none when `None`.
+    pub priority_mix: Option<PriorityMix>,
 }
 
 /// When sending began and ended, as offsets from the clock origin.
@@ -84,10 +88,20 @@ pub struct Sent {
     pub end_ns: u64,
 }
 
+/// With `--batch`: each function's batch route, the NDJSON body of one batch, and its lines'
+/// priorities (each `None` without `--priority-mix`).
+struct BatchTarget {
+    uris: Vec<Uri>,
+    body: Bytes,
+    priorities: Vec<Option<Priority>>,
+}
+
 struct Target {
     uris: Vec<Uri>,
-    /// With `--batch`: each function's batch route, and the NDJSON body of one batch.
-    batch: Option<(Vec<Uri>, Bytes, usize)>,
+    /// With `--batch`: what each batch request sends.
+    batch: Option<BatchTarget>,
+    /// `--priority-mix` and the run's seed, which pick each call's priority.
+    mix: Option<(PriorityMix, u64)>,
     /// `None`: calls without `X-Callback-Url`.
     callback: Option<HeaderValue>,
     body: Bytes,
@@ -126,6 +140,7 @@ pub async fn drive(
         timeout: load.timeout,
         client,
         rec: rec.clone(),
+        mix: load.priority_mix.clone().map(|m| (m, load.seed)),
     });
     let skew = Arc::new(KeySkew::new(load.functions, load.skew));
     let start = Instant::now();
@@ -192,7 +207,7 @@ async fn closed_loop(
         let (t, skew, tickets) = (target.clone(), skew.clone(), tickets.clone());
         let mut rng = fastrand::Rng::with_seed(load.seed.wrapping_add(i as u64));
         tracker.spawn(async move {
-            let per_request = t.batch.as_ref().map_or(1, |(_, _, n)| *n as u64);
+            let per_request = t.batch.as_ref().map_or(1, |b| b.priorities.len() as u64);
             loop {
                 let now = Instant::now();
                 if now >= deadline || tickets.fetch_add(per_request, Ordering::Relaxed) >= limit {
@@ -277,30 +292,50 @@ fn function_uris(
 }
 
 /// Each function's batch route and the NDJSON body every batch request carries: `load.batch`
-/// lines of the load's body, each asking for the callback when there is one.
+/// lines of the load's body, each asking for the callback when there is one, and with
+/// `--priority-mix` each with its priority (the same lines in every batch).
 fn batch_target(
     base: &str,
     gateway: &str,
     callback_url: Option<&str>,
     load: &Load,
-) -> Result<(Vec<Uri>, Bytes, usize), DriverError> {
+) -> Result<BatchTarget, DriverError> {
     let uris = function_uris(base, gateway, "async-batch", load.functions)?;
     let mut line = serde_json::json!({ "body": String::from_utf8_lossy(&load.body) });
     if let Some(cb) = callback_url {
         line["callback_url"] = cb.into();
     }
-    let mut line = line.to_string();
-    line.push('\n');
-    Ok((uris, Bytes::from(line.repeat(load.batch)), load.batch))
+    let priorities: Vec<Option<Priority>> = (0..load.batch as u64)
+        .map(|i| load.priority_mix.as_ref().map(|m| m.pick(load.seed, i)))
+        .collect();
+    let mut body = String::new();
+    for p in &priorities {
+        if let Some(p) = p {
+            line["priority"] = p.as_str().into();
+        }
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    Ok(BatchTarget {
+        uris,
+        body: Bytes::from(body),
+        priorities,
+    })
 }
 
 /// One batch request of `load.batch` calls; every call's latency is the request's, from
 /// `intended` to the end of the answer.
 async fn send_batch(t: &Target, function: usize, intended: Instant) {
-    let Some((uris, body, n)) = &t.batch else {
+    let Some(BatchTarget {
+        uris,
+        body,
+        priorities,
+    }) = &t.batch
+    else {
         return;
     };
-    t.rec.sent.fetch_add(*n as u64, Ordering::Relaxed);
+    let n = priorities.len();
+    t.rec.sent.fetch_add(n as u64, Ordering::Relaxed);
     let req = hyper::Request::post(uris[function].clone())
         .header("content-type", "application/x-ndjson")
         .body(Full::new(body.clone()));
@@ -314,7 +349,7 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
         u64::try_from(done.saturating_duration_since(intended).as_nanos()).unwrap_or(u64::MAX);
     let at = t.rec.clock.ns_at(done);
     let fail = |kind: &str| {
-        for _ in 0..*n {
+        for _ in 0..n {
             t.rec.error(kind);
         }
     };
@@ -325,15 +360,16 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
             for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 answered += 1;
                 let parsed: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+                let priority = priorities.get(answered - 1).copied().flatten();
                 match parsed.as_ref().and_then(|v| v["call_id"].as_str()) {
-                    Some(id) => t.rec.accepted(id.to_owned(), at, latency),
+                    Some(id) => t.rec.accepted(id.to_owned(), at, latency, priority),
                     None => {
                         let status = parsed.and_then(|v| v["status"].as_u64()).unwrap_or(0);
                         t.rec.error(&format!("line_status_{status}"));
                     }
                 }
             }
-            for _ in answered..*n {
+            for _ in answered..n {
                 t.rec.error("line_unanswered");
             }
         }
@@ -366,10 +402,14 @@ async fn exchange(
 
 /// One enqueue request; latency runs from `intended` to the end of the answer.
 async fn send_one(t: &Target, function: usize, intended: Instant) {
-    t.rec.sent.fetch_add(1, Ordering::Relaxed);
+    let n = t.rec.sent.fetch_add(1, Ordering::Relaxed);
+    let priority = t.mix.as_ref().map(|(m, seed)| m.pick(*seed, n));
     let mut req = hyper::Request::post(t.uris[function].clone());
     if let Some(cb) = &t.callback {
         req = req.header(X_CALLBACK_URL, cb.clone());
+    }
+    if let Some(p) = priority {
+        req = req.header(X_PRIORITY, p.as_str());
     }
     let req = req
         .header("content-type", "application/octet-stream")
@@ -394,6 +434,7 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
                 id,
                 t.rec.clock.ns_at(done),
                 u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+                priority,
             );
         }
         Ok((202, None)) => t.rec.error("202_without_call_id"),

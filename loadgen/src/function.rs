@@ -35,6 +35,8 @@ pub struct FunctionSpec {
     /// Record every call's `X-Call-Id` as it arrives (`--no-callbacks`: the function's arrivals
     /// are what the audit counts, as the sink's callbacks are otherwise).
     pub record_arrivals: bool,
+    /// Record every call as it starts (before its latency), for start latency by priority.
+    pub record_starts: bool,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +93,8 @@ pub struct FunctionServer {
     pub stats: Arc<FunctionStats>,
     /// Calls as they arrived, when `record_arrivals`.
     pub arrivals: Arc<SinkState>,
+    /// Calls as they started (taken within capacity), when `record_starts`.
+    pub starts: Arc<SinkState>,
     task: JoinHandle<()>,
 }
 
@@ -105,6 +109,8 @@ impl FunctionServer {
         let stats = Arc::new(FunctionStats::default());
         let arrivals = Arc::new(SinkState::default());
         let arr = arrivals.clone();
+        let starts = Arc::new(SinkState::default());
+        let started = starts.clone();
         let body = Bytes::from(vec![b'r'; spec.response_size]);
         // One generator for the whole server: a mutex held for a few nanoseconds per call keeps
         // the run repeatable from its seed.
@@ -115,10 +121,11 @@ impl FunctionServer {
             stop,
             move |req: hyper::Request<hyper::body::Incoming>| {
                 let (st, rng, body, arr) = (st.clone(), rng.clone(), body.clone(), arr.clone());
+                let started = started.clone();
                 let (latency, failure_rate, record) =
                     (spec.latency, spec.failure_rate, spec.record_arrivals);
                 let capacity = spec.capacity.clone();
-                let echo = spec.echo;
+                let (echo, record_start) = (spec.echo, spec.record_starts);
                 async move {
                     let (parts, req_body) = req.into_parts();
                     let sent = req_body
@@ -130,6 +137,15 @@ impl FunctionServer {
                         st.refused.fetch_add(1, Ordering::Relaxed);
                         return net::respond(429, Bytes::from_static(b"at capacity\n"));
                     };
+                    if record_start && let Some(call_id) = header(&parts.headers, &X_CALL_ID) {
+                        started.record(Callback {
+                            call_id: call_id.to_owned(),
+                            arrived_ns: clock.now_ns(),
+                            status: 0,
+                            start_unix_ns: header(&parts.headers, &X_START_TIME)
+                                .and_then(|s| s.parse().ok()),
+                        });
+                    }
                     let (delay, fail) = match rng.lock() {
                         Ok(mut r) => (latency.sample(&mut r), r.f64() < failure_rate),
                         Err(_) => (Duration::ZERO, false),
@@ -159,6 +175,7 @@ impl FunctionServer {
             addr,
             stats,
             arrivals,
+            starts,
             task,
         })
     }
@@ -191,6 +208,7 @@ pub async fn serve_alone(args: &crate::config::FunctionArgs) -> std::io::Result<
         response_size: 0,
         seed: 1,
         record_arrivals: false,
+        record_starts: false,
         capacity: None,
         echo: true,
     };

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod flow;
 pub mod function;
 pub mod local;
+pub mod mix;
 pub mod net;
 pub mod numbers;
 pub mod plot;

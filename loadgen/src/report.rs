@@ -33,6 +33,10 @@ pub struct Report {
     pub function_status: BTreeMap<String, u64>,
     /// Calls the built-in function answered 429 for want of capacity (attempts, not calls).
     pub function_refusals: Option<u64>,
+    /// With `--priority-mix` and the built-in function: each priority's start latency, from the
+    /// gateway's acceptance (`X-Start-Time`) to the call's first arrival at the function.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub start_latency_ms: BTreeMap<String, Percentiles>,
     pub audit: Audit,
     pub ceiling: Option<Ceiling>,
     pub ratios: Option<Ratios>,
@@ -259,6 +263,7 @@ impl Report {
         let mut o = String::new();
         self.render_header(&mut o);
         self.render_stages(&mut o);
+        self.render_starts(&mut o);
         self.render_ceiling(&mut o);
         self.render_errors(&mut o);
         self.render_audit(&mut o);
@@ -432,6 +437,31 @@ impl Report {
                 "- the built-in function refused {} calls at its capacity (429)",
                 thousands(refused as f64)
             );
+        }
+    }
+
+    /// Start latency by priority, highest first, when the run sent priorities.
+    fn render_starts(&self, o: &mut String) {
+        if self.start_latency_ms.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            o,
+            "\n| start latency (accepted → function) | calls | p50 | p90 | p99 | max |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+        for name in ["high", "normal", "low"] {
+            if let Some(p) = self.start_latency_ms.get(name) {
+                let _ = writeln!(
+                    o,
+                    "| {name} | {} | {} | {} | {} | {} |",
+                    thousands(p.count as f64),
+                    ms(p.p50),
+                    ms(p.p90),
+                    ms(p.p99),
+                    ms(p.max)
+                );
+            }
         }
     }
 
@@ -625,6 +655,7 @@ mod tests {
             errors: BTreeMap::from([("status_503".into(), 1), ("timeout".into(), 1)]),
             function_status: BTreeMap::from([("200".into(), 13000), ("500".into(), 4499)]),
             function_refusals: None,
+            start_latency_ms: BTreeMap::new(),
             audit: Audit {
                 accepted: 17500,
                 completed: 17499,

@@ -21,7 +21,7 @@ use crate::progress::{self, note};
 use crate::report::{
     Completion, Enqueue, LoadInfo, Percentiles, Ratios, Report, SCHEMA, Series, TargetInfo,
 };
-use crate::sink::{CallbackSink, SinkState};
+use crate::sink::{Callback, CallbackSink, SinkState};
 use crate::stats::Recorder;
 use crate::status_audit;
 
@@ -248,6 +248,8 @@ struct Offered {
     drain_wait_s: f64,
     /// Where the completion rate is timed from, as an offset from the clock origin.
     completion_start_ns: u64,
+    /// Calls as they started at the built-in function (with `--priority-mix`).
+    starts: Vec<Callback>,
 }
 
 /// Warms up, offers the load, starts the workers of a backlog run, and waits (bounded) for the
@@ -304,12 +306,18 @@ async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<O
         (true, Some(first)) => first,
         _ => sent.start_ns,
     };
+    let starts = stage
+        .function_server
+        .as_ref()
+        .map(|fs| fs.starts.take())
+        .unwrap_or_default();
     Ok(Offered {
         rec,
         sent,
         matched,
         drain_wait_s,
         completion_start_ns,
+        starts,
     })
 }
 
@@ -326,6 +334,7 @@ fn load_of(args: &RunArgs) -> Load {
         timeout: args.timeout,
         seed: args.seed,
         batch: args.batch,
+        priority_mix: args.priority_mix.clone(),
     }
 }
 
@@ -422,6 +431,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
         response_size: args.response_size,
         seed: args.seed,
         record_arrivals: args.no_callbacks,
+        record_starts: args.priority_mix.is_some(),
         capacity: args.function_capacity.clone(),
         echo: false,
     }
@@ -535,6 +545,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         matched,
         drain_wait_s,
         completion_start_ns,
+        starts,
     } = offered;
     let enqueue_us = rec.enqueue_histogram();
     let accepted = rec.accepted_calls();
@@ -585,6 +596,10 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         errors: rec.error_kinds(),
         function_status: matched.function_status,
         function_refusals: None,
+        start_latency_ms: audit::start_latency(&rec.clock, &accepted, &starts)
+            .iter()
+            .map(|(p, h)| (p.to_string(), Percentiles::of(h)))
+            .collect(),
         audit,
         ceiling,
         ratios,

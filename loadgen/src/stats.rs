@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use flotilla_queue::Priority;
 use hdrhistogram::Histogram;
 
 use crate::net::Clock;
@@ -23,6 +24,8 @@ pub struct Accepted {
     pub call_id: String,
     /// When the 202 arrived, nanoseconds since the clock origin.
     pub at_ns: u64,
+    /// The `X-Priority` it was sent with (`--priority-mix`), if any.
+    pub priority: Option<Priority>,
 }
 
 /// Shared by every sender task of a run.
@@ -57,12 +60,22 @@ impl Recorder {
     }
 
     /// A 202 with its call id, `latency_ns` counted from the intended send time.
-    pub fn accepted(&self, call_id: String, at_ns: u64, latency_ns: u64) {
+    pub fn accepted(
+        &self,
+        call_id: String,
+        at_ns: u64,
+        latency_ns: u64,
+        priority: Option<Priority>,
+    ) {
         if let Ok(mut h) = self.enqueue_us.lock() {
             h.saturating_record(latency_ns / 1000);
         }
         if let Ok(mut v) = self.accepted_log.lock() {
-            v.push(Accepted { call_id, at_ns });
+            v.push(Accepted {
+                call_id,
+                at_ns,
+                priority,
+            });
         }
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.answered.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! The senders against a scripted gateway: the open loop keeps its schedule and measures from
 //! intended send times (a stall shows in the percentiles: no coordinated omission), the closed
-//! loop keeps its concurrency, and errors are classified by kind.
+//! loop keeps its concurrency, errors are classified by kind, and a priority mix sends each call
+//! its `X-Priority` and remembers it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ fn load(model: LoadModel, duration: Duration) -> Load {
         timeout: Duration::from_secs(5),
         seed: 9,
         batch: 1,
+        priority_mix: None,
     }
 }
 
@@ -171,4 +173,42 @@ async fn errors_are_classified() {
     .unwrap();
     assert_eq!(rec.error_kinds().get("connect"), Some(&3));
     assert_eq!(rec.accepted.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_mix_sends_each_priority_in_its_share_and_remembers_it() {
+    // The call id names the priority the request carried.
+    let n = Arc::new(AtomicUsize::new(0));
+    let server = RecordingServer::start(Arc::new(move |r: &Recorded| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        Reply::status(202).header("x-call-id", &format!("{}-{i}", r.header("x-priority")))
+    }))
+    .await;
+    let rec = Arc::new(Recorder::new(Clock::new()));
+    let mut l = load(
+        LoadModel::Closed { concurrency: 8 },
+        Duration::from_secs(30),
+    );
+    l.count = Some(2_000);
+    l.priority_mix = Some("high=1,normal=3".parse().unwrap());
+    drive(&server.url(), None, &l, client(), rec.clone())
+        .await
+        .unwrap();
+    let requests = server.requests();
+    let high = requests
+        .iter()
+        .filter(|r| r.header("x-priority") == "high")
+        .count();
+    let normal = requests
+        .iter()
+        .filter(|r| r.header("x-priority") == "normal")
+        .count();
+    assert_eq!((high + normal, requests.len()), (2_000, 2_000));
+    assert!((400..600).contains(&high), "{high} high of 2,000");
+    let accepted = rec.accepted_calls();
+    assert_eq!(accepted.len(), 2_000);
+    for a in accepted {
+        let p = a.priority.expect("sent with a priority");
+        assert!(a.call_id.starts_with(&format!("{p}-")), "{}", a.call_id);
+    }
 }
