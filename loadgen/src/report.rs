@@ -447,7 +447,7 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "\n| start latency (accepted → function) | calls | p50 | p90 | p99 | max |"
+            "| start latency (accepted → function) | calls | p50 | p90 | p99 | max |"
         );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
         for name in ["high", "normal", "low"] {
@@ -463,6 +463,7 @@ impl Report {
                 );
             }
         }
+        let _ = writeln!(o);
     }
 
     fn render_audit(&self, o: &mut String) {
