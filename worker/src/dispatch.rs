@@ -285,6 +285,7 @@ impl Dispatcher {
             return ControlFlow::Continue(());
         };
         let f = self.functions.get(&name, &self.shared.calls.policies);
+        f.lanes.saw(Priority::of_headers(msg.headers.as_ref()));
         match self.placer.place(&self.shared, &f).await {
             Place::Start(slot) => {
                 let shared = self.shared.clone();
@@ -420,6 +421,9 @@ impl Placer {
         }
         let function = match f.slots.clone().try_acquire_owned() {
             Ok(p) => p,
+            // A function whose calls carry priorities has its waiting calls ordered in its lanes,
+            // not held here in arrival order.
+            Err(_) if f.lanes.used() => return Place::Wait,
             Err(_) => {
                 let starved = self.starved.entry(f.name.clone()).or_default();
                 match starved.hold(&f.slots).await {

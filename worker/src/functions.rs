@@ -379,11 +379,17 @@ pub(crate) struct LaneMarks {
 }
 
 impl LaneMarks {
-    /// Calls of `priority` wait in its lane now.
-    pub fn mark(&self, priority: Priority) {
-        if !priority.is_normal() {
+    /// A call of `priority` arrived: from the first of another priority than normal on, the
+    /// function's calls wait by priority.
+    pub fn saw(&self, priority: Priority) {
+        if !priority.is_normal() && !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Calls of `priority` wait in its lane now.
+    pub fn mark(&self, priority: Priority) {
+        self.saw(priority);
         self.marks[priority.index()].fetch_add(1, Ordering::SeqCst);
     }
 

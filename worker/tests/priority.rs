@@ -329,3 +329,39 @@ async fn a_delayed_high_call_starts_before_the_normal_backlog_when_due() {
     assert!(took < Duration::from_secs(4), "{took:?}");
     w.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_call_overtakes_calls_queued_for_a_quick_functions_slot() {
+    // A quick function's calls wait for its slot in place, in arrival order, while no call of it
+    // asks for a priority; once one does, they wait in lanes, where priority orders them.
+    const NORMAL: usize = 1_000;
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(3)).await;
+    let w = worker(&nats, &function, 1, "").await;
+    nats.publish(&call("low-first", Priority::Low)).await;
+    for i in 0..NORMAL {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    let sent = Instant::now();
+    nats.publish(&call("high", Priority::High)).await;
+    wait_until(T, "the high call started", || {
+        !starts_of(&function, "high").is_empty()
+    })
+    .await;
+    let started = starts_of(&function, "high")[0];
+    let order = starts(&function);
+    let before = order.iter().take_while(|id| *id != "high").count();
+    eprintln!(
+        "a high call behind {NORMAL} calls of a 3 ms function started after {:?}, {before} calls before it",
+        started - sent
+    );
+    assert!(before < NORMAL - 200, "{before} calls started before it");
+    nats.wait_settled(T).await;
+    assert_eq!(
+        starts(&function).first().map(String::as_str),
+        Some("low-first"),
+        "a call that need not wait starts at once, whatever its priority"
+    );
+    w.stop(T).await.unwrap();
+}
