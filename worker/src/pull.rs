@@ -318,6 +318,8 @@ impl WaitLoop {
         };
         // Anything on the inbox (a message, a status, a heartbeat) shows the requests are alive.
         self.state.heard();
+        // A lane's consumer NATS removed after `--consumer-idle` answers nothing: no responders.
+        let gone = m.status == Some(StatusCode::NO_RESPONDERS);
         // A message names its lane in its subject; a status comes to the lane's reply subject.
         let lane = match m.status {
             None | Some(StatusCode::OK) => {
@@ -334,6 +336,11 @@ impl WaitLoop {
             Arrival::Expired(unfulfilled) => {
                 let given_up = self.lanes.ended(lane, unfulfilled);
                 self.state.expired(Some(given_up));
+                // A lane asked now and then (not the normal one, which the loop keeps asking) may
+                // have lost its consumer to inactivity: the next request makes it again.
+                if gone && !lane.is_normal() {
+                    self.consumers[lane.index()] = None;
+                }
             }
             Arrival::Heartbeat => {}
             Arrival::Stopping => {

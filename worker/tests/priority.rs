@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Nats, Worker, envelope, function_taking};
-use flotilla_queue::{Envelope, Priority};
+use flotilla_queue::{Envelope, FunctionName, Priority, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
 use http::Method;
 use serde_json::Value;
@@ -362,6 +362,65 @@ async fn a_high_call_overtakes_calls_queued_for_a_quick_functions_slot() {
         starts(&function).first().map(String::as_str),
         Some("low-first"),
         "a call that need not wait starts at once, whatever its priority"
+    );
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(100)).await;
+    let policies = format!(
+        "[functions.busy]\nurl = \"{}\"\nconcurrency = 1\n",
+        function.url()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), policies).unwrap();
+    let w = Worker::start_ready(
+        &nats.url(),
+        &[
+            "--policies",
+            file.path().to_str().unwrap(),
+            "--consumer-idle",
+            "1s",
+        ],
+    )
+    .await;
+    // Eight seconds of normal calls keep the function's wait loop (and its normal lane) busy.
+    for i in 0..80 {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    dispatched(&nats).await;
+    nats.publish(&call("high-1", Priority::High)).await;
+    wait_until(T, "the first high call started", || {
+        !starts_of(&function, "high-1").is_empty()
+    })
+    .await;
+    // The high lane's consumer sees no request for longer than --consumer-idle: NATS removes it.
+    let lane = subjects::lane_consumer_name(&FunctionName::parse("busy").unwrap(), Priority::High);
+    wait_until_async(T, "the idle high lane's consumer removed", || async {
+        let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
+        s.consumer_info(&lane).await.is_err()
+    })
+    .await;
+    let sent = Instant::now();
+    nats.publish(&call("high-2", Priority::High)).await;
+    wait_until(T, "the second high call started", || {
+        !starts_of(&function, "high-2").is_empty()
+    })
+    .await;
+    let took = starts_of(&function, "high-2")[0] - sent;
+    let normal_left = 80
+        - starts(&function)
+            .iter()
+            .filter(|id| id.starts_with("normal-"))
+            .count();
+    eprintln!("a high call after its lane's consumer was removed started after {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        normal_left > 10,
+        "the normal backlog was gone: {normal_left} left"
     );
     w.stop(T).await.unwrap();
 }
