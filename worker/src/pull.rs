@@ -336,9 +336,11 @@ impl WaitLoop {
             Arrival::Expired(unfulfilled) => {
                 let given_up = self.lanes.ended(lane, unfulfilled);
                 self.state.expired(Some(given_up));
-                // A lane asked now and then (not the normal one, which the loop keeps asking) may
-                // have lost its consumer to inactivity: the next request makes it again.
-                if gone && !lane.is_normal() {
+                // With lanes in use, a lane left unasked for a while (even the normal one, behind
+                // a long high or low backlog) may have lost its consumer to inactivity: the next
+                // request makes it again. Without lanes the normal lane is asked all the time, and
+                // no responder means JetStream itself is away.
+                if gone && self.f.lanes.used() {
                     self.consumers[lane.index()] = None;
                 }
             }
@@ -393,17 +395,26 @@ impl WaitLoop {
 
     /// The consumers were read: `worker_pending`, the lanes that hold calls, and whether the
     /// function's calls may start directly again.
-    fn on_info(&mut self, info: Result<[u64; 3], jetstream::context::ConsumerInfoError>) {
+    fn on_info(&mut self, info: Result<[LaneReading; 3], jetstream::context::ConsumerInfoError>) {
         self.info_call = None;
         self.state.info_read();
         match info {
-            Ok(pending) => {
+            Ok(readings) => {
+                let mut num_pending = 0;
                 for lane in Priority::ALL {
-                    if pending[lane.index()] > 0 {
-                        self.lanes.pending(lane);
+                    match readings[lane.index()] {
+                        LaneReading::Unread => {}
+                        // NATS removed it after `--consumer-idle`: made again when next asked.
+                        LaneReading::Gone => self.consumers[lane.index()] = None,
+                        LaneReading::Read { pending, full } => {
+                            if pending > 0 {
+                                self.lanes.pending(lane);
+                            }
+                            self.lanes.full(lane, full);
+                            num_pending += pending;
+                        }
                     }
                 }
-                let num_pending = pending.iter().sum();
                 self.f.metrics.pending.set(num_pending as f64);
                 let f = &self.f;
                 if self
@@ -427,21 +438,48 @@ pub(crate) fn read_info(consumer: &consumer::PullConsumer) -> InfoCall {
     Box::pin(async move { consumer.get_info().await })
 }
 
-/// A reading of a wait loop's consumers in progress: the calls pending in each lane.
-type LanesInfoCall =
-    Pin<Box<dyn Future<Output = Result<[u64; 3], jetstream::context::ConsumerInfoError>> + Send>>;
+/// What a reading of one lane's consumer found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum LaneReading {
+    /// The loop holds no consumer for the lane.
+    #[default]
+    Unread,
+    /// NATS no longer has it (removed after `--consumer-idle`).
+    Gone,
+    /// Calls not yet delivered, and whether it holds its `max_ack_pending` (a request to it
+    /// would wait for room rather than answer).
+    Read { pending: u64, full: bool },
+}
 
-/// Reads every lane's consumer beside a loop (a lane without one has nothing pending).
+/// A reading of a wait loop's consumers in progress.
+type LanesInfoCall = Pin<
+    Box<
+        dyn Future<Output = Result<[LaneReading; 3], jetstream::context::ConsumerInfoError>> + Send,
+    >,
+>;
+
+/// Reads every lane's consumer beside a loop, each on its own: a lane whose consumer is gone
+/// does not hide the others.
 fn read_lanes(consumers: &[Option<consumer::PullConsumer>; 3]) -> LanesInfoCall {
     let consumers = consumers.clone();
     Box::pin(async move {
-        let mut pending = [0; 3];
-        for (n, consumer) in pending.iter_mut().zip(consumers) {
-            if let Some(c) = consumer {
-                *n = c.get_info().await?.num_pending;
-            }
+        let mut readings = [LaneReading::Unread; 3];
+        for (reading, consumer) in readings.iter_mut().zip(consumers) {
+            let Some(c) = consumer else { continue };
+            *reading = match c.get_info().await {
+                Ok(info) => LaneReading::Read {
+                    pending: info.num_pending,
+                    full: info.config.max_ack_pending > 0
+                        && i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX)
+                            >= info.config.max_ack_pending,
+                },
+                Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+                    LaneReading::Gone
+                }
+                Err(e) => return Err(e),
+            };
         }
-        Ok(pending)
+        Ok(readings)
     })
 }
 

@@ -36,6 +36,27 @@ async fn worker(nats: &Nats, function: &RecordingServer, concurrency: u32, extra
     Worker::with_policies(&nats.url(), &function.url(), &policies).await
 }
 
+/// A worker calling `function` for `busy` one call at a time, whose wait consumers NATS removes
+/// after a second without requests (`--consumer-idle 1s`).
+async fn idle_worker(nats: &Nats, function: &RecordingServer) -> Worker {
+    let policies = format!(
+        "[functions.busy]\nurl = \"{}\"\nconcurrency = 1\n",
+        function.url()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), policies).unwrap();
+    Worker::start_ready(
+        &nats.url(),
+        &[
+            "--policies",
+            file.path().to_str().unwrap(),
+            "--consumer-idle",
+            "1s",
+        ],
+    )
+    .await
+}
+
 /// Waits until every published call left the dispatch consumer: started, or moved to its lane.
 async fn dispatched(nats: &Nats) {
     wait_until_async(T, "the backlog dispatched", || async {
@@ -370,22 +391,7 @@ async fn a_high_call_overtakes_calls_queued_for_a_quick_functions_slot() {
 async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(100)).await;
-    let policies = format!(
-        "[functions.busy]\nurl = \"{}\"\nconcurrency = 1\n",
-        function.url()
-    );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), policies).unwrap();
-    let w = Worker::start_ready(
-        &nats.url(),
-        &[
-            "--policies",
-            file.path().to_str().unwrap(),
-            "--consumer-idle",
-            "1s",
-        ],
-    )
-    .await;
+    let w = idle_worker(&nats, &function).await;
     // Eight seconds of normal calls keep the function's wait loop (and its normal lane) busy.
     for i in 0..80 {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
@@ -422,5 +428,53 @@ async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
         normal_left > 10,
         "the normal backlog was gone: {normal_left} left"
     );
+    // Once nothing waits, the loop ends (a lane consumer that went meanwhile does not keep it
+    // asking), and NATS removes the normal lane's consumer too.
+    nats.wait_settled(T).await;
+    let normal = subjects::consumer_name(&FunctionName::parse("busy").unwrap());
+    wait_until_async(
+        T,
+        "the drained loop ended and its consumer went",
+        || async {
+            let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
+            s.consumer_info(&normal).await.is_err()
+        },
+    )
+    .await;
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_calls_are_served_after_a_high_backlog_outlived_their_lanes_consumer() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(100)).await;
+    let w = idle_worker(&nats, &function).await;
+    // The first normal call starts at once; the high backlog behind it waits three seconds, in
+    // which the normal lane is not asked and NATS removes its consumer.
+    nats.publish(&call("normal-first", Priority::Normal)).await;
+    for i in 0..30 {
+        nats.publish(&call(&format!("high-{i}"), Priority::High))
+            .await;
+    }
+    dispatched(&nats).await;
+    let normal = subjects::consumer_name(&FunctionName::parse("busy").unwrap());
+    wait_until_async(T, "the normal lane's consumer removed", || async {
+        let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
+        s.consumer_info(&normal).await.is_err()
+    })
+    .await;
+    for i in 0..5 {
+        nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
+            .await;
+    }
+    function.wait_for(36, T).await;
+    nats.wait_settled(T).await;
+    let order = starts(&function);
+    let last_high = order
+        .iter()
+        .rposition(|id| id.starts_with("high-"))
+        .unwrap();
+    let first_late = order.iter().position(|id| id == "normal-0").unwrap();
+    assert!(last_high < first_late, "{order:?}");
     w.stop(T).await.unwrap();
 }
