@@ -57,6 +57,16 @@ async fn idle_worker(nats: &Nats, function: &RecordingServer) -> Worker {
     .await
 }
 
+/// Waits until NATS no longer has the consumer of `busy`'s lane of `lane`.
+async fn lane_consumer_removed(nats: &Nats, lane: Priority, what: &str) {
+    let name = subjects::lane_consumer_name(&FunctionName::parse("busy").unwrap(), lane);
+    wait_until_async(T, what, || async {
+        let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
+        s.consumer_info(&name).await.is_err()
+    })
+    .await;
+}
+
 /// Waits until every published call left the dispatch consumer: started, or moved to its lane.
 async fn dispatched(nats: &Nats) {
     wait_until_async(T, "the backlog dispatched", || async {
@@ -404,11 +414,11 @@ async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
     })
     .await;
     // The high lane's consumer sees no request for longer than --consumer-idle: NATS removes it.
-    let lane = subjects::lane_consumer_name(&FunctionName::parse("busy").unwrap(), Priority::High);
-    wait_until_async(T, "the idle high lane's consumer removed", || async {
-        let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
-        s.consumer_info(&lane).await.is_err()
-    })
+    lane_consumer_removed(
+        &nats,
+        Priority::High,
+        "the idle high lane's consumer removed",
+    )
     .await;
     let sent = Instant::now();
     nats.publish(&call("high-2", Priority::High)).await;
@@ -431,14 +441,10 @@ async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
     // Once nothing waits, the loop ends (a lane consumer that went meanwhile does not keep it
     // asking), and NATS removes the normal lane's consumer too.
     nats.wait_settled(T).await;
-    let normal = subjects::consumer_name(&FunctionName::parse("busy").unwrap());
-    wait_until_async(
-        T,
+    lane_consumer_removed(
+        &nats,
+        Priority::Normal,
         "the drained loop ended and its consumer went",
-        || async {
-            let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
-            s.consumer_info(&normal).await.is_err()
-        },
     )
     .await;
     w.stop(T).await.unwrap();
@@ -457,11 +463,11 @@ async fn normal_calls_are_served_after_a_high_backlog_outlived_their_lanes_consu
             .await;
     }
     dispatched(&nats).await;
-    let normal = subjects::consumer_name(&FunctionName::parse("busy").unwrap());
-    wait_until_async(T, "the normal lane's consumer removed", || async {
-        let s = nats.js.get_stream(subjects::wait_stream(0)).await.unwrap();
-        s.consumer_info(&normal).await.is_err()
-    })
+    lane_consumer_removed(
+        &nats,
+        Priority::Normal,
+        "the normal lane's consumer removed",
+    )
     .await;
     for i in 0..5 {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
