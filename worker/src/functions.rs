@@ -376,6 +376,8 @@ pub(crate) struct LaneMarks {
     used: AtomicBool,
     /// Moves into each lane (and discoveries of calls in it), counted.
     marks: [AtomicU64; 3],
+    /// Wakes the function's wait loop when a lane is marked, once lanes are in use.
+    marked: tokio::sync::Notify,
 }
 
 impl LaneMarks {
@@ -391,6 +393,14 @@ impl LaneMarks {
     pub fn mark(&self, priority: Priority) {
         self.saw(priority);
         self.marks[priority.index()].fetch_add(1, Ordering::SeqCst);
+        if self.used() {
+            self.marked.notify_one();
+        }
+    }
+
+    /// Resolves once a lane was marked (at once if one was since the last wait).
+    pub async fn marked(&self) {
+        self.marked.notified().await;
     }
 
     /// Whether the function's calls wait by priority.

@@ -37,7 +37,7 @@ mod state;
 pub(crate) use error::PullError;
 #[cfg(test)]
 pub(crate) use error::tests::refused;
-use lanes::{Ask, LANE_POLL, Lanes};
+use lanes::{Ask, Asked, LANE_POLL, Lanes};
 use ledger::{Ledger, Plan, RateShare};
 pub(crate) use pace::{BUSY, Silence};
 use state::WaitState;
@@ -189,6 +189,13 @@ impl WaitLoop {
     /// reading the consumer again, which NATS may have removed.
     async fn run(&mut self, sub: &mut async_nats::Subscriber) -> Result<Ended, PullError> {
         loop {
+            if self.f.lanes.used() {
+                // Lanes came into use: long polls of before must not hold the slots.
+                let forgotten = self.lanes.forget_before();
+                if forgotten > 0 {
+                    self.state.expired(Some(forgotten));
+                }
+            }
             let paused = self.shared.calls.budget.paused_until();
             let Some(plan) = self.state.plan(self.f.is_waiting(), paused.is_some()) else {
                 return Ok(Ended::Drained);
@@ -211,7 +218,7 @@ impl WaitLoop {
             return Ok(());
         }
         let mut pace = self.state.pace();
-        let (lane, batch) = match self.lanes.ask(&self.f.lanes) {
+        let (asked, batch) = match self.lanes.ask(&self.f.lanes) {
             Ask::Hold => return Ok(()),
             Ask::Normal => {
                 let batch = consumer::pull::BatchConfig {
@@ -220,7 +227,7 @@ impl WaitLoop {
                     idle_heartbeat: pace.heartbeat,
                     ..Default::default()
                 };
-                (Priority::Normal, batch)
+                (Asked::Before, batch)
             }
             Ask::Poll => {
                 pace.expires = LANE_POLL;
@@ -229,7 +236,7 @@ impl WaitLoop {
                     expires: Some(LANE_POLL),
                     ..Default::default()
                 };
-                (Priority::Normal, batch)
+                (Asked::Lane(Priority::Normal), batch)
             }
             Ask::Lane(lane) => {
                 let batch = consumer::pull::BatchConfig {
@@ -237,8 +244,12 @@ impl WaitLoop {
                     no_wait: true,
                     ..Default::default()
                 };
-                (lane, batch)
+                (Asked::Lane(lane), batch)
             }
+        };
+        let lane = match asked {
+            Asked::Lane(lane) => lane,
+            Asked::Before => Priority::Normal,
         };
         let consumer = match &self.consumers[lane.index()] {
             Some(c) => c,
@@ -247,12 +258,12 @@ impl WaitLoop {
                 self.consumers[lane.index()].insert(made)
             }
         };
-        let reply = format!("{}.{}", self.inbox, lane.index());
+        let reply = format!("{}.{}", self.inbox, asked.token());
         consumer
             .request_batch(batch, reply.into())
             .await
             .map_err(PullError::Request)?;
-        self.lanes.requested(lane, n, &self.f.lanes);
+        self.lanes.requested(asked, n, &self.f.lanes);
         self.state.requested(n, &pace);
         Ok(())
     }
@@ -288,6 +299,8 @@ impl WaitLoop {
             _ = tokio::time::sleep_until(paused.unwrap_or_else(Instant::now)), if paused.is_some() => {
                 Ok(ControlFlow::Continue(()))
             }
+            // A call moved into a lane (or found there): the loop may ask another lane now.
+            () = self.f.lanes.marked(), if self.f.lanes.used() => Ok(ControlFlow::Continue(())),
             changed = self.membership.changed(), if self.state.watch_replicas() => {
                 self.on_membership(changed.is_ok());
                 Ok(ControlFlow::Continue(()))
@@ -320,21 +333,24 @@ impl WaitLoop {
         self.state.heard();
         // A lane's consumer NATS removed after `--consumer-idle` answers nothing: no responders.
         let gone = m.status == Some(StatusCode::NO_RESPONDERS);
-        // A message names its lane in its subject; a status comes to the lane's reply subject.
-        let lane = match m.status {
-            None | Some(StatusCode::OK) => {
-                subjects::lane_of_wait_subject(self.f.shard, &m.subject).map(|(_, lane)| lane)
-            }
-            Some(_) => lane_of_reply(&self.inbox, &m.subject),
+        // A message names its lane in its subject; a status comes to its request's reply subject.
+        let asked = match m.status {
+            None | Some(StatusCode::OK) => subjects::lane_of_wait_subject(self.f.shard, &m.subject)
+                .map(|(_, lane)| Asked::Lane(lane)),
+            Some(_) => Asked::of_reply(&self.inbox, &m.subject),
         }
-        .unwrap_or_default();
+        .unwrap_or(Asked::Lane(Priority::Normal));
+        let lane = match asked {
+            Asked::Lane(lane) => lane,
+            Asked::Before => Priority::Normal,
+        };
         match arrival(&self.shared, m, &self.f.name).await? {
             Arrival::Message(msg) => {
                 self.lanes.arrived(lane);
                 return Ok(self.start(msg).await);
             }
             Arrival::Expired(unfulfilled) => {
-                let given_up = self.lanes.ended(lane, unfulfilled);
+                let given_up = self.lanes.ended(asked, unfulfilled);
                 self.state.expired(Some(given_up));
                 // With lanes in use, a lane left unasked for a while (even the normal one, behind
                 // a long high or low backlog) may have lost its consumer to inactivity: the next
@@ -481,16 +497,6 @@ fn read_lanes(consumers: &[Option<consumer::PullConsumer>; 3]) -> LanesInfoCall 
         }
         Ok(readings)
     })
-}
-
-/// The lane whose reply subject (`<inbox>.<lane>`) a status came to.
-fn lane_of_reply(inbox: &str, subject: &str) -> Option<Priority> {
-    let index: usize = subject
-        .strip_prefix(inbox)?
-        .strip_prefix('.')?
-        .parse()
-        .ok()?;
-    Priority::ALL.get(index).copied()
 }
 
 /// How long a stopping pull loop waits for its inbox to drain. A message that arrives later is
@@ -662,17 +668,6 @@ mod tests {
         assert_eq!(high.filter_subject, "flotilla.wait.2.~high.echo.ns");
         assert_eq!(high.max_ack_pending, 7);
         assert_ne!(high.durable_name, c.durable_name);
-    }
-
-    #[test]
-    fn statuses_name_the_lane_they_answer_for() {
-        assert_eq!(
-            lane_of_reply("_INBOX.x", "_INBOX.x.0"),
-            Some(Priority::High)
-        );
-        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.x.2"), Some(Priority::Low));
-        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.x.3"), None);
-        assert_eq!(lane_of_reply("_INBOX.x", "_INBOX.y.1"), None);
     }
 
     #[test]

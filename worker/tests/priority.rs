@@ -484,3 +484,25 @@ async fn normal_calls_are_served_after_a_high_backlog_outlived_their_lanes_consu
     assert!(last_high < first_late, "{order:?}");
     w.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_high_call_of_a_rate_limited_function_does_not_wait_out_an_open_poll() {
+    // Every call of a rate-limited function waits in the wait stream, and between calls its loop
+    // keeps a long poll open on the normal lane, holding the free slots for up to 5 s.
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(20)).await;
+    let w = worker(&nats, &function, 4, "rate = 50\n").await;
+    nats.publish(&call("normal-0", Priority::Normal)).await;
+    wait_until(T, "the normal call ran", || function.count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    nats.publish(&call("high-0", Priority::High)).await;
+    wait_until(T, "the high call started", || {
+        !starts_of(&function, "high-0").is_empty()
+    })
+    .await;
+    let took = starts_of(&function, "high-0")[0] - sent;
+    eprintln!("the first high call of a rate-limited function started after {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    w.stop(T).await.unwrap();
+}

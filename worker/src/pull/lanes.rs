@@ -24,6 +24,39 @@ use crate::functions::LaneMarks;
 /// moved to another lane meanwhile waits at most this long for the next request.
 pub(crate) const LANE_POLL: Duration = Duration::from_millis(250);
 
+/// Which requests a reply subject (`<inbox>.<token>`) answers for: a lane's, or the long polls
+/// of the normal lane sent before lanes were in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    Lane(Priority),
+    Before,
+}
+
+impl Asked {
+    /// The reply subject's last token.
+    pub fn token(self) -> char {
+        match self {
+            Self::Lane(Priority::High) => 'h',
+            Self::Lane(Priority::Normal) => 'n',
+            Self::Lane(Priority::Low) => 'l',
+            Self::Before => 'b',
+        }
+    }
+
+    /// What the reply subject `subject` of `inbox` answers for.
+    pub fn of_reply(inbox: &str, subject: &str) -> Option<Self> {
+        let token = subject.strip_prefix(inbox)?.strip_prefix('.')?;
+        [
+            Self::Lane(Priority::High),
+            Self::Lane(Priority::Normal),
+            Self::Lane(Priority::Low),
+            Self::Before,
+        ]
+        .into_iter()
+        .find(|a| token.len() == 1 && token.starts_with(a.token()))
+    }
+}
+
 /// The request the loop sends next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ask {
@@ -42,6 +75,8 @@ pub(crate) enum Ask {
 pub(crate) struct Lanes {
     /// Messages asked of each lane and neither arrived nor given up by the server.
     out: [usize; 3],
+    /// Likewise for the long polls sent before lanes were in use (`Ask::Normal`).
+    before: usize,
     /// The lane's mark when a request to it last found nothing (`None`: it may hold calls).
     empty_at: [Option<u64>; 3],
     /// The lane's mark when the last request to it was sent.
@@ -58,6 +93,7 @@ impl Lanes {
     pub fn new() -> Self {
         Self {
             out: [0; 3],
+            before: 0,
             empty_at: [Some(0), None, Some(0)],
             sent_mark: [0; 3],
             full: [false; 3],
@@ -89,16 +125,33 @@ impl Lanes {
         }
     }
 
-    /// `n` messages were asked of lane `p`.
-    pub fn requested(&mut self, p: Priority, n: usize, marks: &LaneMarks) {
-        self.out[p.index()] += n;
-        self.sent_mark[p.index()] = marks.mark_of(p);
+    /// `n` messages were asked: of lane `p`, or by a long poll of before lanes.
+    pub fn requested(&mut self, asked: Asked, n: usize, marks: &LaneMarks) {
+        match asked {
+            Asked::Lane(p) => {
+                self.out[p.index()] += n;
+                self.sent_mark[p.index()] = marks.mark_of(p);
+            }
+            Asked::Before => self.before += n,
+        }
     }
 
-    /// A message of lane `p` arrived.
+    /// A message of lane `p` arrived (a normal one counts against a long poll of before lanes
+    /// once the normal lane's own requests are answered).
     pub fn arrived(&mut self, p: Priority) {
-        let out = &mut self.out[p.index()];
+        let out = match p {
+            Priority::Normal if self.out[p.index()] == 0 => &mut self.before,
+            p => &mut self.out[p.index()],
+        };
         *out = out.saturating_sub(1);
+    }
+
+    /// Lanes came into use while long polls of before were open: they may hold every free slot
+    /// until they expire (up to 30 s). They are given up here, so the slots serve the lanes at
+    /// once; a call one of them still delivers waits for a slot like any call beyond what was
+    /// asked. Returns the messages given up.
+    pub fn forget_before(&mut self) -> usize {
+        std::mem::take(&mut self.before)
     }
 
     /// A request to lane `p` ended with `unfulfilled` messages it will not deliver (`None`: every
@@ -106,7 +159,15 @@ impl Lanes {
     /// Returns the messages given up. A lane that had less than was asked is taken for empty,
     /// whatever the server's reason (nothing there, other requests first, the consumer at its
     /// limit): asking again at once would spin, and the next mark or reading asks again.
-    pub fn ended(&mut self, p: Priority, unfulfilled: Option<usize>) -> usize {
+    pub fn ended(&mut self, asked: Asked, unfulfilled: Option<usize>) -> usize {
+        let p = match asked {
+            Asked::Lane(p) => p,
+            Asked::Before => {
+                let given_up = unfulfilled.unwrap_or(self.before).min(self.before);
+                self.before -= given_up;
+                return given_up;
+            }
+        };
         let i = p.index();
         let given_up = unfulfilled.unwrap_or(self.out[i]).min(self.out[i]);
         self.out[i] -= given_up;
@@ -119,6 +180,7 @@ impl Lanes {
     /// The open requests are gone (NATS went away): nothing is asked of any lane.
     pub fn lost(&mut self) {
         self.out = [0; 3];
+        self.before = 0;
     }
 
     /// The lane's consumer shows calls not yet delivered.
@@ -161,12 +223,12 @@ mod tests {
         );
         marks.mark(High);
         assert_eq!(lanes.ask(&marks), Ask::Lane(High));
-        lanes.requested(High, 2, &marks);
+        lanes.requested(Asked::Lane(High), 2, &marks);
         assert_eq!(lanes.ask(&marks), Ask::Hold, "one open request a lane");
         lanes.arrived(High);
-        assert_eq!(lanes.ended(High, None), 1);
+        assert_eq!(lanes.ended(Asked::Lane(High), None), 1);
         assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
-        lanes.requested(Normal, 4, &marks);
+        lanes.requested(Asked::Lane(Normal), 4, &marks);
         for _ in 0..4 {
             lanes.arrived(Normal);
         }
@@ -175,19 +237,19 @@ mod tests {
             Ask::Lane(Normal),
             "a request answered in full leaves the lane as it was"
         );
-        lanes.requested(Normal, 4, &marks);
-        assert_eq!(lanes.ended(Normal, None), 4);
+        lanes.requested(Asked::Lane(Normal), 4, &marks);
+        assert_eq!(lanes.ended(Asked::Lane(Normal), None), 4);
         assert_eq!(
             lanes.ask(&marks),
             Ask::Lane(Low),
             "low only once normal is empty"
         );
-        lanes.requested(Low, 1, &marks);
-        assert_eq!(lanes.ended(Low, None), 1);
+        lanes.requested(Asked::Lane(Low), 1, &marks);
+        assert_eq!(lanes.ended(Asked::Lane(Low), None), 1);
         assert_eq!(lanes.ask(&marks), Ask::Poll);
-        lanes.requested(Normal, 3, &marks);
+        lanes.requested(Asked::Lane(Normal), 3, &marks);
         assert_eq!(lanes.ask(&marks), Ask::Hold, "the poll is open");
-        assert_eq!(lanes.ended(Normal, Some(3)), 3);
+        assert_eq!(lanes.ended(Asked::Lane(Normal), Some(3)), 3);
         assert_eq!(lanes.ask(&marks), Ask::Poll);
     }
 
@@ -195,10 +257,10 @@ mod tests {
     fn a_mark_made_while_a_request_was_out_is_not_forgotten() {
         let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
         marks.mark(High);
-        lanes.requested(High, 1, &marks);
+        lanes.requested(Asked::Lane(High), 1, &marks);
         // A call lands in the lane after the server looked, before its answer arrived.
         marks.mark(High);
-        lanes.ended(High, None);
+        lanes.ended(Asked::Lane(High), None);
         assert_eq!(lanes.ask(&marks), Ask::Lane(High));
     }
 
@@ -206,9 +268,9 @@ mod tests {
     fn a_lane_is_asked_again_once_marked_or_read_with_calls() {
         let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
         marks.mark(High);
-        lanes.requested(High, 3, &marks);
+        lanes.requested(Asked::Lane(High), 3, &marks);
         assert_eq!(
-            lanes.ended(High, Some(0)),
+            lanes.ended(Asked::Lane(High), Some(0)),
             0,
             "a stray notice empties nothing"
         );
@@ -216,11 +278,11 @@ mod tests {
         lanes.lost();
         assert_eq!(lanes.outstanding(High), 0);
         assert_eq!(lanes.ask(&marks), Ask::Lane(High));
-        lanes.requested(High, 3, &marks);
-        assert_eq!(lanes.ended(High, None), 3);
+        lanes.requested(Asked::Lane(High), 3, &marks);
+        assert_eq!(lanes.ended(Asked::Lane(High), None), 3);
         assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
-        lanes.requested(Normal, 1, &marks);
-        assert_eq!(lanes.ended(Normal, None), 1);
+        lanes.requested(Asked::Lane(Normal), 1, &marks);
+        assert_eq!(lanes.ended(Asked::Lane(Normal), None), 1);
         assert_eq!(lanes.ask(&marks), Ask::Poll);
         lanes.pending(High);
         assert_eq!(
@@ -228,10 +290,43 @@ mod tests {
             Ask::Lane(High),
             "its consumer shows calls"
         );
-        lanes.requested(High, 1, &marks);
-        lanes.ended(High, None);
+        lanes.requested(Asked::Lane(High), 1, &marks);
+        lanes.ended(Asked::Lane(High), None);
         marks.mark(High);
         assert_eq!(lanes.ask(&marks), Ask::Lane(High), "a call moved into it");
+    }
+
+    #[test]
+    fn polls_of_before_lanes_are_given_up_when_lanes_come_into_use() {
+        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
+        lanes.requested(Asked::Before, 4, &marks);
+        lanes.arrived(Normal);
+        assert_eq!(lanes.ended(Asked::Before, Some(1)), 1);
+        assert_eq!(lanes.forget_before(), 2);
+        assert_eq!(
+            lanes.ended(Asked::Before, Some(2)),
+            0,
+            "its late notice gives up nothing more"
+        );
+        marks.mark(High);
+        lanes.requested(Asked::Lane(Normal), 1, &marks);
+        lanes.arrived(Normal);
+        lanes.arrived(Normal);
+        assert_eq!(
+            lanes.outstanding(Normal),
+            0,
+            "a late message takes nothing twice"
+        );
+        for (asked, token) in [
+            (Asked::Lane(High), "_INBOX.x.h"),
+            (Asked::Lane(Low), "_INBOX.x.l"),
+            (Asked::Before, "_INBOX.x.b"),
+        ] {
+            assert_eq!(Asked::of_reply("_INBOX.x", token), Some(asked));
+        }
+        assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.x.q"), None);
+        assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.y.n"), None);
+        assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.x.nn"), None);
     }
 
     #[test]
