@@ -422,11 +422,10 @@ impl WaitLoop {
                         LaneReading::Unread => {}
                         // NATS removed it after `--consumer-idle`: made again when next asked.
                         LaneReading::Gone => self.consumers[lane.index()] = None,
-                        LaneReading::Read { pending, full } => {
+                        LaneReading::Read { pending } => {
                             if pending > 0 {
                                 self.lanes.pending(lane);
                             }
-                            self.lanes.full(lane, full);
                             num_pending += pending;
                         }
                     }
@@ -462,9 +461,8 @@ enum LaneReading {
     Unread,
     /// NATS no longer has it (removed after `--consumer-idle`).
     Gone,
-    /// Calls not yet delivered, and whether it holds its `max_ack_pending` (a request to it
-    /// would wait for room rather than answer).
-    Read { pending: u64, full: bool },
+    /// Calls not yet delivered.
+    Read { pending: u64 },
 }
 
 /// A reading of a wait loop's consumers in progress.
@@ -485,9 +483,6 @@ fn read_lanes(consumers: &[Option<consumer::PullConsumer>; 3]) -> LanesInfoCall 
             *reading = match c.get_info().await {
                 Ok(info) => LaneReading::Read {
                     pending: info.num_pending,
-                    full: info.config.max_ack_pending > 0
-                        && i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX)
-                            >= info.config.max_ack_pending,
                 },
                 Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
                     LaneReading::Gone

@@ -81,10 +81,6 @@ pub(crate) struct Lanes {
     empty_at: [Option<u64>; 3],
     /// The lane's mark when the last request to it was sent.
     sent_mark: [u64; 3],
-    /// The lane's consumer held its `max_ack_pending` at the last reading: a request that answers
-    /// at once would wait there for room instead, so the lane is not asked until a reading shows
-    /// room.
-    full: [bool; 3],
 }
 
 impl Lanes {
@@ -96,12 +92,11 @@ impl Lanes {
             before: 0,
             empty_at: [Some(0), None, Some(0)],
             sent_mark: [0; 3],
-            full: [false; 3],
         }
     }
 
     fn may_hold_calls(&self, p: Priority, marks: &LaneMarks) -> bool {
-        !self.full[p.index()] && self.empty_at[p.index()] != Some(marks.mark_of(p))
+        self.empty_at[p.index()] != Some(marks.mark_of(p))
     }
 
     /// What to ask next.
@@ -186,11 +181,6 @@ impl Lanes {
     /// The lane's consumer shows calls not yet delivered.
     pub fn pending(&mut self, p: Priority) {
         self.empty_at[p.index()] = None;
-    }
-
-    /// Whether the lane's consumer holds its `max_ack_pending`, as last read.
-    pub fn full(&mut self, p: Priority, full: bool) {
-        self.full[p.index()] = full;
     }
 
     /// Messages asked of lane `p` and not yet arrived.
@@ -327,15 +317,5 @@ mod tests {
         assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.x.q"), None);
         assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.y.n"), None);
         assert_eq!(Asked::of_reply("_INBOX.x", "_INBOX.x.nn"), None);
-    }
-
-    #[test]
-    fn a_lane_at_its_consumers_limit_is_passed_over_until_it_has_room() {
-        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
-        marks.mark(High);
-        lanes.full(High, true);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
-        lanes.full(High, false);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
     }
 }
