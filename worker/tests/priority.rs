@@ -145,14 +145,16 @@ async fn low_calls_start_after_every_waiting_normal_one() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(40)).await;
     let w = worker(&nats, &function, 2, "").await;
-    // Half a second of normal work waits, so the function's calls go through its lanes.
+    // Half a second of normal work waits, so the function's calls go through its lanes; with the
+    // calls below, the drain lasts long enough (about 2.5 s) for the loop to read its consumers,
+    // saturated by normal calls, more than once.
     for i in 0..24 {
         nats.publish(&call(&format!("first-{i}"), Priority::Normal))
             .await;
     }
     dispatched(&nats).await;
     // Then low and normal calls arrive interleaved, a low one first.
-    for i in 0..30 {
+    for i in 0..96 {
         let (id, p) = if i % 3 == 0 {
             (format!("low-{i}"), Priority::Low)
         } else {
@@ -160,7 +162,7 @@ async fn low_calls_start_after_every_waiting_normal_one() {
         };
         nats.publish(&call(&id, p)).await;
     }
-    function.wait_for(54, T).await;
+    function.wait_for(120, T).await;
     let order = starts(&function);
     let first_low = order.iter().position(|id| id.starts_with("low-")).unwrap();
     let last_normal = order
