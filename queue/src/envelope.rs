@@ -11,7 +11,9 @@
 //! included) is unambiguous; `<callback>` is `-` when there is none; `<method>` last, letters
 //! only, so the value never ends in whitespace (NATS trims it). Values never hold CR or LF (they
 //! cannot reach an `http` header or URI). `Flotilla-Retry-At` stays a header of its own: only
-//! waiting retries carry it, and the retry consumer reads it before decoding.
+//! waiting retries carry it, and the retry consumer reads it before decoding. So do
+//! `Flotilla-Batch` and `Flotilla-Priority` (only on calls that have them: a `normal` call carries
+//! no priority, so it is stored as before priorities existed).
 //!
 //! Version 1 (one `Flotilla-*` header per field, `Flotilla-Version: 1`) is still read, so calls
 //! and dead letters stored before an upgrade run and replay; it is never written.
