@@ -376,7 +376,8 @@ pub(crate) struct LaneMarks {
     used: AtomicBool,
     /// Moves into each lane (and discoveries of calls in it), counted.
     marks: [AtomicU64; 3],
-    /// Wakes the function's wait loop when a lane is marked, once lanes are in use.
+    /// Wakes the function's wait loop when lanes come into use, and when a lane is marked once
+    /// they are.
     marked: tokio::sync::Notify,
 }
 
@@ -384,8 +385,12 @@ impl LaneMarks {
     /// A call of `priority` arrived: from the first of another priority than normal on, the
     /// function's calls wait by priority.
     pub fn saw(&self, priority: Priority) {
-        if !priority.is_normal() && !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::SeqCst);
+        if !priority.is_normal()
+            && !self.used.load(Ordering::Relaxed)
+            && !self.used.swap(true, Ordering::SeqCst)
+        {
+            // The wait loop gives up the long polls it had open (see `pull/lanes.rs`).
+            self.marked.notify_one();
         }
     }
 

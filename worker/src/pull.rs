@@ -300,7 +300,7 @@ impl WaitLoop {
                 Ok(ControlFlow::Continue(()))
             }
             // A call moved into a lane (or found there): the loop may ask another lane now.
-            () = self.f.lanes.marked(), if self.f.lanes.used() => Ok(ControlFlow::Continue(())),
+            () = self.f.lanes.marked() => Ok(ControlFlow::Continue(())),
             changed = self.membership.changed(), if self.state.watch_replicas() => {
                 self.on_membership(changed.is_ok());
                 Ok(ControlFlow::Continue(()))

@@ -505,6 +505,7 @@ async fn the_first_high_call_of_a_rate_limited_function_does_not_wait_out_an_ope
     .await;
     let took = starts_of(&function, "high-0")[0] - sent;
     eprintln!("the first high call of a rate-limited function started after {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A move wakes the loop: the call does not wait for the open poll's next heartbeat (1 s).
+    assert!(took < Duration::from_millis(300), "{took:?}");
     w.stop(T).await.unwrap();
 }
