@@ -285,7 +285,8 @@ impl Dispatcher {
             return ControlFlow::Continue(());
         };
         let f = self.functions.get(&name, &self.shared.calls.policies);
-        f.lanes.saw(Priority::of_headers(msg.headers.as_ref()));
+        let priority = Priority::of_headers(msg.headers.as_ref());
+        f.lanes.saw(priority);
         match self.placer.place(&self.shared, &f).await {
             Place::Start(slot) => {
                 let shared = self.shared.clone();
@@ -299,7 +300,7 @@ impl Dispatcher {
                 call::hand_back(&self.shared, &msg).await;
                 ControlFlow::Break(())
             }
-            Place::Wait => self.move_to_wait(f, msg).await,
+            Place::Wait => self.move_to_wait(f, msg, priority).await,
         }
     }
 
@@ -309,6 +310,7 @@ impl Dispatcher {
         &mut self,
         f: Arc<FunctionRt>,
         msg: jetstream::Message,
+        priority: Priority,
     ) -> ControlFlow<()> {
         let guard = f.moving();
         if guard.began {
@@ -320,7 +322,7 @@ impl Dispatcher {
         };
         let shared = self.shared.clone();
         self.shared.life.tracker.spawn(async move {
-            move_to_wait(&shared, &f, msg).await;
+            move_to_wait(&shared, &f, msg, priority).await;
             drop((guard, permit));
         });
         ControlFlow::Continue(())
@@ -483,8 +485,13 @@ impl Placer {
     }
 }
 
-/// Moves a call to its function's wait subject, in the lane of its priority.
-async fn move_to_wait(shared: &Shared, f: &FunctionRt, msg: jetstream::Message) {
+/// Moves a call to its function's wait subject, in the lane of its `priority`.
+async fn move_to_wait(
+    shared: &Shared,
+    f: &FunctionRt,
+    msg: jetstream::Message,
+    priority: Priority,
+) {
     let (stream, sequence) = msg
         .info()
         .map_or(("", 0), |i| (i.stream, i.stream_sequence));
@@ -493,7 +500,6 @@ async fn move_to_wait(shared: &Shared, f: &FunctionRt, msg: jetstream::Message) 
         NATS_MESSAGE_ID,
         retry::dedup_id("wait", stream, sequence).as_str(),
     );
-    let priority = Priority::of_headers(msg.headers.as_ref());
     let subject = subjects::wait_lane_subject(f.shard, &f.name, priority);
     let payload = msg.payload.clone();
     match retry::relay(shared, &msg, subject, headers, payload, MOVE_RETRY_AFTER).await {

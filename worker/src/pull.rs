@@ -218,39 +218,28 @@ impl WaitLoop {
             return Ok(());
         }
         let mut pace = self.state.pace();
-        let (asked, batch) = match self.lanes.ask(&self.f.lanes) {
+        let mut batch = consumer::pull::BatchConfig {
+            batch: n,
+            ..Default::default()
+        };
+        let asked = match self.lanes.ask(&self.f.lanes) {
             Ask::Hold => return Ok(()),
             Ask::Normal => {
-                let batch = consumer::pull::BatchConfig {
-                    batch: n,
-                    expires: Some(pace.expires),
-                    idle_heartbeat: pace.heartbeat,
-                    ..Default::default()
-                };
-                (Asked::Before, batch)
+                batch.expires = Some(pace.expires);
+                batch.idle_heartbeat = pace.heartbeat;
+                Asked::Before
             }
             Ask::Poll => {
                 pace.expires = LANE_POLL;
-                let batch = consumer::pull::BatchConfig {
-                    batch: n,
-                    expires: Some(LANE_POLL),
-                    ..Default::default()
-                };
-                (Asked::Lane(Priority::Normal), batch)
+                batch.expires = Some(LANE_POLL);
+                Asked::Lane(Priority::Normal)
             }
             Ask::Lane(lane) => {
-                let batch = consumer::pull::BatchConfig {
-                    batch: n,
-                    no_wait: true,
-                    ..Default::default()
-                };
-                (Asked::Lane(lane), batch)
+                batch.no_wait = true;
+                Asked::Lane(lane)
             }
         };
-        let lane = match asked {
-            Asked::Lane(lane) => lane,
-            Asked::Before => Priority::Normal,
-        };
+        let lane = asked.lane();
         let consumer = match &self.consumers[lane.index()] {
             Some(c) => c,
             None => {
@@ -340,10 +329,7 @@ impl WaitLoop {
             Some(_) => Asked::of_reply(&self.inbox, &m.subject),
         }
         .unwrap_or(Asked::Lane(Priority::Normal));
-        let lane = match asked {
-            Asked::Lane(lane) => lane,
-            Asked::Before => Priority::Normal,
-        };
+        let lane = asked.lane();
         match arrival(&self.shared, m, &self.f.name).await? {
             Arrival::Message(msg) => {
                 self.lanes.arrived(lane);
@@ -636,14 +622,17 @@ mod tests {
             concurrency: 7,
             ..FunctionPolicy::default()
         };
-        let c = consumer_config(
-            &f,
-            Priority::Normal,
-            2,
-            &p,
-            Duration::from_secs(3),
-            Duration::from_secs(60),
-        );
+        let config = |lane| {
+            consumer_config(
+                &f,
+                lane,
+                2,
+                &p,
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+            )
+        };
+        let c = config(Priority::Normal);
         assert_eq!(c.max_ack_pending, 7);
         assert_eq!(c.max_deliver, -1);
         assert_eq!(c.filter_subject, "flotilla.wait.2.echo.ns");
@@ -652,14 +641,7 @@ mod tests {
             Some(subjects::consumer_name(&f).as_str())
         );
         assert_eq!(c.ack_policy, consumer::AckPolicy::Explicit);
-        let high = consumer_config(
-            &f,
-            Priority::High,
-            2,
-            &p,
-            Duration::from_secs(3),
-            Duration::from_secs(60),
-        );
+        let high = config(Priority::High);
         assert_eq!(high.filter_subject, "flotilla.wait.2.~high.echo.ns");
         assert_eq!(high.max_ack_pending, 7);
         assert_ne!(high.durable_name, c.durable_name);

@@ -33,27 +33,33 @@ pub(crate) enum Asked {
 }
 
 impl Asked {
-    /// The reply subject's last token.
-    pub fn token(self) -> char {
+    /// The lane the requests ask of (long polls of before ask the normal one).
+    pub fn lane(self) -> Priority {
         match self {
-            Self::Lane(Priority::High) => 'h',
-            Self::Lane(Priority::Normal) => 'n',
-            Self::Lane(Priority::Low) => 'l',
-            Self::Before => 'b',
+            Self::Lane(p) => p,
+            Self::Before => Priority::Normal,
+        }
+    }
+
+    /// The reply subject's last token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Self::Lane(Priority::High) => "h",
+            Self::Lane(Priority::Normal) => "n",
+            Self::Lane(Priority::Low) => "l",
+            Self::Before => "b",
         }
     }
 
     /// What the reply subject `subject` of `inbox` answers for.
     pub fn of_reply(inbox: &str, subject: &str) -> Option<Self> {
-        let token = subject.strip_prefix(inbox)?.strip_prefix('.')?;
-        [
-            Self::Lane(Priority::High),
-            Self::Lane(Priority::Normal),
-            Self::Lane(Priority::Low),
-            Self::Before,
-        ]
-        .into_iter()
-        .find(|a| token.len() == 1 && token.starts_with(a.token()))
+        match subject.strip_prefix(inbox)?.strip_prefix('.')? {
+            "h" => Some(Self::Lane(Priority::High)),
+            "n" => Some(Self::Lane(Priority::Normal)),
+            "l" => Some(Self::Lane(Priority::Low)),
+            "b" => Some(Self::Before),
+            _ => None,
+        }
     }
 }
 
@@ -155,19 +161,16 @@ impl Lanes {
     /// whatever the server's reason (nothing there, other requests first, the consumer at its
     /// limit): asking again at once would spin, and the next mark or reading asks again.
     pub fn ended(&mut self, asked: Asked, unfulfilled: Option<usize>) -> usize {
-        let p = match asked {
-            Asked::Lane(p) => p,
-            Asked::Before => {
-                let given_up = unfulfilled.unwrap_or(self.before).min(self.before);
-                self.before -= given_up;
-                return given_up;
-            }
+        let out = match asked {
+            Asked::Lane(p) => &mut self.out[p.index()],
+            Asked::Before => &mut self.before,
         };
-        let i = p.index();
-        let given_up = unfulfilled.unwrap_or(self.out[i]).min(self.out[i]);
-        self.out[i] -= given_up;
-        if given_up > 0 {
-            self.empty_at[i] = Some(self.sent_mark[i]);
+        let given_up = unfulfilled.unwrap_or(*out).min(*out);
+        *out -= given_up;
+        if let Asked::Lane(p) = asked
+            && given_up > 0
+        {
+            self.empty_at[p.index()] = Some(self.sent_mark[p.index()]);
         }
         given_up
     }
