@@ -318,9 +318,8 @@ async fn store(
     }
     let priority = match &line.priority {
         None => Priority::Normal,
-        Some(text) => Priority::parse(text).map_err(|_| {
-            CallError::BadRequest("priority must be one of high, normal or low".into())
-        })?,
+        Some(text) => Priority::parse(text)
+            .map_err(|e| CallError::BadRequest(format!("priority {e}").into()))?,
     };
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {

@@ -140,7 +140,7 @@ pub fn derived_call_id(function: &str, key: &str) -> String {
 pub fn priority(headers: &HeaderMap) -> Result<Priority, CallError> {
     let bad = CallError::BadHeader {
         header: spelled::X_PRIORITY,
-        reason: "must be one of high, normal or low",
+        reason: flotilla_queue::priority::ALLOWED,
     };
     match header_text(headers, &headers::X_PRIORITY) {
         None => Ok(Priority::Normal),

@@ -23,9 +23,12 @@ pub enum Priority {
     Low,
 }
 
+/// What a priority may be, as a refusal says it.
+pub const ALLOWED: &str = "must be one of high, normal or low";
+
 /// A priority that is none of the three; the gateway answers 400 with this text.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("must be one of high, normal or low")]
+#[error("{ALLOWED}")]
 pub struct PriorityError;
 
 impl Priority {

@@ -47,12 +47,7 @@ fn batch() -> (String, Vec<Expect>) {
 }
 
 async fn progress(gw: &Gateway, batch_id: &str) -> Value {
-    let a = gw
-        .send(Method::GET, &format!("/async-batch/{batch_id}"), &[], "")
-        .await
-        .unwrap();
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    serde_json::from_slice(&a.body).unwrap()
+    gw.get_json(&format!("/async-batch/{batch_id}")).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

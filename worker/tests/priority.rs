@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::{Gateway, Nats, Worker, envelope, function_taking};
 use flotilla_queue::{Envelope, FunctionName, Priority, subjects};
 use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until, wait_until_async};
-use http::Method;
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -236,12 +235,7 @@ async fn two_replicas_serve_the_lanes_within_the_functions_concurrency() {
 }
 
 async fn status(gw: &Gateway, id: &str) -> Value {
-    let a = gw
-        .send(Method::GET, &format!("/async-call/{id}"), &[], "")
-        .await
-        .unwrap();
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    serde_json::from_slice(&a.body).unwrap()
+    gw.get_json(&format!("/async-call/{id}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,9 +42,7 @@ fn json(a: &Answer) -> Value {
 }
 
 async fn status(gw: &Gateway, id: &str) -> Value {
-    let a = send(gw, Method::GET, &format!("/async-call/{id}")).await;
-    assert_eq!(a.status, 200, "{:?}", a.body);
-    json(&a)
+    gw.get_json(&format!("/async-call/{id}")).await
 }
 
 /// Polls the call's status until it is `state`, and returns it.

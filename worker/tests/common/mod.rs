@@ -296,6 +296,17 @@ impl Gateway {
         }
     }
 
+    /// GETs `path`, which must answer 200 with JSON, and returns the JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let a = self
+            .send(http::Method::GET, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "GET {path}: {:?}", a.body);
+        serde_json::from_slice(&a.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&a.body)))
+    }
+
     /// POSTs `body` to `path` with `headers`, through a pooled client.
     pub async fn post(
         &self,
