@@ -129,6 +129,7 @@ fn from_json<B>(j: JsonEnvelope<B>, body: impl FnOnce(B) -> Bytes) -> Envelope {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     }
 }
 

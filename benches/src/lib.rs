@@ -26,5 +26,6 @@ pub fn sample_call(body: usize) -> Envelope {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     }
 }

@@ -10,7 +10,7 @@ use flotilla_queue::envelope::{self, Control, H_RETRY_AT};
 use flotilla_queue::status::pages::Page;
 use flotilla_queue::status::{self, Record, Store};
 use flotilla_queue::subjects;
-use flotilla_queue::{Priority, headers};
+use flotilla_queue::{FairnessKey, Priority, headers};
 
 use crate::error::{CallError, EnqueueError};
 use crate::hot::Hot;
@@ -25,6 +25,7 @@ async fn requeue_status(
     accepted_at: u128,
     batch_id: Option<&str>,
     priority: Priority,
+    key: Option<&FairnessKey>,
 ) {
     let Some(store) = state.status.kept() else {
         return;
@@ -33,7 +34,9 @@ async fn requeue_status(
         .transition(call_id, status::Known::Unknown, |current| match current {
             Some(r) if r.accepted_at == accepted_at => None,
             _ => Some(
-                Record::queued(call_id, function, accepted_at, batch_id).with_priority(priority),
+                Record::queued(call_id, function, accepted_at, batch_id)
+                    .with_priority(priority)
+                    .with_key(key),
             ),
         })
         .await;
@@ -58,6 +61,8 @@ pub(crate) struct Accepting<'a> {
     pub batch_id: Option<&'a str>,
     /// Written as `Flotilla-Priority` when not normal; the worker's lane.
     pub priority: Priority,
+    /// Written as `Flotilla-Fairness-Key`; the key the worker parks the call under.
+    pub fairness_key: Option<&'a FairnessKey>,
 }
 
 /// Stores one accepted call: its `queued` status first (so the call carries the record's
@@ -119,6 +124,9 @@ async fn prepare<'s, K: AsRef<str>, V: AsRef<str>>(
         headers.insert(headers::FLOTILLA_BATCH, batch);
     }
     a.priority.mark(&mut headers);
+    if let Some(key) = a.fairness_key {
+        key.mark(&mut headers);
+    }
     let (payload, name) = if body.len() > state.inline_limit() {
         let object = store_body(state, &body).await?;
         headers.insert(headers::FLOTILLA_BODY_OBJECT, object.as_str());
@@ -171,8 +179,9 @@ async fn record_before<'s>(
         return Queued::Off;
     };
     let (name, call_id) = (a.function, a.control.call_id);
-    let mut queued =
-        Record::queued(call_id, name, a.control.start_time, a.batch_id).with_priority(a.priority);
+    let mut queued = Record::queued(call_id, name, a.control.start_time, a.batch_id)
+        .with_priority(a.priority)
+        .with_key(a.fairness_key);
     queued.not_before = a.not_before;
     if let Some(page) = status::pages::page_of(call_id) {
         return Queued::Paged(store, page, queued);
@@ -279,6 +288,7 @@ async fn settle(
             a.control.start_time,
             a.batch_id,
             a.priority,
+            a.fairness_key,
         ))
         .await;
     }

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use flotilla_queue::batch::{self, Meta};
 use flotilla_queue::envelope::{self, Control, is_dropped_header};
 use flotilla_queue::headers::X_BATCH_ID;
-use flotilla_queue::{FunctionName, Priority, parse_duration};
+use flotilla_queue::{FairnessKey, FunctionName, Priority, parse_duration};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -77,6 +77,7 @@ struct Line {
     callback_url: Option<String>,
     delay: Option<String>,
     priority: Option<String>,
+    fairness_key: Option<String>,
 }
 
 impl Line {
@@ -130,7 +131,7 @@ impl Line {
             if is_control_header(&parsed) {
                 return Err(CallError::BadRequest(
                     format!(
-                        "header {name} is a line field here (idempotency_key, callback_url, delay, priority)"
+                        "header {name} is a line field here (idempotency_key, callback_url, delay, priority, fairness_key)"
                     )
                     .into(),
                 ));
@@ -321,6 +322,13 @@ async fn store(
         Some(text) => Priority::parse(text)
             .map_err(|e| CallError::BadRequest(format!("priority {e}").into()))?,
     };
+    let fairness_key = match &line.fairness_key {
+        None => None,
+        Some(text) => Some(
+            FairnessKey::parse(text)
+                .map_err(|e| CallError::BadRequest(format!("fairness_key {e}").into()))?,
+        ),
+    };
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
         None => None,
@@ -349,6 +357,7 @@ async fn store(
             not_before,
             batch_id: Some(batch_id),
             priority,
+            fairness_key: fairness_key.as_ref(),
         },
         headers,
         body,

@@ -15,8 +15,8 @@ use crate::accept::{Accepting, accept};
 use crate::body::Body;
 use crate::error::CallError;
 use crate::request::{
-    callback_header, client_key, content_length, dedup_key, derived_call_id, forwarded_headers,
-    not_before, priority, read_body, split_name,
+    callback_header, client_key, content_length, dedup_key, derived_call_id, fairness_key,
+    forwarded_headers, not_before, priority, read_body, split_name,
 };
 use crate::state::State;
 
@@ -53,6 +53,7 @@ pub async fn enqueue(
     let client_call_id = client_key(headers, &X_CALL_ID, spelled::X_CALL_ID)?;
     let idempotency_key = client_key(headers, &IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY)?;
     let priority = priority(headers)?;
+    let fairness_key = fairness_key(headers)?;
 
     // Up to the flag; a body larger than one NATS message holds goes to the object store.
     let limit = state.admission.max_body_bytes;
@@ -113,6 +114,7 @@ pub async fn enqueue(
             not_before,
             batch_id: None,
             priority,
+            fairness_key: fairness_key.as_ref(),
         },
         forwarded_headers(headers),
         body,

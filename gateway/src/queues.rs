@@ -286,6 +286,8 @@ struct Counts {
     calls: u64,
     /// Calls in each priority's wait lane, in `Priority::ALL` order.
     waiting: [u64; 3],
+    /// Calls parked under their fairness keys, per priority: all pending.
+    parked: [u64; 3],
     retrying: u64,
     dead: u64,
 }
@@ -328,7 +330,9 @@ pub async fn read(
         for (subject, n) in
             subject_counts(js, &wait_stream, &subjects::wait_wildcard(shard)).await?
         {
-            if let Some((f, lane)) = subjects::lane_of_wait_subject(shard, &subject) {
+            if let Some((f, lane, _)) = subjects::park_of_wait_subject(shard, &subject) {
+                counts.entry(f).or_default().parked[lane.index()] += n;
+            } else if let Some((f, lane)) = subjects::lane_of_wait_subject(shard, &subject) {
                 counts.entry(f).or_default().waiting[lane.index()] += n;
             }
         }
@@ -363,7 +367,19 @@ pub async fn read(
                     oldest = Some(oldest.map_or(t, |o: time::OffsetDateTime| o.min(t)));
                 }
             }
-            let waited_total: u64 = c.waiting.iter().sum();
+            // Parked calls are all pending; one batched direct get per lane finds the oldest,
+            // whatever the number of keys.
+            for lane in Priority::ALL {
+                if c.parked[lane.index()] == 0 {
+                    continue;
+                }
+                waiting_pending += c.parked[lane.index()];
+                let parked = subjects::park_wildcard(shard, &f, lane);
+                if let Some((t, _)) = pending_after(js, &wait_stream, &parked, 0).await? {
+                    oldest = Some(oldest.map_or(t, |o: time::OffsetDateTime| o.min(t)));
+                }
+            }
+            let waited_total: u64 = c.waiting.iter().sum::<u64>() + c.parked.iter().sum::<u64>();
             rows.push(QueueRow {
                 function: f.as_str().to_owned(),
                 shard,

@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_queue::Priority;
 use flotilla_queue::envelope::is_dropped_header;
 use flotilla_queue::headers::{self, X_CALL_ID, X_CALLBACK_URL, X_DELAY, X_NOT_BEFORE, spelled};
+use flotilla_queue::{FairnessKey, Priority};
 use http::header::AsHeaderName;
 use http::{HeaderMap, HeaderName, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -22,13 +22,14 @@ pub const MAX_KEY_LEN: usize = 128;
 
 /// Request headers that travel as envelope control fields (or are set again by the worker), so
 /// they are not copied among the forwarded headers.
-static CONTROL_HEADERS: [HeaderName; 6] = [
+static CONTROL_HEADERS: [HeaderName; 7] = [
     X_CALL_ID,
     X_CALLBACK_URL,
     headers::X_START_TIME,
     headers::X_DELAY,
     headers::X_NOT_BEFORE,
     headers::X_PRIORITY,
+    headers::X_FAIRNESS_KEY,
 ];
 
 /// Splits `<name>[/<path>]` into the name and the path suffix (empty or starting with '/').
@@ -149,8 +150,22 @@ pub fn priority(headers: &HeaderMap) -> Result<Priority, CallError> {
     }
 }
 
+/// The request's `X-Fairness-Key`: none when absent, 400 when it is not 1 to 64 printable
+/// ASCII bytes.
+pub fn fairness_key(headers: &HeaderMap) -> Result<Option<FairnessKey>, CallError> {
+    let bad = CallError::BadHeader {
+        header: spelled::X_FAIRNESS_KEY,
+        reason: flotilla_queue::fairness::ALLOWED,
+    };
+    match header_text(headers, &headers::X_FAIRNESS_KEY) {
+        None => Ok(None),
+        Some(Ok(text)) => FairnessKey::parse(text).map(Some).map_err(|_| bad),
+        Some(Err(())) => Err(bad),
+    }
+}
+
 /// Whether a request header is one the gateway consumes itself (call id, callback, delay, start
-/// time, priority) rather than forwards.
+/// time, priority, fairness key) rather than forwards.
 pub fn is_control_header(name: &HeaderName) -> bool {
     CONTROL_HEADERS.contains(name)
 }

@@ -176,6 +176,8 @@ struct View<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_id: Option<&'a str>,
     priority: Priority,
+    /// `null` for a call without a key.
+    fairness_key: Option<&'a str>,
 }
 
 impl<'a> View<'a> {
@@ -199,6 +201,7 @@ impl<'a> View<'a> {
             reason,
             batch_id: r.batch_id.as_deref(),
             priority: r.priority,
+            fairness_key: r.fairness_key.as_deref(),
         }
     }
 }
@@ -232,7 +235,12 @@ mod tests {
             v["priority"], "normal",
             "shown even when the record leaves it out"
         );
-        let high = serde_json::to_value(View::of(&r.with_priority(Priority::High))).unwrap();
+        let high =
+            serde_json::to_value(View::of(&r.clone().with_priority(Priority::High))).unwrap();
         assert_eq!(high["priority"], "high");
+        assert_eq!(v["fairness_key"], serde_json::Value::Null);
+        let key = flotilla_queue::FairnessKey::parse("acme").unwrap();
+        let keyed = serde_json::to_value(View::of(&r.clone().with_key(Some(&key)))).unwrap();
+        assert_eq!(keyed["fairness_key"], "acme");
     }
 }

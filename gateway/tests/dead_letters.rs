@@ -54,6 +54,7 @@ fn call_of(function: &str, n: u32) -> Envelope {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     }
 }
 

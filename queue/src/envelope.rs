@@ -12,8 +12,9 @@
 //! only, so the value never ends in whitespace (NATS trims it). Values never hold CR or LF (they
 //! cannot reach an `http` header or URI). `Flotilla-Retry-At` stays a header of its own: only
 //! waiting retries carry it, and the retry consumer reads it before decoding. So do
-//! `Flotilla-Batch` and `Flotilla-Priority` (only on calls that have them: a `normal` call carries
-//! no priority, so it is stored as before priorities existed).
+//! `Flotilla-Batch`, `Flotilla-Priority` and `Flotilla-Fairness-Key` (only on calls that have
+//! them: a `normal` call without a key carries neither, so it is stored as before priorities and
+//! keys existed).
 //!
 //! Version 1 (one `Flotilla-*` header per field, `Flotilla-Version: 1`) is still read, so calls
 //! and dead letters stored before an upgrade run and replay; it is never written.
@@ -24,6 +25,7 @@
 use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 
+use crate::fairness::FairnessKey;
 use crate::headers;
 use crate::names::FunctionName;
 use crate::priority::Priority;
@@ -91,6 +93,8 @@ pub struct Envelope {
     pub body_object: Option<String>,
     /// The call's priority within its function, carried in `Flotilla-Priority` when not normal.
     pub priority: Priority,
+    /// The call's fairness key within its function, carried in `Flotilla-Fairness-Key`.
+    pub fairness_key: Option<FairnessKey>,
 }
 
 /// Why a message is not a valid envelope; the worker dead-letters it with this text.
@@ -209,6 +213,9 @@ impl Envelope {
             h.insert(crate::headers::FLOTILLA_BATCH, batch.as_str());
         }
         self.priority.mark(&mut h);
+        if let Some(key) = &self.fairness_key {
+            key.mark(&mut h);
+        }
         match &self.body_object {
             // The body stays in the object store; the message carries its name.
             Some(object) => {
@@ -259,6 +266,7 @@ impl Envelope {
                 .get(crate::headers::FLOTILLA_BODY_OBJECT)
                 .map(|v| v.as_str().to_owned()),
             priority: Priority::of_headers(Some(h)),
+            fairness_key: FairnessKey::of_headers(Some(h)),
         })
     }
 }
@@ -480,6 +488,7 @@ mod tests {
             batch_id: None,
             body_object: None,
             priority: Priority::Normal,
+            fairness_key: None,
         }
     }
 
@@ -566,6 +575,21 @@ mod tests {
         e.priority = Priority::High;
         let (h, body) = e.to_nats(None);
         assert_eq!(h.get(headers::FLOTILLA_PRIORITY).unwrap().as_str(), "high");
+        let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
+        assert_eq!(sorted(back), sorted(e));
+    }
+
+    #[test]
+    fn a_fairness_key_travels_in_its_own_header() {
+        let (h, _) = sample().to_nats(None);
+        assert!(h.get(headers::FLOTILLA_FAIRNESS_KEY).is_none());
+        let mut e = sample();
+        e.fairness_key = Some(FairnessKey::parse("tenant 7").unwrap());
+        let (h, body) = e.to_nats(None);
+        assert_eq!(
+            h.get(headers::FLOTILLA_FAIRNESS_KEY).unwrap().as_str(),
+            "tenant 7"
+        );
         let back = Envelope::from_nats(echo(), Some(&h), body).unwrap();
         assert_eq!(sorted(back), sorted(e));
     }

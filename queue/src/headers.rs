@@ -23,6 +23,9 @@ pub const X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// A call's priority within its function: `high`, `normal` (the default) or `low`.
 pub const X_PRIORITY: HeaderName = HeaderName::from_static("x-priority");
+/// A call's fairness key within its function: calls of one function and priority start
+/// round-robin across the keys with calls waiting (1 to 64 printable ASCII bytes).
+pub const X_FAIRNESS_KEY: HeaderName = HeaderName::from_static("x-fairness-key");
 /// Where the worker POSTs the call's outcome.
 pub const X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 /// Unix nanoseconds at which the gateway accepted the call (sent to function and callback).
@@ -52,6 +55,7 @@ pub mod spelled {
     pub const X_DELAY: &str = "X-Delay";
     pub const X_NOT_BEFORE: &str = "X-Not-Before";
     pub const X_PRIORITY: &str = "X-Priority";
+    pub const X_FAIRNESS_KEY: &str = "X-Fairness-Key";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,6 +91,11 @@ pub const FLOTILLA_BODY_OBJECT: &str = "Flotilla-Body-Object";
 pub const FLOTILLA_BATCH: &str = "Flotilla-Batch";
 /// On a call whose priority is not `normal`: `high` or `low` (see `priority`).
 pub const FLOTILLA_PRIORITY: &str = "Flotilla-Priority";
+/// On a call with a fairness key: the key (see `fairness`).
+pub const FLOTILLA_FAIRNESS_KEY: &str = "Flotilla-Fairness-Key";
+/// On a keyed call claimed under `key_concurrency`: the key slot it holds, `<sequence> <subject>`
+/// in `FLOTILLA_KEY_SLOTS`, freed when the call ends.
+pub const FLOTILLA_KEY_SLOT: &str = "Flotilla-Key-Slot";
 /// On a queued call: the stream sequence of its status record when it was queued, so the worker
 /// can write the next state as a compare-and-set without reading the record first.
 pub const FLOTILLA_STATUS_REV: &str = "Flotilla-Status-Rev";
@@ -140,6 +149,7 @@ mod tests {
             (X_CALL_ID, spelled::X_CALL_ID),
             (IDEMPOTENCY_KEY, spelled::IDEMPOTENCY_KEY),
             (X_PRIORITY, spelled::X_PRIORITY),
+            (X_FAIRNESS_KEY, spelled::X_FAIRNESS_KEY),
         ] {
             assert_eq!(HeaderName::from_bytes(text.as_bytes()).unwrap(), name);
         }
@@ -151,6 +161,8 @@ mod tests {
             FLOTILLA_CALL,
             FLOTILLA_RETRY_AT,
             FLOTILLA_PRIORITY,
+            FLOTILLA_FAIRNESS_KEY,
+            FLOTILLA_KEY_SLOT,
             DEAD_REASON,
             DEAD_KIND,
             DEAD_STREAM,

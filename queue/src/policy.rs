@@ -64,6 +64,8 @@ pub enum InvalidPolicy {
     MinConcurrency { min: u32, ceiling: u32 },
     #[error("replica_concurrency {replica} exceeds concurrency {cluster}")]
     ReplicaAboveCluster { replica: u32, cluster: u32 },
+    #[error("key_concurrency must be at least 1")]
+    ZeroKeyConcurrency,
     #[error("rate must be at least 1 per second")]
     ZeroRate,
     #[error("timeout must be above zero")]
@@ -140,6 +142,9 @@ pub struct FunctionPolicy {
     /// Calls in flight in one replica, so one replica cannot take the whole cluster budget
     /// while others idle.
     pub replica_concurrency: u32,
+    /// Calls of one fairness key in flight across every replica (`key_concurrency`); `None`:
+    /// only the function's own limits apply.
+    pub key_concurrency: Option<u32>,
     /// Calls started per second across every replica of the shard: each live replica runs a
     /// token bucket of an equal share. `None` is unlimited.
     pub rate_per_second: Option<u32>,
@@ -169,6 +174,7 @@ impl Default for FunctionPolicy {
             adaptive: true,
             min_concurrency: 1,
             replica_concurrency: 100,
+            key_concurrency: None,
             rate_per_second: None,
             timeout: Duration::from_secs(60),
             retry: RetryPolicy::default(),
@@ -210,6 +216,7 @@ struct Override {
     min_concurrency: Option<u32>,
     max_concurrency: Option<u32>,
     replica_concurrency: Option<u32>,
+    key_concurrency: Option<u32>,
     rate: Option<u32>,
     timeout: Option<String>,
     retry: Option<RetryOverride>,
@@ -255,6 +262,9 @@ impl Override {
         }
         if let Some(c) = self.replica_concurrency {
             p.replica_concurrency = c;
+        }
+        if let Some(k) = self.key_concurrency {
+            p.key_concurrency = Some(k);
         }
         if let Some(r) = self.rate {
             p.rate_per_second = Some(r);
@@ -317,6 +327,9 @@ impl FunctionPolicy {
                 replica: self.replica_concurrency,
                 cluster: self.concurrency,
             });
+        }
+        if self.key_concurrency == Some(0) {
+            return Err(InvalidPolicy::ZeroKeyConcurrency);
         }
         if self.rate_per_second == Some(0) {
             return Err(InvalidPolicy::ZeroRate);
@@ -563,6 +576,18 @@ mod tests {
             FunctionPolicy::default(),
             DEFAULT_URL_TEMPLATE,
         )
+    }
+
+    #[test]
+    fn key_concurrency_is_at_least_one_and_off_by_default() {
+        let p = parse("[functions.tenants]\nkey_concurrency = 2\n").unwrap();
+        assert_eq!(p.get(&f("tenants")).key_concurrency, Some(2));
+        assert_eq!(p.get(&f("other")).key_concurrency, None);
+        let e = parse("[functions.tenants]\nkey_concurrency = 0\n").unwrap_err();
+        assert!(
+            e.to_string().contains("key_concurrency must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

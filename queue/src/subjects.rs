@@ -8,8 +8,12 @@
 //! shard's second stream `FLOTILLA_WAIT_k` under `flotilla.wait.k.<function>`, read by one
 //! consumer per function; calls of another priority than normal wait in lanes of their own,
 //! `flotilla.wait.k.~high.<function>` and `flotilla.wait.k.~low.<function>`, each with its own
-//! consumer. Dead letters go to the one stream `FLOTILLA_DEAD` under
-//! `flotilla.dead.<function>`.
+//! consumer. A waiting call with a fairness key (or any waiting call of a function whose calls
+//! carry keys) is parked under its key in the same stream,
+//! `flotilla.wait.k.~keys.<priority>.<key token>.<function>`, read by no consumer: workers claim
+//! each key's oldest call in turn into the lane. Slots of a function's keys under
+//! `key_concurrency` are `flotilla.keyslot.<key token>.<slot>.<function>` in `FLOTILLA_KEY_SLOTS`.
+//! Dead letters go to the one stream `FLOTILLA_DEAD` under `flotilla.dead.<function>`.
 //!
 //! On core NATS, outside any stream: completion reports on `flotilla.report.<function>` and the
 //! replicas' presence heartbeat on `flotilla.presence.<k>`. The one JetStream API subject the
@@ -22,6 +26,10 @@ use crate::shard::fingerprint;
 pub const CALL_SUBJECT_PREFIX: &str = "flotilla.call";
 pub const RETRY_SUBJECT_PREFIX: &str = "flotilla.retry";
 pub const WAIT_SUBJECT_PREFIX: &str = "flotilla.wait";
+/// The wait-subject token after which keyed calls are parked. `~` is in no function name.
+const PARK_TOKEN: &str = "~keys";
+pub const KEY_SLOT_STREAM: &str = "FLOTILLA_KEY_SLOTS";
+pub const KEY_SLOT_SUBJECT_PREFIX: &str = "flotilla.keyslot";
 /// Durable consumer of a shard's calls, shared by every replica of the shard.
 pub const DISPATCH_CONSUMER: &str = "flotilla-dispatch";
 /// Durable consumer of a shard's waiting retries, shared by every replica of the shard.
@@ -63,15 +71,21 @@ pub fn wait_lane_subject(shard: u32, function: &FunctionName, priority: Priority
     }
 }
 
-/// The function and lane a wait subject belongs to, or `None` when the subject is not a wait
-/// subject of `shard` (or names an invalid function).
-pub fn lane_of_wait_subject(shard: u32, subject: &str) -> Option<(FunctionName, Priority)> {
+/// What follows `flotilla.wait.<shard>.` in a wait subject of `shard`.
+fn wait_rest(shard: u32, subject: &str) -> Option<&str> {
     let rest = subject
         .strip_prefix(WAIT_SUBJECT_PREFIX)?
         .strip_prefix('.')?;
     let (k, rest) = rest.split_once('.')?;
-    if k.parse::<u32>().ok()? != shard {
-        return None;
+    (k.parse::<u32>().ok()? == shard).then_some(rest)
+}
+
+/// The function and lane a wait subject (a lane's, or a park subject) belongs to, or `None` when
+/// the subject is not a wait subject of `shard` (or names an invalid function).
+pub fn lane_of_wait_subject(shard: u32, subject: &str) -> Option<(FunctionName, Priority)> {
+    let rest = wait_rest(shard, subject)?;
+    if rest.starts_with(PARK_TOKEN) {
+        return park_of_wait_subject(shard, subject).map(|(f, p, _)| (f, p));
     }
     for p in [Priority::High, Priority::Low] {
         if let Some(name) = p
@@ -82,6 +96,44 @@ pub fn lane_of_wait_subject(shard: u32, subject: &str) -> Option<(FunctionName, 
         }
     }
     Some((FunctionName::parse(rest).ok()?, Priority::Normal))
+}
+
+/// Where a waiting call of `priority` and the key whose token is `key_token` is parked (see
+/// `fairness`).
+pub fn park_subject(
+    shard: u32,
+    function: &FunctionName,
+    priority: Priority,
+    key_token: &str,
+) -> String {
+    format!("{WAIT_SUBJECT_PREFIX}.{shard}.{PARK_TOKEN}.{priority}.{key_token}.{function}")
+}
+
+/// Every call of `function` parked in the lane of `priority`, whatever its key.
+pub fn park_wildcard(shard: u32, function: &FunctionName, priority: Priority) -> String {
+    format!("{WAIT_SUBJECT_PREFIX}.{shard}.{PARK_TOKEN}.{priority}.*.{function}")
+}
+
+/// The function, priority and key token of a park subject of `shard`, or `None` when the subject
+/// is not one.
+pub fn park_of_wait_subject(shard: u32, subject: &str) -> Option<(FunctionName, Priority, &str)> {
+    let rest = wait_rest(shard, subject)?
+        .strip_prefix(PARK_TOKEN)?
+        .strip_prefix('.')?;
+    let (priority, rest) = rest.split_once('.')?;
+    let (token, name) = rest.split_once('.')?;
+    let priority = Priority::parse(priority).ok()?;
+    Some((FunctionName::parse(name).ok()?, priority, token))
+}
+
+/// The subject of slot `slot` of a key of `function` under `key_concurrency`.
+pub fn key_slot_subject(function: &FunctionName, key_token: &str, slot: u32) -> String {
+    format!("{KEY_SLOT_SUBJECT_PREFIX}.{key_token}.{slot}.{function}")
+}
+
+/// Every key slot (what `FLOTILLA_KEY_SLOTS` captures).
+pub fn key_slot_wildcard() -> String {
+    format!("{KEY_SLOT_SUBJECT_PREFIX}.>")
 }
 
 /// The function a wait subject (of any lane) belongs to, or `None` when the subject is not a wait
@@ -245,6 +297,41 @@ mod tests {
         for s in [&w, &r, &call_subject(3, &f("fn.ns"))] {
             assert_eq!(function_of_any_subject(3, s), Some(f("fn.ns")));
         }
+    }
+
+    #[test]
+    fn parked_calls_are_subjects_of_the_wait_stream_no_lane_consumer_reads() {
+        for name in ["echo", "fn.ns"] {
+            for p in Priority::ALL {
+                for token in ["616263", "-"] {
+                    let s = park_subject(3, &f(name), p, token);
+                    assert!(s.starts_with("flotilla.wait.3.~keys."), "{s}");
+                    assert_eq!(park_of_wait_subject(3, &s), Some((f(name), p, token)));
+                    assert_eq!(lane_of_wait_subject(3, &s), Some((f(name), p)));
+                    assert_eq!(park_of_wait_subject(2, &s), None);
+                    for lane in Priority::ALL {
+                        assert_ne!(s, wait_lane_subject(3, &f(name), lane));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            park_subject(0, &f("echo"), Priority::High, "6b"),
+            "flotilla.wait.0.~keys.high.6b.echo"
+        );
+        assert_eq!(
+            park_wildcard(0, &f("fn.ns"), Priority::Normal),
+            "flotilla.wait.0.~keys.normal.*.fn.ns"
+        );
+        assert_eq!(park_of_wait_subject(0, "flotilla.wait.0.echo"), None);
+        assert_eq!(
+            lane_of_wait_subject(0, "flotilla.wait.0.~keys.mid.6b.echo"),
+            None
+        );
+        assert_eq!(
+            key_slot_subject(&f("fn.ns"), "6b", 2),
+            "flotilla.keyslot.6b.2.fn.ns"
+        );
     }
 
     #[test]

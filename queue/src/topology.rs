@@ -263,6 +263,11 @@ impl Topology {
             .await
             .map_err(js_err)?;
         drifts.extend(StreamDrift::of(&dead, settings));
+        let slots = js
+            .get_or_create_stream(key_slot_stream_config(settings))
+            .await
+            .map_err(js_err)?;
+        drifts.extend(StreamDrift::of(&slots, settings));
         Self::ensure_bodies(js, settings).await?;
         let bodies = js.get_stream(BODY_STREAM).await.map_err(js_err)?;
         drifts.extend(StreamDrift::of(&bodies, settings));
@@ -338,6 +343,7 @@ impl Topology {
             CANCEL_STREAM,
             crate::batch::BATCH_STREAM,
             BODY_STREAM,
+            subjects::KEY_SLOT_STREAM,
         ] {
             if js.get_stream(name).await.is_err() {
                 return false;
@@ -481,6 +487,25 @@ pub fn dead_stream_config(settings: &StreamSettings) -> stream::Config {
         storage: settings.storage,
         num_replicas: settings.replicas,
         max_age: settings.dead_letter_max_age,
+        ..Default::default()
+    }
+}
+
+/// The slots of fairness keys under `key_concurrency`: a slot is a subject holding at most one
+/// message, taken by a publish that expects the subject empty, freed by deleting the message,
+/// and freed by its time to live when the replica holding it died (see the worker's `keys.rs`).
+pub fn key_slot_stream_config(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects::KEY_SLOT_STREAM.into(),
+        description: Some(
+            "Flotilla key slots: calls of a fairness key in flight under key_concurrency".into(),
+        ),
+        subjects: vec![subjects::key_slot_wildcard()],
+        retention: RetentionPolicy::Limits,
+        storage: settings.storage,
+        num_replicas: settings.replicas,
+        max_messages_per_subject: 1,
+        allow_message_ttl: true,
         ..Default::default()
     }
 }

@@ -100,6 +100,7 @@ async fn main() {
             batch_id: None,
             body_object: None,
             priority: Default::default(),
+            fairness_key: None,
         };
         let (h, b) = env.to_nats(None);
         let subject = subjects::call_subject(map.shard_of(&name), &env.function);

@@ -58,6 +58,7 @@ async fn main() {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     };
 
     let mut rates = Vec::new();

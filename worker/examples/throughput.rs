@@ -155,6 +155,7 @@ async fn main() {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     };
 
     // Ceilings: the same messages on a stream of their own, pulled, POSTed and acked bare; with

@@ -24,6 +24,7 @@ use crate::budget::Slot;
 use crate::callback::CallbackJob;
 use crate::dead;
 use crate::functions::FunctionRt;
+use crate::keys::{self, KeySlot};
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::retry::{self, Next};
 use crate::status::{Begin, Recorded, Tracked};
@@ -43,13 +44,51 @@ pub(crate) async fn handle(
     msg: jetstream::Message,
     slot: Slot,
 ) {
-    let call = Call::new(&shared, &func, &msg);
-    let Some(env) = call.prepare().await else {
+    let key_slot = KeySlot::of_headers(msg.headers.as_ref());
+    if let Some(held) = &key_slot
+        && !keep_key_slot(&shared, &func, &msg, held).await
+    {
         return;
-    };
-    match call.begin(&env, slot) {
-        Ok((tracked, slot)) => call.lifecycle(&env, tracked, slot).await,
-        Err(end) => call.finish(&env, end).await,
+    }
+    let call = Call::new(&shared, &func, &msg);
+    if let Some(env) = call.prepare().await {
+        match call.begin(&env, slot) {
+            Ok((tracked, slot)) => call.lifecycle(&env, tracked, slot).await,
+            Err(end) => call.finish(&env, end).await,
+        }
+    }
+    if let Some(held) = key_slot {
+        keys::release(&shared, &held).await;
+        if let Some(token) = held.token() {
+            func.lanes.freed(token);
+        }
+    }
+}
+
+/// Whether a call claimed with a key slot still holds it. A call delivered again may not: the
+/// replica that had it handed it back and freed its slot, or the slot outlived its time to live.
+/// Such a call is parked under its key again, to be claimed with a slot of its own; when NATS
+/// cannot tell, it is handed back.
+async fn keep_key_slot(
+    shared: &Shared,
+    func: &FunctionRt,
+    msg: &jetstream::Message,
+    held: &KeySlot,
+) -> bool {
+    if msg.info().map_or(true, |i| i.delivered <= 1) {
+        return true;
+    }
+    match keys::still_held(shared, held).await {
+        Ok(true) => true,
+        Ok(false) => {
+            retry::park_again(shared, func, msg).await;
+            false
+        }
+        Err(error) => {
+            tracing::warn!(function = %func.name, %error, "cannot check a call's key slot; handing it back");
+            hand_back(shared, msg).await;
+            false
+        }
     }
 }
 

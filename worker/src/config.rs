@@ -350,6 +350,7 @@ impl Config {
             adaptive: self.adaptive,
             min_concurrency: self.min_concurrency,
             replica_concurrency: self.replica_concurrency.unwrap_or(self.concurrency),
+            key_concurrency: None,
             rate_per_second: self.rate,
             timeout: self.timeout,
             retry: RetryPolicy {

@@ -192,10 +192,14 @@ impl Supervisor {
                 if self.discovery.worked() {
                     tracing::info!(shard, "discovery works again");
                 }
-                for (name, lane) in found {
+                for (name, lane, token) in found {
                     let f = self.functions.get(&name, &self.shared.calls.policies);
-                    // Another replica may have moved them: the loop asks that lane again.
-                    f.lanes.mark(lane);
+                    // Another replica may have moved them: the loop asks that lane again (and
+                    // gives the key its turns).
+                    match token {
+                        Some(token) => f.lanes.park(lane, &token),
+                        None => f.lanes.mark(lane),
+                    }
                     if !self.loops.runs(&name) {
                         self.start_wait_loop(f);
                     }
@@ -210,8 +214,11 @@ impl Supervisor {
         }
     }
 
-    /// The functions whose calls wait in the shard's wait stream, and in which lanes.
-    async fn waiting_functions(&mut self) -> Result<Vec<(FunctionName, Priority)>, DiscoveryError> {
+    /// The functions whose calls wait in the shard's wait stream, in which lanes, and under which
+    /// keys when parked.
+    async fn waiting_functions(
+        &mut self,
+    ) -> Result<Vec<(FunctionName, Priority, Option<String>)>, DiscoveryError> {
         let shard = self.shard;
         let s = match self.wait_stream.take() {
             Some(s) => s,
@@ -231,10 +238,13 @@ impl Supervisor {
         let mut found = Vec::new();
         while let Some(entry) = subjects_info.next().await {
             let (subject, count) = entry.map_err(DiscoveryError::Subjects)?;
-            if count > 0
-                && let Some(lane) = subjects::lane_of_wait_subject(shard, &subject)
-            {
-                found.push(lane);
+            if count == 0 {
+                continue;
+            }
+            if let Some((name, lane, token)) = subjects::park_of_wait_subject(shard, &subject) {
+                found.push((name, lane, Some(token.to_owned())));
+            } else if let Some((name, lane)) = subjects::lane_of_wait_subject(shard, &subject) {
+                found.push((name, lane, None));
             }
         }
         Ok(found)

@@ -18,7 +18,7 @@ use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, PullConsumer};
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
-use flotilla_queue::{FunctionName, Priority};
+use flotilla_queue::{FairnessKey, FunctionName, Priority, fairness};
 use futures_util::future::OptionFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use metrics::Gauge;
@@ -286,8 +286,19 @@ impl Dispatcher {
         };
         let f = self.functions.get(&name, &self.shared.calls.policies);
         let priority = Priority::of_headers(msg.headers.as_ref());
+        let key = FairnessKey::of_headers(msg.headers.as_ref());
         f.lanes.saw(priority);
-        match self.placer.place(&self.shared, &f).await {
+        if key.is_some() {
+            f.lanes.saw_key();
+        }
+        // A keyed call under `key_concurrency` starts only once claimed with one of its key's
+        // slots.
+        let place = if key.is_some() && f.policy.key_concurrency.is_some() {
+            Place::Wait
+        } else {
+            self.placer.place(&self.shared, &f).await
+        };
+        match place {
             Place::Start(slot) => {
                 let shared = self.shared.clone();
                 self.shared
@@ -300,7 +311,7 @@ impl Dispatcher {
                 call::hand_back(&self.shared, &msg).await;
                 ControlFlow::Break(())
             }
-            Place::Wait => self.move_to_wait(f, msg, priority).await,
+            Place::Wait => self.move_to_wait(f, msg, priority, key).await,
         }
     }
 
@@ -311,6 +322,7 @@ impl Dispatcher {
         f: Arc<FunctionRt>,
         msg: jetstream::Message,
         priority: Priority,
+        key: Option<FairnessKey>,
     ) -> ControlFlow<()> {
         let guard = f.moving();
         if guard.began {
@@ -322,7 +334,7 @@ impl Dispatcher {
         };
         let shared = self.shared.clone();
         self.shared.life.tracker.spawn(async move {
-            move_to_wait(&shared, &f, msg, priority).await;
+            move_to_wait(&shared, &f, msg, priority, key.as_ref()).await;
             drop((guard, permit));
         });
         ControlFlow::Continue(())
@@ -485,12 +497,14 @@ impl Placer {
     }
 }
 
-/// Moves a call to its function's wait subject, in the lane of its `priority`.
+/// Moves a call to its function's wait subject, in the lane of its `priority`, or parks it under
+/// its key when the function's calls carry keys.
 async fn move_to_wait(
     shared: &Shared,
     f: &FunctionRt,
     msg: jetstream::Message,
     priority: Priority,
+    key: Option<&FairnessKey>,
 ) {
     let (stream, sequence) = msg
         .info()
@@ -500,11 +514,18 @@ async fn move_to_wait(
         NATS_MESSAGE_ID,
         retry::dedup_id("wait", stream, sequence).as_str(),
     );
-    let subject = subjects::wait_lane_subject(f.shard, &f.name, priority);
+    let token = (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key));
+    let subject = match &token {
+        Some(token) => subjects::park_subject(f.shard, &f.name, priority, token),
+        None => subjects::wait_lane_subject(f.shard, &f.name, priority),
+    };
     let payload = msg.payload.clone();
     match retry::relay(shared, &msg, subject, headers, payload, MOVE_RETRY_AFTER).await {
         Ok(()) => {
-            f.lanes.mark(priority);
+            match &token {
+                Some(token) => f.lanes.park(priority, token),
+                None => f.lanes.mark(priority),
+            }
             f.metrics.waited.increment(1);
         }
         Err(error) => {

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::{self, Refusal};
 use crate::budget::{Budget, Running};
+use crate::keys::KeyRings;
 use crate::metrics::{FunctionMetrics, WorkerMetrics};
 use crate::outcome::Outcome;
 
@@ -372,8 +373,13 @@ impl Sizing {
 /// into them), discovery (which finds calls other replicas moved) and its wait loop.
 #[derive(Debug, Default)]
 pub(crate) struct LaneMarks {
-    /// A call of another priority than normal was seen: the wait loop serves lanes from now on.
+    /// A call of another priority than normal, or with a fairness key, was seen: the wait loop
+    /// serves lanes from now on.
     used: AtomicBool,
+    /// A call with a fairness key was seen: the function's waiting calls are parked by key.
+    keyed: AtomicBool,
+    /// The keys with calls parked (see `keys.rs`).
+    pub keys: KeyRings,
     /// Moves into each lane (and discoveries of calls in it), counted.
     marks: [AtomicU64; 3],
     /// Wakes the function's wait loop when lanes come into use, and when a lane is marked once
@@ -385,13 +391,43 @@ impl LaneMarks {
     /// A call of `priority` arrived: from the first of another priority than normal on, the
     /// function's calls wait by priority.
     pub fn saw(&self, priority: Priority) {
-        if !priority.is_normal()
-            && !self.used.load(Ordering::Relaxed)
-            && !self.used.swap(true, Ordering::SeqCst)
-        {
+        if !priority.is_normal() {
+            self.use_lanes();
+        }
+    }
+
+    /// A call with a fairness key arrived: from now on the function's waiting calls are parked
+    /// by key, and served from lanes.
+    pub fn saw_key(&self) {
+        if !self.keyed.load(Ordering::Relaxed) {
+            self.keyed.store(true, Ordering::SeqCst);
+            self.use_lanes();
+        }
+    }
+
+    fn use_lanes(&self) {
+        if !self.used.load(Ordering::Relaxed) && !self.used.swap(true, Ordering::SeqCst) {
             // The wait loop gives up the long polls it had open (see `pull/lanes.rs`).
             self.marked.notify_one();
         }
+    }
+
+    /// Whether the function's waiting calls are parked by key.
+    pub fn keyed(&self) -> bool {
+        self.keyed.load(Ordering::SeqCst)
+    }
+
+    /// Calls of the key whose token is `token` are parked in lane `priority` now.
+    pub fn park(&self, priority: Priority, token: &str) {
+        self.saw_key();
+        self.keys.park(priority, token);
+        self.mark(priority);
+    }
+
+    /// This replica freed a slot of the key whose token is `token`: its calls may be claimed.
+    pub fn freed(&self, token: &str) {
+        self.keys.freed(token);
+        self.marked.notify_one();
     }
 
     /// Calls of `priority` wait in its lane now.

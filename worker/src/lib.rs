@@ -20,6 +20,7 @@ mod dispatch;
 mod error;
 mod functions;
 mod http1;
+mod keys;
 pub mod metrics;
 mod outcome;
 mod pull;

@@ -28,6 +28,7 @@ use crate::budget::Slot;
 use crate::call;
 use crate::functions::{FunctionRt, Membership};
 
+mod claim;
 mod error;
 mod lanes;
 mod ledger;
@@ -222,7 +223,9 @@ impl WaitLoop {
             batch: n,
             ..Default::default()
         };
-        let asked = match self.lanes.ask(&self.f.lanes) {
+        let now = Instant::now();
+        let parked = Priority::ALL.map(|p| self.f.lanes.keys.waiting(p, now));
+        let asked = match self.lanes.ask(&self.f.lanes, parked) {
             Ask::Hold => return Ok(()),
             Ask::Normal => {
                 batch.expires = Some(pace.expires);
@@ -240,6 +243,10 @@ impl WaitLoop {
             }
         };
         let lane = asked.lane();
+        if parked[lane.index()] {
+            // The lane's parked calls, one per key in turn, join it before it is asked.
+            claim::claim(&self.shared, &self.f, lane, n).await;
+        }
         let consumer = match &self.consumers[lane.index()] {
             Some(c) => c,
             None => {
@@ -418,9 +425,11 @@ impl WaitLoop {
                 }
                 self.f.metrics.pending.set(num_pending as f64);
                 let f = &self.f;
+                // Keys with calls parked hold the loop like calls in a lane.
+                let waiting = num_pending + f.lanes.keys.parked() as u64;
                 if self
                     .state
-                    .drained(num_pending, f.always_waits(), f.moves_in_progress())
+                    .drained(waiting, f.always_waits(), f.moves_in_progress())
                 {
                     // New calls start directly again; a move that begins from now on sets the
                     // function waiting again and is delivered to this loop, or restarts it (see

@@ -13,8 +13,11 @@ use async_nats::jetstream::context::PublishError;
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
+use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::status;
-use flotilla_queue::{Backoff, Envelope, Jitter, RetryPolicy, subjects, time};
+use flotilla_queue::{
+    Backoff, Envelope, FairnessKey, Jitter, Priority, RetryPolicy, fairness, subjects, time,
+};
 use futures_util::StreamExt;
 use http::StatusCode;
 use tokio::sync::Semaphore;
@@ -22,6 +25,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::Shared;
 use crate::dead;
+use crate::functions::FunctionRt;
 use crate::outcome::{CallError, Outcome};
 
 /// The longest `Retry-After` honoured. A function asking for more is waited on this long: a
@@ -306,13 +310,49 @@ async fn move_due(
     if let Some(revision) = status::revision_of(msg.headers.as_ref()) {
         headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
     }
-    let subject = subjects::wait_lane_subject(shard, &env.function, env.priority);
+    // A keyed call waits under its key again; discovery adds the key to the workers' rings.
+    let subject = match &env.fairness_key {
+        Some(key) => subjects::park_subject(shard, &env.function, env.priority, &key.token()),
+        None => subjects::wait_lane_subject(shard, &env.function, env.priority),
+    };
     match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
         Ok(()) => {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");
         }
         Err(error) => {
             tracing::warn!(call_id = %env.call_id, function = %env.function, %error, "cannot queue a due retry; trying again");
+        }
+    }
+}
+
+/// Parks a call claimed with a key slot it no longer holds under its key again, without the
+/// slot, and acks it once JetStream holds the copy.
+pub(crate) async fn park_again(shared: &Shared, f: &FunctionRt, msg: &jetstream::Message) {
+    let headers = msg.headers.as_ref();
+    let (priority, key) = (
+        Priority::of_headers(headers),
+        FairnessKey::of_headers(headers),
+    );
+    let token = fairness::token_of(key.as_ref());
+    let (stream, sequence) = msg
+        .info()
+        .map_or(("", 0), |i| (i.stream, i.stream_sequence));
+    let mut copied = async_nats::HeaderMap::new();
+    for (name, values) in dead::copied_headers(headers).iter() {
+        let name: &str = name.as_ref();
+        if name != flotilla_queue::headers::FLOTILLA_KEY_SLOT {
+            for v in values {
+                copied.append(name, v.as_str());
+            }
+        }
+    }
+    copied.insert(NATS_MESSAGE_ID, dedup_id("park", stream, sequence).as_str());
+    let subject = subjects::park_subject(f.shard, &f.name, priority, &token);
+    let payload = msg.payload.clone();
+    match relay(shared, msg, subject, copied, payload, MOVE_RETRY_AFTER).await {
+        Ok(()) => f.lanes.park(priority, &token),
+        Err(error) => {
+            tracing::warn!(function = %f.name, %error, "cannot park a call again; it returns");
         }
     }
 }

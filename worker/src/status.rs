@@ -143,7 +143,8 @@ impl CallStatus {
                 env.start_time,
                 env.batch_id.as_deref(),
             )
-            .with_priority(env.priority);
+            .with_priority(env.priority)
+            .with_key(env.fairness_key.as_ref());
             base.attempts = env.attempt;
             (page, Box::new(base))
         });
@@ -378,7 +379,8 @@ impl Tracked<'_> {
                             env.start_time,
                             env.batch_id.as_deref(),
                         )
-                        .with_priority(env.priority),
+                        .with_priority(env.priority)
+                        .with_key(env.fairness_key.as_ref()),
                     };
                     change(&mut next);
                     next.updated_at = now;

@@ -280,7 +280,8 @@ async fn replay_one(
             .transition(&call.call_id, Known::Unknown, |_| {
                 let batch = call.batch_id.as_deref();
                 let mut next = Record::queued(&call.call_id, &function, call.start_time, batch)
-                    .with_priority(call.priority);
+                    .with_priority(call.priority)
+                    .with_key(call.fairness_key.as_ref());
                 next.updated_at = now;
                 Some(next)
             })

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::keyed::LastError;
+use crate::fairness::FairnessKey;
 use crate::priority::Priority;
 
 pub use crate::headers::FLOTILLA_FUNCTION_STATUS as RESULT_STATUS_HEADER;
@@ -115,6 +116,9 @@ pub struct Record {
     /// Stored only when not normal, so a default call's record is no larger than before.
     #[serde(default, skip_serializing_if = "Priority::is_normal")]
     pub priority: Priority,
+    /// The call's fairness key, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness_key: Option<String>,
 }
 
 impl Record {
@@ -140,12 +144,19 @@ impl Record {
             batch_id: batch_id.map(str::to_owned),
             result: None,
             priority: Priority::Normal,
+            fairness_key: None,
         }
     }
 
     /// The same record for a call of `priority`.
     pub fn with_priority(mut self, priority: Priority) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// The same record for a call of fairness key `key`.
+    pub fn with_key(mut self, key: Option<&FairnessKey>) -> Self {
+        self.fairness_key = key.map(|k| k.as_str().to_owned());
         self
     }
 

@@ -29,6 +29,7 @@ fn envelope() -> Envelope {
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     }
 }
 

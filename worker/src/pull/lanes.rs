@@ -101,17 +101,19 @@ impl Lanes {
         }
     }
 
-    fn may_hold_calls(&self, p: Priority, marks: &LaneMarks) -> bool {
-        self.empty_at[p.index()] != Some(marks.mark_of(p))
+    fn may_hold_calls(&self, p: Priority, marks: &LaneMarks, parked: [bool; 3]) -> bool {
+        parked[p.index()] || self.empty_at[p.index()] != Some(marks.mark_of(p))
     }
 
-    /// What to ask next.
-    pub fn ask(&self, marks: &LaneMarks) -> Ask {
+    /// What to ask next. `parked` says which lanes have keys whose calls may be claimed now (see
+    /// `keys.rs`): such a lane is asked as one that holds calls, and its calls are claimed into
+    /// it first.
+    pub fn ask(&self, marks: &LaneMarks, parked: [bool; 3]) -> Ask {
         if !marks.used() {
             return Ask::Normal;
         }
         for p in Priority::ALL {
-            if self.may_hold_calls(p, marks) {
+            if self.may_hold_calls(p, marks, parked) {
                 return if self.out[p.index()] > 0 {
                     Ask::Hold
                 } else {
@@ -198,11 +200,13 @@ mod tests {
     use super::*;
     use Priority::{High, Low, Normal};
 
+    const NONE: [bool; 3] = [false; 3];
+
     #[test]
     fn without_a_priority_the_loop_pulls_as_before() {
         let (lanes, marks) = (Lanes::new(), LaneMarks::default());
         marks.mark(Normal);
-        assert_eq!(lanes.ask(&marks), Ask::Normal);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Normal);
     }
 
     #[test]
@@ -210,40 +214,59 @@ mod tests {
         let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
         marks.mark(Low);
         assert_eq!(
-            lanes.ask(&marks),
+            lanes.ask(&marks, NONE),
             Ask::Lane(Normal),
             "normal calls may wait"
         );
         marks.mark(High);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Lane(High));
         lanes.requested(Asked::Lane(High), 2, &marks);
-        assert_eq!(lanes.ask(&marks), Ask::Hold, "one open request a lane");
+        assert_eq!(
+            lanes.ask(&marks, NONE),
+            Ask::Hold,
+            "one open request a lane"
+        );
         lanes.arrived(High);
         assert_eq!(lanes.ended(Asked::Lane(High), None), 1);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Lane(Normal));
         lanes.requested(Asked::Lane(Normal), 4, &marks);
         for _ in 0..4 {
             lanes.arrived(Normal);
         }
         assert_eq!(
-            lanes.ask(&marks),
+            lanes.ask(&marks, NONE),
             Ask::Lane(Normal),
             "a request answered in full leaves the lane as it was"
         );
         lanes.requested(Asked::Lane(Normal), 4, &marks);
         assert_eq!(lanes.ended(Asked::Lane(Normal), None), 4);
         assert_eq!(
-            lanes.ask(&marks),
+            lanes.ask(&marks, NONE),
             Ask::Lane(Low),
             "low only once normal is empty"
         );
         lanes.requested(Asked::Lane(Low), 1, &marks);
         assert_eq!(lanes.ended(Asked::Lane(Low), None), 1);
-        assert_eq!(lanes.ask(&marks), Ask::Poll);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Poll);
         lanes.requested(Asked::Lane(Normal), 3, &marks);
-        assert_eq!(lanes.ask(&marks), Ask::Hold, "the poll is open");
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Hold, "the poll is open");
         assert_eq!(lanes.ended(Asked::Lane(Normal), Some(3)), 3);
-        assert_eq!(lanes.ask(&marks), Ask::Poll);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Poll);
+    }
+
+    #[test]
+    fn a_lane_with_keys_whose_turn_may_come_is_asked_though_read_empty() {
+        let (mut lanes, marks) = (Lanes::new(), LaneMarks::default());
+        marks.saw_key();
+        lanes.requested(Asked::Lane(Normal), 2, &marks);
+        lanes.ended(Asked::Lane(Normal), None);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Poll);
+        assert_eq!(
+            lanes.ask(&marks, [false, true, false]),
+            Ask::Lane(Normal),
+            "its calls are claimed into it, then asked"
+        );
+        assert_eq!(lanes.ask(&marks, [true, true, false]), Ask::Lane(High));
     }
 
     #[test]
@@ -254,7 +277,7 @@ mod tests {
         // A call lands in the lane after the server looked, before its answer arrived.
         marks.mark(High);
         lanes.ended(Asked::Lane(High), None);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Lane(High));
     }
 
     #[test]
@@ -267,26 +290,30 @@ mod tests {
             0,
             "a stray notice empties nothing"
         );
-        assert_eq!(lanes.ask(&marks), Ask::Hold);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Hold);
         lanes.lost();
         assert_eq!(lanes.outstanding(High), 0);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(High));
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Lane(High));
         lanes.requested(Asked::Lane(High), 3, &marks);
         assert_eq!(lanes.ended(Asked::Lane(High), None), 3);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(Normal));
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Lane(Normal));
         lanes.requested(Asked::Lane(Normal), 1, &marks);
         assert_eq!(lanes.ended(Asked::Lane(Normal), None), 1);
-        assert_eq!(lanes.ask(&marks), Ask::Poll);
+        assert_eq!(lanes.ask(&marks, NONE), Ask::Poll);
         lanes.pending(High);
         assert_eq!(
-            lanes.ask(&marks),
+            lanes.ask(&marks, NONE),
             Ask::Lane(High),
             "its consumer shows calls"
         );
         lanes.requested(Asked::Lane(High), 1, &marks);
         lanes.ended(Asked::Lane(High), None);
         marks.mark(High);
-        assert_eq!(lanes.ask(&marks), Ask::Lane(High), "a call moved into it");
+        assert_eq!(
+            lanes.ask(&marks, NONE),
+            Ask::Lane(High),
+            "a call moved into it"
+        );
     }
 
     #[test]

@@ -109,6 +109,32 @@ pub async fn function_taking(delay: Duration) -> flotilla_testsupport::Recording
     .await
 }
 
+/// Waits until the function saw every call of `sent` (call id, when it was sent) start, then
+/// gives the median and the longest wait from sending to start.
+#[allow(dead_code, reason = "not every test binary measures start latency")]
+pub async fn start_waits(
+    function: &flotilla_testsupport::RecordingServer,
+    sent: &std::collections::HashMap<String, std::time::Instant>,
+    within: Duration,
+) -> (Duration, Duration) {
+    flotilla_testsupport::wait_until(within, "every call started", || {
+        function
+            .requests()
+            .iter()
+            .filter(|r| sent.contains_key(r.header("x-call-id")))
+            .count()
+            >= sent.len()
+    })
+    .await;
+    let mut waits: Vec<Duration> = function
+        .requests()
+        .iter()
+        .filter_map(|r| Some(r.at - *sent.get(r.header("x-call-id"))?))
+        .collect();
+    waits.sort_unstable();
+    (waits[waits.len() / 2], waits[waits.len() - 1])
+}
+
 /// Letters stored in the dead-letter stream now.
 pub async fn dead_letter_count(js: &jetstream::Context) -> u64 {
     js.get_stream(subjects::DEAD_STREAM)
@@ -165,6 +191,7 @@ pub fn envelope(function: &str, call_id: &str, callback: Option<&str>, body: &st
         batch_id: None,
         body_object: None,
         priority: Default::default(),
+        fairness_key: None,
     }
 }
 

@@ -1,0 +1,343 @@
+//! Fairness keys of a function on this replica: which keys have calls parked, in the order their
+//! turns come (a ring per priority lane), and the key slots of `key_concurrency`.
+//!
+//! A waiting call of a function whose calls carry keys is parked under its key
+//! (`subjects::park_subject`); the wait loop claims the oldest call of the next keys in the ring
+//! into the lane, one per key per round, and pulls the lane as before (`pull/claim.rs`). A ring
+//! learns a key when this replica parks a call of it, or discovery finds calls parked under it,
+//! and forgets it when a claim finds nothing there. Every step costs the same whatever the number
+//! of keys: a round visits only the keys it takes (and the full ones it skips, a bounded number).
+//!
+//! Under `key_concurrency = N` a key has N slots, subjects of `FLOTILLA_KEY_SLOTS` holding at most
+//! one message. A claim takes a free slot first, by a publish that expects the subject empty
+//! (exact across replicas: JetStream orders the publishes), and the claimed call carries the slot
+//! in `Flotilla-Key-Slot`; whoever runs the call frees it when the call ends, by deleting the
+//! message. The message's time to live frees a slot whose holder died.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use flotilla_queue::headers::FLOTILLA_KEY_SLOT;
+use flotilla_queue::{FunctionName, Priority, subjects};
+use tokio::time::Instant;
+
+use crate::Shared;
+
+/// How long a key found at its `key_concurrency` is passed over, unless this replica frees one
+/// of its slots first. Slots freed by other replicas are seen at the next try.
+pub(crate) const FULL_FOR: Duration = Duration::from_millis(100);
+
+/// Full keys a round may pass over beyond the keys it takes, so a ring of thousands of full keys
+/// costs a round no more than this.
+const SKIP_AT_MOST: usize = 64;
+
+/// The keys of one function with calls parked, per priority lane.
+#[derive(Debug, Default)]
+pub(crate) struct KeyRings {
+    rings: Mutex<[Ring; 3]>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// Keys (their subject tokens) in the order their turns come.
+    order: VecDeque<String>,
+    members: HashSet<String>,
+    /// Keys at their `key_concurrency`, passed over until then.
+    full: HashMap<String, Instant>,
+}
+
+impl KeyRings {
+    fn rings(&self) -> std::sync::MutexGuard<'_, [Ring; 3]> {
+        self.rings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls of `token` are parked in lane `p`: the key takes its turn from now on (at the back
+    /// of the ring when it is new).
+    pub fn park(&self, p: Priority, token: &str) {
+        let mut rings = self.rings();
+        let ring = &mut rings[p.index()];
+        if !ring.members.contains(token) {
+            ring.members.insert(token.to_owned());
+            ring.order.push_back(token.to_owned());
+        }
+    }
+
+    /// The next keys of lane `p` whose turn it is, at most `n`, each moved to the back of the
+    /// ring: one round. Full keys are passed over (and moved back too).
+    pub fn round(&self, p: Priority, n: usize, now: Instant) -> Vec<String> {
+        let mut rings = self.rings();
+        let ring = &mut rings[p.index()];
+        let mut taken = Vec::with_capacity(n.min(ring.order.len()));
+        let mut visits = ring.order.len().min(n + SKIP_AT_MOST);
+        while taken.len() < n && visits > 0 {
+            visits -= 1;
+            let Some(token) = ring.order.pop_front() else {
+                break;
+            };
+            let full = match ring.full.get(&token) {
+                Some(&until) if now < until => true,
+                Some(_) => {
+                    ring.full.remove(&token);
+                    false
+                }
+                None => false,
+            };
+            if !full {
+                taken.push(token.clone());
+            }
+            ring.order.push_back(token);
+        }
+        taken
+    }
+
+    /// A claim found no call of `token` in lane `p`: the key leaves the ring until it has calls
+    /// parked again.
+    pub fn forget(&self, p: Priority, token: &str) {
+        let mut rings = self.rings();
+        let ring = &mut rings[p.index()];
+        if ring.members.remove(token) {
+            ring.order.retain(|t| t != token);
+            ring.full.remove(token);
+        }
+    }
+
+    /// `token` is at its `key_concurrency`: passed over in lane `p` until `until`.
+    pub fn full(&self, p: Priority, token: &str, until: Instant) {
+        self.rings()[p.index()].full.insert(token.to_owned(), until);
+    }
+
+    /// This replica freed a slot of `token`: its calls take their turns again at once.
+    pub fn freed(&self, token: &str) {
+        for ring in self.rings().iter_mut() {
+            ring.full.remove(token);
+        }
+    }
+
+    /// Whether lane `p` has a key whose turn may come now.
+    pub fn waiting(&self, p: Priority, now: Instant) -> bool {
+        let rings = self.rings();
+        let ring = &rings[p.index()];
+        ring.order.len() > ring.full.len() || ring.full.values().any(|&until| until <= now)
+    }
+
+    /// Keys with calls parked, in every lane.
+    pub fn parked(&self) -> usize {
+        self.rings().iter().map(|r| r.order.len()).sum()
+    }
+}
+
+/// A key slot a call holds: its message in `FLOTILLA_KEY_SLOTS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeySlot {
+    pub sequence: u64,
+    pub subject: String,
+}
+
+impl KeySlot {
+    /// The slot a claimed call carries in `Flotilla-Key-Slot`.
+    pub fn of_headers(headers: Option<&HeaderMap>) -> Option<Self> {
+        let text = headers?.get(FLOTILLA_KEY_SLOT)?.as_str();
+        let (sequence, subject) = text.split_once(' ')?;
+        Some(Self {
+            sequence: sequence.parse().ok()?,
+            subject: subject.to_owned(),
+        })
+    }
+
+    pub fn mark(&self, headers: &mut HeaderMap) {
+        headers.insert(
+            FLOTILLA_KEY_SLOT,
+            format!("{} {}", self.sequence, self.subject).as_str(),
+        );
+    }
+
+    /// The key token the slot's subject names.
+    pub fn token(&self) -> Option<&str> {
+        let rest = self
+            .subject
+            .strip_prefix(subjects::KEY_SLOT_SUBJECT_PREFIX)?
+            .strip_prefix('.')?;
+        rest.split_once('.').map(|(token, _)| token)
+    }
+}
+
+/// Why a key slot could not be taken or checked (NATS trouble, not a full key).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeySlotError {
+    #[error("taking a key slot: {0}")]
+    Take(#[source] async_nats::jetstream::context::PublishError),
+    #[error("reading a key slot: {0}")]
+    Read(#[source] async_nats::jetstream::stream::DirectGetError),
+    #[error("opening the key slot stream: {0}")]
+    Stream(#[source] async_nats::jetstream::context::GetStreamError),
+}
+
+/// How long a slot outlives a holder that died: the call's longest attempt, the redelivery of
+/// its message, and a margin.
+fn slot_ttl(shared: &Shared, timeout: Duration) -> String {
+    let ttl = timeout + shared.settings.ack_wait + Duration::from_secs(60);
+    format!("{}s", ttl.as_secs())
+}
+
+/// Takes a free slot of key `token` of `function` (one of `slots`), or `None` when every slot is
+/// held. Costs one publish per held slot tried.
+pub(crate) async fn take(
+    shared: &Shared,
+    function: &FunctionName,
+    token: &str,
+    slots: u32,
+    timeout: Duration,
+) -> Result<Option<KeySlot>, KeySlotError> {
+    let ttl = slot_ttl(shared, timeout);
+    for slot in 0..slots {
+        let subject = subjects::key_slot_subject(function, token, slot);
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl.as_str());
+        let published = async {
+            shared
+                .nats
+                .js
+                .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+                .await?
+                .await
+        };
+        match published.await {
+            Ok(ack) => {
+                return Ok(Some(KeySlot {
+                    sequence: ack.sequence,
+                    subject,
+                }));
+            }
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
+            Err(e) => return Err(KeySlotError::Take(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Frees a slot a call held. A slot already gone (its time to live ran out) is not an error.
+pub(crate) async fn release(shared: &Shared, slot: &KeySlot) {
+    let stream = match shared
+        .nats
+        .js
+        .get_stream_no_info(subjects::KEY_SLOT_STREAM)
+        .await
+    {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::warn!(%error, subject = %slot.subject, "cannot free a key slot; its time to live will");
+            return;
+        }
+    };
+    if let Err(error) = stream.delete_message(slot.sequence).await {
+        tracing::debug!(%error, subject = %slot.subject, "key slot not freed (already gone?)");
+    }
+}
+
+/// Whether `slot` is still held (its message is where the call says): a redelivered call's
+/// holder may have freed it, or its time to live may have run out.
+pub(crate) async fn still_held(shared: &Shared, slot: &KeySlot) -> Result<bool, KeySlotError> {
+    let stream = shared
+        .nats
+        .js
+        .get_stream_no_info(subjects::KEY_SLOT_STREAM)
+        .await
+        .map_err(KeySlotError::Stream)?;
+    match stream.direct_get(slot.sequence).await {
+        Ok(m) => Ok(m.subject.as_str() == slot.subject),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+            Ok(false)
+        }
+        Err(e) => Err(KeySlotError::Read(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Priority::{High, Normal};
+
+    fn tokens(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn rounds_take_each_key_in_turn() {
+        let r = KeyRings::default();
+        let now = Instant::now();
+        for t in ["a", "b", "c", "a"] {
+            r.park(Normal, t);
+        }
+        assert_eq!(r.round(Normal, 2, now), tokens(&["a", "b"]));
+        assert_eq!(r.round(Normal, 2, now), tokens(&["c", "a"]));
+        assert_eq!(
+            r.round(Normal, 5, now),
+            tokens(&["b", "c", "a"]),
+            "each key once a round"
+        );
+        assert!(r.round(High, 5, now).is_empty(), "lanes are apart");
+        r.forget(Normal, "b");
+        assert_eq!(r.round(Normal, 5, now), tokens(&["c", "a"]));
+        r.park(Normal, "b");
+        assert_eq!(
+            r.round(Normal, 5, now),
+            tokens(&["c", "a", "b"]),
+            "back of the ring"
+        );
+        assert_eq!(r.parked(), 3);
+    }
+
+    #[test]
+    fn full_keys_are_passed_over_until_freed_or_due() {
+        let r = KeyRings::default();
+        let now = Instant::now();
+        for t in ["a", "b"] {
+            r.park(Normal, t);
+        }
+        r.full(Normal, "a", now + FULL_FOR);
+        assert!(r.waiting(Normal, now));
+        assert_eq!(r.round(Normal, 2, now), tokens(&["b"]));
+        r.full(Normal, "b", now + FULL_FOR);
+        assert!(!r.waiting(Normal, now), "every key full");
+        assert!(r.round(Normal, 2, now).is_empty());
+        assert!(r.waiting(Normal, now + FULL_FOR), "due again");
+        r.freed("a");
+        assert!(r.waiting(Normal, now));
+        assert_eq!(r.round(Normal, 2, now), tokens(&["a"]));
+        assert_eq!(r.round(Normal, 2, now + FULL_FOR), tokens(&["a", "b"]));
+    }
+
+    #[test]
+    fn a_round_visits_a_bounded_number_of_keys() {
+        let r = KeyRings::default();
+        let now = Instant::now();
+        for i in 0..10_000 {
+            let t = i.to_string();
+            r.park(Normal, &t);
+            r.full(Normal, &t, now + FULL_FOR);
+        }
+        r.park(Normal, "open");
+        // The open key is at the back: a round passes over at most SKIP_AT_MOST full ones.
+        assert!(r.round(Normal, 1, now).is_empty());
+        assert_eq!(r.parked(), 10_001);
+    }
+
+    #[test]
+    fn a_slot_travels_in_its_header_and_names_its_key() {
+        let slot = KeySlot {
+            sequence: 42,
+            subject: subjects::key_slot_subject(&FunctionName::parse("fn.ns").unwrap(), "6b", 1),
+        };
+        let mut h = HeaderMap::new();
+        assert_eq!(KeySlot::of_headers(Some(&h)), None);
+        slot.mark(&mut h);
+        assert_eq!(KeySlot::of_headers(Some(&h)), Some(slot.clone()));
+        assert_eq!(slot.token(), Some("6b"));
+    }
+}

@@ -1,0 +1,327 @@
+//! Fairness keys within a function, against a real nats-server: behind one key's backlog held
+//! back by the function's concurrency, calls of other keys start within a round; under
+//! `key_concurrency = 1` no key ever has two calls in flight, with two replicas; a keyed call that
+//! fails keeps its key through its retries into the dead letters; calls an earlier release left
+//! waiting still run once keys come into use; and through the gateway, `X-Fairness-Key` and a
+//! batch line's `fairness_key` are checked and show in the call's status.
+// A failed unwrap in a helper is the test failure we want, as in the tests themselves.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Nats, Worker, dead_letters, envelope, function_taking, start_waits};
+use flotilla_queue::{Envelope, FairnessKey, FunctionName, headers, subjects};
+use flotilla_testsupport::{RecordingServer, Reply, wait_until_async};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn keyed(id: &str, key: Option<&str>) -> Envelope {
+    let mut env = envelope("busy", id, None, "x");
+    env.fairness_key = key.map(|k| FairnessKey::parse(k).unwrap());
+    env
+}
+
+/// A worker calling `function` for `busy`, at a fixed concurrency of `concurrency`.
+async fn worker(nats: &Nats, function: &RecordingServer, concurrency: u32, extra: &str) -> Worker {
+    let policies = format!(
+        "[functions.busy]\nurl = \"{}\"\nconcurrency = {concurrency}\n{extra}",
+        function.url()
+    );
+    Worker::with_policies(&nats.url(), &function.url(), &policies).await
+}
+
+/// Waits until every published call left the dispatch consumer: started, or parked.
+async fn dispatched(nats: &Nats) {
+    wait_until_async(T, "the backlog dispatched", || async {
+        nats.undispatched(0).await == 0
+    })
+    .await;
+}
+
+/// The key of each call id, from the function's view: its id names it (`<key>-<n>`).
+fn key_of(id: &str) -> &str {
+    id.rsplit_once('-').map_or(id, |(k, _)| k)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_keys_start_within_a_second_behind_one_keys_3000_calls() {
+    const BACKLOG: usize = 3_000;
+    const KEYS: usize = 6;
+    const EACH: usize = 2;
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(200)).await;
+    let w = worker(&nats, &function, 2, "").await;
+    for i in 0..BACKLOG {
+        nats.publish(&keyed(&format!("big-{i}"), Some("big"))).await;
+    }
+    dispatched(&nats).await;
+    assert!(function.count() < 100, "five minutes of work still wait");
+
+    let mut sent = HashMap::new();
+    for round in 0..EACH {
+        for k in 0..KEYS {
+            let id = format!("small{k}-{round}");
+            sent.insert(id.clone(), Instant::now());
+            nats.publish(&keyed(&id, Some(&format!("small{k}")))).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (p50, max) = start_waits(&function, &sent, T).await;
+    eprintln!("{KEYS} keys behind one key's {BACKLOG} calls: start p50 {p50:?}, max {max:?}");
+    assert!(p50 <= Duration::from_secs(1), "p50 {p50:?}");
+    assert!(max <= Duration::from_millis(2500), "max {max:?}");
+    assert_eq!(function.max_in_flight(), 2, "keys share the concurrency");
+    let started = function.count();
+    assert!(
+        started < 200,
+        "{started} calls started: the big key's backlog still waits"
+    );
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_take_turns_while_their_calls_wait() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(20)).await;
+    let w = worker(&nats, &function, 1, "").await;
+    // Key a's 30 calls arrive first, then b's 10 and c's 10; the key-less ones take turns as
+    // one more key.
+    for i in 0..30 {
+        nats.publish(&keyed(&format!("a-{i}"), Some("a"))).await;
+    }
+    for i in 0..10 {
+        nats.publish(&keyed(&format!("b-{i}"), Some("b"))).await;
+        nats.publish(&keyed(&format!("c-{i}"), Some("c"))).await;
+        nats.publish(&keyed(&format!("none-{i}"), None)).await;
+    }
+    function.wait_for(60, T).await;
+    nats.wait_settled(T).await;
+    let mut seen = function.requests();
+    seen.sort_by_key(|r| r.at);
+    let order: Vec<String> = seen
+        .iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect();
+    assert_eq!(order.len(), 60, "each call ran once");
+    // In arrival order b's first call would start 31st. Taking turns, a gets one start in four
+    // once the others wait: in the first 40 starts each other key has at least 8 of its 10.
+    let first = &order[..40];
+    for key in ["b", "c", "none"] {
+        let n = first.iter().filter(|id| key_of(id) == key).count();
+        assert!(n >= 8, "{key} started {n} times in {first:?}");
+    }
+    // Within a key, calls keep about their order: moves run side by side, so neighbours may
+    // swap, but no call starts far ahead of its turn.
+    for key in ["a", "b", "c", "none"] {
+        let mine: Vec<usize> = order
+            .iter()
+            .filter(|id| key_of(id) == key)
+            .map(|id| id.rsplit_once('-').unwrap().1.parse().unwrap())
+            .collect();
+        for (place, n) in mine.iter().enumerate() {
+            assert!(n.abs_diff(place) <= 3, "{key}: {mine:?}");
+        }
+    }
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_concurrency_holds_one_call_per_key_across_two_replicas() {
+    const KEYS: usize = 6;
+    const EACH: usize = 15;
+    const TAKES: Duration = Duration::from_millis(60);
+    let nats = Nats::start(1).await;
+    let function = function_taking(TAKES).await;
+    let a = worker(&nats, &function, 8, "key_concurrency = 1\n").await;
+    let b = worker(&nats, &function, 8, "key_concurrency = 1\n").await;
+    for i in 0..EACH {
+        for k in 0..KEYS {
+            nats.publish(&keyed(&format!("k{k}-{i}"), Some(&format!("k{k}"))))
+                .await;
+        }
+    }
+    function.wait_for(KEYS * EACH, T).await;
+    nats.wait_settled(T).await;
+    assert_eq!(function.count(), KEYS * EACH, "each call ran once");
+    // A key's slot is freed only after its call answered, TAKES after it started: two starts of
+    // one key closer than that overlapped.
+    let mut by_key: HashMap<String, Vec<Instant>> = HashMap::new();
+    for r in function.requests() {
+        by_key
+            .entry(key_of(r.header("x-call-id")).to_owned())
+            .or_default()
+            .push(r.at);
+    }
+    for (key, mut starts) in by_key {
+        starts.sort_unstable();
+        let closest = starts.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+        assert!(
+            closest >= TAKES - Duration::from_millis(2),
+            "two calls of {key} in flight: starts {closest:?} apart"
+        );
+    }
+    assert!(
+        function.max_in_flight() > 1,
+        "keys ran beside each other ({} at most)",
+        function.max_in_flight()
+    );
+    a.stop(T).await.unwrap();
+    b.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_call_keeps_its_key_through_retries_into_the_dead_letters() {
+    let nats = Nats::start(1).await;
+    let function = RecordingServer::answering(500).await;
+    let retry =
+        "[functions.busy.retry]\nattempts = 3\nmin_backoff = \"50ms\"\nmax_backoff = \"50ms\"\n";
+    let w = worker(&nats, &function, 1, retry).await;
+    nats.publish(&keyed("keyed-0", Some("tenant 7"))).await;
+    let letters = dead_letters(&nats, 1).await;
+    assert_eq!(function.count(), 3, "every attempt ran");
+    let (_, h, _) = &letters[0];
+    assert_eq!(
+        h.get(headers::FLOTILLA_FAIRNESS_KEY).map(|v| v.as_str()),
+        Some("tenant 7")
+    );
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_an_earlier_release_left_waiting_still_run_once_keys_are_in_use() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(10)).await;
+    // As an earlier release left them: calls moved to the function's wait subject, no key.
+    let busy = FunctionName::parse("busy").unwrap();
+    for i in 0..40 {
+        let (h, body) = keyed(&format!("before-{i}"), None).to_nats(None);
+        nats.js
+            .publish_with_headers(subjects::wait_subject(0, &busy), h, body)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let w = worker(&nats, &function, 2, "").await;
+    for i in 0..40 {
+        nats.publish(&keyed(&format!("k-{i}"), Some("k"))).await;
+    }
+    function.wait_for(80, T).await;
+    nats.wait_settled(T).await;
+    assert_eq!(function.count(), 80, "each call ran once");
+    w.stop(T).await.unwrap();
+}
+
+async fn status(gw: &Gateway, id: &str) -> Value {
+    gw.get_json(&format!("/async-call/{id}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it() {
+    let nats = Nats::start(1).await;
+    let function =
+        RecordingServer::start(std::sync::Arc::new(|_: &flotilla_testsupport::Recorded| {
+            Reply::status(200).delay(Duration::from_millis(100))
+        }))
+        .await;
+    let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
+    let long = "x".repeat(65);
+    for bad in ["", long.as_str(), "caf\u{e9}"] {
+        let refused = gw
+            .post("/async-function/busy", &[("x-fairness-key", bad)], "in")
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 400, "{bad:?}");
+        let reason = String::from_utf8_lossy(&refused.body);
+        assert!(
+            reason.contains("X-Fairness-Key must be 1 to 64 printable ASCII characters"),
+            "{reason}"
+        );
+    }
+    let header = gw
+        .post(
+            "/async-function/busy",
+            &[("x-fairness-key", "tenant 7")],
+            "in",
+        )
+        .await
+        .unwrap()
+        .call_id
+        .unwrap();
+    let own = gw
+        .post(
+            "/async-function/busy",
+            &[("x-fairness-key", "acme"), ("x-call-id", "my-own-keyed")],
+            "in",
+        )
+        .await
+        .unwrap()
+        .call_id
+        .unwrap();
+    let plain = gw
+        .post("/async-function/busy", &[], "in")
+        .await
+        .unwrap()
+        .call_id
+        .unwrap();
+    let batch = gw
+        .post(
+            "/async-batch/busy",
+            &[("content-type", "application/x-ndjson")],
+            format!(
+                "{{\"body\":\"a\",\"fairness_key\":\"b.c\"}}\n{{\"body\":\"b\",\"fairness_key\":\"{long}\"}}\n"
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch.status, 200, "{:?}", batch.body);
+    let lines: Vec<Value> = batch
+        .body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(lines[1]["status"], 400, "{lines:?}");
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fairness_key must be 1 to 64 printable ASCII characters"),
+        "{lines:?}"
+    );
+    let from_batch = lines[0]["call_id"].as_str().unwrap().to_owned();
+
+    let expected = [
+        (&header, Value::from("tenant 7")),
+        (&own, Value::from("acme")),
+        (&plain, Value::Null),
+        (&from_batch, Value::from("b.c")),
+    ];
+    for (id, key) in &expected {
+        let s = status(&gw, id).await;
+        assert_eq!(s["state"], "queued", "{id}");
+        assert_eq!(&s["fairness_key"], key, "{id}");
+    }
+    // The worker's records keep it, and the function does not see the header.
+    let w = worker(&nats, &function, 4, "").await;
+    for (id, key) in &expected {
+        wait_until_async(T, &format!("{id} succeeded"), || async {
+            status(&gw, id).await["state"] == "succeeded"
+        })
+        .await;
+        assert_eq!(&status(&gw, id).await["fairness_key"], key, "{id}");
+    }
+    assert_eq!(function.count(), 4);
+    assert!(
+        function
+            .requests()
+            .iter()
+            .all(|r| r.header("x-fairness-key").is_empty()),
+        "consumed by the gateway"
+    );
+    w.stop(T).await.unwrap();
+}
