@@ -10,6 +10,7 @@ use serde::Serialize;
 use flotilla_queue::Priority;
 
 use crate::net::Clock;
+use crate::report::Percentiles;
 use crate::sink::Callback;
 use crate::stats::{Accepted, latency_histogram};
 
@@ -124,24 +125,29 @@ pub fn reconcile(clock: &Clock, accepted: &[Accepted], callbacks: &[Callback]) -
     }
 }
 
-/// Each priority's start latency, microseconds: from the gateway's acceptance (`X-Start-Time`) to
-/// the call's first start at the function, for the accepted calls sent with a priority. A retried
-/// call counts once, by its first attempt.
-pub fn start_latency(
-    clock: &Clock,
-    accepted: &[Accepted],
-    starts: &[Callback],
-) -> BTreeMap<Priority, Histogram<u64>> {
-    let priority: HashMap<&str, Priority> = accepted
+/// Start latency, microseconds: from the gateway's acceptance (`X-Start-Time`) to the call's
+/// first start at the function, for the accepted calls sent with a priority or a key, by
+/// priority (a call sent with a key and no priority counts as `normal`) and by key.
+#[derive(Debug, Default)]
+pub struct StartLatency {
+    pub by_priority: BTreeMap<Priority, Histogram<u64>>,
+    pub by_key: HashMap<u32, Histogram<u64>>,
+}
+
+/// Each sent call's start latency (see [`StartLatency`]). A retried call counts once, by its
+/// first attempt.
+pub fn start_latency(clock: &Clock, accepted: &[Accepted], starts: &[Callback]) -> StartLatency {
+    let sent: HashMap<&str, (Priority, Option<u32>)> = accepted
         .iter()
-        .filter_map(|a| Some((a.call_id.as_str(), a.priority?)))
+        .filter(|a| a.priority.is_some() || a.key.is_some())
+        .map(|a| (a.call_id.as_str(), (a.priority.unwrap_or_default(), a.key)))
         .collect();
     let mut first: HashMap<&str, u128> = HashMap::new();
     for s in starts {
         let Some(start) = s.start_unix_ns else {
             continue;
         };
-        if !priority.contains_key(s.call_id.as_str()) {
+        if !sent.contains_key(s.call_id.as_str()) {
             continue;
         }
         let waited = clock.unix_ns_of(s.arrived_ns).saturating_sub(start);
@@ -150,14 +156,38 @@ pub fn start_latency(
             .and_modify(|w| *w = (*w).min(waited))
             .or_insert(waited);
     }
-    let mut by_priority: BTreeMap<Priority, Histogram<u64>> = BTreeMap::new();
+    let mut by = StartLatency::default();
     for (id, waited) in first {
-        let h = by_priority
-            .entry(priority[id])
-            .or_insert_with(latency_histogram);
-        h.saturating_record(u64::try_from(waited / 1000).unwrap_or(u64::MAX));
+        let us = u64::try_from(waited / 1000).unwrap_or(u64::MAX);
+        let (priority, key) = sent[id];
+        by.by_priority
+            .entry(priority)
+            .or_insert_with(latency_histogram)
+            .saturating_record(us);
+        if let Some(k) = key {
+            by.by_key
+                .entry(k)
+                .or_insert_with(latency_histogram)
+                .saturating_record(us);
+        }
     }
-    by_priority
+    by
+}
+
+/// How start latency spreads across keys: the percentiles, across keys, of each key's median
+/// (`median`) and p99 (`p99`); empty without keys.
+pub fn across_keys(by_key: &HashMap<u32, Histogram<u64>>) -> BTreeMap<String, Percentiles> {
+    let mut spread = BTreeMap::new();
+    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
+        let mut h = latency_histogram();
+        for key in by_key.values() {
+            h.saturating_record(key.value_at_quantile(q));
+        }
+        if !h.is_empty() {
+            spread.insert(name.to_owned(), Percentiles::of(&h));
+        }
+    }
+    spread
 }
 
 #[cfg(test)]
@@ -169,6 +199,7 @@ mod tests {
             call_id: id.into(),
             at_ns: at,
             priority: None,
+            key: None,
         }
     }
 
@@ -207,18 +238,20 @@ mod tests {
     }
 
     #[test]
-    fn start_latency_counts_each_call_once_by_its_first_start_and_its_priority() {
+    fn start_latency_counts_each_call_once_by_its_first_start_its_priority_and_key() {
         let clock = Clock::new();
         let accepted_at = clock.unix_ns_of(0);
-        let with = |id: &str, p: Option<Priority>| Accepted {
+        let with = |id: &str, p: Option<Priority>, key: Option<u32>| Accepted {
             call_id: id.into(),
             at_ns: 0,
             priority: p,
+            key,
         };
         let accepted = [
-            with("h", Some(Priority::High)),
-            with("l", Some(Priority::Low)),
-            with("plain", None),
+            with("h", Some(Priority::High), Some(1)),
+            with("l", Some(Priority::Low), None),
+            with("plain", None, None),
+            with("keyed", None, Some(1)),
         ];
         let start = |id: &str, after_ms: u64| Callback {
             call_id: id.into(),
@@ -232,12 +265,21 @@ mod tests {
             start("l", 900),
             start("h", 10),
             start("plain", 5),
+            start("keyed", 40),
             start("x", 1),
         ];
         let by = start_latency(&clock, &accepted, &starts);
-        assert_eq!(by.len(), 2);
-        let high = &by[&Priority::High];
+        assert_eq!(
+            by.by_priority.len(),
+            3,
+            "a key without a priority is normal"
+        );
+        let high = &by.by_priority[&Priority::High];
         assert_eq!((high.len(), high.max() / 1000), (1, 10));
-        assert_eq!(by[&Priority::Low].max() / 1000, 900);
+        assert_eq!(by.by_priority[&Priority::Low].max() / 1000, 900);
+        assert_eq!(by.by_priority[&Priority::Normal].max() / 1000, 40);
+        let key = &by.by_key[&1];
+        assert_eq!((key.len(), key.max() / 1000), (2, 40));
+        assert_eq!(by.by_key.len(), 1);
     }
 }

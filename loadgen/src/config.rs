@@ -176,6 +176,23 @@ pub struct RunArgs {
         help_heading = "Load"
     )]
     pub priority_mix: Option<crate::mix::PriorityMix>,
+    /// Send each call with one of N fairness keys (`X-Fairness-Key: key-<k>`, batch line
+    /// `fairness_key`), drawn by `--key-skew`. With the built-in function, the report gives the
+    /// start latency of the keys: the spread of each key's median and p99 across the keys.
+    /// Default: no key sent.
+    #[arg(long, env = "LOADGEN_FAIRNESS_KEYS", value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=1_000_000),
+          help_heading = "Load")]
+    pub fairness_keys: Option<u32>,
+    /// Zipf exponent of the key choice with `--fairness-keys`: 0 spreads calls evenly, 1 gives
+    /// `key-0` about N/H(N) times the average share.
+    #[arg(
+        long,
+        env = "LOADGEN_KEY_SKEW",
+        default_value_t = 0.0,
+        help_heading = "Load"
+    )]
+    pub key_skew: f64,
     /// How the audit learns that a call ended: `callbacks` (each call carries the built-in
     /// sink's URL, and must reach it exactly once) or `status` (calls carry no callback; each is
     /// followed through `GET /async-call/<id>` until it is final, and counted by final state).
@@ -691,6 +708,11 @@ impl RunArgs {
             (
                 !(self.skew.is_finite() && (0.0..=10.0).contains(&self.skew)),
                 "--skew",
+                "between 0 and 10",
+            ),
+            (
+                !(self.key_skew.is_finite() && (0.0..=10.0).contains(&self.key_skew)),
+                "--key-skew",
                 "between 0 and 10",
             ),
             (self.max_in_flight == 0, "--max-in-flight", "at least 1"),

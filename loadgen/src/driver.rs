@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_queue::Priority;
-use flotilla_queue::headers::{X_CALL_ID, X_CALLBACK_URL, X_PRIORITY};
+use flotilla_queue::headers::{X_CALL_ID, X_CALLBACK_URL, X_FAIRNESS_KEY, X_PRIORITY};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::LoadModel;
 use crate::dist::KeySkew;
-use crate::mix::PriorityMix;
+use crate::mix::{KeyMix, PriorityMix};
 use crate::net::HttpClient;
 use crate::schedule::OpenLoop;
 use crate::stats::Recorder;
@@ -79,6 +79,8 @@ pub struct Load {
     pub batch: usize,
     /// `--priority-mix`: each call's `X-Priority` (batch line `priority`); none when `None`.
     pub priority_mix: Option<PriorityMix>,
+    /// `--fairness-keys`: each call's `X-Fairness-Key` (batch line `fairness_key`).
+    pub keys: Option<KeyMix>,
 }
 
 /// When sending began and ended, as offsets from the clock origin.
@@ -94,6 +96,8 @@ struct BatchTarget {
     uris: Vec<Uri>,
     body: Bytes,
     priorities: Vec<Option<Priority>>,
+    /// Each line's key (each `None` without `--fairness-keys`).
+    keys: Vec<Option<u32>>,
 }
 
 struct Target {
@@ -102,6 +106,8 @@ struct Target {
     batch: Option<BatchTarget>,
     /// `--priority-mix` and the run's seed, which pick each call's priority.
     mix: Option<(PriorityMix, u64)>,
+    /// `--fairness-keys` and the run's seed, which pick each call's key.
+    keys: Option<(KeyMix, u64)>,
     /// `None`: calls without `X-Callback-Url`.
     callback: Option<HeaderValue>,
     body: Bytes,
@@ -141,6 +147,7 @@ pub async fn drive(
         client,
         rec: rec.clone(),
         mix: load.priority_mix.clone().map(|m| (m, load.seed)),
+        keys: load.keys.clone().map(|k| (k, load.seed)),
     });
     let skew = Arc::new(KeySkew::new(load.functions, load.skew));
     let start = Instant::now();
@@ -308,10 +315,16 @@ fn batch_target(
     let priorities: Vec<Option<Priority>> = (0..load.batch as u64)
         .map(|i| load.priority_mix.as_ref().map(|m| m.pick(load.seed, i)))
         .collect();
+    let keys: Vec<Option<u32>> = (0..load.batch as u64)
+        .map(|i| load.keys.as_ref().map(|k| k.pick(load.seed, i)))
+        .collect();
     let mut body = String::new();
-    for p in &priorities {
+    for (p, k) in priorities.iter().zip(&keys) {
         if let Some(p) = p {
             line["priority"] = p.as_str().into();
+        }
+        if let Some(k) = k {
+            line["fairness_key"] = KeyMix::name(*k).into();
         }
         body.push_str(&line.to_string());
         body.push('\n');
@@ -320,6 +333,7 @@ fn batch_target(
         uris,
         body: Bytes::from(body),
         priorities,
+        keys,
     })
 }
 
@@ -330,6 +344,7 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
         uris,
         body,
         priorities,
+        keys,
     }) = &t.batch
     else {
         return;
@@ -361,8 +376,9 @@ async fn send_batch(t: &Target, function: usize, intended: Instant) {
                 answered += 1;
                 let parsed: Option<serde_json::Value> = serde_json::from_slice(line).ok();
                 let priority = priorities.get(answered - 1).copied().flatten();
+                let key = keys.get(answered - 1).copied().flatten();
                 match parsed.as_ref().and_then(|v| v["call_id"].as_str()) {
-                    Some(id) => t.rec.accepted(id.to_owned(), at, latency, priority),
+                    Some(id) => t.rec.accepted(id.to_owned(), at, latency, (priority, key)),
                     None => {
                         let status = parsed.and_then(|v| v["status"].as_u64()).unwrap_or(0);
                         t.rec.error(&format!("line_status_{status}"));
@@ -404,12 +420,16 @@ async fn exchange(
 async fn send_one(t: &Target, function: usize, intended: Instant) {
     let n = t.rec.sent.fetch_add(1, Ordering::Relaxed);
     let priority = t.mix.as_ref().map(|(m, seed)| m.pick(*seed, n));
+    let key = t.keys.as_ref().map(|(k, seed)| k.pick(*seed, n));
     let mut req = hyper::Request::post(t.uris[function].clone());
     if let Some(cb) = &t.callback {
         req = req.header(X_CALLBACK_URL, cb.clone());
     }
     if let Some(p) = priority {
         req = req.header(X_PRIORITY, p.as_str());
+    }
+    if let Some(k) = key {
+        req = req.header(X_FAIRNESS_KEY, KeyMix::name(k));
     }
     let req = req
         .header("content-type", "application/octet-stream")
@@ -434,7 +454,7 @@ async fn send_one(t: &Target, function: usize, intended: Instant) {
                 id,
                 t.rec.clock.ns_at(done),
                 u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
-                priority,
+                (priority, key),
             );
         }
         Ok((202, None)) => t.rec.error("202_without_call_id"),

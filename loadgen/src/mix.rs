@@ -1,10 +1,48 @@
 //! `--priority-mix`: the share of calls sent with each `X-Priority` (`high=1,normal=90,low=9`,
-//! weights in any unit), and which priority the n-th call gets: spread evenly by a hash of the
-//! call's number and the run's seed, so a run repeats from its seed.
+//! weights in any unit), and which priority the n-th call gets; `--fairness-keys N --key-skew S`:
+//! which of `N` keys (`key-0` ... `key-{N-1}`, key `k` drawn with weight `1/(k+1)^S`) the n-th
+//! call carries in `X-Fairness-Key`. Both spread by a hash of the call's number and the run's
+//! seed, so a run repeats from its seed.
 
 use std::str::FromStr;
 
 use flotilla_queue::Priority;
+
+use crate::dist::KeySkew;
+
+/// SplitMix64's finaliser of `seed` and `n`: consecutive numbers land far apart.
+fn spread(seed: u64, n: u64) -> u64 {
+    let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `--fairness-keys` and `--key-skew`: the key each call carries.
+#[derive(Debug, Clone)]
+pub struct KeyMix {
+    skew: KeySkew,
+}
+
+impl KeyMix {
+    /// `keys` must be at least 1; `exponent` 0 spreads calls evenly.
+    pub fn new(keys: u32, exponent: f64) -> Self {
+        Self {
+            skew: KeySkew::new(keys.max(1) as usize, exponent),
+        }
+    }
+
+    /// The key of the `n`-th call of a run seeded with `seed`, drawn apart from its priority.
+    pub fn pick(&self, seed: u64, n: u64) -> u32 {
+        let mut rng = fastrand::Rng::with_seed(spread(seed.rotate_left(29) ^ 0x6b65_7973, n));
+        u32::try_from(self.skew.sample(&mut rng)).unwrap_or(u32::MAX)
+    }
+
+    /// The `X-Fairness-Key` of key `k`.
+    pub fn name(k: u32) -> String {
+        format!("key-{k}")
+    }
+}
 
 /// Weights of `high`, `normal` and `low`, in `Priority::ALL` order; at least one is above 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,11 +108,7 @@ impl PriorityMix {
     /// The priority of the `n`-th call of a run seeded with `seed`.
     pub fn pick(&self, seed: u64, n: u64) -> Priority {
         let total: u64 = self.weights.iter().sum();
-        // SplitMix64's finaliser: consecutive numbers land far apart.
-        let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let mut r = (z ^ (z >> 31)) % total;
+        let mut r = spread(seed, n) % total;
         for p in Priority::ALL {
             let w = self.weights[p.index()];
             if r < w {
@@ -127,5 +161,20 @@ mod tests {
         assert_eq!(m.pick(7, 12), m.pick(7, 12));
         let only_low: PriorityMix = "low=1".parse().unwrap();
         assert!((0..100).all(|n| only_low.pick(1, n) == Priority::Low));
+    }
+
+    #[test]
+    fn keys_follow_their_skew_and_repeat_from_the_seed() {
+        let even = KeyMix::new(10, 0.0);
+        let mut counts = [0u32; 10];
+        for n in 0..10_000 {
+            counts[even.pick(7, n) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        let skewed = KeyMix::new(1000, 1.0);
+        let hot = (0..10_000).filter(|n| skewed.pick(7, *n) == 0).count();
+        assert!((1000..1800).contains(&hot), "key 0 drew {hot} of 10,000");
+        assert_eq!(skewed.pick(7, 42), skewed.pick(7, 42));
+        assert_eq!(KeyMix::name(3), "key-3");
     }
 }

@@ -37,6 +37,11 @@ pub struct Report {
     /// gateway's acceptance (`X-Start-Time`) to the call's first arrival at the function.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub start_latency_ms: BTreeMap<String, Percentiles>,
+    /// With `--fairness-keys` and the built-in function: how start latency spreads across the
+    /// keys. `median`: the percentiles, across keys, of each key's median start latency; `p99`:
+    /// likewise of each key's p99 (`count` is the number of keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub key_start_latency_ms: BTreeMap<String, Percentiles>,
     pub audit: Audit,
     pub ceiling: Option<Ceiling>,
     pub ratios: Option<Ratios>,
@@ -440,7 +445,8 @@ impl Report {
         }
     }
 
-    /// Start latency by priority, highest first, when the run sent priorities.
+    /// Start latency by priority, highest first, and across keys, when the run sent priorities
+    /// or keys.
     fn render_starts(&self, o: &mut String) {
         if self.start_latency_ms.is_empty() {
             return;
@@ -450,17 +456,19 @@ impl Report {
             "| start latency (accepted → function) | calls | p50 | p90 | p99 | max |"
         );
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+        let row = |o: &mut String, label: String, calls: String, p: &Percentiles| {
+            let (p50, p90, p99, max) = (ms(p.p50), ms(p.p90), ms(p.p99), ms(p.max));
+            let _ = writeln!(o, "| {label} | {calls} | {p50} | {p90} | {p99} | {max} |");
+        };
         for name in ["high", "normal", "low"] {
             if let Some(p) = self.start_latency_ms.get(name) {
-                let _ = writeln!(
-                    o,
-                    "| {name} | {} | {} | {} | {} | {} |",
-                    thousands(p.count as f64),
-                    ms(p.p50),
-                    ms(p.p90),
-                    ms(p.p99),
-                    ms(p.max)
-                );
+                row(o, name.to_owned(), thousands(p.count as f64), p);
+            }
+        }
+        for (name, what) in [("median", "each key's median"), ("p99", "each key's p99")] {
+            if let Some(p) = self.key_start_latency_ms.get(name) {
+                let label = format!("{what}, across {} keys", thousands(p.count as f64));
+                row(o, label, String::new(), p);
             }
         }
         let _ = writeln!(o);
@@ -657,6 +665,7 @@ mod tests {
             function_status: BTreeMap::from([("200".into(), 13000), ("500".into(), 4499)]),
             function_refusals: None,
             start_latency_ms: BTreeMap::new(),
+            key_start_latency_ms: BTreeMap::new(),
             audit: Audit {
                 accepted: 17500,
                 completed: 17499,

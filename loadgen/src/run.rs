@@ -248,7 +248,8 @@ struct Offered {
     drain_wait_s: f64,
     /// Where the completion rate is timed from, as an offset from the clock origin.
     completion_start_ns: u64,
-    /// Calls as they started at the built-in function (with `--priority-mix`).
+    /// Calls as they started at the built-in function (with `--priority-mix` or
+    /// `--fairness-keys`).
     starts: Vec<Callback>,
 }
 
@@ -335,6 +336,9 @@ fn load_of(args: &RunArgs) -> Load {
         seed: args.seed,
         batch: args.batch,
         priority_mix: args.priority_mix.clone(),
+        keys: args
+            .fairness_keys
+            .map(|n| crate::mix::KeyMix::new(n, args.key_skew)),
     }
 }
 
@@ -431,7 +435,7 @@ fn function_spec(args: &RunArgs) -> FunctionSpec {
         response_size: args.response_size,
         seed: args.seed,
         record_arrivals: args.no_callbacks,
-        record_starts: args.priority_mix.is_some(),
+        record_starts: args.priority_mix.is_some() || args.fairness_keys.is_some(),
         capacity: args.function_capacity.clone(),
         echo: false,
     }
@@ -573,6 +577,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         .map(|c| Ratios::of(enqueue_rate, completion_rate, c, args.callbacks_asked()));
     let mut audit = matched.audit;
     audit.drain_wait_s = drain_wait_s;
+    let starts = audit::start_latency(&rec.clock, &accepted, &starts);
     let report = Report {
         schema: SCHEMA,
         loadgen_version: env!("CARGO_PKG_VERSION"),
@@ -596,10 +601,12 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         errors: rec.error_kinds(),
         function_status: matched.function_status,
         function_refusals: None,
-        start_latency_ms: audit::start_latency(&rec.clock, &accepted, &starts)
+        start_latency_ms: starts
+            .by_priority
             .iter()
             .map(|(p, h)| (p.to_string(), Percentiles::of(h)))
             .collect(),
+        key_start_latency_ms: audit::across_keys(&starts.by_key),
         audit,
         ceiling,
         ratios,

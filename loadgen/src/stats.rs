@@ -26,6 +26,8 @@ pub struct Accepted {
     pub at_ns: u64,
     /// The `X-Priority` it was sent with (`--priority-mix`), if any.
     pub priority: Option<Priority>,
+    /// The fairness key it was sent with (`--fairness-keys`), if any.
+    pub key: Option<u32>,
 }
 
 /// Shared by every sender task of a run.
@@ -65,7 +67,7 @@ impl Recorder {
         call_id: String,
         at_ns: u64,
         latency_ns: u64,
-        priority: Option<Priority>,
+        (priority, key): (Option<Priority>, Option<u32>),
     ) {
         if let Ok(mut h) = self.enqueue_us.lock() {
             h.saturating_record(latency_ns / 1000);
@@ -75,6 +77,7 @@ impl Recorder {
                 call_id,
                 at_ns,
                 priority,
+                key,
             });
         }
         self.accepted.fetch_add(1, Ordering::Relaxed);

@@ -28,6 +28,7 @@ fn load(model: LoadModel, duration: Duration) -> Load {
         seed: 9,
         batch: 1,
         priority_mix: None,
+        keys: None,
     }
 }
 
@@ -210,5 +211,41 @@ async fn a_priority_mix_sends_each_priority_in_its_share_and_remembers_it() {
     for a in accepted {
         let p = a.priority.expect("sent with a priority");
         assert!(a.call_id.starts_with(&format!("{p}-")), "{}", a.call_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fairness_keys_follow_their_skew_and_are_remembered() {
+    // The call id names the key the request carried.
+    let n = Arc::new(AtomicUsize::new(0));
+    let server = RecordingServer::start(Arc::new(move |r: &Recorded| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        Reply::status(202).header("x-call-id", &format!("{}-{i}", r.header("x-fairness-key")))
+    }))
+    .await;
+    let rec = Arc::new(Recorder::new(Clock::new()));
+    let mut l = load(
+        LoadModel::Closed { concurrency: 8 },
+        Duration::from_secs(30),
+    );
+    l.count = Some(2_000);
+    l.keys = Some(flotilla_loadgen::mix::KeyMix::new(100, 1.0));
+    drive(&server.url(), None, &l, client(), rec.clone())
+        .await
+        .unwrap();
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2_000);
+    let hottest = requests
+        .iter()
+        .filter(|r| r.header("x-fairness-key") == "key-0")
+        .count();
+    // Zipf 1 over 100 keys: key-0 draws 1/H(100), about 19 %.
+    assert!(
+        (300..500).contains(&hottest),
+        "key-0 drew {hottest} of 2,000"
+    );
+    for a in rec.accepted_calls() {
+        let k = a.key.expect("sent with a key");
+        assert!(a.call_id.starts_with(&format!("key-{k}-")), "{}", a.call_id);
     }
 }

@@ -435,8 +435,8 @@ impl Placer {
         }
         let function = match f.slots.clone().try_acquire_owned() {
             Ok(p) => p,
-            // A function whose calls carry priorities has its waiting calls ordered in its lanes,
-            // not held here in arrival order.
+            // A function whose calls carry priorities or keys has its waiting calls ordered in
+            // its lanes, not held here in arrival order.
             Err(_) if f.lanes.used() => return Place::Wait,
             Err(_) => {
                 let starved = self.starved.entry(f.name.clone()).or_default();

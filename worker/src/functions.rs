@@ -145,7 +145,6 @@ impl FunctionRt {
     }
 
     /// The function's calls this replica may hold at once now.
-    #[cfg(test)]
     pub fn limit(&self) -> usize {
         self.sizing().applied
     }

@@ -47,6 +47,13 @@ use state::WaitState;
 pub(crate) type InfoCall = Pin<
     Box<dyn Future<Output = Result<consumer::Info, jetstream::context::ConsumerInfoError>> + Send>,
 >;
+/// At most this many calls are claimed into a lane beyond the slots being filled (fewer for a
+/// function whose limit in this replica is lower).
+const CLAIM_AHEAD: usize = 32;
+/// How long the loop waits before claiming again after a claim that found nothing to claim.
+const CLAIM_PAUSE: Duration = Duration::from_millis(100);
+/// A claim of parked calls in progress (see `pull/claim.rs`).
+type ClaimCall = Pin<Box<dyn Future<Output = usize> + Send>>;
 /// A wait for one of the replica's permits.
 type PermitWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
@@ -146,6 +153,13 @@ struct WaitLoop {
     consumers: [Option<consumer::PullConsumer>; 3],
     /// Which lane to ask next, and what each lane was asked.
     lanes: Lanes,
+    /// Calls this loop claimed into each lane and has not seen delivered since (see
+    /// `pull/claim.rs`); a lane read empty or short has none.
+    claimed_ahead: [usize; 3],
+    /// A claim of parked calls in progress, and its lane.
+    claiming: Option<(Priority, ClaimCall)>,
+    /// No claim starts before this (after one that claimed nothing).
+    claim_after: Instant,
     inbox: String,
     membership: watch::Receiver<Membership>,
     state: WaitState,
@@ -177,6 +191,9 @@ impl WaitLoop {
             f,
             consumers: [None, Some(consumer), None],
             lanes: Lanes::new(),
+            claimed_ahead: [0; 3],
+            claiming: None,
+            claim_after: Instant::now(),
             inbox,
             membership,
             state,
@@ -243,9 +260,9 @@ impl WaitLoop {
             }
         };
         let lane = asked.lane();
-        if parked[lane.index()] {
-            // The lane's parked calls, one per key in turn, join it before it is asked.
-            claim::claim(&self.shared, &self.f, lane, n).await;
+        if parked[lane.index()] && self.claim_parked(lane, n) {
+            // Nothing claimed waits in the lane yet: it is asked once the claim lands.
+            return Ok(());
         }
         let consumer = match &self.consumers[lane.index()] {
             Some(c) => c,
@@ -262,6 +279,32 @@ impl WaitLoop {
         self.lanes.requested(asked, n, &self.f.lanes);
         self.state.requested(n, &pace);
         Ok(())
+    }
+
+    /// Claims the lane's parked calls, one per key in turn, beside the loop: enough for `n` free
+    /// slots and as many again ahead of the next requests, so slots do not wait for claims.
+    /// Returns whether the lane must wait for the claim before it is asked.
+    fn claim_parked(&mut self, lane: Priority, n: usize) -> bool {
+        let ahead = self.claimed_ahead[lane.index()];
+        let target = n + self.f.limit().min(CLAIM_AHEAD);
+        if self.claiming.is_none() && ahead < target && Instant::now() >= self.claim_after {
+            let (shared, f, want) = (self.shared.clone(), self.f.clone(), target - ahead);
+            self.claiming = Some((
+                lane,
+                Box::pin(async move { claim::claim(&shared, &f, lane, want).await }),
+            ));
+        }
+        ahead == 0
+    }
+
+    /// A claim beside the loop ended with `claimed` calls in `lane`.
+    fn on_claimed(&mut self, lane: Priority, claimed: usize) {
+        self.claiming = None;
+        self.claimed_ahead[lane.index()] += claimed;
+        if claimed == 0 {
+            // NATS trouble, or every key turned out taken: not again at once.
+            self.claim_after = Instant::now() + CLAIM_PAUSE;
+        }
     }
 
     /// Waits for the next event and hands it to its method.
@@ -297,6 +340,14 @@ impl WaitLoop {
             }
             // A call moved into a lane (or found there): the loop may ask another lane now.
             () = self.f.lanes.marked() => Ok(ControlFlow::Continue(())),
+            Some(claimed) = OptionFuture::from(self.claiming.as_mut().map(|(_, c)| c)), if self.claiming.is_some() => {
+                let lane = self.claiming.as_ref().map_or(Priority::Normal, |(l, _)| *l);
+                self.on_claimed(lane, claimed);
+                Ok(ControlFlow::Continue(()))
+            }
+            _ = tokio::time::sleep_until(self.claim_after), if self.claim_after > Instant::now() => {
+                Ok(ControlFlow::Continue(()))
+            }
             changed = self.membership.changed(), if self.state.watch_replicas() => {
                 self.on_membership(changed.is_ok());
                 Ok(ControlFlow::Continue(()))
@@ -340,10 +391,16 @@ impl WaitLoop {
         match arrival(&self.shared, m, &self.f.name).await? {
             Arrival::Message(msg) => {
                 self.lanes.arrived(lane);
+                let ahead = &mut self.claimed_ahead[lane.index()];
+                *ahead = ahead.saturating_sub(1);
                 return Ok(self.start(msg).await);
             }
             Arrival::Expired(unfulfilled) => {
                 let given_up = self.lanes.ended(asked, unfulfilled);
+                if given_up > 0 {
+                    // The lane had less than was asked: nothing claimed waits in it.
+                    self.claimed_ahead[lane.index()] = 0;
+                }
                 self.state.expired(Some(given_up));
                 // With lanes in use, a lane left unasked for a while (even the normal one, behind
                 // a long high or low backlog) may have lost its consumer to inactivity: the next
@@ -416,6 +473,8 @@ impl WaitLoop {
                         // NATS removed it after `--consumer-idle`: made again when next asked.
                         LaneReading::Gone => self.consumers[lane.index()] = None,
                         LaneReading::Read { pending } => {
+                            let ahead = &mut self.claimed_ahead[lane.index()];
+                            *ahead = (*ahead).min(usize::try_from(pending).unwrap_or(usize::MAX));
                             if pending > 0 {
                                 self.lanes.pending(lane);
                             }
@@ -425,8 +484,10 @@ impl WaitLoop {
                 }
                 self.f.metrics.pending.set(num_pending as f64);
                 let f = &self.f;
-                // Keys with calls parked hold the loop like calls in a lane.
-                let waiting = num_pending + f.lanes.keys.parked() as u64;
+                // Keys with calls parked, and a claim under way, hold the loop like calls in a
+                // lane.
+                let claiming = u64::from(self.claiming.is_some());
+                let waiting = num_pending + f.lanes.keys.parked() as u64 + claiming;
                 if self
                     .state
                     .drained(waiting, f.always_waits(), f.moves_in_progress())

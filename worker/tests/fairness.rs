@@ -325,3 +325,50 @@ async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it(
     );
     w.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_function_whose_calls_carry_keys_still_grows_to_meet_them() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(50)).await;
+    // No fixed concurrency: adaptive control, in slow start from a limit of 8.
+    let policies = format!("[functions.busy]\nurl = \"{}\"\n", function.url());
+    let w = Worker::with_policies(&nats.url(), &function.url(), &policies).await;
+    for i in 0..400 {
+        nats.publish(&keyed(
+            &format!("k{}-{i}", i % 10),
+            Some(&format!("k{}", i % 10)),
+        ))
+        .await;
+    }
+    function.wait_for(400, T).await;
+    nats.wait_settled(T).await;
+    assert!(
+        function.max_in_flight() > 8,
+        "the limit stayed at its start: {} at once",
+        function.max_in_flight()
+    );
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_keyed_call_starts_before_the_normal_keys_take_their_turns() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_millis(200)).await;
+    let w = worker(&nats, &function, 2, "").await;
+    for i in 0..300 {
+        let key = format!("t{}", i % 3);
+        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
+            .await;
+    }
+    dispatched(&nats).await;
+    let mut high = keyed("urgent-0", Some("t0"));
+    high.priority = flotilla_queue::Priority::High;
+    let sent = HashMap::from([("urgent-0".to_owned(), Instant::now())]);
+    nats.publish(&high).await;
+    let (waited, _) = start_waits(&function, &sent, T).await;
+    assert!(
+        waited <= Duration::from_secs(1),
+        "a high call of a key with calls waiting started after {waited:?}"
+    );
+    w.stop(T).await.unwrap();
+}
