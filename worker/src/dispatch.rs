@@ -436,8 +436,16 @@ impl Placer {
         let function = match f.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             // A function whose calls carry priorities or keys has its waiting calls ordered in
-            // its lanes, not held here in arrival order.
-            Err(_) if f.lanes.used() => return Place::Wait,
+            // its lanes, not held here in arrival order; in slow start its limit still grows to
+            // meet its calls first (doubling, as after a wait in vain below).
+            Err(_) if f.lanes.used() => match f
+                .grow_on_demand()
+                .then(|| f.slots.clone().try_acquire_owned().ok())
+                .flatten()
+            {
+                Some(p) => p,
+                None => return Place::Wait,
+            },
             Err(_) => {
                 let starved = self.starved.entry(f.name.clone()).or_default();
                 match starved.hold(&f.slots).await {

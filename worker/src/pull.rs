@@ -52,6 +52,8 @@ pub(crate) type InfoCall = Pin<
 const CLAIM_AHEAD: usize = 32;
 /// How long the loop waits before claiming again after a claim that found nothing to claim.
 const CLAIM_PAUSE: Duration = Duration::from_millis(100);
+/// How often a wait loop may double its function's limit in slow start.
+const GROW_EVERY: Duration = Duration::from_millis(5);
 /// A claim of parked calls in progress (see `pull/claim.rs`).
 type ClaimCall = Pin<Box<dyn Future<Output = usize> + Send>>;
 /// A wait for one of the replica's permits.
@@ -160,6 +162,8 @@ struct WaitLoop {
     claiming: Option<(Priority, ClaimCall)>,
     /// No claim starts before this (after one that claimed nothing).
     claim_after: Instant,
+    /// The function's limit does not grow again before this (see `grow_to_meet_lanes`).
+    grow_after: Instant,
     inbox: String,
     membership: watch::Receiver<Membership>,
     state: WaitState,
@@ -194,6 +198,7 @@ impl WaitLoop {
             claimed_ahead: [0; 3],
             claiming: None,
             claim_after: Instant::now(),
+            grow_after: Instant::now(),
             inbox,
             membership,
             state,
@@ -214,6 +219,7 @@ impl WaitLoop {
                     self.state.expired(Some(forgotten));
                 }
             }
+            self.grow_to_meet_lanes();
             let paused = self.shared.calls.budget.paused_until();
             let Some(plan) = self.state.plan(self.f.is_waiting(), paused.is_some()) else {
                 return Ok(Ended::Drained);
@@ -240,8 +246,12 @@ impl WaitLoop {
             batch: n,
             ..Default::default()
         };
-        let now = Instant::now();
-        let parked = Priority::ALL.map(|p| self.f.lanes.keys.waiting(p, now));
+        let parked = if self.f.lanes.keyed() {
+            let now = Instant::now();
+            Priority::ALL.map(|p| self.f.lanes.keys.waiting(p, now))
+        } else {
+            [false; 3]
+        };
         let asked = match self.lanes.ask(&self.f.lanes, parked) {
             Ask::Hold => return Ok(()),
             Ask::Normal => {
@@ -279,6 +289,22 @@ impl WaitLoop {
         self.lanes.requested(asked, n, &self.f.lanes);
         self.state.requested(n, &pace);
         Ok(())
+    }
+
+    /// A function whose calls wait in lanes is never held in the dispatch loop, where a function
+    /// in slow start grows its limit to meet its calls; its wait loop grows it instead, at most
+    /// once per [`GROW_EVERY`], while every slot is taken and calls wait.
+    fn grow_to_meet_lanes(&mut self) {
+        let now = Instant::now();
+        if self.f.lanes.used()
+            && self.f.is_waiting()
+            && now >= self.grow_after
+            && self.f.slots.available_permits() == 0
+            && self.state.ledger_mut().held_slots() <= self.state.outstanding()
+            && self.f.grow_on_demand()
+        {
+            self.grow_after = now + GROW_EVERY;
+        }
     }
 
     /// Claims the lane's parked calls, one per key in turn, beside the loop: enough for `n` free
