@@ -44,7 +44,11 @@ pub(crate) async fn handle(
     msg: jetstream::Message,
     slot: Slot,
 ) {
-    let key_slot = KeySlot::of_headers(msg.headers.as_ref());
+    // Only calls of a function under `key_concurrency` are claimed with a key slot.
+    let key_slot = func
+        .policy
+        .key_concurrency
+        .and_then(|_| KeySlot::of_headers(msg.headers.as_ref()));
     if let Some(held) = &key_slot
         && !keep_key_slot(&shared, &func, &msg, held).await
     {
