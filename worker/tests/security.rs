@@ -132,7 +132,16 @@ async fn least_permission_users_over_mutual_tls_run_a_call_and_a_worker_cannot_p
     let gateway_args: Vec<&str> = gateway_args.iter().map(String::as_str).collect();
     let gw = Gateway::start(&gateway_args).await;
     let mut worker_args = nats.flags("flotilla-worker", "worker.password");
-    worker_args.extend(["--function-url-template".into(), template]);
+    // Keyed calls under key_concurrency are parked, claimed and hold key slots: the worker's
+    // least permissions cover those steps too.
+    let policies = nats.file("policies.toml");
+    std::fs::write(&policies, "[functions.secured]\nkey_concurrency = 1\n").unwrap();
+    worker_args.extend([
+        "--function-url-template".into(),
+        template,
+        "--policies".into(),
+        policies.to_string_lossy().into_owned(),
+    ]);
     // `Worker::start` gives the URL itself.
     let worker_args: Vec<&str> = worker_args[2..].iter().map(String::as_str).collect();
     let worker = Worker::start_ready(&nats.server.url(), &worker_args).await;
@@ -162,6 +171,19 @@ async fn least_permission_users_over_mutual_tls_run_a_call_and_a_worker_cannot_p
         s.status == 200 && String::from_utf8_lossy(&s.body).contains("\"succeeded\"")
     })
     .await;
+    for i in 0..4 {
+        let keyed = gw
+            .post(
+                "/async-function/secured",
+                &[("x-callback-url", &callback), ("x-fairness-key", "tenant")],
+                format!("keyed-{i}"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(keyed.status, 202);
+    }
+    sink.wait_for(5, T).await;
+    assert_eq!(function.count(), 5, "every keyed call ran");
     let slow = gw
         .post(
             "/async-function/secured",
