@@ -10,7 +10,6 @@ use serde::Serialize;
 use flotilla_queue::Priority;
 
 use crate::net::Clock;
-use crate::report::Percentiles;
 use crate::sink::Callback;
 use crate::stats::{Accepted, latency_histogram};
 
@@ -172,22 +171,6 @@ pub fn start_latency(clock: &Clock, accepted: &[Accepted], starts: &[Callback]) 
         }
     }
     by
-}
-
-/// How start latency spreads across keys: the percentiles, across keys, of each key's median
-/// (`median`) and p99 (`p99`); empty without keys.
-pub fn across_keys(by_key: &HashMap<u32, Histogram<u64>>) -> BTreeMap<String, Percentiles> {
-    let mut spread = BTreeMap::new();
-    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
-        let mut h = latency_histogram();
-        for key in by_key.values() {
-            h.saturating_record(key.value_at_quantile(q));
-        }
-        if !h.is_empty() {
-            spread.insert(name.to_owned(), Percentiles::of(&h));
-        }
-    }
-    spread
 }
 
 #[cfg(test)]

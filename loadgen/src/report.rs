@@ -584,6 +584,24 @@ fn counts(by_key: &BTreeMap<String, u64>, item: impl Fn(&str, String) -> String)
         .join(", ")
 }
 
+/// How start latency spreads across keys: the percentiles, across keys, of each key's median
+/// (`median`) and p99 (`p99`); empty without keys.
+pub fn across_keys(
+    by_key: &std::collections::HashMap<u32, Histogram<u64>>,
+) -> BTreeMap<String, Percentiles> {
+    let mut spread = BTreeMap::new();
+    for (name, q) in [("median", 0.5), ("p99", 0.99)] {
+        let mut h = crate::stats::latency_histogram();
+        for key in by_key.values() {
+            h.saturating_record(key.value_at_quantile(q));
+        }
+        if !h.is_empty() {
+            spread.insert(name.to_owned(), Percentiles::of(&h));
+        }
+    }
+    spread
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

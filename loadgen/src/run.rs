@@ -606,7 +606,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
             .iter()
             .map(|(p, h)| (p.to_string(), Percentiles::of(h)))
             .collect(),
-        key_start_latency_ms: audit::across_keys(&starts.by_key),
+        key_start_latency_ms: crate::report::across_keys(&starts.by_key),
         audit,
         ceiling,
         ratios,

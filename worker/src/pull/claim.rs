@@ -154,7 +154,9 @@ async fn move_parked(
             return Claimed::Failed;
         }
     };
-    if let Err(error) = delete(shared, f.shard, m.sequence).await {
+    if let Err(error) =
+        keys::delete_message(shared, &subjects::wait_stream(f.shard), m.sequence).await
+    {
         // Another replica deleted it first, or NATS is away: a claim repeated later is
         // de-duplicated and deletes it then.
         tracing::debug!(function = %f.name, %error, "claimed call not deleted from its key");
@@ -164,18 +166,4 @@ async fn move_parked(
     } else {
         Claimed::One
     }
-}
-
-/// Deletes a claimed call from its key's subject, without overwriting its bytes (`no_erase`): the
-/// call lives on in the lane, so there is nothing to hide, and an erase costs nats-server a write.
-async fn delete(
-    shared: &Shared,
-    shard: u32,
-    sequence: u64,
-) -> Result<(), async_nats::jetstream::context::RequestError> {
-    let subject = format!("STREAM.MSG.DELETE.{}", subjects::wait_stream(shard));
-    let request = serde_json::json!({ "seq": sequence, "no_erase": true });
-    let _: async_nats::jetstream::response::Response<serde_json::Value> =
-        shared.nats.js.request(subject, &request).await?;
-    Ok(())
 }
