@@ -15,7 +15,7 @@ use crate::headers;
 pub const MAX_LEN: usize = 64;
 
 /// What a key may be, as a refusal says it.
-pub const ALLOWED: &str = "must be 1 to 64 printable ASCII characters";
+pub const ALLOWED: &str = "must be 1 to 64 printable ASCII characters, with no space at either end";
 
 /// A key that is empty, too long, or holds a byte outside printable ASCII; the gateway answers
 /// 400 with this text.
@@ -23,7 +23,8 @@ pub const ALLOWED: &str = "must be 1 to 64 printable ASCII characters";
 #[error("{ALLOWED}")]
 pub struct FairnessKeyError;
 
-/// A valid fairness key: 1 to 64 bytes, each printable ASCII (space to `~`).
+/// A valid fairness key: 1 to 64 bytes, each printable ASCII (space to `~`), not starting or
+/// ending with a space (NATS trims header values, so such a key would not arrive as sent).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FairnessKey(String);
 
@@ -34,7 +35,8 @@ pub const NO_KEY_TOKEN: &str = "-";
 impl FairnessKey {
     pub fn parse(raw: &str) -> Result<Self, FairnessKeyError> {
         let printable = raw.bytes().all(|b| (0x20..=0x7e).contains(&b));
-        if raw.is_empty() || raw.len() > MAX_LEN || !printable {
+        let trimmed = !raw.starts_with(' ') && !raw.ends_with(' ');
+        if raw.is_empty() || raw.len() > MAX_LEN || !printable || !trimmed {
             return Err(FairnessKeyError);
         }
         Ok(Self(raw.to_owned()))
@@ -105,14 +107,24 @@ mod tests {
         for good in ["a", "tenant 42", "a.b*c>d", "~", &"x".repeat(64)] {
             assert_eq!(FairnessKey::parse(good).unwrap().as_str(), good);
         }
-        for bad in ["", &"x".repeat(65), "tab\there", "new\nline", "é", "\u{7f}"] {
+        for bad in [
+            "",
+            &"x".repeat(65),
+            "tab\there",
+            "new\nline",
+            "é",
+            "\u{7f}",
+            " a",
+            "a ",
+            " ",
+        ] {
             assert_eq!(FairnessKey::parse(bad), Err(FairnessKeyError), "{bad:?}");
         }
     }
 
     #[test]
     fn tokens_are_subject_safe_and_round_trip() {
-        for raw in ["tenant 42", "a.b*c>d", " ", &"~".repeat(64)] {
+        for raw in ["tenant 42", "a.b*c>d", "a b", &"~".repeat(64)] {
             let k = FairnessKey::parse(raw).unwrap();
             let t = k.token();
             assert!(

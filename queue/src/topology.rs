@@ -506,8 +506,6 @@ pub fn key_slot_stream_config(settings: &StreamSettings) -> stream::Config {
         num_replicas: settings.replicas,
         max_messages_per_subject: 1,
         allow_message_ttl: true,
-        // A call delivered again checks its slot with a direct get.
-        allow_direct: true,
         ..Default::default()
     }
 }

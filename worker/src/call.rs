@@ -45,15 +45,17 @@ pub(crate) async fn handle(
     slot: Slot,
 ) {
     // Only calls of a function under `key_concurrency` are claimed with a key slot.
-    let key_slot = func
+    let claimed = func
         .policy
         .key_concurrency
         .and_then(|_| KeySlot::of_headers(msg.headers.as_ref()));
-    if let Some(held) = &key_slot
-        && !keep_key_slot(&shared, &func, &msg, held).await
-    {
-        return;
-    }
+    let key_slot = match claimed {
+        None => None,
+        Some(held) => match renew_key_slot(&shared, &func, &msg, &held).await {
+            Some(renewed) => Some(renewed),
+            None => return,
+        },
+    };
     let call = Call::new(&shared, &func, &msg);
     if let Some(env) = call.prepare().await {
         match call.begin(&env, slot) {
@@ -69,29 +71,26 @@ pub(crate) async fn handle(
     }
 }
 
-/// Whether a call claimed with a key slot still holds it. A call delivered again may not: the
-/// replica that had it handed it back and freed its slot, or the slot outlived its time to live.
-/// Such a call is parked under its key again, to be claimed with a slot of its own; when NATS
-/// cannot tell, it is handed back.
-async fn keep_key_slot(
+/// Renews the key slot a claimed call carries as it starts, so the slot lives as long as the call
+/// from now on. A call whose slot is gone (freed by a replica that handed the call back, or past
+/// its time to live while the call waited) or held by another call now is parked under its key
+/// again, to be claimed with a slot of its own; when NATS cannot tell, it is handed back.
+async fn renew_key_slot(
     shared: &Shared,
     func: &FunctionRt,
     msg: &jetstream::Message,
     held: &KeySlot,
-) -> bool {
-    if msg.info().map_or(true, |i| i.delivered <= 1) {
-        return true;
-    }
-    match keys::still_held(shared, held).await {
-        Ok(true) => true,
-        Ok(false) => {
+) -> Option<KeySlot> {
+    match keys::renew(shared, held, func.policy.timeout).await {
+        Ok(Some(renewed)) => Some(renewed),
+        Ok(None) => {
             retry::park_again(shared, func, msg).await;
-            false
+            None
         }
         Err(error) => {
-            tracing::warn!(function = %func.name, %error, "cannot check a call's key slot; handing it back");
+            tracing::warn!(function = %func.name, %error, "cannot renew a call's key slot; handing it back");
             hand_back(shared, msg).await;
-            false
+            None
         }
     }
 }

@@ -11,8 +11,10 @@
 //! Under `key_concurrency = N` a key has N slots, subjects of `FLOTILLA_KEY_SLOTS` holding at most
 //! one message. A claim takes a free slot first, by a publish that expects the subject empty
 //! (exact across replicas: JetStream orders the publishes), and the claimed call carries the slot
-//! in `Flotilla-Key-Slot`; whoever runs the call frees it when the call ends, by deleting the
-//! message. The message's time to live frees a slot whose holder died.
+//! in `Flotilla-Key-Slot`; whoever runs the call renews it as the call starts (a publish that
+//! expects the slot to hold the call's message still, with a fresh time to live) and frees it when
+//! the call ends, by deleting the message. The time to live frees a slot whose holder died; a call
+//! whose slot is gone by the time it starts is parked again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -171,10 +173,8 @@ impl KeySlot {
 pub(crate) enum KeySlotError {
     #[error("taking a key slot: {0}")]
     Take(#[source] async_nats::jetstream::context::PublishError),
-    #[error("reading a key slot: {0}")]
-    Read(#[source] async_nats::jetstream::stream::DirectGetError),
-    #[error("opening the key slot stream: {0}")]
-    Stream(#[source] async_nats::jetstream::context::GetStreamError),
+    #[error("renewing a key slot: {0}")]
+    Renew(#[source] async_nats::jetstream::context::PublishError),
 }
 
 /// How long a slot outlives a holder that died: the call's longest attempt, the redelivery of
@@ -193,32 +193,64 @@ pub(crate) async fn take(
     slots: u32,
     timeout: Duration,
 ) -> Result<Option<KeySlot>, KeySlotError> {
-    let ttl = slot_ttl(shared, timeout);
     for slot in 0..slots {
         let subject = subjects::key_slot_subject(function, token, slot);
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
-        headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl.as_str());
-        let published = async {
-            shared
-                .nats
-                .js
-                .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
-                .await?
-                .await
-        };
-        match published.await {
-            Ok(ack) => {
-                return Ok(Some(KeySlot {
-                    sequence: ack.sequence,
-                    subject,
-                }));
-            }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {}
-            Err(e) => return Err(KeySlotError::Take(e)),
+        if let Some(taken) = hold(shared, subject, 0, timeout)
+            .await
+            .map_err(KeySlotError::Take)?
+        {
+            return Ok(Some(taken));
         }
     }
     Ok(None)
+}
+
+/// Renews `slot` with a fresh time to live, as its call starts: a publish that expects the slot
+/// to hold the call's own message still. The renewed slot, or `None` when the slot is gone or
+/// another call holds it now.
+pub(crate) async fn renew(
+    shared: &Shared,
+    slot: &KeySlot,
+    timeout: Duration,
+) -> Result<Option<KeySlot>, KeySlotError> {
+    hold(shared, slot.subject.clone(), slot.sequence, timeout)
+        .await
+        .map_err(KeySlotError::Renew)
+}
+
+/// Publishes to slot `subject` if its last message is `expected` (0: none), with a time to live;
+/// `None` when it is not.
+async fn hold(
+    shared: &Shared,
+    subject: String,
+    expected: u64,
+    timeout: Duration,
+) -> Result<Option<KeySlot>, async_nats::jetstream::context::PublishError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        expected.to_string().as_str(),
+    );
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_TTL,
+        slot_ttl(shared, timeout).as_str(),
+    );
+    let published = async {
+        shared
+            .nats
+            .js
+            .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+            .await?
+            .await
+    };
+    match published.await {
+        Ok(ack) => Ok(Some(KeySlot {
+            sequence: ack.sequence,
+            subject,
+        })),
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Frees a slot a call held. A slot already gone (its time to live ran out) is not an error.
@@ -256,24 +288,6 @@ pub(crate) enum DeleteError {
     Request(#[from] async_nats::jetstream::context::RequestError),
     #[error("JetStream refused to delete a message: {0}")]
     Refused(async_nats::jetstream::Error),
-}
-
-/// Whether `slot` is still held (its message is where the call says): a redelivered call's
-/// holder may have freed it, or its time to live may have run out.
-pub(crate) async fn still_held(shared: &Shared, slot: &KeySlot) -> Result<bool, KeySlotError> {
-    let stream = shared
-        .nats
-        .js
-        .get_stream_no_info(subjects::KEY_SLOT_STREAM)
-        .await
-        .map_err(KeySlotError::Stream)?;
-    match stream.direct_get(slot.sequence).await {
-        Ok(m) => Ok(m.subject.as_str() == slot.subject),
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-            Ok(false)
-        }
-        Err(e) => Err(KeySlotError::Read(e)),
-    }
 }
 
 #[cfg(test)]

@@ -312,7 +312,13 @@ impl WaitLoop {
     /// Returns whether the lane must wait for the claim before it is asked.
     fn claim_parked(&mut self, lane: Priority, n: usize) -> bool {
         let ahead = self.claimed_ahead[lane.index()];
-        let target = n + self.f.limit().min(CLAIM_AHEAD);
+        // Under `key_concurrency` a claimed call holds its key's slot while it waits in the
+        // lane: nothing is claimed ahead.
+        let beyond = match self.f.policy.key_concurrency {
+            Some(_) => 0,
+            None => self.f.limit().min(CLAIM_AHEAD),
+        };
+        let target = n + beyond;
         if self.claiming.is_none() && ahead < target && Instant::now() >= self.claim_after {
             let (shared, f, want) = (self.shared.clone(), self.f.clone(), target - ahead);
             self.claiming = Some((
@@ -320,6 +326,9 @@ impl WaitLoop {
                 Box::pin(async move { claim::claim(&shared, &f, lane, want).await }),
             ));
         }
+        // While a claim is on its way (or paused after one that claimed nothing) and nothing
+        // claimed waits, the lane is asked once the claim lands: asking an empty lane meanwhile
+        // would spin.
         ahead == 0
     }
 
@@ -327,7 +336,10 @@ impl WaitLoop {
     fn on_claimed(&mut self, lane: Priority, claimed: usize) {
         self.claiming = None;
         self.claimed_ahead[lane.index()] += claimed;
-        if claimed == 0 {
+        if claimed > 0 {
+            // The lane holds calls now, whatever an earlier request found.
+            self.lanes.pending(lane);
+        } else {
             // NATS trouble, or every key turned out taken: not again at once.
             self.claim_after = Instant::now() + CLAIM_PAUSE;
         }

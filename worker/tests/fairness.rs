@@ -238,7 +238,7 @@ async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it(
         assert_eq!(refused.status, 400, "{bad:?}");
         let reason = String::from_utf8_lossy(&refused.body);
         assert!(
-            reason.contains("X-Fairness-Key must be 1 to 64 printable ASCII characters"),
+            reason.contains("X-Fairness-Key must be 1 to 64 printable ASCII characters, with no space at either end"),
             "{reason}"
         );
     }
@@ -369,6 +369,42 @@ async fn a_high_keyed_call_starts_before_the_normal_keys_take_their_turns() {
     assert!(
         waited <= Duration::from_secs(1),
         "a high call of a key with calls waiting started after {waited:?}"
+    );
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_call_whose_key_slot_is_gone_waits_for_a_slot_of_its_own() {
+    const TAKES: Duration = Duration::from_millis(600);
+    let nats = Nats::start(1).await;
+    let function = function_taking(TAKES).await;
+    let w = worker(&nats, &function, 4, "key_concurrency = 1\n").await;
+    nats.publish(&keyed("k-0", Some("k"))).await;
+    function.wait_for(1, T).await;
+    // A call in the lane that claims a slot it does not hold (as after its holder handed it back,
+    // or its slot outlived its time to live): it must not run beside the key's running call.
+    let busy = FunctionName::parse("busy").unwrap();
+    let token = FairnessKey::parse("k").unwrap().token();
+    let (mut h, body) = keyed("k-1", Some("k")).to_nats(None);
+    h.insert(
+        headers::FLOTILLA_KEY_SLOT,
+        format!("999999 {}", subjects::key_slot_subject(&busy, &token, 0)).as_str(),
+    );
+    nats.js
+        .publish_with_headers(subjects::wait_subject(0, &busy), h, body)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    function.wait_for(2, T).await;
+    nats.wait_settled(T).await;
+    let mut starts: Vec<Instant> = function.requests().iter().map(|r| r.at).collect();
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 2, "each call ran once");
+    assert!(
+        starts[1] - starts[0] >= TAKES - Duration::from_millis(2),
+        "two calls of one key in flight: started {:?} apart",
+        starts[1] - starts[0]
     );
     w.stop(T).await.unwrap();
 }

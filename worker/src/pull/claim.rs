@@ -66,17 +66,17 @@ pub(super) async fn claim(shared: &Shared, f: &FunctionRt, lane: Priority, n: us
                 .map(|token| claim_one(shared, f, &stream, lane, token)),
         )
         .await;
-        let mut retry_round = false;
+        let (mut retry_round, mut failed) = (false, false);
         for (token, result) in tokens.iter().zip(results) {
             match result {
                 Claimed::One => claimed += 1,
                 Claimed::Empty => f.lanes.keys.forget(lane, token),
                 Claimed::Full => f.lanes.keys.full(lane, token, Instant::now() + FULL_FOR),
                 Claimed::Taken => retry_round = true,
-                Claimed::Failed => return claimed,
+                Claimed::Failed => failed = true,
             }
         }
-        if !retry_round && claimed == 0 && !f.lanes.keys.waiting(lane, Instant::now()) {
+        if failed || (!retry_round && claimed == 0 && !f.lanes.keys.waiting(lane, Instant::now())) {
             break;
         }
     }
@@ -154,16 +154,28 @@ async fn move_parked(
             return Claimed::Failed;
         }
     };
-    if let Err(error) =
-        keys::delete_message(shared, &subjects::wait_stream(f.shard), m.sequence).await
-    {
-        // Another replica deleted it first, or NATS is away: a claim repeated later is
-        // de-duplicated and deletes it then.
-        tracing::debug!(function = %f.name, %error, "claimed call not deleted from its key");
-    }
+    delete_claimed(shared, f, m.sequence, ack.duplicate).await;
     if ack.duplicate {
         Claimed::Taken
     } else {
         Claimed::One
+    }
+}
+
+/// Deletes a claimed call from its key's subject, trying twice. A call left there is claimed
+/// again at its key's next turn: de-duplicated within the wait stream's duplicate window, run
+/// twice after it, hence the warning. A call another replica claimed first (`taken`) may be gone
+/// already.
+async fn delete_claimed(shared: &Shared, f: &FunctionRt, sequence: u64, taken: bool) {
+    let stream = subjects::wait_stream(f.shard);
+    let mut last = None;
+    for _ in 0..2 {
+        match keys::delete_message(shared, &stream, sequence).await {
+            Ok(()) => return,
+            Err(error) => last = Some(error),
+        }
+    }
+    if let Some(error) = last.filter(|_| !taken) {
+        tracing::warn!(function = %f.name, %error, sequence, "a claimed call stays parked; its next claim is de-duplicated within the duplicate window");
     }
 }
