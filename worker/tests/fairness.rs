@@ -42,6 +42,17 @@ async fn dispatched(nats: &Nats) {
     .await;
 }
 
+/// Stores a call straight into `busy`'s normal lane (shard 0), as a move or a claim leaves it.
+async fn into_lane(nats: &Nats, headers: async_nats::HeaderMap, body: bytes::Bytes) {
+    let busy = FunctionName::parse("busy").unwrap();
+    nats.js
+        .publish_with_headers(subjects::wait_subject(0, &busy), headers, body)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// The key of each call id, from the function's view: its id names it (`<key>-<n>`).
 fn key_of(id: &str) -> &str {
     id.rsplit_once('-').map_or(id, |(k, _)| k)
@@ -196,15 +207,9 @@ async fn calls_an_earlier_release_left_waiting_still_run_once_keys_are_in_use() 
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(10)).await;
     // As an earlier release left them: calls moved to the function's wait subject, no key.
-    let busy = FunctionName::parse("busy").unwrap();
     for i in 0..40 {
         let (h, body) = keyed(&format!("before-{i}"), None).to_nats(None);
-        nats.js
-            .publish_with_headers(subjects::wait_subject(0, &busy), h, body)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        into_lane(&nats, h, body).await;
     }
     let w = worker(&nats, &function, 2, "").await;
     for i in 0..40 {
@@ -390,12 +395,7 @@ async fn a_claimed_call_whose_key_slot_is_gone_waits_for_a_slot_of_its_own() {
         headers::FLOTILLA_KEY_SLOT,
         format!("999999 {}", subjects::key_slot_subject(&busy, &token, 0)).as_str(),
     );
-    nats.js
-        .publish_with_headers(subjects::wait_subject(0, &busy), h, body)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    into_lane(&nats, h, body).await;
     function.wait_for(2, T).await;
     nats.wait_settled(T).await;
     let mut starts: Vec<Instant> = function.requests().iter().map(|r| r.at).collect();
