@@ -408,3 +408,36 @@ async fn a_claimed_call_whose_key_slot_is_gone_waits_for_a_slot_of_its_own() {
     );
     w.stop(T).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_calls_count_as_pending_in_the_queue_view() {
+    let nats = Nats::start(1).await;
+    let function = function_taking(Duration::from_secs(2)).await;
+    let w = worker(&nats, &function, 1, "").await;
+    for i in 0..60 {
+        let key = format!("q{}", i % 6);
+        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
+            .await;
+    }
+    dispatched(&nats).await;
+    let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
+    let rows = gw.get_json("/system/queues").await;
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["function"] == "busy")
+        .cloned()
+        .unwrap();
+    // One call runs (concurrency 1), perhaps one more is claimed into the lane; the rest wait
+    // parked under their keys, pending, with the oldest one's age.
+    let pending = row["pending"].as_u64().unwrap();
+    let in_flight = row["in_flight"].as_u64().unwrap();
+    assert!((56..=59).contains(&pending), "{row}");
+    assert_eq!(pending + in_flight, 60, "{row}");
+    assert!(
+        row["oldest_pending_age_seconds"].as_f64().unwrap() > 0.0,
+        "{row}"
+    );
+    w.stop(T).await.unwrap();
+}
