@@ -317,18 +317,13 @@ async fn store(
     if let Some(url) = &line.callback_url {
         check_callback(&state.admission.callback_guard, url).await?;
     }
-    let priority = match &line.priority {
-        None => Priority::Normal,
-        Some(text) => Priority::parse(text)
-            .map_err(|e| CallError::BadRequest(format!("priority {e}").into()))?,
-    };
-    let fairness_key = match &line.fairness_key {
-        None => None,
-        Some(text) => Some(
-            FairnessKey::parse(text)
-                .map_err(|e| CallError::BadRequest(format!("fairness_key {e}").into()))?,
-        ),
-    };
+    let priority =
+        line_field("priority", line.priority.as_deref(), Priority::parse)?.unwrap_or_default();
+    let fairness_key = line_field(
+        "fairness_key",
+        line.fairness_key.as_deref(),
+        FairnessKey::parse,
+    )?;
     let accepted_at = flotilla_queue::time::unix_nanos();
     let not_before = match &line.delay {
         None => None,
@@ -364,6 +359,17 @@ async fn store(
     )
     .await?;
     Ok((call_id, ack.duplicate))
+}
+
+/// A line's optional field `name` parsed by `parse`; 400 `<name> <why>` when it does not parse.
+fn line_field<T, E: std::fmt::Display>(
+    name: &str,
+    value: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, CallError> {
+    value
+        .map(|text| parse(text).map_err(|e| CallError::BadRequest(format!("{name} {e}").into())))
+        .transpose()
 }
 
 /// A line's `body_base64`.

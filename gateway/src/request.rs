@@ -139,28 +139,45 @@ pub fn derived_call_id(function: &str, key: &str) -> String {
 /// The request's `X-Priority`: `normal` when absent, 400 naming the allowed values when it is
 /// none of them.
 pub fn priority(headers: &HeaderMap) -> Result<Priority, CallError> {
-    let bad = CallError::BadHeader {
-        header: spelled::X_PRIORITY,
-        reason: flotilla_queue::priority::ALLOWED,
-    };
-    match header_text(headers, &headers::X_PRIORITY) {
-        None => Ok(Priority::Normal),
-        Some(Ok(text)) => Priority::parse(text).map_err(|_| bad),
-        Some(Err(())) => Err(bad),
-    }
+    let parsed = parsed_header(
+        headers,
+        &headers::X_PRIORITY,
+        spelled::X_PRIORITY,
+        flotilla_queue::priority::ALLOWED,
+        Priority::parse,
+    )?;
+    Ok(parsed.unwrap_or_default())
 }
 
 /// The request's `X-Fairness-Key`: none when absent, 400 when it is not 1 to 64 printable
 /// ASCII bytes.
 pub fn fairness_key(headers: &HeaderMap) -> Result<Option<FairnessKey>, CallError> {
-    let bad = CallError::BadHeader {
-        header: spelled::X_FAIRNESS_KEY,
-        reason: flotilla_queue::fairness::ALLOWED,
+    parsed_header(
+        headers,
+        &headers::X_FAIRNESS_KEY,
+        spelled::X_FAIRNESS_KEY,
+        flotilla_queue::fairness::ALLOWED,
+        FairnessKey::parse,
+    )
+}
+
+/// Header `name` parsed by `parse`: `None` when absent, 400 `<spelled> <reason>` when it is not
+/// UTF-8 or does not parse.
+fn parsed_header<T, E>(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    spelled: &'static str,
+    reason: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Option<T>, CallError> {
+    let bad = || CallError::BadHeader {
+        header: spelled,
+        reason,
     };
-    match header_text(headers, &headers::X_FAIRNESS_KEY) {
+    match header_text(headers, name) {
         None => Ok(None),
-        Some(Ok(text)) => FairnessKey::parse(text).map(Some).map_err(|_| bad),
-        Some(Err(())) => Err(bad),
+        Some(Ok(text)) => parse(text).map(Some).map_err(|_| bad()),
+        Some(Err(())) => Err(bad()),
     }
 }
 

@@ -32,6 +32,17 @@ fn load(model: LoadModel, duration: Duration) -> Load {
     }
 }
 
+/// A gateway that accepts everything and names each call by the request header `header`
+/// (`<value>-<n>`), so a test sees what each accepted call was sent with.
+async fn naming_calls_by(header: &'static str) -> RecordingServer {
+    let n = Arc::new(AtomicUsize::new(0));
+    RecordingServer::start(Arc::new(move |r: &Recorded| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        Reply::status(202).header("x-call-id", &format!("{}-{i}", r.header(header)))
+    }))
+    .await
+}
+
 /// A gateway that accepts everything, with an optional stall on the n-th request.
 async fn gateway(stall_at: Option<usize>, stall: Duration) -> RecordingServer {
     let n = Arc::new(AtomicUsize::new(0));
@@ -179,12 +190,7 @@ async fn errors_are_classified() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_priority_mix_sends_each_priority_in_its_share_and_remembers_it() {
     // The call id names the priority the request carried.
-    let n = Arc::new(AtomicUsize::new(0));
-    let server = RecordingServer::start(Arc::new(move |r: &Recorded| {
-        let i = n.fetch_add(1, Ordering::SeqCst);
-        Reply::status(202).header("x-call-id", &format!("{}-{i}", r.header("x-priority")))
-    }))
-    .await;
+    let server = naming_calls_by("x-priority").await;
     let rec = Arc::new(Recorder::new(Clock::new()));
     let mut l = load(
         LoadModel::Closed { concurrency: 8 },
@@ -217,12 +223,7 @@ async fn a_priority_mix_sends_each_priority_in_its_share_and_remembers_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairness_keys_follow_their_skew_and_are_remembered() {
     // The call id names the key the request carried.
-    let n = Arc::new(AtomicUsize::new(0));
-    let server = RecordingServer::start(Arc::new(move |r: &Recorded| {
-        let i = n.fetch_add(1, Ordering::SeqCst);
-        Reply::status(202).header("x-call-id", &format!("{}-{i}", r.header("x-fairness-key")))
-    }))
-    .await;
+    let server = naming_calls_by("x-fairness-key").await;
     let rec = Arc::new(Recorder::new(Clock::new()));
     let mut l = load(
         LoadModel::Closed { concurrency: 8 },

@@ -109,6 +109,20 @@ pub fn park_subject(
     format!("{WAIT_SUBJECT_PREFIX}.{shard}.{PARK_TOKEN}.{priority}.{key_token}.{function}")
 }
 
+/// Where a waiting call of `priority` goes: parked under the key whose token is `key_token`, or
+/// into its lane when it is not parked by key.
+pub fn waiting_subject(
+    shard: u32,
+    function: &FunctionName,
+    priority: Priority,
+    key_token: Option<&str>,
+) -> String {
+    match key_token {
+        Some(token) => park_subject(shard, function, priority, token),
+        None => wait_lane_subject(shard, function, priority),
+    }
+}
+
 /// Every call of `function` parked in the lane of `priority`, whatever its key.
 pub fn park_wildcard(shard: u32, function: &FunctionName, priority: Priority) -> String {
     format!("{WAIT_SUBJECT_PREFIX}.{shard}.{PARK_TOKEN}.{priority}.*.{function}")
@@ -324,6 +338,14 @@ mod tests {
             "flotilla.wait.0.~keys.normal.*.fn.ns"
         );
         assert_eq!(park_of_wait_subject(0, "flotilla.wait.0.echo"), None);
+        assert_eq!(
+            waiting_subject(0, &f("echo"), Priority::Low, Some("6b")),
+            park_subject(0, &f("echo"), Priority::Low, "6b")
+        );
+        assert_eq!(
+            waiting_subject(0, &f("echo"), Priority::Low, None),
+            wait_lane_subject(0, &f("echo"), Priority::Low)
+        );
         assert_eq!(
             lane_of_wait_subject(0, "flotilla.wait.0.~keys.mid.6b.echo"),
             None

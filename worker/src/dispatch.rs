@@ -523,10 +523,7 @@ async fn move_to_wait(
         retry::dedup_id("wait", stream, sequence).as_str(),
     );
     let token = (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key));
-    let subject = match &token {
-        Some(token) => subjects::park_subject(f.shard, &f.name, priority, token),
-        None => subjects::wait_lane_subject(f.shard, &f.name, priority),
-    };
+    let subject = subjects::waiting_subject(f.shard, &f.name, priority, token.as_deref());
     let payload = msg.payload.clone();
     match retry::relay(shared, &msg, subject, headers, payload, MOVE_RETRY_AFTER).await {
         Ok(()) => {

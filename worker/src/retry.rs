@@ -311,10 +311,8 @@ async fn move_due(
         headers.insert(status::REVISION_HEADER, revision.to_string().as_str());
     }
     // A keyed call waits under its key again; discovery adds the key to the workers' rings.
-    let subject = match &env.fairness_key {
-        Some(key) => subjects::park_subject(shard, &env.function, env.priority, &key.token()),
-        None => subjects::wait_lane_subject(shard, &env.function, env.priority),
-    };
+    let token = env.fairness_key.as_ref().map(FairnessKey::token);
+    let subject = subjects::waiting_subject(shard, &env.function, env.priority, token.as_deref());
     match relay(shared, &msg, subject, headers, body, MOVE_RETRY_AFTER).await {
         Ok(()) => {
             tracing::debug!(call_id = %env.call_id, function = %env.function, attempt = env.attempt + 1, "retry due; queued again");

@@ -25,23 +25,6 @@ fn keyed(id: &str, key: Option<&str>) -> Envelope {
     env
 }
 
-/// A worker calling `function` for `busy`, at a fixed concurrency of `concurrency`.
-async fn worker(nats: &Nats, function: &RecordingServer, concurrency: u32, extra: &str) -> Worker {
-    let policies = format!(
-        "[functions.busy]\nurl = \"{}\"\nconcurrency = {concurrency}\n{extra}",
-        function.url()
-    );
-    Worker::with_policies(&nats.url(), &function.url(), &policies).await
-}
-
-/// Waits until every published call left the dispatch consumer: started, or parked.
-async fn dispatched(nats: &Nats) {
-    wait_until_async(T, "the backlog dispatched", || async {
-        nats.undispatched(0).await == 0
-    })
-    .await;
-}
-
 /// Stores a call straight into `busy`'s normal lane (shard 0), as a move or a claim leaves it.
 async fn into_lane(nats: &Nats, headers: async_nats::HeaderMap, body: bytes::Bytes) {
     let busy = FunctionName::parse("busy").unwrap();
@@ -65,11 +48,11 @@ async fn other_keys_start_within_a_second_behind_one_keys_3000_calls() {
     const EACH: usize = 2;
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(200)).await;
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     for i in 0..BACKLOG {
         nats.publish(&keyed(&format!("big-{i}"), Some("big"))).await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     assert!(function.count() < 100, "five minutes of work still wait");
 
     let mut sent = HashMap::new();
@@ -98,7 +81,7 @@ async fn other_keys_start_within_a_second_behind_one_keys_3000_calls() {
 async fn keys_take_turns_while_their_calls_wait() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(20)).await;
-    let w = worker(&nats, &function, 1, "").await;
+    let w = Worker::busy(&nats, &function, 1, "").await;
     // Key a's 30 calls arrive first, then b's 10 and c's 10; the key-less ones take turns as
     // one more key.
     for i in 0..30 {
@@ -147,8 +130,8 @@ async fn key_concurrency_holds_one_call_per_key_across_two_replicas() {
     const TAKES: Duration = Duration::from_millis(60);
     let nats = Nats::start(1).await;
     let function = function_taking(TAKES).await;
-    let a = worker(&nats, &function, 8, "key_concurrency = 1\n").await;
-    let b = worker(&nats, &function, 8, "key_concurrency = 1\n").await;
+    let a = Worker::busy(&nats, &function, 8, "key_concurrency = 1\n").await;
+    let b = Worker::busy(&nats, &function, 8, "key_concurrency = 1\n").await;
     for i in 0..EACH {
         for k in 0..KEYS {
             nats.publish(&keyed(&format!("k{k}-{i}"), Some(&format!("k{k}"))))
@@ -190,7 +173,7 @@ async fn a_keyed_call_keeps_its_key_through_retries_into_the_dead_letters() {
     let function = RecordingServer::answering(500).await;
     let retry =
         "[functions.busy.retry]\nattempts = 3\nmin_backoff = \"50ms\"\nmax_backoff = \"50ms\"\n";
-    let w = worker(&nats, &function, 1, retry).await;
+    let w = Worker::busy(&nats, &function, 1, retry).await;
     nats.publish(&keyed("keyed-0", Some("tenant 7"))).await;
     let letters = dead_letters(&nats, 1).await;
     assert_eq!(function.count(), 3, "every attempt ran");
@@ -211,7 +194,7 @@ async fn calls_an_earlier_release_left_waiting_still_run_once_keys_are_in_use() 
         let (h, body) = keyed(&format!("before-{i}"), None).to_nats(None);
         into_lane(&nats, h, body).await;
     }
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     for i in 0..40 {
         nats.publish(&keyed(&format!("k-{i}"), Some("k"))).await;
     }
@@ -273,23 +256,9 @@ async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it(
         .unwrap()
         .call_id
         .unwrap();
-    let batch = gw
-        .post(
-            "/async-batch/busy",
-            &[("content-type", "application/x-ndjson")],
-            format!(
+    let lines = gw.post_batch("busy", format!(
                 "{{\"body\":\"a\",\"fairness_key\":\"b.c\"}}\n{{\"body\":\"b\",\"fairness_key\":\"{long}\"}}\n"
-            ),
-        )
-        .await
-        .unwrap();
-    assert_eq!(batch.status, 200, "{:?}", batch.body);
-    let lines: Vec<Value> = batch
-        .body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+            )).await;
     assert_eq!(lines[1]["status"], 400, "{lines:?}");
     assert!(
         lines[1]["error"]
@@ -312,7 +281,7 @@ async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it(
         assert_eq!(&s["fairness_key"], key, "{id}");
     }
     // The worker's records keep it, and the function does not see the header.
-    let w = worker(&nats, &function, 4, "").await;
+    let w = Worker::busy(&nats, &function, 4, "").await;
     for (id, key) in &expected {
         wait_until_async(T, &format!("{id} succeeded"), || async {
             status(&gw, id).await["state"] == "succeeded"
@@ -359,13 +328,13 @@ async fn an_adaptive_function_whose_calls_carry_keys_grows_to_meet_them_in_slow_
 async fn a_high_keyed_call_starts_before_the_normal_keys_take_their_turns() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(200)).await;
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     for i in 0..300 {
         let key = format!("t{}", i % 3);
         nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     let mut high = keyed("urgent-0", Some("t0"));
     high.priority = flotilla_queue::Priority::High;
     let sent = HashMap::from([("urgent-0".to_owned(), Instant::now())]);
@@ -383,7 +352,7 @@ async fn a_claimed_call_whose_key_slot_is_gone_waits_for_a_slot_of_its_own() {
     const TAKES: Duration = Duration::from_millis(600);
     let nats = Nats::start(1).await;
     let function = function_taking(TAKES).await;
-    let w = worker(&nats, &function, 4, "key_concurrency = 1\n").await;
+    let w = Worker::busy(&nats, &function, 4, "key_concurrency = 1\n").await;
     nats.publish(&keyed("k-0", Some("k"))).await;
     function.wait_for(1, T).await;
     // A call in the lane that claims a slot it does not hold (as after its holder handed it back,
@@ -413,13 +382,13 @@ async fn a_claimed_call_whose_key_slot_is_gone_waits_for_a_slot_of_its_own() {
 async fn parked_calls_count_as_pending_in_the_queue_view() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_secs(2)).await;
-    let w = worker(&nats, &function, 1, "").await;
+    let w = Worker::busy(&nats, &function, 1, "").await;
     for i in 0..60 {
         let key = format!("q{}", i % 6);
         nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
     let rows = gw.get_json("/system/queues").await;
     let row = rows

@@ -26,15 +26,6 @@ fn call(id: &str, priority: Priority) -> Envelope {
     env
 }
 
-/// A worker calling `function` for `busy`, at a fixed concurrency of `concurrency`.
-async fn worker(nats: &Nats, function: &RecordingServer, concurrency: u32, extra: &str) -> Worker {
-    let policies = format!(
-        "[functions.busy]\nurl = \"{}\"\nconcurrency = {concurrency}\n{extra}",
-        function.url()
-    );
-    Worker::with_policies(&nats.url(), &function.url(), &policies).await
-}
-
 /// A worker calling `function` for `busy` one call at a time, whose wait consumers NATS removes
 /// after a second without requests (`--consumer-idle 1s`).
 async fn idle_worker(nats: &Nats, function: &RecordingServer) -> Worker {
@@ -66,14 +57,6 @@ async fn lane_consumer_removed(nats: &Nats, lane: Priority, what: &str) {
     .await;
 }
 
-/// Waits until every published call left the dispatch consumer: started, or moved to its lane.
-async fn dispatched(nats: &Nats) {
-    wait_until_async(T, "the backlog dispatched", || async {
-        nats.undispatched(0).await == 0
-    })
-    .await;
-}
-
 /// When the function saw call `id` start, each attempt.
 fn starts_of(function: &RecordingServer, id: &str) -> Vec<Instant> {
     let mut at: Vec<Instant> = function
@@ -101,12 +84,12 @@ async fn high_calls_start_within_a_second_behind_3000_normal_ones() {
     const HIGH: usize = 8;
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(200)).await;
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     for i in 0..BACKLOG {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     assert!(function.count() < 100, "five minutes of work still wait");
 
     let mut sent = HashMap::new();
@@ -128,7 +111,7 @@ async fn high_calls_start_within_a_second_behind_3000_normal_ones() {
 async fn low_calls_start_after_every_waiting_normal_one() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(40)).await;
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     // Half a second of normal work waits, so the function's calls go through its lanes; with the
     // calls below, the drain lasts long enough (about 2.5 s) for the loop to read its consumers,
     // saturated by normal calls, more than once.
@@ -136,7 +119,7 @@ async fn low_calls_start_after_every_waiting_normal_one() {
         nats.publish(&call(&format!("first-{i}"), Priority::Normal))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     // Then low and normal calls arrive interleaved, a low one first.
     for i in 0..96 {
         let (id, p) = if i % 3 == 0 {
@@ -175,12 +158,12 @@ async fn a_high_call_waiting_for_its_retry_keeps_its_priority() {
     .await;
     let retry =
         "[functions.busy.retry]\nattempts = 2\nmin_backoff = \"100ms\"\nmax_backoff = \"100ms\"\n";
-    let w = worker(&nats, &function, 2, retry).await;
+    let w = Worker::busy(&nats, &function, 2, retry).await;
     for i in 0..400 {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     let sent = Instant::now();
     nats.publish(&call("high-retried", Priority::High)).await;
     wait_until(T, "the high call ran twice", || {
@@ -200,8 +183,8 @@ async fn a_high_call_waiting_for_its_retry_keeps_its_priority() {
 async fn two_replicas_serve_the_lanes_within_the_functions_concurrency() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(30)).await;
-    let a = worker(&nats, &function, 4, "").await;
-    let b = worker(&nats, &function, 4, "").await;
+    let a = Worker::busy(&nats, &function, 4, "").await;
+    let b = Worker::busy(&nats, &function, 4, "").await;
     let priorities = [Priority::High, Priority::Normal, Priority::Low];
     for i in 0..300 {
         let p = priorities[i % 3];
@@ -252,21 +235,12 @@ async fn the_gateway_takes_a_priority_from_the_header_or_the_batch_line_and_show
         .call_id
         .unwrap();
     let plain = post(&[]).await.unwrap().call_id.unwrap();
-    let batch = gw
-        .post(
-            "/async-batch/busy",
-            &[("content-type", "application/x-ndjson")],
+    let lines = gw
+        .post_batch(
+            "busy",
             "{\"body\":\"a\",\"priority\":\"low\"}\n{\"body\":\"b\",\"priority\":\"soon\"}\n",
         )
-        .await
-        .unwrap();
-    assert_eq!(batch.status, 200, "{:?}", batch.body);
-    let lines: Vec<Value> = batch
-        .body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+        .await;
     assert_eq!(lines[1]["status"], 400, "{lines:?}");
     assert!(
         lines[1]["error"]
@@ -292,7 +266,7 @@ async fn the_gateway_takes_a_priority_from_the_header_or_the_batch_line_and_show
         );
     }
     // The worker's records keep it: running, then the final state.
-    let w = worker(&nats, &function, 4, "").await;
+    let w = Worker::busy(&nats, &function, 4, "").await;
     for (id, priority) in expected {
         wait_until_async(T, &format!("{id} succeeded"), || async {
             status(&gw, id).await["state"] == "succeeded"
@@ -309,12 +283,12 @@ async fn a_delayed_high_call_starts_before_the_normal_backlog_when_due() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(200)).await;
     let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
-    let w = worker(&nats, &function, 2, "").await;
+    let w = Worker::busy(&nats, &function, 2, "").await;
     for i in 0..300 {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     let sent = Instant::now();
     let delayed = gw
         .post(
@@ -349,7 +323,7 @@ async fn a_high_call_overtakes_calls_queued_for_a_quick_functions_slot() {
     const NORMAL: usize = 1_000;
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(3)).await;
-    let w = worker(&nats, &function, 1, "").await;
+    let w = Worker::busy(&nats, &function, 1, "").await;
     nats.publish(&call("low-first", Priority::Low)).await;
     for i in 0..NORMAL {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
@@ -388,7 +362,7 @@ async fn a_lane_whose_consumer_nats_removed_when_idle_is_served_again() {
         nats.publish(&call(&format!("normal-{i}"), Priority::Normal))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     nats.publish(&call("high-1", Priority::High)).await;
     wait_until(T, "the first high call started", || {
         !starts_of(&function, "high-1").is_empty()
@@ -443,7 +417,7 @@ async fn normal_calls_are_served_after_a_high_backlog_outlived_their_lanes_consu
         nats.publish(&call(&format!("high-{i}"), Priority::High))
             .await;
     }
-    dispatched(&nats).await;
+    nats.dispatched(0, T).await;
     lane_consumer_removed(
         &nats,
         Priority::Normal,
@@ -472,7 +446,7 @@ async fn the_first_high_call_of_a_rate_limited_function_does_not_wait_out_an_ope
     // keeps a long poll open on the normal lane, holding the free slots for up to 5 s.
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(20)).await;
-    let w = worker(&nats, &function, 4, "rate = 50\n").await;
+    let w = Worker::busy(&nats, &function, 4, "rate = 50\n").await;
     nats.publish(&call("normal-0", Priority::Normal)).await;
     wait_until(T, "the normal call ran", || function.count() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

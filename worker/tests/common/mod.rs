@@ -83,6 +83,16 @@ impl Nats {
         c.info().await.unwrap().num_pending
     }
 
+    /// Waits until every call published to `shard` left its dispatch consumer: started, moved or
+    /// parked.
+    #[allow(dead_code, reason = "not every test binary waits for dispatch")]
+    pub async fn dispatched(&self, shard: u32, timeout: Duration) {
+        flotilla_testsupport::wait_until_async(timeout, "the backlog dispatched", || async {
+            self.undispatched(shard).await == 0
+        })
+        .await;
+    }
+
     /// Waits until every shard stream is empty: every call was acked (or terminated).
     pub async fn wait_settled(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -234,6 +244,22 @@ impl Worker {
 
     /// Starts a worker that calls each function at `<function_url>/<name>`, with the policy
     /// file `policies` (TOML, read once at start), and waits until it is ready.
+    /// A worker calling `function` for `busy` at a fixed concurrency of `concurrency`, with
+    /// `extra` lines in its policy.
+    #[allow(dead_code, reason = "not every test binary calls `busy`")]
+    pub async fn busy(
+        nats: &Nats,
+        function: &flotilla_testsupport::RecordingServer,
+        concurrency: u32,
+        extra: &str,
+    ) -> Self {
+        let policies = format!(
+            "[functions.busy]\nurl = \"{}\"\nconcurrency = {concurrency}\n{extra}",
+            function.url()
+        );
+        Self::with_policies(&nats.url(), &function.url(), &policies).await
+    }
+
     pub async fn with_policies(nats_url: &str, function_url: &str, policies: &str) -> Self {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), policies).unwrap();
@@ -332,6 +358,30 @@ impl Gateway {
         assert_eq!(a.status, 200, "GET {path}: {:?}", a.body);
         serde_json::from_slice(&a.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&a.body)))
+    }
+
+    /// POSTs NDJSON `lines` to `/async-batch/<function>`, which must answer 200, and returns each
+    /// line's JSON result in order.
+    #[allow(dead_code, reason = "not every test binary sends batches")]
+    pub async fn post_batch(
+        &self,
+        function: &str,
+        lines: impl Into<Bytes>,
+    ) -> Vec<serde_json::Value> {
+        let a = self
+            .post(
+                &format!("/async-batch/{function}"),
+                &[("content-type", "application/x-ndjson")],
+                lines,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "{:?}", a.body);
+        a.body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
     }
 
     /// POSTs `body` to `path` with `headers`, through a pooled client.
