@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{self, PullConsumer};
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use flotilla_queue::headers::NATS_MESSAGE_ID;
 use flotilla_queue::subjects::{self, DISPATCH_CONSUMER, RETRY_CONSUMER};
 use flotilla_queue::{FairnessKey, FunctionName, Priority, fairness};
@@ -332,9 +333,12 @@ impl Dispatcher {
             call::hand_back(&self.shared, &msg).await;
             return ControlFlow::Break(());
         };
-        let shared = self.shared.clone();
+        let token = (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key.as_ref()));
+        // Sent from the loop, so that a key's calls are parked in the order they came (and a
+        // lane's in the order they came too).
+        let sent = send_to_wait(&self.shared, &f, &msg, priority, token.as_deref()).await;
         self.shared.life.tracker.spawn(async move {
-            move_to_wait(&shared, &f, msg, priority, key.as_ref()).await;
+            moved_to_wait(&f, &msg, sent, priority, token.as_deref()).await;
             drop((guard, permit));
         });
         ControlFlow::Continue(())
@@ -505,15 +509,15 @@ impl Placer {
     }
 }
 
-/// Moves a call to its function's wait subject, in the lane of its `priority`, or parks it under
-/// its key when the function's calls carry keys.
-async fn move_to_wait(
+/// Sends a call's copy to its function's wait subject: into the lane of its `priority`, or parked
+/// under its key's `token` when the function's calls carry keys.
+async fn send_to_wait(
     shared: &Shared,
     f: &FunctionRt,
-    msg: jetstream::Message,
+    msg: &jetstream::Message,
     priority: Priority,
-    key: Option<&FairnessKey>,
-) {
+    token: Option<&str>,
+) -> Result<PublishAckFuture, PublishError> {
     let (stream, sequence) = msg
         .info()
         .map_or(("", 0), |i| (i.stream, i.stream_sequence));
@@ -522,12 +526,25 @@ async fn move_to_wait(
         NATS_MESSAGE_ID,
         retry::dedup_id("wait", stream, sequence).as_str(),
     );
-    let token = (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key));
-    let subject = subjects::waiting_subject(f.shard, &f.name, priority, token.as_deref());
-    let payload = msg.payload.clone();
-    match retry::relay(shared, &msg, subject, headers, payload, MOVE_RETRY_AFTER).await {
+    let subject = subjects::waiting_subject(f.shard, &f.name, priority, token);
+    shared
+        .nats
+        .js
+        .publish_with_headers(subject, headers, msg.payload.clone())
+        .await
+}
+
+/// Once JetStream holds the copy `sent`, acks the call and marks its lane, or parks its key.
+async fn moved_to_wait(
+    f: &FunctionRt,
+    msg: &jetstream::Message,
+    sent: Result<PublishAckFuture, PublishError>,
+    priority: Priority,
+    token: Option<&str>,
+) {
+    match retry::relayed(msg, sent, MOVE_RETRY_AFTER).await {
         Ok(()) => {
-            match &token {
+            match token {
                 Some(token) => f.lanes.park(priority, token),
                 None => f.lanes.mark(priority),
             }

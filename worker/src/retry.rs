@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, PullConsumer};
-use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::stream::ConsumerError;
 use async_nats::jetstream::{self, AckKind};
 use flotilla_queue::envelope::H_RETRY_AT;
@@ -367,15 +367,25 @@ pub(crate) async fn relay(
     body: bytes::Bytes,
     retry_after: Duration,
 ) -> Result<(), PublishError> {
-    let published = async {
-        shared
-            .nats
-            .js
-            .publish_with_headers(subject, headers, body)
-            .await?
-            .await
-    }
-    .await;
+    let sent = shared
+        .nats
+        .js
+        .publish_with_headers(subject, headers, body)
+        .await;
+    relayed(msg, sent, retry_after).await
+}
+
+/// The rest of [`relay`] once the successor is `sent`: waits for JetStream to hold it, then acks
+/// `msg`, or has it come back after `retry_after`.
+pub(crate) async fn relayed(
+    msg: &jetstream::Message,
+    sent: Result<PublishAckFuture, PublishError>,
+    retry_after: Duration,
+) -> Result<(), PublishError> {
+    let published = match sent {
+        Ok(ack) => ack.await,
+        Err(error) => Err(error),
+    };
     match published {
         Ok(_) => {
             if let Err(error) = msg.ack().await {
