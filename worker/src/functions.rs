@@ -139,6 +139,12 @@ impl FunctionRt {
         u128::from(self.recent_micros.load(Ordering::Relaxed)) < within.as_micros()
     }
 
+    /// Whether calls of it were seen to end, within `within` on average.
+    pub fn is_known_quick(&self, within: Duration) -> bool {
+        let micros = self.recent_micros.load(Ordering::Relaxed);
+        micros > 0 && u128::from(micros) < within.as_micros()
+    }
+
     /// One of the function's calls was acknowledged with its final outcome.
     pub fn settled(&self) {
         self.settled.fetch_add(1, Ordering::Relaxed);
@@ -573,11 +579,12 @@ mod tests {
         let f = function(10, 10);
         let hold = Duration::from_millis(5);
         assert!(f.is_quick(hold), "not called yet");
+        assert!(!f.is_known_quick(hold), "not known yet");
         f.call_took(Duration::from_micros(300));
-        assert!(f.is_quick(hold));
+        assert!(f.is_quick(hold) && f.is_known_quick(hold));
         f.call_took(Duration::from_secs(1));
         assert!(
-            !f.is_quick(hold),
+            !f.is_quick(hold) && !f.is_known_quick(hold),
             "one call of a second is an eighth of the average"
         );
         for _ in 0..60 {

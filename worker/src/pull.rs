@@ -50,6 +50,10 @@ pub(crate) type InfoCall = Pin<
 /// At most this many calls are claimed into a lane beyond the slots being filled (fewer for a
 /// function whose limit in this replica is lower).
 const CLAIM_AHEAD: usize = 32;
+/// A function whose calls end within this on average has [`CLAIM_AHEAD`] calls claimed ahead
+/// whatever its limit: a key arriving after them waits a few milliseconds, and the lane does not
+/// run dry between claims.
+const QUICK: Duration = Duration::from_millis(5);
 /// How long the loop waits before claiming again after a claim that found nothing to claim.
 const CLAIM_PAUSE: Duration = Duration::from_millis(100);
 /// How often a wait loop may double its function's limit in slow start.
@@ -316,6 +320,7 @@ impl WaitLoop {
         // lane: nothing is claimed ahead.
         let beyond = match self.f.policy.key_concurrency {
             Some(_) => 0,
+            None if self.f.is_known_quick(QUICK) => CLAIM_AHEAD,
             None => self.f.limit().min(CLAIM_AHEAD),
         };
         let target = n + beyond;
