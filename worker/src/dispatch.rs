@@ -297,7 +297,10 @@ impl Dispatcher {
         let place = if key.is_some() && f.policy.key_concurrency.is_some() {
             Place::Wait
         } else {
-            self.placer.place(&self.shared, &f).await
+            let own_turn = f.lanes.keyed()
+                && f.lanes
+                    .nothing_waits_for(priority, &fairness::token_of(key.as_ref()));
+            self.placer.place(&self.shared, &f, own_turn).await
         };
         match place {
             Place::Start(slot) => {
@@ -337,8 +340,15 @@ impl Dispatcher {
         // Sent from the loop, so that a key's calls are parked in the order they came (and a
         // lane's in the order they came too).
         let sent = send_to_wait(&self.shared, &f, &msg, priority, token.as_deref()).await;
+        // Until it is parked, the key's next calls queue behind it.
+        if let Some(token) = &token {
+            f.lanes.ahead.add(token, 1, Instant::now());
+        }
         self.shared.life.tracker.spawn(async move {
             moved_to_wait(&f, &msg, sent, priority, token.as_deref()).await;
+            if let Some(token) = &token {
+                f.lanes.ahead.done(token, Instant::now());
+            }
             drop((guard, permit));
         });
         ControlFlow::Continue(())
@@ -433,8 +443,10 @@ struct Placer {
 }
 
 impl Placer {
-    async fn place(&mut self, shared: &Shared, f: &FunctionRt) -> Place {
-        if f.always_waits() || f.is_waiting() {
+    /// Where a call of `f` goes. `own_turn`: a keyed call whose key has nothing waiting (see
+    /// `LaneMarks::nothing_waits_for`) takes a free slot though other keys' calls wait.
+    async fn place(&mut self, shared: &Shared, f: &FunctionRt, own_turn: bool) -> Place {
+        if f.always_waits() || (f.is_waiting() && !own_turn) {
             return Place::Wait;
         }
         let function = match f.slots.clone().try_acquire_owned() {

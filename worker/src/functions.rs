@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::adaptive::{self, Refusal};
 use crate::budget::{Budget, Running};
-use crate::keys::KeyRings;
+use crate::keys::{KeyRings, KeysAhead};
 use crate::metrics::{FunctionMetrics, WorkerMetrics};
 use crate::outcome::Outcome;
 
@@ -381,10 +381,14 @@ pub(crate) struct LaneMarks {
     /// A call of another priority than normal, or with a fairness key, was seen: the wait loop
     /// serves lanes from now on.
     used: AtomicBool,
+    /// A call of another priority than normal was seen.
+    prioritised: AtomicBool,
     /// A call with a fairness key was seen: the function's waiting calls are parked by key.
     keyed: AtomicBool,
     /// The keys with calls parked (see `keys.rs`).
     pub keys: KeyRings,
+    /// Calls of each key on their way to being parked, or claimed and not started yet.
+    pub ahead: KeysAhead,
     /// Moves into each lane (and discoveries of calls in it), counted.
     marks: [AtomicU64; 3],
     /// Wakes the function's wait loop when lanes come into use, and when a lane is marked once
@@ -397,6 +401,9 @@ impl LaneMarks {
     /// function's calls wait by priority.
     pub fn saw(&self, priority: Priority) {
         if !priority.is_normal() {
+            if !self.prioritised.load(Ordering::Relaxed) {
+                self.prioritised.store(true, Ordering::SeqCst);
+            }
             self.use_lanes();
         }
     }
@@ -420,6 +427,18 @@ impl LaneMarks {
     /// Whether the function's waiting calls are parked by key.
     pub fn keyed(&self) -> bool {
         self.keyed.load(Ordering::SeqCst)
+    }
+
+    /// Whether a call of `priority` and key `token` may take a free slot at once although the
+    /// function's calls wait: what must stay in order is a key's calls, so a key with none
+    /// waiting (none parked, none on its way there, none claimed and not started) need not
+    /// queue behind other keys. Not once calls of another priority than normal were seen: a
+    /// free slot goes to a waiting higher call first.
+    pub fn nothing_waits_for(&self, priority: Priority, token: &str) -> bool {
+        self.keyed()
+            && !self.prioritised.load(Ordering::SeqCst)
+            && !self.keys.has(priority, token)
+            && !self.ahead.any(token, Instant::now())
     }
 
     /// Calls of the key whose token is `token` are parked in lane `priority` now.

@@ -133,6 +133,65 @@ impl KeyRings {
     }
 }
 
+impl KeyRings {
+    /// Whether calls of `token` are parked in lane `p`, as far as this replica knows.
+    pub fn has(&self, p: Priority, token: &str) -> bool {
+        self.rings()[p.index()].members.contains(token)
+    }
+}
+
+/// How long a count of [`KeysAhead`] is trusted after its last change: a call claimed here may be
+/// started by another replica, and its count would never come down.
+const AHEAD_FOR: Duration = Duration::from_secs(30);
+/// Keys [`KeysAhead`] holds before it forgets those past [`AHEAD_FOR`].
+const AHEAD_PRUNE_AT: usize = 4_096;
+
+/// Calls of each key this replica has put ahead of the key's next call, outside the ring: moves
+/// to the key's parked subject on their way, and calls it claimed into a lane that have not
+/// started here yet. A key with none of these and no call parked has nothing waiting, and its
+/// next call may take a free slot at once, whatever other keys wait (`docs/worker.md`).
+#[derive(Debug, Default)]
+pub(crate) struct KeysAhead {
+    counts: Mutex<HashMap<String, (usize, Instant)>>,
+}
+
+impl KeysAhead {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, Instant)>> {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `n` more calls of `token` are ahead.
+    pub fn add(&self, token: &str, n: usize, now: Instant) {
+        let mut counts = self.counts();
+        if counts.len() >= AHEAD_PRUNE_AT {
+            counts.retain(|_, (_, at)| now.duration_since(*at) < AHEAD_FOR);
+        }
+        let entry = counts.entry(token.to_owned()).or_insert((0, now));
+        *entry = (entry.0 + n, now);
+    }
+
+    /// One call of `token` is no longer ahead: parked (the ring knows it now), or started.
+    pub fn done(&self, token: &str, now: Instant) {
+        let mut counts = self.counts();
+        if let Some(entry) = counts.get_mut(token) {
+            if entry.0 <= 1 {
+                counts.remove(token);
+            } else {
+                *entry = (entry.0 - 1, now);
+            }
+        }
+    }
+
+    /// Whether calls of `token` are ahead now.
+    pub fn any(&self, token: &str, now: Instant) -> bool {
+        self.counts()
+            .get(token)
+            .is_some_and(|(_, at)| now.duration_since(*at) < AHEAD_FOR)
+    }
+}
+
 /// A key slot a call holds: its message in `FLOTILLA_KEY_SLOTS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeySlot {
@@ -358,6 +417,32 @@ mod tests {
         // The open key is at the back: a round passes over at most SKIP_AT_MOST full ones.
         assert!(r.round(Normal, 1, now).is_empty());
         assert_eq!(r.parked(), 10_001);
+    }
+
+    #[test]
+    fn calls_ahead_count_until_done_and_are_forgotten_after_a_while() {
+        let ahead = KeysAhead::default();
+        let now = Instant::now();
+        assert!(!ahead.any("a", now));
+        ahead.add("a", 2, now);
+        assert!(ahead.any("a", now) && !ahead.any("b", now));
+        ahead.done("a", now);
+        assert!(ahead.any("a", now), "one left");
+        ahead.done("a", now);
+        assert!(!ahead.any("a", now));
+        ahead.done("a", now);
+        assert!(
+            !ahead.any("a", now),
+            "a start it did not count changes nothing"
+        );
+        // A call another replica started never comes down here: it is trusted for a while only.
+        ahead.add("b", 1, now);
+        assert!(!ahead.any("b", now + AHEAD_FOR));
+        for i in 0..AHEAD_PRUNE_AT {
+            ahead.add(&i.to_string(), 1, now);
+        }
+        ahead.add("c", 1, now + AHEAD_FOR);
+        assert_eq!(ahead.counts().len(), 1, "the stale ones were forgotten");
     }
 
     #[test]

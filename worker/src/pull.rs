@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_nats::{HeaderMap, StatusCode};
-use flotilla_queue::{FunctionName, FunctionPolicy, Priority, subjects};
+use flotilla_queue::{FairnessKey, FunctionName, FunctionPolicy, Priority, fairness, subjects};
 use futures_util::StreamExt;
 use futures_util::future::OptionFuture;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, watch};
@@ -476,6 +476,13 @@ impl WaitLoop {
                 }
             },
         };
+        if self.f.lanes.keyed() {
+            let key = FairnessKey::of_headers(msg.headers.as_ref());
+            self.f
+                .lanes
+                .ahead
+                .done(&fairness::token_of(key.as_ref()), Instant::now());
+        }
         let (shared, f) = (self.shared.clone(), self.f.clone());
         self.shared
             .life

@@ -41,6 +41,27 @@ fn key_of(id: &str) -> &str {
     id.rsplit_once('-').map_or(id, |(k, _)| k)
 }
 
+/// The ids of the calls `function` received, in the order they came.
+fn start_order(function: &RecordingServer) -> Vec<String> {
+    let mut seen = function.requests();
+    seen.sort_by_key(|r| r.at);
+    seen.iter()
+        .map(|r| r.header("x-call-id").to_owned())
+        .collect()
+}
+
+/// Asserts that the calls of each of `keys` (ids `<key>-<n>`) started in the order of `n`.
+fn each_key_in_order(order: &[String], keys: &[&str]) {
+    for key in keys {
+        let mine: Vec<usize> = order
+            .iter()
+            .filter(|id| key_of(id) == *key)
+            .map(|id| id.rsplit_once('-').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(mine.is_sorted(), "{key}: {mine:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_keys_start_within_a_second_behind_one_keys_3000_calls() {
     const BACKLOG: usize = 3_000;
@@ -94,12 +115,7 @@ async fn keys_take_turns_while_their_calls_wait() {
     }
     function.wait_for(60, T).await;
     nats.wait_settled(T).await;
-    let mut seen = function.requests();
-    seen.sort_by_key(|r| r.at);
-    let order: Vec<String> = seen
-        .iter()
-        .map(|r| r.header("x-call-id").to_owned())
-        .collect();
+    let order = start_order(&function);
     assert_eq!(order.len(), 60, "each call ran once");
     // In arrival order b's first call would start 31st. Taking turns, a gets one start in four
     // once the others wait: in the first 40 starts each other key has at least 8 of its 10.
@@ -109,15 +125,32 @@ async fn keys_take_turns_while_their_calls_wait() {
         assert!(n >= 8, "{key} started {n} times in {first:?}");
     }
     // Within a key, calls start in the order they came: the dispatch loop parks a key's calls
-    // in that order, and a round claims one call of a key.
-    for key in ["a", "b", "c", "none"] {
-        let mine: Vec<usize> = order
-            .iter()
-            .filter(|id| key_of(id) == key)
-            .map(|id| id.rsplit_once('-').unwrap().1.parse().unwrap())
-            .collect();
-        assert!(mine.is_sorted(), "{key}: {mine:?}");
+    // in that order, and a round claims a key's oldest.
+    each_key_in_order(&order, &["a", "b", "c", "none"]);
+    w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_few_keys_wait_their_calls_are_claimed_several_at_a_time_once_each_in_order() {
+    const EACH: usize = 150;
+    let nats = Nats::start(1).await;
+    // A quick function: once its calls are seen to end within 5 ms, a claim wants 32 calls
+    // beyond its free slot, and each of the two keys gives 16 with one batched read.
+    let function = function_taking(Duration::from_millis(1)).await;
+    let w = Worker::busy(&nats, &function, 1, "").await;
+    for i in 0..EACH {
+        for key in ["x", "y"] {
+            nats.publish(&keyed(&format!("{key}-{i}"), Some(key))).await;
+        }
     }
+    function.wait_for(2 * EACH, T).await;
+    nats.wait_settled(T).await;
+    let order = start_order(&function);
+    let mut once = order.clone();
+    once.sort_unstable();
+    once.dedup();
+    assert_eq!(once.len(), 2 * EACH, "each call ran once");
+    each_key_in_order(&order, &["x", "y"]);
     w.stop(T).await.unwrap();
 }
 
