@@ -297,7 +297,8 @@ impl Dispatcher {
         let place = if key.is_some() && f.policy.key_concurrency.is_some() {
             Place::Wait
         } else {
-            let own_turn = f.lanes.keyed()
+            let own_turn = f.is_waiting()
+                && f.lanes.keyed()
                 && f.lanes
                     .nothing_waits_for(priority, &fairness::token_of(key.as_ref()));
             self.placer.place(&self.shared, &f, own_turn).await
@@ -347,7 +348,7 @@ impl Dispatcher {
         self.shared.life.tracker.spawn(async move {
             moved_to_wait(&f, &msg, sent, priority, token.as_deref()).await;
             if let Some(token) = &token {
-                f.lanes.ahead.done(token, Instant::now());
+                f.lanes.ahead.done(token);
             }
             drop((guard, permit));
         });

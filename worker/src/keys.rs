@@ -16,7 +16,7 @@
 //! the call ends, by deleting the message. The time to live frees a slot whose holder died; a call
 //! whose slot is gone by the time it starts is parked again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ use crate::Shared;
 /// of its slots first. Slots freed by other replicas are seen at the next try.
 pub(crate) const FULL_FOR: Duration = Duration::from_millis(100);
 
+/// How far behind the stream's leader a read of a parked subject may be: a key parked this
+/// shortly before a claim found it empty stays in the ring.
+const READ_LAG: Duration = Duration::from_millis(100);
+
 /// Full keys a round may pass over beyond the keys it takes, so a ring of thousands of full keys
 /// costs a round no more than this.
 const SKIP_AT_MOST: usize = 64;
@@ -46,7 +50,8 @@ pub(crate) struct KeyRings {
 struct Ring {
     /// Keys (their subject tokens) in the order their turns come.
     order: VecDeque<String>,
-    members: HashSet<String>,
+    /// Each key in the ring, and when a call of it was last parked.
+    members: HashMap<String, Instant>,
     /// Keys at their `key_concurrency`, passed over until then.
     full: HashMap<String, Instant>,
 }
@@ -61,10 +66,10 @@ impl KeyRings {
     /// Calls of `token` are parked in lane `p`: the key takes its turn from now on (at the back
     /// of the ring when it is new).
     pub fn park(&self, p: Priority, token: &str) {
+        let now = Instant::now();
         let mut rings = self.rings();
         let ring = &mut rings[p.index()];
-        if !ring.members.contains(token) {
-            ring.members.insert(token.to_owned());
+        if ring.members.insert(token.to_owned(), now).is_none() {
             ring.order.push_back(token.to_owned());
         }
     }
@@ -97,12 +102,18 @@ impl KeyRings {
         taken
     }
 
-    /// A claim found no call of `token` in lane `p`: the key leaves the ring until it has calls
-    /// parked again.
-    pub fn forget(&self, p: Priority, token: &str) {
+    /// A claim that began reading at `read_at` found no call of `token` in lane `p`: the key
+    /// leaves the ring until it has calls parked again, unless a call of it was parked since
+    /// shortly before the read (which may have missed it: a move landing meanwhile, or a read
+    /// served by a replica of the stream a moment behind).
+    pub fn forget(&self, p: Priority, token: &str, read_at: Instant) {
         let mut rings = self.rings();
         let ring = &mut rings[p.index()];
-        if ring.members.remove(token) {
+        let parked_lately = ring
+            .members
+            .get(token)
+            .is_some_and(|&at| at + READ_LAG >= read_at);
+        if !parked_lately && ring.members.remove(token).is_some() {
             ring.order.retain(|t| t != token);
             ring.full.remove(token);
         }
@@ -136,7 +147,7 @@ impl KeyRings {
 impl KeyRings {
     /// Whether calls of `token` are parked in lane `p`, as far as this replica knows.
     pub fn has(&self, p: Priority, token: &str) -> bool {
-        self.rings()[p.index()].members.contains(token)
+        self.rings()[p.index()].members.contains_key(token)
     }
 }
 
@@ -152,41 +163,58 @@ const AHEAD_PRUNE_AT: usize = 4_096;
 /// next call may take a free slot at once, whatever other keys wait (`docs/worker.md`).
 #[derive(Debug, Default)]
 pub(crate) struct KeysAhead {
-    counts: Mutex<HashMap<String, (usize, Instant)>>,
+    state: Mutex<Ahead>,
+}
+
+#[derive(Debug, Default)]
+struct Ahead {
+    /// Each key's calls ahead, and when the count last grew.
+    counts: HashMap<String, (usize, Instant)>,
+    /// The size at which stale counts are pruned next.
+    prune_at: usize,
 }
 
 impl KeysAhead {
-    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (usize, Instant)>> {
-        self.counts
+    fn state(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `n` more calls of `token` are ahead.
+    /// `n` more calls of `token` are ahead. A stale count starts again from none.
     pub fn add(&self, token: &str, n: usize, now: Instant) {
-        let mut counts = self.counts();
-        if counts.len() >= AHEAD_PRUNE_AT {
-            counts.retain(|_, (_, at)| now.duration_since(*at) < AHEAD_FOR);
+        let mut state = self.state();
+        if state.counts.len() >= state.prune_at.max(AHEAD_PRUNE_AT) {
+            state
+                .counts
+                .retain(|_, (_, at)| now.duration_since(*at) < AHEAD_FOR);
+            state.prune_at = 2 * state.counts.len();
         }
-        let entry = counts.entry(token.to_owned()).or_insert((0, now));
-        *entry = (entry.0 + n, now);
+        let entry = state.counts.entry(token.to_owned()).or_insert((0, now));
+        let before = if now.duration_since(entry.1) < AHEAD_FOR {
+            entry.0
+        } else {
+            0
+        };
+        *entry = (before + n, now);
     }
 
     /// One call of `token` is no longer ahead: parked (the ring knows it now), or started.
-    pub fn done(&self, token: &str, now: Instant) {
-        let mut counts = self.counts();
-        if let Some(entry) = counts.get_mut(token) {
+    pub fn done(&self, token: &str) {
+        let mut state = self.state();
+        if let Some(entry) = state.counts.get_mut(token) {
             if entry.0 <= 1 {
-                counts.remove(token);
+                state.counts.remove(token);
             } else {
-                *entry = (entry.0 - 1, now);
+                entry.0 -= 1;
             }
         }
     }
 
     /// Whether calls of `token` are ahead now.
     pub fn any(&self, token: &str, now: Instant) -> bool {
-        self.counts()
+        self.state()
+            .counts
             .get(token)
             .is_some_and(|(_, at)| now.duration_since(*at) < AHEAD_FOR)
     }
@@ -373,7 +401,17 @@ mod tests {
             "each key once a round"
         );
         assert!(r.round(High, 5, now).is_empty(), "lanes are apart");
-        r.forget(Normal, "b");
+        r.forget(Normal, "b", Instant::now());
+        assert_eq!(
+            r.parked(),
+            3,
+            "b was parked a moment ago: the read may have missed it"
+        );
+        r.forget(
+            Normal,
+            "b",
+            Instant::now() + READ_LAG + Duration::from_millis(1),
+        );
         assert_eq!(r.round(Normal, 5, now), tokens(&["c", "a"]));
         r.park(Normal, "b");
         assert_eq!(
@@ -426,23 +464,34 @@ mod tests {
         assert!(!ahead.any("a", now));
         ahead.add("a", 2, now);
         assert!(ahead.any("a", now) && !ahead.any("b", now));
-        ahead.done("a", now);
+        ahead.done("a");
         assert!(ahead.any("a", now), "one left");
-        ahead.done("a", now);
+        ahead.done("a");
         assert!(!ahead.any("a", now));
-        ahead.done("a", now);
+        ahead.done("a");
         assert!(
             !ahead.any("a", now),
             "a start it did not count changes nothing"
         );
-        // A call another replica started never comes down here: it is trusted for a while only.
+        // A call another replica started never comes down here: it is trusted for a while only,
+        // and a stale count starts again from none.
         ahead.add("b", 1, now);
         assert!(!ahead.any("b", now + AHEAD_FOR));
+        ahead.add("b", 1, now + AHEAD_FOR);
+        ahead.done("b");
+        assert!(
+            !ahead.any("b", now + AHEAD_FOR),
+            "the stale call no longer counts"
+        );
         for i in 0..AHEAD_PRUNE_AT {
             ahead.add(&i.to_string(), 1, now);
         }
         ahead.add("c", 1, now + AHEAD_FOR);
-        assert_eq!(ahead.counts().len(), 1, "the stale ones were forgotten");
+        assert_eq!(
+            ahead.state().counts.len(),
+            1,
+            "the stale ones were forgotten"
+        );
     }
 
     #[test]

@@ -476,12 +476,10 @@ impl WaitLoop {
                 }
             },
         };
-        if self.f.lanes.keyed() {
+        // A call claimed from its key's parked subject no longer waits ahead of the key's next.
+        if self.f.lanes.keyed() && claim::was_claimed(msg.headers.as_ref()) {
             let key = FairnessKey::of_headers(msg.headers.as_ref());
-            self.f
-                .lanes
-                .ahead
-                .done(&fairness::token_of(key.as_ref()), Instant::now());
+            self.f.lanes.ahead.done(&fairness::token_of(key.as_ref()));
         }
         let (shared, f) = (self.shared.clone(), self.f.clone());
         self.shared

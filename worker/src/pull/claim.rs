@@ -29,6 +29,8 @@ use crate::{Shared, dead, retry};
 const ROUNDS: usize = 8;
 /// Calls one key may give in one round, when few keys wait.
 const PER_KEY_AT_MOST: usize = 16;
+/// The header of a batched direct get's answers that counts the messages left.
+const NATS_NUM_PENDING: &str = "Nats-Num-Pending";
 /// How long a batched read of a key's oldest calls may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,6 +46,17 @@ enum Claimed {
     Taken,
     /// NATS trouble; logged. The key keeps its place.
     Failed,
+}
+
+/// What a claim's copy in the lane has for `Nats-Msg-Id` (see [`retry::dedup_id`]).
+const CLAIM: &str = "claim";
+
+/// Whether a call delivered from a lane was claimed there from its key's parked subject.
+pub(super) fn was_claimed(headers: Option<&async_nats::HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get(NATS_MESSAGE_ID))
+        .and_then(|id| id.as_str().strip_prefix(CLAIM))
+        .is_some_and(|rest| rest.starts_with('-'))
 }
 
 /// Claims up to `n` parked calls of `f` into its lane of `lane`; returns how many.
@@ -73,6 +86,7 @@ pub(super) async fn claim(shared: &Shared, f: &FunctionRt, lane: Priority, n: us
             Some(_) => 1,
             None => (n - claimed).div_ceil(tokens.len()).min(PER_KEY_AT_MOST),
         };
+        let read_at = Instant::now();
         let results = join_all(
             tokens
                 .iter()
@@ -83,7 +97,7 @@ pub(super) async fn claim(shared: &Shared, f: &FunctionRt, lane: Priority, n: us
         for (token, result) in tokens.iter().zip(results) {
             match result {
                 Claimed::Moved(k) => claimed += k,
-                Claimed::Empty => f.lanes.keys.forget(lane, token),
+                Claimed::Empty => f.lanes.keys.forget(lane, token, read_at),
                 Claimed::Full => f.lanes.keys.full(lane, token, Instant::now() + FULL_FOR),
                 Claimed::Taken => retry_round = true,
                 Claimed::Failed => failed = true,
@@ -196,11 +210,17 @@ async fn oldest(
                 .get(async_nats::header::NATS_SEQUENCE)
                 .and_then(|v| v.as_str().parse().ok())
                 .ok_or("a batched direct get answered a message without its sequence")?;
+            // A server before 2.11 ignores `batch`: it answers one message, without the count
+            // of those left, and no end of batch.
+            let single = headers.get(NATS_NUM_PENDING).is_none();
             calls.push(Parked {
                 sequence,
                 headers,
                 payload: m.payload,
             });
+            if single {
+                return Ok(calls);
+            }
         }
         Err("the batched direct get's inbox closed".to_owned())
     };
@@ -232,7 +252,7 @@ async fn move_parked(
         let mut headers = dead::copied_headers(Some(&call.headers));
         headers.insert(
             NATS_MESSAGE_ID,
-            retry::dedup_id("claim", &stream, call.sequence).as_str(),
+            retry::dedup_id(CLAIM, &stream, call.sequence).as_str(),
         );
         if let Some(slot) = slot {
             slot.mark(&mut headers);
@@ -270,7 +290,7 @@ async fn move_parked(
     }
     join_all(deletes).await;
     for _ in moved..calls.len() {
-        f.lanes.ahead.done(token, Instant::now());
+        f.lanes.ahead.done(token);
     }
     match (moved, taken) {
         (0, true) => Claimed::Taken,
