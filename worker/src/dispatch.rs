@@ -292,15 +292,17 @@ impl Dispatcher {
         if key.is_some() {
             f.lanes.saw_key();
         }
+        // The key's subject token, made once, and only when a step needs it.
+        let mut token = None;
         // A keyed call under `key_concurrency` starts only once claimed with one of its key's
         // slots.
         let place = if key.is_some() && f.policy.key_concurrency.is_some() {
             Place::Wait
         } else {
-            let own_turn = f.is_waiting()
-                && f.lanes.keyed()
-                && f.lanes
-                    .nothing_waits_for(priority, &fairness::token_of(key.as_ref()));
+            let own_turn = f.is_waiting() && f.lanes.keyed() && {
+                let token = token.insert(fairness::token_of(key.as_ref()));
+                f.lanes.nothing_waits_for(priority, token)
+            };
             self.placer.place(&self.shared, &f, own_turn).await
         };
         match place {
@@ -316,18 +318,20 @@ impl Dispatcher {
                 call::hand_back(&self.shared, &msg).await;
                 ControlFlow::Break(())
             }
-            Place::Wait => self.move_to_wait(f, msg, priority, key).await,
+            Place::Wait => self.move_to_wait(f, msg, priority, key, token).await,
         }
     }
 
     /// Moves a call to its function's wait stream in a task of its own, once a move is free;
-    /// tells the supervisor when this move makes the function waiting.
+    /// tells the supervisor when this move makes the function waiting. `token`: its key's
+    /// subject token, when already made.
     async fn move_to_wait(
         &mut self,
         f: Arc<FunctionRt>,
         msg: jetstream::Message,
         priority: Priority,
         key: Option<FairnessKey>,
+        token: Option<String>,
     ) -> ControlFlow<()> {
         let guard = f.moving();
         if guard.began {
@@ -337,7 +341,9 @@ impl Dispatcher {
             call::hand_back(&self.shared, &msg).await;
             return ControlFlow::Break(());
         };
-        let token = (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key.as_ref()));
+        let token = token.or_else(|| {
+            (key.is_some() || f.lanes.keyed()).then(|| fairness::token_of(key.as_ref()))
+        });
         // Sent from the loop, so that a key's calls are parked in the order they came (and a
         // lane's in the order they came too).
         let sent = send_to_wait(&self.shared, &f, &msg, priority, token.as_deref()).await;

@@ -429,14 +429,13 @@ impl LaneMarks {
         self.keyed.load(Ordering::SeqCst)
     }
 
-    /// Whether a call of `priority` and key `token` may take a free slot at once although the
-    /// function's calls wait: what must stay in order is a key's calls, so a key with none
-    /// waiting (none parked, none on its way there, none claimed and not started) need not
-    /// queue behind other keys. Not once calls of another priority than normal were seen: a
-    /// free slot goes to a waiting higher call first.
+    /// Whether a call of `priority` and key `token`, of a function whose calls are parked by
+    /// key, may take a free slot at once although the function's calls wait: what must stay in
+    /// order is a key's calls, so a key with none waiting (none parked, none on its way there,
+    /// none claimed and not started) need not queue behind other keys. Not once calls of
+    /// another priority than normal were seen: a free slot goes to a waiting higher call first.
     pub fn nothing_waits_for(&self, priority: Priority, token: &str) -> bool {
-        self.keyed()
-            && !self.prioritised.load(Ordering::SeqCst)
+        !self.prioritised.load(Ordering::SeqCst)
             && !self.keys.has(priority, token)
             && !self.ahead.any(token, Instant::now())
     }

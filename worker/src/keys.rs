@@ -138,16 +138,14 @@ impl KeyRings {
         ring.order.len() > ring.full.len() || ring.full.values().any(|&until| until <= now)
     }
 
-    /// Keys with calls parked, in every lane.
-    pub fn parked(&self) -> usize {
-        self.rings().iter().map(|r| r.order.len()).sum()
-    }
-}
-
-impl KeyRings {
     /// Whether calls of `token` are parked in lane `p`, as far as this replica knows.
     pub fn has(&self, p: Priority, token: &str) -> bool {
         self.rings()[p.index()].members.contains_key(token)
+    }
+
+    /// Keys with calls parked, in every lane.
+    pub fn parked(&self) -> usize {
+        self.rings().iter().map(|r| r.order.len()).sum()
     }
 }
 
