@@ -41,6 +41,16 @@ fn key_of(id: &str) -> &str {
     id.rsplit_once('-').map_or(id, |(k, _)| k)
 }
 
+/// Publishes `n` calls whose keys take turns among `<prefix>0` to `<prefix><keys - 1>`, the
+/// `i`th named `<key>-<i>`.
+async fn publish_across_keys(nats: &Nats, prefix: &str, keys: usize, n: usize) {
+    for i in 0..n {
+        let key = format!("{prefix}{}", i % keys);
+        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
+            .await;
+    }
+}
+
 /// The ids of the calls `function` received, in the order they came.
 fn start_order(function: &RecordingServer) -> Vec<String> {
     let mut seen = function.requests();
@@ -340,11 +350,7 @@ async fn an_adaptive_function_whose_calls_carry_keys_grows_to_meet_them_in_slow_
     // to meet the calls starts them together.
     let policies = format!("[functions.busy]\nurl = \"{}\"\n", function.url());
     let w = Worker::with_policies(&nats.url(), &function.url(), &policies).await;
-    for i in 0..64 {
-        let key = format!("k{}", i % 8);
-        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
-            .await;
-    }
+    publish_across_keys(&nats, "k", 8, 64).await;
     function.wait_for(64, T).await;
     nats.wait_settled(T).await;
     assert!(
@@ -360,11 +366,7 @@ async fn a_high_keyed_call_starts_before_the_normal_keys_take_their_turns() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(200)).await;
     let w = Worker::busy(&nats, &function, 2, "").await;
-    for i in 0..300 {
-        let key = format!("t{}", i % 3);
-        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
-            .await;
-    }
+    publish_across_keys(&nats, "t", 3, 300).await;
     nats.dispatched(0, T).await;
     let mut high = keyed("urgent-0", Some("t0"));
     high.priority = flotilla_queue::Priority::High;
@@ -414,11 +416,7 @@ async fn parked_calls_count_as_pending_in_the_queue_view() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_secs(2)).await;
     let w = Worker::busy(&nats, &function, 1, "").await;
-    for i in 0..60 {
-        let key = format!("q{}", i % 6);
-        nats.publish(&keyed(&format!("{key}-{i}"), Some(&key)))
-            .await;
-    }
+    publish_across_keys(&nats, "q", 6, 60).await;
     nats.dispatched(0, T).await;
     let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
     let rows = gw.get_json("/system/queues").await;
