@@ -100,6 +100,12 @@ impl Store {
         self.writer.write(page, record, guard).await
     }
 
+    /// As [`Store::write_paged`], with `then` run once the record's fate is known, by the writer;
+    /// the caller goes on at once.
+    pub fn write_paged_then(&self, page: Page, line: pages::Line, guard: Guard, then: pages::Then) {
+        self.writer.write_then(page, line, guard, then);
+    }
+
     /// Stores `record` when the call's last record is still at `expect` (0: none yet). `Ok(None)`
     /// when it was not: someone wrote first.
     pub async fn write(&self, record: &Record, expect: u64) -> Result<Option<u64>, StoreError> {

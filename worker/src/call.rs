@@ -2,7 +2,9 @@
 //! read a large body), `run` (start its status, call the function once under its timeout) and
 //! `settle` (record how it ended, then store its retry, write its dead letter or deliver its
 //! callback, and ack). Invariants: the message is acked only once the outcome and its callback
-//! are settled, and kept alive with progress acks meanwhile; the call's [`Slot`] is owned by the
+//! are settled, and kept alive with progress acks meanwhile (a numbered call that ends with only
+//! its ack left hands record and ack to the status writer, which acks once the record is stored:
+//! [`Later`]); the call's [`Slot`] is owned by the
 //! step that holds it, and a step that ends the call early returns an [`End`] without it, so no
 //! path keeps a slot past its step.
 
@@ -27,7 +29,7 @@ use crate::functions::FunctionRt;
 use crate::keys::{self, KeySlot};
 use crate::outcome::{Attempt, CallError, Exhausted, Outcome};
 use crate::retry::{self, Next};
-use crate::status::{Begin, Recorded, Tracked};
+use crate::status::{Begin, Later, Recorded, Tracked};
 pub(crate) use again::hand_back;
 use again::{Held, OnFailure, exhausted_hand_back, settle_step, wait_again};
 use attempt::{BatchRunning, InFlight, expired, invoke, keep_alive};
@@ -135,8 +137,8 @@ impl Settling {
 
 /// One call's message and what every step needs to handle it.
 struct Call<'a> {
-    shared: &'a Shared,
-    func: &'a FunctionRt,
+    shared: &'a Arc<Shared>,
+    func: &'a Arc<FunctionRt>,
     msg: &'a jetstream::Message,
     attempt_of_delivery: u32,
     /// The stream the message came from (the calls', or the waiting calls'), and its place there.
@@ -144,7 +146,11 @@ struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    fn new(shared: &'a Shared, func: &'a FunctionRt, msg: &'a jetstream::Message) -> Self {
+    fn new(
+        shared: &'a Arc<Shared>,
+        func: &'a Arc<FunctionRt>,
+        msg: &'a jetstream::Message,
+    ) -> Self {
         let (attempt_of_delivery, origin) = match msg.info() {
             Ok(info) => (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX),
@@ -400,19 +406,35 @@ impl<'a> Call<'a> {
         &self,
         env: &Envelope,
         attempt: Attempt,
-        mut tracked: Option<Tracked<'_>>,
+        tracked: Option<Tracked<'_>>,
         outcome: Outcome,
         slot: Slot,
     ) -> End {
         let next = retry::next(&self.func.policy.retry, &outcome, retry::jitter());
-        if let Some(t) = tracked.as_mut()
-            && Box::pin(record_outcome(t, self.func, &outcome, &next)).await == Recorded::Cancelled
-        {
-            return End::Cancelled("before it ended");
+        let mut status_revision = None;
+        if let Some(mut t) = tracked {
+            let ending = Box::pin(Ending::of(&t, self.func, &outcome, &next)).await;
+            // The common end (a final answer, nothing to deliver) is left to the status writer,
+            // which acks once the record is stored.
+            if matches!(next, Next::Settle)
+                && env.callback_url.is_none()
+                && env.body_object.is_none()
+                && let Some(status) = &self.shared.results.status
+            {
+                match t.later(status.clone()) {
+                    Ok(later) => {
+                        self.end_later(env, later, ending);
+                        return End::Settled;
+                    }
+                    Err(back) => t = back,
+                }
+            }
+            if t.record_end(|r| ending.apply(r)).await == Recorded::Cancelled {
+                return End::Cancelled("before it ended");
+            }
+            status_revision = t.revision();
+            // No longer followed for cancels: from here on the call's end is recorded.
         }
-        let status_revision = tracked.as_ref().and_then(Tracked::revision);
-        // No longer followed for cancels: from here on the call's end is recorded.
-        drop(tracked);
         if let Some(batch) = env.batch_id.as_deref() {
             match end_state(&outcome, &next) {
                 CallState::Retrying => self
@@ -454,6 +476,40 @@ impl<'a> Call<'a> {
             Box::pin(body::forget_body(self.shared, object)).await;
         }
         End::Settled
+    }
+
+    /// Settles a call whose end goes to its status page, with nothing to deliver: the status
+    /// writer stores the end, then acks (or, when a client's cancel was stored first, settles
+    /// it as cancelled). The call's task and slot end here.
+    fn end_later(&self, env: &Envelope, later: Later, ending: Ending) {
+        let (shared, func) = (self.shared.clone(), self.func.clone());
+        let (client, reply) = (self.msg.context.client(), self.msg.reply.clone());
+        let batch = env.batch_id.clone();
+        let state = ending.state;
+        // A draining replica waits for these acks as for its calls.
+        let pending = shared.life.tracker.token();
+        later.end(
+            move |r| ending.apply(r),
+            move |recorded| {
+                Box::pin(async move {
+                    let _pending = pending;
+                    let Some(reply) = reply else { return };
+                    if recorded == Recorded::Cancelled {
+                        shared.metrics.cancelled.increment(1);
+                        tracing::debug!("call cancelled before it ended");
+                    } else if let Some(batch) = batch.as_deref() {
+                        shared.results.tally.ended(batch, state);
+                    }
+                    if let Err(error) = client.publish(reply, bytes::Bytes::new()).await {
+                        tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
+                        return;
+                    }
+                    if recorded == Recorded::Done {
+                        func.settled();
+                    }
+                })
+            },
+        );
     }
 
     /// Stores the call's next attempt, due after `delay`, and acks this one. When NATS takes no
@@ -588,60 +644,74 @@ fn end_state(outcome: &Outcome, next: &Next) -> CallState {
     }
 }
 
-/// Records how the attempt ended: `retrying` with its due time, or the final state (`succeeded`,
-/// `failed`, `dead`) with the answer kept when the function's policy keeps results.
-async fn record_outcome(
-    t: &mut Tracked<'_>,
-    func: &FunctionRt,
-    outcome: &Outcome,
-    next: &Next,
-) -> Recorded {
-    let attempts = outcome.attempts_made();
-    let status = outcome.status.as_u16();
-    let ran = outcome.ran();
-    let state = end_state(outcome, next);
-    let due = match next {
-        Next::Retry(delay) => Some(flotilla_queue::time::unix_nanos() + delay.as_nanos()),
-        Next::Settle | Next::DeadLetter => None,
-    };
-    let dead = (state == CallState::Dead).then(|| {
-        (
-            dead::kind_of(outcome),
-            dead::exhausted_reason(outcome, func.policy.retry.attempts),
-        )
-    });
-    let result = if state == CallState::Retrying || !ran {
-        None
-    } else if !func.policy.keep_results {
-        Some(ResultKept::No)
-    } else if outcome.body.len() as u64 > func.policy.max_result_bytes {
-        Some(ResultKept::TooLarge {
-            bytes: outcome.body.len() as u64,
-            limit: func.policy.max_result_bytes,
-        })
-    } else {
-        let content_type = outcome.content_type().and_then(|v| v.to_str().ok());
-        let kept = t
-            .keep_result(status, content_type, outcome.body.clone())
-            .await;
-        Some(if kept {
-            ResultKept::Yes
+/// How the attempt ended, as its record says: `retrying` with its due time, or the final state
+/// (`succeeded`, `failed`, `dead`) with the answer kept when the function's policy keeps results.
+struct Ending {
+    state: CallState,
+    attempts: u32,
+    status: Option<u16>,
+    due: Option<u128>,
+    result: Option<ResultKept>,
+    dead: Option<(&'static str, String)>,
+}
+
+impl Ending {
+    /// Keeps the answer first, when the function's policy keeps results.
+    async fn of(t: &Tracked<'_>, func: &FunctionRt, outcome: &Outcome, next: &Next) -> Self {
+        let status = outcome.status.as_u16();
+        let ran = outcome.ran();
+        let state = end_state(outcome, next);
+        let due = match next {
+            Next::Retry(delay) => Some(flotilla_queue::time::unix_nanos() + delay.as_nanos()),
+            Next::Settle | Next::DeadLetter => None,
+        };
+        let dead = (state == CallState::Dead).then(|| {
+            (
+                dead::kind_of(outcome),
+                dead::exhausted_reason(outcome, func.policy.retry.attempts),
+            )
+        });
+        let result = if state == CallState::Retrying || !ran {
+            None
+        } else if !func.policy.keep_results {
+            Some(ResultKept::No)
+        } else if outcome.body.len() as u64 > func.policy.max_result_bytes {
+            Some(ResultKept::TooLarge {
+                bytes: outcome.body.len() as u64,
+                limit: func.policy.max_result_bytes,
+            })
         } else {
-            ResultKept::No
-        })
-    };
-    t.record_end(|r| {
-        r.state = state;
-        r.attempts = attempts;
-        r.status = ran.then_some(status);
-        r.next_attempt_at = due;
-        r.result = result;
-        if let Some((kind, reason)) = &dead {
+            let content_type = outcome.content_type().and_then(|v| v.to_str().ok());
+            let kept = t
+                .keep_result(status, content_type, outcome.body.clone())
+                .await;
+            Some(if kept {
+                ResultKept::Yes
+            } else {
+                ResultKept::No
+            })
+        };
+        Self {
+            state,
+            attempts: outcome.attempts_made(),
+            status: ran.then_some(status),
+            due,
+            result,
+            dead,
+        }
+    }
+
+    fn apply(&self, r: &mut status::Record) {
+        r.state = self.state;
+        r.attempts = self.attempts;
+        r.status = self.status;
+        r.next_attempt_at = self.due;
+        r.result = self.result;
+        if let Some((kind, reason)) = &self.dead {
             r.dead_kind = Some((*kind).to_owned());
             r.reason = Some(reason.clone());
         }
-    })
-    .await
+    }
 }
 
 /// Settles a call a client cancelled: acked, so it never runs (again), with no callback.

@@ -159,12 +159,33 @@ impl CallStatus {
 
     /// Whether a client's cancel of this very call (not an earlier one with its id) was heard.
     fn heard_cancel(&self, env: &Envelope) -> bool {
+        self.heard_cancel_of(&env.call_id, env.start_time)
+    }
+
+    fn heard_cancel_of(&self, call_id: &str, accepted_at: u128) -> bool {
         let heard = self
             .cancelled
             .lock()
             .ok()
-            .and_then(|c| c.by_id.get(&env.call_id).copied());
-        heard == Some(env.start_time)
+            .and_then(|c| c.by_id.get(call_id).copied());
+        heard == Some(accepted_at)
+    }
+
+    /// A state NATS did not take: the call goes on, unless this replica heard that a client
+    /// cancelled it (the write may have failed on that very cancel).
+    fn not_recorded(&self, call: &CallRef, error: &flotilla_queue::status::StoreError) -> Recorded {
+        self.write_failures.increment(1);
+        let CallRef {
+            id,
+            accepted_at,
+            function,
+        } = call;
+        if self.heard_cancel_of(id, *accepted_at) {
+            tracing::warn!(%error, call_id = %id, %function, "call status not recorded, and the call was cancelled: it ends here");
+            return Recorded::Cancelled;
+        }
+        tracing::warn!(%error, call_id = %id, %function, "call status not recorded; the call goes on");
+        Recorded::Done
     }
 
     /// Remembers a cancel and aborts its call if it runs here.
@@ -309,7 +330,7 @@ impl Tracked<'_> {
     pub(crate) async fn record(&mut self, change: impl Fn(&mut Record)) -> Recorded {
         match self.try_record(&change).await {
             Ok(recorded) => recorded,
-            Err(error) => self.not_recorded(&error),
+            Err(error) => self.status.not_recorded(&CallRef::of(self.env), &error),
         }
     }
 
@@ -318,21 +339,27 @@ impl Tracked<'_> {
     /// again for up to [`END_RECORD_PATIENCE`], so that the status a client reads agrees with
     /// the callback it gets; a cancel heard meanwhile ends the tries.
     pub(crate) async fn record_end(&mut self, change: impl Fn(&mut Record)) -> Recorded {
-        let deadline = tokio::time::Instant::now() + END_RECORD_PATIENCE;
-        let mut delays = END_RECORD_BACKOFF.delays();
+        let mut patience = Patience::new();
         loop {
             match self.try_record(&change).await {
                 Ok(recorded) => return recorded,
-                Err(error)
-                    if tokio::time::Instant::now() < deadline
-                        && !self.status.heard_cancel(self.env) =>
-                {
-                    tracing::debug!(%error, call_id = %self.env.call_id, "call status not recorded yet; trying again");
-                    tokio::time::sleep(delays.next_delay()).await;
+                Err(error) => {
+                    let call = CallRef::of(self.env);
+                    if !patience.again(self.status, &call, &error).await {
+                        return self.status.not_recorded(&call, &error);
+                    }
                 }
-                Err(error) => return self.not_recorded(&error),
             }
         }
+    }
+
+    /// Lets go of the call for the status writer to finish ([`Later`]), when its records go to
+    /// a page; else gives it back.
+    pub(crate) fn later(mut self, status: Arc<CallStatus>) -> Result<Later, Self> {
+        let Some((page, last)) = self.paged.take() else {
+            return Err(self);
+        };
+        Ok(Later { status, page, last })
     }
 
     /// One write of the record moved on with `change`.
@@ -402,19 +429,6 @@ impl Tracked<'_> {
         })
     }
 
-    /// A state NATS did not take: the call goes on, unless this replica heard that a client
-    /// cancelled it (the write may have failed on that very cancel).
-    fn not_recorded(&self, error: &flotilla_queue::status::StoreError) -> Recorded {
-        let env = self.env;
-        self.status.write_failures.increment(1);
-        if self.status.heard_cancel(env) {
-            tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded, and the call was cancelled: it ends here");
-            return Recorded::Cancelled;
-        }
-        tracing::warn!(%error, call_id = %env.call_id, function = %env.function, "call status not recorded; the call goes on");
-        Recorded::Done
-    }
-
     /// The revision a retry of this call carries, when the last write is known.
     pub(crate) fn revision(&self) -> Option<u64> {
         if self.paged.is_some() {
@@ -449,4 +463,122 @@ impl Tracked<'_> {
             }
         }
     }
+}
+
+/// Which call a record is of, owned, for work that outlives the call's task.
+#[derive(Debug, Clone)]
+struct CallRef {
+    id: String,
+    accepted_at: u128,
+    function: String,
+}
+
+impl CallRef {
+    fn of(env: &Envelope) -> Self {
+        Self {
+            id: env.call_id.clone(),
+            accepted_at: env.start_time,
+            function: env.function.as_str().to_owned(),
+        }
+    }
+}
+
+/// How long the state an attempt ends with is tried again ([`END_RECORD_PATIENCE`]).
+struct Patience {
+    deadline: tokio::time::Instant,
+    delays: flotilla_queue::backoff::Delays,
+}
+
+impl Patience {
+    fn new() -> Self {
+        Self {
+            deadline: tokio::time::Instant::now() + END_RECORD_PATIENCE,
+            delays: END_RECORD_BACKOFF.delays(),
+        }
+    }
+
+    /// After a write NATS did not take: waits and says to try again, unless patience ran out
+    /// or the call was cancelled meanwhile.
+    async fn again(
+        &mut self,
+        status: &CallStatus,
+        call: &CallRef,
+        error: &flotilla_queue::status::StoreError,
+    ) -> bool {
+        if tokio::time::Instant::now() >= self.deadline
+            || status.heard_cancel_of(&call.id, call.accepted_at)
+        {
+            return false;
+        }
+        tracing::debug!(%error, call_id = %call.id, "call status not recorded yet; trying again");
+        tokio::time::sleep(self.delays.next_delay()).await;
+        true
+    }
+}
+
+/// A numbered call's end, recorded by the status writer while the call's task is already gone
+/// ([`Tracked::later`]). Waking each call's task when its record is stored cost a busy replica
+/// more than the write itself (`docs/call-status.md`), so what must follow the record (the ack)
+/// travels with it instead: a crash before the record is stored still returns the call.
+pub(crate) struct Later {
+    status: Arc<CallStatus>,
+    page: Page,
+    last: Box<Record>,
+}
+
+impl Later {
+    /// Records the call's end, as [`Tracked::record_end`] does, then runs `then` with what came
+    /// of it on the writer's task, so keep it short (a write NATS did not take is tried again
+    /// first, on a task of its own).
+    pub(crate) fn end(
+        self,
+        change: impl Fn(&mut Record),
+        then: impl FnOnce(Recorded) -> futures_util::future::BoxFuture<'static, ()> + Send + 'static,
+    ) {
+        let Self { status, page, last } = self;
+        let mut record = *last;
+        change(&mut record);
+        record.updated_at = flotilla_queue::time::unix_nanos();
+        let line = pages::Line::of(&record);
+        let writer = Arc::clone(&status);
+        writer.store.write_paged_then(
+            page,
+            line,
+            Guard::Cancels,
+            Box::new(move |written| match written {
+                Ok(Written::Stored) => then(Recorded::Done),
+                Ok(Written::Cancelled) => then(Recorded::Cancelled),
+                Err(error) => {
+                    tokio::spawn(async move {
+                        let recorded = patiently(&status, page, &record, error).await;
+                        then(recorded).await;
+                    });
+                    Box::pin(std::future::ready(()))
+                }
+            }),
+        );
+    }
+}
+
+/// Writes `record` again after `error`, for as long as [`Patience`] allows.
+async fn patiently(
+    status: &CallStatus,
+    page: Page,
+    record: &Record,
+    mut error: flotilla_queue::status::StoreError,
+) -> Recorded {
+    let call = CallRef {
+        id: record.call_id.clone(),
+        accepted_at: record.accepted_at,
+        function: record.function.clone(),
+    };
+    let mut patience = Patience::new();
+    while patience.again(status, &call, &error).await {
+        match status.store.write_paged(page, record, Guard::Cancels).await {
+            Ok(Written::Stored) => return Recorded::Done,
+            Ok(Written::Cancelled) => return Recorded::Cancelled,
+            Err(e) => error = e,
+        }
+    }
+    status.not_recorded(&call, &error)
 }

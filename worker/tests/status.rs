@@ -711,3 +711,53 @@ async fn a_retried_keyed_post_keeps_one_status() {
     assert_eq!(function.count(), 1);
     assert_eq!(status(&gw, &first).await["state"], "succeeded");
 }
+
+/// A numbered call's end is recorded, and its message acked, by the status writer after the
+/// call's task is gone: a worker stopped while every call runs lets them end, then records and
+/// acks them all before it exits, so none is left pending, redelivered or queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_as_its_calls_end_records_and_acks_every_one() {
+    use futures_util::StreamExt;
+    const CALLS: usize = 300;
+    let nats = Nats::start(1).await;
+    // Slow enough that every call is running when the worker is told to stop, so they all end
+    // while it drains.
+    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200).delay(Duration::from_millis(500))
+    }))
+    .await;
+    let gw = gateway(&nats).await;
+    let mut ids = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        ids.push(enqueue(&gw, "quick", &[]).await);
+    }
+    let template = format!("{}/{{name}}", function.url());
+    // A process of its own: when it exits, what it did not send is gone.
+    let mut worker = common::spawn_worker(&nats.url(), &template, &[]);
+    wait_until(T, "every call running", || function.count() >= CALLS).await;
+    common::sigterm(&worker);
+    let exited = tokio::time::timeout(T, worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "{exited}");
+    let (mut pending, mut redelivered, mut queued) = (0, 0, 0);
+    for name in [
+        flotilla_queue::subjects::call_stream(0),
+        flotilla_queue::subjects::wait_stream(0),
+    ] {
+        let mut stream = nats.js.get_stream(name).await.unwrap();
+        queued += stream.info().await.unwrap().state.messages;
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.unwrap();
+            pending += info.num_ack_pending;
+            redelivered += info.num_redelivered;
+        }
+    }
+    assert_eq!((pending, redelivered, queued), (0, 0, 0));
+    assert_eq!(function.count(), CALLS, "no call ran twice");
+    for id in &ids {
+        assert_eq!(status(&gw, id).await["state"], "succeeded", "{id}");
+    }
+}

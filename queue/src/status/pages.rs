@@ -319,6 +319,17 @@ pub enum Guard {
     Cancels,
 }
 
+/// What a [`Writer`] does once a record's fate is known.
+pub type Then = Box<
+    dyn FnOnce(Result<Written, StoreError>) -> futures_util::future::BoxFuture<'static, ()> + Send,
+>;
+
+/// Who learns a record's fate: a caller waiting for it, or work handed over with the record.
+enum Reply {
+    Wait(oneshot::Sender<Result<Written, StoreError>>),
+    Then(Then),
+}
+
 /// A record on its way: already a JSON line (made by the caller's task, not the writer's), and
 /// the call it belongs to, which a cancel names.
 struct Pending {
@@ -327,7 +338,7 @@ struct Pending {
     call_id: String,
     accepted_at: u128,
     guard: Guard,
-    done: oneshot::Sender<Result<Written, StoreError>>,
+    reply: Reply,
 }
 
 /// Groups the records of a process into page messages: each caller awaits its own record's fate;
@@ -362,19 +373,53 @@ impl Writer {
         guard: Guard,
     ) -> Result<Written, StoreError> {
         let (done, answer) = oneshot::channel();
-        let mut line = record.to_json();
-        line.push(b'\n');
+        self.send(page, Line::of(record), guard, Reply::Wait(done))?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Hands a record (made into its `line`) over with what to do once its fate is known (`then`,
+    /// run on the writer's task once the record's message is answered): the caller goes on at
+    /// once. Waking a caller for each record cost a busy replica more than the write itself
+    /// (`docs/call-status.md`).
+    pub fn write_then(&self, page: Page, line: Line, guard: Guard, then: Then) {
+        let call_id = line.call_id.clone();
+        if let Err(error) = self.send(page, line, guard, Reply::Then(then)) {
+            // The writer's task ends only with the runtime; the call's message then returns.
+            tracing::warn!(%error, %call_id, "status writer gone");
+        }
+    }
+
+    fn send(&self, page: Page, line: Line, guard: Guard, reply: Reply) -> Result<(), StoreError> {
         self.tx
             .send(Pending {
                 page,
-                line,
-                call_id: record.call_id.clone(),
-                accepted_at: record.accepted_at,
+                line: line.line,
+                call_id: line.call_id,
+                accepted_at: line.accepted_at,
                 guard,
-                done,
+                reply,
             })
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+            .map_err(|_| StoreError::WriterGone)
+    }
+}
+
+/// A record made into its line of a page message, with the call it is of (which a cancel names).
+#[derive(Debug)]
+pub struct Line {
+    line: Vec<u8>,
+    call_id: String,
+    accepted_at: u128,
+}
+
+impl Line {
+    pub fn of(record: &Record) -> Self {
+        let mut line = record.to_json();
+        line.push(b'\n');
+        Self {
+            line,
+            call_id: record.call_id.clone(),
+            accepted_at: record.accepted_at,
+        }
     }
 }
 
@@ -483,7 +528,7 @@ async fn flush(
             let (cancelled, rest): (Vec<_>, Vec<_>) = items
                 .into_iter()
                 .partition(|p| cancels.cancels(&p.call_id, p.accepted_at));
-            answer(cancelled, |_| Ok(Written::Cancelled));
+            answer(cancelled, |_| Ok(Written::Cancelled)).await;
             if rest.is_empty() {
                 return;
             }
@@ -509,12 +554,12 @@ async fn flush(
         // A round whose connection died would wait out the timeout for an answer that cannot
         // come, holding one of the writer's few flights: every caller waits behind it.
         let Some(stored) = while_connected(&js.client(), publish).await else {
-            answer(items, |_| Err(StoreError::ConnectionLost));
+            answer(items, |_| Err(StoreError::ConnectionLost)).await;
             return;
         };
         match stored {
             Ok(Some(_)) => {
-                answer(items, |_| Ok(Written::Stored));
+                answer(items, |_| Ok(Written::Stored)).await;
                 return;
             }
             Ok(None) => {
@@ -523,7 +568,7 @@ async fn flush(
                     Ok(read) => read,
                     Err(error) => {
                         let error = Arc::new(error);
-                        answer(items, |_| Err(StoreError::Page(error.clone())));
+                        answer(items, |_| Err(StoreError::Page(error.clone()))).await;
                         return;
                     }
                 };
@@ -548,7 +593,7 @@ async fn flush(
             }
             Err(error) => {
                 let error = Arc::new(error);
-                answer(items, |_| Err(StoreError::Group(error.clone())));
+                answer(items, |_| Err(StoreError::Group(error.clone()))).await;
                 return;
             }
         }
@@ -558,7 +603,8 @@ async fn flush(
             call_id: p.call_id.clone(),
             tries: MAX_TRIES,
         })
-    });
+    })
+    .await;
 }
 
 /// `work`, unless the client's connection to NATS drops or is replaced first (`None`): what was
@@ -586,12 +632,20 @@ pub async fn while_connected<F: std::future::Future>(
     }
 }
 
-/// Tells each of `items`' callers what became of its record (a caller gone is no matter).
-fn answer(items: Vec<Pending>, what: impl Fn(&Pending) -> Result<Written, StoreError>) {
+/// Tells each of `items`' callers what became of its record (a caller gone is no matter), and
+/// does the work handed over with the others.
+async fn answer(items: Vec<Pending>, what: impl Fn(&Pending) -> Result<Written, StoreError>) {
+    let mut handed = Vec::new();
     for p in items {
         let result = what(&p);
-        let _ = p.done.send(result);
+        match p.reply {
+            Reply::Wait(done) => {
+                let _ = done.send(result);
+            }
+            Reply::Then(then) => handed.push(then(result)),
+        }
     }
+    futures_util::future::join_all(handed).await;
 }
 
 #[cfg(test)]
