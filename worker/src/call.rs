@@ -421,7 +421,7 @@ impl<'a> Call<'a> {
                 && env.body_object.is_none()
                 && let Some(status) = &self.shared.results.status
             {
-                match t.later(status.clone()) {
+                match t.later(status.clone()).await {
                     Ok(later) => {
                         self.end_later(env, later, ending);
                         return End::Settled;
@@ -496,12 +496,12 @@ impl<'a> Call<'a> {
                     let Some(reply) = reply else { return };
                     if recorded == Recorded::Cancelled {
                         shared.metrics.cancelled.increment(1);
-                        tracing::debug!("call cancelled before it ended");
+                        tracing::debug!(ack = %reply, "call cancelled before it ended");
                     } else if let Some(batch) = batch.as_deref() {
                         shared.results.tally.ended(batch, state);
                     }
-                    if let Err(error) = client.publish(reply, bytes::Bytes::new()).await {
-                        tracing::warn!(%error, "ack failed; the call will run again after ack_wait");
+                    if let Err(error) = client.publish(reply.clone(), bytes::Bytes::new()).await {
+                        tracing::warn!(%error, ack = %reply, "ack failed; the call will run again after ack_wait");
                         return;
                     }
                     if recorded == Recorded::Done {

@@ -45,6 +45,10 @@ const FOLLOW_BACKOFF: flotilla_queue::Backoff = flotilla_queue::Backoff::new(
     flotilla_queue::Jitter::None,
 );
 
+/// Call ends handed to the status writer and not yet answered, at most; past it, a call ending
+/// waits for room. About half a kilobyte each.
+const ENDS_ON_THEIR_WAY: usize = 10_000;
+
 /// Cancels remembered at most; past it the oldest are forgotten (their calls, if they still
 /// come, are then stopped by the failed write of their end instead of before they start).
 const MAX_CANCELS: usize = 1_000_000;
@@ -61,6 +65,8 @@ pub(crate) struct CallStatus {
     caught_up: CancellationToken,
     /// `worker_status_write_failures_total`.
     write_failures: metrics::Counter,
+    /// Room for [`ENDS_ON_THEIR_WAY`].
+    ending: Arc<tokio::sync::Semaphore>,
 }
 
 /// Cancels heard, oldest first.
@@ -111,6 +117,7 @@ impl CallStatus {
             running: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(Cancels::default()),
             caught_up: CancellationToken::new(),
+            ending: Arc::new(tokio::sync::Semaphore::new(ENDS_ON_THEIR_WAY)),
         }
     }
 
@@ -354,12 +361,25 @@ impl Tracked<'_> {
     }
 
     /// Lets go of the call for the status writer to finish ([`Later`]), when its records go to
-    /// a page; else gives it back.
-    pub(crate) fn later(mut self, status: Arc<CallStatus>) -> Result<Later, Self> {
+    /// a page; else gives it back. Waits while [`ENDS_ON_THEIR_WAY`] ends wait for the writer
+    /// (the call keeping its place in the replica meanwhile), so a slow status store slows
+    /// pulling rather than piling up ends.
+    pub(crate) async fn later(mut self, status: Arc<CallStatus>) -> Result<Later, Self> {
+        if self.paged.is_none() {
+            return Err(self);
+        }
+        let Ok(room) = Arc::clone(&status.ending).acquire_owned().await else {
+            return Err(self);
+        };
         let Some((page, last)) = self.paged.take() else {
             return Err(self);
         };
-        Ok(Later { status, page, last })
+        Ok(Later {
+            status,
+            page,
+            last,
+            room,
+        })
     }
 
     /// One write of the record moved on with `change`.
@@ -524,6 +544,8 @@ pub(crate) struct Later {
     status: Arc<CallStatus>,
     page: Page,
     last: Box<Record>,
+    /// Its place among the [`ENDS_ON_THEIR_WAY`], until its record has an answer.
+    room: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Later {
@@ -535,22 +557,37 @@ impl Later {
         change: impl Fn(&mut Record),
         then: impl FnOnce(Recorded) -> futures_util::future::BoxFuture<'static, ()> + Send + 'static,
     ) {
-        let Self { status, page, last } = self;
+        let Self {
+            status,
+            page,
+            last,
+            room,
+        } = self;
         let mut record = *last;
         change(&mut record);
         record.updated_at = flotilla_queue::time::unix_nanos();
         let line = pages::Line::of(&record);
+        // Counted from the hand-over, as `record_end` counts from its first try, so that the
+        // record and its ack still come well within `ack_wait`.
+        let patience = Patience::new();
         let writer = Arc::clone(&status);
         writer.store.write_paged_then(
             page,
             line,
             Guard::Cancels,
             Box::new(move |written| match written {
-                Ok(Written::Stored) => then(Recorded::Done),
-                Ok(Written::Cancelled) => then(Recorded::Cancelled),
+                Ok(Written::Stored) => {
+                    drop(room);
+                    then(Recorded::Done)
+                }
+                Ok(Written::Cancelled) => {
+                    drop(room);
+                    then(Recorded::Cancelled)
+                }
                 Err(error) => {
                     tokio::spawn(async move {
-                        let recorded = patiently(&status, page, &record, error).await;
+                        let recorded = patiently(&status, page, &record, patience, error).await;
+                        drop(room);
                         then(recorded).await;
                     });
                     Box::pin(std::future::ready(()))
@@ -560,11 +597,12 @@ impl Later {
     }
 }
 
-/// Writes `record` again after `error`, for as long as [`Patience`] allows.
+/// Writes `record` again after `error`, for as long as `patience` allows.
 async fn patiently(
     status: &CallStatus,
     page: Page,
     record: &Record,
+    mut patience: Patience,
     mut error: flotilla_queue::status::StoreError,
 ) -> Recorded {
     let call = CallRef {
@@ -572,7 +610,6 @@ async fn patiently(
         accepted_at: record.accepted_at,
         function: record.function.clone(),
     };
-    let mut patience = Patience::new();
     while patience.again(status, &call, &error).await {
         match status.store.write_paged(page, record, Guard::Cancels).await {
             Ok(Written::Stored) => return Recorded::Done,
