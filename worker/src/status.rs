@@ -365,21 +365,21 @@ impl Tracked<'_> {
     /// (the call keeping its place in the replica meanwhile), so a slow status store slows
     /// pulling rather than piling up ends.
     pub(crate) async fn later(mut self, status: Arc<CallStatus>) -> Result<Later, Self> {
-        if self.paged.is_none() {
-            return Err(self);
-        }
-        let Ok(room) = Arc::clone(&status.ending).acquire_owned().await else {
-            return Err(self);
-        };
         let Some((page, last)) = self.paged.take() else {
             return Err(self);
         };
-        Ok(Later {
-            status,
-            page,
-            last,
-            room,
-        })
+        match Arc::clone(&status.ending).acquire_owned().await {
+            Ok(room) => Ok(Later {
+                status,
+                page,
+                last,
+                room,
+            }),
+            Err(_) => {
+                self.paged = Some((page, last));
+                Err(self)
+            }
+        }
     }
 
     /// One write of the record moved on with `change`.

@@ -373,7 +373,8 @@ impl Writer {
         guard: Guard,
     ) -> Result<Written, StoreError> {
         let (done, answer) = oneshot::channel();
-        self.send(page, Line::of(record), guard, Reply::Wait(done))?;
+        self.send(page, Line::of(record), guard, Reply::Wait(done))
+            .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -382,24 +383,27 @@ impl Writer {
     /// once. Waking a caller for each record cost a busy replica more than the write itself
     /// (`docs/call-status.md`).
     pub fn write_then(&self, page: Page, line: Line, guard: Guard, then: Then) {
-        let call_id = line.call_id.clone();
-        if let Err(error) = self.send(page, line, guard, Reply::Then(then)) {
+        if let Err(mpsc::error::SendError(gone)) = self.send(page, line, guard, Reply::Then(then)) {
             // The writer's task ends only with the runtime; the call's message then returns.
-            tracing::warn!(%error, %call_id, "status writer gone");
+            tracing::warn!(call_id = %gone.call_id, "status writer gone");
         }
     }
 
-    fn send(&self, page: Page, line: Line, guard: Guard, reply: Reply) -> Result<(), StoreError> {
-        self.tx
-            .send(Pending {
-                page,
-                line: line.line,
-                call_id: line.call_id,
-                accepted_at: line.accepted_at,
-                guard,
-                reply,
-            })
-            .map_err(|_| StoreError::WriterGone)
+    fn send(
+        &self,
+        page: Page,
+        line: Line,
+        guard: Guard,
+        reply: Reply,
+    ) -> Result<(), mpsc::error::SendError<Pending>> {
+        self.tx.send(Pending {
+            page,
+            line: line.line,
+            call_id: line.call_id,
+            accepted_at: line.accepted_at,
+            guard,
+            reply,
+        })
     }
 }
 
