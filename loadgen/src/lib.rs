@@ -5,6 +5,7 @@ pub mod audit;
 pub mod capacity;
 pub mod ceiling;
 pub mod config;
+pub mod cpu;
 pub mod dist;
 pub mod driver;
 pub mod flow;

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::audit::Audit;
 use crate::ceiling::Ceiling;
 use crate::config::{ModelKind, TargetKind};
+use crate::cpu::CpuPerCall;
 use crate::numbers::thousands;
 
 /// Bumped when a field changes meaning or disappears; new fields do not bump it.
@@ -143,6 +144,10 @@ pub struct Enqueue {
     pub rate_per_s: f64,
     /// Intended send time (open loop) or send time (closed loop) to 202.
     pub latency_ms: Percentiles,
+    /// With `--local --backlog` on Linux: the CPU each accepted call cost while the backlog was
+    /// enqueued (the gateway's share, with the load's own requests and nats-server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_call: Option<CpuPerCall>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +161,10 @@ pub struct Completion {
     pub rate_per_s: f64,
     /// Acceptance by the gateway (`X-Start-Time`) to callback arrival.
     pub latency_ms: Percentiles,
+    /// With `--local` on Linux: the CPU each completed call cost, from the start of sending
+    /// (with `backlog`: from the workers' start) to the last completion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_call: Option<CpuPerCall>,
 }
 
 /// Flotilla's rates divided by the ceiling's.
@@ -341,6 +350,15 @@ impl Report {
             &vs_out,
         );
         let _ = writeln!(o);
+        if let Some(cpu) = &self.enqueue.cpu_us_per_call {
+            let _ = writeln!(o, "- CPU per call enqueued: {}", cpu.render());
+        }
+        if let Some(cpu) = &self.completion.cpu_us_per_call {
+            let _ = writeln!(o, "- CPU per call completed: {}", cpu.render());
+        }
+        if self.enqueue.cpu_us_per_call.is_some() || self.completion.cpu_us_per_call.is_some() {
+            let _ = writeln!(o);
+        }
     }
 
     /// The "vs ceiling" cells of the enqueue and the end-to-end rows.
@@ -672,12 +690,14 @@ mod tests {
                     p999: 300.0,
                     max: 999.9,
                 },
+                cpu_us_per_call: None,
             },
             completion: Completion {
                 completed: 17499,
                 window_s: 11.0,
                 rate_per_s: 1590.8,
                 latency_ms: Percentiles::default(),
+                cpu_us_per_call: None,
             },
             errors: BTreeMap::from([("status_503".into(), 1), ("timeout".into(), 1)]),
             function_status: BTreeMap::from([("200".into(), 13000), ("500".into(), 4499)]),
@@ -771,6 +791,43 @@ mod tests {
                 "  - first duplicated: c-2",
             ]
         );
+    }
+
+    #[test]
+    fn a_local_run_tells_the_cpu_a_call_cost_under_the_table_and_in_the_json() {
+        let mut report = local_open();
+        report.enqueue.cpu_us_per_call = Some(CpuPerCall {
+            process_us: 30.4,
+            nats_server_us: Some(12.0),
+            machine_us: 45.0,
+        });
+        report.completion.cpu_us_per_call = Some(CpuPerCall {
+            process_us: 52.0,
+            nats_server_us: None,
+            machine_us: 71.2,
+        });
+        let text = report.render();
+        let lines: Vec<_> = text.lines().collect();
+        let table_end = lines
+            .iter()
+            .position(|l| l.starts_with("| end to end"))
+            .unwrap();
+        assert_eq!(
+            lines[table_end + 1..table_end + 5],
+            [
+                "",
+                "- CPU per call enqueued: 30 µs in this process, 12 µs in nats-server, 45 µs on the whole machine",
+                "- CPU per call completed: 52 µs in this process, 71 µs on the whole machine",
+                "",
+            ]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["enqueue"]["cpu_us_per_call"]["nats_server_us"], 12.0);
+        assert_eq!(json["completion"]["cpu_us_per_call"]["process_us"], 52.0);
+        assert!(json["completion"]["cpu_us_per_call"]["nats_server_us"].is_null());
+        // Without marks (another system, or a fleet elsewhere) the field is left out.
+        let plain = serde_json::to_value(local_open()).unwrap();
+        assert!(plain["completion"].get("cpu_us_per_call").is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, Matched};
 use crate::ceiling::{self, Ceiling, CeilingError};
 use crate::config::{AuditBy, LoadModel, ModelKind, RunArgs};
+use crate::cpu::{CpuMark, CpuPerCall};
 use crate::driver::{self, DriverError, Load};
 use crate::function::{FunctionServer, FunctionSpec};
 use crate::local;
@@ -58,7 +59,11 @@ pub async fn run(args: &RunArgs) -> Result<Report, RunError> {
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     let mut stage = Stage::start(args, nats.as_ref(), clock, &stop).await?;
-    let offered = offer_load(args, &mut stage, clock).await?;
+    // The CPU a call costs is read where it is all in view: this process holds the local fleet.
+    let cpu_of = args
+        .is_local()
+        .then(|| nats.as_ref().and_then(NatsServer::pid));
+    let offered = offer_load(args, &mut stage, clock, cpu_of).await?;
     let (gateway_url, callback_url) = (stage.gateway_url.clone(), stage.callback_url.clone());
     let function_refusals = stage.stop(&stop).await;
     drop(nats);
@@ -251,11 +256,21 @@ struct Offered {
     /// Calls as they started at the built-in function (with `--priority-mix` or
     /// `--fairness-keys`).
     starts: Vec<Callback>,
+    /// The CPU used when the load started, when it was all sent, when the drain started (with a
+    /// backlog) and when the last call completed.
+    cpu: [Option<CpuMark>; 4],
 }
 
 /// Warms up, offers the load, starts the workers of a backlog run, and waits (bounded) for the
-/// calls to complete.
-async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<Offered, RunError> {
+/// calls to complete. `cpu_of` (a local run: the nats-server's process, if known) has the CPU
+/// used marked along the way.
+async fn offer_load(
+    args: &RunArgs,
+    stage: &mut Stage,
+    clock: Clock,
+    cpu_of: Option<Option<u32>>,
+) -> Result<Offered, RunError> {
+    let mark = || cpu_of.and_then(CpuMark::now);
     let completions = stage.completions(args);
     let asked_callback = args
         .callbacks_asked()
@@ -275,6 +290,7 @@ async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<O
     let shown = progress::start(rec.clone(), completions.clone(), "load ", args.quiet);
     let load = load_of(args);
     let client = net::client();
+    let load_started = mark();
     let sent = driver::drive(
         &stage.gateway_url,
         asked_callback,
@@ -284,7 +300,9 @@ async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<O
     )
     .await;
     shown.finish().await;
+    let all_sent = mark();
     let sent = sent?;
+    let drain_started_cpu = mark();
     if args.backlog
         && let Some(f) = stage.fleet.as_mut()
     {
@@ -293,8 +311,13 @@ async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<O
     }
     let shown = progress::start(rec.clone(), completions.clone(), "drain", args.quiet);
     let drain_started = std::time::Instant::now();
-    let mut matched =
-        wait_for_stragglers(&rec, &completions, args.drain_timeout, args.drain_max).await;
+    let (mut matched, all_completed) = wait_for_stragglers(
+        &rec,
+        &completions,
+        (args.drain_timeout, args.drain_max),
+        mark,
+    )
+    .await;
     shown.finish().await;
     if let Some(follower) = follower {
         matched.audit.states = follower.stop().await;
@@ -319,6 +342,7 @@ async fn offer_load(args: &RunArgs, stage: &mut Stage, clock: Clock) -> Result<O
         drain_wait_s,
         completion_start_ns,
         starts,
+        cpu: [load_started, all_sent, drain_started_cpu, all_completed],
     })
 }
 
@@ -498,10 +522,12 @@ async fn warm_up(
 async fn wait_for_stragglers(
     rec: &Recorder,
     sink: &SinkState,
-    idle: Duration,
-    max: Duration,
-) -> Matched {
+    (idle, max): (Duration, Duration),
+    mark: impl Fn() -> Option<CpuMark>,
+) -> (Matched, Option<CpuMark>) {
     let start = tokio::time::Instant::now();
+    // Marked when the counts first say every call is in, before the audit's own work.
+    let mut all_in = None;
     let mut last_progress = start;
     let mut last_count = sink.count();
     let mut last_checked = u64::MAX;
@@ -518,10 +544,12 @@ async fn wait_for_stragglers(
         // can make them lie) and something changed since the last look.
         if (got >= accepted && got != last_checked) || out_of_time {
             last_checked = got;
+            let at = mark();
             let m = audit::reconcile(&rec.clock, &rec.accepted_calls(), &sink.take());
             if m.audit.lost == 0 || out_of_time {
-                return m;
+                return (m, all_in.or(at));
             }
+            all_in = all_in.or(at);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -550,6 +578,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         drain_wait_s,
         completion_start_ns,
         starts,
+        cpu: [load_started, all_sent, drain_started, all_completed],
     } = offered;
     let enqueue_us = rec.enqueue_histogram();
     let accepted = rec.accepted_calls();
@@ -591,12 +620,27 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
             window_s: enqueue_window_s,
             rate_per_s: enqueue_rate,
             latency_ms: Percentiles::of(&enqueue_us),
+            // Without a backlog, enqueue and completion overlap: only the whole is told.
+            cpu_us_per_call: if args.backlog {
+                CpuPerCall::between(load_started, all_sent, accepted.len() as u64)
+            } else {
+                None
+            },
         },
         completion: Completion {
             completed,
             window_s: completion_window_s,
             rate_per_s: completion_rate,
             latency_ms: Percentiles::of(&matched.end_to_end_us),
+            cpu_us_per_call: CpuPerCall::between(
+                if args.backlog {
+                    drain_started
+                } else {
+                    load_started
+                },
+                all_completed,
+                completed,
+            ),
         },
         errors: rec.error_kinds(),
         function_status: matched.function_status,

@@ -99,6 +99,14 @@ fn short_local_run_audits_clean_and_reports_json() {
     }
     assert_eq!(field(&report, "completion.completed").as_u64(), Some(300));
     assert!(field(&report, "completion.rate_per_s").as_f64().unwrap() > 0.0);
+    // What each call cost in CPU, over the whole run (no backlog: enqueue has no share of its own).
+    let cpu = field(&report, "completion.cpu_us_per_call");
+    for k in ["process_us", "nats_server_us"] {
+        assert!(field(cpu, k).as_f64().unwrap() >= 0.0, "{k}: {cpu}");
+    }
+    assert!(field(cpu, "machine_us").as_f64().unwrap() > 0.0, "{cpu}");
+    assert!(report["enqueue"].get("cpu_us_per_call").is_none());
+    assert!(stderr.contains("- CPU per call completed: "), "{stderr}");
     assert_eq!(field(&report, "function_status.200").as_u64(), Some(300));
     assert!(field(&report, "errors").as_object().unwrap().is_empty());
     for k in [
@@ -178,6 +186,14 @@ fn without_callbacks_the_function_arrivals_are_audited() {
     assert_eq!(field(&report, "audit.duplicates").as_u64(), Some(0));
     assert_eq!(field(&report, "function_status.200").as_u64(), Some(200));
     assert!(stderr.contains("end to end (function)"), "{stderr}");
+    // A backlog tells the enqueue's CPU and the drain's apart.
+    for stage in ["enqueue", "completion"] {
+        let cpu = field(&report, &format!("{stage}.cpu_us_per_call"));
+        assert!(
+            field(cpu, "machine_us").as_f64().unwrap() >= 0.0,
+            "{stage}: {cpu}"
+        );
+    }
 }
 
 #[test]
