@@ -550,8 +550,8 @@ pub(crate) struct Later {
 
 impl Later {
     /// Records the call's end, as [`Tracked::record_end`] does, then runs `then` with what came
-    /// of it on the writer's task, so keep it short (a write NATS did not take is tried again
-    /// first, on a task of its own).
+    /// of it: started on the writer's task, and moved to a task of its own when it cannot finish
+    /// at once (a write NATS did not take is tried again first, on a task of its own).
     pub(crate) fn end(
         self,
         change: impl Fn(&mut Record),

@@ -379,8 +379,8 @@ impl Writer {
     }
 
     /// Hands a record (made into its `line`) over with what to do once its fate is known (`then`,
-    /// run on the writer's task once the record's message is answered): the caller goes on at
-    /// once. Waking a caller for each record cost a busy replica more than the write itself
+    /// started on the writer's task once the record's message is answered, and moved to a task of
+    /// its own if it cannot finish at once): the caller goes on at once. Waking a caller for each record cost a busy replica more than the write itself
     /// (`docs/call-status.md`).
     pub fn write_then(&self, page: Page, line: Line, guard: Guard, then: Then) {
         if let Err(mpsc::error::SendError(gone)) = self.send(page, line, guard, Reply::Then(then)) {
@@ -532,7 +532,7 @@ async fn flush(
             let (cancelled, rest): (Vec<_>, Vec<_>) = items
                 .into_iter()
                 .partition(|p| cancels.cancels(&p.call_id, p.accepted_at));
-            answer(cancelled, |_| Ok(Written::Cancelled)).await;
+            answer(cancelled, |_| Ok(Written::Cancelled));
             if rest.is_empty() {
                 return;
             }
@@ -558,12 +558,12 @@ async fn flush(
         // A round whose connection died would wait out the timeout for an answer that cannot
         // come, holding one of the writer's few flights: every caller waits behind it.
         let Some(stored) = while_connected(&js.client(), publish).await else {
-            answer(items, |_| Err(StoreError::ConnectionLost)).await;
+            answer(items, |_| Err(StoreError::ConnectionLost));
             return;
         };
         match stored {
             Ok(Some(_)) => {
-                answer(items, |_| Ok(Written::Stored)).await;
+                answer(items, |_| Ok(Written::Stored));
                 return;
             }
             Ok(None) => {
@@ -572,7 +572,7 @@ async fn flush(
                     Ok(read) => read,
                     Err(error) => {
                         let error = Arc::new(error);
-                        answer(items, |_| Err(StoreError::Page(error.clone()))).await;
+                        answer(items, |_| Err(StoreError::Page(error.clone())));
                         return;
                     }
                 };
@@ -597,7 +597,7 @@ async fn flush(
             }
             Err(error) => {
                 let error = Arc::new(error);
-                answer(items, |_| Err(StoreError::Group(error.clone()))).await;
+                answer(items, |_| Err(StoreError::Group(error.clone())));
                 return;
             }
         }
@@ -607,8 +607,7 @@ async fn flush(
             call_id: p.call_id.clone(),
             tries: MAX_TRIES,
         })
-    })
-    .await;
+    });
 }
 
 /// `work`, unless the client's connection to NATS drops or is replaced first (`None`): what was
@@ -637,24 +636,80 @@ pub async fn while_connected<F: std::future::Future>(
 }
 
 /// Tells each of `items`' callers what became of its record (a caller gone is no matter), and
-/// does the work handed over with the others.
-async fn answer(items: Vec<Pending>, what: impl Fn(&Pending) -> Result<Written, StoreError>) {
-    let mut handed = Vec::new();
+/// starts the work handed over with the others. What finishes at once (an ack handed to the
+/// client) is done here; what must wait (a client whose buffer is full while it reconnects) goes
+/// on in a task of its own, so the writer's next rounds never wait for it.
+fn answer(items: Vec<Pending>, what: impl Fn(&Pending) -> Result<Written, StoreError>) {
+    use futures_util::FutureExt;
     for p in items {
         let result = what(&p);
         match p.reply {
             Reply::Wait(done) => {
                 let _ = done.send(result);
             }
-            Reply::Then(then) => handed.push(then(result)),
+            Reply::Then(then) => {
+                let mut work = then(result);
+                if (&mut work).now_or_never().is_none() {
+                    tokio::spawn(work);
+                }
+            }
         }
     }
-    futures_util::future::join_all(handed).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handed_over(call_id: &str, then: Then) -> Pending {
+        Pending {
+            page: page_of("d2ed7c72-0000-8000-80b9-ad112583c277").unwrap(),
+            line: Vec::new(),
+            call_id: call_id.to_owned(),
+            accepted_at: 1,
+            guard: Guard::Cancels,
+            reply: Reply::Then(then),
+        }
+    }
+
+    /// A continuation that cannot finish (an ack into a client's full buffer during a reconnect)
+    /// must not hold the writer's round, which would stall every status write behind it.
+    #[tokio::test]
+    async fn work_handed_over_with_a_record_never_holds_the_writer_back() {
+        let (unblock, blocked) = oneshot::channel::<()>();
+        let (finished_tx, mut finished) = mpsc::unbounded_channel();
+        let (quick_tx, slow_tx) = (finished_tx.clone(), finished_tx);
+        let items = vec![
+            handed_over(
+                "slow",
+                Box::new(move |written| {
+                    Box::pin(async move {
+                        let _ = blocked.await;
+                        let _ = slow_tx.send(("slow", written.ok()));
+                    })
+                }),
+            ),
+            handed_over(
+                "quick",
+                Box::new(move |written| {
+                    Box::pin(async move {
+                        let _ = quick_tx.send(("quick", written.ok()));
+                    })
+                }),
+            ),
+        ];
+        // Returns with the slow one still waiting; the quick one was done in the same breath.
+        answer(items, |_| Ok(Written::Stored));
+        assert_eq!(
+            finished.try_recv().ok(),
+            Some(("quick", Some(Written::Stored)))
+        );
+        assert!(finished.try_recv().is_err(), "the slow one waits");
+        // And the slow one still finishes, on its own task.
+        unblock.send(()).unwrap();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(10), finished.recv()).await;
+        assert_eq!(done.unwrap(), Some(("slow", Some(Written::Stored))));
+    }
 
     fn rec(id: &str, state: CallState, accepted: u128, updated: u128) -> Record {
         let mut r = Record::queued(id, "echo", accepted, None);
