@@ -31,6 +31,7 @@ pub const RETRIES_DUE: &str = "worker_retries_due_total";
 pub const NATS_CONNECTED: &str = "worker_nats_connected";
 pub const CANCELLED: &str = "worker_calls_cancelled_total";
 pub const STATUS_WRITE_FAILURES: &str = "worker_status_write_failures_total";
+pub const STATUS_ENDS_WAITING: &str = "worker_status_ends_waiting";
 
 /// Gives every metric its HELP text (and histograms their unit), in the recorder
 /// [`Telemetry::register`] runs it with. Safe to call more than once.
@@ -42,6 +43,10 @@ fn describe() {
     describe_counter!(
         STATUS_WRITE_FAILURES,
         "Call status changes JetStream did not store (the call itself went on)"
+    );
+    describe_gauge!(
+        STATUS_ENDS_WAITING,
+        "Calls that ended and wait for their final status record to be stored before their ack (at most 10,000: beyond, ending calls keep their place in the replica)"
     );
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -214,6 +219,8 @@ pub(crate) struct WorkerMetrics {
     pub exhausted: [Counter; 3],
     /// Call status changes JetStream did not store.
     pub status_write_failures: Counter,
+    /// Ended calls whose final record (and so their ack) waits for the status writer.
+    pub status_ends_waiting: Gauge,
     /// This worker's recorder and series cap, for the series made as functions and shards come.
     telemetry: Telemetry,
 }
@@ -253,10 +260,12 @@ impl WorkerMetrics {
             ]
             .map(|r| counter!(RESOURCE_EXHAUSTED, "resource" => r.label())),
             status_write_failures: counter!(STATUS_WRITE_FAILURES),
+            status_ends_waiting: gauge!(STATUS_ENDS_WAITING),
             telemetry: telemetry.clone(),
         });
         // Incremented where it happens (`status.rs`); registered now so it is scraped at 0.
         metrics.status_write_failures.increment(0);
+        metrics.status_ends_waiting.set(0.0);
         metrics
     }
 

@@ -250,8 +250,16 @@ async fn shared(
     );
     let retention = config.common.nats.status_retention;
     let status = status_store.map(|store| {
-        let write_failures = metrics.status_write_failures.clone();
-        Arc::new(status::CallStatus::new(store, retention, write_failures))
+        let (write_failures, ends_waiting) = (
+            metrics.status_write_failures.clone(),
+            metrics.status_ends_waiting.clone(),
+        );
+        Arc::new(status::CallStatus::new(
+            store,
+            retention,
+            write_failures,
+            ends_waiting,
+        ))
     });
     if let Some(status) = &status {
         aux.spawn(status.clone().follow(js.clone(), aux_closed.clone()));

@@ -67,6 +67,8 @@ pub(crate) struct CallStatus {
     write_failures: metrics::Counter,
     /// Room for [`ENDS_ON_THEIR_WAY`].
     ending: Arc<tokio::sync::Semaphore>,
+    /// `worker_status_ends_waiting`: the room taken.
+    ends_waiting: metrics::Gauge,
 }
 
 /// Cancels heard, oldest first.
@@ -109,11 +111,17 @@ pub(crate) enum Recorded {
 }
 
 impl CallStatus {
-    pub(crate) fn new(store: Store, retention: Duration, write_failures: metrics::Counter) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        retention: Duration,
+        write_failures: metrics::Counter,
+        ends_waiting: metrics::Gauge,
+    ) -> Self {
         Self {
             store,
             retention,
             write_failures,
+            ends_waiting,
             running: Mutex::new(HashMap::new()),
             cancelled: Mutex::new(Cancels::default()),
             caught_up: CancellationToken::new(),
@@ -369,11 +377,11 @@ impl Tracked<'_> {
             return Err(self);
         };
         match Arc::clone(&status.ending).acquire_owned().await {
-            Ok(room) => Ok(Later {
+            Ok(permit) => Ok(Later {
+                room: Room::taken(permit, &status.ends_waiting),
                 status,
                 page,
                 last,
-                room,
             }),
             Err(_) => {
                 self.paged = Some((page, last));
@@ -545,7 +553,29 @@ pub(crate) struct Later {
     page: Page,
     last: Box<Record>,
     /// Its place among the [`ENDS_ON_THEIR_WAY`], until its record has an answer.
-    room: tokio::sync::OwnedSemaphorePermit,
+    room: Room,
+}
+
+/// A place among the [`ENDS_ON_THEIR_WAY`], counted in `worker_status_ends_waiting` while held.
+struct Room {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    waiting: metrics::Gauge,
+}
+
+impl Room {
+    fn taken(permit: tokio::sync::OwnedSemaphorePermit, waiting: &metrics::Gauge) -> Self {
+        waiting.increment(1.0);
+        Self {
+            _permit: permit,
+            waiting: waiting.clone(),
+        }
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        self.waiting.decrement(1.0);
+    }
 }
 
 impl Later {

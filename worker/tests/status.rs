@@ -2,7 +2,8 @@
 //! every state a call passes through, kept and refused results, cancels that reach a queued call,
 //! a waiting retry and a running call, a cancel racing the end of its call (with an id the client
 //! chose and with a numbered one), a worker killed mid-call, a replayed dead letter, the status
-//! budget bounding what NATS holds, and calls queued before status pages.
+//! budget bounding what NATS holds, calls queued before status pages, and ends held back by a
+//! stalled status store.
 // A failed unwrap in a helper is the test failure we want, as in the tests themselves.
 #![allow(clippy::unwrap_used)]
 
@@ -715,32 +716,30 @@ async fn a_retried_keyed_post_keeps_one_status() {
 /// A numbered call's end is recorded, and its message acked, by the status writer after the
 /// call's task is gone: a worker stopped while every call runs lets them end, then records and
 /// acks them all before it exits, so none is left pending, redelivered or queued.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_stopped_as_its_calls_end_records_and_acks_every_one() {
-    use futures_util::StreamExt;
-    const CALLS: usize = 300;
+/// `calls` calls queued for `name`, a function that answers 200 after `delay`, before any
+/// worker runs: the server, the function, the gateway and the call ids.
+async fn queued_calls(
+    name: &str,
+    calls: usize,
+    delay: Duration,
+) -> (Nats, RecordingServer, Gateway, Vec<String>) {
     let nats = Nats::start(1).await;
-    // Slow enough that every call is running when the worker is told to stop, so they all end
-    // while it drains.
-    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
-        Reply::status(200).delay(Duration::from_millis(500))
+    let function = RecordingServer::start(Arc::new(move |_: &Recorded| {
+        Reply::status(200).delay(delay)
     }))
     .await;
     let gw = gateway(&nats).await;
-    let mut ids = Vec::with_capacity(CALLS);
-    for _ in 0..CALLS {
-        ids.push(enqueue(&gw, "quick", &[]).await);
+    let mut ids = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        ids.push(enqueue(&gw, name, &[]).await);
     }
-    let template = format!("{}/{{name}}", function.url());
-    // A process of its own: when it exits, what it did not send is gone.
-    let mut worker = common::spawn_worker(&nats.url(), &template, &[]);
-    wait_until(T, "every call running", || function.count() >= CALLS).await;
-    common::sigterm(&worker);
-    let exited = tokio::time::timeout(T, worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(exited.success(), "{exited}");
+    (nats, function, gw, ids)
+}
+
+/// Calls of shard 0 still unacked, delivered more than once, and still stored, over its call
+/// and wait streams.
+async fn left_unsettled(nats: &Nats) -> (usize, usize, u64) {
+    use futures_util::StreamExt;
     let (mut pending, mut redelivered, mut queued) = (0, 0, 0);
     for name in [
         flotilla_queue::subjects::call_stream(0),
@@ -755,9 +754,83 @@ async fn a_worker_stopped_as_its_calls_end_records_and_acks_every_one() {
             redelivered += info.num_redelivered;
         }
     }
-    assert_eq!((pending, redelivered, queued), (0, 0, 0));
+    (pending, redelivered, queued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_as_its_calls_end_records_and_acks_every_one() {
+    const CALLS: usize = 300;
+    // Slow enough that every call is running when the worker is told to stop, so they all end
+    // while it drains.
+    let (nats, function, gw, ids) = queued_calls("quick", CALLS, Duration::from_millis(500)).await;
+    let template = format!("{}/{{name}}", function.url());
+    // A process of its own: when it exits, what it did not send is gone.
+    let mut worker = common::spawn_worker(&nats.url(), &template, &[]);
+    wait_until(T, "every call running", || function.count() >= CALLS).await;
+    common::sigterm(&worker);
+    let exited = tokio::time::timeout(T, worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exited.success(), "{exited}");
+    assert_eq!(left_unsettled(&nats).await, (0, 0, 0));
     assert_eq!(function.count(), CALLS, "no call ran twice");
     for id in &ids {
         assert_eq!(status(&gw, id).await["state"], "succeeded", "{id}");
     }
+}
+
+/// The calls whose end waits for the status store are counted (`worker_status_ends_waiting`):
+/// with nats-server stopped (SIGSTOP) as they end, every one waits, holding its ack; once it
+/// runs again, each record is stored, each call acked once, and the gauge is back at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_waiting_for_a_stalled_status_store_are_counted_then_acked() {
+    const CALLS: usize = 20;
+    let (nats, function, gw, ids) =
+        queued_calls("stalled", CALLS, Duration::from_millis(1500)).await;
+    let template = format!("{}/{{name}}", function.url());
+    let worker = Worker::start_ready(&nats.url(), &["--function-url-template", &template]).await;
+    let waiting = || async {
+        let (_, scrape) = common::get(worker.admin, "/metrics").await;
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("worker_status_ends_waiting "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert_eq!(waiting().await, Some(0.0), "registered at 0");
+    wait_until(T, "every call running", || function.count() >= CALLS).await;
+    let pid = nats.fleet.nats_server().unwrap().pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    // Resumed however the test ends, so the server can be stopped.
+    struct Resume<F: Fn(&str)>(F);
+    impl<F: Fn(&str)> Drop for Resume<F> {
+        fn drop(&mut self) {
+            (self.0)("-CONT");
+        }
+    }
+    let resume = Resume(signal);
+    wait_until_async(
+        T,
+        "every end waiting for the stopped status store",
+        || async { waiting().await == Some(CALLS as f64) },
+    )
+    .await;
+    drop(resume);
+    wait_until_async(T, "no end waiting", || async {
+        waiting().await == Some(0.0)
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(status(&gw, id).await["state"], "succeeded", "{id}");
+    }
+    assert_eq!(left_unsettled(&nats).await, (0, 0, 0));
+    assert_eq!(function.count(), CALLS, "no call ran twice");
+    worker.stop(T).await.unwrap();
 }
