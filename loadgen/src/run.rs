@@ -256,9 +256,9 @@ struct Offered {
     /// Calls as they started at the built-in function (with `--priority-mix` or
     /// `--fairness-keys`).
     starts: Vec<Callback>,
-    /// The CPU used when the load started, when it was all sent, when the drain started (with a
-    /// backlog) and when the last call completed.
-    cpu: [Option<CpuMark>; 4],
+    /// The CPU used when the load started, when it was all sent (where a backlog's drain starts)
+    /// and when the last call completed.
+    cpu: [Option<CpuMark>; 3],
 }
 
 /// Warms up, offers the load, starts the workers of a backlog run, and waits (bounded) for the
@@ -302,7 +302,6 @@ async fn offer_load(
     shown.finish().await;
     let all_sent = mark();
     let sent = sent?;
-    let drain_started_cpu = mark();
     if args.backlog
         && let Some(f) = stage.fleet.as_mut()
     {
@@ -342,7 +341,7 @@ async fn offer_load(
         drain_wait_s,
         completion_start_ns,
         starts,
-        cpu: [load_started, all_sent, drain_started_cpu, all_completed],
+        cpu: [load_started, all_sent, all_completed],
     })
 }
 
@@ -526,8 +525,6 @@ async fn wait_for_stragglers(
     mark: impl Fn() -> Option<CpuMark>,
 ) -> (Matched, Option<CpuMark>) {
     let start = tokio::time::Instant::now();
-    // Marked when the counts first say every call is in, before the audit's own work.
-    let mut all_in = None;
     let mut last_progress = start;
     let mut last_count = sink.count();
     let mut last_checked = u64::MAX;
@@ -544,12 +541,12 @@ async fn wait_for_stragglers(
         // can make them lie) and something changed since the last look.
         if (got >= accepted && got != last_checked) || out_of_time {
             last_checked = got;
-            let at = mark();
+            // Marked before the audit's own work.
+            let all_in = mark();
             let m = audit::reconcile(&rec.clock, &rec.accepted_calls(), &sink.take());
             if m.audit.lost == 0 || out_of_time {
-                return (m, all_in.or(at));
+                return (m, all_in);
             }
-            all_in = all_in.or(at);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -578,7 +575,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
         drain_wait_s,
         completion_start_ns,
         starts,
-        cpu: [load_started, all_sent, drain_started, all_completed],
+        cpu: [load_started, all_sent, all_completed],
     } = offered;
     let enqueue_us = rec.enqueue_histogram();
     let accepted = rec.accepted_calls();
@@ -633,11 +630,7 @@ fn build_report(args: &RunArgs, context: Context<'_>, offered: Offered) -> Built
             rate_per_s: completion_rate,
             latency_ms: Percentiles::of(&matched.end_to_end_us),
             cpu_us_per_call: CpuPerCall::between(
-                if args.backlog {
-                    drain_started
-                } else {
-                    load_started
-                },
+                if args.backlog { all_sent } else { load_started },
                 all_completed,
                 completed,
             ),
