@@ -581,7 +581,7 @@ impl Drop for Room {
 impl Later {
     /// Records the call's end, as [`Tracked::record_end`] does, then runs `then` with what came
     /// of it: started on the writer's task, and moved to a task of its own when it cannot finish
-    /// at once (a write NATS did not take is tried again first, on a task of its own).
+    /// at once (as when a write NATS did not take is tried again first).
     pub(crate) fn end(
         self,
         change: impl Fn(&mut Record),
@@ -614,14 +614,12 @@ impl Later {
                     drop(room);
                     then(Recorded::Cancelled)
                 }
-                Err(error) => {
-                    tokio::spawn(async move {
-                        let recorded = patiently(&status, page, &record, patience, error).await;
-                        drop(room);
-                        then(recorded).await;
-                    });
-                    Box::pin(std::future::ready(()))
-                }
+                // Waits between tries: the writer moves it to a task of its own.
+                Err(error) => Box::pin(async move {
+                    let recorded = patiently(&status, page, &record, patience, error).await;
+                    drop(room);
+                    then(recorded).await;
+                }),
             }),
         );
     }

@@ -380,8 +380,8 @@ impl Writer {
 
     /// Hands a record (made into its `line`) over with what to do once its fate is known (`then`,
     /// started on the writer's task once the record's message is answered, and moved to a task of
-    /// its own if it cannot finish at once): the caller goes on at once. Waking a caller for each record cost a busy replica more than the write itself
-    /// (`docs/call-status.md`).
+    /// its own if it cannot finish at once): the caller goes on at once. Waking a caller for each
+    /// record cost a busy replica more than the write itself (`docs/call-status.md`).
     pub fn write_then(&self, page: Page, line: Line, guard: Guard, then: Then) {
         if let Err(mpsc::error::SendError(gone)) = self.send(page, line, guard, Reply::Then(then)) {
             // The writer's task ends only with the runtime; the call's message then returns.
