@@ -1,11 +1,19 @@
-//! Process plumbing shared by the Flotilla binaries: the NATS, function and logging flags, tracing
-//! set-up, the shutdown signal, the accept loop of every HTTP server, the open-files limit, the pooled HTTP client, the TLS set-up of
-//! `https://` functions, each server's Prometheus recorder and the process edge (one line and exit 64 for
-//! a command line or configuration that cannot run). One copy, so every binary behaves alike;
-//! kept out of `flotilla-queue`, which holds only the contract.
+//! Process plumbing shared by the Flotilla binaries: the global allocator, the NATS, function and
+//! logging flags, tracing set-up, the shutdown signal, the accept loop of every HTTP server, the
+//! open-files limit, the pooled HTTP client, the TLS set-up of `https://` functions, each server's
+//! Prometheus recorder and the process edge (one line and exit 64 for a command line or
+//! configuration that cannot run). One copy, so every binary behaves alike; kept out of
+//! `flotilla-queue`, which holds only the contract.
 //!
 //! Nothing here ends the process: functions return errors or exit codes and each binary's `main`
 //! decides.
+
+/// Every Flotilla process allocates through mimalloc rather than the C library's allocator: a call
+/// crosses tokio's worker threads, so most of its allocations are freed on another thread than
+/// the one that made them, which glibc's arenas pay for in locks and consolidation
+/// (`docs/dependencies.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod accept;
 mod callback_targets;
