@@ -250,15 +250,11 @@ async fn shared(
     );
     let retention = config.common.nats.status_retention;
     let status = status_store.map(|store| {
-        let (write_failures, ends_waiting) = (
-            metrics.status_write_failures.clone(),
-            metrics.status_ends_waiting.clone(),
-        );
         Arc::new(status::CallStatus::new(
             store,
             retention,
-            write_failures,
-            ends_waiting,
+            metrics.status_write_failures.clone(),
+            metrics.status_ends_waiting.clone(),
         ))
     });
     if let Some(status) = &status {

@@ -128,8 +128,12 @@ async fn a_batch_fits_a_function_of_bounded_capacity_without_tuning() {
         !scrape.contains("worker_"),
         "the gateway's scrape: {scrape}"
     );
-    let series =
-        |name: &str| -> Vec<f64> { scrapes.iter().filter_map(|s| metric(s, name)).collect() };
+    let series = |name: &str| -> Vec<f64> {
+        scrapes
+            .iter()
+            .filter_map(|s| common::metric(s, name))
+            .collect()
+    };
     let limits = series("worker_concurrency_limit{function_name=\"narrow\"}");
     assert!(!limits.is_empty(), "no replica shows a limit");
     for limit in limits {
@@ -223,11 +227,4 @@ async fn a_503_with_retry_after_is_waited_out_without_using_an_attempt() {
     );
     nats.wait_settled(Duration::from_secs(10)).await;
     w.stop(Duration::from_secs(10)).await.unwrap();
-}
-
-/// The value of the series `name` (with its labels) in a scrape, if it has it.
-fn metric(scrape: &str, name: &str) -> Option<f64> {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }

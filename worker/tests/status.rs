@@ -713,9 +713,6 @@ async fn a_retried_keyed_post_keeps_one_status() {
     assert_eq!(status(&gw, &first).await["state"], "succeeded");
 }
 
-/// A numbered call's end is recorded, and its message acked, by the status writer after the
-/// call's task is gone: a worker stopped while every call runs lets them end, then records and
-/// acks them all before it exits, so none is left pending, redelivered or queued.
 /// `calls` calls queued for `name`, a function that answers 200 after `delay`, before any
 /// worker runs: the server, the function, the gateway and the call ids.
 async fn queued_calls(
@@ -757,6 +754,9 @@ async fn left_unsettled(nats: &Nats) -> (usize, usize, u64) {
     (pending, redelivered, queued)
 }
 
+/// A numbered call's end is recorded, and its message acked, by the status writer after the
+/// call's task is gone: a worker stopped while every call runs lets them end, then records and
+/// acks them all before it exits, so none is left pending, redelivered or queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_as_its_calls_end_records_and_acks_every_one() {
     const CALLS: usize = 300;
@@ -792,30 +792,20 @@ async fn ends_waiting_for_a_stalled_status_store_are_counted_then_acked() {
     let worker = Worker::start_ready(&nats.url(), &["--function-url-template", &template]).await;
     let waiting = || async {
         let (_, scrape) = common::get(worker.admin, "/metrics").await;
-        scrape
-            .lines()
-            .find_map(|l| l.strip_prefix("worker_status_ends_waiting "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+        common::metric(&scrape, "worker_status_ends_waiting ")
     };
     assert_eq!(waiting().await, Some(0.0), "registered at 0");
     wait_until(T, "every call running", || function.count() >= CALLS).await;
-    let pid = nats.fleet.nats_server().unwrap().pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {sig}");
-    };
-    signal("-STOP");
+    let pid = nats.fleet.nats_server().unwrap().pid().unwrap();
+    common::signal(pid, "-STOP");
     // Resumed however the test ends, so the server can be stopped.
-    struct Resume<F: Fn(&str)>(F);
-    impl<F: Fn(&str)> Drop for Resume<F> {
+    struct Resume(u32);
+    impl Drop for Resume {
         fn drop(&mut self) {
-            (self.0)("-CONT");
+            common::signal(self.0, "-CONT");
         }
     }
-    let resume = Resume(signal);
+    let resume = Resume(pid);
     wait_until_async(
         T,
         "every end waiting for the stopped status store",

@@ -455,10 +455,21 @@ pub fn spawn_worker(nats_url: &str, template: &str, args: &[&str]) -> tokio::pro
 
 /// Sends SIGTERM to a spawned worker.
 pub fn sigterm(child: &tokio::process::Child) {
-    let pid = child.id().expect("running child");
+    signal(child.id().expect("running child"), "-TERM");
+}
+
+/// Sends `sig` (as `kill` spells it: `-TERM`, `-STOP`, `-CONT`) to process `pid`.
+pub fn signal(pid: u32, sig: &str) {
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([sig, &pid.to_string()])
         .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+        .unwrap_or_else(|e| panic!("kill {sig}: {e}"));
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// The value of the series `name` (with its labels) in a `/metrics` scrape, if it has it.
+pub fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
