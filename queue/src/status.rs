@@ -328,4 +328,55 @@ mod tests {
         assert_eq!(Record::from_json(&d.to_json()).unwrap(), d);
         assert!(CallState::Cancelled.is_final() && !CallState::Retrying.is_final());
     }
+
+    #[test]
+    fn records_are_written_as_compact_json_in_field_order() {
+        let r = Record::queued("c1", "echo", 5, None);
+        assert_eq!(
+            String::from_utf8(r.to_json()).unwrap(),
+            r#"{"call_id":"c1","function":"echo","state":"queued","attempts":0,"accepted_at":5,"updated_at":5}"#
+        );
+        let mut k = Record::queued("c2", "echo", 1, Some("b1"))
+            .with_priority(crate::priority::Priority::High)
+            .with_key(Some(&crate::FairnessKey::parse("tenant-7").unwrap()));
+        k.result = Some(ResultKept::TooLarge { bytes: 9, limit: 4 });
+        assert_eq!(
+            String::from_utf8(k.to_json()).unwrap(),
+            r#"{"call_id":"c2","function":"echo","state":"queued","attempts":0,"accepted_at":1,"updated_at":1,"batch_id":"b1","result":{"kept":"too_large","bytes":9,"limit":4},"priority":"high","fairness_key":"tenant-7"}"#
+        );
+    }
+
+    #[test]
+    fn every_field_and_any_text_survive_the_round_trip() {
+        for (reason, result) in [
+            ("plain", ResultKept::Yes),
+            (
+                "quote \" backslash \\ tab \t nul \u{0} line\n",
+                ResultKept::No,
+            ),
+            (
+                "ünïcödé ✓ and \u{7f}",
+                ResultKept::TooLarge {
+                    bytes: 0,
+                    limit: u64::MAX,
+                },
+            ),
+        ] {
+            let mut r = Record::queued("id \"x\"", "fn\\1", u128::MAX, Some(reason))
+                .with_priority(crate::priority::Priority::Low)
+                .with_key(Some(&crate::FairnessKey::parse("k").unwrap()));
+            r.state = CallState::Dead;
+            r.attempts = u32::MAX;
+            r.updated_at = u128::from(u64::MAX) + 1;
+            r.status = Some(u16::MAX);
+            r.not_before = Some(0);
+            r.next_attempt_at = Some(u128::from(u64::MAX));
+            r.reason = Some(reason.to_owned());
+            r.dead_kind = Some(reason.to_owned());
+            r.result = Some(result);
+            let json = r.to_json();
+            assert!(serde_json::from_slice::<serde_json::Value>(&json).is_ok());
+            assert_eq!(Record::from_json(&json).unwrap(), r);
+        }
+    }
 }

@@ -220,7 +220,7 @@ impl<'a> Call<'a> {
         let Some(status) = &self.shared.results.status else {
             return Ok((None, slot));
         };
-        match status.begin(env, status::revision_of(self.msg.headers.as_ref())) {
+        match status.begin(env, self.msg.headers.as_ref()) {
             Begin::Cancelled => Err(End::Cancelled("before it started")),
             Begin::Run(tracked) => Ok((Some(tracked), slot)),
         }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use flotilla_queue::Envelope;
 use flotilla_queue::status::pages::{self, Guard, Page, Written};
-use flotilla_queue::status::{CANCEL_STREAM, CallState, Cancel, Known, Record, Store, Transition};
+use flotilla_queue::status::{
+    CANCEL_STREAM, CallState, Cancel, Known, Record, Store, Transition, revision_of,
+};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -141,9 +143,14 @@ impl CallStatus {
         }
     }
 
-    /// Starts tracking a call about to run, whose status record is at `revision` (from the
-    /// message's `Flotilla-Status-Rev`), unless a client cancelled it.
-    pub(crate) fn begin<'a>(&'a self, env: &'a Envelope, revision: Option<u64>) -> Begin<'a> {
+    /// Starts tracking a call about to run, unless a client cancelled it. A call with a record
+    /// of its own carries the record's revision in its message's `Flotilla-Status-Rev`
+    /// (`headers`); a call on a status page needs none, and its headers are not read.
+    pub(crate) fn begin<'a>(
+        &'a self,
+        env: &'a Envelope,
+        headers: Option<&async_nats::HeaderMap>,
+    ) -> Begin<'a> {
         if self.heard_cancel(env) {
             return Begin::Cancelled;
         }
@@ -163,10 +170,14 @@ impl CallStatus {
             base.attempts = env.attempt;
             (page, Box::new(base))
         });
+        let known = match paged {
+            Some(_) => Known::Unknown,
+            None => revision_of(headers).map_or(Known::Unknown, Known::Revision),
+        };
         Begin::Run(Tracked {
             status: self,
             env,
-            known: revision.map_or(Known::Unknown, Known::Revision),
+            known,
             paged,
             token,
         })
