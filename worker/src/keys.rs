@@ -354,10 +354,29 @@ pub(crate) async fn delete_message(
     stream: &str,
     sequence: u64,
 ) -> Result<(), DeleteError> {
-    let subject = format!("STREAM.MSG.DELETE.{stream}");
     let request = serde_json::json!({ "seq": sequence, "no_erase": true });
+    remove(shared, format!("STREAM.MSG.DELETE.{stream}"), &request).await
+}
+
+/// Purges the messages of `subject` in `stream` below sequence `below`.
+pub(crate) async fn purge_below(
+    shared: &Shared,
+    stream: &str,
+    subject: &str,
+    below: u64,
+) -> Result<(), DeleteError> {
+    let request = serde_json::json!({ "filter": subject, "seq": below });
+    remove(shared, format!("STREAM.PURGE.{stream}"), &request).await
+}
+
+/// One JetStream API request that removes messages.
+async fn remove(
+    shared: &Shared,
+    api: String,
+    request: &serde_json::Value,
+) -> Result<(), DeleteError> {
     let answer: async_nats::jetstream::response::Response<serde_json::Value> =
-        shared.nats.js.request(subject, &request).await?;
+        shared.nats.js.request(api, request).await?;
     match answer {
         async_nats::jetstream::response::Response::Ok(_) => Ok(()),
         async_nats::jetstream::response::Response::Err { error } => {
@@ -366,12 +385,12 @@ pub(crate) async fn delete_message(
     }
 }
 
-/// Why a message was not deleted.
+/// Why messages were not deleted or purged.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DeleteError {
-    #[error("deleting a message: {0}")]
+    #[error("removing messages: {0}")]
     Request(#[from] async_nats::jetstream::context::RequestError),
-    #[error("JetStream refused to delete a message: {0}")]
+    #[error("JetStream refused to remove messages: {0}")]
     Refused(async_nats::jetstream::Error),
 }
 

@@ -10,11 +10,13 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Nats, Worker, dead_letters, envelope, function_taking, start_waits};
 use flotilla_queue::{Envelope, FairnessKey, FunctionName, headers, subjects};
-use flotilla_testsupport::{RecordingServer, Reply, wait_until_async};
+use flotilla_testsupport::{Recorded, RecordingServer, Reply, wait_until_async};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -140,28 +142,49 @@ async fn keys_take_turns_while_their_calls_wait() {
     w.stop(T).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_few_keys_wait_their_calls_are_claimed_several_at_a_time_once_each_in_order() {
-    const EACH: usize = 150;
+/// Sends `each` calls of keys x and y, taking turns, to one replica of `function` at
+/// concurrency 1, then checks that every call ran exactly once, each key's in order, and that
+/// nothing is left stored (no claimed call still parked).
+async fn two_keys_run_once_each_in_order(function: &RecordingServer, each: usize) {
     let nats = Nats::start(1).await;
-    // A quick function: once its calls are seen to end within 5 ms, a claim wants 32 calls
-    // beyond its free slot, and each of the two keys gives 16 with one batched read.
-    let function = function_taking(Duration::from_millis(1)).await;
-    let w = Worker::busy(&nats, &function, 1, "").await;
-    for i in 0..EACH {
+    let w = Worker::busy(&nats, function, 1, "").await;
+    for i in 0..each {
         for key in ["x", "y"] {
             nats.publish(&keyed(&format!("{key}-{i}"), Some(key))).await;
         }
     }
-    function.wait_for(2 * EACH, T).await;
+    function.wait_for(2 * each, T).await;
     nats.wait_settled(T).await;
-    let order = start_order(&function);
+    let order = start_order(function);
     let mut once = order.clone();
     once.sort_unstable();
     once.dedup();
-    assert_eq!(once.len(), 2 * EACH, "each call ran once");
+    assert_eq!(once.len(), 2 * each, "each call ran once");
     each_key_in_order(&order, &["x", "y"]);
     w.stop(T).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_few_keys_wait_their_calls_are_claimed_several_at_a_time_once_each_in_order() {
+    // A quick function: once its calls are seen to end within 5 ms, a claim wants 32 calls
+    // beyond its free slot, and each of the two keys gives 16 with one batched read.
+    let function = function_taking(Duration::from_millis(1)).await;
+    two_keys_run_once_each_in_order(&function, 150).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_claimed_together_leave_their_key_with_one_purge_that_spares_every_other_call() {
+    // The first call holds the only slot while the others are parked, two keys taking turns in
+    // the wait stream; the rest are quick, so claims soon take 16 calls of each key at once and
+    // remove them with one purge of the key's subject below the last, which must leave the other
+    // key's calls between them, and the key's own next ones, where they are.
+    let started = Arc::new(AtomicUsize::new(0));
+    let function = RecordingServer::start(Arc::new(move |_: &Recorded| {
+        let first = started.fetch_add(1, Ordering::SeqCst) == 0;
+        Reply::status(200).delay(Duration::from_millis(if first { 500 } else { 1 }))
+    }))
+    .await;
+    two_keys_run_once_each_in_order(&function, 40).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,11 +275,10 @@ async fn status(gw: &Gateway, id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_takes_a_key_from_the_header_or_the_batch_line_and_shows_it() {
     let nats = Nats::start(1).await;
-    let function =
-        RecordingServer::start(std::sync::Arc::new(|_: &flotilla_testsupport::Recorded| {
-            Reply::status(200).delay(Duration::from_millis(100))
-        }))
-        .await;
+    let function = RecordingServer::start(Arc::new(|_: &Recorded| {
+        Reply::status(200).delay(Duration::from_millis(100))
+    }))
+    .await;
     let gw = Gateway::start(&["--nats-url", &nats.url()]).await;
     let long = "x".repeat(65);
     for bad in ["", long.as_str(), "caf\u{e9}"] {

@@ -3,10 +3,11 @@
 //! a direct get, published to the lane de-duplicated on its parked sequence, and deleted from its
 //! key's subject. When fewer keys wait than calls are wanted, each key of the round gives the same
 //! number of its oldest calls, read with one batched direct get and published in order, so the
-//! turns stay equal and a claim costs fewer round trips. Under `key_concurrency` the claim first
+//! turns stay equal and a claim costs fewer round trips; from four of them on, one purge of the
+//! key's subject below the last removes them instead of a delete each. Under `key_concurrency` the claim first
 //! takes one of the key's slots, and the claimed call carries it: one call per key and turn.
 //!
-//! Invariant: a parked call is deleted only once JetStream holds its copy in the lane, and the
+//! Invariant: a parked call is removed only once JetStream holds its copy in the lane, and the
 //! copy's `Nats-Msg-Id` derives from the parked message, so two replicas claiming the same call,
 //! or a claim repeated after a crash, put it in the lane once (within the duplicate window).
 
@@ -29,6 +30,10 @@ use crate::{Shared, dead, retry};
 const ROUNDS: usize = 8;
 /// Calls one key may give in one round, when few keys wait.
 const PER_KEY_AT_MOST: usize = 16;
+/// Calls of one key claimed together from which one purge removes them, rather than a delete
+/// each: a purge costs nats-server more than one delete (it walks the stream between them and
+/// updates the consumers that see the subject).
+const PURGE_FROM: usize = 4;
 /// The header of a batched direct get's answers that counts the messages left.
 const NATS_NUM_PENDING: &str = "Nats-Num-Pending";
 /// How long a batched read of a key's oldest calls may take.
@@ -135,7 +140,7 @@ async fn claim_key(
     let read = if each > 1 && slot.is_none() {
         oldest(shared, &subjects::wait_stream(f.shard), &parked, each).await
     } else {
-        match stream.direct_get_first_for_subject(parked).await {
+        match stream.direct_get_first_for_subject(&parked).await {
             Ok(m) => Ok(vec![Parked {
                 sequence: m.sequence,
                 headers: m.headers,
@@ -147,7 +152,7 @@ async fn claim_key(
     };
     let claimed = match read {
         Ok(calls) if calls.is_empty() => Claimed::Empty,
-        Ok(calls) => move_parked(shared, f, lane, token, calls, slot.as_ref()).await,
+        Ok(calls) => move_parked(shared, f, lane, (token, &parked), calls, slot.as_ref()).await,
         Err(error) => {
             tracing::debug!(function = %f.name, %error, "cannot read parked calls");
             Claimed::Failed
@@ -232,13 +237,13 @@ async fn oldest(
 }
 
 /// Moves a key's oldest parked `calls` into the lane, in their order, the first carrying `slot`,
-/// then deletes them from the key's subject. They count ahead of the key's next calls from before
-/// they reach the lane until they start (see `KeysAhead`).
+/// then removes them from the key's subject (`parked`). They count ahead of the key's next calls
+/// from before they reach the lane until they start (see `KeysAhead`).
 async fn move_parked(
     shared: &Shared,
     f: &FunctionRt,
     lane: Priority,
-    token: &str,
+    (token, parked): (&str, &str),
     calls: Vec<Parked>,
     slot: Option<&KeySlot>,
 ) -> Claimed {
@@ -272,7 +277,9 @@ async fn move_parked(
     }
     let acks = join_all(sent.into_iter().map(std::future::IntoFuture::into_future)).await;
     let (mut moved, mut taken) = (0, false);
-    let mut deletes = Vec::with_capacity(acks.len());
+    // Each call in the lane leaves its key's subject: (its sequence, whether another replica
+    // claimed it first). Those before the first JetStream did not take are the key's oldest.
+    let (mut oldest, mut rest, mut broken) = (Vec::with_capacity(acks.len()), Vec::new(), false);
     for (call, ack) in calls.iter().zip(acks) {
         match ack {
             Ok(ack) => {
@@ -281,14 +288,29 @@ async fn move_parked(
                 } else {
                     moved += 1;
                 }
-                deletes.push(delete_claimed(shared, f, call.sequence, ack.duplicate));
+                let run = if broken { &mut rest } else { &mut oldest };
+                run.push((call.sequence, ack.duplicate));
             }
             Err(error) => {
+                broken = true;
                 tracing::debug!(function = %f.name, %error, "cannot claim a parked call");
             }
         }
     }
-    join_all(deletes).await;
+    match oldest.last() {
+        // One purge below the last of them removes them all, where a delete each costs
+        // nats-server an API request per call.
+        Some(&(last, _)) if oldest.len() >= PURGE_FROM => {
+            let all_taken = oldest.iter().all(|&(_, taken)| taken);
+            purge_claimed(shared, f, parked, last, all_taken).await;
+        }
+        _ => rest.append(&mut oldest),
+    }
+    join_all(
+        rest.into_iter()
+            .map(|(sequence, taken)| delete_claimed(shared, f, sequence, taken)),
+    )
+    .await;
     for _ in moved..calls.len() {
         f.lanes.ahead.done(token);
     }
@@ -296,6 +318,23 @@ async fn move_parked(
         (0, true) => Claimed::Taken,
         (0, false) => Claimed::Failed,
         (k, _) => Claimed::Moved(k),
+    }
+}
+
+/// Removes a key's oldest parked calls, up to and including sequence `last`, from its subject
+/// `parked` with one purge, trying twice. Left there, they are claimed again as in
+/// [`delete_claimed`]; `taken`: another replica claimed them all first and may have removed them.
+async fn purge_claimed(shared: &Shared, f: &FunctionRt, parked: &str, last: u64, taken: bool) {
+    let stream = subjects::wait_stream(f.shard);
+    let mut failure = None;
+    for _ in 0..2 {
+        match keys::purge_below(shared, &stream, parked, last + 1).await {
+            Ok(()) => return,
+            Err(error) => failure = Some(error),
+        }
+    }
+    if let Some(error) = failure.filter(|_| !taken) {
+        tracing::warn!(function = %f.name, %error, last, "claimed calls stay parked; their next claim is de-duplicated within the duplicate window");
     }
 }
 
