@@ -114,9 +114,9 @@ async fn other_keys_start_within_a_second_behind_one_keys_3000_calls() {
 async fn keys_take_turns_while_their_calls_wait() {
     let nats = Nats::start(1).await;
     let function = function_taking(Duration::from_millis(20)).await;
-    let w = Worker::busy(&nats, &function, 1, "").await;
     // Key a's 30 calls arrive first, then b's 10 and c's 10; the key-less ones take turns as
-    // one more key.
+    // one more key. All wait before the worker starts: sent to a running worker on a slow
+    // machine, a's calls could all be claimed before b's arrived, and rightly run first.
     for i in 0..30 {
         nats.publish(&keyed(&format!("a-{i}"), Some("a"))).await;
     }
@@ -125,6 +125,7 @@ async fn keys_take_turns_while_their_calls_wait() {
         nats.publish(&keyed(&format!("c-{i}"), Some("c"))).await;
         nats.publish(&keyed(&format!("none-{i}"), None)).await;
     }
+    let w = Worker::busy(&nats, &function, 1, "").await;
     function.wait_for(60, T).await;
     nats.wait_settled(T).await;
     let order = start_order(&function);
