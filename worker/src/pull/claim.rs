@@ -4,8 +4,9 @@
 //! key's subject. When fewer keys wait than calls are wanted, each key of the round gives the same
 //! number of its oldest calls, read with one batched direct get and published in order, so the
 //! turns stay equal and a claim costs fewer round trips; from four of them on, one purge of the
-//! key's subject below the last removes them instead of a delete each. Under `key_concurrency` the claim first
-//! takes one of the key's slots, and the claimed call carries it: one call per key and turn.
+//! key's subject below the last removes them instead of a delete each. Under `key_concurrency`
+//! the claim first takes one of the key's slots, and the claimed call carries it: one call per
+//! key and turn.
 //!
 //! Invariant: a parked call is removed only once JetStream holds its copy in the lane, and the
 //! copy's `Nats-Msg-Id` derives from the parked message, so two replicas claiming the same call,
@@ -297,18 +298,20 @@ async fn move_parked(
             }
         }
     }
-    match oldest.last() {
+    let one = |&(sequence, duplicate): &(u64, bool)| (Removal::One(sequence), duplicate);
+    let mut removals: Vec<(Removal, bool)> = match oldest.last() {
         // One purge below the last of them removes them all, where a delete each costs
         // nats-server an API request per call.
         Some(&(last, _)) if oldest.len() >= PURGE_FROM => {
-            let all_taken = oldest.iter().all(|&(_, taken)| taken);
-            purge_claimed(shared, f, parked, last, all_taken).await;
+            vec![(Removal::Through(last), oldest.iter().all(|&(_, d)| d))]
         }
-        _ => rest.append(&mut oldest),
-    }
+        _ => oldest.iter().map(one).collect(),
+    };
+    removals.extend(rest.iter().map(one));
     join_all(
-        rest.into_iter()
-            .map(|(sequence, taken)| delete_claimed(shared, f, sequence, taken)),
+        removals
+            .into_iter()
+            .map(|(removal, taken)| remove_claimed(shared, f, parked, removal, taken)),
     )
     .await;
     for _ in moved..calls.len() {
@@ -321,37 +324,39 @@ async fn move_parked(
     }
 }
 
-/// Removes a key's oldest parked calls, up to and including sequence `last`, from its subject
-/// `parked` with one purge, trying twice. Left there, they are claimed again as in
-/// [`delete_claimed`]; `taken`: another replica claimed them all first and may have removed them.
-async fn purge_claimed(shared: &Shared, f: &FunctionRt, parked: &str, last: u64, taken: bool) {
+/// What leaves a key's subject once claimed.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// The call at this sequence: one delete.
+    One(u64),
+    /// The key's oldest calls, up to and including this sequence: one purge.
+    Through(u64),
+}
+
+/// Removes claimed calls from their key's subject `parked`, trying twice. A call left there is
+/// claimed again at its key's next turn: de-duplicated within the wait stream's duplicate window,
+/// run twice after it, hence the warning. Calls another replica claimed first (`taken`) may be
+/// gone already.
+async fn remove_claimed(
+    shared: &Shared,
+    f: &FunctionRt,
+    parked: &str,
+    removal: Removal,
+    taken: bool,
+) {
     let stream = subjects::wait_stream(f.shard);
     let mut failure = None;
     for _ in 0..2 {
-        match keys::purge_below(shared, &stream, parked, last + 1).await {
+        let removed = match removal {
+            Removal::One(sequence) => keys::delete_message(shared, &stream, sequence).await,
+            Removal::Through(last) => keys::purge_below(shared, &stream, parked, last + 1).await,
+        };
+        match removed {
             Ok(()) => return,
             Err(error) => failure = Some(error),
         }
     }
     if let Some(error) = failure.filter(|_| !taken) {
-        tracing::warn!(function = %f.name, %error, last, "claimed calls stay parked; their next claim is de-duplicated within the duplicate window");
-    }
-}
-
-/// Deletes a claimed call from its key's subject, trying twice. A call left there is claimed
-/// again at its key's next turn: de-duplicated within the wait stream's duplicate window, run
-/// twice after it, hence the warning. A call another replica claimed first (`taken`) may be gone
-/// already.
-async fn delete_claimed(shared: &Shared, f: &FunctionRt, sequence: u64, taken: bool) {
-    let stream = subjects::wait_stream(f.shard);
-    let mut last = None;
-    for _ in 0..2 {
-        match keys::delete_message(shared, &stream, sequence).await {
-            Ok(()) => return,
-            Err(error) => last = Some(error),
-        }
-    }
-    if let Some(error) = last.filter(|_| !taken) {
-        tracing::warn!(function = %f.name, %error, sequence, "a claimed call stays parked; its next claim is de-duplicated within the duplicate window");
+        tracing::warn!(function = %f.name, %error, ?removal, "claimed calls stay parked; their next claim is de-duplicated within the duplicate window");
     }
 }
